@@ -1,0 +1,151 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{DeletionPolicy, SecretKeyRef};
+
+/// A Region is where data lives: one PostgreSQL database (and later one search
+/// endpoint) that holds the partitions of every Country bound to it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "platform.meridian.dev",
+    version = "v1alpha1",
+    kind = "Region",
+    plural = "regions",
+    shortname = "reg",
+    category = "meridian",
+    status = "RegionStatus",
+    cel,
+    doc = "A Region: the regional stack (database and search) that holds the data of the Countries bound to it.",
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
+    printcolumn(name = "Cloud Region", type_ = "string", json_path = ".spec.cloudRegion"),
+    printcolumn(name = "Isolation", type_ = "string", json_path = ".spec.isolation"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.provider != 'external' || has(self.external)").message("spec.external is required when spec.provider is external").field_path(".external"))]
+#[serde(rename_all = "camelCase")]
+pub struct RegionSpec {
+    /// How the stack is provided: `aws` (RDS/Aurora and OpenSearch Service), `inCluster`
+    /// (a PostgreSQL StatefulSet in namespace `meridian-region-<name>`), `external`
+    /// (endpoints read from referenced Secrets) or `local` (a PostgreSQL cluster that
+    /// `meridian dev` starts itself).
+    pub provider: RegionProvider,
+    /// Cloud region the data stays in, e.g. `eu-central-1`. Immutable: data does not move
+    /// between regions by editing a field.
+    #[schemars(pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.cloudRegion is immutable"))]
+    pub cloud_region: String,
+    /// `shared` stacks hold several countries; a `dedicated` stack holds exactly one
+    /// country, as strict data residency requires.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Database sizing, used by the `aws` and `inCluster` providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSizing>,
+    /// Search sizing, used by the `aws` and `inCluster` providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSizing>,
+    /// Where to find the endpoints of an `external` stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoints>,
+    /// `Retain` (default) keeps databases and cloud resources when the Region is deleted;
+    /// `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// How a Region's stack is provided.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RegionProvider {
+    /// Aurora PostgreSQL and an OpenSearch Service domain, created with the AWS SDKs.
+    Aws,
+    /// A PostgreSQL StatefulSet inside the cluster (kind, development clusters).
+    InCluster,
+    /// Existing endpoints, read from the Secrets named in `spec.external`.
+    External,
+    /// A PostgreSQL cluster started by `meridian dev` on this machine.
+    Local,
+}
+
+/// Whether a Region's stack is shared between countries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Isolation {
+    /// Several countries share the stack (each in its own partitions).
+    #[default]
+    Shared,
+    /// The stack serves exactly one country.
+    Dedicated,
+}
+
+/// Database sizing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSizing {
+    /// Instance class, e.g. `db.r6g.large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_class: Option<String>,
+    /// Allocated storage in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub storage_gib: Option<i32>,
+    /// Number of instances (writer plus readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub instances: Option<i32>,
+}
+
+/// Search sizing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSizing {
+    /// Instance type, e.g. `r6g.large.search`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Number of data nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 80))]
+    pub instance_count: Option<i32>,
+    /// EBS volume size per node in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 16384))]
+    pub volume_gib: Option<i32>,
+}
+
+/// Endpoints of an `external` stack, read from Secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalEndpoints {
+    /// Secret key holding a PostgreSQL connection URL (`postgres://user:pass@host:port/db`).
+    pub database_url_secret_ref: SecretKeyRef,
+    /// Secret key holding the search endpoint URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_url_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Observed state of a Region.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionStatus {
+    /// `DatabaseReady`, `SearchReady` and `Ready`, each with a reason and message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` that the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Database endpoint (`host:port/database`, never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_endpoint: Option<String>,
+    /// Search endpoint URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_endpoint: Option<String>,
+    /// Name of the Secret that workloads use to connect to this Region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<String>,
+    /// Latest platform schema migration applied to the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+}

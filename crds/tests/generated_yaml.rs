@@ -1,0 +1,27 @@
+//! `crds/*.yaml` are generated from the Rust types; a stale file fails here.
+
+#[test]
+fn committed_crd_files_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, expected) in meridian_crds::crd_files() {
+        let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        assert!(
+            committed == expected,
+            "crds/{name} is stale: regenerate it with `cargo run -p meridian-crds --bin crdgen` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn crds_are_cluster_scoped_with_status_subresource_and_short_names() {
+    use kube::CustomResourceExt;
+    for (crd, short) in [(meridian_crds::Country::crd(), "ctry"), (meridian_crds::Region::crd(), "reg")] {
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert!(columns.contains(&"Ready"), "{columns:?}");
+    }
+}

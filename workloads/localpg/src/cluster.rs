@@ -1,0 +1,266 @@
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::binaries::Binaries;
+use crate::user::{ServerAccount, hand_over, io_error, server_account};
+use crate::{Error, Result};
+
+/// The superuser that `initdb` creates; connections from 127.0.0.1 are trusted.
+const SUPERUSER: &str = "meridian";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How hard the server works to keep committed data across a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// PostgreSQL's defaults: what `meridian dev` keeps across restarts.
+    Durable,
+    /// fsync off: for throwaway clusters in tests, where a crash loses nothing of value.
+    Throwaway,
+}
+
+/// A running PostgreSQL cluster on 127.0.0.1. Stopped (fast shutdown) on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    root: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Cluster {
+    /// Starts the cluster kept under `root` (`root/pgdata`, log in `root/postgres.log`),
+    /// running `initdb` first if there is none yet, and waits until it accepts connections.
+    pub async fn start(root: &Path, durability: Durability) -> Result<Self> {
+        let binaries = Binaries::find()?;
+        std::fs::create_dir_all(root).map_err(|e| io_error(root, e))?;
+        let root = root.canonicalize().map_err(|e| io_error(root, e))?;
+        let account = server_account()?;
+        if let Some(account) = account {
+            hand_over(&root, account)?;
+        }
+        let pgdata = root.join("pgdata");
+        if !pgdata.join("PG_VERSION").is_file() {
+            initdb(&binaries, &pgdata, account, durability)?;
+        }
+        stop_orphan(&pgdata);
+        // Another process may take the port between our probe and the server's bind;
+        // the server then exits at once and we try again with a new port.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port().map_err(|e| io_error(&root, e))?;
+            let child = spawn_postgres(&binaries, &root, port, account, durability)?;
+            let mut cluster = Self { root: root.clone(), port, child: Some(child) };
+            match cluster.wait_ready().await {
+                Ok(()) => return Ok(cluster),
+                Err(err @ Error::StartupExited { .. }) if err.to_string().contains("could not bind") => {
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_error.expect("three attempts recorded an error"))
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where the cluster keeps its files.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Connection URL for `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates `name` if it does not exist yet.
+    pub async fn ensure_database(&self, name: &str) -> Result<()> {
+        let err = |source| Error::CreateDatabase { name: name.into(), source };
+        let mut conn = PgConnection::connect(&self.url("postgres")).await.map_err(err)?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(err)?;
+        if !exists {
+            let quoted = name.replace('"', "\"\"");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).execute(&mut conn).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, data is flushed).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(root = %self.root.display(), "PostgreSQL ignored fast shutdown; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let url = self.url("postgres");
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(Error::StartupExited { dir: self.root.display().to_string(), log: self.log_tail() });
+            }
+            if PgConnection::connect(&url).await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                let log = self.log_tail();
+                self.shutdown();
+                return Err(Error::StartupTimeout {
+                    dir: self.root.display().to_string(),
+                    secs: STARTUP_TIMEOUT.as_secs(),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A cluster in a temporary directory, removed when dropped. For tests and benchmarks.
+#[derive(Debug)]
+pub struct TempCluster {
+    cluster: Cluster,
+    // Dropped after `cluster`: the server stops before its files go.
+    _dir: tempfile::TempDir,
+}
+
+impl TempCluster {
+    /// Starts a throwaway cluster with a `meridian` database.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-pg-")
+            .tempdir()
+            .map_err(|e| io_error(Path::new("temporary directory"), e))?;
+        let cluster = Cluster::start(dir.path(), Durability::Throwaway).await?;
+        cluster.ensure_database("meridian").await?;
+        Ok(Self { cluster, _dir: dir })
+    }
+
+    /// The running cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// URL of the `meridian` database.
+    pub fn url(&self) -> String {
+        self.cluster.url("meridian")
+    }
+}
+
+fn initdb(binaries: &Binaries, pgdata: &Path, account: Option<ServerAccount>, durability: Durability) -> Result<()> {
+    let mut cmd = Command::new(&binaries.initdb);
+    cmd.arg("-D").arg(pgdata);
+    cmd.args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale"]);
+    if durability == Durability::Throwaway {
+        cmd.arg("--no-sync");
+    }
+    run_as(&mut cmd, account);
+    let out = cmd
+        .output()
+        .map_err(|source| Error::Spawn { program: binaries.initdb.display().to_string(), source })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(pgdata);
+        return Err(Error::Initdb {
+            dir: pgdata.display().to_string(),
+            output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    Ok(())
+}
+
+fn spawn_postgres(
+    binaries: &Binaries,
+    root: &Path,
+    port: u16,
+    account: Option<ServerAccount>,
+    durability: Durability,
+) -> Result<Child> {
+    let log_path = root.join("postgres.log");
+    let log = File::options().create(true).append(true).open(&log_path).map_err(|e| io_error(&log_path, e))?;
+    let log_err = log.try_clone().map_err(|e| io_error(&log_path, e))?;
+    let mut cmd = Command::new(&binaries.postgres);
+    cmd.arg("-D").arg(root.join("pgdata"));
+    cmd.args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+    cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"]);
+    if durability == Durability::Throwaway {
+        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+    }
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
+    // Own process group: a Ctrl-C in the terminal reaches us, and we stop the server in order.
+    cmd.process_group(0);
+    run_as(&mut cmd, account);
+    cmd.spawn().map_err(|source| Error::Spawn { program: binaries.postgres.display().to_string(), source })
+}
+
+fn run_as(cmd: &mut Command, account: Option<ServerAccount>) {
+    if let Some(account) = account {
+        cmd.uid(account.uid).gid(account.gid);
+    }
+}
+
+/// A server left running by an earlier process that was killed before it could stop it.
+/// Callers own `pgdata` (`meridian dev` holds a lock on its data directory), so a live
+/// postmaster there is an orphan: ask it to shut down so this start can proceed.
+fn stop_orphan(pgdata: &Path) {
+    let Ok(pid_file) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else { return };
+    let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<libc::pid_t>().ok()) else { return };
+    let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");
+    if !is_postgres {
+        return;
+    }
+    tracing::warn!(pid, dir = %pgdata.display(), "stopping a PostgreSQL server left over from an earlier run");
+    // SAFETY: kill(2) with a pid read from the server's own lock file, checked to be postgres.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
