@@ -1,0 +1,3 @@
+//! The stores a reconcile writes to.
+
+pub mod postgres;

@@ -1,0 +1,131 @@
+//! A Region's PostgreSQL database: schema migrations and per-country partitions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meridian_shared::schema::{self, MigrationError};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::plan::{Change, PartitionState};
+
+/// Pools of the Regions' databases, one per connection URL, created on first use.
+#[derive(Default)]
+pub struct Databases {
+    pools: Mutex<HashMap<String, PgPool>>,
+}
+
+impl Databases {
+    /// The database behind `url`. The pool connects lazily; the first query reports an
+    /// unreachable server within a few seconds.
+    pub fn get(&self, url: &str) -> Result<RegionDb, sqlx::Error> {
+        let mut pools = self.pools.lock().expect("pool map lock");
+        if let Some(pool) = pools.get(url) {
+            return Ok(RegionDb { pool: pool.clone() });
+        }
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.application_name("meridian-control-plane"));
+        pools.insert(url.to_string(), pool.clone());
+        Ok(RegionDb { pool })
+    }
+
+    /// Closes and forgets the pool for `url` (a Region that went away).
+    pub async fn forget(&self, url: &str) {
+        let pool = self.pools.lock().expect("pool map lock").remove(url);
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+    }
+}
+
+/// Failures talking to a Region's database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot reach the database: {0}")]
+    Unreachable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("failed to {change}: {source}")]
+    Apply { change: String, source: sqlx::Error },
+}
+
+/// One Region's database.
+#[derive(Clone)]
+pub struct RegionDb {
+    pool: PgPool,
+}
+
+impl RegionDb {
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
+        Ok(schema::migrate(&mut conn).await?)
+    }
+
+    /// Versions of the migrations already applied.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
+        let applied = schema::applied_versions(&mut conn).await?;
+        schema::check_applied(&applied)?;
+        Ok(applied.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// The state of country `code`'s partitions.
+    pub async fn partitions(&self, code: &str) -> Result<BTreeMap<String, PartitionState>, DbError> {
+        let names = crate::plan::partition_names(code);
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT c.relname::text, c.relispartition
+               FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace
+                AND c.relkind IN ('r', 'p')
+                AND c.relname = ANY($1)",
+        )
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(DbError::Unreachable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, attached)| (name, if attached { PartitionState::Attached } else { PartitionState::Detached }))
+            .collect())
+    }
+
+    /// Applies `changes` in one transaction: all of them or none. Migrations in the list are
+    /// applied first through the migration runner, which records them.
+    pub async fn apply(&self, changes: &[Change]) -> Result<(), DbError> {
+        if changes.iter().any(|c| matches!(c, Change::ApplyMigration { .. })) {
+            self.migrate().await?;
+        }
+        let ddl: Vec<&Change> = changes.iter().filter(|c| !matches!(c, Change::ApplyMigration { .. })).collect();
+        if ddl.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
+        for change in ddl {
+            sqlx::raw_sql(AssertSqlSafe(change.sql()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| DbError::Apply { change: describe(change), source })?;
+        }
+        tx.commit().await.map_err(DbError::Unreachable)?;
+        Ok(())
+    }
+}
+
+fn describe(change: &Change) -> String {
+    match change {
+        Change::ApplyMigration { version, name } => format!("apply migration {version} ({name})"),
+        Change::CreatePartition { partition, .. } => format!("create partition {partition}"),
+        Change::AttachPartition { partition, .. } => format!("attach partition {partition}"),
+        Change::DetachPartition { partition, .. } => format!("detach partition {partition}"),
+        Change::DropPartition { partition } => format!("drop partition {partition}"),
+    }
+}

@@ -1,0 +1,75 @@
+//! The reconcilers, written once. Each takes an object and what it refers to, plans its
+//! changes, applies them and returns the new status; the drivers (the Kubernetes operator
+//! in [`crate::k8s`] and the embedded stack in [`crate::dev`]) fetch the inputs, write the
+//! status back, and publish events.
+
+pub mod country;
+pub mod region;
+
+use std::time::Duration;
+
+use crate::backends::postgres::Databases;
+use crate::conditions::Report;
+use crate::metrics::Metrics;
+use crate::providers::Providers;
+
+/// What every reconcile needs, shared across reconciles.
+pub struct Context {
+    pub databases: Databases,
+    pub providers: Providers,
+    pub metrics: Metrics,
+}
+
+impl Context {
+    pub fn new(providers: Providers) -> Self {
+        Self { databases: Databases::default(), providers, metrics: Metrics::default() }
+    }
+}
+
+/// When to look at the object again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Only when it (or something it refers to) changes: the spec is invalid, or all is done.
+    AwaitChange,
+    /// After this long: waiting for something else, or checking that all is still well.
+    Requeue(Duration),
+}
+
+/// How often a Ready object is checked again.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How soon a waiting or failed object is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// The result of one reconcile.
+#[derive(Clone, Debug)]
+pub struct Outcome<S> {
+    pub status: S,
+    pub next: Next,
+    /// The reason of the failure, when it failed (for metrics and backoff).
+    pub failure: Option<&'static str>,
+}
+
+/// A step that could not go ahead: the conditions that say why, and when to retry.
+#[derive(Clone, Debug)]
+pub struct Blocked {
+    pub reports: Vec<Report>,
+    pub next: Next,
+    pub reason: &'static str,
+}
+
+impl Blocked {
+    fn new(reports: Vec<Report>, next: Next) -> Self {
+        let reason = reports.iter().find(|r| !r.status).map_or("Unknown", |r| r.reason);
+        Self { reports, next, reason }
+    }
+
+    /// One-line summary for CLI output.
+    pub fn message(&self) -> String {
+        self.reports.iter().filter(|r| !r.status).map(|r| format!("{}={}: {}", r.type_, r.reason, r.message)).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Whether the object carries the annotation that lets its deletion skip the stores.
+pub fn abandoned(meta: &kube::api::ObjectMeta) -> bool {
+    meta.annotations.as_ref().and_then(|a| a.get(meridian_crds::ABANDON_ANNOTATION)).is_some_and(|v| v == "true")
+}

@@ -1,0 +1,123 @@
+//! Where a Region's database comes from. Each provider turns a Region into a connection
+//! URL: `local` starts a PostgreSQL cluster (only in `meridian dev`), `external` reads the
+//! URL from a Secret. `aws` and `inCluster` are not built yet and say so in a condition.
+
+mod local;
+mod secrets;
+
+use std::sync::Arc;
+
+use meridian_crds::{DeletionPolicy, Region, RegionProvider};
+
+pub use local::LocalClusters;
+pub use secrets::{SecretSource, StaticSecrets};
+
+/// How to reach a Region's database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Full connection URL, credentials included: never written to status or logs.
+    pub url: String,
+    /// `host:port/database`, safe to show.
+    pub display: String,
+}
+
+impl Endpoint {
+    pub fn from_url(url: String) -> Self {
+        let display = match url.split_once('@') {
+            Some((_, rest)) => rest.to_string(),
+            None => url.split_once("://").map_or(url.clone(), |(_, rest)| rest.to_string()),
+        };
+        let display = display.split('?').next().unwrap_or_default().to_string();
+        Self { url, display }
+    }
+}
+
+/// Why a provider could not produce an endpoint; `reason` becomes the condition reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ProviderError {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+/// All providers available to this driver.
+#[derive(Clone)]
+pub struct Providers {
+    local: Option<Arc<LocalClusters>>,
+    secrets: Arc<dyn SecretSource>,
+}
+
+impl Providers {
+    pub fn new(local: Option<Arc<LocalClusters>>, secrets: Arc<dyn SecretSource>) -> Self {
+        Self { local, secrets }
+    }
+
+    /// Provisions the Region's stack if this provider creates one, and returns its endpoint.
+    pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        match region.spec.provider {
+            RegionProvider::Local => self.local(region)?.ensure(&region_name(region)).await,
+            _ => self.locate(region).await,
+        }
+    }
+
+    /// The endpoint of an existing stack, without creating anything.
+    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        match region.spec.provider {
+            RegionProvider::Local => self.local(region)?.locate(&region_name(region)),
+            RegionProvider::External => {
+                let Some(external) = &region.spec.external else {
+                    return Err(ProviderError::new("InvalidSpec", "spec.external is required when spec.provider is external"));
+                };
+                let r = &external.database_url_secret_ref;
+                let shown = format!("{}/{} key {}", r.namespace.as_deref().unwrap_or("(operator namespace)"), r.name, r.key);
+                match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
+                    Ok(Some(url)) => Ok(Endpoint::from_url(url)),
+                    Ok(None) => Err(ProviderError::new(
+                        "ConnectionSecretMissing",
+                        format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
+                    )),
+                    Err(e) => Err(ProviderError::new("ConnectionSecretUnreadable", format!("cannot read Secret {shown}: {e}"))),
+                }
+            }
+            RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
+                "ProviderNotImplemented",
+                format!("spec.provider {:?} is not available in this version; use external or local", provider_name(region)),
+            )),
+        }
+    }
+
+    /// Lets go of the Region's stack when the Region is deleted: with `Delete`, its data goes too.
+    pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
+        match region.spec.provider {
+            RegionProvider::Local => {
+                let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
+                self.local(region)?.release(&region_name(region), delete).await
+            }
+            // External databases are not ours; the Country cleanups already handled their partitions.
+            _ => Ok(()),
+        }
+    }
+
+    fn local(&self, region: &Region) -> Result<&LocalClusters, ProviderError> {
+        self.local.as_deref().ok_or_else(|| {
+            ProviderError::new(
+                "ProviderUnavailable",
+                format!("spec.provider local runs only in `meridian dev`; Region {} needs external here", region_name(region)),
+            )
+        })
+    }
+}
+
+fn region_name(region: &Region) -> String {
+    region.metadata.name.clone().unwrap_or_default()
+}
+
+fn provider_name(region: &Region) -> String {
+    serde_json::to_value(region.spec.provider).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}

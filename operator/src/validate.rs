@@ -1,0 +1,125 @@
+//! Checks that the CRD schema cannot express (IANA time zones, BCP 47 locales, that a
+//! regex compiles), plus the schema's own patterns and CEL rules again, because `meridian
+//! dev` and `meridian plan` read manifests that never went through an API server.
+
+use std::fmt;
+
+use meridian_crds::{Country, Region, RegionProvider};
+
+/// One invalid field: `spec.timezone: unknown IANA time zone "Mars/Olympus"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins field errors into one condition message.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+fn matches(pattern: &str, value: &str) -> bool {
+    regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
+}
+
+/// Every problem with a Country's spec, empty when it is valid.
+pub fn country(country: &Country) -> Vec<FieldError> {
+    let spec = &country.spec;
+    let mut errors = Vec::new();
+    if !matches(r"^[A-Z]{2}$", &spec.code) {
+        errors.push(err(
+            "spec.code",
+            format!("{:?} is not an ISO 3166-1 alpha-2 code in upper case (e.g. \"DE\")", spec.code),
+        ));
+    }
+    if spec.timezone.parse::<chrono_tz::Tz>().is_err() {
+        errors.push(err("spec.timezone", format!("unknown IANA time zone {:?} (e.g. \"Europe/Berlin\")", spec.timezone)));
+    }
+    match language_tags::LanguageTag::parse(&spec.locale) {
+        Ok(tag) if tag.is_valid() => {}
+        _ => errors.push(err("spec.locale", format!("{:?} is not a BCP 47 language tag (e.g. \"de-DE\")", spec.locale))),
+    }
+    if spec.languages.is_empty() {
+        errors.push(err("spec.languages", "at least one language is required"));
+    }
+    for (i, lang) in spec.languages.iter().enumerate() {
+        if !matches(r"^[a-z]{2,3}$", lang) {
+            errors.push(err(&format!("spec.languages[{i}]"), format!("{lang:?} is not an ISO 639 language code")));
+        }
+    }
+    if !matches(r"^[A-Z]{3}$", &spec.currency) {
+        errors.push(err("spec.currency", format!("{:?} is not an ISO 4217 currency code", spec.currency)));
+    }
+    if spec.region.is_empty() {
+        errors.push(err("spec.region", "the name of a Region is required"));
+    }
+    if let Some(pattern) = &spec.regulatory.national_id_pattern
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        let first_line = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+        errors.push(err("spec.regulatory.nationalIdPattern", format!("not a valid regular expression: {first_line}")));
+    }
+    if !(1..=100).contains(&spec.regulatory.retention_years) {
+        errors.push(err("spec.regulatory.retentionYears", "must be between 1 and 100"));
+    }
+    if spec.regulatory.minimum_age > 21 {
+        errors.push(err("spec.regulatory.minimumAge", "must be between 0 and 21"));
+    }
+    errors.extend(cel_errors(country.validate_cel()));
+    dedup(errors)
+}
+
+/// Every problem with a Region's spec, empty when it is valid.
+pub fn region(region: &Region) -> Vec<FieldError> {
+    let spec = &region.spec;
+    let mut errors = Vec::new();
+    if !matches(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", &spec.cloud_region) {
+        errors.push(err("spec.cloudRegion", format!("{:?} is not a cloud region name (e.g. \"eu-central-1\")", spec.cloud_region)));
+    }
+    if spec.provider == RegionProvider::External && spec.external.is_none() {
+        errors.push(err("spec.external", "required when spec.provider is external"));
+    }
+    errors.extend(cel_errors(region.validate_cel()));
+    dedup(errors)
+}
+
+/// Rejects a spec change the API server would refuse (the CEL transition rules), for
+/// drivers that see edits without an API server in between.
+pub fn country_update(new: &Country, old: &Country) -> Vec<FieldError> {
+    cel_errors(new.validate_cel_update(old))
+}
+
+/// See [`country_update`].
+pub fn region_update(new: &Region, old: &Region) -> Vec<FieldError> {
+    cel_errors(new.validate_cel_update(old))
+}
+
+fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<FieldError> {
+    let Err(errors) = result else { return Vec::new() };
+    errors
+        .into_vec()
+        .into_iter()
+        .map(|e| {
+            // Our rules' messages already start with the field ("spec.code is immutable").
+            let field = e.message.split_whitespace().find(|w| w.starts_with("spec.")).map(str::to_string);
+            let field = field.unwrap_or_else(|| if e.field_path.is_empty() { "spec".into() } else { e.field_path.clone() });
+            err(field.trim_end_matches([':', ',']), e.message)
+        })
+        .collect()
+}
+
+/// CEL and the Rust checks can report the same field twice; keep the first.
+fn dedup(errors: Vec<FieldError>) -> Vec<FieldError> {
+    let mut seen = std::collections::BTreeSet::new();
+    errors.into_iter().filter(|e| seen.insert(e.field.clone())).collect()
+}
