@@ -9,3 +9,6 @@ pub mod metrics;
 pub mod plan;
 pub mod providers;
 pub mod validate;
+pub mod dev;
+pub mod k8s;
+pub mod plan_cmd;

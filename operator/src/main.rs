@@ -1,1 +1,87 @@
-fn main() {}
+//! `meridian`: one binary for the control plane and (as later issues land) the workloads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Meridian: a Kubernetes control plane for multi-country healthcare platforms.
+#[derive(Parser)]
+#[command(name = "meridian", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine: PostgreSQL per Region, the reconcilers driven by a
+    /// folder of manifests, and one HTTP entry point.
+    Dev {
+        /// Folder of Country, Region (and Secret) manifests, watched for changes.
+        #[arg(long, default_value = "examples")]
+        manifests: PathBuf,
+        /// Where the PostgreSQL clusters keep their data across restarts.
+        #[arg(long, default_value = ".meridian")]
+        data_dir: PathBuf,
+        /// Address of the HTTP entry point.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run the Kubernetes operator (in a cluster, or against the current kubeconfig).
+    Operator(meridian_operator::k8s::OperatorOptions),
+    /// Print the CustomResourceDefinitions: `meridian crds | kubectl apply -f -`.
+    Crds,
+    /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
+    /// Exits 1 on invalid manifests, 2 when a store cannot be read.
+    Plan {
+        /// Folder of Country and Region manifests.
+        #[arg(long, default_value = "examples")]
+        manifests: PathBuf,
+        /// Data directory of `meridian dev`, for `local` Regions.
+        #[arg(long, default_value = ".meridian")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,kube_runtime=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev { manifests, data_dir, listen } => {
+                meridian_operator::dev::run(meridian_operator::dev::DevOptions { manifests, data_dir, listen }).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Operator(options) => {
+                meridian_operator::k8s::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Crds => {
+                print!("{}", meridian_crds::crds_yaml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Plan { manifests, data_dir } => {
+                let report = meridian_operator::plan_cmd::run(&manifests, &data_dir).await?;
+                print!("{}", report.text);
+                Ok(ExitCode::from(report.exit_code()))
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let e: anyhow::Error = e;
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

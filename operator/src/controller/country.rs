@@ -22,8 +22,10 @@ pub struct World<'a> {
 /// The Region's endpoint and the changes its database needs for this Country.
 pub struct Planned {
     pub region: String,
-    pub endpoint: Endpoint,
+    pub endpoint: Option<Endpoint>,
     pub changes: Vec<Change>,
+    /// The Region's schema is not current yet: `changes` assume it will be.
+    pub schema_pending: bool,
 }
 
 /// Checks the binding of `country` to `region`. Pure.
@@ -62,7 +64,7 @@ pub fn check_residency(country: &Country, region: &Region, countries: &[Country]
     Ok(Report::ok(
         RESIDENCY_COMPLIANT,
         "Compliant",
-        format!("{:?} residency satisfied by Region {region_name} in {cloud}", spec.residency).to_lowercase(),
+        format!("{} residency satisfied by Region {region_name} in {cloud}", format!("{:?}", spec.residency).to_lowercase()),
     ))
 }
 
@@ -112,15 +114,19 @@ pub async fn plan(country: &Country, world: World<'_>, ctx: &Context) -> Result<
     };
     let endpoint = ctx.providers.locate(region).await.map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
     let db = ctx.databases.get(&endpoint.url).map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
-    let pending = db.applied_migrations().await.map(|applied| plan::migrations(&applied));
-    let observed = match pending {
-        Ok(pending) if pending.is_empty() => db.partitions(&country.spec.code).await,
-        Ok(_) => return Err(waiting("RegionNotReady", format!("Region {region_name} has pending schema migrations"))),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| waiting("DatabaseUnreachable", format!("Region {region_name}: {e}")))?;
+    let unreachable = |e: crate::backends::postgres::DbError| waiting("DatabaseUnreachable", format!("Region {region_name}: {e}"));
+    let schema_pending = !plan::migrations(&db.applied_migrations().await.map_err(unreachable)?).is_empty();
+    let observed = if schema_pending { Default::default() } else { db.partitions(&country.spec.code).await.map_err(unreachable)? };
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &observed);
-    Ok((Planned { region: region_name, endpoint, changes }, compliant))
+    Ok((Planned { region: region_name, endpoint: Some(endpoint), changes, schema_pending }, compliant))
+}
+
+/// Plans against a Region whose database does not exist yet: every partition is new.
+pub fn plan_fresh(country: &Country, world: World<'_>) -> Result<(Planned, Report), Blocked> {
+    let (region, compliant) = admit(country, world)?;
+    let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &Default::default());
+    let region = region.metadata.name.clone().unwrap_or_default();
+    Ok((Planned { region, endpoint: None, changes, schema_pending: true }, compliant))
 }
 
 /// Reconciles a Country: residency, partitions, status.
@@ -158,7 +164,13 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
             return Outcome { status: finish(&blocked.reports, previous.clone()), next: blocked.next, failure: Some(blocked.reason) };
         }
     };
-    let db = ctx.databases.get(&planned.endpoint.url).expect("URL parsed during planning");
+    let endpoint = planned.endpoint.as_ref().expect("planning against a live database yields its endpoint");
+    if planned.schema_pending {
+        let message = format!("Region {} has pending schema migrations", planned.region);
+        let reports = [compliant, Report::failed(DATABASE_READY, "RegionNotReady", &message), Report::failed(READY, "RegionNotReady", message)];
+        return Outcome { status: finish(&reports, previous.clone()), next: Next::Requeue(RETRY), failure: Some("RegionNotReady") };
+    }
+    let db = ctx.databases.get(&endpoint.url).expect("URL parsed during planning");
     if let Err(e) = db.apply(&planned.changes).await {
         let message = format!("Region {}: {e}", planned.region);
         let reports = [compliant, Report::failed(DATABASE_READY, "PartitionFailed", &message), Report::failed(READY, "PartitionFailed", message)];

@@ -65,7 +65,14 @@ impl Blocked {
 
     /// One-line summary for CLI output.
     pub fn message(&self) -> String {
-        self.reports.iter().filter(|r| !r.status).map(|r| format!("{}={}: {}", r.type_, r.reason, r.message)).collect::<Vec<_>>().join("; ")
+        let mut lines: Vec<String> = Vec::new();
+        for r in self.reports.iter().filter(|r| !r.status) {
+            let line = format!("{}: {}", r.reason, r.message);
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines.join("; ")
     }
 }
 

@@ -15,11 +15,23 @@ pub struct LocalClusters {
     root: PathBuf,
     durability: Durability,
     clusters: Mutex<HashMap<String, Cluster>>,
+    /// Clusters another process runs (a `meridian dev` that `meridian plan` looks at), by port.
+    adopted: HashMap<String, u16>,
 }
 
 impl LocalClusters {
     pub fn new(root: PathBuf, durability: Durability) -> Self {
-        Self { root, durability, clusters: Mutex::default() }
+        Self { root, durability, clusters: Mutex::default(), adopted: HashMap::new() }
+    }
+
+    /// Read-only view of clusters that a running `meridian dev` owns.
+    pub fn adopt(root: PathBuf, ports: HashMap<String, u16>) -> Self {
+        Self { root, durability: Durability::Durable, clusters: Mutex::default(), adopted: ports }
+    }
+
+    /// Whether Region `name` has a cluster on disk.
+    pub fn exists(&self, name: &str) -> bool {
+        self.adopted.contains_key(name) || self.dir(name).join("pgdata").join("PG_VERSION").is_file()
     }
 
     /// Where Region `name` keeps its cluster.
@@ -42,6 +54,9 @@ impl LocalClusters {
 
     /// The endpoint of Region `name`'s running cluster.
     pub fn locate(&self, name: &str) -> Result<Endpoint, ProviderError> {
+        if let Some(port) = self.adopted.get(name) {
+            return Ok(Endpoint::from_url(meridian_localpg::url(*port, DATABASE)));
+        }
         let clusters = self.clusters.lock().expect("cluster map lock");
         clusters.get(name).map(|c| Endpoint::from_url(c.url(DATABASE))).ok_or_else(|| ProviderError {
             reason: "DatabaseNotStarted",

@@ -78,7 +78,7 @@ impl Cluster {
 
     /// Connection URL for `database` as the superuser.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        url(self.port, database)
     }
 
     /// Creates `name` if it does not exist yet.
@@ -158,6 +158,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Connection URL for `database` on a local cluster listening on `port`.
+pub fn url(port: u16, database: &str) -> String {
+    format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}")
 }
 
 /// A cluster in a temporary directory, removed when dropped. For tests and benchmarks.

@@ -10,7 +10,7 @@ mod binaries;
 mod cluster;
 mod user;
 
-pub use cluster::{Cluster, Durability, TempCluster};
+pub use cluster::{Cluster, Durability, TempCluster, url};
 
 /// Account that runs the server when this process is root.
 pub const SERVER_USER: &str = "meridian";

@@ -1,0 +1,120 @@
+//! Reads the watched folder: every `*.yaml` / `*.yml` below it, several documents per file,
+//! of kind `Country`, `Region` or `Secret` (for `external` Regions).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use meridian_crds::{Country, Region};
+
+use crate::providers::StaticSecrets;
+
+/// One object as read from disk, with the file it came from and when that was written.
+#[derive(Clone, Debug)]
+pub struct Loaded<K> {
+    pub object: K,
+    pub path: PathBuf,
+    pub modified: SystemTime,
+}
+
+/// Everything the folder holds.
+#[derive(Default)]
+pub struct Manifests {
+    pub countries: BTreeMap<String, Loaded<Country>>,
+    pub regions: BTreeMap<String, Loaded<Region>>,
+    pub secrets: StaticSecrets,
+    /// Files or documents that could not be read, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// Reads `dir` recursively.
+pub fn load(dir: &Path) -> std::io::Result<Manifests> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut out = Manifests::default();
+    for path in files {
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // Removed between listing and reading: it will be gone on the next scan too.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.errors.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            if let Err(e) = read_document(doc, &path, modified, &mut out) {
+                out.errors.push(format!("{} (document {}): {e}", path.display(), i + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_document(doc: serde_yaml_ng::Deserializer<'_>, path: &Path, modified: SystemTime, out: &mut Manifests) -> Result<(), String> {
+    use serde::Deserialize;
+    let value = serde_json::Value::deserialize(doc).map_err(|e| e.to_string())?;
+    if value.is_null() {
+        return Ok(()); // an empty document, e.g. a trailing `---`
+    }
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    if name.is_empty() {
+        return Err(format!("{kind} has no metadata.name"));
+    }
+    let duplicate = |existing: &Path| format!("{kind} {name} is also defined in {}", existing.display());
+    match kind.as_str() {
+        "Country" => {
+            let object: Country = serde_json::from_value(value).map_err(|e| format!("Country {name}: {e}"))?;
+            if let Some(existing) = out.countries.get(&name) {
+                return Err(duplicate(&existing.path));
+            }
+            out.countries.insert(name, Loaded { object, path: path.to_path_buf(), modified });
+        }
+        "Region" => {
+            let object: Region = serde_json::from_value(value).map_err(|e| format!("Region {name}: {e}"))?;
+            if let Some(existing) = out.regions.get(&name) {
+                return Err(duplicate(&existing.path));
+            }
+            out.regions.insert(name, Loaded { object, path: path.to_path_buf(), modified });
+        }
+        "Secret" => {
+            let namespace = value.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("default");
+            out.secrets.insert(namespace, &name, secret_data(&value)?);
+        }
+        other => return Err(format!("kind {other:?} is not one Meridian reads (Country, Region, Secret)")),
+    }
+    Ok(())
+}
+
+/// `stringData` as is, `data` base64-decoded.
+fn secret_data(value: &serde_json::Value) -> Result<BTreeMap<String, String>, String> {
+    let mut data = BTreeMap::new();
+    if let Some(map) = value.get("data").and_then(|d| d.as_object()) {
+        for (key, encoded) in map {
+            let bytes: k8s_openapi::ByteString =
+                serde_json::from_value(encoded.clone()).map_err(|e| format!("data.{key}: {e}"))?;
+            data.insert(key.clone(), String::from_utf8(bytes.0).map_err(|_| format!("data.{key} is not UTF-8"))?);
+        }
+    }
+    if let Some(map) = value.get("stringData").and_then(|d| d.as_object()) {
+        for (key, v) in map {
+            data.insert(key.clone(), v.as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(data)
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, files)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(path);
+        }
+    }
+    Ok(())
+}

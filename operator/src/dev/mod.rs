@@ -1,0 +1,366 @@
+//! `meridian dev`: the whole control plane on one machine, with no cluster and no cloud.
+//! One PostgreSQL cluster per `local` Region, the same reconcilers as the operator, driven
+//! by the manifests in a folder, and one HTTP entry point.
+
+mod api;
+mod lock;
+pub mod manifests;
+mod store;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use meridian_crds::condition_types::READY;
+use meridian_crds::{Country, Region};
+use meridian_localpg::Durability;
+
+pub use lock::{DataDirLock, LockError, RunningState};
+use store::Store;
+
+use crate::conditions;
+use crate::controller::{Context, Next, country, region};
+use crate::providers::{LocalClusters, Providers, StaticSecrets};
+
+/// How often the folder is scanned for changes.
+const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Options of `meridian dev`.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub manifests: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.data_dir)?;
+    let lock = DataDirLock::acquire(&options.data_dir)?;
+    if !options.manifests.is_dir() {
+        anyhow::bail!("--manifests {}: not a directory", options.manifests.display());
+    }
+    let local = Arc::new(LocalClusters::new(options.data_dir.clone(), Durability::Durable));
+    let secrets = Arc::new(DevSecrets::default());
+    let ctx = Arc::new(Context::new(Providers::new(Some(local.clone()), secrets.clone())));
+    let store = Arc::new(RwLock::new(Store::default()));
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(store.clone(), ctx.clone());
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    println!("meridian dev: manifests {}, data {}, API http://{}", options.manifests.display(), options.data_dir.display(), options.listen);
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut dev = Dev { options, ctx, store, secrets, local: local.clone(), lock, timings: Timings::default(), last_table: String::new() };
+    let result = tokio::select! {
+        result = dev.run_loop() => result,
+        _ = stop_rx.wait_for(|s| *s) => Ok(()),
+    };
+    println!("meridian dev: stopping");
+    let _ = server.await;
+    tokio::task::spawn_blocking(move || local.stop_all()).await?;
+    println!("meridian dev: stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Secrets from the folder; replaced on every scan.
+#[derive(Default)]
+struct DevSecrets(RwLock<StaticSecrets>);
+
+impl crate::providers::SecretSource for DevSecrets {
+    fn get<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, String>> {
+        let secrets = self.0.read().expect("secrets lock").clone();
+        Box::pin(async move { secrets.get(namespace, name, key).await })
+    }
+}
+
+/// Start-up and launch timings the status output reports.
+#[derive(Default)]
+struct Timings {
+    /// When every Region of the first scan had its database up.
+    databases_up: Option<Instant>,
+    /// Countries of the first scan not Ready yet; `None` once reported.
+    first_wave: Option<BTreeSet<String>>,
+    /// Countries added or changed later, with when their manifest was written.
+    launches: BTreeMap<String, SystemTime>,
+    /// Timing lines not printed yet.
+    pending_lines: Vec<String>,
+}
+
+struct Dev {
+    options: DevOptions,
+    ctx: Arc<Context>,
+    store: Arc<RwLock<Store>>,
+    secrets: Arc<DevSecrets>,
+    local: Arc<LocalClusters>,
+    lock: DataDirLock,
+    timings: Timings,
+    last_table: String,
+}
+
+impl Dev {
+    async fn run_loop(&mut self) -> anyhow::Result<()> {
+        let mut first = true;
+        let mut last_errors = Vec::new();
+        loop {
+            let now = Instant::now();
+            let manifests = manifests::load(&self.options.manifests)?;
+            if manifests.errors != last_errors {
+                for error in &manifests.errors {
+                    println!("manifest error: {error}");
+                }
+                last_errors = manifests.errors.clone();
+            }
+            *self.secrets.0.write().expect("secrets lock") = manifests.secrets.clone();
+            let mut report = store::SyncReport::default();
+            {
+                let mut store = self.store.write().expect("store lock");
+                store.regions.sync(&manifests.regions, &mut report, now);
+                store.countries.sync(&manifests.countries, &mut report, now);
+            }
+            for line in &report.rejected {
+                println!("manifest error: {line}");
+            }
+            if first {
+                self.timings.first_wave = Some(manifests.countries.keys().cloned().collect());
+            } else {
+                for line in report.added.iter().chain(&report.changed).chain(&report.removed) {
+                    println!("manifest: {line}");
+                }
+                for name in report.added.iter().chain(&report.changed).filter_map(|l| l.strip_prefix("countries ")) {
+                    if let Some(loaded) = manifests.countries.get(name) {
+                        self.timings.launches.insert(name.to_string(), loaded.modified);
+                    }
+                }
+            }
+
+            let regions_changed = self.reconcile_regions().await;
+            if first {
+                self.timings.databases_up = Some(Instant::now());
+                self.lock.write_state(&RunningState { listen: self.options.listen.to_string(), regions: self.local.ports() })?;
+                println!("meridian dev: {} database(s) up", self.local.ports().len());
+            } else if regions_changed {
+                self.lock.write_state(&RunningState { listen: self.options.listen.to_string(), regions: self.local.ports() })?;
+            }
+            self.reconcile_countries().await;
+            self.print_status();
+            first = false;
+            tokio::time::sleep(SCAN_INTERVAL).await;
+        }
+    }
+
+    /// Reconciles the due Regions concurrently (their databases start in parallel).
+    /// Returns whether any Region's status changed.
+    async fn reconcile_regions(&mut self) -> bool {
+        let now = Instant::now();
+        let (due, countries) = {
+            let store = self.store.read().expect("store lock");
+            let due: Vec<Region> = store.regions.due(now).iter().map(|n| store.regions.entries[n].object.clone()).collect();
+            (due, store.countries.objects())
+        };
+        let ctx = &self.ctx;
+        let results = futures::future::join_all(due.iter().map(|r| {
+            let countries = &countries;
+            async move {
+                let started = Instant::now();
+                let result = if r.metadata.deletion_timestamp.is_some() {
+                    Err(region::cleanup(r, countries, ctx).await)
+                } else {
+                    Ok(region::apply(r, ctx).await)
+                };
+                (r, result, started.elapsed())
+            }
+        }))
+        .await;
+        let mut changed = false;
+        let mut store = self.store.write().expect("store lock");
+        for (region, result, elapsed) in results {
+            let name = region.metadata.name.clone().unwrap_or_default();
+            match result {
+                Ok(outcome) => {
+                    ctx.metrics.observe("Region", elapsed, outcome.failure);
+                    let was_ready = ready(region.status.as_ref().map(|s| s.conditions.as_slice()));
+                    let is_ready = conditions::is_true(&outcome.status.conditions, READY);
+                    if store.set_region_status(&name, outcome.status) {
+                        changed = true;
+                    }
+                    if let Some(entry) = store.regions.entries.get_mut(&name) {
+                        entry.due = due_after(outcome.next);
+                    }
+                    if was_ready != is_ready {
+                        wake_countries_of(&mut store, &name);
+                    }
+                }
+                Err(Ok(())) => {
+                    ctx.metrics.observe("Region", elapsed, None);
+                    store.regions.entries.remove(&name);
+                    println!("region {name} deleted ({:?})", region.spec.deletion_policy);
+                    changed = true;
+                    wake_countries_of(&mut store, &name);
+                }
+                Err(Err(blocked)) => {
+                    ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
+                    let previous = region.status.clone().unwrap_or_default();
+                    let status = meridian_crds::RegionStatus {
+                        conditions: conditions::merge(&previous.conditions, &blocked.reports, region.metadata.generation),
+                        ..previous
+                    };
+                    changed |= store.set_region_status(&name, status);
+                    if let Some(entry) = store.regions.entries.get_mut(&name) {
+                        entry.due = due_after(blocked.next);
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Reconciles the due Countries concurrently.
+    async fn reconcile_countries(&mut self) {
+        let now = Instant::now();
+        let (due, countries, regions) = {
+            let store = self.store.read().expect("store lock");
+            let due: Vec<Country> = store.countries.due(now).iter().map(|n| store.countries.entries[n].object.clone()).collect();
+            let regions: BTreeMap<String, Region> =
+                store.regions.entries.iter().map(|(n, e)| (n.clone(), e.object.clone())).collect();
+            (due, store.countries.objects(), regions)
+        };
+        let ctx = &self.ctx;
+        let results = futures::future::join_all(due.iter().map(|c| {
+            let (countries, regions) = (&countries, &regions);
+            async move {
+                let started = Instant::now();
+                let region = regions.get(&c.spec.region);
+                let result = if c.metadata.deletion_timestamp.is_some() {
+                    Err(country::cleanup(c, region, ctx).await)
+                } else {
+                    Ok(country::apply(c, country::World { region, countries }, ctx).await)
+                };
+                (c, result, started.elapsed())
+            }
+        }))
+        .await;
+        let mut store = self.store.write().expect("store lock");
+        for (country, result, elapsed) in results {
+            let name = country.metadata.name.clone().unwrap_or_default();
+            match result {
+                Ok(outcome) => {
+                    ctx.metrics.observe("Country", elapsed, outcome.failure);
+                    if conditions::is_true(&outcome.status.conditions, READY) {
+                        self.timings.country_ready(&name);
+                    }
+                    store.set_country_status(&name, outcome.status);
+                    if let Some(entry) = store.countries.entries.get_mut(&name) {
+                        entry.due = due_after(outcome.next);
+                    }
+                }
+                Err(Ok(changes)) => {
+                    ctx.metrics.observe("Country", elapsed, None);
+                    store.countries.entries.remove(&name);
+                    let what = if changes.is_empty() { "stores left untouched".to_string() } else { format!("{} partition change(s)", changes.len()) };
+                    println!("country {name} deleted ({:?}: {what})", country.spec.deletion_policy);
+                    for change in changes {
+                        println!("  {change}");
+                    }
+                    // A dedicated Region it held may now serve another Country.
+                    wake_countries_of(&mut store, &country.spec.region);
+                }
+                Err(Err(blocked)) => {
+                    ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
+                    let previous = country.status.clone().unwrap_or_default();
+                    let status = meridian_crds::CountryStatus {
+                        conditions: conditions::merge(&previous.conditions, &blocked.reports, country.metadata.generation),
+                        ..previous
+                    };
+                    store.set_country_status(&name, status);
+                    if let Some(entry) = store.countries.entries.get_mut(&name) {
+                        entry.due = due_after(blocked.next);
+                    }
+                }
+            }
+        }
+    }
+
+    fn print_status(&mut self) {
+        let table = {
+            let store = self.store.read().expect("store lock");
+            table::render(&store.regions.objects(), &store.countries.objects())
+        };
+        if table != self.last_table {
+            println!("\n{table}");
+            self.last_table = table;
+        }
+        for line in self.timings.take_lines() {
+            println!("{line}");
+        }
+    }
+}
+
+impl Timings {
+    fn country_ready(&mut self, name: &str) {
+        if let Some(wave) = self.first_wave.as_mut() {
+            wave.remove(name);
+        }
+        if let Some(written) = self.launches.remove(name) {
+            let secs = SystemTime::now().duration_since(written).unwrap_or_default().as_secs_f64();
+            self.pending_lines.push(format!("timing: country {name} Ready {secs:.2}s after its manifest was written"));
+        }
+    }
+
+    fn take_lines(&mut self) -> Vec<String> {
+        if let (Some(wave), Some(up)) = (&self.first_wave, self.databases_up)
+            && wave.is_empty()
+        {
+            self.pending_lines.push(format!("timing: all countries Ready {:.2}s after the databases were up", up.elapsed().as_secs_f64()));
+            self.first_wave = None;
+        }
+        std::mem::take(&mut self.pending_lines)
+    }
+}
+
+fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
+    conds.is_some_and(|c| conditions::is_true(c, READY))
+}
+
+fn due_after(next: Next) -> Option<Instant> {
+    match next {
+        Next::AwaitChange => None,
+        Next::Requeue(after) => Some(Instant::now() + after),
+    }
+}
+
+fn wake_countries_of(store: &mut Store, region: &str) {
+    let now = Instant::now();
+    for entry in store.countries.entries.values_mut().filter(|e| e.object.spec.region == region) {
+        entry.due = Some(now);
+    }
+}

@@ -1,0 +1,191 @@
+//! The objects `meridian dev` holds, as a cluster would: metadata the API server fills in
+//! (uid, generation, creation and deletion timestamps, finalizers) and status written back
+//! by the reconcilers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Instant, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+use meridian_crds::{Country, FINALIZER, Region};
+use serde::Serialize;
+
+use super::manifests::Loaded;
+use crate::validate::{self, FieldError};
+
+/// What the store needs to know about a kind.
+pub trait Managed: Clone + Serialize {
+    const PLURAL: &'static str;
+    fn meta(&self) -> &ObjectMeta;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    fn spec_json(&self) -> serde_json::Value;
+    /// Takes spec, labels and annotations from `desired`, keeping metadata and status.
+    fn take_spec(&mut self, desired: &Self);
+    /// The API server's transition rules (immutable fields).
+    fn check_update(new: &Self, old: &Self) -> Vec<FieldError>;
+}
+
+macro_rules! managed {
+    ($kind:ty, $plural:literal, $check:path) => {
+        impl Managed for $kind {
+            const PLURAL: &'static str = $plural;
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+            fn spec_json(&self) -> serde_json::Value {
+                serde_json::to_value(&self.spec).expect("spec serializes")
+            }
+            fn take_spec(&mut self, desired: &Self) {
+                self.spec = desired.spec.clone();
+                self.metadata.labels = desired.metadata.labels.clone();
+                self.metadata.annotations = desired.metadata.annotations.clone();
+            }
+            fn check_update(new: &Self, old: &Self) -> Vec<FieldError> {
+                $check(new, old)
+            }
+        }
+    };
+}
+managed!(Country, "countries", validate::country_update);
+managed!(Region, "regions", validate::region_update);
+
+/// One stored object and its bookkeeping.
+#[derive(Clone)]
+pub struct Entry<K> {
+    pub object: K,
+    /// When the manifest behind the current generation was written (for timings).
+    pub written: SystemTime,
+    /// When to reconcile next; `None` means "only on change".
+    pub due: Option<Instant>,
+}
+
+/// What one sync with the folder changed, as lines to print.
+#[derive(Default)]
+pub struct SyncReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub rejected: Vec<String>,
+}
+
+/// The objects of one kind, by name.
+pub struct Objects<K> {
+    pub entries: BTreeMap<String, Entry<K>>,
+}
+
+impl<K> Default for Objects<K> {
+    fn default() -> Self {
+        Self { entries: BTreeMap::new() }
+    }
+}
+
+impl<K: Managed> Objects<K> {
+    /// Brings the store in line with the folder: new objects are created, changed specs
+    /// bump the generation, vanished objects get a deletion timestamp (their finalizer
+    /// keeps them until cleanup is done).
+    pub fn sync(&mut self, desired: &BTreeMap<String, Loaded<K>>, report: &mut SyncReport, now: Instant) {
+        for (name, loaded) in desired {
+            match self.entries.get_mut(name) {
+                None => {
+                    let mut object = loaded.object.clone();
+                    let meta = object.meta_mut();
+                    meta.uid = Some(uuid::Uuid::new_v4().to_string());
+                    meta.generation = Some(1);
+                    meta.creation_timestamp = Some(Time(Timestamp::now()));
+                    meta.finalizers = Some(vec![FINALIZER.to_string()]);
+                    meta.resource_version = Some("1".into());
+                    self.entries.insert(name.clone(), Entry { object, written: loaded.modified, due: Some(now) });
+                    report.added.push(format!("{} {name}", K::PLURAL));
+                }
+                Some(entry) if entry.object.meta().deletion_timestamp.is_some() => {
+                    // Re-created while its deletion is still running: finish that first.
+                }
+                Some(entry) => {
+                    let spec_changed = entry.object.spec_json() != loaded.object.spec_json();
+                    let meta_changed = entry.object.meta().annotations != loaded.object.meta().annotations
+                        || entry.object.meta().labels != loaded.object.meta().labels;
+                    if !spec_changed && !meta_changed {
+                        continue;
+                    }
+                    let errors = K::check_update(&loaded.object, &entry.object);
+                    if !errors.is_empty() {
+                        report.rejected.push(format!("{} {name}: update refused: {}", K::PLURAL, validate::describe(&errors)));
+                        continue;
+                    }
+                    entry.object.take_spec(&loaded.object);
+                    let meta = entry.object.meta_mut();
+                    if spec_changed {
+                        meta.generation = Some(meta.generation.unwrap_or(0) + 1);
+                        entry.written = loaded.modified;
+                    }
+                    bump(meta);
+                    entry.due = Some(now);
+                    report.changed.push(format!("{} {name}", K::PLURAL));
+                }
+            }
+        }
+        for (name, entry) in self.entries.iter_mut() {
+            if !desired.contains_key(name) && entry.object.meta().deletion_timestamp.is_none() {
+                let meta = entry.object.meta_mut();
+                meta.deletion_timestamp = Some(Time(Timestamp::now()));
+                bump(meta);
+                entry.due = Some(now);
+                report.removed.push(format!("{} {name}", K::PLURAL));
+            }
+        }
+    }
+
+    /// Names whose reconcile is due.
+    pub fn due(&self, now: Instant) -> BTreeSet<String> {
+        self.entries.iter().filter(|(_, e)| e.due.is_some_and(|d| d <= now)).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The objects, for reconcilers that look across them.
+    pub fn objects(&self) -> Vec<K> {
+        self.entries.values().map(|e| e.object.clone()).collect()
+    }
+}
+
+fn bump(meta: &mut ObjectMeta) {
+    let rv = meta.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    meta.resource_version = Some((rv + 1).to_string());
+}
+
+/// Everything `meridian dev` holds.
+#[derive(Default)]
+pub struct Store {
+    pub countries: Objects<Country>,
+    pub regions: Objects<Region>,
+}
+
+impl Store {
+    /// Writes a new status, bumping the resource version when it changed. Returns whether it changed.
+    pub fn set_country_status(&mut self, name: &str, status: meridian_crds::CountryStatus) -> bool {
+        set_status(self.countries.entries.get_mut(name), status, |c| &mut c.status, |c| &mut c.metadata)
+    }
+
+    /// See [`Store::set_country_status`].
+    pub fn set_region_status(&mut self, name: &str, status: meridian_crds::RegionStatus) -> bool {
+        set_status(self.regions.entries.get_mut(name), status, |r| &mut r.status, |r| &mut r.metadata)
+    }
+}
+
+fn set_status<K, S: PartialEq>(
+    entry: Option<&mut Entry<K>>,
+    status: S,
+    slot: impl Fn(&mut K) -> &mut Option<S>,
+    meta: impl Fn(&mut K) -> &mut ObjectMeta,
+) -> bool {
+    let Some(entry) = entry else { return false };
+    let current = slot(&mut entry.object);
+    if current.as_ref() == Some(&status) {
+        return false;
+    }
+    *current = Some(status);
+    bump(meta(&mut entry.object));
+    true
+}

@@ -1,0 +1,271 @@
+//! The Country and Region controllers: kube-runtime around the shared reconcilers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use meridian_crds::{Country, FINALIZER, Isolation, Region};
+use serde_json::json;
+
+use super::FIELD_MANAGER;
+use crate::conditions::{self, Transition};
+use crate::controller::{Blocked, Context, Next, country, region};
+
+/// Failures that end a reconcile early; the error policy requeues them with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{kind} {name}: cleanup blocked: {message}")]
+    CleanupBlocked { kind: &'static str, name: String, message: String },
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "Finalizer",
+            },
+            Error::CleanupBlocked { .. } => "CleanupBlocked",
+        }
+    }
+}
+
+/// What the controllers share: the client, the reconcilers' context, the event recorder,
+/// and failure counts for backoff.
+pub struct KubeContext {
+    pub client: Client,
+    pub core: Context,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl KubeContext {
+    pub fn new(client: Client, core: Context, identity: &str) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_string()) };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, core, failures: Mutex::default() }
+    }
+
+    /// Exponential backoff per object: 5s, 10s, 20s ... capped at 5 minutes.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff lock");
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(6);
+        (Duration::from_secs(5) * 2u32.pow(*n - 1)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("backoff lock").remove(key);
+    }
+
+    fn action(&self, key: &str, next: Next, failed: bool) -> Action {
+        if !failed {
+            self.succeeded(key);
+        }
+        match next {
+            Next::AwaitChange => Action::await_change(),
+            Next::Requeue(_) if failed => Action::requeue(self.backoff(key)),
+            Next::Requeue(after) => Action::requeue(after),
+        }
+    }
+
+    async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, transitions: &[Transition]) {
+        for t in transitions {
+            let event = Event {
+                type_: if t.is_warning() { EventType::Warning } else { EventType::Normal },
+                reason: t.reason.clone(),
+                note: Some(format!("{}={}: {}", t.type_, t.status, t.message).chars().take(1000).collect()),
+                action: format!("Reconcile{}", t.type_),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+                tracing::warn!(error = %e, "failed to publish event");
+            }
+        }
+    }
+}
+
+/// Runs both controllers until their watches end.
+pub async fn run(ctx: Arc<KubeContext>) {
+    let countries: Api<Country> = Api::all(ctx.client.clone());
+    let regions: Api<Region> = Api::all(ctx.client.clone());
+
+    let country_controller = Controller::new(countries.clone(), watcher::Config::default());
+    let store = country_controller.store();
+    let country_controller = country_controller
+        // A Region's change (Ready, isolation) re-evaluates the Countries bound to it.
+        .watches(regions.clone(), watcher::Config::default(), move |region: Region| {
+            let name = region.name_any();
+            store.state().into_iter().filter(|c| c.spec.region == name).map(|c| ObjectRef::from_obj(&*c)).collect::<Vec<_>>()
+        })
+        .run(reconcile_country, error_policy, ctx.clone())
+        .for_each(|result| async move { log_result("Country", result) });
+
+    let region_controller = Controller::new(regions, watcher::Config::default())
+        // A Country going away may unblock its Region's deletion.
+        .watches(countries, watcher::Config::default(), |country: Country| Some(ObjectRef::new(&country.spec.region)))
+        .run(reconcile_region, error_policy, ctx)
+        .for_each(|result| async move { log_result("Region", result) });
+
+    futures::join!(country_controller, region_controller);
+}
+
+fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, result: Result<T, E>) {
+    match result {
+        Ok(object) => tracing::debug!(kind, ?object, "reconciled"),
+        Err(e) => tracing::warn!(kind, error = %e, "reconcile failed"),
+    }
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<KubeContext>) -> Action {
+    let key = format!("{}/{}", K::kind(&()), obj.meta().name.as_deref().unwrap_or_default());
+    tracing::warn!(object = key, error = %error, "reconcile failed");
+    Action::requeue(ctx.backoff(&key))
+}
+
+/// Reconciles one Country: finalizer, then apply or cleanup.
+pub async fn reconcile_country(obj: Arc<Country>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
+    let api: Api<Country> = Api::all(ctx.client.clone());
+    let started = Instant::now();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply_country(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup_country(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Err(e) = &result {
+        ctx.core.metrics.observe("Country", started.elapsed(), Some(e.reason()));
+    }
+    result
+}
+
+async fn apply_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
+    let started = Instant::now();
+    let regions: Api<Region> = Api::all(ctx.client.clone());
+    let region = regions.get_opt(&c.spec.region).await?;
+    // Only a dedicated Region needs the other Countries (to find the one it serves).
+    let countries = match &region {
+        Some(r) if r.spec.isolation == Isolation::Dedicated => Api::<Country>::all(ctx.client.clone()).list(&Default::default()).await?.items,
+        _ => vec![c.clone()],
+    };
+    let outcome = country::apply(c, country::World { region: region.as_ref(), countries: &countries }, &ctx.core).await;
+    ctx.core.metrics.observe("Country", started.elapsed(), outcome.failure);
+    let old = c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    ctx.publish(c, &conditions::transitions(&old, &outcome.status.conditions)).await;
+    if c.status.as_ref() != Some(&outcome.status) {
+        patch_status::<Country>(&ctx.client, &c.name_any(), serde_json::to_value(&outcome.status).expect("status serializes")).await?;
+    }
+    Ok(ctx.action(&format!("Country/{}", c.name_any()), outcome.next, outcome.failure.is_some()))
+}
+
+async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
+    let region = Api::<Region>::all(ctx.client.clone()).get_opt(&c.spec.region).await?;
+    match country::cleanup(c, region.as_ref(), &ctx.core).await {
+        Ok(changes) => {
+            let note = if changes.is_empty() {
+                format!("deleted ({:?}); stores left untouched", c.spec.deletion_policy)
+            } else {
+                format!("deleted ({:?}): {}", c.spec.deletion_policy, changes.iter().map(|ch| ch.sql()).collect::<Vec<_>>().join(" "))
+            };
+            let done = Transition { type_: "Deleted".into(), status: "True".into(), reason: "CleanedUp".into(), message: note };
+            ctx.publish(c, &[done]).await;
+            Ok(Action::await_change())
+        }
+        Err(blocked) => {
+            let old = c.status.clone().unwrap_or_default();
+            let conditions = conditions::merge(&old.conditions, &blocked.reports, c.metadata.generation);
+            report_blocked(c, &old.conditions, conditions, ctx).await?;
+            Err(blocked_error("Country", c.name_any(), &blocked))
+        }
+    }
+}
+
+/// Reconciles one Region: finalizer, then apply or cleanup.
+pub async fn reconcile_region(obj: Arc<Region>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
+    let api: Api<Region> = Api::all(ctx.client.clone());
+    let started = Instant::now();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(r) => apply_region(&r, &ctx).await,
+            Finalizer::Cleanup(r) => cleanup_region(&r, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Err(e) = &result {
+        ctx.core.metrics.observe("Region", started.elapsed(), Some(e.reason()));
+    }
+    result
+}
+
+async fn apply_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
+    let started = Instant::now();
+    let outcome = region::apply(r, &ctx.core).await;
+    ctx.core.metrics.observe("Region", started.elapsed(), outcome.failure);
+    let old = r.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    ctx.publish(r, &conditions::transitions(&old, &outcome.status.conditions)).await;
+    if r.status.as_ref() != Some(&outcome.status) {
+        patch_status::<Region>(&ctx.client, &r.name_any(), serde_json::to_value(&outcome.status).expect("status serializes")).await?;
+    }
+    Ok(ctx.action(&format!("Region/{}", r.name_any()), outcome.next, outcome.failure.is_some()))
+}
+
+async fn cleanup_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
+    let countries = Api::<Country>::all(ctx.client.clone()).list(&Default::default()).await?.items;
+    match region::cleanup(r, &countries, &ctx.core).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(blocked) => {
+            let old = r.status.clone().unwrap_or_default();
+            let conditions = conditions::merge(&old.conditions, &blocked.reports, r.metadata.generation);
+            report_blocked(r, &old.conditions, conditions, ctx).await?;
+            Err(blocked_error("Region", r.name_any(), &blocked))
+        }
+    }
+}
+
+/// Writes the conditions that say why a deletion cannot finish, and announces them once.
+async fn report_blocked<K>(obj: &K, old: &[Condition], new: Vec<Condition>, ctx: &KubeContext) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let transitions = conditions::transitions(old, &new);
+    if !transitions.is_empty() {
+        ctx.publish(obj, &transitions).await;
+        patch_status::<K>(&ctx.client, &obj.name_any(), json!({ "conditions": new })).await?;
+    }
+    Ok(())
+}
+
+fn blocked_error(kind: &'static str, name: String, blocked: &Blocked) -> Error {
+    Error::CleanupBlocked { kind, name, message: blocked.message() }
+}
+
+/// Server-side apply of `status` through the status subresource.
+async fn patch_status<K>(client: &Client, name: &str, status: serde_json::Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `meridian operator`: the reconcilers as kube-runtime controllers, with leader election,
+//! Kubernetes Events, Prometheus metrics and health endpoints.
+
+mod controllers;
+mod leader;
+mod secrets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use kube::Client;
+
+pub use controllers::{Error, KubeContext, reconcile_country, reconcile_region};
+pub use leader::{LeaderElection, Lease};
+pub use secrets::KubeSecrets;
+
+use crate::controller::Context;
+use crate::providers::Providers;
+
+/// Field manager for everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "meridian-operator";
+
+/// Options of `meridian operator`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorOptions {
+    /// Address for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Namespace of the leader-election Lease, and of Secrets referenced without a namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meridian-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "meridian-operator")]
+    pub lease_name: String,
+}
+
+/// Runs until SIGTERM/Ctrl-C, or until leadership is lost (then exits non-zero so the
+/// replica restarts as a standby).
+pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await.map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let identity = options.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "meridian".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let secrets = Arc::new(KubeSecrets::new(client.clone(), options.namespace.clone()));
+    let core = Context::new(Providers::new(None, secrets));
+    let ctx = Arc::new(KubeContext::new(client.clone(), core, &identity));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    tokio::spawn(serve_health(listener, ctx.clone(), ready.clone()));
+
+    client.apiserver_version().await.map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
+    ready.store(true, Ordering::SeqCst);
+
+    let election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity);
+    tracing::info!(identity, lease = %options.lease_name, namespace = %options.namespace, "waiting for leadership");
+    let leadership = election.acquire().await?;
+    tracing::info!(identity, "leading: starting the Country and Region controllers");
+    let result = tokio::select! {
+        () = controllers::run(ctx.clone()) => Ok(()),
+        lost = leadership.hold() => Err(anyhow::anyhow!("lost leadership: {lost}")),
+        () = shutdown_signal() => Ok(()),
+    };
+    election.release().await;
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, ready: Arc<AtomicBool>) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") } }
+            }),
+        )
+        .route("/metrics", get(move || async move { ctx.core.metrics.render() }));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "health server stopped");
+    }
+}
