@@ -1,0 +1,270 @@
+//! The reconcilers against real PostgreSQL clusters started by the tests: migrations,
+//! partitions in the right Region only, residency refusal, Retain, Delete, abandon.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meridian_crds::{Country, Region};
+use meridian_localpg::TempCluster;
+use meridian_operator::conditions;
+use meridian_operator::controller::{Context, Next, country, region};
+use meridian_operator::providers::{Providers, StaticSecrets};
+use sqlx::{Connection, PgConnection};
+
+/// A Region of provider `external` whose URL sits in a Secret named after it.
+fn region(name: &str, isolation: &str) -> Region {
+    let mut r: Region = serde_yaml_ng::from_str(&format!(
+        "apiVersion: platform.meridian.dev/v1alpha1
+kind: Region
+metadata: {{name: {name}, generation: 1}}
+spec:
+  provider: external
+  cloudRegion: {name}
+  isolation: {isolation}
+  external:
+    databaseUrlSecretRef: {{name: {name}-db, key: url}}"
+    ))
+    .unwrap();
+    r.metadata.generation = Some(1);
+    r
+}
+
+fn country(name: &str, code: &str, region: &str, residency: &str) -> Country {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: platform.meridian.dev/v1alpha1
+kind: Country
+metadata: {{name: {name}, generation: 1}}
+spec:
+  code: {code}
+  displayName: {name}
+  timezone: Europe/Berlin
+  locale: de-DE
+  languages: [de]
+  currency: EUR
+  region: {region}
+  residency: {residency}
+  allowedCloudRegions: [{region}]
+  regulatory: {{retentionYears: 10, minimumAge: 16, nationalIdPattern: '^[A-Z][0-9]{{9}}$'}}"
+    ))
+    .unwrap()
+}
+
+/// Two clusters: `eu-west-1` (shared) and `eu-central-1` (dedicated), migrated and Ready.
+struct Fixture {
+    ctx: Context,
+    shared: (TempCluster, Region),
+    dedicated: (TempCluster, Region),
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let (a, b) = tokio::join!(TempCluster::start(), TempCluster::start());
+        let (a, b) = (a.expect("start PostgreSQL"), b.expect("start PostgreSQL"));
+        let mut secrets = StaticSecrets::default();
+        secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), a.url())]));
+        secrets.insert("default", "eu-central-1-db", BTreeMap::from([("url".into(), b.url())]));
+        let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+        let mut shared = region("eu-west-1", "shared");
+        let mut dedicated = region("eu-central-1", "dedicated");
+        for r in [&mut shared, &mut dedicated] {
+            let outcome = region::apply(r, &ctx).await;
+            assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status);
+            r.status = Some(outcome.status);
+        }
+        Self { ctx, shared: (a, shared), dedicated: (b, dedicated) }
+    }
+
+    async fn apply(&self, c: &Country, r: &Region, all: &[Country]) -> meridian_operator::controller::Outcome<meridian_crds::CountryStatus> {
+        country::apply(c, country::World { region: Some(r), countries: all }, &self.ctx).await
+    }
+}
+
+async fn connect(pg: &TempCluster) -> PgConnection {
+    PgConnection::connect(&pg.url()).await.unwrap()
+}
+
+/// `(partition, attached)` for every table whose name ends in `_<code>`, sorted.
+async fn partitions(pg: &TempCluster) -> Vec<(String, bool)> {
+    sqlx::query_as(
+        "SELECT relname::text, relispartition FROM pg_class
+          WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname ~ '_[a-z]{2}$'
+          ORDER BY relname",
+    )
+    .fetch_all(&mut connect(pg).await)
+    .await
+    .unwrap()
+}
+
+fn names(parts: &[(String, bool)]) -> Vec<&str> {
+    parts.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[tokio::test]
+async fn region_reconcile_migrates_and_is_idempotent() {
+    let f = Fixture::new().await;
+    let (_, r) = &f.shared;
+    let status = r.status.clone().unwrap();
+    assert_eq!(status.schema_version, Some(1));
+    assert_eq!(status.observed_generation, Some(1));
+    let db = conditions::find(&status.conditions, "DatabaseReady").unwrap();
+    assert_eq!(db.reason, "SchemaCurrent");
+    assert!(!db.message.contains("meridian@"), "no credentials in status: {}", db.message);
+    let again = region::apply(r, &f.ctx).await;
+    assert_eq!(again.status, status, "a repeat changes nothing");
+    assert_eq!(again.next, Next::Requeue(meridian_operator::controller::RESYNC));
+}
+
+#[tokio::test]
+async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let it = country("it", "IT", "eu-west-1", "shared");
+    let de = country("de", "DE", "eu-central-1", "strict");
+    let all = [es.clone(), it.clone(), de.clone()];
+    for (c, r) in [(&es, &f.shared.1), (&it, &f.shared.1), (&de, &f.dedicated.1)] {
+        let outcome = f.apply(c, r, &all).await;
+        assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status.conditions);
+        assert_eq!(outcome.status.partitions.len(), 5);
+        assert_eq!(outcome.status.observed_generation, Some(1));
+    }
+    let shared = partitions(&f.shared.0).await;
+    assert_eq!(names(&shared), [
+        "appointments_es", "appointments_it", "audit_es", "audit_it", "availability_es", "availability_it",
+        "outbox_es", "outbox_it", "practitioners_es", "practitioners_it"
+    ]);
+    assert!(shared.iter().all(|(_, attached)| *attached));
+    let dedicated = partitions(&f.dedicated.0).await;
+    assert_eq!(names(&dedicated), ["appointments_de", "audit_de", "availability_de", "outbox_de", "practitioners_de"]);
+
+    let (planned, _) = country::plan(&de, country::World { region: Some(&f.dedicated.1), countries: &all }, &f.ctx).await.unwrap();
+    assert!(planned.changes.is_empty(), "nothing left to do: {:?}", planned.changes);
+    let again = f.apply(&de, &f.dedicated.1, &all).await;
+    assert!(conditions::is_true(&again.status.conditions, "Ready"));
+    assert_eq!(partitions(&f.dedicated.0).await, dedicated);
+}
+
+#[tokio::test]
+async fn residency_violations_leave_the_database_untouched() {
+    let f = Fixture::new().await;
+    let de_on_shared = country("de", "DE", "eu-west-1", "strict");
+    let outcome = f.apply(&de_on_shared, &f.shared.1, &[de_on_shared.clone()]).await;
+    let residency = conditions::find(&outcome.status.conditions, "ResidencyCompliant").unwrap();
+    assert_eq!((residency.status.as_str(), residency.reason.as_str()), ("False", "RegionNotDedicated"));
+    assert_eq!(residency.observed_generation, Some(1));
+    assert_eq!(outcome.next, Next::AwaitChange);
+    assert!(partitions(&f.shared.0).await.is_empty());
+
+    // A second country on a dedicated Region is refused as well. Neither has a creation
+    // timestamp here, so the holder is the first by name: `de` before `zz-at`.
+    let de = country("de", "DE", "eu-central-1", "strict");
+    let at = country("zz-at", "AT", "eu-central-1", "shared");
+    let both = [de.clone(), at.clone()];
+    let outcome = f.apply(&de, &f.dedicated.1, &both).await;
+    assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status.conditions);
+    let refused = f.apply(&at, &f.dedicated.1, &both).await;
+    assert_eq!(conditions::find(&refused.status.conditions, "ResidencyCompliant").unwrap().reason, "RegionAlreadyDedicated");
+    assert!(names(&partitions(&f.dedicated.0).await).iter().all(|n| n.ends_with("_de")));
+}
+
+#[tokio::test]
+async fn invalid_specs_change_nothing_and_name_the_field() {
+    let f = Fixture::new().await;
+    let mut bad = country("es", "ES", "eu-west-1", "shared");
+    bad.spec.timezone = "Europe/Atlantis".into();
+    bad.spec.regulatory.national_id_pattern = Some("([0-9".into());
+    let outcome = f.apply(&bad, &f.shared.1, &[bad.clone()]).await;
+    let ready = conditions::find(&outcome.status.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(ready.message.contains("spec.timezone") && ready.message.contains("spec.regulatory.nationalIdPattern"), "{}", ready.message);
+    assert_eq!(outcome.next, Next::AwaitChange);
+    assert_eq!(outcome.status.observed_generation, None, "observedGeneration moves only on success");
+    assert!(partitions(&f.shared.0).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_country_waits_for_its_region_to_be_ready() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let mut not_ready = f.shared.1.clone();
+    not_ready.status = None;
+    let outcome = f.apply(&es, &not_ready, &[es.clone()]).await;
+    assert_eq!(conditions::find(&outcome.status.conditions, "Ready").unwrap().reason, "RegionNotReady");
+    assert!(matches!(outcome.next, Next::Requeue(_)));
+    assert!(partitions(&f.shared.0).await.is_empty());
+}
+
+#[tokio::test]
+async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&es, &f.shared.1, &[es.clone()]).await;
+    let mut conn = connect(&f.shared.0).await;
+    sqlx::query(
+        "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('ES', gen_random_uuid(), 'Lucía', 'García', 'cardiología', 'Madrid')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let done = country::cleanup(&es, Some(&f.shared.1), &f.ctx).await.unwrap();
+    assert_eq!(done.len(), 5);
+    let parts = partitions(&f.shared.0).await;
+    assert_eq!(parts.len(), 5, "Retain keeps every partition");
+    assert!(parts.iter().all(|(_, attached)| !attached), "and detaches them: {parts:?}");
+    let through_parent: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners").fetch_one(&mut conn).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners_es").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((through_parent, kept), (0, 1));
+    assert!(country::cleanup(&es, Some(&f.shared.1), &f.ctx).await.unwrap().is_empty(), "a repeat is a no-op");
+
+    let back = f.apply(&es, &f.shared.1, &[es.clone()]).await;
+    assert!(conditions::is_true(&back.status.conditions, "Ready"));
+    let through_parent: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners WHERE country_code = 'ES'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(through_parent, 1, "re-attached with its rows");
+}
+
+#[tokio::test]
+async fn delete_drops_the_partitions() {
+    let f = Fixture::new().await;
+    let mut it = country("it", "IT", "eu-west-1", "shared");
+    it.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&it, &f.shared.1, &[it.clone(), es.clone()]).await;
+    f.apply(&es, &f.shared.1, &[it.clone(), es.clone()]).await;
+    let done = country::cleanup(&it, Some(&f.shared.1), &f.ctx).await.unwrap();
+    assert_eq!(done.len(), 5);
+    assert!(names(&partitions(&f.shared.0).await).iter().all(|n| n.ends_with("_es")), "only IT's partitions went");
+}
+
+#[tokio::test]
+async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&es, &f.shared.1, &[es.clone()]).await;
+
+    // The same Region, pointed at a port where nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut secrets = StaticSecrets::default();
+    secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), format!("postgres://meridian@127.0.0.1:{port}/meridian"))]));
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+    let blocked = country::cleanup(&es, Some(&f.shared.1), &ctx).await.unwrap_err();
+    assert_eq!(blocked.reason, "DatabaseUnreachable");
+    assert!(blocked.message().contains("platform.meridian.dev/abandon"), "{}", blocked.message());
+
+    let mut abandoned = es.clone();
+    abandoned.metadata.annotations = Some(BTreeMap::from([("platform.meridian.dev/abandon".into(), "true".into())]));
+    assert!(country::cleanup(&abandoned, Some(&f.shared.1), &ctx).await.unwrap().is_empty());
+    assert!(partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached), "abandon touches nothing");
+}
+
+#[tokio::test]
+async fn a_region_cannot_go_while_countries_are_bound_to_it() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let blocked = region::cleanup(&f.shared.1, &[es], &f.ctx).await.unwrap_err();
+    assert_eq!(blocked.reason, "CountriesStillBound");
+    assert!(region::cleanup(&f.shared.1, &[], &f.ctx).await.is_ok());
+}
