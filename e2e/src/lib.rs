@@ -1,0 +1,174 @@
+//! Helpers for the user journeys in `tests/`: run the `meridian` binary the way a user
+//! would, talk to its HTTP entry point, and wait for conditions.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `meridian` binary built alongside the tests (`cargo test --workspace` builds it).
+pub fn meridian_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe.parent().and_then(Path::parent).map(|dir| dir.join("meridian")).expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build -p meridian-operator` (`cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A running `meridian dev`, with its output collected; killed if the test fails.
+pub struct Dev {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    output: Arc<Mutex<String>>,
+}
+
+impl Dev {
+    /// Starts `meridian dev` on `manifests` and `data_dir`, listening on a free port.
+    pub fn start(manifests: &Path, data_dir: &Path) -> Self {
+        let addr = free_addr();
+        let mut child = Command::new(meridian_bin())
+            .arg("dev")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meridian dev");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        Self { child, addr, data_dir: data_dir.to_path_buf(), output }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// `GET path` on the entry point: status code and JSON body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http_get(self.addr, path)
+    }
+
+    /// Waits until `check` holds, or fails the test with `what` and the output so far.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&Dev) -> bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            if check(self) {
+                return started.elapsed();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("meridian dev exited ({status}) while waiting for {what}:\n{}", self.output());
+            }
+            assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until country `name` has condition Ready=True.
+    pub fn await_ready(&mut self, name: &str, timeout: Duration) -> Duration {
+        let path = format!("/apis/platform.meridian.dev/v1alpha1/countries/{name}");
+        self.wait_for(&format!("country {name} Ready"), timeout, |dev| condition(&dev.get(&path).1, "Ready") == Some("True"))
+    }
+
+    /// The PostgreSQL port of each local Region, as published in `state.json`.
+    pub fn region_ports(&self) -> Vec<(String, u16)> {
+        let state: Value = serde_json::from_slice(&std::fs::read(self.data_dir.join("state.json")).unwrap()).unwrap();
+        let mut ports: Vec<(String, u16)> = state["regions"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, port)| (name.clone(), port.as_u64().unwrap() as u16))
+            .collect();
+        ports.sort();
+        ports
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the process to exit.
+    pub fn interrupt(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers drain
+                return (status, self.output());
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "meridian dev ignored Ctrl-C:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The status of condition `type_` in an object's JSON.
+pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a str> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?["status"].as_str()
+}
+
+/// A minimal HTTP/1.1 GET, enough for the entry point's JSON (no client dependency).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, Value::Null);
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    if stream.read_to_end(&mut response).is_err() {
+        return (0, Value::Null);
+    }
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Copies every file of `from` into `to`, flattening nothing (subfolders are kept).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// The repository's `examples/` folder.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
