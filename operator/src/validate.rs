@@ -123,3 +123,76 @@ fn dedup(errors: Vec<FieldError>) -> Vec<FieldError> {
     let mut seen = std::collections::BTreeSet::new();
     errors.into_iter().filter(|e| seen.insert(e.field.clone())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de() -> Country {
+        serde_yaml_ng::from_str(include_str!("../../examples/countries/de.yaml")).unwrap()
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn the_examples_are_valid() {
+        for yaml in [
+            include_str!("../../examples/countries/de.yaml"),
+            include_str!("../../examples/countries/fr.yaml"),
+            include_str!("../../examples/countries/gb.yaml"),
+            include_str!("../../examples/countries/es.yaml"),
+            include_str!("../../examples/countries/it.yaml"),
+        ] {
+            let c: Country = serde_yaml_ng::from_str(yaml).unwrap();
+            assert_eq!(country(&c), [], "{:?}", c.metadata.name);
+        }
+        let r: Region = serde_yaml_ng::from_str(include_str!("../../examples/regions/eu-west-1.yaml")).unwrap();
+        assert_eq!(region(&r), []);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let mut c = de();
+        c.spec.code = "de".into();
+        c.spec.timezone = "Europe/Bonn".into();
+        c.spec.locale = "de_DE!".into();
+        c.spec.languages = vec!["German".into()];
+        c.spec.currency = "euro".into();
+        c.spec.regulatory.national_id_pattern = Some("[A-Z".into());
+        assert_eq!(fields(&country(&c)), [
+            "spec.code",
+            "spec.timezone",
+            "spec.locale",
+            "spec.languages[0]",
+            "spec.currency",
+            "spec.regulatory.nationalIdPattern"
+        ]);
+    }
+
+    #[test]
+    fn cel_rules_are_enforced_without_an_api_server() {
+        let mut c = de();
+        c.spec.allowed_cloud_regions.clear();
+        let errors = country(&c);
+        assert_eq!(fields(&errors), ["spec.allowedCloudRegions"]);
+        assert!(errors[0].message.contains("residency: strict requires"), "{errors:?}");
+
+        let mut moved = de();
+        moved.spec.region = "eu-west-1".into();
+        moved.spec.code = "AT".into();
+        let errors = country_update(&moved, &de());
+        assert_eq!(fields(&errors), ["spec.code", "spec.region"], "{errors:?}");
+    }
+
+    #[test]
+    fn an_external_region_needs_its_secret_reference() {
+        let r: Region = serde_yaml_ng::from_str(
+            "apiVersion: platform.meridian.dev/v1alpha1\nkind: Region\nmetadata: {name: x}\n\
+             spec: {provider: external, cloudRegion: eu-west-1}",
+        )
+        .unwrap();
+        assert_eq!(fields(&region(&r)), ["spec.external"]);
+    }
+}

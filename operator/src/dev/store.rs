@@ -189,3 +189,52 @@ fn set_status<K, S: PartialEq>(
     bump(meta(&mut entry.object));
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(yaml: &str) -> BTreeMap<String, Loaded<Country>> {
+        let object: Country = serde_yaml_ng::from_str(yaml).unwrap();
+        let name = object.metadata.name.clone().unwrap();
+        BTreeMap::from([(name, Loaded { object, path: "de.yaml".into(), modified: SystemTime::now() })])
+    }
+
+    const DE: &str = include_str!("../../../examples/countries/de.yaml");
+
+    #[test]
+    fn objects_get_server_side_metadata_generations_and_deletion_timestamps() {
+        let mut objects = Objects::<Country>::default();
+        let mut report = SyncReport::default();
+        let now = Instant::now();
+        objects.sync(&loaded(DE), &mut report, now);
+        let meta = &objects.entries["de"].object.metadata;
+        assert_eq!((meta.generation, meta.finalizers.as_deref()), (Some(1), Some(&[FINALIZER.to_string()][..])));
+        assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+        assert_eq!(report.added, ["countries de"]);
+
+        // Unchanged: nothing happens; a changed spec bumps the generation.
+        objects.entries.get_mut("de").unwrap().due = None;
+        objects.sync(&loaded(DE), &mut SyncReport::default(), now);
+        assert!(objects.entries["de"].due.is_none());
+        objects.sync(&loaded(&DE.replace("suspend: false", "suspend: true").replace("deletionPolicy: Retain", "deletionPolicy: Delete")), &mut report, now);
+        assert_eq!(objects.entries["de"].object.metadata.generation, Some(2));
+        assert_eq!(objects.due(now).len(), 1);
+
+        objects.sync(&BTreeMap::new(), &mut report, now);
+        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_some(), "kept until its finalizer is done");
+        assert_eq!(report.removed, ["countries de"]);
+    }
+
+    #[test]
+    fn an_edit_to_an_immutable_field_is_refused_like_an_api_server_would() {
+        let mut objects = Objects::<Country>::default();
+        let now = Instant::now();
+        objects.sync(&loaded(DE), &mut SyncReport::default(), now);
+        let mut report = SyncReport::default();
+        objects.sync(&loaded(&DE.replace("region: eu-central-1", "region: eu-west-1")), &mut report, now);
+        assert_eq!(objects.entries["de"].object.spec.region, "eu-central-1");
+        assert_eq!(objects.entries["de"].object.metadata.generation, Some(1));
+        assert!(report.rejected[0].contains("spec.region is immutable"), "{:?}", report.rejected);
+    }
+}
