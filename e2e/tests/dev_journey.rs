@@ -106,6 +106,17 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     dev.wait_for("launch timing", Duration::from_secs(5), |d| d.output().contains("timing: country pt Ready"));
     assert_eq!(codes(&partitions(eu_west_1).await), ["es", "it", "pt"]);
 
+    // Editing a manifest is reconciled within seconds: suspending Italy.
+    let it = std::fs::read_to_string(manifests.join("countries/it.yaml")).unwrap();
+    std::fs::write(manifests.join("countries/it.yaml"), it.replace("  deletionPolicy: Retain", "  suspend: true\n  deletionPolicy: Retain")).unwrap();
+    dev.wait_for("it suspended", Duration::from_secs(5), |d| {
+        let (_, it) = d.get("/apis/platform.meridian.dev/v1alpha1/countries/it");
+        it["metadata"]["generation"] == 2
+            && it["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "Suspended"))
+    });
+    std::fs::write(manifests.join("countries/it.yaml"), it).unwrap();
+    dev.await_ready("it", Duration::from_secs(5));
+
     // Removing it detaches its partitions and keeps them (Retain).
     std::fs::remove_file(manifests.join("countries/pt.yaml")).unwrap();
     dev.wait_for("pt deleted", Duration::from_secs(10), |d| d.get("/apis/platform.meridian.dev/v1alpha1/countries/pt").0 == 404);
