@@ -147,7 +147,7 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
 async fn residency_violations_leave_the_database_untouched() {
     let f = Fixture::new().await;
     let de_on_shared = country("de", "DE", "eu-west-1", "strict");
-    let outcome = f.apply(&de_on_shared, &f.shared.1, &[de_on_shared.clone()]).await;
+    let outcome = f.apply(&de_on_shared, &f.shared.1, std::slice::from_ref(&de_on_shared)).await;
     let residency = conditions::find(&outcome.status.conditions, "ResidencyCompliant").unwrap();
     assert_eq!((residency.status.as_str(), residency.reason.as_str()), ("False", "RegionNotDedicated"));
     assert_eq!(residency.observed_generation, Some(1));
@@ -187,7 +187,7 @@ async fn a_country_waits_for_its_region_to_be_ready() {
     let es = country("es", "ES", "eu-west-1", "shared");
     let mut not_ready = f.shared.1.clone();
     not_ready.status = None;
-    let outcome = f.apply(&es, &not_ready, &[es.clone()]).await;
+    let outcome = f.apply(&es, &not_ready, std::slice::from_ref(&es)).await;
     assert_eq!(conditions::find(&outcome.status.conditions, "Ready").unwrap().reason, "RegionNotReady");
     assert!(matches!(outcome.next, Next::Requeue(_)));
     assert!(partitions(&f.shared.0).await.is_empty());
@@ -197,7 +197,7 @@ async fn a_country_waits_for_its_region_to_be_ready() {
 async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back() {
     let f = Fixture::new().await;
     let es = country("es", "ES", "eu-west-1", "shared");
-    f.apply(&es, &f.shared.1, &[es.clone()]).await;
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
     let mut conn = connect(&f.shared.0).await;
     sqlx::query(
         "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
@@ -217,7 +217,7 @@ async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back()
     assert_eq!((through_parent, kept), (0, 1));
     assert!(country::cleanup(&es, Some(&f.shared.1), &f.ctx).await.unwrap().is_empty(), "a repeat is a no-op");
 
-    let back = f.apply(&es, &f.shared.1, &[es.clone()]).await;
+    let back = f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
     assert!(conditions::is_true(&back.status.conditions, "Ready"));
     let through_parent: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners WHERE country_code = 'ES'")
         .fetch_one(&mut conn)
@@ -243,7 +243,7 @@ async fn delete_drops_the_partitions() {
 async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
     let f = Fixture::new().await;
     let es = country("es", "ES", "eu-west-1", "shared");
-    f.apply(&es, &f.shared.1, &[es.clone()]).await;
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
 
     // The same Region, pointed at a port where nothing listens.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -254,7 +254,7 @@ spec:
     #[test]
     fn strict_country_on_its_dedicated_region_is_compliant() {
         let de = country(DE);
-        let report = check_residency(&de, &region("eu-central-1", "eu-central-1", "dedicated"), &[de.clone()]).unwrap();
+        let report = check_residency(&de, &region("eu-central-1", "eu-central-1", "dedicated"), std::slice::from_ref(&de)).unwrap();
         assert_eq!(report.reason, "Compliant");
     }
 
