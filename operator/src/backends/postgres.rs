@@ -10,6 +10,9 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::plan::{Change, PartitionState};
 
+/// Advisory lock key that serialises partition DDL within one database.
+const PARTITION_LOCK_KEY: i64 = 0x4d45_5250_4152_5449; // "MERPARTI"
+
 /// Pools of the Regions' databases, one per connection URL, created on first use.
 #[derive(Default)]
 pub struct Databases {
@@ -109,6 +112,13 @@ impl RegionDb {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
+        // One partition change at a time per database: a Country being created and another
+        // being detached take the parent tables' locks in opposite orders.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PARTITION_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::Unreachable)?;
         for change in ddl {
             sqlx::raw_sql(AssertSqlSafe(change.sql()))
                 .execute(&mut *tx)
