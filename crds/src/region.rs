@@ -146,7 +146,8 @@ pub struct RegionStatus {
     /// Search endpoint URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_endpoint: Option<String>,
-    /// Name of the Secret that workloads use to connect to this Region.
+    /// The Secret holding this Region's connection URL, as `namespace/name` (just `name`
+    /// when it is in the operator's namespace); workloads connect with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret: Option<String>,
     /// Latest platform schema migration applied to the database.

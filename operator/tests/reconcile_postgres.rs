@@ -106,6 +106,7 @@ async fn region_reconcile_migrates_and_is_idempotent() {
     let status = r.status.clone().unwrap();
     assert_eq!(status.schema_version, Some(1));
     assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.connection_secret.as_deref(), Some("eu-west-1-db"));
     let db = conditions::find(&status.conditions, "DatabaseReady").unwrap();
     assert_eq!(db.reason, "SchemaCurrent");
     assert!(!db.message.contains("meridian@"), "no credentials in status: {}", db.message);

@@ -68,6 +68,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     let status = RegionStatus {
         conditions: conditions::merge(&previous.conditions, &reports, generation),
         observed_generation: generation,
+        connection_secret: planned.endpoint.secret,
         database_endpoint: Some(planned.endpoint.display),
         schema_version: Some(version),
         ..previous

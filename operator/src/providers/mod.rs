@@ -19,6 +19,8 @@ pub struct Endpoint {
     pub url: String,
     /// `host:port/database`, safe to show.
     pub display: String,
+    /// `namespace/name` of the Secret the URL came from, when it came from one.
+    pub secret: Option<String>,
 }
 
 impl Endpoint {
@@ -28,7 +30,7 @@ impl Endpoint {
             None => url.split_once("://").map_or(url.clone(), |(_, rest)| rest.to_string()),
         };
         let display = display.split('?').next().unwrap_or_default().to_string();
-        Self { url, display }
+        Self { url, display, secret: None }
     }
 }
 
@@ -77,7 +79,10 @@ impl Providers {
                 let r = &external.database_url_secret_ref;
                 let shown = format!("{}/{} key {}", r.namespace.as_deref().unwrap_or("(operator namespace)"), r.name, r.key);
                 match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
-                    Ok(Some(url)) => Ok(Endpoint::from_url(url)),
+                    Ok(Some(url)) => Ok(Endpoint {
+                        secret: Some(r.namespace.as_ref().map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name))),
+                        ..Endpoint::from_url(url)
+                    }),
                     Ok(None) => Err(ProviderError::new(
                         "ConnectionSecretMissing",
                         format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
