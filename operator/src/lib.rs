@@ -8,6 +8,7 @@ pub mod controller;
 pub mod metrics;
 pub mod plan;
 pub mod providers;
+pub mod shutdown;
 pub mod validate;
 pub mod dev;
 pub mod k8s;

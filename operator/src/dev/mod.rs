@@ -63,7 +63,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     println!("meridian dev: manifests {}, data {}, API http://{}", options.manifests.display(), options.data_dir.display(), options.listen);
 
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
 
@@ -77,14 +77,6 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || local.stop_all()).await?;
     println!("meridian dev: stopped");
     result
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Secrets from the folder; replaced on every scan.

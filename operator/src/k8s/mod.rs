@@ -67,18 +67,10 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let result = tokio::select! {
         () = controllers::run(ctx.clone()) => Ok(()),
         lost = leadership.hold() => Err(anyhow::anyhow!("lost leadership: {lost}")),
-        () = shutdown_signal() => Ok(()),
+        () = crate::shutdown::signal() => Ok(()),
     };
     election.release().await;
     result
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, ready: Arc<AtomicBool>) {
