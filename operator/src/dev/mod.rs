@@ -125,7 +125,16 @@ impl Dev {
         let mut last_errors = Vec::new();
         loop {
             let now = Instant::now();
-            let manifests = manifests::load(&self.options.manifests)?;
+            // A folder that cannot be read for a moment (an editor swapping files, a
+            // mount hiccup) must not take the whole stack down: keep the last state.
+            let manifests = match manifests::load(&self.options.manifests) {
+                Ok(manifests) => manifests,
+                Err(e) => {
+                    println!("manifest error: cannot read {}: {e}", self.options.manifests.display());
+                    tokio::time::sleep(SCAN_INTERVAL).await;
+                    continue;
+                }
+            };
             if manifests.errors != last_errors {
                 for error in &manifests.errors {
                     println!("manifest error: {error}");
