@@ -25,6 +25,8 @@ pub struct Manifests {
     pub secrets: StaticSecrets,
     /// Files or documents that could not be read, with the reason.
     pub errors: Vec<String>,
+    /// The files behind `errors`.
+    pub unreadable: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Reads `dir` recursively.
@@ -41,12 +43,14 @@ pub fn load(dir: &Path) -> std::io::Result<Manifests> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 out.errors.push(format!("{}: {e}", path.display()));
+                out.unreadable.insert(path);
                 continue;
             }
         };
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
             if let Err(e) = read_document(doc, &path, modified, &mut out) {
                 out.errors.push(format!("{} (document {}): {e}", path.display(), i + 1));
+                out.unreadable.insert(path.clone());
             }
         }
     }

@@ -145,8 +145,8 @@ impl Dev {
             let mut report = store::SyncReport::default();
             {
                 let mut store = self.store.write().expect("store lock");
-                store.regions.sync(&manifests.regions, &mut report, now);
-                store.countries.sync(&manifests.countries, &mut report, now);
+                store.regions.sync(&manifests.regions, &manifests.unreadable, &mut report, now);
+                store.countries.sync(&manifests.countries, &manifests.unreadable, &mut report, now);
             }
             for line in &report.rejected {
                 println!("manifest error: {line}");

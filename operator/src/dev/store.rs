@@ -14,6 +14,9 @@ use serde::Serialize;
 use super::manifests::Loaded;
 use crate::validate::{self, FieldError};
 
+/// How long a manifest must be gone from the folder before its object is deleted.
+pub const DELETE_AFTER_MISSING: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the store needs to know about a kind.
 pub trait Managed: Clone + Serialize {
     const PLURAL: &'static str;
@@ -61,6 +64,10 @@ pub struct Entry<K> {
     pub written: SystemTime,
     /// When to reconcile next; `None` means "only on change".
     pub due: Option<Instant>,
+    /// Since when its manifest has been missing from the folder.
+    pub missing_since: Option<Instant>,
+    /// The file it was read from.
+    pub path: std::path::PathBuf,
 }
 
 /// What one sync with the folder changed, as lines to print.
@@ -86,8 +93,15 @@ impl<K> Default for Objects<K> {
 impl<K: Managed> Objects<K> {
     /// Brings the store in line with the folder: new objects are created, changed specs
     /// bump the generation, vanished objects get a deletion timestamp (their finalizer
-    /// keeps them until cleanup is done).
-    pub fn sync(&mut self, desired: &BTreeMap<String, Loaded<K>>, report: &mut SyncReport, now: Instant) {
+    /// keeps them until cleanup is done). Objects from files in `unreadable` are kept as
+    /// they are: a manifest saved half-written is an error to fix, not a deletion.
+    pub fn sync(
+        &mut self,
+        desired: &BTreeMap<String, Loaded<K>>,
+        unreadable: &BTreeSet<std::path::PathBuf>,
+        report: &mut SyncReport,
+        now: Instant,
+    ) {
         for (name, loaded) in desired {
             match self.entries.get_mut(name) {
                 None => {
@@ -98,13 +112,21 @@ impl<K: Managed> Objects<K> {
                     meta.creation_timestamp = Some(Time(Timestamp::now()));
                     meta.finalizers = Some(vec![FINALIZER.to_string()]);
                     meta.resource_version = Some("1".into());
-                    self.entries.insert(name.clone(), Entry { object, written: loaded.modified, due: Some(now) });
+                    self.entries.insert(name.clone(), Entry {
+                        object,
+                        written: loaded.modified,
+                        due: Some(now),
+                        missing_since: None,
+                        path: loaded.path.clone(),
+                    });
                     report.added.push(format!("{} {name}", K::PLURAL));
                 }
                 Some(entry) if entry.object.meta().deletion_timestamp.is_some() => {
                     // Re-created while its deletion is still running: finish that first.
                 }
                 Some(entry) => {
+                    entry.missing_since = None;
+                    entry.path = loaded.path.clone();
                     let spec_changed = entry.object.spec_json() != loaded.object.spec_json();
                     let meta_changed = entry.object.meta().annotations != loaded.object.meta().annotations
                         || entry.object.meta().labels != loaded.object.meta().labels;
@@ -129,7 +151,17 @@ impl<K: Managed> Objects<K> {
             }
         }
         for (name, entry) in self.entries.iter_mut() {
-            if !desired.contains_key(name) && entry.object.meta().deletion_timestamp.is_none() {
+            if desired.contains_key(name)
+                || entry.object.meta().deletion_timestamp.is_some()
+                || unreadable.contains(&entry.path)
+            {
+                entry.missing_since = None;
+                continue;
+            }
+            // Editors that save by renaming leave a file missing for an instant; only a
+            // manifest gone for a while is a deletion (which may drop data).
+            let since = *entry.missing_since.get_or_insert(now);
+            if now.duration_since(since) >= DELETE_AFTER_MISSING {
                 let meta = entry.object.meta_mut();
                 meta.deletion_timestamp = Some(Time(Timestamp::now()));
                 bump(meta);
@@ -200,6 +232,10 @@ mod tests {
         BTreeMap::from([(name, Loaded { object, path: "de.yaml".into(), modified: SystemTime::now() })])
     }
 
+    fn none() -> BTreeSet<std::path::PathBuf> {
+        BTreeSet::new()
+    }
+
     const DE: &str = include_str!("../../../examples/countries/de.yaml");
 
     #[test]
@@ -207,7 +243,7 @@ mod tests {
         let mut objects = Objects::<Country>::default();
         let mut report = SyncReport::default();
         let now = Instant::now();
-        objects.sync(&loaded(DE), &mut report, now);
+        objects.sync(&loaded(DE), &none(), &mut report, now);
         let meta = &objects.entries["de"].object.metadata;
         assert_eq!((meta.generation, meta.finalizers.as_deref()), (Some(1), Some(&[FINALIZER.to_string()][..])));
         assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
@@ -215,13 +251,19 @@ mod tests {
 
         // Unchanged: nothing happens; a changed spec bumps the generation.
         objects.entries.get_mut("de").unwrap().due = None;
-        objects.sync(&loaded(DE), &mut SyncReport::default(), now);
+        objects.sync(&loaded(DE), &none(), &mut SyncReport::default(), now);
         assert!(objects.entries["de"].due.is_none());
-        objects.sync(&loaded(&DE.replace("suspend: false", "suspend: true").replace("deletionPolicy: Retain", "deletionPolicy: Delete")), &mut report, now);
+        objects.sync(&loaded(&DE.replace("suspend: false", "suspend: true").replace("deletionPolicy: Retain", "deletionPolicy: Delete")), &none(), &mut report, now);
         assert_eq!(objects.entries["de"].object.metadata.generation, Some(2));
         assert_eq!(objects.due(now).len(), 1);
 
-        objects.sync(&BTreeMap::new(), &mut report, now);
+        objects.sync(&BTreeMap::new(), &none(), &mut report, now);
+        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_none(), "missing for an instant is no deletion");
+        let later = now + DELETE_AFTER_MISSING;
+        objects.sync(&BTreeMap::new(), &BTreeSet::from(["de.yaml".into()]), &mut report, later);
+        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_none(), "a broken file is no deletion");
+        objects.sync(&BTreeMap::new(), &none(), &mut report, later);
+        objects.sync(&BTreeMap::new(), &none(), &mut report, later + DELETE_AFTER_MISSING);
         assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_some(), "kept until its finalizer is done");
         assert_eq!(report.removed, ["countries de"]);
     }
@@ -230,9 +272,9 @@ mod tests {
     fn an_edit_to_an_immutable_field_is_refused_like_an_api_server_would() {
         let mut objects = Objects::<Country>::default();
         let now = Instant::now();
-        objects.sync(&loaded(DE), &mut SyncReport::default(), now);
+        objects.sync(&loaded(DE), &none(), &mut SyncReport::default(), now);
         let mut report = SyncReport::default();
-        objects.sync(&loaded(&DE.replace("region: eu-central-1", "region: eu-west-1")), &mut report, now);
+        objects.sync(&loaded(&DE.replace("region: eu-central-1", "region: eu-west-1")), &none(), &mut report, now);
         assert_eq!(objects.entries["de"].object.spec.region, "eu-central-1");
         assert_eq!(objects.entries["de"].object.metadata.generation, Some(1));
         assert!(report.rejected[0].contains("spec.region is immutable"), "{:?}", report.rejected);
