@@ -174,4 +174,16 @@ async fn dev_reports_bad_manifests_as_conditions_and_changes_nothing() {
 
     let port = dev.region_ports()[0].1;
     assert!(partitions(port).await.is_empty(), "no partition was created for a refused country");
+
+    // A manifest saved half-written is an error to report, never a deletion.
+    let es = std::fs::read_to_string(examples().join("countries/es.yaml")).unwrap();
+    std::fs::write(manifests.join("es.yaml"), &es).unwrap();
+    dev.await_ready("es", Duration::from_secs(10));
+    std::fs::write(manifests.join("es.yaml"), &es[..es.len() / 2]).unwrap();
+    dev.wait_for("the manifest error", Duration::from_secs(5), |d| d.output().contains("es.yaml (document 1)"));
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, obj) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/es");
+    assert_eq!((code, condition(&obj, "Ready")), (200, Some("True")), "{obj}");
+    assert!(obj["metadata"]["deletionTimestamp"].is_null());
+    assert_eq!(partitions(port).await.len(), 5);
 }
