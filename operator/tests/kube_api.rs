@@ -10,7 +10,7 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use meridian_crds::{Country, Region};
 use meridian_operator::controller::Context;
-use meridian_operator::k8s::{KubeContext, LeaderElection, reconcile_country, reconcile_region};
+use meridian_operator::k8s::{KubeContext, LeaderElection, reconcile};
 use meridian_operator::providers::{Providers, StaticSecrets};
 use serde_json::{Value, json};
 
@@ -149,7 +149,7 @@ async fn a_new_country_gets_the_finalizer_first() {
     let mut object = country_json(json!({}));
     object["metadata"].as_object_mut().unwrap().remove("finalizers");
     let country: Country = serde_json::from_value(object.clone()).unwrap();
-    let action = scenario(reconcile_country(Arc::new(country), ctx), async move {
+    let action = scenario(reconcile(Arc::new(country), ctx), async move {
         let seen = api.expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de").await;
         assert_eq!(
             seen.body,
@@ -169,7 +169,7 @@ async fn a_residency_violation_is_reported_and_touches_no_store() {
     let (ctx, mut api) = setup();
     let object = country_json(json!({}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
-    let action = scenario(reconcile_country(Arc::new(country), ctx), async move {
+    let action = scenario(reconcile(Arc::new(country), ctx), async move {
         let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
         seen.answer(StatusCode::OK, &region_json("shared", "external"));
         let status = api.expect_status_patch("countries", "de", &object).await;
@@ -190,7 +190,7 @@ async fn a_missing_region_is_named_and_retried() {
     let (ctx, mut api) = setup();
     let object = country_json(json!({}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
-    let action = scenario(reconcile_country(Arc::new(country), ctx), async move {
+    let action = scenario(reconcile(Arc::new(country), ctx), async move {
         let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
         seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
         let status = api.expect_status_patch("countries", "de", &object).await;
@@ -210,7 +210,7 @@ async fn an_abandoned_deletion_removes_the_finalizer_without_touching_stores() {
         "annotations": {"platform.meridian.dev/abandon": "true"}
     }));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
-    let action = scenario(reconcile_country(Arc::new(country), ctx), async move {
+    let action = scenario(reconcile(Arc::new(country), ctx), async move {
         let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
         seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
         let seen = api.expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de").await;
@@ -233,7 +233,7 @@ async fn a_deletion_that_cannot_reach_its_stores_says_how_to_finish_it() {
     let (ctx, mut api) = setup();
     let object = country_json(json!({"deletionTimestamp": "2026-11-23T00:00:00Z"}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
-    let result = scenario(reconcile_country(Arc::new(country), ctx), async move {
+    let result = scenario(reconcile(Arc::new(country), ctx), async move {
         let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
         seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
         let status = api.expect_status_patch("countries", "de", &object).await;
@@ -253,7 +253,7 @@ async fn a_local_region_in_a_cluster_names_the_provider_field() {
     let mut object = region_json("dedicated", "local");
     object.as_object_mut().unwrap().remove("status");
     let region: Region = serde_json::from_value(object.clone()).unwrap();
-    let action = scenario(reconcile_region(Arc::new(region), ctx), async move {
+    let action = scenario(reconcile(Arc::new(region), ctx), async move {
         let status = api.expect_status_patch("regions", "eu-central-1", &object).await;
         let db = condition(&status, "DatabaseReady");
         assert_eq!((&db["status"], &db["reason"]), (&json!("False"), &json!("ProviderUnavailable")));

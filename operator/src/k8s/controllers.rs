@@ -111,13 +111,13 @@ pub async fn run(ctx: Arc<KubeContext>) {
             let name = region.name_any();
             store.state().into_iter().filter(|c| c.spec.region == name).map(|c| ObjectRef::from_obj(&*c)).collect::<Vec<_>>()
         })
-        .run(reconcile_country, error_policy, ctx.clone())
+        .run(reconcile::<Country>, error_policy, ctx.clone())
         .for_each(|result| async move { log_result("Country", result) });
 
     let region_controller = Controller::new(regions, watcher::Config::default())
         // A Country going away may unblock its Region's deletion.
         .watches(countries, watcher::Config::default(), |country: Country| Some(ObjectRef::new(&country.spec.region)))
-        .run(reconcile_region, error_policy, ctx)
+        .run(reconcile::<Region>, error_policy, ctx)
         .for_each(|result| async move { log_result("Region", result) });
 
     futures::join!(country_controller, region_controller);
@@ -136,20 +136,50 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: 
     Action::requeue(ctx.backoff(&key))
 }
 
-/// Reconciles one Country: finalizer, then apply or cleanup.
-pub async fn reconcile_country(obj: Arc<Country>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
-    let api: Api<Country> = Api::all(ctx.client.clone());
+/// A kind the operator reconciles: its apply and cleanup steps.
+pub trait Reconciled:
+    Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The metrics label.
+    const KIND: &'static str;
+    fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send;
+    fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send;
+}
+
+impl Reconciled for Country {
+    const KIND: &'static str = "Country";
+    fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        apply_country(self, ctx)
+    }
+    fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        cleanup_country(self, ctx)
+    }
+}
+
+impl Reconciled for Region {
+    const KIND: &'static str = "Region";
+    fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        apply_region(self, ctx)
+    }
+    fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        cleanup_region(self, ctx)
+    }
+}
+
+/// Reconciles one object: the finalizer first, then apply or cleanup.
+pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
+    let api: Api<K> = Api::all(ctx.client.clone());
     let started = Instant::now();
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            Finalizer::Apply(c) => apply_country(&c, &ctx).await,
-            Finalizer::Cleanup(c) => cleanup_country(&c, &ctx).await,
+            Finalizer::Apply(obj) => obj.apply(&ctx).await,
+            Finalizer::Cleanup(obj) => obj.cleanup(&ctx).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(e) = &result {
-        ctx.core.metrics.observe("Country", started.elapsed(), Some(e.reason()));
+        ctx.core.metrics.observe(K::KIND, started.elapsed(), Some(e.reason()));
     }
     result
 }
@@ -193,24 +223,6 @@ async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error
             Err(blocked_error("Country", c.name_any(), &blocked))
         }
     }
-}
-
-/// Reconciles one Region: finalizer, then apply or cleanup.
-pub async fn reconcile_region(obj: Arc<Region>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
-    let api: Api<Region> = Api::all(ctx.client.clone());
-    let started = Instant::now();
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply_region(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup_region(&r, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if let Err(e) = &result {
-        ctx.core.metrics.observe("Region", started.elapsed(), Some(e.reason()));
-    }
-    result
 }
 
 async fn apply_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {

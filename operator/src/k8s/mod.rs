@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use kube::Client;
 
-pub use controllers::{Error, KubeContext, reconcile_country, reconcile_region};
+pub use controllers::{Error, KubeContext, Reconciled, reconcile};
 pub use leader::{LeaderElection, Lease};
 pub use secrets::KubeSecrets;
 
