@@ -24,8 +24,17 @@ use crate::common::DeletionPolicy;
     printcolumn(name = "Code", type_ = "string", json_path = ".spec.code"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Residency", type_ = "string", json_path = ".spec.residency"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self.residency != 'strict' || (has(self.allowedCloudRegions) && size(self.allowedCloudRegions) > 0)").message("residency: strict requires spec.allowedCloudRegions").field_path(".allowedCloudRegions"))]
@@ -152,7 +161,12 @@ fn enabled() -> bool {
 
 impl Default for Features {
     fn default() -> Self {
-        Self { online_booking: true, reassignment: true, sms_reminders: false, video_consultations: false }
+        Self {
+            online_booking: true,
+            reassignment: true,
+            sms_reminders: false,
+            video_consultations: false,
+        }
     }
 }
 

@@ -11,12 +11,10 @@ mod region;
 
 pub use common::{DeletionPolicy, SecretKeyRef, condition_types};
 pub use country::{
-    Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer,
-    SearchSettings,
+    Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer, SearchSettings,
 };
 pub use region::{
-    DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec,
-    RegionStatus, SearchSizing,
+    DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec, RegionStatus, SearchSizing,
 };
 
 use kube::CustomResourceExt;

@@ -15,13 +15,21 @@ fn committed_crd_files_match_the_rust_types() {
 #[test]
 fn crds_are_cluster_scoped_with_status_subresource_and_short_names() {
     use kube::CustomResourceExt;
-    for (crd, short) in [(meridian_crds::Country::crd(), "ctry"), (meridian_crds::Region::crd(), "reg")] {
+    for (crd, short) in [
+        (meridian_crds::Country::crd(), "ctry"),
+        (meridian_crds::Region::crd(), "reg"),
+    ] {
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert!(columns.contains(&"Ready"), "{columns:?}");
     }
 }

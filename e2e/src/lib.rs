@@ -13,7 +13,11 @@ use serde_json::Value;
 /// The `meridian` binary built alongside the tests (`cargo test --workspace` builds it).
 pub fn meridian_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(Path::parent).map(|dir| dir.join("meridian")).expect("target directory");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("meridian"))
+        .expect("target directory");
     assert!(
         bin.is_file(),
         "{} not found: build it first with `cargo build -p meridian-operator` (`cargo test --workspace` does)",
@@ -52,7 +56,10 @@ impl Dev {
             .spawn()
             .expect("start meridian dev");
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -60,7 +67,12 @@ impl Dev {
                 }
             });
         }
-        Self { child, addr, data_dir: data_dir.to_path_buf(), output }
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            output,
+        }
     }
 
     /// Everything it printed so far.
@@ -81,9 +93,16 @@ impl Dev {
                 return started.elapsed();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meridian dev exited ({status}) while waiting for {what}:\n{}", self.output());
+                panic!(
+                    "meridian dev exited ({status}) while waiting for {what}:\n{}",
+                    self.output()
+                );
             }
-            assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}:\n{}", self.output());
+            assert!(
+                started.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -91,7 +110,9 @@ impl Dev {
     /// Waits until country `name` has condition Ready=True.
     pub fn await_ready(&mut self, name: &str, timeout: Duration) -> Duration {
         let path = format!("/apis/platform.meridian.dev/v1alpha1/countries/{name}");
-        self.wait_for(&format!("country {name} Ready"), timeout, |dev| condition(&dev.get(&path).1, "Ready") == Some("True"))
+        self.wait_for(&format!("country {name} Ready"), timeout, |dev| {
+            condition(&dev.get(&path).1, "Ready") == Some("True")
+        })
     }
 
     /// The PostgreSQL port of each local Region, as published in `state.json`.
@@ -117,7 +138,11 @@ impl Dev {
                 std::thread::sleep(Duration::from_millis(100)); // let the readers drain
                 return (status, self.output());
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "meridian dev ignored Ctrl-C:\n{}", self.output());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "meridian dev ignored Ctrl-C:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,7 +151,9 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
             let _ = self.child.wait();
         }
     }
@@ -134,7 +161,11 @@ impl Drop for Dev {
 
 /// The status of condition `type_` in an object's JSON.
 pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a str> {
-    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?["status"].as_str()
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
 }
 
 /// A minimal HTTP/1.1 GET, enough for the entry point's JSON (no client dependency).
@@ -143,7 +174,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
         return (0, Value::Null);
     };
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     if stream.read_to_end(&mut response).is_err() {
         return (0, Value::Null);

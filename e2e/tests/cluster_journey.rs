@@ -34,18 +34,35 @@ impl Kubectl {
             child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn ready(&self, kind: &str, name: &str) -> String {
-        self.run(&["get", kind, name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"], None)
+        self.run(
+            &[
+                "get",
+                kind,
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
     }
 
     fn wait_ready(&self, kind: &str, name: &str) {
         let started = Instant::now();
         while self.ready(kind, name) != "True" {
-            assert!(started.elapsed() < Duration::from_secs(90), "{kind} {name} not Ready: {}", self.run(&["get", kind, name, "-o", "yaml"], None));
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{kind} {name} not Ready: {}",
+                self.run(&["get", kind, name, "-o", "yaml"], None)
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -62,15 +79,36 @@ async fn operator_reconciles_a_region_and_countries_in_a_real_cluster() {
         );
         return;
     };
-    let kubectl = Kubectl { kubeconfig: kubeconfig.clone() };
+    let kubectl = Kubectl {
+        kubeconfig: kubeconfig.clone(),
+    };
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let suffix = std::process::id();
     let (namespace, region) = (format!("meridian-e2e-{suffix}"), format!("e2e-{suffix}"));
 
     kubectl.run(&["apply", "-f", "-"], Some(&meridian_crds_yaml()));
-    kubectl.run(&["wait", "--for=condition=Established", "crd/countries.platform.meridian.dev", "crd/regions.platform.meridian.dev"], None);
+    kubectl.run(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/countries.platform.meridian.dev",
+            "crd/regions.platform.meridian.dev",
+        ],
+        None,
+    );
     kubectl.run(&["create", "namespace", &namespace], None);
-    kubectl.run(&["-n", &namespace, "create", "secret", "generic", "region-db", &format!("--from-literal=url={}", pg.url())], None);
+    kubectl.run(
+        &[
+            "-n",
+            &namespace,
+            "create",
+            "secret",
+            "generic",
+            "region-db",
+            &format!("--from-literal=url={}", pg.url()),
+        ],
+        None,
+    );
     let manifests = format!(
         "apiVersion: platform.meridian.dev/v1alpha1
 kind: Region
@@ -99,7 +137,15 @@ spec:
     kubectl.run(&["apply", "-f", "-"], Some(&manifests));
 
     let mut operator = Command::new(meridian_bin())
-        .args(["operator", "--listen", &free_addr().to_string(), "--namespace", &namespace, "--lease-name", &region])
+        .args([
+            "operator",
+            "--listen",
+            &free_addr().to_string(),
+            "--namespace",
+            &namespace,
+            "--lease-name",
+            &region,
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .spawn()
         .expect("start meridian operator");
@@ -107,25 +153,36 @@ spec:
     kubectl.wait_ready("region", &region);
     kubectl.wait_ready("country", &format!("{region}-xa"));
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    let attached: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND relispartition")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let attached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND relispartition")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(attached, 5);
 
     // The API server enforces the CEL rules: the code is immutable.
     let refused = Command::new("kubectl")
-        .args(["--kubeconfig", &kubeconfig, "patch", "country", &format!("{region}-xa"), "--type=merge", "-p", r#"{"spec":{"code":"XB"}}"#])
+        .args([
+            "--kubeconfig",
+            &kubeconfig,
+            "patch",
+            "country",
+            &format!("{region}-xa"),
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"code":"XB"}}"#,
+        ])
         .output()
         .unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("spec.code is immutable"));
 
     // Deleting with Retain detaches the partitions and keeps them.
     kubectl.run(&["delete", "country", &format!("{region}-xa"), "--timeout=60s"], None);
-    let detached: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND NOT relispartition")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let detached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND NOT relispartition")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(detached, 5);
 
     kubectl.run(&["delete", "region", &region, "--timeout=60s"], None);

@@ -44,7 +44,10 @@ async fn partitions(port: u16) -> Vec<(String, bool)> {
 
 /// The country codes that have partitions (attached or not) in a database.
 fn codes(parts: &[(String, bool)]) -> Vec<String> {
-    let mut codes: Vec<String> = parts.iter().map(|(name, _)| name.rsplit('_').next().unwrap().to_string()).collect();
+    let mut codes: Vec<String> = parts
+        .iter()
+        .map(|(name, _)| name.rsplit('_').next().unwrap().to_string())
+        .collect();
     codes.dedup();
     codes.sort();
     codes.dedup();
@@ -63,8 +66,17 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
         dev.await_ready(name, Duration::from_secs(120));
     }
     let out = dev.output();
-    let line = out.lines().find(|l| l.starts_with("timing: all countries Ready")).expect("start-up timing printed");
-    let secs: f64 = line.split_whitespace().nth(4).unwrap().trim_end_matches('s').parse().unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("timing: all countries Ready"))
+        .expect("start-up timing printed");
+    let secs: f64 = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
     assert!(secs < 10.0, "all countries Ready within 10s of the databases: {line}");
 
     // Every object is served the way `kubectl get -o json` shows it.
@@ -78,9 +90,17 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     assert_eq!((code, missing["reason"].as_str()), (404, Some("NotFound")));
 
     // Each country's partitions exist in its Region's cluster and nowhere else.
-    let expected = [("eu-central-1", vec!["de"]), ("eu-west-1", vec!["es", "it"]), ("eu-west-2", vec!["gb"]), ("eu-west-3", vec!["fr"])];
+    let expected = [
+        ("eu-central-1", vec!["de"]),
+        ("eu-west-1", vec!["es", "it"]),
+        ("eu-west-2", vec!["gb"]),
+        ("eu-west-3", vec!["fr"]),
+    ];
     let ports = dev.region_ports();
-    assert_eq!(ports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), expected.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+    assert_eq!(
+        ports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        expected.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+    );
     for ((region, port), (_, want)) in ports.iter().zip(&expected) {
         let parts = partitions(*port).await;
         assert_eq!(codes(&parts), *want, "partitions in {region}: {parts:?}");
@@ -97,29 +117,45 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
         .output()
         .unwrap();
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("already using data directory"), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already using data directory"),
+        "{second:?}"
+    );
 
     // Launching a country is writing a manifest.
     std::fs::write(manifests.join("countries/pt.yaml"), PORTUGAL).unwrap();
     let took = dev.await_ready("pt", Duration::from_secs(30));
-    assert!(took < Duration::from_secs(5), "pt Ready {took:?} after its manifest was written");
-    dev.wait_for("launch timing", Duration::from_secs(5), |d| d.output().contains("timing: country pt Ready"));
+    assert!(
+        took < Duration::from_secs(5),
+        "pt Ready {took:?} after its manifest was written"
+    );
+    dev.wait_for("launch timing", Duration::from_secs(5), |d| {
+        d.output().contains("timing: country pt Ready")
+    });
     assert_eq!(codes(&partitions(eu_west_1).await), ["es", "it", "pt"]);
 
     // Editing a manifest is reconciled within seconds: suspending Italy.
     let it = std::fs::read_to_string(manifests.join("countries/it.yaml")).unwrap();
-    std::fs::write(manifests.join("countries/it.yaml"), it.replace("  deletionPolicy: Retain", "  suspend: true\n  deletionPolicy: Retain")).unwrap();
+    std::fs::write(
+        manifests.join("countries/it.yaml"),
+        it.replace("  deletionPolicy: Retain", "  suspend: true\n  deletionPolicy: Retain"),
+    )
+    .unwrap();
     dev.wait_for("it suspended", Duration::from_secs(5), |d| {
         let (_, it) = d.get("/apis/platform.meridian.dev/v1alpha1/countries/it");
         it["metadata"]["generation"] == 2
-            && it["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "Suspended"))
+            && it["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "Suspended"))
     });
     std::fs::write(manifests.join("countries/it.yaml"), it).unwrap();
     dev.await_ready("it", Duration::from_secs(5));
 
     // Removing it detaches its partitions and keeps them (Retain).
     std::fs::remove_file(manifests.join("countries/pt.yaml")).unwrap();
-    dev.wait_for("pt deleted", Duration::from_secs(10), |d| d.get("/apis/platform.meridian.dev/v1alpha1/countries/pt").0 == 404);
+    dev.wait_for("pt deleted", Duration::from_secs(10), |d| {
+        d.get("/apis/platform.meridian.dev/v1alpha1/countries/pt").0 == 404
+    });
     let parts = partitions(eu_west_1).await;
     let pt: Vec<_> = parts.iter().filter(|(n, _)| n.ends_with("_pt")).collect();
     assert_eq!(pt.len(), 5, "Retain keeps pt's partitions: {parts:?}");
@@ -139,7 +175,12 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     for name in COUNTRIES {
         dev.await_ready(name, Duration::from_secs(60));
     }
-    let eu_west_1 = dev.region_ports().into_iter().find(|(n, _)| n == "eu-west-1").unwrap().1;
+    let eu_west_1 = dev
+        .region_ports()
+        .into_iter()
+        .find(|(n, _)| n == "eu-west-1")
+        .unwrap()
+        .1;
     assert_eq!(codes(&partitions(eu_west_1).await), ["es", "it", "pt"]);
     let (status, out) = dev.interrupt();
     assert!(status.success(), "{out}");
@@ -150,37 +191,74 @@ async fn dev_reports_bad_manifests_as_conditions_and_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let manifests = work.path().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::copy(examples().join("regions/eu-west-1.yaml"), manifests.join("eu-west-1.yaml")).unwrap();
+    std::fs::copy(
+        examples().join("regions/eu-west-1.yaml"),
+        manifests.join("eu-west-1.yaml"),
+    )
+    .unwrap();
     let de = std::fs::read_to_string(examples().join("countries/de.yaml")).unwrap();
     // Strict residency on a shared Region, an unknown time zone, a Region that does not exist.
-    std::fs::write(manifests.join("de.yaml"), de.replace("region: eu-central-1", "region: eu-west-1").replace("[eu-central-1]", "[eu-west-1]")).unwrap();
-    std::fs::write(manifests.join("xa.yaml"), de.replace("name: de", "name: xa").replace("code: DE", "code: XA").replace("Europe/Berlin", "Europe/Atlantis")).unwrap();
-    std::fs::write(manifests.join("xb.yaml"), de.replace("name: de", "name: xb").replace("code: DE", "code: XB").replace("region: eu-central-1", "region: eu-north-9")).unwrap();
+    std::fs::write(
+        manifests.join("de.yaml"),
+        de.replace("region: eu-central-1", "region: eu-west-1")
+            .replace("[eu-central-1]", "[eu-west-1]"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("xa.yaml"),
+        de.replace("name: de", "name: xa")
+            .replace("code: DE", "code: XA")
+            .replace("Europe/Berlin", "Europe/Atlantis"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("xb.yaml"),
+        de.replace("name: de", "name: xb")
+            .replace("code: DE", "code: XB")
+            .replace("region: eu-central-1", "region: eu-north-9"),
+    )
+    .unwrap();
 
     let mut dev = Dev::start(&manifests, &work.path().join("data"));
     let reason = |dev: &Dev, name: &str| {
         let (_, obj) = dev.get(&format!("/apis/platform.meridian.dev/v1alpha1/countries/{name}"));
-        obj["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        obj["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
     };
-    dev.wait_for("conditions on all three", Duration::from_secs(60), |d| ["de", "xa", "xb"].iter().all(|n| reason(d, n).is_some()));
+    dev.wait_for("conditions on all three", Duration::from_secs(60), |d| {
+        ["de", "xa", "xb"].iter().all(|n| reason(d, n).is_some())
+    });
     let ready = reason(&dev, "de").unwrap();
     assert_eq!(ready["reason"], "RegionNotDedicated", "{ready}");
     assert!(ready["message"].as_str().unwrap().contains("spec.residency"));
     let ready = reason(&dev, "xa").unwrap();
     assert_eq!(ready["reason"], "InvalidSpec");
     assert!(ready["message"].as_str().unwrap().contains("spec.timezone"), "{ready}");
-    dev.wait_for("xb RegionNotFound", Duration::from_secs(10), |d| reason(d, "xb").is_some_and(|r| r["reason"] == "RegionNotFound"));
-    assert!(reason(&dev, "xb").unwrap()["message"].as_str().unwrap().contains("spec.region"));
+    dev.wait_for("xb RegionNotFound", Duration::from_secs(10), |d| {
+        reason(d, "xb").is_some_and(|r| r["reason"] == "RegionNotFound")
+    });
+    assert!(
+        reason(&dev, "xb").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.region")
+    );
 
     let port = dev.region_ports()[0].1;
-    assert!(partitions(port).await.is_empty(), "no partition was created for a refused country");
+    assert!(
+        partitions(port).await.is_empty(),
+        "no partition was created for a refused country"
+    );
 
     // A manifest saved half-written is an error to report, never a deletion.
     let es = std::fs::read_to_string(examples().join("countries/es.yaml")).unwrap();
     std::fs::write(manifests.join("es.yaml"), &es).unwrap();
     dev.await_ready("es", Duration::from_secs(10));
     std::fs::write(manifests.join("es.yaml"), &es[..es.len() / 2]).unwrap();
-    dev.wait_for("the manifest error", Duration::from_secs(5), |d| d.output().contains("es.yaml (document 1)"));
+    dev.wait_for("the manifest error", Duration::from_secs(5), |d| {
+        d.output().contains("es.yaml (document 1)")
+    });
     std::thread::sleep(Duration::from_secs(2));
     let (code, obj) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/es");
     assert_eq!((code, condition(&obj, "Ready")), (200, Some("True")), "{obj}");

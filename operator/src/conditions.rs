@@ -15,11 +15,21 @@ pub struct Report {
 
 impl Report {
     pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status: true, reason, message: message.into() }
+        Self {
+            type_,
+            status: true,
+            reason,
+            message: message.into(),
+        }
     }
 
     pub fn failed(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status: false, reason, message: message.into() }
+        Self {
+            type_,
+            status: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -41,7 +51,10 @@ pub fn merge(previous: &[Condition], reports: &[Report], generation: Option<i64>
         match out.iter_mut().find(|c| c.type_ == report.type_) {
             Some(existing) if existing.status == status => {
                 let since = existing.last_transition_time.clone();
-                *existing = Condition { last_transition_time: since, ..fresh };
+                *existing = Condition {
+                    last_transition_time: since,
+                    ..fresh
+                };
             }
             Some(existing) => *existing = fresh,
             None => out.push(fresh),
@@ -111,7 +124,10 @@ mod tests {
         let old = merge(&[], &[Report::ok("DatabaseReady", "PartitionsReady", "5")], Some(1));
         let new = merge(
             &old,
-            &[Report::ok("DatabaseReady", "PartitionsReady", "5"), Report::ok("Ready", "Reconciled", "")],
+            &[
+                Report::ok("DatabaseReady", "PartitionsReady", "5"),
+                Report::ok("Ready", "Reconciled", ""),
+            ],
             Some(1),
         );
         let t = transitions(&old, &new);

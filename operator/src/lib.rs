@@ -5,11 +5,11 @@
 pub mod backends;
 pub mod conditions;
 pub mod controller;
+pub mod dev;
+pub mod k8s;
 pub mod metrics;
 pub mod plan;
+pub mod plan_cmd;
 pub mod providers;
 pub mod shutdown;
 pub mod validate;
-pub mod dev;
-pub mod k8s;
-pub mod plan_cmd;

@@ -57,8 +57,17 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev { manifests, data_dir, listen } => {
-                meridian_operator::dev::run(meridian_operator::dev::DevOptions { manifests, data_dir, listen }).await?;
+            Command::Dev {
+                manifests,
+                data_dir,
+                listen,
+            } => {
+                meridian_operator::dev::run(meridian_operator::dev::DevOptions {
+                    manifests,
+                    data_dir,
+                    listen,
+                })
+                .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Operator(options) => {

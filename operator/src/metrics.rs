@@ -32,12 +32,26 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("meridian");
         let reconciles = Family::<KindLabel, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
-        let duration =
-            Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15)));
+        let duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciles that failed, by reason", failures.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
-        Self { registry, reconciles, failures, duration }
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+        }
     }
 }
 
@@ -45,9 +59,16 @@ impl Metrics {
     /// Records one reconcile of `kind` and, when it failed, its reason.
     pub fn observe(&self, kind: &'static str, elapsed: Duration, failure: Option<&str>) {
         self.reconciles.get_or_create(&KindLabel { kind }).inc();
-        self.duration.get_or_create(&KindLabel { kind }).observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_create(&KindLabel { kind })
+            .observe(elapsed.as_secs_f64());
         if let Some(reason) = failure {
-            self.failures.get_or_create(&FailureLabels { kind, reason: reason.to_string() }).inc();
+            self.failures
+                .get_or_create(&FailureLabels {
+                    kind,
+                    reason: reason.to_string(),
+                })
+                .inc();
         }
     }
 
@@ -70,7 +91,13 @@ mod tests {
         metrics.observe("Country", Duration::from_millis(5), Some("DatabaseUnreachable"));
         let text = metrics.render();
         assert!(text.contains("meridian_reconciles_total{kind=\"Country\"} 2"), "{text}");
-        assert!(text.contains("meridian_reconcile_failures_total{kind=\"Country\",reason=\"DatabaseUnreachable\"} 1"), "{text}");
-        assert!(text.contains("meridian_reconcile_duration_seconds_count{kind=\"Country\"} 2"), "{text}");
+        assert!(
+            text.contains("meridian_reconcile_failures_total{kind=\"Country\",reason=\"DatabaseUnreachable\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meridian_reconcile_duration_seconds_count{kind=\"Country\"} 2"),
+            "{text}"
+        );
     }
 }

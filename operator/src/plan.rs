@@ -9,11 +9,27 @@ use meridian_shared::schema::{MIGRATIONS, PARTITIONED_TABLES, partition_name};
 /// One change to a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    ApplyMigration { version: i64, name: &'static str },
-    CreatePartition { table: &'static str, partition: String, code: String },
-    AttachPartition { table: &'static str, partition: String, code: String },
-    DetachPartition { table: &'static str, partition: String },
-    DropPartition { partition: String },
+    ApplyMigration {
+        version: i64,
+        name: &'static str,
+    },
+    CreatePartition {
+        table: &'static str,
+        partition: String,
+        code: String,
+    },
+    AttachPartition {
+        table: &'static str,
+        partition: String,
+        code: String,
+    },
+    DetachPartition {
+        table: &'static str,
+        partition: String,
+    },
+    DropPartition {
+        partition: String,
+    },
 }
 
 impl Change {
@@ -71,7 +87,10 @@ pub fn migrations(applied: &[i64]) -> Vec<Change> {
     MIGRATIONS
         .iter()
         .filter(|m| !applied.contains(&m.version))
-        .map(|m| Change::ApplyMigration { version: m.version, name: m.name })
+        .map(|m| Change::ApplyMigration {
+            version: m.version,
+            name: m.name,
+        })
         .collect()
 }
 
@@ -89,9 +108,15 @@ pub fn partitions(code: &str, goal: PartitionGoal, observed: &BTreeMap<String, P
             let partition = partition_name(table, code);
             let code = code.to_string();
             match (goal, state(&partition)) {
-                (PartitionGoal::Present, PartitionState::Missing) => Some(Change::CreatePartition { table, partition, code }),
-                (PartitionGoal::Present, PartitionState::Detached) => Some(Change::AttachPartition { table, partition, code }),
-                (PartitionGoal::Detached, PartitionState::Attached) => Some(Change::DetachPartition { table, partition }),
+                (PartitionGoal::Present, PartitionState::Missing) => {
+                    Some(Change::CreatePartition { table, partition, code })
+                }
+                (PartitionGoal::Present, PartitionState::Detached) => {
+                    Some(Change::AttachPartition { table, partition, code })
+                }
+                (PartitionGoal::Detached, PartitionState::Attached) => {
+                    Some(Change::DetachPartition { table, partition })
+                }
                 (PartitionGoal::Dropped, PartitionState::Attached | PartitionState::Detached) => {
                     Some(Change::DropPartition { partition })
                 }
@@ -132,34 +157,62 @@ mod tests {
 
     #[test]
     fn a_current_country_needs_nothing() {
-        let all = partition_names("FR").into_iter().map(|n| (n, PartitionState::Attached)).collect();
+        let all = partition_names("FR")
+            .into_iter()
+            .map(|n| (n, PartitionState::Attached))
+            .collect();
         assert!(partitions("FR", PartitionGoal::Present, &all).is_empty());
     }
 
     #[test]
     fn retained_partitions_are_reattached_when_the_country_comes_back() {
-        let seen = observed(&[("practitioners_es", PartitionState::Detached), ("audit_es", PartitionState::Attached)]);
+        let seen = observed(&[
+            ("practitioners_es", PartitionState::Detached),
+            ("audit_es", PartitionState::Attached),
+        ]);
         let changes = partitions("ES", PartitionGoal::Present, &seen);
-        assert_eq!(changes[0], Change::AttachPartition {
-            table: "practitioners",
-            partition: "practitioners_es".into(),
-            code: "ES".into()
-        });
+        assert_eq!(
+            changes[0],
+            Change::AttachPartition {
+                table: "practitioners",
+                partition: "practitioners_es".into(),
+                code: "ES".into()
+            }
+        );
         assert_eq!(changes.len(), 4, "{changes:?}");
     }
 
     #[test]
     fn retain_detaches_in_reverse_order_and_delete_drops_detached_ones_too() {
-        let all: BTreeMap<_, _> = partition_names("IT").into_iter().map(|n| (n, PartitionState::Attached)).collect();
+        let all: BTreeMap<_, _> = partition_names("IT")
+            .into_iter()
+            .map(|n| (n, PartitionState::Attached))
+            .collect();
         let detach = partitions("IT", PartitionGoal::Detached, &all);
         assert_eq!(detach.len(), 5);
-        assert_eq!(detach[0], Change::DetachPartition { table: "audit", partition: "audit_it".into() });
-        let mixed = observed(&[("practitioners_it", PartitionState::Detached), ("audit_it", PartitionState::Attached)]);
-        let drop = partitions("IT", PartitionGoal::Dropped, &mixed);
-        assert_eq!(drop, [
-            Change::DropPartition { partition: "audit_it".into() },
-            Change::DropPartition { partition: "practitioners_it".into() }
+        assert_eq!(
+            detach[0],
+            Change::DetachPartition {
+                table: "audit",
+                partition: "audit_it".into()
+            }
+        );
+        let mixed = observed(&[
+            ("practitioners_it", PartitionState::Detached),
+            ("audit_it", PartitionState::Attached),
         ]);
+        let drop = partitions("IT", PartitionGoal::Dropped, &mixed);
+        assert_eq!(
+            drop,
+            [
+                Change::DropPartition {
+                    partition: "audit_it".into()
+                },
+                Change::DropPartition {
+                    partition: "practitioners_it".into()
+                }
+            ]
+        );
         assert!(partitions("IT", PartitionGoal::Detached, &BTreeMap::new()).is_empty());
     }
 

@@ -49,14 +49,24 @@ pub async fn run(manifests_dir: &Path, data_dir: &Path) -> anyhow::Result<PlanRe
     }
     // Hold the lock while clusters of a stopped `meridian dev` are started for reading.
     let (local, _lock) = match DataDirLock::running(data_dir) {
-        Some(state) => (LocalClusters::adopt(data_dir.to_path_buf(), state.regions.into_iter().collect()), None),
-        None if data_dir.is_dir() => (LocalClusters::new(data_dir.to_path_buf(), Durability::Durable), Some(DataDirLock::acquire(data_dir)?)),
+        Some(state) => (
+            LocalClusters::adopt(data_dir.to_path_buf(), state.regions.into_iter().collect()),
+            None,
+        ),
+        None if data_dir.is_dir() => (
+            LocalClusters::new(data_dir.to_path_buf(), Durability::Durable),
+            Some(DataDirLock::acquire(data_dir)?),
+        ),
         None => (LocalClusters::new(data_dir.to_path_buf(), Durability::Durable), None),
     };
     let local = Arc::new(local);
     let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(loaded.secrets.clone())));
 
-    let regions: BTreeMap<String, Region> = loaded.regions.iter().map(|(n, l)| (n.clone(), l.object.clone())).collect();
+    let regions: BTreeMap<String, Region> = loaded
+        .regions
+        .iter()
+        .map(|(n, l)| (n.clone(), l.object.clone()))
+        .collect();
     let countries: Vec<Country> = loaded.countries.values().map(|l| l.object.clone()).collect();
     let mut fresh = Vec::new();
     for (name, r) in &regions {
@@ -85,9 +95,15 @@ pub async fn run(manifests_dir: &Path, data_dir: &Path) -> anyhow::Result<PlanRe
     }
     for c in &countries {
         let name = c.metadata.name.as_deref().unwrap_or_default();
-        let world = country::World { region: regions.get(&c.spec.region), countries: &countries };
-        let planned =
-            if fresh.contains(&c.spec.region) { country::plan_fresh(c, world) } else { country::plan(c, world, &ctx).await };
+        let world = country::World {
+            region: regions.get(&c.spec.region),
+            countries: &countries,
+        };
+        let planned = if fresh.contains(&c.spec.region) {
+            country::plan_fresh(c, world)
+        } else {
+            country::plan(c, world, &ctx).await
+        };
         match planned {
             Ok((planned, _)) => {
                 report.text += &format!("Country {name} ({}) -> Region {}:\n", c.spec.code, planned.region);

@@ -25,7 +25,10 @@ pub fn describe(errors: &[FieldError]) -> String {
 }
 
 fn err(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 fn matches(pattern: &str, value: &str) -> bool {
@@ -39,26 +42,41 @@ pub fn country(country: &Country) -> Vec<FieldError> {
     if !matches(r"^[A-Z]{2}$", &spec.code) {
         errors.push(err(
             "spec.code",
-            format!("{:?} is not an ISO 3166-1 alpha-2 code in upper case (e.g. \"DE\")", spec.code),
+            format!(
+                "{:?} is not an ISO 3166-1 alpha-2 code in upper case (e.g. \"DE\")",
+                spec.code
+            ),
         ));
     }
     if spec.timezone.parse::<chrono_tz::Tz>().is_err() {
-        errors.push(err("spec.timezone", format!("unknown IANA time zone {:?} (e.g. \"Europe/Berlin\")", spec.timezone)));
+        errors.push(err(
+            "spec.timezone",
+            format!("unknown IANA time zone {:?} (e.g. \"Europe/Berlin\")", spec.timezone),
+        ));
     }
     match language_tags::LanguageTag::parse(&spec.locale) {
         Ok(tag) if tag.is_valid() => {}
-        _ => errors.push(err("spec.locale", format!("{:?} is not a BCP 47 language tag (e.g. \"de-DE\")", spec.locale))),
+        _ => errors.push(err(
+            "spec.locale",
+            format!("{:?} is not a BCP 47 language tag (e.g. \"de-DE\")", spec.locale),
+        )),
     }
     if spec.languages.is_empty() {
         errors.push(err("spec.languages", "at least one language is required"));
     }
     for (i, lang) in spec.languages.iter().enumerate() {
         if !matches(r"^[a-z]{2,3}$", lang) {
-            errors.push(err(&format!("spec.languages[{i}]"), format!("{lang:?} is not an ISO 639 language code")));
+            errors.push(err(
+                &format!("spec.languages[{i}]"),
+                format!("{lang:?} is not an ISO 639 language code"),
+            ));
         }
     }
     if !matches(r"^[A-Z]{3}$", &spec.currency) {
-        errors.push(err("spec.currency", format!("{:?} is not an ISO 4217 currency code", spec.currency)));
+        errors.push(err(
+            "spec.currency",
+            format!("{:?} is not an ISO 4217 currency code", spec.currency),
+        ));
     }
     if spec.region.is_empty() {
         errors.push(err("spec.region", "the name of a Region is required"));
@@ -67,7 +85,10 @@ pub fn country(country: &Country) -> Vec<FieldError> {
         && let Err(e) = regex::Regex::new(pattern)
     {
         let first_line = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-        errors.push(err("spec.regulatory.nationalIdPattern", format!("not a valid regular expression: {first_line}")));
+        errors.push(err(
+            "spec.regulatory.nationalIdPattern",
+            format!("not a valid regular expression: {first_line}"),
+        ));
     }
     if !(1..=100).contains(&spec.regulatory.retention_years) {
         errors.push(err("spec.regulatory.retentionYears", "must be between 1 and 100"));
@@ -84,7 +105,13 @@ pub fn region(region: &Region) -> Vec<FieldError> {
     let spec = &region.spec;
     let mut errors = Vec::new();
     if !matches(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", &spec.cloud_region) {
-        errors.push(err("spec.cloudRegion", format!("{:?} is not a cloud region name (e.g. \"eu-central-1\")", spec.cloud_region)));
+        errors.push(err(
+            "spec.cloudRegion",
+            format!(
+                "{:?} is not a cloud region name (e.g. \"eu-central-1\")",
+                spec.cloud_region
+            ),
+        ));
     }
     if spec.provider == RegionProvider::External && spec.external.is_none() {
         errors.push(err("spec.external", "required when spec.provider is external"));
@@ -111,8 +138,18 @@ fn cel_errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<Fiel
         .into_iter()
         .map(|e| {
             // Our rules' messages already start with the field ("spec.code is immutable").
-            let field = e.message.split_whitespace().find(|w| w.starts_with("spec.")).map(str::to_string);
-            let field = field.unwrap_or_else(|| if e.field_path.is_empty() { "spec".into() } else { e.field_path.clone() });
+            let field = e
+                .message
+                .split_whitespace()
+                .find(|w| w.starts_with("spec."))
+                .map(str::to_string);
+            let field = field.unwrap_or_else(|| {
+                if e.field_path.is_empty() {
+                    "spec".into()
+                } else {
+                    e.field_path.clone()
+                }
+            });
             err(field.trim_end_matches([':', ',']), e.message)
         })
         .collect()
@@ -161,14 +198,17 @@ mod tests {
         c.spec.languages = vec!["German".into()];
         c.spec.currency = "euro".into();
         c.spec.regulatory.national_id_pattern = Some("[A-Z".into());
-        assert_eq!(fields(&country(&c)), [
-            "spec.code",
-            "spec.timezone",
-            "spec.locale",
-            "spec.languages[0]",
-            "spec.currency",
-            "spec.regulatory.nationalIdPattern"
-        ]);
+        assert_eq!(
+            fields(&country(&c)),
+            [
+                "spec.code",
+                "spec.timezone",
+                "spec.locale",
+                "spec.languages[0]",
+                "spec.currency",
+                "spec.regulatory.nationalIdPattern"
+            ]
+        );
     }
 
     #[test]

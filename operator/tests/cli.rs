@@ -17,18 +17,32 @@ fn crds_prints_both_definitions_for_kubectl_apply() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, meridian_crds::crds_yaml());
-    assert!(text.contains("name: regions.platform.meridian.dev") && text.contains("name: countries.platform.meridian.dev"));
+    assert!(
+        text.contains("name: regions.platform.meridian.dev") && text.contains("name: countries.platform.meridian.dev")
+    );
 }
 
 #[test]
 fn plan_on_a_fresh_machine_lists_every_migration_and_partition_and_changes_nothing() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("never-created");
-    let out = meridian().arg("plan").arg("--manifests").arg(examples()).arg("--data-dir").arg(&data_dir).output().unwrap();
+    let out = meridian()
+        .arg("plan")
+        .arg("--manifests")
+        .arg(examples())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("Region eu-central-1 (local, not created yet)"), "{text}");
-    assert!(text.contains("+ CREATE TABLE IF NOT EXISTS \"appointments_de\" PARTITION OF \"appointments\" FOR VALUES IN ('DE');"), "{text}");
+    assert!(
+        text.contains(
+            "+ CREATE TABLE IF NOT EXISTS \"appointments_de\" PARTITION OF \"appointments\" FOR VALUES IN ('DE');"
+        ),
+        "{text}"
+    );
     // 4 Regions x 1 migration + 5 Countries x 5 partitions.
     assert!(text.contains("29 change(s), 0 invalid manifest(s)"), "{text}");
     assert!(!data_dir.exists(), "plan created nothing");
@@ -38,20 +52,51 @@ fn plan_on_a_fresh_machine_lists_every_migration_and_partition_and_changes_nothi
 fn plan_exits_non_zero_on_invalid_manifests_and_names_each_problem() {
     let dir = tempfile::tempdir().unwrap();
     for region in ["eu-west-1", "eu-central-1"] {
-        std::fs::copy(examples().join(format!("regions/{region}.yaml")), dir.path().join(format!("{region}.yaml"))).unwrap();
+        std::fs::copy(
+            examples().join(format!("regions/{region}.yaml")),
+            dir.path().join(format!("{region}.yaml")),
+        )
+        .unwrap();
     }
     let de = std::fs::read_to_string(examples().join("countries/de.yaml")).unwrap();
     let es = std::fs::read_to_string(examples().join("countries/es.yaml")).unwrap();
     let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-    write("bad-tz.yaml", de.replace("name: de", "name: xa").replace("code: DE", "code: XA").replace("Europe/Berlin", "Mars/Olympus"));
-    write("lowercase.yaml", es.replace("name: es", "name: xb").replace("code: ES", "code: xb"));
-    write("strict-on-shared.yaml", de.replace("region: eu-central-1", "region: eu-west-1").replace("[eu-central-1]", "[eu-west-1]"));
+    write(
+        "bad-tz.yaml",
+        de.replace("name: de", "name: xa")
+            .replace("code: DE", "code: XA")
+            .replace("Europe/Berlin", "Mars/Olympus"),
+    );
+    write(
+        "lowercase.yaml",
+        es.replace("name: es", "name: xb").replace("code: ES", "code: xb"),
+    );
+    write(
+        "strict-on-shared.yaml",
+        de.replace("region: eu-central-1", "region: eu-west-1")
+            .replace("[eu-central-1]", "[eu-west-1]"),
+    );
     write("no-region.yaml", es.replace("region: eu-west-1", "region: eu-north-9"));
-    write("strict-without-allowed.yaml", de.replace("name: de", "name: xc").replace("code: DE", "code: XC").replace("  allowedCloudRegions: [eu-central-1]\n", ""));
-    write("broken.yaml", "apiVersion: platform.meridian.dev/v1alpha1\nkind: Country\nmetadata: {name: xd}\nspec: {code: XD}\n".into());
+    write(
+        "strict-without-allowed.yaml",
+        de.replace("name: de", "name: xc")
+            .replace("code: DE", "code: XC")
+            .replace("  allowedCloudRegions: [eu-central-1]\n", ""),
+    );
+    write(
+        "broken.yaml",
+        "apiVersion: platform.meridian.dev/v1alpha1\nkind: Country\nmetadata: {name: xd}\nspec: {code: XD}\n".into(),
+    );
 
     let data = tempfile::tempdir().unwrap();
-    let out = meridian().arg("plan").arg("--manifests").arg(dir.path()).arg("--data-dir").arg(data.path().join("d")).output().unwrap();
+    let out = meridian()
+        .arg("plan")
+        .arg("--manifests")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     for expected in [

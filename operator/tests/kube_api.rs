@@ -28,7 +28,10 @@ struct Seen {
 
 impl Seen {
     fn answer(self, status: StatusCode, body: &Value) {
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap();
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap();
         self.reply.send_response(response);
     }
 
@@ -48,10 +51,18 @@ impl ApiServer {
     /// The next request that is not an Event; Events are recorded and acknowledged.
     async fn next(&mut self) -> Seen {
         loop {
-            let (request, reply) = self.handle.next_request().await.expect("the operator sent another request");
+            let (request, reply) = self
+                .handle
+                .next_request()
+                .await
+                .expect("the operator sent another request");
             let (parts, body) = request.into_parts();
             let bytes = body.collect_bytes().await.unwrap();
-            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
             let seen = Seen {
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
@@ -61,7 +72,10 @@ impl ApiServer {
             };
             if seen.path == "/apis/events.k8s.io/v1/namespaces/default/events" {
                 assert_eq!(seen.method, "POST");
-                let (kind, reason) = (seen.body["type"].as_str().unwrap().to_string(), seen.body["reason"].as_str().unwrap().to_string());
+                let (kind, reason) = (
+                    seen.body["type"].as_str().unwrap().to_string(),
+                    seen.body["reason"].as_str().unwrap().to_string(),
+                );
                 assert_eq!(seen.body["reportingController"], "meridian-operator");
                 self.events.push((kind, reason));
                 let body = seen.body.clone();
@@ -74,14 +88,27 @@ impl ApiServer {
 
     async fn expect(&mut self, method: &str, path: &str) -> Seen {
         let seen = self.next().await;
-        assert_eq!((seen.method.as_str(), seen.path.as_str()), (method, path), "unexpected request");
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            (method, path),
+            "unexpected request"
+        );
         seen
     }
 
     /// Expects a server-side-apply status patch and returns the status it carries.
     async fn expect_status_patch(&mut self, plural: &str, name: &str, object: &Value) -> Value {
-        let seen = self.expect("PATCH", &format!("/apis/platform.meridian.dev/v1alpha1/{plural}/{name}/status")).await;
-        assert!(seen.query.contains("fieldManager=meridian-operator") && seen.query.contains("force=true"), "{}", seen.query);
+        let seen = self
+            .expect(
+                "PATCH",
+                &format!("/apis/platform.meridian.dev/v1alpha1/{plural}/{name}/status"),
+            )
+            .await;
+        assert!(
+            seen.query.contains("fieldManager=meridian-operator") && seen.query.contains("force=true"),
+            "{}",
+            seen.query
+        );
         let status = seen.body["status"].clone();
         let mut merged = object.clone();
         merged["status"] = status.clone();
@@ -94,7 +121,13 @@ fn setup() -> (Arc<KubeContext>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let core = Context::new(Providers::new(None, Arc::new(StaticSecrets::default())));
-    (Arc::new(KubeContext::new(client, core, "test-replica")), ApiServer { handle, events: Vec::new() })
+    (
+        Arc::new(KubeContext::new(client, core, "test-replica")),
+        ApiServer {
+            handle,
+            events: Vec::new(),
+        },
+    )
 }
 
 /// Runs the operator side and the API server side together; a missing call fails, not hangs.
@@ -103,14 +136,22 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let server = tokio::spawn(server);
-    let result = tokio::time::timeout(Duration::from_secs(10), operator).await.expect("the operator finished in time");
-    tokio::time::timeout(Duration::from_secs(10), server).await.expect("the scenario finished in time").expect("scenario passed");
+    let result = tokio::time::timeout(Duration::from_secs(10), operator)
+        .await
+        .expect("the operator finished in time");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the scenario finished in time")
+        .expect("scenario passed");
     result
 }
 
 fn country_json(extra_meta: Value) -> Value {
     let mut metadata = json!({"name": "de", "uid": "c-1", "generation": 1, "resourceVersion": "7", "finalizers": ["platform.meridian.dev/cleanup"]});
-    metadata.as_object_mut().unwrap().extend(extra_meta.as_object().unwrap().clone());
+    metadata
+        .as_object_mut()
+        .unwrap()
+        .extend(extra_meta.as_object().unwrap().clone());
     json!({
         "apiVersion": "platform.meridian.dev/v1alpha1",
         "kind": "Country",
@@ -140,7 +181,12 @@ fn not_found(kind: &str, name: &str) -> Value {
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {status}"))
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {status}"))
 }
 
 #[tokio::test]
@@ -150,7 +196,9 @@ async fn a_new_country_gets_the_finalizer_first() {
     object["metadata"].as_object_mut().unwrap().remove("finalizers");
     let country: Country = serde_json::from_value(object.clone()).unwrap();
     let action = scenario(reconcile(Arc::new(country), ctx), async move {
-        let seen = api.expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de").await;
+        let seen = api
+            .expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de")
+            .await;
         assert_eq!(
             seen.body,
             json!([
@@ -170,19 +218,38 @@ async fn a_residency_violation_is_reported_and_touches_no_store() {
     let object = country_json(json!({}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
     let action = scenario(reconcile(Arc::new(country), ctx), async move {
-        let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
+        let seen = api
+            .expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1")
+            .await;
         seen.answer(StatusCode::OK, &region_json("shared", "external"));
         let status = api.expect_status_patch("countries", "de", &object).await;
         let residency = condition(&status, "ResidencyCompliant");
-        assert_eq!((&residency["status"], &residency["reason"]), (&json!("False"), &json!("RegionNotDedicated")));
-        assert!(residency["message"].as_str().unwrap().contains("spec.residency"), "{residency}");
+        assert_eq!(
+            (&residency["status"], &residency["reason"]),
+            (&json!("False"), &json!("RegionNotDedicated"))
+        );
+        assert!(
+            residency["message"].as_str().unwrap().contains("spec.residency"),
+            "{residency}"
+        );
         assert_eq!(residency["observedGeneration"], 1);
         assert_eq!(condition(&status, "Ready")["status"], "False");
-        assert!(status.get("observedGeneration").is_none(), "observedGeneration moves only on success");
-        assert!(api.events.contains(&("Warning".into(), "RegionNotDedicated".into())), "{:?}", api.events);
+        assert!(
+            status.get("observedGeneration").is_none(),
+            "observedGeneration moves only on success"
+        );
+        assert!(
+            api.events.contains(&("Warning".into(), "RegionNotDedicated".into())),
+            "{:?}",
+            api.events
+        );
     })
     .await;
-    assert_eq!(action.unwrap(), Action::await_change(), "an invalid binding waits for a change");
+    assert_eq!(
+        action.unwrap(),
+        Action::await_change(),
+        "an invalid binding waits for a change"
+    );
 }
 
 #[tokio::test]
@@ -191,8 +258,13 @@ async fn a_missing_region_is_named_and_retried() {
     let object = country_json(json!({}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
     let action = scenario(reconcile(Arc::new(country), ctx), async move {
-        let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
-        seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
+        let seen = api
+            .expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1")
+            .await;
+        seen.answer(
+            StatusCode::NOT_FOUND,
+            &not_found("regions.platform.meridian.dev", "eu-central-1"),
+        );
         let status = api.expect_status_patch("countries", "de", &object).await;
         let ready = condition(&status, "Ready");
         assert_eq!(ready["reason"], "RegionNotFound");
@@ -211,9 +283,16 @@ async fn an_abandoned_deletion_removes_the_finalizer_without_touching_stores() {
     }));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
     let action = scenario(reconcile(Arc::new(country), ctx), async move {
-        let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
-        seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
-        let seen = api.expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de").await;
+        let seen = api
+            .expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1")
+            .await;
+        seen.answer(
+            StatusCode::NOT_FOUND,
+            &not_found("regions.platform.meridian.dev", "eu-central-1"),
+        );
+        let seen = api
+            .expect("PATCH", "/apis/platform.meridian.dev/v1alpha1/countries/de")
+            .await;
         assert_eq!(
             seen.body,
             json!([
@@ -221,7 +300,11 @@ async fn an_abandoned_deletion_removes_the_finalizer_without_touching_stores() {
                 {"op": "remove", "path": "/metadata/finalizers/0"}
             ])
         );
-        assert!(api.events.contains(&("Normal".into(), "CleanedUp".into())), "{:?}", api.events);
+        assert!(
+            api.events.contains(&("Normal".into(), "CleanedUp".into())),
+            "{:?}",
+            api.events
+        );
         seen.echo(object);
     })
     .await;
@@ -234,17 +317,38 @@ async fn a_deletion_that_cannot_reach_its_stores_says_how_to_finish_it() {
     let object = country_json(json!({"deletionTimestamp": "2026-11-23T00:00:00Z"}));
     let country: Country = serde_json::from_value(object.clone()).unwrap();
     let result = scenario(reconcile(Arc::new(country), ctx), async move {
-        let seen = api.expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1").await;
-        seen.answer(StatusCode::NOT_FOUND, &not_found("regions.platform.meridian.dev", "eu-central-1"));
+        let seen = api
+            .expect("GET", "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1")
+            .await;
+        seen.answer(
+            StatusCode::NOT_FOUND,
+            &not_found("regions.platform.meridian.dev", "eu-central-1"),
+        );
         let status = api.expect_status_patch("countries", "de", &object).await;
         let ready = condition(&status, "Ready");
-        assert_eq!((&ready["status"], &ready["reason"]), (&json!("False"), &json!("RegionNotFound")));
-        assert!(ready["message"].as_str().unwrap().contains("platform.meridian.dev/abandon"), "{ready}");
-        assert!(api.events.contains(&("Warning".into(), "RegionNotFound".into())), "{:?}", api.events);
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!("RegionNotFound"))
+        );
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("platform.meridian.dev/abandon"),
+            "{ready}"
+        );
+        assert!(
+            api.events.contains(&("Warning".into(), "RegionNotFound".into())),
+            "{:?}",
+            api.events
+        );
     })
     .await;
     let err = result.unwrap_err();
-    assert!(err.to_string().contains("cleanup blocked"), "the finalizer stays: {err}");
+    assert!(
+        err.to_string().contains("cleanup blocked"),
+        "the finalizer stays: {err}"
+    );
 }
 
 #[tokio::test]
@@ -256,9 +360,16 @@ async fn a_local_region_in_a_cluster_names_the_provider_field() {
     let action = scenario(reconcile(Arc::new(region), ctx), async move {
         let status = api.expect_status_patch("regions", "eu-central-1", &object).await;
         let db = condition(&status, "DatabaseReady");
-        assert_eq!((&db["status"], &db["reason"]), (&json!("False"), &json!("ProviderUnavailable")));
+        assert_eq!(
+            (&db["status"], &db["reason"]),
+            (&json!("False"), &json!("ProviderUnavailable"))
+        );
         assert!(db["message"].as_str().unwrap().contains("spec.provider"), "{db}");
-        assert!(api.events.iter().any(|(kind, reason)| kind == "Warning" && reason == "ProviderUnavailable"));
+        assert!(
+            api.events
+                .iter()
+                .any(|(kind, reason)| kind == "Warning" && reason == "ProviderUnavailable")
+        );
     })
     .await;
     assert_ne!(action.unwrap(), Action::await_change(), "retried with backoff");
@@ -282,8 +393,13 @@ fn election(ctx: &KubeContext) -> LeaderElection {
 async fn the_first_replica_creates_the_lease() {
     let (ctx, mut api) = setup();
     let won = scenario(async { election(&ctx).try_acquire_or_renew().await }, async move {
-        api.expect("GET", LEASE).await.answer(StatusCode::NOT_FOUND, &not_found("leases.coordination.k8s.io", "meridian-operator"));
-        let seen = api.expect("POST", "/apis/coordination.k8s.io/v1/namespaces/meridian-system/leases").await;
+        api.expect("GET", LEASE).await.answer(
+            StatusCode::NOT_FOUND,
+            &not_found("leases.coordination.k8s.io", "meridian-operator"),
+        );
+        let seen = api
+            .expect("POST", "/apis/coordination.k8s.io/v1/namespaces/meridian-system/leases")
+            .await;
         assert_eq!(seen.body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(seen.body["spec"]["leaseDurationSeconds"], 15);
         let body = seen.body.clone();
@@ -298,7 +414,9 @@ async fn a_lease_held_by_a_live_replica_is_left_alone() {
     let (ctx, mut api) = setup();
     let renewed = format!("{}", k8s_openapi::jiff::Timestamp::now());
     let won = scenario(async { election(&ctx).try_acquire_or_renew().await }, async move {
-        api.expect("GET", LEASE).await.answer(StatusCode::OK, &lease("replica-b", &renewed));
+        api.expect("GET", LEASE)
+            .await
+            .answer(StatusCode::OK, &lease("replica-b", &renewed));
         // No write follows: the scenario ends, and the mock would fail on an extra request.
     })
     .await;
@@ -309,9 +427,14 @@ async fn a_lease_held_by_a_live_replica_is_left_alone() {
 async fn an_expired_lease_is_taken_over_with_optimistic_concurrency() {
     let (ctx, mut api) = setup();
     let won = scenario(async { election(&ctx).try_acquire_or_renew().await }, async move {
-        api.expect("GET", LEASE).await.answer(StatusCode::OK, &lease("replica-b", "2026-01-01T00:00:00.000000Z"));
+        api.expect("GET", LEASE)
+            .await
+            .answer(StatusCode::OK, &lease("replica-b", "2026-01-01T00:00:00.000000Z"));
         let seen = api.expect("PUT", LEASE).await;
-        assert_eq!(seen.body["metadata"]["resourceVersion"], "42", "the write is conditional on what was read");
+        assert_eq!(
+            seen.body["metadata"]["resourceVersion"], "42",
+            "the write is conditional on what was read"
+        );
         assert_eq!(seen.body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(seen.body["spec"]["leaseTransitions"], 4);
         let body = seen.body.clone();

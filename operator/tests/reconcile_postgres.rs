@@ -68,14 +68,35 @@ impl Fixture {
         let mut dedicated = region("eu-central-1", "dedicated");
         for r in [&mut shared, &mut dedicated] {
             let outcome = region::apply(r, &ctx).await;
-            assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status);
+            assert!(
+                conditions::is_true(&outcome.status.conditions, "Ready"),
+                "{:?}",
+                outcome.status
+            );
             r.status = Some(outcome.status);
         }
-        Self { ctx, shared: (a, shared), dedicated: (b, dedicated) }
+        Self {
+            ctx,
+            shared: (a, shared),
+            dedicated: (b, dedicated),
+        }
     }
 
-    async fn apply(&self, c: &Country, r: &Region, all: &[Country]) -> meridian_operator::controller::Outcome<meridian_crds::CountryStatus> {
-        country::apply(c, country::World { region: Some(r), countries: all }, &self.ctx).await
+    async fn apply(
+        &self,
+        c: &Country,
+        r: &Region,
+        all: &[Country],
+    ) -> meridian_operator::controller::Outcome<meridian_crds::CountryStatus> {
+        country::apply(
+            c,
+            country::World {
+                region: Some(r),
+                countries: all,
+            },
+            &self.ctx,
+        )
+        .await
     }
 }
 
@@ -109,7 +130,11 @@ async fn region_reconcile_migrates_and_is_idempotent() {
     assert_eq!(status.connection_secret.as_deref(), Some("eu-west-1-db"));
     let db = conditions::find(&status.conditions, "DatabaseReady").unwrap();
     assert_eq!(db.reason, "SchemaCurrent");
-    assert!(!db.message.contains("meridian@"), "no credentials in status: {}", db.message);
+    assert!(
+        !db.message.contains("meridian@"),
+        "no credentials in status: {}",
+        db.message
+    );
     let again = region::apply(r, &f.ctx).await;
     assert_eq!(again.status, status, "a repeat changes nothing");
     assert_eq!(again.next, Next::Requeue(meridian_operator::controller::RESYNC));
@@ -124,20 +149,53 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
     let all = [es.clone(), it.clone(), de.clone()];
     for (c, r) in [(&es, &f.shared.1), (&it, &f.shared.1), (&de, &f.dedicated.1)] {
         let outcome = f.apply(c, r, &all).await;
-        assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status.conditions);
+        assert!(
+            conditions::is_true(&outcome.status.conditions, "Ready"),
+            "{:?}",
+            outcome.status.conditions
+        );
         assert_eq!(outcome.status.partitions.len(), 5);
         assert_eq!(outcome.status.observed_generation, Some(1));
     }
     let shared = partitions(&f.shared.0).await;
-    assert_eq!(names(&shared), [
-        "appointments_es", "appointments_it", "audit_es", "audit_it", "availability_es", "availability_it",
-        "outbox_es", "outbox_it", "practitioners_es", "practitioners_it"
-    ]);
+    assert_eq!(
+        names(&shared),
+        [
+            "appointments_es",
+            "appointments_it",
+            "audit_es",
+            "audit_it",
+            "availability_es",
+            "availability_it",
+            "outbox_es",
+            "outbox_it",
+            "practitioners_es",
+            "practitioners_it"
+        ]
+    );
     assert!(shared.iter().all(|(_, attached)| *attached));
     let dedicated = partitions(&f.dedicated.0).await;
-    assert_eq!(names(&dedicated), ["appointments_de", "audit_de", "availability_de", "outbox_de", "practitioners_de"]);
+    assert_eq!(
+        names(&dedicated),
+        [
+            "appointments_de",
+            "audit_de",
+            "availability_de",
+            "outbox_de",
+            "practitioners_de"
+        ]
+    );
 
-    let (planned, _) = country::plan(&de, country::World { region: Some(&f.dedicated.1), countries: &all }, &f.ctx).await.unwrap();
+    let (planned, _) = country::plan(
+        &de,
+        country::World {
+            region: Some(&f.dedicated.1),
+            countries: &all,
+        },
+        &f.ctx,
+    )
+    .await
+    .unwrap();
     assert!(planned.changes.is_empty(), "nothing left to do: {:?}", planned.changes);
     let again = f.apply(&de, &f.dedicated.1, &all).await;
     assert!(conditions::is_true(&again.status.conditions, "Ready"));
@@ -148,9 +206,14 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
 async fn residency_violations_leave_the_database_untouched() {
     let f = Fixture::new().await;
     let de_on_shared = country("de", "DE", "eu-west-1", "strict");
-    let outcome = f.apply(&de_on_shared, &f.shared.1, std::slice::from_ref(&de_on_shared)).await;
+    let outcome = f
+        .apply(&de_on_shared, &f.shared.1, std::slice::from_ref(&de_on_shared))
+        .await;
     let residency = conditions::find(&outcome.status.conditions, "ResidencyCompliant").unwrap();
-    assert_eq!((residency.status.as_str(), residency.reason.as_str()), ("False", "RegionNotDedicated"));
+    assert_eq!(
+        (residency.status.as_str(), residency.reason.as_str()),
+        ("False", "RegionNotDedicated")
+    );
     assert_eq!(residency.observed_generation, Some(1));
     assert_eq!(outcome.next, Next::AwaitChange);
     assert!(partitions(&f.shared.0).await.is_empty());
@@ -161,10 +224,23 @@ async fn residency_violations_leave_the_database_untouched() {
     let at = country("zz-at", "AT", "eu-central-1", "shared");
     let both = [de.clone(), at.clone()];
     let outcome = f.apply(&de, &f.dedicated.1, &both).await;
-    assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{:?}", outcome.status.conditions);
+    assert!(
+        conditions::is_true(&outcome.status.conditions, "Ready"),
+        "{:?}",
+        outcome.status.conditions
+    );
     let refused = f.apply(&at, &f.dedicated.1, &both).await;
-    assert_eq!(conditions::find(&refused.status.conditions, "ResidencyCompliant").unwrap().reason, "RegionAlreadyDedicated");
-    assert!(names(&partitions(&f.dedicated.0).await).iter().all(|n| n.ends_with("_de")));
+    assert_eq!(
+        conditions::find(&refused.status.conditions, "ResidencyCompliant")
+            .unwrap()
+            .reason,
+        "RegionAlreadyDedicated"
+    );
+    assert!(
+        names(&partitions(&f.dedicated.0).await)
+            .iter()
+            .all(|n| n.ends_with("_de"))
+    );
 }
 
 #[tokio::test]
@@ -176,9 +252,16 @@ async fn invalid_specs_change_nothing_and_name_the_field() {
     let outcome = f.apply(&bad, &f.shared.1, &[bad.clone()]).await;
     let ready = conditions::find(&outcome.status.conditions, "Ready").unwrap();
     assert_eq!(ready.reason, "InvalidSpec");
-    assert!(ready.message.contains("spec.timezone") && ready.message.contains("spec.regulatory.nationalIdPattern"), "{}", ready.message);
+    assert!(
+        ready.message.contains("spec.timezone") && ready.message.contains("spec.regulatory.nationalIdPattern"),
+        "{}",
+        ready.message
+    );
     assert_eq!(outcome.next, Next::AwaitChange);
-    assert_eq!(outcome.status.observed_generation, None, "observedGeneration moves only on success");
+    assert_eq!(
+        outcome.status.observed_generation, None,
+        "observedGeneration moves only on success"
+    );
     assert!(partitions(&f.shared.0).await.is_empty());
 }
 
@@ -189,7 +272,10 @@ async fn a_country_waits_for_its_region_to_be_ready() {
     let mut not_ready = f.shared.1.clone();
     not_ready.status = None;
     let outcome = f.apply(&es, &not_ready, std::slice::from_ref(&es)).await;
-    assert_eq!(conditions::find(&outcome.status.conditions, "Ready").unwrap().reason, "RegionNotReady");
+    assert_eq!(
+        conditions::find(&outcome.status.conditions, "Ready").unwrap().reason,
+        "RegionNotReady"
+    );
     assert!(matches!(outcome.next, Next::Requeue(_)));
     assert!(partitions(&f.shared.0).await.is_empty());
 }
@@ -212,11 +298,26 @@ async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back()
     assert_eq!(done.len(), 5);
     let parts = partitions(&f.shared.0).await;
     assert_eq!(parts.len(), 5, "Retain keeps every partition");
-    assert!(parts.iter().all(|(_, attached)| !attached), "and detaches them: {parts:?}");
-    let through_parent: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners").fetch_one(&mut conn).await.unwrap();
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners_es").fetch_one(&mut conn).await.unwrap();
+    assert!(
+        parts.iter().all(|(_, attached)| !attached),
+        "and detaches them: {parts:?}"
+    );
+    let through_parent: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM practitioners_es")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!((through_parent, kept), (0, 1));
-    assert!(country::cleanup(&es, Some(&f.shared.1), &f.ctx).await.unwrap().is_empty(), "a repeat is a no-op");
+    assert!(
+        country::cleanup(&es, Some(&f.shared.1), &f.ctx)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a repeat is a no-op"
+    );
 
     let back = f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
     assert!(conditions::is_true(&back.status.conditions, "Ready"));
@@ -237,7 +338,10 @@ async fn delete_drops_the_partitions() {
     f.apply(&es, &f.shared.1, &[it.clone(), es.clone()]).await;
     let done = country::cleanup(&it, Some(&f.shared.1), &f.ctx).await.unwrap();
     assert_eq!(done.len(), 5);
-    assert!(names(&partitions(&f.shared.0).await).iter().all(|n| n.ends_with("_es")), "only IT's partitions went");
+    assert!(
+        names(&partitions(&f.shared.0).await).iter().all(|n| n.ends_with("_es")),
+        "only IT's partitions went"
+    );
 }
 
 #[tokio::test]
@@ -247,18 +351,41 @@ async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
     f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
 
     // The same Region, pointed at a port where nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut secrets = StaticSecrets::default();
-    secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), format!("postgres://meridian@127.0.0.1:{port}/meridian"))]));
+    secrets.insert(
+        "default",
+        "eu-west-1-db",
+        BTreeMap::from([("url".into(), format!("postgres://meridian@127.0.0.1:{port}/meridian"))]),
+    );
     let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
     let blocked = country::cleanup(&es, Some(&f.shared.1), &ctx).await.unwrap_err();
     assert_eq!(blocked.reason, "DatabaseUnreachable");
-    assert!(blocked.message().contains("platform.meridian.dev/abandon"), "{}", blocked.message());
+    assert!(
+        blocked.message().contains("platform.meridian.dev/abandon"),
+        "{}",
+        blocked.message()
+    );
 
     let mut abandoned = es.clone();
-    abandoned.metadata.annotations = Some(BTreeMap::from([("platform.meridian.dev/abandon".into(), "true".into())]));
-    assert!(country::cleanup(&abandoned, Some(&f.shared.1), &ctx).await.unwrap().is_empty());
-    assert!(partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached), "abandon touches nothing");
+    abandoned.metadata.annotations = Some(BTreeMap::from([(
+        "platform.meridian.dev/abandon".into(),
+        "true".into(),
+    )]));
+    assert!(
+        country::cleanup(&abandoned, Some(&f.shared.1), &ctx)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached),
+        "abandon touches nothing"
+    );
 }
 
 #[tokio::test]

@@ -97,7 +97,16 @@ impl RegionDb {
         .map_err(DbError::Unreachable)?;
         Ok(rows
             .into_iter()
-            .map(|(name, attached)| (name, if attached { PartitionState::Attached } else { PartitionState::Detached }))
+            .map(|(name, attached)| {
+                (
+                    name,
+                    if attached {
+                        PartitionState::Attached
+                    } else {
+                        PartitionState::Detached
+                    },
+                )
+            })
             .collect())
     }
 
@@ -107,7 +116,10 @@ impl RegionDb {
         if changes.iter().any(|c| matches!(c, Change::ApplyMigration { .. })) {
             self.migrate().await?;
         }
-        let ddl: Vec<&Change> = changes.iter().filter(|c| !matches!(c, Change::ApplyMigration { .. })).collect();
+        let ddl: Vec<&Change> = changes
+            .iter()
+            .filter(|c| !matches!(c, Change::ApplyMigration { .. }))
+            .collect();
         if ddl.is_empty() {
             return Ok(());
         }
@@ -123,7 +135,10 @@ impl RegionDb {
             sqlx::raw_sql(AssertSqlSafe(change.sql()))
                 .execute(&mut *tx)
                 .await
-                .map_err(|source| DbError::Apply { change: describe(change), source })?;
+                .map_err(|source| DbError::Apply {
+                    change: describe(change),
+                    source,
+                })?;
         }
         tx.commit().await.map_err(DbError::Unreachable)?;
         Ok(())

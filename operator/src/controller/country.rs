@@ -37,7 +37,9 @@ pub fn check_residency(country: &Country, region: &Region, countries: &[Country]
     if spec.residency == Residency::Strict && region.spec.isolation != Isolation::Dedicated {
         return violation(
             "RegionNotDedicated",
-            format!("spec.residency is strict but Region {region_name} is shared; bind the country to a dedicated Region"),
+            format!(
+                "spec.residency is strict but Region {region_name} is shared; bind the country to a dedicated Region"
+            ),
         );
     }
     if !spec.allowed_cloud_regions.is_empty() && !spec.allowed_cloud_regions.contains(cloud) {
@@ -64,7 +66,10 @@ pub fn check_residency(country: &Country, region: &Region, countries: &[Country]
     Ok(Report::ok(
         RESIDENCY_COMPLIANT,
         "Compliant",
-        format!("{} residency satisfied by Region {region_name} in {cloud}", format!("{:?}", spec.residency).to_lowercase()),
+        format!(
+            "{} residency satisfied by Region {region_name} in {cloud}",
+            format!("{:?}", spec.residency).to_lowercase()
+        ),
     ))
 }
 
@@ -84,12 +89,18 @@ fn admit<'a>(country: &Country, world: World<'a>) -> Result<(&'a Region, Report)
     let errors = validate::country(country);
     if !errors.is_empty() {
         let message = validate::describe(&errors);
-        return Err(Blocked::new(vec![Report::failed(READY, "InvalidSpec", message)], Next::AwaitChange));
+        return Err(Blocked::new(
+            vec![Report::failed(READY, "InvalidSpec", message)],
+            Next::AwaitChange,
+        ));
     }
     let Some(region) = world.region else {
         let message = format!("spec.region: Region {} does not exist", country.spec.region);
         return Err(Blocked::new(
-            vec![Report::failed(DATABASE_READY, "RegionNotFound", &message), Report::failed(READY, "RegionNotFound", message)],
+            vec![
+                Report::failed(DATABASE_READY, "RegionNotFound", &message),
+                Report::failed(READY, "RegionNotFound", message),
+            ],
             Next::Requeue(RETRY),
         ));
     };
@@ -108,17 +119,41 @@ pub async fn plan(country: &Country, world: World<'_>, ctx: &Context) -> Result<
     let region_name = region.metadata.name.clone().unwrap_or_default();
     let waiting = |reason: &'static str, message: String| {
         Blocked::new(
-            vec![compliant.clone(), Report::failed(DATABASE_READY, reason, &message), Report::failed(READY, reason, message)],
+            vec![
+                compliant.clone(),
+                Report::failed(DATABASE_READY, reason, &message),
+                Report::failed(READY, reason, message),
+            ],
             Next::Requeue(RETRY),
         )
     };
-    let endpoint = ctx.providers.locate(region).await.map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
-    let db = ctx.databases.get(&endpoint.url).map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
-    let unreachable = |e: crate::backends::postgres::DbError| waiting("DatabaseUnreachable", format!("Region {region_name}: {e}"));
+    let endpoint = ctx
+        .providers
+        .locate(region)
+        .await
+        .map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
+    let db = ctx
+        .databases
+        .get(&endpoint.url)
+        .map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
+    let unreachable =
+        |e: crate::backends::postgres::DbError| waiting("DatabaseUnreachable", format!("Region {region_name}: {e}"));
     let schema_pending = !plan::migrations(&db.applied_migrations().await.map_err(unreachable)?).is_empty();
-    let observed = if schema_pending { Default::default() } else { db.partitions(&country.spec.code).await.map_err(unreachable)? };
+    let observed = if schema_pending {
+        Default::default()
+    } else {
+        db.partitions(&country.spec.code).await.map_err(unreachable)?
+    };
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &observed);
-    Ok((Planned { region: region_name, endpoint: Some(endpoint), changes, schema_pending }, compliant))
+    Ok((
+        Planned {
+            region: region_name,
+            endpoint: Some(endpoint),
+            changes,
+            schema_pending,
+        },
+        compliant,
+    ))
 }
 
 /// Plans against a Region whose database does not exist yet: every partition is new.
@@ -126,7 +161,15 @@ pub fn plan_fresh(country: &Country, world: World<'_>) -> Result<(Planned, Repor
     let (region, compliant) = admit(country, world)?;
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &Default::default());
     let region = region.metadata.name.clone().unwrap_or_default();
-    Ok((Planned { region, endpoint: None, changes, schema_pending: true }, compliant))
+    Ok((
+        Planned {
+            region,
+            endpoint: None,
+            changes,
+            schema_pending: true,
+        },
+        compliant,
+    ))
 }
 
 /// Reconciles a Country: residency, partitions, status.
@@ -138,57 +181,115 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
         ..update
     };
     if country.spec.suspend {
-        let reports = [Report::failed(READY, "Suspended", "spec.suspend is true: the country is not reconciled or served")];
-        return Outcome { status: finish(&reports, previous.clone()), next: Next::AwaitChange, failure: None };
+        let reports = [Report::failed(
+            READY,
+            "Suspended",
+            "spec.suspend is true: the country is not reconciled or served",
+        )];
+        return Outcome {
+            status: finish(&reports, previous.clone()),
+            next: Next::AwaitChange,
+            failure: None,
+        };
     }
     // A Region that is not Ready yet (still starting, migrating) makes the Country wait.
     if let Some(region) = world.region
-        && !region.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY))
+        && !region
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, READY))
         && validate::country(country).is_empty()
     {
         let why = region
             .status
             .as_ref()
             .and_then(|s| conditions::find(&s.conditions, READY))
-            .map_or("not reconciled yet".to_string(), |c| format!("{}: {}", c.reason, c.message));
+            .map_or("not reconciled yet".to_string(), |c| {
+                format!("{}: {}", c.reason, c.message)
+            });
         let message = format!("waiting for Region {}: {why}", country.spec.region);
-        let mut reports = vec![Report::failed(DATABASE_READY, "RegionNotReady", &message), Report::failed(READY, "RegionNotReady", message)];
+        let mut reports = vec![
+            Report::failed(DATABASE_READY, "RegionNotReady", &message),
+            Report::failed(READY, "RegionNotReady", message),
+        ];
         if let Ok(compliant) = check_residency(country, region, world.countries) {
             reports.insert(0, compliant);
         }
-        return Outcome { status: finish(&reports, previous.clone()), next: Next::Requeue(RETRY), failure: Some("RegionNotReady") };
+        return Outcome {
+            status: finish(&reports, previous.clone()),
+            next: Next::Requeue(RETRY),
+            failure: Some("RegionNotReady"),
+        };
     }
     let (planned, compliant) = match plan(country, world, ctx).await {
         Ok(planned) => planned,
         Err(blocked) => {
-            return Outcome { status: finish(&blocked.reports, previous.clone()), next: blocked.next, failure: Some(blocked.reason) };
+            return Outcome {
+                status: finish(&blocked.reports, previous.clone()),
+                next: blocked.next,
+                failure: Some(blocked.reason),
+            };
         }
     };
-    let endpoint = planned.endpoint.as_ref().expect("planning against a live database yields its endpoint");
+    let endpoint = planned
+        .endpoint
+        .as_ref()
+        .expect("planning against a live database yields its endpoint");
     if planned.schema_pending {
         let message = format!("Region {} has pending schema migrations", planned.region);
-        let reports = [compliant, Report::failed(DATABASE_READY, "RegionNotReady", &message), Report::failed(READY, "RegionNotReady", message)];
-        return Outcome { status: finish(&reports, previous.clone()), next: Next::Requeue(RETRY), failure: Some("RegionNotReady") };
+        let reports = [
+            compliant,
+            Report::failed(DATABASE_READY, "RegionNotReady", &message),
+            Report::failed(READY, "RegionNotReady", message),
+        ];
+        return Outcome {
+            status: finish(&reports, previous.clone()),
+            next: Next::Requeue(RETRY),
+            failure: Some("RegionNotReady"),
+        };
     }
     let db = ctx.databases.get(&endpoint.url).expect("URL parsed during planning");
     if let Err(e) = db.apply(&planned.changes).await {
         let message = format!("Region {}: {e}", planned.region);
-        let reports = [compliant, Report::failed(DATABASE_READY, "PartitionFailed", &message), Report::failed(READY, "PartitionFailed", message)];
-        return Outcome { status: finish(&reports, previous.clone()), next: Next::Requeue(RETRY), failure: Some("PartitionFailed") };
+        let reports = [
+            compliant,
+            Report::failed(DATABASE_READY, "PartitionFailed", &message),
+            Report::failed(READY, "PartitionFailed", message),
+        ];
+        return Outcome {
+            status: finish(&reports, previous.clone()),
+            next: Next::Requeue(RETRY),
+            failure: Some("PartitionFailed"),
+        };
     }
     let partitions = plan::partition_names(&country.spec.code);
     let reports = [
         compliant,
-        Report::ok(DATABASE_READY, "PartitionsReady", format!("{} partitions in Region {}", partitions.len(), planned.region)),
-        Report::ok(READY, "Reconciled", format!("country {} is served from Region {}", country.spec.code, planned.region)),
+        Report::ok(
+            DATABASE_READY,
+            "PartitionsReady",
+            format!("{} partitions in Region {}", partitions.len(), planned.region),
+        ),
+        Report::ok(
+            READY,
+            "Reconciled",
+            format!("country {} is served from Region {}", country.spec.code, planned.region),
+        ),
     ];
-    let status = finish(&reports, CountryStatus {
-        observed_generation: generation,
-        region: Some(planned.region),
-        partitions,
-        ..previous.clone()
-    });
-    Outcome { status, next: Next::Requeue(RESYNC), failure: None }
+    let status = finish(
+        &reports,
+        CountryStatus {
+            observed_generation: generation,
+            region: Some(planned.region),
+            partitions,
+            ..previous.clone()
+        },
+    );
+    Outcome {
+        status,
+        next: Next::Requeue(RESYNC),
+        failure: None,
+    }
 }
 
 /// Cleans up a deleted Country: `Retain` detaches its partitions and keeps them, `Delete`
@@ -205,17 +306,32 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
         Blocked::new(vec![Report::failed(READY, reason, message)], Next::Requeue(RETRY))
     };
     let Some(region) = region else {
-        return Err(blocked("RegionNotFound", format!("Region {} does not exist", country.spec.region)));
+        return Err(blocked(
+            "RegionNotFound",
+            format!("Region {} does not exist", country.spec.region),
+        ));
     };
-    let endpoint = ctx.providers.locate(region).await.map_err(|e| blocked("DatabaseUnreachable", e.message))?;
-    let db = ctx.databases.get(&endpoint.url).map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
-    let observed = db.partitions(&country.spec.code).await.map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
+    let endpoint = ctx
+        .providers
+        .locate(region)
+        .await
+        .map_err(|e| blocked("DatabaseUnreachable", e.message))?;
+    let db = ctx
+        .databases
+        .get(&endpoint.url)
+        .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
+    let observed = db
+        .partitions(&country.spec.code)
+        .await
+        .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
     let goal = match country.spec.deletion_policy {
         DeletionPolicy::Retain => PartitionGoal::Detached,
         DeletionPolicy::Delete => PartitionGoal::Dropped,
     };
     let changes = plan::partitions(&country.spec.code, goal, &observed);
-    db.apply(&changes).await.map_err(|e| blocked("CleanupFailed", e.to_string()))?;
+    db.apply(&changes)
+        .await
+        .map_err(|e| blocked("CleanupFailed", e.to_string()))?;
     Ok(changes)
 }
 
@@ -254,7 +370,12 @@ spec:
     #[test]
     fn strict_country_on_its_dedicated_region_is_compliant() {
         let de = country(DE);
-        let report = check_residency(&de, &region("eu-central-1", "eu-central-1", "dedicated"), std::slice::from_ref(&de)).unwrap();
+        let report = check_residency(
+            &de,
+            &region("eu-central-1", "eu-central-1", "dedicated"),
+            std::slice::from_ref(&de),
+        )
+        .unwrap();
         assert_eq!(report.reason, "Compliant");
     }
 
@@ -280,20 +401,40 @@ spec:
         let at = country(&DE.replace("name: de", "name: at").replace("code: DE", "code: AT"));
         let dedicated = region("eu-central-1", "eu-central-1", "dedicated");
         let world = [at.clone(), de.clone()];
-        assert!(check_residency(&at, &dedicated, &world).is_ok(), "at sorts first by name");
-        assert_eq!(check_residency(&de, &dedicated, &world).unwrap_err().reason, "RegionAlreadyDedicated");
+        assert!(
+            check_residency(&at, &dedicated, &world).is_ok(),
+            "at sorts first by name"
+        );
+        assert_eq!(
+            check_residency(&de, &dedicated, &world).unwrap_err().reason,
+            "RegionAlreadyDedicated"
+        );
     }
 
     #[test]
     fn invalid_spec_and_missing_region_block_before_any_store_is_touched() {
         let bad = country(&DE.replace("Europe/Berlin", "Mars/Olympus"));
-        let blocked = admit(&bad, World { region: None, countries: &[] }).unwrap_err();
+        let blocked = admit(
+            &bad,
+            World {
+                region: None,
+                countries: &[],
+            },
+        )
+        .unwrap_err();
         assert_eq!(blocked.reason, "InvalidSpec");
         assert_eq!(blocked.next, Next::AwaitChange);
         assert!(blocked.message().contains("spec.timezone"), "{}", blocked.message());
 
         let orphan = country(DE);
-        let blocked = admit(&orphan, World { region: None, countries: &[] }).unwrap_err();
+        let blocked = admit(
+            &orphan,
+            World {
+                region: None,
+                countries: &[],
+            },
+        )
+        .unwrap_err();
         assert_eq!(blocked.reason, "RegionNotFound");
         assert!(blocked.message().contains("spec.region"), "{}", blocked.message());
     }

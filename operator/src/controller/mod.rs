@@ -22,7 +22,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(providers: Providers) -> Self {
-        Self { databases: Databases::default(), providers, metrics: Metrics::default() }
+        Self {
+            databases: Databases::default(),
+            providers,
+            metrics: Metrics::default(),
+        }
     }
 }
 
@@ -78,5 +82,8 @@ impl Blocked {
 
 /// Whether the object carries the annotation that lets its deletion skip the stores.
 pub fn abandoned(meta: &kube::api::ObjectMeta) -> bool {
-    meta.annotations.as_ref().and_then(|a| a.get(meridian_crds::ABANDON_ANNOTATION)).is_some_and(|v| v == "true")
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(meridian_crds::ABANDON_ANNOTATION))
+        .is_some_and(|v| v == "true")
 }

@@ -22,13 +22,26 @@ pub async fn plan(region: &Region, ctx: &Context, provision: bool) -> Result<Pla
     if !errors.is_empty() {
         let message = validate::describe(&errors);
         return Err(Blocked::new(
-            vec![Report::failed(DATABASE_READY, "InvalidSpec", &message), Report::failed(READY, "InvalidSpec", message)],
+            vec![
+                Report::failed(DATABASE_READY, "InvalidSpec", &message),
+                Report::failed(READY, "InvalidSpec", message),
+            ],
             Next::AwaitChange,
         ));
     }
-    let endpoint = if provision { ctx.providers.ensure(region).await } else { ctx.providers.locate(region).await };
+    let endpoint = if provision {
+        ctx.providers.ensure(region).await
+    } else {
+        ctx.providers.locate(region).await
+    };
     let endpoint = endpoint.map_err(|e| {
-        Blocked::new(vec![Report::failed(DATABASE_READY, e.reason, &e.message), Report::failed(READY, e.reason, e.message)], Next::Requeue(RETRY))
+        Blocked::new(
+            vec![
+                Report::failed(DATABASE_READY, e.reason, &e.message),
+                Report::failed(READY, e.reason, e.message),
+            ],
+            Next::Requeue(RETRY),
+        )
     })?;
     let unreachable = |message: String| {
         Blocked::new(
@@ -39,9 +52,18 @@ pub async fn plan(region: &Region, ctx: &Context, provision: bool) -> Result<Pla
             Next::Requeue(RETRY),
         )
     };
-    let db = ctx.databases.get(&endpoint.url).map_err(|e| unreachable(format!("invalid connection URL: {e}")))?;
-    let applied = db.applied_migrations().await.map_err(|e| unreachable(format!("{} ({})", e, endpoint.display)))?;
-    Ok(Planned { changes: plan::migrations(&applied), endpoint })
+    let db = ctx
+        .databases
+        .get(&endpoint.url)
+        .map_err(|e| unreachable(format!("invalid connection URL: {e}")))?;
+    let applied = db
+        .applied_migrations()
+        .await
+        .map_err(|e| unreachable(format!("{} ({})", e, endpoint.display)))?;
+    Ok(Planned {
+        changes: plan::migrations(&applied),
+        endpoint,
+    })
 }
 
 /// Reconciles a Region: provision, migrate, report.
@@ -52,17 +74,33 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         Ok(planned) => planned,
         Err(blocked) => return blocked_outcome(previous, generation, blocked),
     };
-    let db = ctx.databases.get(&planned.endpoint.url).expect("URL parsed during planning");
+    let db = ctx
+        .databases
+        .get(&planned.endpoint.url)
+        .expect("URL parsed during planning");
     if let Err(e) = db.apply(&planned.changes).await {
         let message = format!("{e} ({})", planned.endpoint.display);
-        let reason = if matches!(e, crate::backends::postgres::DbError::Unreachable(_)) { "DatabaseUnreachable" } else { "MigrationFailed" };
-        let blocked =
-            Blocked::new(vec![Report::failed(DATABASE_READY, reason, &message), Report::failed(READY, reason, message)], Next::Requeue(RETRY));
+        let reason = if matches!(e, crate::backends::postgres::DbError::Unreachable(_)) {
+            "DatabaseUnreachable"
+        } else {
+            "MigrationFailed"
+        };
+        let blocked = Blocked::new(
+            vec![
+                Report::failed(DATABASE_READY, reason, &message),
+                Report::failed(READY, reason, message),
+            ],
+            Next::Requeue(RETRY),
+        );
         return blocked_outcome(previous, generation, blocked);
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
     let reports = [
-        Report::ok(DATABASE_READY, "SchemaCurrent", format!("schema at version {version} on {}", planned.endpoint.display)),
+        Report::ok(
+            DATABASE_READY,
+            "SchemaCurrent",
+            format!("schema at version {version} on {}", planned.endpoint.display),
+        ),
         Report::ok(READY, "Reconciled", "the Region's database is ready"),
     ];
     let status = RegionStatus {
@@ -73,12 +111,23 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         schema_version: Some(version),
         ..previous
     };
-    Outcome { status, next: Next::Requeue(RESYNC), failure: None }
+    Outcome {
+        status,
+        next: Next::Requeue(RESYNC),
+        failure: None,
+    }
 }
 
 fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, blocked: Blocked) -> Outcome<RegionStatus> {
-    let status = RegionStatus { conditions: conditions::merge(&previous.conditions, &blocked.reports, generation), ..previous };
-    Outcome { status, next: blocked.next, failure: Some(blocked.reason) }
+    let status = RegionStatus {
+        conditions: conditions::merge(&previous.conditions, &blocked.reports, generation),
+        ..previous
+    };
+    Outcome {
+        status,
+        next: blocked.next,
+        failure: Some(blocked.reason),
+    }
 }
 
 /// Lets go of a deleted Region. Refuses while Countries are still bound to it: their
@@ -88,18 +137,27 @@ pub async fn cleanup(region: &Region, countries: &[Country], ctx: &Context) -> R
     if abandoned(&region.metadata) {
         return Ok(());
     }
-    let bound: Vec<&str> =
-        countries.iter().filter(|c| c.spec.region == name).filter_map(|c| c.metadata.name.as_deref()).collect();
+    let bound: Vec<&str> = countries
+        .iter()
+        .filter(|c| c.spec.region == name)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
     if !bound.is_empty() {
         let message = format!(
             "Region {name} still holds countries {}; delete them first, or annotate {}=true to leave the stack untouched",
             bound.join(", "),
             meridian_crds::ABANDON_ANNOTATION
         );
-        return Err(Blocked::new(vec![Report::failed(READY, "CountriesStillBound", message)], Next::Requeue(RETRY)));
+        return Err(Blocked::new(
+            vec![Report::failed(READY, "CountriesStillBound", message)],
+            Next::Requeue(RETRY),
+        ));
     }
     if let Ok(endpoint) = ctx.providers.locate(region).await {
         ctx.databases.forget(&endpoint.url).await;
     }
-    ctx.providers.release(region).await.map_err(|e| Blocked::new(vec![Report::failed(READY, e.reason, e.message)], Next::Requeue(RETRY)))
+    ctx.providers
+        .release(region)
+        .await
+        .map_err(|e| Blocked::new(vec![Report::failed(READY, e.reason, e.message)], Next::Requeue(RETRY)))
 }

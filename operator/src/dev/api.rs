@@ -26,12 +26,18 @@ pub fn router(store: Arc<RwLock<Store>>, ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .route(&format!("{base}/countries"), get(|State(s): State<AppState>| async move { list(&read(&s).countries, "CountryList") }))
+        .route(
+            &format!("{base}/countries"),
+            get(|State(s): State<AppState>| async move { list(&read(&s).countries, "CountryList") }),
+        )
         .route(
             &format!("{base}/countries/{{name}}"),
             get(|State(s): State<AppState>, Path(name): Path<String>| async move { one(&read(&s).countries, &name) }),
         )
-        .route(&format!("{base}/regions"), get(|State(s): State<AppState>| async move { list(&read(&s).regions, "RegionList") }))
+        .route(
+            &format!("{base}/regions"),
+            get(|State(s): State<AppState>| async move { list(&read(&s).regions, "RegionList") }),
+        )
         .route(
             &format!("{base}/regions/{{name}}"),
             get(|State(s): State<AppState>, Path(name): Path<String>| async move { one(&read(&s).regions, &name) }),
@@ -44,7 +50,13 @@ fn read(state: &AppState) -> std::sync::RwLockReadGuard<'_, Store> {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.ctx.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.ctx.metrics.render(),
+    )
 }
 
 fn list<K: Managed>(objects: &Objects<K>, kind: &str) -> Response {

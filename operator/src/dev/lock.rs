@@ -19,7 +19,9 @@ pub struct RunningState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another `meridian dev` (pid {pid}) is already using data directory {dir}; stop it first or pass another --data-dir")]
+    #[error(
+        "another `meridian dev` (pid {pid}) is already using data directory {dir}; stop it first or pass another --data-dir"
+    )]
     Busy { dir: String, pid: String },
     #[error("cannot lock data directory {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
@@ -33,28 +35,49 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
-        let io = |source| LockError::Io { dir: dir.display().to_string(), source };
+        let io = |source| LockError::Io {
+            dir: dir.display().to_string(),
+            source,
+        };
         let path = dir.join("meridian.lock");
-        let mut file = File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                return Err(LockError::Busy { dir: dir.display().to_string(), pid });
+                return Err(LockError::Busy {
+                    dir: dir.display().to_string(),
+                    pid,
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         file.set_len(0).map_err(io)?;
         write!(file, "{}", std::process::id()).map_err(io)?;
-        Ok(Self { file, dir: dir.to_path_buf() })
+        Ok(Self {
+            file,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Whether a `meridian dev` holds `dir` right now, and what it published.
     pub fn running(dir: &Path) -> Option<RunningState> {
-        let file = File::options().read(true).write(true).open(dir.join("meridian.lock")).ok()?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(dir.join("meridian.lock"))
+            .ok()?;
         match file.try_lock() {
             Ok(()) => None,
-            Err(_) => std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(_) => std::fs::read(dir.join("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
         }
     }
 

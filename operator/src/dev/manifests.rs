@@ -36,7 +36,9 @@ pub fn load(dir: &Path) -> std::io::Result<Manifests> {
     files.sort();
     let mut out = Manifests::default();
     for path in files {
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             // Removed between listing and reading: it will be gone on the next scan too.
@@ -57,14 +59,27 @@ pub fn load(dir: &Path) -> std::io::Result<Manifests> {
     Ok(out)
 }
 
-fn read_document(doc: serde_yaml_ng::Deserializer<'_>, path: &Path, modified: SystemTime, out: &mut Manifests) -> Result<(), String> {
+fn read_document(
+    doc: serde_yaml_ng::Deserializer<'_>,
+    path: &Path,
+    modified: SystemTime,
+    out: &mut Manifests,
+) -> Result<(), String> {
     use serde::Deserialize;
     let value = serde_json::Value::deserialize(doc).map_err(|e| e.to_string())?;
     if value.is_null() {
         return Ok(()); // an empty document, e.g. a trailing `---`
     }
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-    let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
     if name.is_empty() {
         return Err(format!("{kind} has no metadata.name"));
     }
@@ -75,20 +90,41 @@ fn read_document(doc: serde_yaml_ng::Deserializer<'_>, path: &Path, modified: Sy
             if let Some(existing) = out.countries.get(&name) {
                 return Err(duplicate(&existing.path));
             }
-            out.countries.insert(name, Loaded { object, path: path.to_path_buf(), modified });
+            out.countries.insert(
+                name,
+                Loaded {
+                    object,
+                    path: path.to_path_buf(),
+                    modified,
+                },
+            );
         }
         "Region" => {
             let object: Region = serde_json::from_value(value).map_err(|e| format!("Region {name}: {e}"))?;
             if let Some(existing) = out.regions.get(&name) {
                 return Err(duplicate(&existing.path));
             }
-            out.regions.insert(name, Loaded { object, path: path.to_path_buf(), modified });
+            out.regions.insert(
+                name,
+                Loaded {
+                    object,
+                    path: path.to_path_buf(),
+                    modified,
+                },
+            );
         }
         "Secret" => {
-            let namespace = value.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("default");
+            let namespace = value
+                .pointer("/metadata/namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("default");
             out.secrets.insert(namespace, &name, secret_data(&value)?);
         }
-        other => return Err(format!("kind {other:?} is not one Meridian reads (Country, Region, Secret)")),
+        other => {
+            return Err(format!(
+                "kind {other:?} is not one Meridian reads (Country, Region, Secret)"
+            ));
+        }
     }
     Ok(())
 }
@@ -100,7 +136,10 @@ fn secret_data(value: &serde_json::Value) -> Result<BTreeMap<String, String>, St
         for (key, encoded) in map {
             let bytes: k8s_openapi::ByteString =
                 serde_json::from_value(encoded.clone()).map_err(|e| format!("data.{key}: {e}"))?;
-            data.insert(key.clone(), String::from_utf8(bytes.0).map_err(|_| format!("data.{key} is not UTF-8"))?);
+            data.insert(
+                key.clone(),
+                String::from_utf8(bytes.0).map_err(|_| format!("data.{key} is not UTF-8"))?,
+            );
         }
     }
     if let Some(map) = value.get("stringData").and_then(|d| d.as_object()) {

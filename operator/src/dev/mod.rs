@@ -55,19 +55,34 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let app = api::router(store.clone(), ctx.clone());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        })
-        .await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
     });
-    println!("meridian dev: manifests {}, data {}, API http://{}", options.manifests.display(), options.data_dir.display(), options.listen);
+    println!(
+        "meridian dev: manifests {}, data {}, API http://{}",
+        options.manifests.display(),
+        options.data_dir.display(),
+        options.listen
+    );
 
     tokio::spawn(async move {
         crate::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
 
-    let mut dev = Dev { options, ctx, store, secrets, local: local.clone(), lock, timings: Timings::default(), last_table: String::new() };
+    let mut dev = Dev {
+        options,
+        ctx,
+        store,
+        secrets,
+        local: local.clone(),
+        lock,
+        timings: Timings::default(),
+        last_table: String::new(),
+    };
     let result = tokio::select! {
         result = dev.run_loop() => result,
         _ = stop_rx.wait_for(|s| *s) => Ok(()),
@@ -145,8 +160,12 @@ impl Dev {
             let mut report = store::SyncReport::default();
             {
                 let mut store = self.store.write().expect("store lock");
-                store.regions.sync(&manifests.regions, &manifests.unreadable, &mut report, now);
-                store.countries.sync(&manifests.countries, &manifests.unreadable, &mut report, now);
+                store
+                    .regions
+                    .sync(&manifests.regions, &manifests.unreadable, &mut report, now);
+                store
+                    .countries
+                    .sync(&manifests.countries, &manifests.unreadable, &mut report, now);
             }
             for line in &report.rejected {
                 println!("manifest error: {line}");
@@ -157,7 +176,12 @@ impl Dev {
                 for line in report.added.iter().chain(&report.changed).chain(&report.removed) {
                     println!("manifest: {line}");
                 }
-                for name in report.added.iter().chain(&report.changed).filter_map(|l| l.strip_prefix("countries ")) {
+                for name in report
+                    .added
+                    .iter()
+                    .chain(&report.changed)
+                    .filter_map(|l| l.strip_prefix("countries "))
+                {
                     if let Some(loaded) = manifests.countries.get(name) {
                         self.timings.launches.insert(name.to_string(), loaded.modified);
                     }
@@ -167,10 +191,16 @@ impl Dev {
             let regions_changed = self.reconcile_regions().await;
             if first {
                 self.timings.databases_up = Some(Instant::now());
-                self.lock.write_state(&RunningState { listen: self.options.listen.to_string(), regions: self.local.ports() })?;
+                self.lock.write_state(&RunningState {
+                    listen: self.options.listen.to_string(),
+                    regions: self.local.ports(),
+                })?;
                 println!("meridian dev: {} database(s) up", self.local.ports().len());
             } else if regions_changed {
-                self.lock.write_state(&RunningState { listen: self.options.listen.to_string(), regions: self.local.ports() })?;
+                self.lock.write_state(&RunningState {
+                    listen: self.options.listen.to_string(),
+                    regions: self.local.ports(),
+                })?;
             }
             self.reconcile_countries().await;
             self.print_status();
@@ -185,7 +215,12 @@ impl Dev {
         let now = Instant::now();
         let (due, countries) = {
             let store = self.store.read().expect("store lock");
-            let due: Vec<Region> = store.regions.due(now).iter().map(|n| store.regions.entries[n].object.clone()).collect();
+            let due: Vec<Region> = store
+                .regions
+                .due(now)
+                .iter()
+                .map(|n| store.regions.entries[n].object.clone())
+                .collect();
             (due, store.countries.objects())
         };
         let ctx = &self.ctx;
@@ -232,7 +267,11 @@ impl Dev {
                     ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
                     let previous = region.status.clone().unwrap_or_default();
                     let status = meridian_crds::RegionStatus {
-                        conditions: conditions::merge(&previous.conditions, &blocked.reports, region.metadata.generation),
+                        conditions: conditions::merge(
+                            &previous.conditions,
+                            &blocked.reports,
+                            region.metadata.generation,
+                        ),
                         ..previous
                     };
                     changed |= store.set_region_status(&name, status);
@@ -250,9 +289,18 @@ impl Dev {
         let now = Instant::now();
         let (due, countries, regions) = {
             let store = self.store.read().expect("store lock");
-            let due: Vec<Country> = store.countries.due(now).iter().map(|n| store.countries.entries[n].object.clone()).collect();
-            let regions: BTreeMap<String, Region> =
-                store.regions.entries.iter().map(|(n, e)| (n.clone(), e.object.clone())).collect();
+            let due: Vec<Country> = store
+                .countries
+                .due(now)
+                .iter()
+                .map(|n| store.countries.entries[n].object.clone())
+                .collect();
+            let regions: BTreeMap<String, Region> = store
+                .regions
+                .entries
+                .iter()
+                .map(|(n, e)| (n.clone(), e.object.clone()))
+                .collect();
             (due, store.countries.objects(), regions)
         };
         let ctx = &self.ctx;
@@ -287,7 +335,11 @@ impl Dev {
                 Err(Ok(changes)) => {
                     ctx.metrics.observe("Country", elapsed, None);
                     store.countries.entries.remove(&name);
-                    let what = if changes.is_empty() { "stores left untouched".to_string() } else { format!("{} partition change(s)", changes.len()) };
+                    let what = if changes.is_empty() {
+                        "stores left untouched".to_string()
+                    } else {
+                        format!("{} partition change(s)", changes.len())
+                    };
                     println!("country {name} deleted ({:?}: {what})", country.spec.deletion_policy);
                     for change in changes {
                         println!("  {change}");
@@ -299,7 +351,11 @@ impl Dev {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
                     let previous = country.status.clone().unwrap_or_default();
                     let status = meridian_crds::CountryStatus {
-                        conditions: conditions::merge(&previous.conditions, &blocked.reports, country.metadata.generation),
+                        conditions: conditions::merge(
+                            &previous.conditions,
+                            &blocked.reports,
+                            country.metadata.generation,
+                        ),
                         ..previous
                     };
                     store.set_country_status(&name, status);
@@ -332,8 +388,13 @@ impl Timings {
             wave.remove(name);
         }
         if let Some(written) = self.launches.remove(name) {
-            let secs = SystemTime::now().duration_since(written).unwrap_or_default().as_secs_f64();
-            self.pending_lines.push(format!("timing: country {name} Ready {secs:.2}s after its manifest was written"));
+            let secs = SystemTime::now()
+                .duration_since(written)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.pending_lines.push(format!(
+                "timing: country {name} Ready {secs:.2}s after its manifest was written"
+            ));
         }
     }
 
@@ -341,7 +402,10 @@ impl Timings {
         if let (Some(wave), Some(up)) = (&self.first_wave, self.databases_up)
             && wave.is_empty()
         {
-            self.pending_lines.push(format!("timing: all countries Ready {:.2}s after the databases were up", up.elapsed().as_secs_f64()));
+            self.pending_lines.push(format!(
+                "timing: all countries Ready {:.2}s after the databases were up",
+                up.elapsed().as_secs_f64()
+            ));
             self.first_wave = None;
         }
         std::mem::take(&mut self.pending_lines)
@@ -361,7 +425,12 @@ fn due_after(next: Next) -> Option<Instant> {
 
 fn wake_countries_of(store: &mut Store, region: &str) {
     let now = Instant::now();
-    for entry in store.countries.entries.values_mut().filter(|e| e.object.spec.region == region) {
+    for entry in store
+        .countries
+        .entries
+        .values_mut()
+        .filter(|e| e.object.spec.region == region)
+    {
         entry.due = Some(now);
     }
 }

@@ -86,7 +86,9 @@ pub struct Objects<K> {
 
 impl<K> Default for Objects<K> {
     fn default() -> Self {
-        Self { entries: BTreeMap::new() }
+        Self {
+            entries: BTreeMap::new(),
+        }
     }
 }
 
@@ -112,13 +114,16 @@ impl<K: Managed> Objects<K> {
                     meta.creation_timestamp = Some(Time(Timestamp::now()));
                     meta.finalizers = Some(vec![FINALIZER.to_string()]);
                     meta.resource_version = Some("1".into());
-                    self.entries.insert(name.clone(), Entry {
-                        object,
-                        written: loaded.modified,
-                        due: Some(now),
-                        missing_since: None,
-                        path: loaded.path.clone(),
-                    });
+                    self.entries.insert(
+                        name.clone(),
+                        Entry {
+                            object,
+                            written: loaded.modified,
+                            due: Some(now),
+                            missing_since: None,
+                            path: loaded.path.clone(),
+                        },
+                    );
                     report.added.push(format!("{} {name}", K::PLURAL));
                 }
                 Some(entry) if entry.object.meta().deletion_timestamp.is_some() => {
@@ -135,7 +140,11 @@ impl<K: Managed> Objects<K> {
                     }
                     let errors = K::check_update(&loaded.object, &entry.object);
                     if !errors.is_empty() {
-                        report.rejected.push(format!("{} {name}: update refused: {}", K::PLURAL, validate::describe(&errors)));
+                        report.rejected.push(format!(
+                            "{} {name}: update refused: {}",
+                            K::PLURAL,
+                            validate::describe(&errors)
+                        ));
                         continue;
                     }
                     entry.object.take_spec(&loaded.object);
@@ -173,7 +182,11 @@ impl<K: Managed> Objects<K> {
 
     /// Names whose reconcile is due.
     pub fn due(&self, now: Instant) -> BTreeSet<String> {
-        self.entries.iter().filter(|(_, e)| e.due.is_some_and(|d| d <= now)).map(|(n, _)| n.clone()).collect()
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The objects, for reconcilers that look across them.
@@ -183,7 +196,11 @@ impl<K: Managed> Objects<K> {
 }
 
 fn bump(meta: &mut ObjectMeta) {
-    let rv = meta.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let rv = meta
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     meta.resource_version = Some((rv + 1).to_string());
 }
 
@@ -197,12 +214,22 @@ pub struct Store {
 impl Store {
     /// Writes a new status, bumping the resource version when it changed. Returns whether it changed.
     pub fn set_country_status(&mut self, name: &str, status: meridian_crds::CountryStatus) -> bool {
-        set_status(self.countries.entries.get_mut(name), status, |c| &mut c.status, |c| &mut c.metadata)
+        set_status(
+            self.countries.entries.get_mut(name),
+            status,
+            |c| &mut c.status,
+            |c| &mut c.metadata,
+        )
     }
 
     /// See [`Store::set_country_status`].
     pub fn set_region_status(&mut self, name: &str, status: meridian_crds::RegionStatus) -> bool {
-        set_status(self.regions.entries.get_mut(name), status, |r| &mut r.status, |r| &mut r.metadata)
+        set_status(
+            self.regions.entries.get_mut(name),
+            status,
+            |r| &mut r.status,
+            |r| &mut r.metadata,
+        )
     }
 }
 
@@ -229,7 +256,14 @@ mod tests {
     fn loaded(yaml: &str) -> BTreeMap<String, Loaded<Country>> {
         let object: Country = serde_yaml_ng::from_str(yaml).unwrap();
         let name = object.metadata.name.clone().unwrap();
-        BTreeMap::from([(name, Loaded { object, path: "de.yaml".into(), modified: SystemTime::now() })])
+        BTreeMap::from([(
+            name,
+            Loaded {
+                object,
+                path: "de.yaml".into(),
+                modified: SystemTime::now(),
+            },
+        )])
     }
 
     fn none() -> BTreeSet<std::path::PathBuf> {
@@ -245,7 +279,10 @@ mod tests {
         let now = Instant::now();
         objects.sync(&loaded(DE), &none(), &mut report, now);
         let meta = &objects.entries["de"].object.metadata;
-        assert_eq!((meta.generation, meta.finalizers.as_deref()), (Some(1), Some(&[FINALIZER.to_string()][..])));
+        assert_eq!(
+            (meta.generation, meta.finalizers.as_deref()),
+            (Some(1), Some(&[FINALIZER.to_string()][..]))
+        );
         assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
         assert_eq!(report.added, ["countries de"]);
 
@@ -253,18 +290,40 @@ mod tests {
         objects.entries.get_mut("de").unwrap().due = None;
         objects.sync(&loaded(DE), &none(), &mut SyncReport::default(), now);
         assert!(objects.entries["de"].due.is_none());
-        objects.sync(&loaded(&DE.replace("suspend: false", "suspend: true").replace("deletionPolicy: Retain", "deletionPolicy: Delete")), &none(), &mut report, now);
+        objects.sync(
+            &loaded(
+                &DE.replace("suspend: false", "suspend: true")
+                    .replace("deletionPolicy: Retain", "deletionPolicy: Delete"),
+            ),
+            &none(),
+            &mut report,
+            now,
+        );
         assert_eq!(objects.entries["de"].object.metadata.generation, Some(2));
         assert_eq!(objects.due(now).len(), 1);
 
         objects.sync(&BTreeMap::new(), &none(), &mut report, now);
-        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_none(), "missing for an instant is no deletion");
+        assert!(
+            objects.entries["de"].object.metadata.deletion_timestamp.is_none(),
+            "missing for an instant is no deletion"
+        );
         let later = now + DELETE_AFTER_MISSING;
-        objects.sync(&BTreeMap::new(), &BTreeSet::from(["de.yaml".into()]), &mut report, later);
-        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_none(), "a broken file is no deletion");
+        objects.sync(
+            &BTreeMap::new(),
+            &BTreeSet::from(["de.yaml".into()]),
+            &mut report,
+            later,
+        );
+        assert!(
+            objects.entries["de"].object.metadata.deletion_timestamp.is_none(),
+            "a broken file is no deletion"
+        );
         objects.sync(&BTreeMap::new(), &none(), &mut report, later);
         objects.sync(&BTreeMap::new(), &none(), &mut report, later + DELETE_AFTER_MISSING);
-        assert!(objects.entries["de"].object.metadata.deletion_timestamp.is_some(), "kept until its finalizer is done");
+        assert!(
+            objects.entries["de"].object.metadata.deletion_timestamp.is_some(),
+            "kept until its finalizer is done"
+        );
         assert_eq!(report.removed, ["countries de"]);
     }
 
@@ -274,9 +333,18 @@ mod tests {
         let now = Instant::now();
         objects.sync(&loaded(DE), &none(), &mut SyncReport::default(), now);
         let mut report = SyncReport::default();
-        objects.sync(&loaded(&DE.replace("region: eu-central-1", "region: eu-west-1")), &none(), &mut report, now);
+        objects.sync(
+            &loaded(&DE.replace("region: eu-central-1", "region: eu-west-1")),
+            &none(),
+            &mut report,
+            now,
+        );
         assert_eq!(objects.entries["de"].object.spec.region, "eu-central-1");
         assert_eq!(objects.entries["de"].object.metadata.generation, Some(1));
-        assert!(report.rejected[0].contains("spec.region is immutable"), "{:?}", report.rejected);
+        assert!(
+            report.rejected[0].contains("spec.region is immutable"),
+            "{:?}",
+            report.rejected
+        );
     }
 }

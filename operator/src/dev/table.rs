@@ -7,26 +7,68 @@ use crate::conditions;
 
 /// One line per Region, then one per Country.
 pub fn render(regions: &[Region], countries: &[Country]) -> String {
-    let mut rows = vec![["REGION", "PROVIDER", "ISOLATION", "DATABASE", "READY", "ENDPOINT / MESSAGE"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "REGION",
+            "PROVIDER",
+            "ISOLATION",
+            "DATABASE",
+            "READY",
+            "ENDPOINT / MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for region in regions {
-        let conds = region.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        let endpoint = region.status.as_ref().and_then(|s| s.database_endpoint.clone()).unwrap_or_default();
+        let conds = region
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let endpoint = region
+            .status
+            .as_ref()
+            .and_then(|s| s.database_endpoint.clone())
+            .unwrap_or_default();
         rows.push(vec![
             name(&region.metadata),
             json_name(&region.spec.provider),
             json_name(&region.spec.isolation),
             state(conds, DATABASE_READY),
             state(conds, READY),
-            if conditions::is_true(conds, READY) { endpoint } else { message(conds) },
+            if conditions::is_true(conds, READY) {
+                endpoint
+            } else {
+                message(conds)
+            },
         ]);
     }
     let mut out = align(&rows);
     out.push('\n');
-    let mut rows =
-        vec![["COUNTRY", "REGION", "RESIDENCY", "COMPLIANT", "DATABASE", "READY", "MESSAGE"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "COUNTRY",
+            "REGION",
+            "RESIDENCY",
+            "COMPLIANT",
+            "DATABASE",
+            "READY",
+            "MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for country in countries {
-        let conds = country.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        let deleting = if country.metadata.deletion_timestamp.is_some() { " (deleting)" } else { "" };
+        let conds = country
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let deleting = if country.metadata.deletion_timestamp.is_some() {
+            " (deleting)"
+        } else {
+            ""
+        };
         rows.push(vec![
             format!("{}{deleting}", name(&country.metadata)),
             country.spec.region.clone(),
@@ -37,7 +79,11 @@ pub fn render(regions: &[Region], countries: &[Country]) -> String {
             state(conds, RESIDENCY_COMPLIANT),
             state(conds, DATABASE_READY),
             state(conds, READY),
-            if conditions::is_true(conds, READY) { String::new() } else { message(conds) },
+            if conditions::is_true(conds, READY) {
+                String::new()
+            } else {
+                message(conds)
+            },
         ]);
     }
     out.push_str(&align(&rows));
@@ -49,7 +95,10 @@ fn name(meta: &kube::api::ObjectMeta) -> String {
 }
 
 fn json_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn state(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], type_: &str) -> String {
@@ -62,8 +111,9 @@ fn message(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) 
 }
 
 fn align(rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     rows.iter()
         .map(|row| {
             let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

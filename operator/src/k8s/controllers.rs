@@ -28,7 +28,11 @@ pub enum Error {
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{kind} {name}: cleanup blocked: {message}")]
-    CleanupBlocked { kind: &'static str, name: String, message: String },
+    CleanupBlocked {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
 }
 
 impl Error {
@@ -36,7 +40,9 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.reason()
+                }
                 _ => "Finalizer",
             },
             Error::CleanupBlocked { .. } => "CleanupBlocked",
@@ -55,8 +61,16 @@ pub struct KubeContext {
 
 impl KubeContext {
     pub fn new(client: Client, core: Context, identity: &str) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_string()) };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, core, failures: Mutex::default() }
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            core,
+            failures: Mutex::default(),
+        }
     }
 
     /// Exponential backoff per object: 5s, 10s, 20s ... capped at 5 minutes.
@@ -85,9 +99,18 @@ impl KubeContext {
     async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, transitions: &[Transition]) {
         for t in transitions {
             let event = Event {
-                type_: if t.is_warning() { EventType::Warning } else { EventType::Normal },
+                type_: if t.is_warning() {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
                 reason: t.reason.clone(),
-                note: Some(format!("{}={}: {}", t.type_, t.status, t.message).chars().take(1000).collect()),
+                note: Some(
+                    format!("{}={}: {}", t.type_, t.status, t.message)
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                ),
                 action: format!("Reconcile{}", t.type_),
                 secondary: None,
             };
@@ -109,14 +132,21 @@ pub async fn run(ctx: Arc<KubeContext>) {
         // A Region's change (Ready, isolation) re-evaluates the Countries bound to it.
         .watches(regions.clone(), watcher::Config::default(), move |region: Region| {
             let name = region.name_any();
-            store.state().into_iter().filter(|c| c.spec.region == name).map(|c| ObjectRef::from_obj(&*c)).collect::<Vec<_>>()
+            store
+                .state()
+                .into_iter()
+                .filter(|c| c.spec.region == name)
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
         })
         .run(reconcile::<Country>, error_policy, ctx.clone())
         .for_each(|result| async move { log_result("Country", result) });
 
     let region_controller = Controller::new(regions, watcher::Config::default())
         // A Country going away may unblock its Region's deletion.
-        .watches(countries, watcher::Config::default(), |country: Country| Some(ObjectRef::new(&country.spec.region)))
+        .watches(countries, watcher::Config::default(), |country: Country| {
+            Some(ObjectRef::new(&country.spec.region))
+        })
         .run(reconcile::<Region>, error_policy, ctx)
         .for_each(|result| async move { log_result("Region", result) });
 
@@ -138,7 +168,14 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: 
 
 /// A kind the operator reconciles: its apply and cleanup steps.
 pub trait Reconciled:
-    Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug + Send + Sync + 'static
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
     /// The metrics label.
     const KIND: &'static str;
@@ -190,17 +227,40 @@ async fn apply_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> 
     let region = regions.get_opt(&c.spec.region).await?;
     // Only a dedicated Region needs the other Countries (to find the one it serves).
     let countries = match &region {
-        Some(r) if r.spec.isolation == Isolation::Dedicated => Api::<Country>::all(ctx.client.clone()).list(&Default::default()).await?.items,
+        Some(r) if r.spec.isolation == Isolation::Dedicated => {
+            Api::<Country>::all(ctx.client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+        }
         _ => vec![c.clone()],
     };
-    let outcome = country::apply(c, country::World { region: region.as_ref(), countries: &countries }, &ctx.core).await;
+    let outcome = country::apply(
+        c,
+        country::World {
+            region: region.as_ref(),
+            countries: &countries,
+        },
+        &ctx.core,
+    )
+    .await;
     ctx.core.metrics.observe("Country", started.elapsed(), outcome.failure);
     let old = c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    ctx.publish(c, &conditions::transitions(&old, &outcome.status.conditions)).await;
+    ctx.publish(c, &conditions::transitions(&old, &outcome.status.conditions))
+        .await;
     if c.status.as_ref() != Some(&outcome.status) {
-        patch_status::<Country>(&ctx.client, &c.name_any(), serde_json::to_value(&outcome.status).expect("status serializes")).await?;
+        patch_status::<Country>(
+            &ctx.client,
+            &c.name_any(),
+            serde_json::to_value(&outcome.status).expect("status serializes"),
+        )
+        .await?;
     }
-    Ok(ctx.action(&format!("Country/{}", c.name_any()), outcome.next, outcome.failure.is_some()))
+    Ok(ctx.action(
+        &format!("Country/{}", c.name_any()),
+        outcome.next,
+        outcome.failure.is_some(),
+    ))
 }
 
 async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
@@ -210,9 +270,18 @@ async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error
             let note = if changes.is_empty() {
                 format!("deleted ({:?}); stores left untouched", c.spec.deletion_policy)
             } else {
-                format!("deleted ({:?}): {}", c.spec.deletion_policy, changes.iter().map(|ch| ch.sql()).collect::<Vec<_>>().join(" "))
+                format!(
+                    "deleted ({:?}): {}",
+                    c.spec.deletion_policy,
+                    changes.iter().map(|ch| ch.sql()).collect::<Vec<_>>().join(" ")
+                )
             };
-            let done = Transition { type_: "Deleted".into(), status: "True".into(), reason: "CleanedUp".into(), message: note };
+            let done = Transition {
+                type_: "Deleted".into(),
+                status: "True".into(),
+                reason: "CleanedUp".into(),
+                message: note,
+            };
             ctx.publish(c, &[done]).await;
             Ok(Action::await_change())
         }
@@ -230,15 +299,28 @@ async fn apply_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
     let outcome = region::apply(r, &ctx.core).await;
     ctx.core.metrics.observe("Region", started.elapsed(), outcome.failure);
     let old = r.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    ctx.publish(r, &conditions::transitions(&old, &outcome.status.conditions)).await;
+    ctx.publish(r, &conditions::transitions(&old, &outcome.status.conditions))
+        .await;
     if r.status.as_ref() != Some(&outcome.status) {
-        patch_status::<Region>(&ctx.client, &r.name_any(), serde_json::to_value(&outcome.status).expect("status serializes")).await?;
+        patch_status::<Region>(
+            &ctx.client,
+            &r.name_any(),
+            serde_json::to_value(&outcome.status).expect("status serializes"),
+        )
+        .await?;
     }
-    Ok(ctx.action(&format!("Region/{}", r.name_any()), outcome.next, outcome.failure.is_some()))
+    Ok(ctx.action(
+        &format!("Region/{}", r.name_any()),
+        outcome.next,
+        outcome.failure.is_some(),
+    ))
 }
 
 async fn cleanup_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
-    let countries = Api::<Country>::all(ctx.client.clone()).list(&Default::default()).await?.items;
+    let countries = Api::<Country>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
     match region::cleanup(r, &countries, &ctx.core).await {
         Ok(()) => Ok(Action::await_change()),
         Err(blocked) => {
@@ -264,7 +346,11 @@ where
 }
 
 fn blocked_error(kind: &'static str, name: String, blocked: &Blocked) -> Error {
-    Error::CleanupBlocked { kind, name, message: blocked.message() }
+    Error::CleanupBlocked {
+        kind,
+        name,
+        message: blocked.message(),
+    }
 }
 
 /// Server-side apply of `status` through the status subresource.
@@ -278,6 +364,7 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }

@@ -29,7 +29,11 @@ pub struct Lease<'a> {
 
 impl LeaderElection {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.to_string(), identity: identity.to_string() }
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+        }
     }
 
     /// Waits until this replica holds the Lease.
@@ -49,7 +53,10 @@ impl LeaderElection {
         let now = Timestamp::now();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = LeaseObject {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.claim(now, None, 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {

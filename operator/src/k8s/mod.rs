@@ -44,7 +44,9 @@ pub struct OperatorOptions {
 /// Runs until SIGTERM/Ctrl-C, or until leadership is lost (then exits non-zero so the
 /// replica restarts as a standby).
 pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
     let identity = options.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "meridian".into());
         format!("{}-{}", host.trim(), std::process::id())
@@ -57,7 +59,10 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     tokio::spawn(serve_health(listener, ctx.clone(), ready.clone()));
 
-    client.apiserver_version().await.map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
     ready.store(true, Ordering::SeqCst);
 
     let election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity);
@@ -80,7 +85,13 @@ async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, 
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::SeqCst);
-                async move { if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") } }
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
             }),
         )
         .route("/metrics", get(move || async move { ctx.core.metrics.render() }));

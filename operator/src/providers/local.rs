@@ -21,12 +21,22 @@ pub struct LocalClusters {
 
 impl LocalClusters {
     pub fn new(root: PathBuf, durability: Durability) -> Self {
-        Self { root, durability, clusters: Mutex::default(), adopted: HashMap::new() }
+        Self {
+            root,
+            durability,
+            clusters: Mutex::default(),
+            adopted: HashMap::new(),
+        }
     }
 
     /// Read-only view of clusters that a running `meridian dev` owns.
     pub fn adopt(root: PathBuf, ports: HashMap<String, u16>) -> Self {
-        Self { root, durability: Durability::Durable, clusters: Mutex::default(), adopted: ports }
+        Self {
+            root,
+            durability: Durability::Durable,
+            clusters: Mutex::default(),
+            adopted: ports,
+        }
     }
 
     /// Whether Region `name` has a cluster on disk.
@@ -44,7 +54,9 @@ impl LocalClusters {
         if let Ok(endpoint) = self.locate(name) {
             return Ok(endpoint);
         }
-        let started = Cluster::start(&self.dir(name), self.durability).await.map_err(start_failed)?;
+        let started = Cluster::start(&self.dir(name), self.durability)
+            .await
+            .map_err(start_failed)?;
         started.ensure_database(DATABASE).await.map_err(start_failed)?;
         let mut clusters = self.clusters.lock().expect("cluster map lock");
         // Two reconciles may race to start the same Region; keep the first, stop ours.
@@ -58,10 +70,13 @@ impl LocalClusters {
             return Ok(Endpoint::from_url(meridian_localpg::url(*port, DATABASE)));
         }
         let clusters = self.clusters.lock().expect("cluster map lock");
-        clusters.get(name).map(|c| Endpoint::from_url(c.url(DATABASE))).ok_or_else(|| ProviderError {
-            reason: "DatabaseNotStarted",
-            message: format!("the local PostgreSQL cluster of Region {name} is not running"),
-        })
+        clusters
+            .get(name)
+            .map(|c| Endpoint::from_url(c.url(DATABASE)))
+            .ok_or_else(|| ProviderError {
+                reason: "DatabaseNotStarted",
+                message: format!("the local PostgreSQL cluster of Region {name} is not running"),
+            })
     }
 
     /// Ports of the running clusters, by Region name.
@@ -79,19 +94,37 @@ impl LocalClusters {
                 cluster.stop();
             }
             if delete {
-                std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                std::fs::remove_dir_all(&dir).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
             } else {
                 Ok(())
             }
         })
         .await
-        .map_err(|e| ProviderError { reason: "ReleaseFailed", message: e.to_string() })?
-        .map_err(|e| ProviderError { reason: "ReleaseFailed", message: format!("cannot remove the cluster's files: {e}") })
+        .map_err(|e| ProviderError {
+            reason: "ReleaseFailed",
+            message: e.to_string(),
+        })?
+        .map_err(|e| ProviderError {
+            reason: "ReleaseFailed",
+            message: format!("cannot remove the cluster's files: {e}"),
+        })
     }
 
     /// Stops every cluster (shutdown).
     pub fn stop_all(&self) {
-        let clusters: Vec<Cluster> = self.clusters.lock().expect("cluster map lock").drain().map(|(_, c)| c).collect();
+        let clusters: Vec<Cluster> = self
+            .clusters
+            .lock()
+            .expect("cluster map lock")
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
         for cluster in clusters {
             cluster.stop();
         }
@@ -99,5 +132,8 @@ impl LocalClusters {
 }
 
 fn start_failed(e: meridian_localpg::Error) -> ProviderError {
-    ProviderError { reason: "DatabaseStartFailed", message: e.to_string() }
+    ProviderError {
+        reason: "DatabaseStartFailed",
+        message: e.to_string(),
+    }
 }

@@ -30,7 +30,11 @@ impl Endpoint {
             None => url.split_once("://").map_or(url.clone(), |(_, rest)| rest.to_string()),
         };
         let display = display.split('?').next().unwrap_or_default().to_string();
-        Self { url, display, secret: None }
+        Self {
+            url,
+            display,
+            secret: None,
+        }
     }
 }
 
@@ -44,7 +48,10 @@ pub struct ProviderError {
 
 impl ProviderError {
     fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -74,25 +81,43 @@ impl Providers {
             RegionProvider::Local => self.local(region)?.locate(&region_name(region)),
             RegionProvider::External => {
                 let Some(external) = &region.spec.external else {
-                    return Err(ProviderError::new("InvalidSpec", "spec.external is required when spec.provider is external"));
+                    return Err(ProviderError::new(
+                        "InvalidSpec",
+                        "spec.external is required when spec.provider is external",
+                    ));
                 };
                 let r = &external.database_url_secret_ref;
-                let shown = format!("{}/{} key {}", r.namespace.as_deref().unwrap_or("(operator namespace)"), r.name, r.key);
+                let shown = format!(
+                    "{}/{} key {}",
+                    r.namespace.as_deref().unwrap_or("(operator namespace)"),
+                    r.name,
+                    r.key
+                );
                 match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
                     Ok(Some(url)) => Ok(Endpoint {
-                        secret: Some(r.namespace.as_ref().map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name))),
+                        secret: Some(
+                            r.namespace
+                                .as_ref()
+                                .map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name)),
+                        ),
                         ..Endpoint::from_url(url)
                     }),
                     Ok(None) => Err(ProviderError::new(
                         "ConnectionSecretMissing",
                         format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
                     )),
-                    Err(e) => Err(ProviderError::new("ConnectionSecretUnreadable", format!("cannot read Secret {shown}: {e}"))),
+                    Err(e) => Err(ProviderError::new(
+                        "ConnectionSecretUnreadable",
+                        format!("cannot read Secret {shown}: {e}"),
+                    )),
                 }
             }
             RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
                 "ProviderNotImplemented",
-                format!("spec.provider {:?} is not available in this version; use external or local", provider_name(region)),
+                format!(
+                    "spec.provider {:?} is not available in this version; use external or local",
+                    provider_name(region)
+                ),
             )),
         }
     }
@@ -113,7 +138,10 @@ impl Providers {
         self.local.as_deref().ok_or_else(|| {
             ProviderError::new(
                 "ProviderUnavailable",
-                format!("spec.provider local runs only in `meridian dev`; Region {} needs external here", region_name(region)),
+                format!(
+                    "spec.provider local runs only in `meridian dev`; Region {} needs external here",
+                    region_name(region)
+                ),
             )
         })
     }
@@ -124,5 +152,8 @@ fn region_name(region: &Region) -> String {
 }
 
 fn provider_name(region: &Region) -> String {
-    serde_json::to_value(region.spec.provider).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(region.spec.provider)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }

@@ -5,7 +5,12 @@ use futures::future::BoxFuture;
 /// Reads one key of a Secret: from the API server in a cluster, from manifests in `meridian dev`.
 pub trait SecretSource: Send + Sync {
     /// `Ok(None)` when the Secret or key does not exist.
-    fn get<'a>(&'a self, namespace: Option<&'a str>, name: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
+    fn get<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>>;
 }
 
 /// Secrets known up front: the `kind: Secret` manifests in `meridian dev`'s folder.
@@ -22,7 +27,12 @@ impl StaticSecrets {
 }
 
 impl SecretSource for StaticSecrets {
-    fn get<'a>(&'a self, namespace: Option<&'a str>, name: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<String>, String>> {
+    fn get<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
         let found = self
             .secrets
             .iter()

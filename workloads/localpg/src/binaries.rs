@@ -21,7 +21,10 @@ impl Binaries {
         versions
             .into_iter()
             .find(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file())
-            .map(|bin| Self { initdb: bin.join("initdb"), postgres: bin.join("postgres") })
+            .map(|bin| Self {
+                initdb: bin.join("initdb"),
+                postgres: bin.join("postgres"),
+            })
             .ok_or(Error::BinariesMissing)
     }
 }
@@ -36,6 +39,8 @@ fn version_of(bin: &Path) -> u32 {
 
 fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
     })
 }

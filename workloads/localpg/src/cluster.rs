@@ -54,7 +54,11 @@ impl Cluster {
         for _ in 0..3 {
             let port = free_port().map_err(|e| io_error(&root, e))?;
             let child = spawn_postgres(&binaries, &root, port, account, durability)?;
-            let mut cluster = Self { root: root.clone(), port, child: Some(child) };
+            let mut cluster = Self {
+                root: root.clone(),
+                port,
+                child: Some(child),
+            };
             match cluster.wait_ready().await {
                 Ok(()) => return Ok(cluster),
                 Err(err @ Error::StartupExited { .. }) if err.to_string().contains("could not bind") => {
@@ -83,7 +87,10 @@ impl Cluster {
 
     /// Creates `name` if it does not exist yet.
     pub async fn ensure_database(&self, name: &str) -> Result<()> {
-        let err = |source| Error::CreateDatabase { name: name.into(), source };
+        let err = |source| Error::CreateDatabase {
+            name: name.into(),
+            source,
+        };
         let mut conn = PgConnection::connect(&self.url("postgres")).await.map_err(err)?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -92,7 +99,10 @@ impl Cluster {
             .map_err(err)?;
         if !exists {
             let quoted = name.replace('"', "\"\"");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).execute(&mut conn).await.map_err(err)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+                .execute(&mut conn)
+                .await
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -129,7 +139,10 @@ impl Cluster {
                 && let Ok(Some(_)) = child.try_wait()
             {
                 self.child = None;
-                return Err(Error::StartupExited { dir: self.root.display().to_string(), log: self.log_tail() });
+                return Err(Error::StartupExited {
+                    dir: self.root.display().to_string(),
+                    log: self.log_tail(),
+                });
             }
             if PgConnection::connect(&url).await.is_ok() {
                 return Ok(());
@@ -204,14 +217,19 @@ fn initdb(binaries: &Binaries, pgdata: &Path, account: Option<ServerAccount>, du
         cmd.arg("--no-sync");
     }
     run_as(&mut cmd, account);
-    let out = cmd
-        .output()
-        .map_err(|source| Error::Spawn { program: binaries.initdb.display().to_string(), source })?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: binaries.initdb.display().to_string(),
+        source,
+    })?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(pgdata);
         return Err(Error::Initdb {
             dir: pgdata.display().to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         });
     }
     Ok(())
@@ -225,20 +243,41 @@ fn spawn_postgres(
     durability: Durability,
 ) -> Result<Child> {
     let log_path = root.join("postgres.log");
-    let log = File::options().create(true).append(true).open(&log_path).map_err(|e| io_error(&log_path, e))?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| io_error(&log_path, e))?;
     let log_err = log.try_clone().map_err(|e| io_error(&log_path, e))?;
     let mut cmd = Command::new(&binaries.postgres);
     cmd.arg("-D").arg(root.join("pgdata"));
-    cmd.args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+    ]);
     cmd.args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"]);
     if durability == Durability::Throwaway {
-        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        cmd.args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
     }
     cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
     // Own process group: a Ctrl-C in the terminal reaches us, and we stop the server in order.
     cmd.process_group(0);
     run_as(&mut cmd, account);
-    cmd.spawn().map_err(|source| Error::Spawn { program: binaries.postgres.display().to_string(), source })
+    cmd.spawn().map_err(|source| Error::Spawn {
+        program: binaries.postgres.display().to_string(),
+        source,
+    })
 }
 
 fn run_as(cmd: &mut Command, account: Option<ServerAccount>) {
@@ -251,8 +290,16 @@ fn run_as(cmd: &mut Command, account: Option<ServerAccount>) {
 /// Callers own `pgdata` (`meridian dev` holds a lock on its data directory), so a live
 /// postmaster there is an orphan: ask it to shut down so this start can proceed.
 fn stop_orphan(pgdata: &Path) {
-    let Ok(pid_file) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else { return };
-    let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<libc::pid_t>().ok()) else { return };
+    let Ok(pid_file) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
+        return;
+    };
+    let Some(pid) = pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<libc::pid_t>().ok())
+    else {
+        return;
+    };
     let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");
     if !is_postgres {
         return;

@@ -23,7 +23,13 @@ pub(crate) fn server_account() -> Result<Option<ServerAccount>> {
     }
     if lookup(SERVER_USER).is_none() {
         let out = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+            ])
             .args(["--shell", "/usr/sbin/nologin", SERVER_USER])
             .output()
             .map_err(|e| user_error(format!("useradd: {e}")))?;
@@ -32,19 +38,29 @@ pub(crate) fn server_account() -> Result<Option<ServerAccount>> {
             return Err(user_error(String::from_utf8_lossy(&out.stderr).trim().to_string()));
         }
     }
-    lookup(SERVER_USER).map(Some).ok_or_else(|| user_error("user not found after useradd".into()))
+    lookup(SERVER_USER)
+        .map(Some)
+        .ok_or_else(|| user_error("user not found after useradd".into()))
 }
 
 fn lookup(name: &str) -> Option<ServerAccount> {
     let id = |flag: &str| -> Option<u32> {
         let out = Command::new("id").args([flag, name]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())?
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())?
     };
-    Some(ServerAccount { uid: id("-u")?, gid: id("-g")? })
+    Some(ServerAccount {
+        uid: id("-u")?,
+        gid: id("-g")?,
+    })
 }
 
 fn user_error(message: String) -> Error {
-    Error::User { user: SERVER_USER.into(), message }
+    Error::User {
+        user: SERVER_USER.into(),
+        message,
+    }
 }
 
 /// Hands `dir` (and everything below it) to the server account, after checking that the
@@ -74,5 +90,8 @@ pub(crate) fn hand_over(dir: &Path, account: ServerAccount) -> Result<()> {
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -5,7 +5,9 @@ use meridian_shared::schema::{MIGRATIONS, MIGRATIONS_TABLE, PARTITIONED_TABLES, 
 use sqlx::{Connection, PgConnection};
 
 async fn connect(pg: &TempCluster) -> PgConnection {
-    PgConnection::connect(&pg.url()).await.expect("connect to the test cluster")
+    PgConnection::connect(&pg.url())
+        .await
+        .expect("connect to the test cluster")
 }
 
 #[tokio::test]
@@ -14,7 +16,10 @@ async fn migrations_apply_once_and_repeat_as_no_ops() {
     let mut conn = connect(&pg).await;
     let applied = migrate(&mut conn).await.unwrap();
     assert_eq!(applied, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
-    assert!(migrate(&mut conn).await.unwrap().is_empty(), "a second run applies nothing");
+    assert!(
+        migrate(&mut conn).await.unwrap().is_empty(),
+        "a second run applies nothing"
+    );
     assert_eq!(applied_versions(&mut conn).await.unwrap().len(), MIGRATIONS.len());
 }
 
@@ -58,10 +63,12 @@ async fn an_edited_migration_is_refused() {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = connect(&pg).await;
     migrate(&mut conn).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {MIGRATIONS_TABLE} SET checksum = '\\x00' WHERE version = 1")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {MIGRATIONS_TABLE} SET checksum = '\\x00' WHERE version = 1"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let err = migrate(&mut conn).await.unwrap_err();
     assert!(err.to_string().contains("was changed after it was applied"), "{err}");
 }

@@ -17,8 +17,11 @@ impl Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "platform", sql: include_str!("../../migrations/0001_platform.sql") }];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "platform",
+    sql: include_str!("../../migrations/0001_platform.sql"),
+}];
 
 /// Where applied migrations are recorded.
 pub const MIGRATIONS_TABLE: &str = "meridian_schema_migrations";
@@ -32,7 +35,11 @@ pub enum MigrationError {
     #[error("failed to read applied migrations: {0}")]
     Read(#[source] sqlx::Error),
     #[error("failed to apply migration {version} ({name}): {source}")]
-    Apply { version: i64, name: &'static str, source: sqlx::Error },
+    Apply {
+        version: i64,
+        name: &'static str,
+        source: sqlx::Error,
+    },
     #[error("migration {version} ({name}) was changed after it was applied; add a new migration instead")]
     Edited { version: i64, name: &'static str },
     #[error("the database has migration {0}, which this build does not know; it was migrated by a newer Meridian")]
@@ -49,10 +56,12 @@ pub async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<(i64, Vec<u
     if !exists {
         return Ok(Vec::new());
     }
-    sqlx::query_as(AssertSqlSafe(format!("SELECT version, checksum FROM {MIGRATIONS_TABLE} ORDER BY version")))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(MigrationError::Read)
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT version, checksum FROM {MIGRATIONS_TABLE} ORDER BY version"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(MigrationError::Read)
 }
 
 /// Applies the pending migrations, each in its own transaction, under an advisory lock.
@@ -62,7 +71,11 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<Vec<i64>, MigrationError
         let (version, name) = (m.version, m.name);
         move |source| MigrationError::Apply { version, name, source }
     };
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await.map_err(MigrationError::Read)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await
+        .map_err(MigrationError::Read)?;
     let result = async {
         sqlx::raw_sql(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -77,18 +90,24 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<Vec<i64>, MigrationError
         let applied = applied_versions(conn).await?;
         check_applied(&applied)?;
         let mut done = Vec::new();
-        for migration in MIGRATIONS.iter().filter(|m| !applied.iter().any(|(v, _)| *v == m.version)) {
+        for migration in MIGRATIONS
+            .iter()
+            .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
+        {
             let mut tx = conn.begin().await.map_err(apply_err(migration))?;
-            sqlx::raw_sql(migration.sql).execute(&mut *tx).await.map_err(apply_err(migration))?;
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"
-            )))
-                .bind(migration.version)
-                .bind(migration.name)
-                .bind(migration.checksum())
+            sqlx::raw_sql(migration.sql)
                 .execute(&mut *tx)
                 .await
                 .map_err(apply_err(migration))?;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"
+            )))
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await
+            .map_err(apply_err(migration))?;
             tx.commit().await.map_err(apply_err(migration))?;
             tracing::info!(version = migration.version, name = migration.name, "applied migration");
             done.push(migration.version);
@@ -97,7 +116,10 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<Vec<i64>, MigrationError
     }
     .await;
     // Session-level lock: release it even when a migration failed.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await;
     result
 }
 
@@ -107,7 +129,10 @@ pub fn check_applied(applied: &[(i64, Vec<u8>)]) -> Result<(), MigrationError> {
         match MIGRATIONS.iter().find(|m| m.version == *version) {
             None => return Err(MigrationError::Unknown(*version)),
             Some(m) if m.checksum() != *checksum => {
-                return Err(MigrationError::Edited { version: m.version, name: m.name });
+                return Err(MigrationError::Edited {
+                    version: m.version,
+                    name: m.name,
+                });
             }
             Some(_) => {}
         }
