@@ -1,7 +1,3 @@
-// kube-derive takes one `printcolumn(...)` per column; clippy reads the repeated `type_ = ...`
-// inside them as duplicated attributes.
-#![allow(clippy::duplicated_attributes)]
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

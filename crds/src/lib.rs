@@ -6,7 +6,11 @@
 //! `cargo run -p meridian-crds --bin crdgen`.
 
 mod common;
+// kube-derive takes one `printcolumn(...)` per column; clippy reads the repeated `type_ = ...`
+// inside them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 mod country;
+#[allow(clippy::duplicated_attributes)]
 mod region;
 
 pub use common::{DeletionPolicy, SecretKeyRef, condition_types};

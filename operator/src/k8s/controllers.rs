@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::FIELD_MANAGER;
 use crate::conditions::{self, Transition};
-use crate::controller::{Blocked, Context, Next, country, region};
+use crate::controller::{Blocked, Context, Next, Outcome, country, region};
 
 /// Failures that end a reconcile early; the error policy requeues them with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +179,22 @@ pub trait Reconciled:
 {
     /// The metrics label.
     const KIND: &'static str;
+    type Status: serde::Serialize + PartialEq + Send + Sync;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &Self::Status) -> &[Condition];
     fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send;
     fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send;
 }
 
 impl Reconciled for Country {
     const KIND: &'static str = "Country";
+    type Status = meridian_crds::CountryStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
     fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
         apply_country(self, ctx)
     }
@@ -195,6 +205,13 @@ impl Reconciled for Country {
 
 impl Reconciled for Region {
     const KIND: &'static str = "Region";
+    type Status = meridian_crds::RegionStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
     fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
         apply_region(self, ctx)
     }
@@ -244,23 +261,7 @@ async fn apply_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> 
         &ctx.core,
     )
     .await;
-    ctx.core.metrics.observe("Country", started.elapsed(), outcome.failure);
-    let old = c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    ctx.publish(c, &conditions::transitions(&old, &outcome.status.conditions))
-        .await;
-    if c.status.as_ref() != Some(&outcome.status) {
-        patch_status::<Country>(
-            &ctx.client,
-            &c.name_any(),
-            serde_json::to_value(&outcome.status).expect("status serializes"),
-        )
-        .await?;
-    }
-    Ok(ctx.action(
-        &format!("Country/{}", c.name_any()),
-        outcome.next,
-        outcome.failure.is_some(),
-    ))
+    write_outcome(c, outcome, started, ctx).await
 }
 
 async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
@@ -285,35 +286,14 @@ async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error
             ctx.publish(c, &[done]).await;
             Ok(Action::await_change())
         }
-        Err(blocked) => {
-            let old = c.status.clone().unwrap_or_default();
-            let conditions = conditions::merge(&old.conditions, &blocked.reports, c.metadata.generation);
-            report_blocked(c, &old.conditions, conditions, ctx).await?;
-            Err(blocked_error("Country", c.name_any(), &blocked))
-        }
+        Err(blocked) => Err(write_blocked(c, &blocked, ctx).await),
     }
 }
 
 async fn apply_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
     let started = Instant::now();
     let outcome = region::apply(r, &ctx.core).await;
-    ctx.core.metrics.observe("Region", started.elapsed(), outcome.failure);
-    let old = r.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    ctx.publish(r, &conditions::transitions(&old, &outcome.status.conditions))
-        .await;
-    if r.status.as_ref() != Some(&outcome.status) {
-        patch_status::<Region>(
-            &ctx.client,
-            &r.name_any(),
-            serde_json::to_value(&outcome.status).expect("status serializes"),
-        )
-        .await?;
-    }
-    Ok(ctx.action(
-        &format!("Region/{}", r.name_any()),
-        outcome.next,
-        outcome.failure.is_some(),
-    ))
+    write_outcome(r, outcome, started, ctx).await
 }
 
 async fn cleanup_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> {
@@ -323,32 +303,45 @@ async fn cleanup_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> 
         .items;
     match region::cleanup(r, &countries, &ctx.core).await {
         Ok(()) => Ok(Action::await_change()),
-        Err(blocked) => {
-            let old = r.status.clone().unwrap_or_default();
-            let conditions = conditions::merge(&old.conditions, &blocked.reports, r.metadata.generation);
-            report_blocked(r, &old.conditions, conditions, ctx).await?;
-            Err(blocked_error("Region", r.name_any(), &blocked))
-        }
+        Err(blocked) => Err(write_blocked(r, &blocked, ctx).await),
     }
 }
 
-/// Writes the conditions that say why a deletion cannot finish, and announces them once.
-async fn report_blocked<K>(obj: &K, old: &[Condition], new: Vec<Condition>, ctx: &KubeContext) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
+/// Records a reconcile's outcome: metrics, an Event per condition transition, the status
+/// (only when it changed), and when to come back.
+async fn write_outcome<K: Reconciled>(
+    obj: &K,
+    outcome: Outcome<K::Status>,
+    started: Instant,
+    ctx: &KubeContext,
+) -> Result<Action, Error> {
+    ctx.core.metrics.observe(K::KIND, started.elapsed(), outcome.failure);
+    let old = obj.status().map(K::conditions).unwrap_or_default();
+    ctx.publish(obj, &conditions::transitions(old, K::conditions(&outcome.status)))
+        .await;
+    if obj.status() != Some(&outcome.status) {
+        let status = serde_json::to_value(&outcome.status).expect("status serializes");
+        patch_status::<K>(&ctx.client, &obj.name_any(), status).await?;
+    }
+    let key = format!("{}/{}", K::KIND, obj.name_any());
+    Ok(ctx.action(&key, outcome.next, outcome.failure.is_some()))
+}
+
+/// Writes the conditions that say why a deletion cannot finish (announced once), and
+/// returns the error that keeps the finalizer in place.
+async fn write_blocked<K: Reconciled>(obj: &K, blocked: &Blocked, ctx: &KubeContext) -> Error {
+    let old = obj.status().map(K::conditions).unwrap_or_default();
+    let new = conditions::merge(old, &blocked.reports, obj.meta().generation);
     let transitions = conditions::transitions(old, &new);
     if !transitions.is_empty() {
         ctx.publish(obj, &transitions).await;
-        patch_status::<K>(&ctx.client, &obj.name_any(), json!({ "conditions": new })).await?;
+        if let Err(e) = patch_status::<K>(&ctx.client, &obj.name_any(), json!({ "conditions": new })).await {
+            return e;
+        }
     }
-    Ok(())
-}
-
-fn blocked_error(kind: &'static str, name: String, blocked: &Blocked) -> Error {
     Error::CleanupBlocked {
-        kind,
-        name,
+        kind: K::KIND,
+        name: obj.name_any(),
         message: blocked.message(),
     }
 }
