@@ -9,6 +9,8 @@ pub mod region;
 use std::time::Duration;
 
 use crate::backends::postgres::Databases;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 use crate::conditions::Report;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
@@ -65,6 +67,11 @@ impl Blocked {
     fn new(reports: Vec<Report>, next: Next) -> Self {
         let reason = reports.iter().find(|r| !r.status).map_or("Unknown", |r| r.reason);
         Self { reports, next, reason }
+    }
+
+    /// `previous` conditions updated with this step's reports.
+    pub fn conditions(&self, previous: &[Condition], generation: Option<i64>) -> Vec<Condition> {
+        crate::conditions::merge(previous, &self.reports, generation)
     }
 
     /// One-line summary for CLI output.

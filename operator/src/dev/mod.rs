@@ -22,7 +22,7 @@ pub use lock::{DataDirLock, LockError, RunningState};
 use store::Store;
 
 use crate::conditions;
-use crate::controller::{Context, Next, country, region};
+use crate::controller::{Context, country, region};
 use crate::providers::{LocalClusters, Providers, StaticSecrets};
 
 /// How often the folder is scanned for changes.
@@ -249,9 +249,7 @@ impl Dev {
                     if store.set_region_status(&name, outcome.status) {
                         changed = true;
                     }
-                    if let Some(entry) = store.regions.entries.get_mut(&name) {
-                        entry.due = due_after(outcome.next);
-                    }
+                    store.regions.schedule(&name, outcome.next);
                     if was_ready != is_ready {
                         wake_countries_of(&mut store, &name);
                     }
@@ -266,18 +264,9 @@ impl Dev {
                 Err(Err(blocked)) => {
                     ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
                     let previous = region.status.clone().unwrap_or_default();
-                    let status = meridian_crds::RegionStatus {
-                        conditions: conditions::merge(
-                            &previous.conditions,
-                            &blocked.reports,
-                            region.metadata.generation,
-                        ),
-                        ..previous
-                    };
-                    changed |= store.set_region_status(&name, status);
-                    if let Some(entry) = store.regions.entries.get_mut(&name) {
-                        entry.due = due_after(blocked.next);
-                    }
+                    let conditions = blocked.conditions(&previous.conditions, region.metadata.generation);
+                    changed |= store.set_region_status(&name, meridian_crds::RegionStatus { conditions, ..previous });
+                    store.regions.schedule(&name, blocked.next);
                 }
             }
         }
@@ -328,9 +317,7 @@ impl Dev {
                         self.timings.country_ready(&name);
                     }
                     store.set_country_status(&name, outcome.status);
-                    if let Some(entry) = store.countries.entries.get_mut(&name) {
-                        entry.due = due_after(outcome.next);
-                    }
+                    store.countries.schedule(&name, outcome.next);
                 }
                 Err(Ok(changes)) => {
                     ctx.metrics.observe("Country", elapsed, None);
@@ -350,18 +337,9 @@ impl Dev {
                 Err(Err(blocked)) => {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
                     let previous = country.status.clone().unwrap_or_default();
-                    let status = meridian_crds::CountryStatus {
-                        conditions: conditions::merge(
-                            &previous.conditions,
-                            &blocked.reports,
-                            country.metadata.generation,
-                        ),
-                        ..previous
-                    };
-                    store.set_country_status(&name, status);
-                    if let Some(entry) = store.countries.entries.get_mut(&name) {
-                        entry.due = due_after(blocked.next);
-                    }
+                    let conditions = blocked.conditions(&previous.conditions, country.metadata.generation);
+                    store.set_country_status(&name, meridian_crds::CountryStatus { conditions, ..previous });
+                    store.countries.schedule(&name, blocked.next);
                 }
             }
         }
@@ -414,13 +392,6 @@ impl Timings {
 
 fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
     conds.is_some_and(|c| conditions::is_true(c, READY))
-}
-
-fn due_after(next: Next) -> Option<Instant> {
-    match next {
-        Next::AwaitChange => None,
-        Next::Requeue(after) => Some(Instant::now() + after),
-    }
 }
 
 fn wake_countries_of(store: &mut Store, region: &str) {

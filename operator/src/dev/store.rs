@@ -12,6 +12,7 @@ use meridian_crds::{Country, FINALIZER, Region};
 use serde::Serialize;
 
 use super::manifests::Loaded;
+use crate::controller::Next;
 use crate::validate::{self, FieldError};
 
 /// How long a manifest must be gone from the folder before its object is deleted.
@@ -187,6 +188,16 @@ impl<K: Managed> Objects<K> {
             .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// When to reconcile `name` next.
+    pub fn schedule(&mut self, name: &str, next: Next) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.due = match next {
+                Next::AwaitChange => None,
+                Next::Requeue(after) => Some(Instant::now() + after),
+            };
+        }
     }
 
     /// The objects, for reconcilers that look across them.

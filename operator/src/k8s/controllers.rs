@@ -331,7 +331,7 @@ async fn write_outcome<K: Reconciled>(
 /// returns the error that keeps the finalizer in place.
 async fn write_blocked<K: Reconciled>(obj: &K, blocked: &Blocked, ctx: &KubeContext) -> Error {
     let old = obj.status().map(K::conditions).unwrap_or_default();
-    let new = conditions::merge(old, &blocked.reports, obj.meta().generation);
+    let new = blocked.conditions(old, obj.meta().generation);
     let transitions = conditions::transitions(old, &new);
     if !transitions.is_empty() {
         ctx.publish(obj, &transitions).await;
