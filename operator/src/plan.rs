@@ -1,10 +1,10 @@
 //! The changes a reconcile would make, computed before anything is touched. Pure: the
 //! planners take the observed state and return a list; the backends apply it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use meridian_shared::schema::{MIGRATIONS, PARTITIONED_TABLES, partition_name};
+use meridian_shared::schema::{MIGRATIONS, PARTITIONED_TABLES, partition_constraints, partition_name};
 
 /// One change to a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +30,11 @@ pub enum Change {
     DropPartition {
         partition: String,
     },
+    AddConstraint {
+        partition: String,
+        constraint: String,
+        sql: String,
+    },
 }
 
 impl Change {
@@ -48,6 +53,7 @@ impl Change {
                 format!("ALTER TABLE \"{table}\" DETACH PARTITION \"{partition}\";")
             }
             Change::DropPartition { partition } => format!("DROP TABLE IF EXISTS \"{partition}\";"),
+            Change::AddConstraint { sql, .. } => sql.clone(),
         }
     }
 }
@@ -55,7 +61,7 @@ impl Change {
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sigil = match self {
-            Change::ApplyMigration { .. } | Change::CreatePartition { .. } => '+',
+            Change::ApplyMigration { .. } | Change::CreatePartition { .. } | Change::AddConstraint { .. } => '+',
             Change::AttachPartition { .. } | Change::DetachPartition { .. } => '~',
             Change::DropPartition { .. } => '-',
         };
@@ -94,36 +100,69 @@ pub fn migrations(applied: &[i64]) -> Vec<Change> {
         .collect()
 }
 
+/// What a Region's database holds of one country: its partitions and their constraints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Partition names to their state; a name missing here is a missing partition.
+    pub partitions: BTreeMap<String, PartitionState>,
+    /// Names of the constraints on those partitions.
+    pub constraints: BTreeSet<String>,
+}
+
+impl Observed {
+    fn state(&self, partition: &str) -> PartitionState {
+        self.partitions
+            .get(partition)
+            .copied()
+            .unwrap_or(PartitionState::Missing)
+    }
+}
+
 /// Changes that bring country `code`'s partitions to `goal`, given what exists.
-/// `observed` maps partition names to their state; a name it lacks is missing.
-pub fn partitions(code: &str, goal: PartitionGoal, observed: &BTreeMap<String, PartitionState>) -> Vec<Change> {
-    let state = |partition: &str| observed.get(partition).copied().unwrap_or(PartitionState::Missing);
-    let tables: Box<dyn Iterator<Item = &&'static str>> = match goal {
-        PartitionGoal::Present => Box::new(PARTITIONED_TABLES.iter()),
-        // Tear down in reverse dependency order.
-        PartitionGoal::Detached | PartitionGoal::Dropped => Box::new(PARTITIONED_TABLES.iter().rev()),
-    };
-    tables
-        .filter_map(|&table| {
+pub fn partitions(code: &str, goal: PartitionGoal, observed: &Observed) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if goal == PartitionGoal::Present {
+        for &table in PARTITIONED_TABLES {
             let partition = partition_name(table, code);
-            let code = code.to_string();
-            match (goal, state(&partition)) {
-                (PartitionGoal::Present, PartitionState::Missing) => {
-                    Some(Change::CreatePartition { table, partition, code })
-                }
-                (PartitionGoal::Present, PartitionState::Detached) => {
-                    Some(Change::AttachPartition { table, partition, code })
-                }
-                (PartitionGoal::Detached, PartitionState::Attached) => {
-                    Some(Change::DetachPartition { table, partition })
-                }
-                (PartitionGoal::Dropped, PartitionState::Attached | PartitionState::Detached) => {
-                    Some(Change::DropPartition { partition })
-                }
-                _ => None,
+            match observed.state(&partition) {
+                PartitionState::Missing => changes.push(Change::CreatePartition {
+                    table,
+                    partition: partition.clone(),
+                    code: code.into(),
+                }),
+                PartitionState::Detached => changes.push(Change::AttachPartition {
+                    table,
+                    partition: partition.clone(),
+                    code: code.into(),
+                }),
+                PartitionState::Attached => {}
             }
-        })
-        .collect()
+            for constraint in partition_constraints(table, code) {
+                if !observed.constraints.contains(&constraint.name) {
+                    changes.push(Change::AddConstraint {
+                        partition: partition.clone(),
+                        constraint: constraint.name,
+                        sql: constraint.sql,
+                    });
+                }
+            }
+        }
+        return changes;
+    }
+    // Tear down in reverse dependency order.
+    for &table in PARTITIONED_TABLES.iter().rev() {
+        let partition = partition_name(table, code);
+        match (goal, observed.state(&partition)) {
+            (PartitionGoal::Detached, PartitionState::Attached) => {
+                changes.push(Change::DetachPartition { table, partition })
+            }
+            (PartitionGoal::Dropped, PartitionState::Attached | PartitionState::Detached) => {
+                changes.push(Change::DropPartition { partition })
+            }
+            _ => {}
+        }
+    }
+    changes
 }
 
 /// The partition names a Country owns, in table order.
@@ -135,13 +174,31 @@ pub fn partition_names(code: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn observed(pairs: &[(&str, PartitionState)]) -> BTreeMap<String, PartitionState> {
-        pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    fn observed(pairs: &[(&str, PartitionState)]) -> Observed {
+        Observed {
+            partitions: pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            constraints: BTreeSet::new(),
+        }
+    }
+
+    /// Every partition of `code` attached, with every constraint in place.
+    fn complete(code: &str) -> Observed {
+        Observed {
+            partitions: partition_names(code)
+                .into_iter()
+                .map(|n| (n, PartitionState::Attached))
+                .collect(),
+            constraints: PARTITIONED_TABLES
+                .iter()
+                .flat_map(|t| partition_constraints(t, code))
+                .map(|c| c.name)
+                .collect(),
+        }
     }
 
     #[test]
-    fn a_new_country_gets_one_partition_per_table() {
-        let changes = partitions("DE", PartitionGoal::Present, &BTreeMap::new());
+    fn a_new_country_gets_one_partition_per_table_and_the_booking_constraints() {
+        let changes = partitions("DE", PartitionGoal::Present, &Observed::default());
         let sql: Vec<String> = changes.iter().map(Change::sql).collect();
         assert_eq!(
             sql,
@@ -149,6 +206,10 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"practitioners_de\" PARTITION OF \"practitioners\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"availability_de\" PARTITION OF \"availability\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"appointments_de\" PARTITION OF \"appointments\" FOR VALUES IN ('DE');",
+                "ALTER TABLE \"appointments_de\" ADD CONSTRAINT \"appointments_de_no_double_booking\" EXCLUDE USING gist \
+                 (practitioner_id WITH =, tstzrange(starts_at, ends_at, '[)') WITH &&) WHERE (status = 'booked');",
+                "ALTER TABLE \"appointments_de\" ADD CONSTRAINT \"appointments_de_no_patient_overlap\" EXCLUDE USING gist \
+                 (patient_id WITH =, tstzrange(starts_at, ends_at, '[)') WITH &&) WHERE (status = 'booked');",
                 "CREATE TABLE IF NOT EXISTS \"outbox_de\" PARTITION OF \"outbox\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"audit_de\" PARTITION OF \"audit\" FOR VALUES IN ('DE');",
             ]
@@ -157,11 +218,18 @@ mod tests {
 
     #[test]
     fn a_current_country_needs_nothing() {
-        let all = partition_names("FR")
-            .into_iter()
-            .map(|n| (n, PartitionState::Attached))
-            .collect();
-        assert!(partitions("FR", PartitionGoal::Present, &all).is_empty());
+        assert!(partitions("FR", PartitionGoal::Present, &complete("FR")).is_empty());
+    }
+
+    #[test]
+    fn a_partition_created_before_its_constraints_existed_gets_them() {
+        let mut seen = complete("FR");
+        seen.constraints.remove("appointments_fr_no_patient_overlap");
+        let changes = partitions("FR", PartitionGoal::Present, &seen);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            matches!(&changes[0], Change::AddConstraint { constraint, .. } if constraint == "appointments_fr_no_patient_overlap")
+        );
     }
 
     #[test]
@@ -179,16 +247,16 @@ mod tests {
                 code: "ES".into()
             }
         );
-        assert_eq!(changes.len(), 4, "{changes:?}");
+        assert_eq!(
+            changes.len(),
+            6,
+            "one attached, three created, two constraints: {changes:?}"
+        );
     }
 
     #[test]
     fn retain_detaches_in_reverse_order_and_delete_drops_detached_ones_too() {
-        let all: BTreeMap<_, _> = partition_names("IT")
-            .into_iter()
-            .map(|n| (n, PartitionState::Attached))
-            .collect();
-        let detach = partitions("IT", PartitionGoal::Detached, &all);
+        let detach = partitions("IT", PartitionGoal::Detached, &complete("IT"));
         assert_eq!(detach.len(), 5);
         assert_eq!(
             detach[0],
@@ -213,7 +281,7 @@ mod tests {
                 }
             ]
         );
-        assert!(partitions("IT", PartitionGoal::Detached, &BTreeMap::new()).is_empty());
+        assert!(partitions("IT", PartitionGoal::Detached, &Observed::default()).is_empty());
     }
 
     #[test]
@@ -221,5 +289,12 @@ mod tests {
         assert_eq!(migrations(&[]).len(), MIGRATIONS.len());
         let all: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(migrations(&all).is_empty());
+        assert_eq!(
+            migrations(&[1]),
+            [Change::ApplyMigration {
+                version: 2,
+                name: "booking_constraints"
+            }]
+        );
     }
 }

@@ -125,7 +125,7 @@ async fn region_reconcile_migrates_and_is_idempotent() {
     let f = Fixture::new().await;
     let (_, r) = &f.shared;
     let status = r.status.clone().unwrap();
-    assert_eq!(status.schema_version, Some(1));
+    assert_eq!(status.schema_version, Some(2));
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.connection_secret.as_deref(), Some("eu-west-1-db"));
     let db = conditions::find(&status.conditions, "DatabaseReady").unwrap();
@@ -200,6 +200,51 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
     let again = f.apply(&de, &f.dedicated.1, &all).await;
     assert!(conditions::is_true(&again.status.conditions, "Ready"));
     assert_eq!(partitions(&f.dedicated.0).await, dedicated);
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_double_booking_in_every_country_partition() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let mut conn = connect(&f.shared.0).await;
+    let book = |patient: &'static str, from: &'static str, to: &'static str| {
+        sqlx::query(
+            "INSERT INTO appointments (country_code, id, practitioner_id, patient_id, starts_at, ends_at, status)
+             VALUES ('ES', gen_random_uuid(), '00000000-0000-0000-0000-000000000001', $1, $2::timestamptz, $3::timestamptz, 'booked')",
+        )
+        .bind(patient)
+        .bind(from)
+        .bind(to)
+    };
+    book("p1", "2026-12-01 09:00Z", "2026-12-01 09:30Z")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let clash = book("p2", "2026-12-01 09:15Z", "2026-12-01 09:45Z")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        clash.to_string().contains("appointments_es_no_double_booking"),
+        "{clash}"
+    );
+    let overlap = sqlx::query(
+        "INSERT INTO appointments (country_code, id, practitioner_id, patient_id, starts_at, ends_at, status)
+         VALUES ('ES', gen_random_uuid(), gen_random_uuid(), 'p1', '2026-12-01 09:20Z', '2026-12-01 09:40Z', 'booked')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        overlap.to_string().contains("appointments_es_no_patient_overlap"),
+        "{overlap}"
+    );
+    // Back to back is fine: ranges are half-open.
+    book("p3", "2026-12-01 09:30Z", "2026-12-01 10:00Z")
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! A Region's PostgreSQL database: schema migrations and per-country partitions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use meridian_shared::schema::{self, MigrationError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::plan::{Change, PartitionState};
+use crate::plan::{Change, Observed, PartitionState};
 
 /// Advisory lock key that serialises partition DDL within one database.
 const PARTITION_LOCK_KEY: i64 = 0x4d45_5250_4152_5449; // "MERPARTI"
@@ -81,12 +81,13 @@ impl RegionDb {
         Ok(applied.into_iter().map(|(v, _)| v).collect())
     }
 
-    /// The state of country `code`'s partitions.
-    pub async fn partitions(&self, code: &str) -> Result<BTreeMap<String, PartitionState>, DbError> {
+    /// What the database holds of country `code`: its partitions and their constraints.
+    pub async fn observe(&self, code: &str) -> Result<Observed, DbError> {
         let names = crate::plan::partition_names(code);
-        let rows: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT c.relname::text, c.relispartition
+        let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT c.relname::text, c.relispartition, k.conname::text
                FROM pg_class c
+               LEFT JOIN pg_constraint k ON k.conrelid = c.oid
               WHERE c.relnamespace = 'public'::regnamespace
                 AND c.relkind IN ('r', 'p')
                 AND c.relname = ANY($1)",
@@ -95,19 +96,17 @@ impl RegionDb {
         .fetch_all(&self.pool)
         .await
         .map_err(DbError::Unreachable)?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, attached)| {
-                (
-                    name,
-                    if attached {
-                        PartitionState::Attached
-                    } else {
-                        PartitionState::Detached
-                    },
-                )
-            })
-            .collect())
+        let mut observed = Observed::default();
+        for (name, attached, constraint) in rows {
+            let state = if attached {
+                PartitionState::Attached
+            } else {
+                PartitionState::Detached
+            };
+            observed.partitions.insert(name, state);
+            observed.constraints.extend(constraint);
+        }
+        Ok(observed)
     }
 
     /// Applies `changes` in one transaction: all of them or none. Migrations in the list are
@@ -152,5 +151,6 @@ fn describe(change: &Change) -> String {
         Change::AttachPartition { partition, .. } => format!("attach partition {partition}"),
         Change::DetachPartition { partition, .. } => format!("detach partition {partition}"),
         Change::DropPartition { partition } => format!("drop partition {partition}"),
+        Change::AddConstraint { constraint, .. } => format!("add constraint {constraint}"),
     }
 }

@@ -142,7 +142,7 @@ pub async fn plan(country: &Country, world: World<'_>, ctx: &Context) -> Result<
     let observed = if schema_pending {
         Default::default()
     } else {
-        db.partitions(&country.spec.code).await.map_err(unreachable)?
+        db.observe(&country.spec.code).await.map_err(unreachable)?
     };
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &observed);
     Ok((
@@ -321,7 +321,7 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
         .get(&endpoint.url)
         .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
     let observed = db
-        .partitions(&country.spec.code)
+        .observe(&country.spec.code)
         .await
         .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
     let goal = match country.spec.deletion_policy {

@@ -17,11 +17,18 @@ impl Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "platform",
-    sql: include_str!("../../migrations/0001_platform.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "platform",
+        sql: include_str!("../../migrations/0001_platform.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "booking_constraints",
+        sql: include_str!("../../migrations/0002_booking_constraints.sql"),
+    },
+];
 
 /// Where applied migrations are recorded.
 pub const MIGRATIONS_TABLE: &str = "meridian_schema_migrations";

@@ -6,4 +6,4 @@ mod partitions;
 pub use migrations::{
     MIGRATIONS, MIGRATIONS_TABLE, Migration, MigrationError, applied_versions, check_applied, migrate,
 };
-pub use partitions::{PARTITIONED_TABLES, partition_name};
+pub use partitions::{PARTITIONED_TABLES, PartitionConstraint, partition_constraints, partition_name};

@@ -7,3 +7,34 @@ pub const PARTITIONED_TABLES: &[&str] = &["practitioners", "availability", "appo
 pub fn partition_name(table: &str, code: &str) -> String {
     format!("{table}_{}", code.to_ascii_lowercase())
 }
+
+/// A constraint that every partition of a table carries, because PostgreSQL cannot declare
+/// it once on the partitioned parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionConstraint {
+    /// Constraint name, prefixed with the partition's so that it is unique in the schema.
+    pub name: String,
+    /// The `ALTER TABLE ... ADD CONSTRAINT` statement.
+    pub sql: String,
+}
+
+/// The constraints `table`'s partition for country `code` must carry.
+pub fn partition_constraints(table: &str, code: &str) -> Vec<PartitionConstraint> {
+    let partition = partition_name(table, code);
+    let exclude = |suffix: &str, column: &str| {
+        let name = format!("{partition}_{suffix}");
+        let sql = format!(
+            "ALTER TABLE \"{partition}\" ADD CONSTRAINT \"{name}\" EXCLUDE USING gist \
+             ({column} WITH =, tstzrange(starts_at, ends_at, '[)') WITH &&) WHERE (status = 'booked');"
+        );
+        PartitionConstraint { name, sql }
+    };
+    match table {
+        // A practitioner cannot be booked twice at once, nor can a patient.
+        "appointments" => vec![
+            exclude("no_double_booking", "practitioner_id"),
+            exclude("no_patient_overlap", "patient_id"),
+        ],
+        _ => Vec::new(),
+    }
+}
