@@ -335,7 +335,13 @@ async fn write_blocked<K: Reconciled>(obj: &K, blocked: &Blocked, ctx: &KubeCont
     let transitions = conditions::transitions(old, &new);
     if !transitions.is_empty() {
         ctx.publish(obj, &transitions).await;
-        if let Err(e) = patch_status::<K>(&ctx.client, &obj.name_any(), json!({ "conditions": new })).await {
+        // Server-side apply drops fields this manager set before and leaves out now, so the
+        // whole previous status goes back with the new conditions, not the conditions alone.
+        let mut status = obj
+            .status()
+            .map_or(json!({}), |s| serde_json::to_value(s).expect("status serializes"));
+        status["conditions"] = serde_json::to_value(&new).expect("conditions serialize");
+        if let Err(e) = patch_status::<K>(&ctx.client, &obj.name_any(), status).await {
             return e;
         }
     }
