@@ -1,7 +1,8 @@
 //! Domain code shared by the workloads and the control plane.
 //!
-//! Today this is the platform schema: the numbered SQL migrations that the control plane
-//! applies to every Region's database before workloads start, and the list of tables that
-//! hold per-country partitions.
+//! The platform schema: the numbered SQL migrations that the control plane applies to every
+//! Region's database before workloads start, and the tables that hold per-country
+//! partitions. And authentication: bearer tokens checked against an issuer's JWKS.
 
+pub mod auth;
 pub mod schema;
