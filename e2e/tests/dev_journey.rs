@@ -8,6 +8,8 @@ use meridian_e2e::{Dev, condition, copy_dir, examples};
 use sqlx::{Connection, PgConnection};
 
 const COUNTRIES: [&str; 5] = ["de", "es", "fr", "gb", "it"];
+/// Partitioned tables, hence partitions per country.
+const TABLES: usize = meridian_shared::schema::PARTITIONED_TABLES.len();
 
 const PORTUGAL: &str = "apiVersion: platform.meridian.dev/v1alpha1
 kind: Country
@@ -104,7 +106,11 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     for ((region, port), (_, want)) in ports.iter().zip(&expected) {
         let parts = partitions(*port).await;
         assert_eq!(codes(&parts), *want, "partitions in {region}: {parts:?}");
-        assert_eq!(parts.len(), want.len() * 5, "five tables per country in {region}");
+        assert_eq!(
+            parts.len(),
+            want.len() * TABLES,
+            "one partition per table and country in {region}"
+        );
     }
     let eu_west_1 = ports.iter().find(|(n, _)| n == "eu-west-1").unwrap().1;
 
@@ -158,7 +164,7 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     });
     let parts = partitions(eu_west_1).await;
     let pt: Vec<_> = parts.iter().filter(|(n, _)| n.ends_with("_pt")).collect();
-    assert_eq!(pt.len(), 5, "Retain keeps pt's partitions: {parts:?}");
+    assert_eq!(pt.len(), TABLES, "Retain keeps pt's partitions: {parts:?}");
     assert!(pt.iter().all(|(_, attached)| !attached), "and detaches them: {pt:?}");
 
     // Ctrl-C stops everything cleanly.
@@ -263,5 +269,5 @@ async fn dev_reports_bad_manifests_as_conditions_and_changes_nothing() {
     let (code, obj) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/es");
     assert_eq!((code, condition(&obj, "Ready")), (200, Some("True")), "{obj}");
     assert!(obj["metadata"]["deletionTimestamp"].is_null());
-    assert_eq!(partitions(port).await.len(), 5);
+    assert_eq!(partitions(port).await.len(), TABLES);
 }

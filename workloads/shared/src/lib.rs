@@ -4,5 +4,6 @@
 //! Region's database before workloads start, and the tables that hold per-country
 //! partitions. And authentication: bearer tokens checked against an issuer's JWKS.
 
+pub mod audit;
 pub mod auth;
 pub mod schema;

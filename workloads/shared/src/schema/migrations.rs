@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "booking_constraints",
         sql: include_str!("../../migrations/0002_booking_constraints.sql"),
     },
+    Migration {
+        version: 3,
+        name: "audit_chains",
+        sql: include_str!("../../migrations/0003_audit_chains.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

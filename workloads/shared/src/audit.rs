@@ -1,0 +1,139 @@
+//! The audit trail: one append-only, hash-chained record for every read or write of
+//! personal data, with a correlation ID that ties it to the request.
+//!
+//! A record's hash is `sha256(previous hash || payload)`, where the payload is the record's
+//! fields as a JSON array; the first record of a chain hashes its payload alone. A country's
+//! records are spread over [`CHAINS`] chains by resource, so appends to different resources
+//! do not wait for each other; each chain verifies on its own.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Chains per country.
+pub const CHAINS: i16 = 8;
+
+/// One audit record, before it is chained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub country_code: &'a str,
+    /// Who: the token's subject, or `system:<component>`.
+    pub actor: &'a str,
+    /// What: `appointment.book`, `patient.read`, ...
+    pub action: &'a str,
+    /// On what: `appointment/<id>`, `patient/<id>`.
+    pub resource: &'a str,
+    pub correlation_id: Uuid,
+}
+
+/// The chain a resource's records go to.
+pub fn chain_of(resource: &str) -> i16 {
+    i16::from(Sha256::digest(resource.as_bytes())[0]) % CHAINS
+}
+
+/// The bytes a record's hash covers.
+fn payload(at: DateTime<Utc>, actor: &str, action: &str, resource: &str, correlation_id: Uuid) -> Vec<u8> {
+    let at = at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    serde_json::to_vec(&(at, actor, action, resource, correlation_id)).expect("strings serialize")
+}
+
+/// Appends `record` to its chain, inside the caller's transaction: the record commits or
+/// rolls back with the change it describes. One round trip.
+pub async fn append(conn: &mut PgConnection, record: &Record<'_>) -> Result<(), sqlx::Error> {
+    // Microseconds: what timestamptz keeps, so verification rebuilds the same payload.
+    let at = Utc::now().trunc_subsecs(6);
+    let chain = chain_of(record.resource);
+    let payload = payload(at, record.actor, record.action, record.resource, record.correlation_id);
+    sqlx::query(
+        "WITH head AS (
+             INSERT INTO audit_heads AS h (country_code, chain, prev_hash, hash)
+             VALUES ($1, $2, NULL, sha256($3))
+             ON CONFLICT (country_code, chain) DO UPDATE SET prev_hash = h.hash, hash = sha256(h.hash || $3)
+             RETURNING prev_hash, hash
+         )
+         INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
+         SELECT $1, $2, $4, $5, $6, $7, $8, prev_hash, hash FROM head",
+    )
+    .bind(record.country_code)
+    .bind(chain)
+    .bind(&payload)
+    .bind(at)
+    .bind(record.actor)
+    .bind(record.action)
+    .bind(record.resource)
+    .bind(record.correlation_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A chain whose records do not add up.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain {chain} of {country_code} is broken at record {seq}")]
+pub struct Broken {
+    pub country_code: String,
+    pub chain: i16,
+    pub seq: i64,
+}
+
+/// Recomputes every chain of `country_code`; returns how many records it checked, or the
+/// first record (in chain order) that does not add up. Removing the newest records of a
+/// chain is caught by its head, which still names the removed record's hash.
+pub async fn verify(conn: &mut PgConnection, country_code: &str) -> Result<Result<u64, Broken>, sqlx::Error> {
+    type Row = (
+        i16,
+        i64,
+        DateTime<Utc>,
+        String,
+        String,
+        String,
+        Uuid,
+        Option<Vec<u8>>,
+        Vec<u8>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT chain, seq, at, actor, action, resource, correlation_id, prev_hash, hash
+           FROM audit WHERE country_code = $1 ORDER BY chain, seq",
+    )
+    .bind(country_code)
+    .fetch_all(&mut *conn)
+    .await?;
+    let heads: BTreeMap<i16, Vec<u8>> = sqlx::query_as("SELECT chain, hash FROM audit_heads WHERE country_code = $1")
+        .bind(country_code)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let broken = |chain, seq| {
+        Err(Broken {
+            country_code: country_code.into(),
+            chain,
+            seq,
+        })
+    };
+    // The newest hash and record number seen in each chain.
+    let mut tails: BTreeMap<i16, (i64, Vec<u8>)> = BTreeMap::new();
+    for (chain, seq, at, actor, action, resource, correlation_id, prev_hash, hash) in &rows {
+        let previous = tails.get(chain).map(|(_, h)| h);
+        let mut hasher = Sha256::new();
+        if let Some(previous) = previous {
+            hasher.update(previous);
+        }
+        hasher.update(payload(*at, actor, action, resource, *correlation_id));
+        if prev_hash.as_ref() != previous || hasher.finalize()[..] != hash[..] {
+            return Ok(broken(*chain, *seq));
+        }
+        tails.insert(*chain, (*seq, hash.clone()));
+    }
+    for (chain, head) in &heads {
+        match tails.get(chain) {
+            Some((_, tail)) if tail == head => {}
+            Some((seq, _)) => return Ok(broken(*chain, *seq)),
+            None => return Ok(broken(*chain, 0)),
+        }
+    }
+    Ok(Ok(rows.len() as u64))
+}

@@ -1,0 +1,129 @@
+//! The hash-chained audit trail against a real PostgreSQL cluster.
+
+use meridian_localpg::TempCluster;
+use meridian_shared::audit::{self, Record};
+use meridian_shared::schema::{PARTITIONED_TABLES, migrate, partition_name};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A migrated database with country DE's partitions, as the control plane leaves it.
+async fn database() -> (TempCluster, PgPool) {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+    migrate(&mut conn).await.unwrap();
+    for table in PARTITIONED_TABLES {
+        let sql = format!(
+            "CREATE TABLE {} PARTITION OF {table} FOR VALUES IN ('DE')",
+            partition_name(table, "DE")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let pool = PgPool::connect(&pg.url()).await.unwrap();
+    (pg, pool)
+}
+
+fn record(resource: &str) -> Record<'_> {
+    Record {
+        country_code: "DE",
+        actor: "patient-1",
+        action: "appointment.book",
+        resource,
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_appends_form_intact_chains() {
+    let (_pg, pool) = database().await;
+    let writers = (0..16).map(|w| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for i in 0..25 {
+                let mut tx = pool.begin().await.unwrap();
+                audit::append(&mut tx, &record(&format!("appointment/{w}-{i}")))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(audit::verify(&mut conn, "DE").await.unwrap(), Ok(400));
+    let chains: i64 = sqlx::query_scalar("SELECT count(DISTINCT chain) FROM audit")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert!(chains > 1, "records spread over chains");
+}
+
+#[tokio::test]
+async fn a_rolled_back_change_leaves_no_record() {
+    let (_pg, pool) = database().await;
+    let mut tx = pool.begin().await.unwrap();
+    audit::append(&mut tx, &record("appointment/1")).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(audit::verify(&mut conn, "DE").await.unwrap(), Ok(0));
+}
+
+#[tokio::test]
+async fn records_cannot_be_changed_and_tampering_is_detected() {
+    let (_pg, pool) = database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    for i in 0..5 {
+        audit::append(&mut conn, &record(&format!("patient/{i}")))
+            .await
+            .unwrap();
+    }
+    let refused = sqlx::query("UPDATE audit SET actor = 'someone-else'")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    let refused = sqlx::query("DELETE FROM audit").execute(&mut *conn).await.unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    // Someone with the power to switch the trigger off rewrites a record: the chain shows it.
+    let victim: (i16, i64) = sqlx::query_as("SELECT chain, seq FROM audit ORDER BY seq LIMIT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER TABLE audit_de DISABLE TRIGGER USER")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE seq = $1")
+        .bind(victim.1)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let broken = audit::verify(&mut conn, "DE").await.unwrap().unwrap_err();
+    assert_eq!((broken.chain, broken.seq), victim);
+
+    // Removing the newest records of a chain is caught by the chain's head.
+    sqlx::query("UPDATE audit SET actor = 'patient-1' WHERE seq = $1")
+        .bind(victim.1)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&mut conn, "DE").await.unwrap(), Ok(5));
+    let newest: (i16, i64) = sqlx::query_as("SELECT chain, seq FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit WHERE seq = $1")
+        .bind(newest.1)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        audit::verify(&mut conn, "DE").await.unwrap().unwrap_err().chain,
+        newest.0
+    );
+}
