@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use meridian_shared::schema::{MIGRATIONS, PARTITIONED_TABLES, partition_constraints, partition_name};
+use meridian_shared::schema::{
+    MIGRATIONS, PARTITIONED_TABLES, create_partition_sql, partition_constraints, partition_name,
+};
 
 /// One change to a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +45,7 @@ impl Change {
     pub fn sql(&self) -> String {
         match self {
             Change::ApplyMigration { version, name } => format!("-- migration {version:04}_{name}.sql"),
-            Change::CreatePartition { table, partition, code } => {
-                format!("CREATE TABLE IF NOT EXISTS \"{partition}\" PARTITION OF \"{table}\" FOR VALUES IN ('{code}');")
-            }
+            Change::CreatePartition { table, code, .. } => create_partition_sql(table, code),
             Change::AttachPartition { table, partition, code } => {
                 format!("ALTER TABLE \"{table}\" ATTACH PARTITION \"{partition}\" FOR VALUES IN ('{code}');")
             }
@@ -215,6 +215,15 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"audit_heads_de\" PARTITION OF \"audit_heads\" FOR VALUES IN ('DE');",
             ]
         );
+    }
+
+    #[test]
+    fn a_new_country_gets_exactly_what_the_schema_says_a_fresh_one_needs() {
+        let planned: Vec<String> = partitions("PT", PartitionGoal::Present, &Observed::default())
+            .iter()
+            .map(Change::sql)
+            .collect();
+        assert_eq!(planned, meridian_shared::schema::fresh_country_sql("PT"));
     }
 
     #[test]

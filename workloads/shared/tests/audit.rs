@@ -2,7 +2,7 @@
 
 use meridian_localpg::TempCluster;
 use meridian_shared::audit::{self, Record};
-use meridian_shared::schema::{PARTITIONED_TABLES, migrate, partition_name};
+use meridian_shared::schema::{fresh_country_sql, migrate};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -11,11 +11,7 @@ async fn database() -> (TempCluster, PgPool) {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
     migrate(&mut conn).await.unwrap();
-    for table in PARTITIONED_TABLES {
-        let sql = format!(
-            "CREATE TABLE {} PARTITION OF {table} FOR VALUES IN ('DE')",
-            partition_name(table, "DE")
-        );
+    for sql in fresh_country_sql("DE") {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await

@@ -6,4 +6,7 @@ mod partitions;
 pub use migrations::{
     MIGRATIONS, MIGRATIONS_TABLE, Migration, MigrationError, applied_versions, check_applied, migrate,
 };
-pub use partitions::{PARTITIONED_TABLES, PartitionConstraint, partition_constraints, partition_name};
+pub use partitions::{
+    PARTITIONED_TABLES, PartitionConstraint, create_partition_sql, fresh_country_sql, partition_constraints,
+    partition_name,
+};

@@ -15,6 +15,25 @@ pub fn partition_name(table: &str, code: &str) -> String {
     format!("{table}_{}", code.to_ascii_lowercase())
 }
 
+/// The DDL that creates `table`'s partition for country `code` (safe to repeat).
+pub fn create_partition_sql(table: &str, code: &str) -> String {
+    let partition = partition_name(table, code);
+    format!("CREATE TABLE IF NOT EXISTS \"{partition}\" PARTITION OF \"{table}\" FOR VALUES IN ('{code}');")
+}
+
+/// Everything a migrated, empty database needs for country `code`, in order: what the
+/// control plane applies when a Country is created. For tests and benchmarks that start a
+/// database of their own.
+pub fn fresh_country_sql(code: &str) -> Vec<String> {
+    PARTITIONED_TABLES
+        .iter()
+        .flat_map(|table| {
+            std::iter::once(create_partition_sql(table, code))
+                .chain(partition_constraints(table, code).into_iter().map(|c| c.sql))
+        })
+        .collect()
+}
+
 /// A constraint that every partition of a table carries, because PostgreSQL cannot declare
 /// it once on the partitioned parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
