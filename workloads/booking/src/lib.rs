@@ -1,5 +1,7 @@
 //! The booking domain. So far: free-slot computation over weekly availability in a
-//! country's time zone, correct across daylight-saving changes. The HTTP service, the
-//! appointment store and live slots follow (issue "Booking service").
+//! country's time zone, correct across daylight-saving changes, and booking an appointment
+//! that the database guarantees is never double booked. The HTTP service, practitioners,
+//! availability storage and live slots follow (issue "Booking service").
 
+pub mod appointments;
 pub mod slots;

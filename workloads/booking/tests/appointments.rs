@@ -1,0 +1,185 @@
+//! Booking against a real PostgreSQL cluster: races, replays and refusals.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use meridian_booking::appointments::{BookRequest, BookingError, Clash, book};
+use meridian_localpg::TempCluster;
+use meridian_shared::schema::{fresh_country_sql, migrate};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A migrated database holding country DE, with one practitioner.
+async fn database() -> (TempCluster, PgPool, Uuid) {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+    migrate(&mut conn).await.unwrap();
+    for sql in fresh_country_sql("DE") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let practitioner = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('DE', $1, 'Anna', 'Schmidt', 'cardiology', 'Berlin')",
+    )
+    .bind(practitioner)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(32)
+        .connect(&pg.url())
+        .await
+        .unwrap();
+    (pg, pool, practitioner)
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn request(practitioner: Uuid, patient: &str, start: &str, key: &str) -> BookRequest {
+    let starts_at = at(start);
+    BookRequest {
+        country_code: "DE".into(),
+        practitioner_id: practitioner,
+        patient_id: patient.into(),
+        starts_at,
+        ends_at: starts_at + Duration::minutes(30),
+        reason: Some("Kontrolle".into()),
+        idempotency_key: key.into(),
+        actor: patient.into(),
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn many_patients_racing_for_one_slot_exactly_one_wins() {
+    let (_pg, pool, practitioner) = database().await;
+    let pool = Arc::new(pool);
+    let racers: Vec<_> = (0..32)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let r = request(
+                    practitioner,
+                    &format!("patient-{i}"),
+                    "2026-12-01T09:00:00Z",
+                    &format!("key-{i}"),
+                );
+                book(&pool, &r).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    let mut lost = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(booked) => {
+                assert!(!booked.replayed);
+                won += 1;
+            }
+            Err(BookingError::Conflict(Clash::PractitionerBusy)) => lost += 1,
+            Err(other) => panic!("a lost race must be a conflict, not {other}"),
+        }
+    }
+    assert_eq!((won, lost), (1, 31));
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM appointments WHERE status = 'booked'").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'appointment.booked'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM audit WHERE action = 'appointment.book'").await,
+        1
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(meridian_shared::audit::verify(&mut conn, "DE").await.unwrap(), Ok(1));
+}
+
+#[tokio::test]
+async fn a_replayed_idempotency_key_returns_the_first_booking_and_books_nothing_more() {
+    let (_pg, pool, practitioner) = database().await;
+    let first = book(&pool, &request(practitioner, "p1", "2026-12-01T10:00:00Z", "k1"))
+        .await
+        .unwrap();
+    let again = book(&pool, &request(practitioner, "p1", "2026-12-01T10:00:00Z", "k1"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.appointment, first.appointment);
+    assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
+
+    let other = book(&pool, &request(practitioner, "p1", "2026-12-01T11:00:00Z", "k1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(other, BookingError::KeyReused), "{other}");
+}
+
+#[tokio::test]
+async fn a_patient_cannot_hold_two_overlapping_appointments() {
+    let (_pg, pool, practitioner) = database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let colleague = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('DE', $1, 'Jonas', 'Weber', 'cardiology', 'Berlin')",
+    )
+    .bind(colleague)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "a"))
+        .await
+        .unwrap();
+    let overlap = book(&pool, &request(colleague, "p1", "2026-12-01T09:15:00Z", "b"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(overlap, BookingError::Conflict(Clash::PatientBusy)),
+        "{overlap}"
+    );
+    // Back to back is fine.
+    book(&pool, &request(colleague, "p1", "2026-12-01T09:30:00Z", "c"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_written() {
+    let (_pg, pool, practitioner) = database().await;
+    let unknown = Uuid::new_v4();
+    let err = book(&pool, &request(unknown, "p1", "2026-12-01T09:00:00Z", "a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BookingError::UnknownPractitioner(id) if id == unknown));
+    sqlx::query("UPDATE practitioners SET active = false")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BookingError::UnknownPractitioner(_)));
+    for table in ["appointments", "outbox", "audit"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+}
