@@ -4,4 +4,5 @@
 //! availability storage and live slots follow (issue "Booking service").
 
 pub mod appointments;
+pub mod practitioners;
 pub mod slots;

@@ -36,3 +36,26 @@ pub async fn enqueue<P: Serialize>(conn: &mut PgConnection, event: &Event<'_, P>
     .await?;
     Ok(())
 }
+
+/// Writes many events in one statement, in order, inside the caller's transaction.
+pub async fn enqueue_all<P: Serialize>(conn: &mut PgConnection, events: &[Event<'_, P>]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let encode = |e: &Event<'_, P>| serde_json::to_value(e.payload).map_err(|err| sqlx::Error::Encode(Box::new(err)));
+    let payloads = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+         SELECT c, t, y, k, p FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+             WITH ORDINALITY AS e(c, t, y, k, p, n)
+         ORDER BY n",
+    )
+    .bind(events.iter().map(|e| e.country_code).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.topic).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.key).collect::<Vec<_>>())
+    .bind(payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
