@@ -4,5 +4,6 @@
 //! availability storage and live slots follow (issue "Booking service").
 
 pub mod appointments;
+pub mod http;
 pub mod practitioners;
 pub mod slots;

@@ -1,0 +1,98 @@
+//! Who is calling, for which country: the bearer token checked, the country known and
+//! serving, the token allowed to act in it.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use meridian_shared::auth::{Principal, Role};
+use uuid::Uuid;
+
+use super::{CountryEntry, Problem, Service, Serving};
+
+/// A verified caller acting in one country.
+pub struct Caller {
+    pub principal: Principal,
+    pub country: CountryEntry,
+    /// From `X-Correlation-ID`, or new; ties the audit records to the request.
+    pub correlation_id: Uuid,
+}
+
+impl Caller {
+    /// Refuses callers that hold none of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), Problem> {
+        if roles.iter().any(|r| self.principal.has_role(*r)) {
+            return Ok(());
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(Problem::forbidden(format!(
+            "this needs one of the roles {}",
+            names.join(", ")
+        )))
+    }
+
+    pub fn actor(&self) -> crate::practitioners::Actor<'_> {
+        crate::practitioners::Actor {
+            subject: &self.principal.subject,
+            correlation_id: self.correlation_id,
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Service>> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Arc<Service>) -> Result<Self, Problem> {
+        let Path(params): Path<Vec<(String, String)>> = Path::from_request_parts(parts, service)
+            .await
+            .map_err(|e| Problem::not_found(e.body_text()))?;
+        let cc = params
+            .iter()
+            .find(|(k, _)| k == "cc")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        let country = match service.countries.get(cc) {
+            None => return Err(Problem::not_found(format!("no country {cc:?} is served here"))),
+            Some(CountryEntry {
+                serving: Serving::NotReady(why),
+                ..
+            }) => {
+                return Err(Problem::not_found(format!("country {cc:?} is not Ready: {why}")));
+            }
+            Some(CountryEntry {
+                serving: Serving::Suspended,
+                ..
+            }) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Suspended",
+                    format!("country {cc:?} is suspended"),
+                ));
+            }
+            Some(entry) => entry,
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = service.verifier.verify_header(header)?;
+        if !principal.may_act_in(&country.code) {
+            return Err(Problem::forbidden(format!(
+                "the token may not act in country {}",
+                country.code
+            )));
+        }
+        let correlation_id = parts
+            .headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(Uuid::new_v4);
+        Ok(Caller {
+            principal,
+            country,
+            correlation_id,
+        })
+    }
+}

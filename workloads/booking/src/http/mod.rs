@@ -1,0 +1,66 @@
+//! The booking service's HTTP API, served under `/{cc}/v1/...` for every country its
+//! Region holds. Handlers are thin: they check the caller and hand over to the domain
+//! functions, which work over one transaction each.
+
+mod caller;
+mod practitioners;
+mod problem;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use chrono_tz::Tz;
+use meridian_shared::auth::Verifier;
+use sqlx::PgPool;
+
+pub use caller::Caller;
+pub use problem::{InvalidField, Problem};
+
+/// Whether a country answers requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Serving {
+    Ready,
+    /// Known but not Ready: the reason, as its `Ready` condition says.
+    NotReady(String),
+    Suspended,
+}
+
+/// One country this service holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountryEntry {
+    /// Upper-case ISO code, as stored in `country_code`.
+    pub code: String,
+    pub timezone: Tz,
+    pub serving: Serving,
+}
+
+/// The countries of this service's Region, kept current by whoever runs the service (the
+/// reconciled state in `meridian dev`).
+#[derive(Clone, Default)]
+pub struct Countries(Arc<RwLock<BTreeMap<String, CountryEntry>>>);
+
+impl Countries {
+    /// Replaces the whole table.
+    pub fn set(&self, entries: impl IntoIterator<Item = CountryEntry>) {
+        let table = entries.into_iter().map(|e| (e.code.to_ascii_lowercase(), e)).collect();
+        *self.0.write().expect("countries lock") = table;
+    }
+
+    /// The entry for path segment `cc` (lower case in URLs).
+    pub fn get(&self, cc: &str) -> Option<CountryEntry> {
+        self.0.read().expect("countries lock").get(cc).cloned()
+    }
+}
+
+/// What every handler shares.
+pub struct Service {
+    pub pool: PgPool,
+    pub verifier: Arc<Verifier>,
+    pub countries: Countries,
+}
+
+/// The routes of the booking service.
+pub fn app(service: Arc<Service>) -> Router {
+    Router::new().merge(practitioners::router()).with_state(service)
+}

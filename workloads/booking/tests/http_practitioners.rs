@@ -1,0 +1,291 @@
+//! The practitioners API as a client sees it: status codes, problem bodies, roles and
+//! countries, against a real PostgreSQL cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
+use meridian_localpg::TempCluster;
+use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::schema::{fresh_country_sql, migrate};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tower::ServiceExt;
+
+struct Api {
+    _pg: TempCluster,
+    app: axum::Router,
+    issuer: DevIssuer,
+    countries: Countries,
+}
+
+async fn api() -> Api {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+    migrate(&mut conn).await.unwrap();
+    for code in ["DE", "AT"] {
+        for sql in fresh_country_sql(code) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let issuer = DevIssuer::new("http://issuer.test", "meridian");
+    let countries = Countries::default();
+    countries.set([
+        CountryEntry {
+            code: "DE".into(),
+            timezone: chrono_tz::Europe::Berlin,
+            serving: Serving::Ready,
+        },
+        CountryEntry {
+            code: "AT".into(),
+            timezone: chrono_tz::Europe::Vienna,
+            serving: Serving::Ready,
+        },
+    ]);
+    let service = Service {
+        pool: PgPool::connect(&pg.url()).await.unwrap(),
+        verifier: Arc::new(issuer.verifier()),
+        countries: countries.clone(),
+    };
+    Api {
+        _pg: pg,
+        app: app(Arc::new(service)),
+        issuer,
+        countries,
+    }
+}
+
+impl Api {
+    fn token(&self, roles: &[Role], countries: &[&str]) -> String {
+        self.issuer.token("user-1", roles, countries, Duration::from_secs(300))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.raw(request.body(body).unwrap()).await
+    }
+
+    async fn raw(&self, request: Request<Body>) -> (StatusCode, Value, String) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            content_type,
+        )
+    }
+}
+
+fn anna() -> Value {
+    json!({"externalId": "lanr-1", "givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin", "languages": ["de"]})
+}
+
+#[tokio::test]
+async fn a_clinic_admin_manages_practitioners_and_a_patient_browses_them() {
+    let api = api().await;
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let (status, created, _) = api
+        .call("POST", "/de/v1/practitioners", Some(&admin), Some(anna()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let patient = api.token(&[Role::Patient], &["DE"]);
+    let (status, page, _) = api
+        .call("GET", "/de/v1/practitioners?limit=10", Some(&patient), None)
+        .await;
+    assert_eq!(
+        (status, page["items"][0]["familyName"].as_str()),
+        (StatusCode::OK, Some("Schmidt"))
+    );
+
+    let mut changed = anna();
+    changed["city"] = "Potsdam".into();
+    let request = Request::put(format!("/de/v1/practitioners/{id}"))
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "1")
+        .body(Body::from(changed.to_string()))
+        .unwrap();
+    let (status, updated, _) = api.raw(request).await;
+    assert_eq!((status, updated["version"].as_i64()), (StatusCode::OK, Some(2)));
+
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{id}/deactivate"),
+            Some(&patient),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "patients do not manage practitioners");
+    let (status, off, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{id}/deactivate"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((status, off["active"].as_bool()), (StatusCode::OK, Some(false)));
+}
+
+#[tokio::test]
+async fn countries_are_walls() {
+    let api = api().await;
+    let de_admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let (status, problem, content_type) = api
+        .call("POST", "/at/v1/practitioners", Some(&de_admin), Some(anna()))
+        .await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::FORBIDDEN, "application/problem+json")
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("AT"), "{problem}");
+
+    let (_, created, _) = api
+        .call("POST", "/de/v1/practitioners", Some(&de_admin), Some(anna()))
+        .await;
+    let everywhere = api.token(&[Role::SystemAdmin], &["*"]);
+    let id = created["id"].as_str().unwrap();
+    let (status, _, _) = api
+        .call("GET", &format!("/at/v1/practitioners/{id}"), Some(&everywhere), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a German practitioner is not found under /at"
+    );
+
+    let (status, problem, _) = api.call("GET", "/fr/v1/practitioners", Some(&everywhere), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(problem["detail"].as_str().unwrap().contains("no country"), "{problem}");
+    api.countries.set([CountryEntry {
+        code: "DE".into(),
+        timezone: chrono_tz::Europe::Berlin,
+        serving: Serving::NotReady("RegionNotReady: waiting".into()),
+    }]);
+    let (status, problem, _) = api.call("GET", "/de/v1/practitioners", Some(&everywhere), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(problem["detail"].as_str().unwrap().contains("not Ready"), "{problem}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_bodies_that_name_the_field() {
+    let api = api().await;
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let (status, problem, content_type) = api.call("GET", "/de/v1/practitioners", None, None).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::UNAUTHORIZED, "application/problem+json")
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("Bearer"), "{problem}");
+
+    let mut bad = anna();
+    bad["givenName"] = "".into();
+    let (status, problem, _) = api.call("POST", "/de/v1/practitioners", Some(&admin), Some(bad)).await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("givenName"))
+    );
+
+    let mut missing = anna();
+    missing.as_object_mut().unwrap().remove("city");
+    let (status, problem, _) = api
+        .call("POST", "/de/v1/practitioners", Some(&admin), Some(missing))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem["detail"].as_str().unwrap().contains("city"), "{problem}");
+
+    let malformed = Request::post("/de/v1/practitioners")
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"givenName\": "))
+        .unwrap();
+    let (status, problem, _) = api.raw(malformed).await;
+    assert_eq!(
+        (status, problem["title"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("Malformed request"))
+    );
+
+    let huge = Request::post("/de/v1/practitioners")
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(format!(
+            "{{\"givenName\": \"{}\"}}",
+            "x".repeat(3 * 1024 * 1024)
+        )))
+        .unwrap();
+    let (status, _, content_type) = api.raw(huge).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "application/problem+json")
+    );
+
+    let (status, problem, _) = api
+        .call("GET", "/de/v1/practitioners?limit=9999", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit"))
+    );
+}
+
+#[tokio::test]
+async fn an_import_reports_bad_rows_and_keeps_the_good_ones() {
+    let api = api().await;
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let rows: Vec<Value> = (0..2000)
+        .map(|i| {
+            let mut row = anna();
+            row["externalId"] = format!("lanr-{i}").into();
+            if i == 7 {
+                row["city"] = "".into();
+            }
+            row
+        })
+        .collect();
+    let (status, report, _) = api
+        .call("POST", "/de/v1/practitioners/import", Some(&admin), Some(json!(rows)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["errors"][0]["row"].as_u64()),
+        (Some(1999), Some(7))
+    );
+    let (_, again, _) = api
+        .call("POST", "/de/v1/practitioners/import", Some(&admin), Some(json!(rows)))
+        .await;
+    assert_eq!(
+        (again["created"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(1999))
+    );
+}
