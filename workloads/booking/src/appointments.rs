@@ -116,6 +116,31 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     })
 }
 
+/// The booked time of a practitioner between `from` and `until`, for slot computation.
+pub async fn booked(
+    pool: &PgPool,
+    country: &str,
+    practitioner: Uuid,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<crate::slots::Interval>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT starts_at, ends_at FROM appointments
+          WHERE country_code = $1 AND practitioner_id = $2 AND status = 'booked'
+            AND starts_at < $4 AND ends_at > $3",
+    )
+    .bind(country)
+    .bind(practitioner)
+    .bind(from)
+    .bind(until)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(start, end)| crate::slots::Interval { start, end })
+        .collect())
+}
+
 /// The first booking made with this key, if it asked for the same thing.
 async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
     let first = sqlx::query_as::<_, Appointment>(

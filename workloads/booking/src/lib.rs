@@ -4,6 +4,7 @@
 //! availability storage and live slots follow (issue "Booking service").
 
 pub mod appointments;
+pub mod availability;
 pub mod http;
 pub mod practitioners;
 pub mod slots;

@@ -289,3 +289,79 @@ async fn an_import_reports_bad_rows_and_keeps_the_good_ones() {
         (Some(0), Some(1999))
     );
 }
+
+#[tokio::test]
+async fn weekly_availability_becomes_slots_in_local_time() {
+    let api = api().await;
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let (_, created, _) = api
+        .call("POST", "/de/v1/practitioners", Some(&admin), Some(anna()))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let monday = json!({"kind": "weekly", "weekday": 1, "start": "09:00:00", "end": "10:00:00", "slotMinutes": 30});
+    let (status, stored, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{id}/availability"),
+            Some(&admin),
+            Some(monday),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stored}");
+    let bad = json!({"kind": "weekly", "weekday": 8, "start": "10:00:00", "end": "09:00:00", "slotMinutes": 30});
+    let (status, problem, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{id}/availability"),
+            Some(&admin),
+            Some(bad),
+        )
+        .await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (status, fields),
+        (StatusCode::UNPROCESSABLE_ENTITY, vec!["end", "weekday"])
+    );
+
+    let patient = api.token(&[Role::Patient], &["DE"]);
+    // 22 and 29 March 2027 are Mondays either side of the change to summer time (28 March).
+    let (status, body, _) = api
+        .call(
+            "GET",
+            &format!("/de/v1/practitioners/{id}/slots?from=2027-03-22&to=2027-03-29"),
+            Some(&patient),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let starts: Vec<&str> = body["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["localStart"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "2027-03-22T09:00:00+01:00",
+            "2027-03-22T09:30:00+01:00",
+            "2027-03-29T09:00:00+02:00",
+            "2027-03-29T09:30:00+02:00"
+        ]
+    );
+    assert_eq!(body["slots"][2]["start"], "2027-03-29T07:00:00Z");
+    let (status, _, _) = api
+        .call(
+            "GET",
+            &format!("/de/v1/practitioners/{id}/slots?from=2027-03-22&to=2027-09-22"),
+            Some(&patient),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "ranges are bounded");
+}

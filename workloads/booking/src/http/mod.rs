@@ -2,6 +2,7 @@
 //! Region holds. Handlers are thin: they check the caller and hand over to the domain
 //! functions, which work over one transaction each.
 
+mod availability;
 mod caller;
 mod practitioners;
 mod problem;
@@ -62,5 +63,8 @@ pub struct Service {
 
 /// The routes of the booking service.
 pub fn app(service: Arc<Service>) -> Router {
-    Router::new().merge(practitioners::router()).with_state(service)
+    Router::new()
+        .merge(practitioners::router())
+        .merge(availability::router())
+        .with_state(service)
 }

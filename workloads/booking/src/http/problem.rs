@@ -150,6 +150,12 @@ impl From<BookingError> for Problem {
     }
 }
 
+impl From<sqlx::Error> for Problem {
+    fn from(e: sqlx::Error) -> Self {
+        Problem::internal(&e)
+    }
+}
+
 fn field(e: FieldError) -> InvalidField {
     InvalidField {
         field: e.field.into(),
