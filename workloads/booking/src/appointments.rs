@@ -8,6 +8,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+pub use crate::Actor;
+
 /// A request to book, after the HTTP layer has checked the caller and the slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BookRequest {
@@ -26,6 +28,7 @@ pub struct BookRequest {
 
 /// A booked (or since cancelled, moved...) appointment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
 pub struct Appointment {
     pub id: Uuid,
     pub country_code: String,
@@ -49,6 +52,8 @@ pub enum Clash {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
+    #[error("appointment {0} not found")]
+    NotFound(Uuid),
     #[error("the time is no longer free: {0:?}")]
     Conflict(Clash),
     #[error("practitioner {0} does not exist or does not take appointments")]
@@ -108,7 +113,12 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
         payload: &appointment,
     };
     outbox::enqueue(&mut tx, &event).await?;
-    record(&mut tx, request, "appointment.book", appointment.id).await?;
+    let actor = Actor {
+        subject: &request.actor,
+        correlation_id: request.correlation_id,
+    };
+    let resource = format!("appointment/{}", appointment.id);
+    audit_entry(&mut tx, &request.country_code, actor, "appointment.book", &resource).await?;
     tx.commit().await?;
     Ok(Booked {
         appointment,
@@ -164,18 +174,6 @@ async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingE
     })
 }
 
-async fn record(conn: &mut PgConnection, request: &BookRequest, action: &str, id: Uuid) -> Result<(), sqlx::Error> {
-    let resource = format!("appointment/{id}");
-    let entry = audit::Record {
-        country_code: &request.country_code,
-        actor: &request.actor,
-        action,
-        resource: &resource,
-        correlation_id: request.correlation_id,
-    };
-    audit::append(conn, &entry).await
-}
-
 /// Maps the exclusion constraints' violations to the rule they guard.
 fn clash(error: sqlx::Error) -> BookingError {
     let constraint = error
@@ -189,4 +187,158 @@ fn clash(error: sqlx::Error) -> BookingError {
     } else {
         BookingError::Database(error)
     }
+}
+
+const COLUMNS: &str = "id, country_code, practitioner_id, patient_id, starts_at, ends_at, status, reason";
+
+/// Whose appointments a caller may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Patient(String),
+    Practitioner(Uuid),
+    /// Staff of the country: all of them.
+    Country,
+}
+
+impl Scope {
+    fn admits(&self, appointment: &Appointment) -> bool {
+        match self {
+            Scope::Patient(patient) => &appointment.patient_id == patient,
+            Scope::Practitioner(id) => &appointment.practitioner_id == id,
+            Scope::Country => true,
+        }
+    }
+}
+
+/// One appointment, if `scope` may see it (otherwise it does not exist for the caller).
+/// The read is audited.
+pub async fn get(
+    pool: &PgPool,
+    country: &str,
+    id: Uuid,
+    scope: &Scope,
+    actor: Actor<'_>,
+) -> Result<Appointment, BookingError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND id = $2"
+    )))
+    .bind(country)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let appointment = found.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))?;
+    audit_entry(
+        &mut tx,
+        country,
+        actor,
+        "appointment.read",
+        &format!("appointment/{id}"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(appointment)
+}
+
+/// The appointments `scope` may see, soonest first, from `from` on. The read is audited.
+pub async fn list(
+    pool: &PgPool,
+    country: &str,
+    scope: &Scope,
+    from: DateTime<Utc>,
+    limit: u32,
+    actor: Actor<'_>,
+) -> Result<Vec<Appointment>, BookingError> {
+    let (patient, practitioner) = match scope {
+        Scope::Patient(p) => (Some(p.clone()), None),
+        Scope::Practitioner(id) => (None, Some(*id)),
+        Scope::Country => (None, None),
+    };
+    let mut tx = pool.begin().await?;
+    let found: Vec<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM appointments
+          WHERE country_code = $1 AND ends_at > $2
+            AND ($3::text IS NULL OR patient_id = $3) AND ($4::uuid IS NULL OR practitioner_id = $4)
+          ORDER BY starts_at, id LIMIT $5"
+    )))
+    .bind(country)
+    .bind(from)
+    .bind(&patient)
+    .bind(practitioner)
+    .bind(i64::from(limit.clamp(1, 500)))
+    .fetch_all(&mut *tx)
+    .await?;
+    let resource = match scope {
+        Scope::Patient(p) => format!("patient/{p}/appointments"),
+        Scope::Practitioner(id) => format!("practitioner/{id}/appointments"),
+        Scope::Country => format!("country/{country}/appointments"),
+    };
+    audit_entry(&mut tx, country, actor, "appointment.list", &resource).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Cancels a booked appointment; cancelling it again returns it unchanged.
+pub async fn cancel(
+    pool: &PgPool,
+    country: &str,
+    id: Uuid,
+    scope: &Scope,
+    actor: Actor<'_>,
+) -> Result<Appointment, BookingError> {
+    let mut tx = pool.begin().await?;
+    let current: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND id = $2 FOR UPDATE"
+    )))
+    .bind(country)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = current.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))?;
+    if current.status != "booked" {
+        return Ok(current);
+    }
+    let cancelled: Appointment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE appointments SET status = 'cancelled', updated_at = now()
+          WHERE country_code = $1 AND id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(country)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = outbox::Event {
+        country_code: country,
+        topic: outbox::APPOINTMENT_EVENTS,
+        event_type: "appointment.cancelled",
+        key: cancelled.practitioner_id,
+        payload: &cancelled,
+    };
+    outbox::enqueue(&mut tx, &event).await?;
+    audit_entry(
+        &mut tx,
+        country,
+        actor,
+        "appointment.cancel",
+        &format!("appointment/{id}"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+async fn audit_entry(
+    conn: &mut PgConnection,
+    country: &str,
+    actor: Actor<'_>,
+    action: &str,
+    resource: &str,
+) -> Result<(), sqlx::Error> {
+    let record = audit::Record {
+        country_code: country,
+        actor: actor.subject,
+        action,
+        resource,
+        correlation_id: actor.correlation_id,
+    };
+    audit::append(conn, &record).await
 }

@@ -8,3 +8,12 @@ pub mod availability;
 pub mod http;
 pub mod practitioners;
 pub mod slots;
+
+/// Who reads or changes personal data, for the audit trail.
+#[derive(Clone, Copy, Debug)]
+pub struct Actor<'a> {
+    /// The token's subject.
+    pub subject: &'a str,
+    /// The request's correlation ID.
+    pub correlation_id: uuid::Uuid,
+}

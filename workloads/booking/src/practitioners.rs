@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+pub use crate::Actor;
+
 /// A practitioner as stored and served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
@@ -97,13 +99,6 @@ pub enum PractitionerError {
     DuplicateExternalId(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-}
-
-/// Who is acting, for the audit trail.
-#[derive(Clone, Copy, Debug)]
-pub struct Actor<'a> {
-    pub subject: &'a str,
-    pub correlation_id: Uuid,
 }
 
 const COLUMNS: &str =

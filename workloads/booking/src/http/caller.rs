@@ -32,10 +32,32 @@ impl Caller {
         )))
     }
 
-    pub fn actor(&self) -> crate::practitioners::Actor<'_> {
-        crate::practitioners::Actor {
+    pub fn actor(&self) -> crate::Actor<'_> {
+        crate::Actor {
             subject: &self.principal.subject,
             correlation_id: self.correlation_id,
+        }
+    }
+
+    /// Whose appointments this caller may see: staff see the country's, a practitioner
+    /// (whose token subject is their practitioner ID) theirs, a patient their own.
+    pub fn scope(&self) -> Result<crate::appointments::Scope, Problem> {
+        use crate::appointments::Scope;
+        let p = &self.principal;
+        if [Role::SystemAdmin, Role::ClinicAdmin, Role::PracticeManager]
+            .iter()
+            .any(|r| p.has_role(*r))
+        {
+            Ok(Scope::Country)
+        } else if p.has_role(Role::Practitioner) {
+            p.subject
+                .parse()
+                .map(Scope::Practitioner)
+                .map_err(|_| Problem::forbidden("a practitioner's token must name the practitioner ID as its subject"))
+        } else if p.has_role(Role::Patient) {
+            Ok(Scope::Patient(p.subject.clone()))
+        } else {
+            Err(Problem::forbidden("the token holds no role that sees appointments"))
         }
     }
 }

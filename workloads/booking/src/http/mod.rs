@@ -2,6 +2,7 @@
 //! Region holds. Handlers are thin: they check the caller and hand over to the domain
 //! functions, which work over one transaction each.
 
+mod appointments;
 mod availability;
 mod caller;
 mod practitioners;
@@ -66,5 +67,6 @@ pub fn app(service: Arc<Service>) -> Router {
     Router::new()
         .merge(practitioners::router())
         .merge(availability::router())
+        .merge(appointments::router())
         .with_state(service)
 }

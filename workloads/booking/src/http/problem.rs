@@ -140,6 +140,7 @@ impl From<BookingError> for Problem {
                 field: "practitionerId".into(),
                 message: e.to_string(),
             }]),
+            BookingError::NotFound(_) => Problem::not_found(e.to_string()),
             BookingError::KeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Idempotency key reused",

@@ -1,0 +1,189 @@
+//! `/{cc}/v1/appointments`: book (with an `Idempotency-Key`), read, list mine, cancel.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use meridian_shared::auth::Role;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::problem::Body;
+use super::{Caller, InvalidField, Problem, Service};
+use crate::appointments::{self, BookRequest, Scope};
+use crate::{availability, practitioners, slots};
+
+/// Staff who book on a patient's behalf.
+const STAFF: &[Role] = &[Role::PracticeManager, Role::ClinicAdmin, Role::SystemAdmin];
+
+pub fn router() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/{cc}/v1/appointments", post(book).get(mine))
+        .route("/{cc}/v1/appointments/{id}", get(read))
+        .route("/{cc}/v1/appointments/{id}/cancel", post(cancel))
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Problem {
+    Problem::invalid(vec![InvalidField {
+        field: field.into(),
+        message: message.into(),
+    }])
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewAppointment {
+    practitioner_id: Uuid,
+    /// Start of a free slot, as `/slots` lists it.
+    start: DateTime<Utc>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// Only staff book for someone else; a patient books for themselves.
+    #[serde(default)]
+    patient_id: Option<String>,
+}
+
+async fn book(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Body(new): Body<NewAppointment>,
+) -> Result<Response, Problem> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| (1..=200).contains(&k.len()))
+        .ok_or_else(|| {
+            invalid(
+                "Idempotency-Key",
+                "the header is required (1 to 200 characters) on every booking",
+            )
+        })?;
+    let patient_id = match (&new.patient_id, caller.principal.has_role(Role::Patient)) {
+        (Some(patient), _) => {
+            caller
+                .require(STAFF)
+                .map_err(|_| invalid("patientId", "only staff book for another patient"))?;
+            patient.clone()
+        }
+        (None, true) => caller.principal.subject.clone(),
+        (None, false) => return Err(invalid("patientId", "staff must name the patient")),
+    };
+    if new.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(invalid(
+            "reason",
+            "must be at most 500 characters (reason for visit only)",
+        ));
+    }
+    if new.start <= Utc::now() {
+        return Err(invalid("start", "must be in the future"));
+    }
+    let end = slot_end(&s, &caller, new.practitioner_id, new.start).await?;
+    let request = BookRequest {
+        country_code: caller.country.code.clone(),
+        practitioner_id: new.practitioner_id,
+        patient_id,
+        starts_at: new.start,
+        ends_at: end,
+        reason: new.reason,
+        idempotency_key: key.to_string(),
+        actor: caller.principal.subject.clone(),
+        correlation_id: caller.correlation_id,
+    };
+    let booked = appointments::book(&s.pool, &request).await?;
+    let status = if booked.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut response = (status, Json(booked.appointment)).into_response();
+    if booked.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The end of the practitioner's slot that starts at `start`, taken from availability
+/// alone: whether it is still free is the database's to decide, so that a lost race is a
+/// 409 and not a validation error.
+async fn slot_end(
+    s: &Service,
+    caller: &Caller,
+    practitioner: Uuid,
+    start: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Problem> {
+    let code = &caller.country.code;
+    let tz = caller.country.timezone;
+    let found = practitioners::get(&s.pool, code, practitioner).await;
+    if !found.as_ref().is_ok_and(|p| p.active) {
+        return Err(invalid(
+            "practitionerId",
+            "no such practitioner takes appointments in this country",
+        ));
+    }
+    let entries = availability::list(&s.pool, code, practitioner).await?;
+    let day = start.with_timezone(&tz).date_naive();
+    let offered = slots::free_slots(tz, &availability::for_slots(&entries), &[], day, day);
+    offered
+        .iter()
+        .find(|slot| slot.start == start)
+        .map(|slot| slot.end)
+        .ok_or_else(|| {
+            invalid(
+                "start",
+                "is not the start of one of the practitioner's slots (see /slots)",
+            )
+        })
+}
+
+async fn read(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, Uuid)>,
+) -> Result<Response, Problem> {
+    let scope = caller.scope()?;
+    Ok(Json(appointments::get(&s.pool, &caller.country.code, id, &scope, caller.actor()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Window {
+    from: Option<DateTime<Utc>>,
+    limit: Option<u32>,
+}
+
+async fn mine(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Query(window): Query<Window>,
+) -> Result<Response, Problem> {
+    let scope = caller.scope()?;
+    let limit = window.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(invalid("limit", "must be between 1 and 500"));
+    }
+    let from = window.from.unwrap_or_else(Utc::now);
+    let items = appointments::list(&s.pool, &caller.country.code, &scope, from, limit, caller.actor()).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn cancel(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, Uuid)>,
+) -> Result<Response, Problem> {
+    let scope = caller.scope()?;
+    if matches!(scope, Scope::Practitioner(_)) {
+        return Err(Problem::forbidden(
+            "practitioners do not cancel appointments here; mark time off instead",
+        ));
+    }
+    Ok(Json(appointments::cancel(&s.pool, &caller.country.code, id, &scope, caller.actor()).await?).into_response())
+}

@@ -1,0 +1,341 @@
+//! Booking over HTTP: idempotency keys, races answered with 409, who sees what.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
+use meridian_localpg::TempCluster;
+use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::schema::{fresh_country_sql, migrate};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tower::ServiceExt;
+
+struct Api {
+    _pg: TempCluster,
+    pool: PgPool,
+    app: axum::Router,
+    issuer: DevIssuer,
+    /// A practitioner available every day 09:00–12:00 Berlin time, in 30-minute slots.
+    practitioner: String,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let pg = TempCluster::start().await.expect("start PostgreSQL");
+        let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+        migrate(&mut conn).await.unwrap();
+        for sql in fresh_country_sql("DE") {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let issuer = DevIssuer::new("http://issuer.test", "meridian");
+        let countries = Countries::default();
+        countries.set([CountryEntry {
+            code: "DE".into(),
+            timezone: chrono_tz::Europe::Berlin,
+            serving: Serving::Ready,
+        }]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&pg.url())
+            .await
+            .unwrap();
+        let service = Service {
+            pool: pool.clone(),
+            verifier: Arc::new(issuer.verifier()),
+            countries,
+        };
+        let mut api = Api {
+            _pg: pg,
+            pool,
+            app: app(Arc::new(service)),
+            issuer,
+            practitioner: String::new(),
+        };
+        let admin = api.token("admin", &[Role::ClinicAdmin]);
+        let profile =
+            json!({"givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin"});
+        let (_, created, _) = api
+            .call("POST", "/de/v1/practitioners", &admin, None, Some(profile))
+            .await;
+        api.practitioner = created["id"].as_str().unwrap().to_string();
+        for weekday in 1..=7 {
+            let rule = json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
+            let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
+            let (status, _, _) = api.call("POST", &path, &admin, None, Some(rule)).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        api
+    }
+
+    fn token(&self, subject: &str, roles: &[Role]) -> String {
+        self.issuer.token(subject, roles, &["DE"], Duration::from_secs(300))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, Option<String>) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self.app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), replayed)
+    }
+
+    /// The first free slot tomorrow, in UTC.
+    async fn tomorrow_first_slot(&self, token: &str) -> String {
+        let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+        let path = format!("/de/v1/practitioners/{}/slots?from={day}&to={day}", self.practitioner);
+        let (status, body, _) = self.call("GET", &path, token, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["slots"][0]["start"].as_str().unwrap().to_string()
+    }
+
+    fn booking(&self, start: &str) -> Value {
+        json!({"practitionerId": self.practitioner, "start": start, "reason": "Kontrolle"})
+    }
+}
+
+#[tokio::test]
+async fn a_patient_books_and_a_replay_returns_the_first_result() {
+    let api = Api::start().await;
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&patient).await;
+    let (status, first, replayed) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k-1"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, None), "{first}");
+    assert_eq!(first["patientId"], "patient-1");
+    let (status, again, replayed) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k-1"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    assert_eq!((status, replayed.as_deref()), (StatusCode::OK, Some("true")));
+    assert_eq!(again["id"], first["id"]);
+
+    // The slot is gone from /slots, and comes back when cancelled.
+    assert_ne!(api.tomorrow_first_slot(&patient).await, start);
+    let id = first["id"].as_str().unwrap();
+    let (status, cancelled, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{id}/cancel"),
+            &patient,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    assert_eq!(api.tomorrow_first_slot(&patient).await, start);
+}
+
+#[tokio::test]
+async fn racing_patients_get_one_booking_and_409s() {
+    let api = Arc::new(Api::start().await);
+    let probe = api.token("probe", &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&probe).await;
+    let racers: Vec<_> = (0..20)
+        .map(|i| {
+            let (api, start) = (api.clone(), start.clone());
+            tokio::spawn(async move {
+                let token = api.token(&format!("patient-{i}"), &[Role::Patient]);
+                api.call(
+                    "POST",
+                    "/de/v1/appointments",
+                    &token,
+                    Some(&format!("k-{i}")),
+                    Some(api.booking(&start)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        let (status, body, _) = racer.await.unwrap();
+        if status == StatusCode::CONFLICT {
+            assert_eq!(body["conflict"], "practitionerBusy", "{body}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(),
+        19,
+        "{statuses:?}"
+    );
+    let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE status = 'booked'")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(booked, 1);
+}
+
+#[tokio::test]
+async fn patients_see_their_own_appointments_only() {
+    let api = Api::start().await;
+    let alice = api.token("alice", &[Role::Patient]);
+    let bob = api.token("bob", &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&alice).await;
+    let (_, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &alice,
+            Some("a"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    let id = booked["id"].as_str().unwrap();
+    let (status, _, _) = api
+        .call("GET", &format!("/de/v1/appointments/{id}"), &alice, None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = api
+        .call("GET", &format!("/de/v1/appointments/{id}"), &bob, None, None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another patient's appointment does not exist for bob"
+    );
+    let (status, _, _) = api
+        .call("POST", &format!("/de/v1/appointments/{id}/cancel"), &bob, None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, mine, _) = api.call("GET", "/de/v1/appointments", &bob, None, None).await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 0);
+    let doctor = api.token(&api.practitioner, &[Role::Practitioner]);
+    let (_, theirs, _) = api.call("GET", "/de/v1/appointments", &doctor, None, None).await;
+    assert_eq!(theirs["items"][0]["id"], booked["id"]);
+    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit WHERE action LIKE 'appointment.%'")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    // The booking, alice's read, and the two lists; refused reads found nothing to record.
+    assert_eq!(reads, 4, "every read and write of an appointment is audited");
+}
+
+#[tokio::test]
+async fn bad_bookings_are_refused_with_the_field_named_and_nothing_written() {
+    let api = Api::start().await;
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&patient).await;
+    let field = |body: &Value| body["errors"][0]["field"].as_str().map(String::from);
+
+    let (status, body, _) = api
+        .call("POST", "/de/v1/appointments", &patient, None, Some(api.booking(&start)))
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"))
+    );
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking("2020-01-01T09:00:00Z")),
+        )
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("start"))
+    );
+    let off_grid = start.replace(":00:00Z", ":10:00Z");
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking(&off_grid)),
+        )
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("start")),
+        "{body}"
+    );
+    let mut unknown = api.booking(&start);
+    unknown["practitionerId"] = uuid::Uuid::new_v4().to_string().into();
+    let (status, body, _) = api
+        .call("POST", "/de/v1/appointments", &patient, Some("k"), Some(unknown))
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("practitionerId"))
+    );
+    let mut for_someone = api.booking(&start);
+    for_someone["patientId"] = "someone-else".into();
+    let (status, body, _) = api
+        .call("POST", "/de/v1/appointments", &patient, Some("k"), Some(for_someone))
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("patientId"))
+    );
+    let mut notes = api.booking(&start);
+    notes["clinicalNotes"] = "confidential".into();
+    let (status, _, _) = api
+        .call("POST", "/de/v1/appointments", &patient, Some("k"), Some(notes))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields such as clinical notes are refused"
+    );
+
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+}
