@@ -170,15 +170,33 @@ pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a str> {
 
 /// A minimal HTTP/1.1 GET, enough for the entry point's JSON (no client dependency).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, &[], None)
+}
+
+/// A minimal HTTP/1.1 request with JSON in and out: status and body (`Null` when not JSON).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, Value) {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, Value::Null);
     };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
     let mut response = Vec::new();
     if stream.read_to_end(&mut response).is_err() {
         return (0, Value::Null);

@@ -7,6 +7,7 @@ mod lock;
 pub mod manifests;
 mod store;
 mod table;
+mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -52,7 +53,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(store.clone(), ctx.clone());
+    let workloads = Arc::new(workloads::Workloads::new(options.listen));
+    let app = api::router(store.clone(), ctx.clone()).merge(workloads.clone().router());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -74,6 +76,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     });
 
     let mut dev = Dev {
+        workloads,
         options,
         ctx,
         store,
@@ -124,6 +127,7 @@ struct Timings {
 }
 
 struct Dev {
+    workloads: Arc<workloads::Workloads>,
     options: DevOptions,
     ctx: Arc<Context>,
     store: Arc<RwLock<Store>>,
@@ -203,6 +207,14 @@ impl Dev {
                 })?;
             }
             self.reconcile_countries().await;
+            let (regions, countries) = {
+                let store = self.store.read().expect("store lock");
+                (store.regions.objects(), store.countries.objects())
+            };
+            self.workloads.sync(&regions, &countries, &self.ctx).await;
+            if first {
+                self.print_tokens(&countries)?;
+            }
             self.print_status();
             first = false;
             tokio::time::sleep(SCAN_INTERVAL).await;
@@ -343,6 +355,26 @@ impl Dev {
                 }
             }
         }
+    }
+
+    /// Demo tokens for each role, printed and written to `<data-dir>/tokens.json`.
+    fn print_tokens(&self, countries: &[Country]) -> anyhow::Result<()> {
+        let codes: Vec<String> = countries.iter().map(|c| c.spec.code.clone()).collect();
+        let tokens = self.workloads.demo_tokens(&codes);
+        let path = self.options.data_dir.join("tokens.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&tokens)?)?;
+        println!(
+            "demo tokens (valid 24 h, also in {}): Authorization: Bearer <token>",
+            path.display()
+        );
+        for (role, token) in &tokens {
+            println!("  {role:<17} {token}");
+        }
+        println!(
+            "  other subjects and roles: GET http://{}/auth/token?sub=ID&roles=Practitioner&countries=DE",
+            self.options.listen
+        );
+        Ok(())
     }
 
     fn print_status(&mut self) {

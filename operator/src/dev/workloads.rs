@@ -1,0 +1,217 @@
+//! The workloads inside `meridian dev`: one booking service per Ready Region, holding only
+//! that Region's database connections, behind one entry point that routes `/{cc}/v1/...`
+//! to the Region holding country `cc`. A local token issuer stands in for the OIDC provider.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use meridian_booking::http::{Countries, CountryEntry, Problem, Service, Serving, app};
+use meridian_crds::condition_types::READY;
+use meridian_crds::{Country, Region};
+use meridian_shared::auth::{DevIssuer, Role, Verifier};
+use serde::Deserialize;
+use tower::ServiceExt;
+
+use crate::conditions;
+use crate::controller::Context;
+
+/// Audience of the tokens the workloads accept.
+pub const AUDIENCE: &str = "meridian";
+/// How long the printed demo tokens last.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+struct RegionService {
+    url: String,
+    countries: Countries,
+    router: Router,
+}
+
+/// The per-Region services and the issuer.
+pub struct Workloads {
+    issuer: DevIssuer,
+    verifier: Arc<Verifier>,
+    regions: RwLock<HashMap<String, RegionService>>,
+}
+
+impl Workloads {
+    pub fn new(listen: SocketAddr) -> Self {
+        let issuer = DevIssuer::new(&format!("http://{listen}/auth"), AUDIENCE);
+        let verifier = Arc::new(issuer.verifier());
+        Self {
+            issuer,
+            verifier,
+            regions: RwLock::default(),
+        }
+    }
+
+    /// Brings the services in line with the reconciled state: a service for every Ready
+    /// Region (connected to its database only), each serving the countries bound to it.
+    pub async fn sync(&self, regions: &[Region], countries: &[Country], ctx: &Context) {
+        let mut wanted: HashMap<String, String> = HashMap::new();
+        for region in regions {
+            let ready = region
+                .status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, READY));
+            if ready
+                && region.metadata.deletion_timestamp.is_none()
+                && let Ok(endpoint) = ctx.providers.locate(region).await
+            {
+                wanted.insert(region.metadata.name.clone().unwrap_or_default(), endpoint.url);
+            }
+        }
+        let mut services = self.regions.write().expect("workloads lock");
+        services.retain(|name, service| wanted.get(name) == Some(&service.url));
+        for (name, url) in wanted {
+            if services.contains_key(&name) {
+                continue;
+            }
+            let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect_lazy(&url)
+            else {
+                continue;
+            };
+            let countries = Countries::default();
+            let service = Service {
+                pool,
+                verifier: self.verifier.clone(),
+                countries: countries.clone(),
+            };
+            services.insert(
+                name,
+                RegionService {
+                    url,
+                    countries,
+                    router: app(Arc::new(service)),
+                },
+            );
+        }
+        for (name, service) in services.iter() {
+            service
+                .countries
+                .set(countries.iter().filter(|c| &c.spec.region == name).filter_map(entry));
+        }
+    }
+
+    /// Tokens for demo users of each role, valid for a day.
+    pub fn demo_tokens(&self, codes: &[String]) -> BTreeMap<&'static str, String> {
+        let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+        BTreeMap::from([
+            (
+                "patient",
+                self.issuer.token("demo-patient", &[Role::Patient], &codes, TOKEN_TTL),
+            ),
+            (
+                "clinic-admin",
+                self.issuer
+                    .token("demo-clinic-admin", &[Role::ClinicAdmin], &codes, TOKEN_TTL),
+            ),
+            (
+                "practice-manager",
+                self.issuer
+                    .token("demo-practice-manager", &[Role::PracticeManager], &codes, TOKEN_TTL),
+            ),
+            (
+                "system-admin",
+                self.issuer
+                    .token("demo-system-admin", &[Role::SystemAdmin], &["*"], TOKEN_TTL),
+            ),
+        ])
+    }
+
+    /// `/auth/...` and `/{cc}/v1/...`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/auth/jwks.json",
+                get(|State(w): State<Arc<Self>>| async move { w.issuer.jwks().to_string() }),
+            )
+            .route("/auth/token", get(token))
+            .route("/{cc}/v1/{*rest}", any(dispatch))
+            .with_state(self)
+    }
+}
+
+/// A country's entry in its Region's service table, unless it is being deleted.
+fn entry(country: &Country) -> Option<CountryEntry> {
+    if country.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let timezone = country.spec.timezone.parse().ok()?;
+    let conds = country
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let serving = if country.spec.suspend {
+        Serving::Suspended
+    } else if conditions::is_true(conds, READY) {
+        Serving::Ready
+    } else {
+        let why = conditions::find(conds, READY)
+            .map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
+        Serving::NotReady(why)
+    };
+    Some(CountryEntry {
+        code: country.spec.code.clone(),
+        timezone,
+        serving,
+    })
+}
+
+async fn dispatch(
+    State(w): State<Arc<Workloads>>,
+    Path((cc, _)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let router = {
+        let services = w.regions.read().expect("workloads lock");
+        services
+            .values()
+            .find(|s| s.countries.get(&cc).is_some())
+            .map(|s| s.router.clone())
+    };
+    match router {
+        Some(router) => {
+            // A fresh request: the entry point's own path parameters, kept in the request's
+            // extensions, would otherwise reach the Region's router as well.
+            let (mut parts, body) = request.into_parts();
+            parts.extensions = Default::default();
+            router
+                .oneshot(Request::from_parts(parts, body))
+                .await
+                .unwrap_or_else(|never| match never {})
+        }
+        None => Problem::not_found(format!("no country {cc:?} is served here")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    sub: String,
+    roles: String,
+    countries: String,
+}
+
+/// Development only: a token for any subject, roles and countries, e.g.
+/// `/auth/token?sub=<practitioner-id>&roles=Practitioner&countries=DE`.
+async fn token(State(w): State<Arc<Workloads>>, Query(q): Query<TokenRequest>) -> Response {
+    let roles: Result<Vec<Role>, _> = q.roles.split(',').map(str::parse).collect();
+    let Ok(roles) = roles else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "roles: a comma-separated list of Patient, Practitioner, ClinicAdmin, PracticeManager, SystemAdmin",
+        )
+            .into_response();
+    };
+    let countries: Vec<&str> = q.countries.split(',').collect();
+    w.issuer.token(&q.sub, &roles, &countries, TOKEN_TTL).into_response()
+}
