@@ -80,11 +80,7 @@ impl Workloads {
                 continue;
             };
             let countries = Countries::default();
-            let service = Service {
-                pool,
-                verifier: self.verifier.clone(),
-                countries: countries.clone(),
-            };
+            let service = Service::new(pool, self.verifier.clone(), countries.clone());
             services.insert(
                 name,
                 RegionService {

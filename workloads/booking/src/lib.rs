@@ -6,6 +6,7 @@
 pub mod appointments;
 pub mod availability;
 pub mod http;
+pub mod live;
 pub mod practitioners;
 pub mod slots;
 

@@ -46,11 +46,7 @@ impl Api {
             .connect(&pg.url())
             .await
             .unwrap();
-        let service = Service {
-            pool: pool.clone(),
-            verifier: Arc::new(issuer.verifier()),
-            countries,
-        };
+        let service = Service::new(pool.clone(), Arc::new(issuer.verifier()), countries);
         let mut api = Api {
             _pg: pg,
             pool,
@@ -338,4 +334,91 @@ async fn bad_bookings_are_refused_with_the_field_named_and_nothing_written() {
         .await
         .unwrap();
     assert_eq!(written, 0);
+}
+
+/// Reads the next SSE event (skipping heartbeats) from a streaming body: `(id, event, data)`.
+async fn next_event(body: &mut axum::body::Body, buffer: &mut String) -> (String, String, Value) {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .map(|v| v.trim().to_string())
+            };
+            if let Some(event) = field("event") {
+                let data = serde_json::from_str(&field("data").unwrap_or_default()).unwrap();
+                return (field("id").unwrap_or_default(), event, data);
+            }
+            continue;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s");
+        let bytes = frame.unwrap().unwrap().into_data().unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[tokio::test]
+async fn watchers_see_slots_taken_and_freed_live_and_catch_up_after_a_reconnect() {
+    let api = Api::start().await;
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let watch = |last: Option<&str>| {
+        let mut request = Request::get(format!("/de/v1/practitioners/{}/slots/events", api.practitioner))
+            .header(header::AUTHORIZATION, format!("Bearer {patient}"));
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last);
+        }
+        api.app.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    let response = watch(None).await.unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut stream = response.into_body();
+    let mut buffer = String::new();
+
+    let start = api.tomorrow_first_slot(&patient).await;
+    let booked_at = std::time::Instant::now();
+    let (_, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    let (taken_id, kind, data) = next_event(&mut stream, &mut buffer).await;
+    let latency = booked_at.elapsed();
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.taken", Some(start.as_str()))
+    );
+    assert!(
+        data.get("patientId").is_none(),
+        "watchers learn nothing about the patient"
+    );
+    assert!(latency < Duration::from_secs(1), "seen {latency:?} after booking");
+
+    let id = booked["id"].as_str().unwrap();
+    api.call(
+        "POST",
+        &format!("/de/v1/appointments/{id}/cancel"),
+        &patient,
+        None,
+        None,
+    )
+    .await;
+    let (_, kind, _) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(kind, "slot.freed");
+
+    // A client that saw only the first event gets the rest replayed on reconnect.
+    let mut resumed = watch(Some(&taken_id)).await.unwrap().into_body();
+    let mut buffer = String::new();
+    let (_, kind, data) = next_event(&mut resumed, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.freed", Some(start.as_str()))
+    );
 }

@@ -48,11 +48,8 @@ async fn api() -> Api {
             serving: Serving::Ready,
         },
     ]);
-    let service = Service {
-        pool: PgPool::connect(&pg.url()).await.unwrap(),
-        verifier: Arc::new(issuer.verifier()),
-        countries: countries.clone(),
-    };
+    let pool = PgPool::connect(&pg.url()).await.unwrap();
+    let service = Service::new(pool, Arc::new(issuer.verifier()), countries.clone());
     Api {
         _pg: pg,
         app: app(Arc::new(service)),

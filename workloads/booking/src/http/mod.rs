@@ -5,6 +5,7 @@
 mod appointments;
 mod availability;
 mod caller;
+mod live;
 mod practitioners;
 mod problem;
 
@@ -15,6 +16,8 @@ use axum::Router;
 use chrono_tz::Tz;
 use meridian_shared::auth::Verifier;
 use sqlx::PgPool;
+
+use crate::live::LiveSlots;
 
 pub use caller::Caller;
 pub use problem::{InvalidField, Problem};
@@ -60,6 +63,19 @@ pub struct Service {
     pub pool: PgPool,
     pub verifier: Arc<Verifier>,
     pub countries: Countries,
+    pub live: Arc<LiveSlots>,
+}
+
+impl Service {
+    pub fn new(pool: PgPool, verifier: Arc<Verifier>, countries: Countries) -> Self {
+        let live = Arc::new(LiveSlots::new(pool.clone()));
+        Self {
+            pool,
+            verifier,
+            countries,
+            live,
+        }
+    }
 }
 
 /// The routes of the booking service.
@@ -68,5 +84,6 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(practitioners::router())
         .merge(availability::router())
         .merge(appointments::router())
+        .merge(live::router())
         .with_state(service)
 }
