@@ -31,6 +31,9 @@ enum Command {
     },
     /// Run the Kubernetes operator (in a cluster, or against the current kubeconfig).
     Operator(meridian_operator::k8s::OperatorOptions),
+    /// Measure a hot path and print its figures; the last line is `key=value` pairs.
+    #[command(subcommand)]
+    Bench(Bench),
     /// Print the CustomResourceDefinitions: `meridian crds | kubectl apply -f -`.
     Crds,
     /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
@@ -43,6 +46,12 @@ enum Command {
         #[arg(long, default_value = ".meridian")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Booking throughput over HTTP and against the bare database, and a double-booking check.
+    Booking(meridian_operator::bench::BookingBench),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +81,10 @@ fn main() -> ExitCode {
             }
             Command::Operator(options) => {
                 meridian_operator::k8s::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::Booking(options)) => {
+                print!("{}", meridian_operator::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Crds => {
