@@ -110,28 +110,25 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(options.clients)
         .build_http();
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..options.clients)
-            .map(|i| {
-                issuer.token(
-                    &format!("bench-patient-{i}"),
-                    &[Role::Patient],
-                    &["DE"],
-                    Duration::from_secs(3600),
-                )
-            })
-            .collect(),
-    );
+    // Front-desk staff book for patients: every attempt is a different patient, so the
+    // races are between patients for a practitioner's slot, not a patient with themselves.
+    let token = Arc::new(issuer.token(
+        "bench-front-desk",
+        &[Role::PracticeManager],
+        &["DE"],
+        Duration::from_secs(3600),
+    ));
     let de = Arc::new(de);
     let http = phase(options.clients, options.seconds, {
-        let (client, tokens, de) = (client.clone(), tokens.clone(), de.clone());
+        let (client, token, de) = (client.clone(), token.clone(), de.clone());
         move |worker, n| {
-            let (client, tokens, de) = (client.clone(), tokens.clone(), de.clone());
+            let (client, token, de) = (client.clone(), token.clone(), de.clone());
             async move {
                 let target = de[rand::rng().random_range(0..de.len())];
-                let body = serde_json::json!({"practitionerId": target.practitioner, "start": target.start});
+                let patient = format!("patient-{worker}-{n}");
+                let body = serde_json::json!({"practitionerId": target.practitioner, "start": target.start, "patientId": patient});
                 let request = http::Request::post(format!("http://{addr}/de/v1/appointments"))
-                    .header("authorization", format!("Bearer {}", tokens[worker]))
+                    .header("authorization", format!("Bearer {token}"))
                     .header("content-type", "application/json")
                     .header("idempotency-key", format!("http-{worker}-{n}"))
                     .body(Body::from(body.to_string()))
@@ -165,12 +162,12 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
                 let request = BookRequest {
                     country_code: "AT".into(),
                     practitioner_id: target.practitioner,
-                    patient_id: format!("bench-patient-{worker}"),
+                    patient_id: format!("patient-{worker}-{n}"),
                     starts_at: target.start,
                     ends_at: target.start + chrono::Duration::minutes(30),
                     reason: None,
                     idempotency_key: format!("db-{worker}-{n}"),
-                    actor: format!("bench-patient-{worker}"),
+                    actor: "bench-front-desk".into(),
                     correlation_id: Uuid::new_v4(),
                 };
                 match appointments::book(&pool, &request).await {
