@@ -19,7 +19,7 @@ use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_booking::{Actor, practitioners, slots};
 use meridian_localpg::{Cluster, Durability};
 use meridian_shared::auth::{DevIssuer, Role};
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -68,13 +68,8 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     cluster.ensure_database("meridian").await?;
     let url = cluster.url("meridian");
     let mut conn = PgConnection::connect(&url).await?;
-    migrate(&mut conn).await?;
     // DE is booked over HTTP, AT straight against the database: same shape, separate slots.
-    for code in ["DE", "AT"] {
-        for sql in fresh_country_sql(code) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
-        }
-    }
+    prepare(&mut conn, &["DE", "AT"]).await?;
     let pool = PgPoolOptions::new()
         .max_connections(options.clients.min(48) as u32)
         .connect(&url)

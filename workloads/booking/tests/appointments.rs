@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use meridian_booking::appointments::{BookRequest, BookingError, Clash, book};
 use meridian_localpg::TempCluster;
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -13,13 +13,7 @@ use uuid::Uuid;
 async fn database() -> (TempCluster, PgPool, Uuid) {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    migrate(&mut conn).await.unwrap();
-    for sql in fresh_country_sql("DE") {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    prepare(&mut conn, &["DE"]).await.unwrap();
     let practitioner = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_localpg::TempCluster;
 use meridian_shared::auth::{DevIssuer, Role};
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tower::ServiceExt;
@@ -27,13 +27,7 @@ impl Api {
     async fn start() -> Self {
         let pg = TempCluster::start().await.expect("start PostgreSQL");
         let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-        migrate(&mut conn).await.unwrap();
-        for sql in fresh_country_sql("DE") {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
+        prepare(&mut conn, &["DE"]).await.unwrap();
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
         let countries = Countries::default();
         countries.set([CountryEntry {

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_localpg::TempCluster;
 use meridian_shared::auth::{DevIssuer, Role};
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tower::ServiceExt;
@@ -25,15 +25,7 @@ struct Api {
 async fn api() -> Api {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    migrate(&mut conn).await.unwrap();
-    for code in ["DE", "AT"] {
-        for sql in fresh_country_sql(code) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
+    prepare(&mut conn, &["DE", "AT"]).await.unwrap();
     let issuer = DevIssuer::new("http://issuer.test", "meridian");
     let countries = Countries::default();
     countries.set([

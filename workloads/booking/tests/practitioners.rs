@@ -2,22 +2,14 @@
 
 use meridian_booking::practitioners::{self, Actor, PractitionerError, Profile};
 use meridian_localpg::TempCluster;
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 async fn database() -> (TempCluster, PgPool) {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    migrate(&mut conn).await.unwrap();
-    for code in ["DE", "FR"] {
-        for sql in fresh_country_sql(code) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
+    prepare(&mut conn, &["DE", "FR"]).await.unwrap();
     let pool = PgPool::connect(&pg.url()).await.unwrap();
     (pg, pool)
 }

@@ -2,7 +2,7 @@
 
 use meridian_localpg::TempCluster;
 use meridian_shared::audit::{self, Record};
-use meridian_shared::schema::{fresh_country_sql, migrate};
+use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -10,13 +10,7 @@ use uuid::Uuid;
 async fn database() -> (TempCluster, PgPool) {
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    migrate(&mut conn).await.unwrap();
-    for sql in fresh_country_sql("DE") {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    prepare(&mut conn, &["DE"]).await.unwrap();
     let pool = PgPool::connect(&pg.url()).await.unwrap();
     (pg, pool)
 }

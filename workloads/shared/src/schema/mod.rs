@@ -10,3 +10,19 @@ pub use partitions::{
     PARTITIONED_TABLES, PartitionConstraint, create_partition_sql, fresh_country_sql, partition_constraints,
     partition_name,
 };
+
+/// Brings an empty database to what the control plane leaves for `countries`: migrated,
+/// with each country's partitions and constraints. For tests and benchmarks that start a
+/// database of their own; in a Region, the reconcilers do this.
+pub async fn prepare(conn: &mut sqlx::PgConnection, countries: &[&str]) -> Result<(), MigrationError> {
+    migrate(conn).await?;
+    for code in countries {
+        for sql in fresh_country_sql(code) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(MigrationError::Read)?;
+        }
+    }
+    Ok(())
+}
