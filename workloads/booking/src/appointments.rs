@@ -210,6 +210,25 @@ impl Scope {
     }
 }
 
+/// The appointment, if `scope` may see it; to anyone else it does not exist. `lock` is
+/// empty or `FOR UPDATE`.
+async fn visible(
+    conn: &mut PgConnection,
+    country: &str,
+    id: Uuid,
+    scope: &Scope,
+    lock: &'static str,
+) -> Result<Appointment, BookingError> {
+    let found: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND id = $2 {lock}"
+    )))
+    .bind(country)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    found.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))
+}
+
 /// One appointment, if `scope` may see it (otherwise it does not exist for the caller).
 /// The read is audited.
 pub async fn get(
@@ -220,14 +239,7 @@ pub async fn get(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let found: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND id = $2"
-    )))
-    .bind(country)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let appointment = found.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))?;
+    let appointment = visible(&mut tx, country, id, scope, "").await?;
     audit_entry(
         &mut tx,
         country,
@@ -287,14 +299,7 @@ pub async fn cancel(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let current: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND id = $2 FOR UPDATE"
-    )))
-    .bind(country)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let current = current.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))?;
+    let current = visible(&mut tx, country, id, scope, "FOR UPDATE").await?;
     if current.status != "booked" {
         return Ok(current);
     }
