@@ -249,6 +249,29 @@ async fn bad_requests_get_problem_bodies_that_name_the_field() {
 }
 
 #[tokio::test]
+async fn malformed_paths_and_parameters_get_problem_bodies_too() {
+    let api = api().await;
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    for (uri, expected) in [
+        ("/de/v1/practitioners/not-an-id", StatusCode::NOT_FOUND),
+        ("/de/v1/practitioners?limit=many", StatusCode::BAD_REQUEST),
+        ("/de/v1/practitioners?colour=blue", StatusCode::BAD_REQUEST),
+        (
+            "/de/v1/practitioners/00000000-0000-0000-0000-000000000000/slots?from=soon&to=later",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, problem, content_type) = api.call("GET", uri, Some(&admin), None).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (expected, "application/problem+json"),
+            "{uri}: {problem}"
+        );
+        assert!(problem["detail"].is_string(), "{uri}: {problem}");
+    }
+}
+
+#[tokio::test]
 async fn an_import_reports_bad_rows_and_keeps_the_good_ones() {
     let api = api().await;
     let admin = api.token(&[Role::ClinicAdmin], &["DE"]);

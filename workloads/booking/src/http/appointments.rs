@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::problem::Body;
+use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
 use crate::appointments::{self, BookRequest, Scope};
 use crate::{availability, practitioners, slots};
@@ -143,11 +143,7 @@ async fn slot_end(
         })
 }
 
-async fn read(
-    State(s): State<Arc<Service>>,
-    caller: Caller,
-    Path((_, id)): Path<(String, Uuid)>,
-) -> Result<Response, Problem> {
+async fn read(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Response, Problem> {
     let scope = caller.scope()?;
     Ok(Json(appointments::get(&s.pool, &caller.country.code, id, &scope, caller.actor()).await?).into_response())
 }
@@ -162,7 +158,7 @@ struct Window {
 async fn mine(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Query(window): Query<Window>,
+    Params(window): Params<Window>,
 ) -> Result<Response, Problem> {
     let scope = caller.scope()?;
     let limit = window.limit.unwrap_or(50);
@@ -174,11 +170,7 @@ async fn mine(
     Ok(Json(json!({ "items": items })).into_response())
 }
 
-async fn cancel(
-    State(s): State<Arc<Service>>,
-    caller: Caller,
-    Path((_, id)): Path<(String, Uuid)>,
-) -> Result<Response, Problem> {
+async fn cancel(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Response, Problem> {
     let scope = caller.scope()?;
     if matches!(scope, Scope::Practitioner(_)) {
         return Err(Problem::forbidden(

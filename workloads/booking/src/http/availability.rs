@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -10,9 +10,8 @@ use chrono::{Duration, NaiveDate, NaiveTime};
 use meridian_shared::auth::Role;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use super::problem::Body;
+use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
 use crate::availability::{self, Entry, Stored};
 use crate::{appointments, practitioners, slots};
@@ -27,12 +26,10 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/{cc}/v1/practitioners/{id}/slots", get(free))
 }
 
-type Id = Path<(String, Uuid)>;
-
 async fn add(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Path((_, id)): Id,
+    PathId(id): PathId,
     Body(entry): Body<Entry>,
 ) -> Result<(StatusCode, Json<Stored>), Problem> {
     caller.require(SCHEDULERS)?;
@@ -40,7 +37,7 @@ async fn add(
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
-async fn list(State(s): State<Arc<Service>>, caller: Caller, Path((_, id)): Id) -> Result<Json<Vec<Stored>>, Problem> {
+async fn list(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Json<Vec<Stored>>, Problem> {
     practitioners::get(&s.pool, &caller.country.code, id).await?;
     Ok(Json(availability::list(&s.pool, &caller.country.code, id).await?))
 }
@@ -56,8 +53,8 @@ struct Range {
 async fn free(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Path((_, id)): Id,
-    Query(range): Query<Range>,
+    PathId(id): PathId,
+    Params(range): Params<Range>,
 ) -> Result<Json<Value>, Problem> {
     let days = (range.to - range.from).num_days();
     if !(0..MAX_RANGE_DAYS).contains(&days) {

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
-use uuid::Uuid;
 
+use super::problem::PathId;
 use super::{Caller, InvalidField, Problem, Service};
 use crate::live::{self, SlotChange};
 use crate::practitioners;
@@ -33,7 +33,7 @@ fn event(change: &SlotChange) -> Event {
 async fn events(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Path((_, id)): Path<(String, Uuid)>,
+    PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let code = caller.country.code.clone();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::problem::Body;
+use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
 use crate::practitioners::{self, Practitioner, Profile};
 
@@ -31,8 +31,6 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/{cc}/v1/practitioners/{id}/deactivate", post(deactivate))
 }
 
-type Id = Path<(String, Uuid)>;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Page {
@@ -40,7 +38,11 @@ struct Page {
     limit: Option<u32>,
 }
 
-async fn list(State(s): State<Arc<Service>>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, Problem> {
+async fn list(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Params(page): Params<Page>,
+) -> Result<Json<Value>, Problem> {
     let limit = page.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(Problem::invalid(vec![InvalidField {
@@ -65,7 +67,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn read(State(s): State<Arc<Service>>, caller: Caller, Path((_, id)): Id) -> Result<Json<Practitioner>, Problem> {
+async fn read(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<Practitioner>, Problem> {
     Ok(Json(practitioners::get(&s.pool, &caller.country.code, id).await?))
 }
 
@@ -73,7 +79,7 @@ async fn read(State(s): State<Arc<Service>>, caller: Caller, Path((_, id)): Id) 
 async fn update(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Path((_, id)): Id,
+    PathId(id): PathId,
     headers: HeaderMap,
     Body(profile): Body<Profile>,
 ) -> Result<Json<Practitioner>, Problem> {
@@ -101,7 +107,7 @@ async fn update(
 async fn deactivate(
     State(s): State<Arc<Service>>,
     caller: Caller,
-    Path((_, id)): Id,
+    PathId(id): PathId,
 ) -> Result<Json<Practitioner>, Problem> {
     caller.require(MANAGERS)?;
     Ok(Json(

@@ -195,3 +195,43 @@ where
         }
     }
 }
+
+/// The `{id}` of the path. An ID that does not parse names nothing: 404, as a problem.
+pub struct PathId(pub uuid::Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        let axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Problem::not_found(e.body_text()))?;
+        let raw = params
+            .into_iter()
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        raw.parse()
+            .map(PathId)
+            .map_err(|_| Problem::not_found(format!("{raw:?} is not an ID of this API")))
+    }
+}
+
+/// `Query<T>` whose rejections (unknown or malformed parameters) are problem documents.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Params(value)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Malformed request",
+                e.body_text(),
+            )),
+        }
+    }
+}
