@@ -54,6 +54,8 @@ pub enum Clash {
 pub enum BookingError {
     #[error("appointment {0} not found")]
     NotFound(Uuid),
+    #[error("the appointment is {0}, not booked")]
+    NotBooked(String),
     #[error("the time is no longer free: {0:?}")]
     Conflict(Clash),
     #[error("practitioner {0} does not exist or does not take appointments")]
@@ -346,4 +348,70 @@ async fn audit_entry(
         correlation_id: actor.correlation_id,
     };
     audit::append(conn, &record).await
+}
+
+/// What `appointment.rescheduled` carries: the appointment at its new time, and the time it
+/// had (whose slot is free again).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rescheduled<'a> {
+    #[serde(flatten)]
+    appointment: &'a Appointment,
+    previous_starts_at: DateTime<Utc>,
+    previous_ends_at: DateTime<Utc>,
+}
+
+/// Moves a booked appointment to another time of the same practitioner. The database
+/// refuses a time that is taken (or that the patient already holds) as for a booking.
+pub async fn reschedule(
+    pool: &PgPool,
+    country: &str,
+    id: Uuid,
+    scope: &Scope,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    actor: Actor<'_>,
+) -> Result<Appointment, BookingError> {
+    let mut tx = pool.begin().await?;
+    let current = visible(&mut tx, country, id, scope, "FOR UPDATE").await?;
+    if current.status != "booked" {
+        return Err(BookingError::NotBooked(current.status));
+    }
+    if current.starts_at == starts_at && current.ends_at == ends_at {
+        return Ok(current);
+    }
+    let moved: Appointment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE appointments SET starts_at = $3, ends_at = $4, updated_at = now()
+          WHERE country_code = $1 AND id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(country)
+    .bind(id)
+    .bind(starts_at)
+    .bind(ends_at)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(clash)?;
+    let payload = Rescheduled {
+        appointment: &moved,
+        previous_starts_at: current.starts_at,
+        previous_ends_at: current.ends_at,
+    };
+    let event = outbox::Event {
+        country_code: country,
+        topic: outbox::APPOINTMENT_EVENTS,
+        event_type: "appointment.rescheduled",
+        key: moved.practitioner_id,
+        payload: &payload,
+    };
+    outbox::enqueue(&mut tx, &event).await?;
+    audit_entry(
+        &mut tx,
+        country,
+        actor,
+        "appointment.reschedule",
+        &format!("appointment/{id}"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(moved)
 }

@@ -27,7 +27,8 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotChange {
-    /// The outbox ID: the SSE event ID, and where a reconnect resumes.
+    /// The SSE event ID, where a reconnect resumes: `2 × outbox ID + part`, because one
+    /// outbox event (a reschedule) frees one slot and takes another.
     #[serde(skip)]
     pub id: i64,
     #[serde(skip)]
@@ -42,28 +43,50 @@ pub struct SlotChange {
 
 type Row = (i64, String, String, Uuid, serde_json::Value);
 
-fn change((id, country_code, event_type, practitioner_id, payload): Row) -> Option<SlotChange> {
-    let kind = match event_type.as_str() {
-        "appointment.booked" => "slot.taken",
-        "appointment.cancelled" => "slot.freed",
-        _ => return None,
+/// A span of time read from an event's payload.
+type Span = Option<(DateTime<Utc>, DateTime<Utc>)>;
+
+fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec<SlotChange> {
+    let at = |start: &str, end: &str| -> Span {
+        Some((
+            payload.get(start)?.as_str()?.parse().ok()?,
+            payload.get(end)?.as_str()?.parse().ok()?,
+        ))
     };
-    let start = payload.get("startsAt")?.as_str()?.parse().ok()?;
-    let end = payload.get("endsAt")?.as_str()?.parse().ok()?;
-    Some(SlotChange {
-        id,
-        country_code,
-        kind,
-        practitioner_id,
-        start,
-        end,
-    })
+    let parts: Vec<(&'static str, Span)> = match event_type.as_str() {
+        "appointment.booked" => vec![("slot.taken", at("startsAt", "endsAt"))],
+        "appointment.cancelled" => vec![("slot.freed", at("startsAt", "endsAt"))],
+        "appointment.rescheduled" => {
+            vec![
+                ("slot.freed", at("previousStartsAt", "previousEndsAt")),
+                ("slot.taken", at("startsAt", "endsAt")),
+            ]
+        }
+        _ => Vec::new(),
+    };
+    parts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(part, (kind, times))| {
+            let (start, end) = times?;
+            let id = id * 2 + part as i64;
+            Some(SlotChange {
+                id,
+                country_code: country_code.clone(),
+                kind,
+                practitioner_id,
+                start,
+                end,
+            })
+        })
+        .collect()
 }
 
 const SELECT: &str = "SELECT id, country_code, event_type, aggregate_id, payload FROM outbox
-                       WHERE topic = 'appointment-events' AND event_type IN ('appointment.booked', 'appointment.cancelled')";
+                       WHERE topic = 'appointment-events'
+                         AND event_type IN ('appointment.booked', 'appointment.cancelled', 'appointment.rescheduled')";
 
-/// The changes of one practitioner after outbox ID `after`, oldest first: what a
+/// The changes of one practitioner after event ID `after`, oldest first: what a
 /// reconnecting client missed.
 pub async fn since(
     pool: &PgPool,
@@ -72,19 +95,19 @@ pub async fn since(
     after: i64,
 ) -> Result<Vec<SlotChange>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} AND country_code = $1 AND aggregate_id = $2 AND id > $3 ORDER BY id"
+        "{SELECT} AND country_code = $1 AND aggregate_id = $2 AND id >= $3 ORDER BY id"
     )))
     .bind(country)
     .bind(practitioner)
-    .bind(after)
+    .bind(after.div_euclid(2))
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().filter_map(change).collect())
+    Ok(rows.into_iter().flat_map(changes).filter(|c| c.id > after).collect())
 }
 
-/// The newest outbox ID: where a new client starts.
+/// The newest event ID: where a new client starts.
 pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox")
+    sqlx::query_scalar("SELECT coalesce(max(id), 0) * 2 + 1 FROM outbox")
         .fetch_one(pool)
         .await
 }
@@ -109,7 +132,7 @@ impl LiveSlots {
     pub async fn subscribe(self: &Arc<Self>) -> Result<broadcast::Receiver<Arc<SlotChange>>, sqlx::Error> {
         let receiver = self.sender.subscribe();
         if !self.started.swap(true, Ordering::SeqCst) {
-            let from = head(&self.pool).await?;
+            let from = head(&self.pool).await?.div_euclid(2);
             let this = self.clone();
             tokio::spawn(async move { this.tail(from).await });
         }
@@ -136,10 +159,10 @@ impl LiveSlots {
             let max_id = rows.last().map(|r| r.0);
             for row in rows {
                 let id = row.0;
-                if sent.insert(id)
-                    && let Some(change) = change(row)
-                {
-                    let _ = self.sender.send(Arc::new(change));
+                if sent.insert(id) {
+                    for change in changes(row) {
+                        let _ = self.sender.send(Arc::new(change));
+                    }
                 }
             }
             // Other event types also take outbox IDs: the next IDs to expect are any IDs,

@@ -395,7 +395,31 @@ async fn watchers_see_slots_taken_and_freed_live_and_catch_up_after_a_reconnect(
     );
     assert!(latency < Duration::from_secs(1), "seen {latency:?} after booking");
 
+    // Moving it frees the old slot and takes the new one: two events, in that order.
     let id = booked["id"].as_str().unwrap();
+    let later = (chrono::DateTime::parse_from_rfc3339(&start).unwrap() + chrono::Duration::minutes(30)).to_utc();
+    let later = later.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, moved, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{id}/reschedule"),
+            &patient,
+            None,
+            Some(json!({"start": later})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    let (freed_id, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.freed", Some(start.as_str()))
+    );
+    let (_, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.taken", Some(later.as_str()))
+    );
+
     api.call(
         "POST",
         &format!("/de/v1/appointments/{id}/cancel"),
@@ -407,12 +431,59 @@ async fn watchers_see_slots_taken_and_freed_live_and_catch_up_after_a_reconnect(
     let (_, kind, _) = next_event(&mut stream, &mut buffer).await;
     assert_eq!(kind, "slot.freed");
 
-    // A client that saw only the first event gets the rest replayed on reconnect.
-    let mut resumed = watch(Some(&taken_id)).await.unwrap().into_body();
-    let mut buffer = String::new();
-    let (_, kind, data) = next_event(&mut resumed, &mut buffer).await;
+    // A client that saw only the first events gets the rest replayed on reconnect, even
+    // from between the two halves of the reschedule.
+    for (last_seen, first_missed) in [(&taken_id, ("slot.freed", &start)), (&freed_id, ("slot.taken", &later))] {
+        let mut resumed = watch(Some(last_seen)).await.unwrap().into_body();
+        let mut buffer = String::new();
+        let (_, kind, data) = next_event(&mut resumed, &mut buffer).await;
+        assert_eq!(
+            (kind.as_str(), data["start"].as_str()),
+            (first_missed.0, Some(first_missed.1.as_str()))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reschedule_onto_a_taken_slot_is_a_conflict_and_changes_nothing() {
+    let api = Api::start().await;
+    let alice = api.token("alice", &[Role::Patient]);
+    let bob = api.token("bob", &[Role::Patient]);
+    let first = api.tomorrow_first_slot(&alice).await;
+    let (_, a, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &alice,
+            Some("a"),
+            Some(api.booking(&first)),
+        )
+        .await;
+    let second = api.tomorrow_first_slot(&bob).await;
+    api.call(
+        "POST",
+        "/de/v1/appointments",
+        &bob,
+        Some("b"),
+        Some(api.booking(&second)),
+    )
+    .await;
+    let id = a["id"].as_str().unwrap();
+    let (status, problem, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{id}/reschedule"),
+            &alice,
+            None,
+            Some(json!({"start": second})),
+        )
+        .await;
     assert_eq!(
-        (kind.as_str(), data["start"].as_str()),
-        ("slot.freed", Some(start.as_str()))
+        (status, problem["conflict"].as_str()),
+        (StatusCode::CONFLICT, Some("practitionerBusy"))
     );
+    let (_, still, _) = api
+        .call("GET", &format!("/de/v1/appointments/{id}"), &alice, None, None)
+        .await;
+    assert_eq!(still["startsAt"], a["startsAt"]);
 }

@@ -26,6 +26,7 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/{cc}/v1/appointments", post(book).get(mine))
         .route("/{cc}/v1/appointments/{id}", get(read))
         .route("/{cc}/v1/appointments/{id}/cancel", post(cancel))
+        .route("/{cc}/v1/appointments/{id}/reschedule", post(reschedule))
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Problem {
@@ -178,4 +179,33 @@ async fn cancel(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathI
         ));
     }
     Ok(Json(appointments::cancel(&s.pool, &caller.country.code, id, &scope, caller.actor()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewTime {
+    /// Start of another free slot of the same practitioner.
+    start: DateTime<Utc>,
+}
+
+async fn reschedule(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    PathId(id): PathId,
+    Body(new): Body<NewTime>,
+) -> Result<Response, Problem> {
+    let scope = caller.scope()?;
+    if matches!(scope, Scope::Practitioner(_)) {
+        return Err(Problem::forbidden(
+            "practitioners do not move appointments here; mark time off instead",
+        ));
+    }
+    if new.start <= Utc::now() {
+        return Err(invalid("start", "must be in the future"));
+    }
+    let code = caller.country.code.clone();
+    let current = appointments::get(&s.pool, &code, id, &scope, caller.actor()).await?;
+    let end = slot_end(&s, &caller, current.practitioner_id, new.start).await?;
+    let moved = appointments::reschedule(&s.pool, &code, id, &scope, new.start, end, caller.actor()).await?;
+    Ok(Json(moved).into_response())
 }

@@ -141,6 +141,7 @@ impl From<BookingError> for Problem {
                 message: e.to_string(),
             }]),
             BookingError::NotFound(_) => Problem::not_found(e.to_string()),
+            BookingError::NotBooked(_) => Problem::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             BookingError::KeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Idempotency key reused",
