@@ -75,57 +75,77 @@ pub struct Booked {
 
 /// Books, or replays an earlier booking with the same idempotency key.
 pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
-    let mut tx = pool.begin().await?;
-    let active: Option<bool> =
-        sqlx::query_scalar("SELECT active FROM practitioners WHERE country_code = $1 AND id = $2")
-            .bind(&request.country_code)
-            .bind(request.practitioner_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if active != Some(true) {
-        return Err(BookingError::UnknownPractitioner(request.practitioner_id));
-    }
-    let inserted = sqlx::query_as::<_, Appointment>(
-        "INSERT INTO appointments
-             (country_code, id, practitioner_id, patient_id, starts_at, ends_at, status, reason, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, 'booked', $7, $8)
-         ON CONFLICT (country_code, idempotency_key) DO NOTHING
-         RETURNING id, country_code, practitioner_id, patient_id, starts_at, ends_at, status, reason",
-    )
+    // The appointment, its event and its audit record go in together, in one statement
+    // (one round trip, atomic): the practitioner must be active, the idempotency key new,
+    // and the exclusion constraints decide whether the time is still free.
+    let appointment = Appointment {
+        id: Uuid::new_v4(),
+        country_code: request.country_code.clone(),
+        practitioner_id: request.practitioner_id,
+        patient_id: request.patient_id.clone(),
+        starts_at: request.starts_at,
+        ends_at: request.ends_at,
+        status: "booked".into(),
+        reason: request.reason.clone(),
+    };
+    let resource = format!("appointment/{}", appointment.id);
+    let record = audit::Record {
+        country_code: &request.country_code,
+        actor: &request.actor,
+        action: "appointment.book",
+        resource: &resource,
+        correlation_id: request.correlation_id,
+    };
+    let audit = audit::prepare(&record);
+    let trail = audit::chain_ctes("booked", ["$1", "$11", "$12", "$13", "$14", "$15", "$16", "$17"]);
+    let payload = serde_json::to_value(&appointment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let inserted = sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
+        "WITH practitioner AS (
+             SELECT 1 FROM practitioners WHERE country_code = $1 AND id = $3 AND active
+         ),
+         booked AS (
+             INSERT INTO appointments
+                 (country_code, id, practitioner_id, patient_id, starts_at, ends_at, status, reason, idempotency_key)
+             SELECT $1, $2, $3, $4, $5, $6, 'booked', $7, $8 FROM practitioner
+             ON CONFLICT (country_code, idempotency_key) DO NOTHING
+             RETURNING {COLUMNS}
+         ),
+         event AS (
+             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+             SELECT $1, $9, $10, $3, $18 FROM booked
+         ),
+         {trail}
+         SELECT {COLUMNS} FROM booked"
+    )))
     .bind(&request.country_code)
-    .bind(Uuid::new_v4())
+    .bind(appointment.id)
     .bind(request.practitioner_id)
     .bind(&request.patient_id)
     .bind(request.starts_at)
     .bind(request.ends_at)
     .bind(&request.reason)
     .bind(&request.idempotency_key)
-    .fetch_optional(&mut *tx)
+    .bind(outbox::APPOINTMENT_EVENTS)
+    .bind("appointment.booked")
+    .bind(audit.chain)
+    .bind(&audit.payload)
+    .bind(audit.at)
+    .bind(record.actor)
+    .bind(record.action)
+    .bind(record.resource)
+    .bind(record.correlation_id)
+    .bind(payload)
+    .fetch_optional(pool)
     .await
     .map_err(clash)?;
-    let Some(appointment) = inserted else {
-        drop(tx);
-        return replay(pool, request).await;
-    };
-    let event = outbox::Event {
-        country_code: &request.country_code,
-        topic: outbox::APPOINTMENT_EVENTS,
-        event_type: "appointment.booked",
-        key: appointment.practitioner_id,
-        payload: &appointment,
-    };
-    outbox::enqueue(&mut tx, &event).await?;
-    let actor = Actor {
-        subject: &request.actor,
-        correlation_id: request.correlation_id,
-    };
-    let resource = format!("appointment/{}", appointment.id);
-    audit_entry(&mut tx, &request.country_code, actor, "appointment.book", &resource).await?;
-    tx.commit().await?;
-    Ok(Booked {
-        appointment,
-        replayed: false,
-    })
+    match inserted {
+        Some(appointment) => Ok(Booked {
+            appointment,
+            replayed: false,
+        }),
+        // Nothing written: the key was used before, or the practitioner takes no bookings.
+        None => replay(pool, request).await,
+    }
 }
 
 /// The booked time of a practitioner between `from` and `until`, for slot computation.
@@ -155,14 +175,16 @@ pub async fn booked(
 
 /// The first booking made with this key, if it asked for the same thing.
 async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
-    let first = sqlx::query_as::<_, Appointment>(
-        "SELECT id, country_code, practitioner_id, patient_id, starts_at, ends_at, status, reason
-           FROM appointments WHERE country_code = $1 AND idempotency_key = $2",
-    )
+    let first: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND idempotency_key = $2"
+    )))
     .bind(&request.country_code)
     .bind(&request.idempotency_key)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
+    let Some(first) = first else {
+        return Err(BookingError::UnknownPractitioner(request.practitioner_id));
+    };
     let same = first.practitioner_id == request.practitioner_id
         && first.patient_id == request.patient_id
         && first.starts_at == request.starts_at

@@ -40,33 +40,62 @@ fn payload(at: DateTime<Utc>, actor: &str, action: &str, resource: &str, correla
     serde_json::to_vec(&(at, actor, action, resource, correlation_id)).expect("strings serialize")
 }
 
+/// A record ready to chain: its time, chain and the bytes its hash covers.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub at: DateTime<Utc>,
+    pub chain: i16,
+    pub payload: Vec<u8>,
+}
+
+/// Stamps `record` with the current time and computes what its hash will cover.
+pub fn prepare(record: &Record<'_>) -> Prepared {
+    // Microseconds: what timestamptz keeps, so verification rebuilds the same payload.
+    let at = Utc::now().trunc_subsecs(6);
+    let payload = payload(at, record.actor, record.action, record.resource, record.correlation_id);
+    Prepared {
+        at,
+        chain: chain_of(record.resource),
+        payload,
+    }
+}
+
+/// The SQL that chains a record, as two common table expressions `{head}` and `{trail}`
+/// for a larger statement: `$country`, `$chain`, `$payload`, `$at`, `$actor`, `$action`,
+/// `$resource` and `$correlation` stand for the placeholders the caller binds, and `from`
+/// is a relation that yields one row when the record should be written (and none when not).
+pub fn chain_ctes(from: &str, p: [&str; 8]) -> String {
+    let [country, chain, payload, at, actor, action, resource, correlation] = p;
+    format!(
+        "audit_head AS (
+             INSERT INTO audit_heads AS h (country_code, chain, prev_hash, hash)
+             SELECT {country}, {chain}, NULL, sha256({payload}) FROM {from}
+             ON CONFLICT (country_code, chain) DO UPDATE SET prev_hash = h.hash, hash = sha256(h.hash || {payload})
+             RETURNING prev_hash, hash
+         ),
+         audit_trail AS (
+             INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
+             SELECT {country}, {chain}, {at}, {actor}, {action}, {resource}, {correlation}, prev_hash, hash FROM audit_head
+         )"
+    )
+}
+
 /// Appends `record` to its chain, inside the caller's transaction: the record commits or
 /// rolls back with the change it describes. One round trip.
 pub async fn append(conn: &mut PgConnection, record: &Record<'_>) -> Result<(), sqlx::Error> {
-    // Microseconds: what timestamptz keeps, so verification rebuilds the same payload.
-    let at = Utc::now().trunc_subsecs(6);
-    let chain = chain_of(record.resource);
-    let payload = payload(at, record.actor, record.action, record.resource, record.correlation_id);
-    sqlx::query(
-        "WITH head AS (
-             INSERT INTO audit_heads AS h (country_code, chain, prev_hash, hash)
-             VALUES ($1, $2, NULL, sha256($3))
-             ON CONFLICT (country_code, chain) DO UPDATE SET prev_hash = h.hash, hash = sha256(h.hash || $3)
-             RETURNING prev_hash, hash
-         )
-         INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
-         SELECT $1, $2, $4, $5, $6, $7, $8, prev_hash, hash FROM head",
-    )
-    .bind(record.country_code)
-    .bind(chain)
-    .bind(&payload)
-    .bind(at)
-    .bind(record.actor)
-    .bind(record.action)
-    .bind(record.resource)
-    .bind(record.correlation_id)
-    .execute(conn)
-    .await?;
+    let prepared = prepare(record);
+    let ctes = chain_ctes("(SELECT 1) AS one", ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8"]);
+    sqlx::query(sqlx::AssertSqlSafe(format!("WITH {ctes} SELECT 1")))
+        .bind(record.country_code)
+        .bind(prepared.chain)
+        .bind(&prepared.payload)
+        .bind(prepared.at)
+        .bind(record.actor)
+        .bind(record.action)
+        .bind(record.resource)
+        .bind(record.correlation_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
