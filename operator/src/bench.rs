@@ -168,7 +168,10 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
                 match appointments::book(&pool, &request).await {
                     Ok(_) => Outcome::Booked,
                     Err(BookingError::Conflict(_)) => Outcome::Conflict,
-                    Err(_) => Outcome::Error,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "booking failed");
+                        Outcome::Error
+                    }
                 }
             }
         }
