@@ -377,3 +377,25 @@ async fn weekly_availability_becomes_slots_in_local_time() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "ranges are bounded");
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_every_route_in_it_exists() {
+    let api = api().await;
+    let (status, doc, content_type) = api.call("GET", "/de/v1/openapi.json", None, None).await;
+    assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
+    assert_eq!(doc["servers"][0]["url"], "/de/v1");
+    let admin = api.token(&[Role::SystemAdmin], &["*"]);
+    for (method, path, ..) in meridian_booking::http::OPERATIONS {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} documented");
+        // Routed: a missing route would be a bare 404/405 without a problem body.
+        let uri = format!("/de/v1{}", path.replace("{id}", "00000000-0000-0000-0000-000000000000"));
+        let (status, body, _) = api
+            .call(&method.to_uppercase(), &uri, Some(&admin), Some(json!({})))
+            .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(
+            status != StatusCode::NOT_FOUND || body["title"].is_string(),
+            "{method} {path} is routed"
+        );
+    }
+}

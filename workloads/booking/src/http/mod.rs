@@ -6,6 +6,7 @@ mod appointments;
 mod availability;
 mod caller;
 mod live;
+mod openapi;
 mod practitioners;
 mod problem;
 
@@ -20,6 +21,7 @@ use sqlx::PgPool;
 use crate::live::LiveSlots;
 
 pub use caller::Caller;
+pub use openapi::OPERATIONS;
 pub use problem::{InvalidField, Problem};
 
 /// Whether a country answers requests.
@@ -85,5 +87,6 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(availability::router())
         .merge(appointments::router())
         .merge(live::router())
+        .merge(openapi::router())
         .with_state(service)
 }
