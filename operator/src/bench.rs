@@ -97,6 +97,7 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
         code: "DE".into(),
         timezone: tz,
         serving: Serving::Ready,
+        reassignment: true,
     }]);
     let service = Arc::new(Service::new(pool.clone(), Arc::new(issuer.verifier()), countries));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -160,6 +160,7 @@ fn entry(country: &Country) -> Option<CountryEntry> {
         code: country.spec.code.clone(),
         timezone,
         serving,
+        reassignment: country.spec.features.reassignment,
     })
 }
 

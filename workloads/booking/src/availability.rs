@@ -233,13 +233,23 @@ pub async fn add(
 
 /// Every entry of a practitioner.
 pub async fn list(pool: &PgPool, country: &str, practitioner: Uuid) -> Result<Vec<Stored>, PractitionerError> {
+    let mut conn = pool.acquire().await?;
+    Ok(list_in(&mut conn, country, practitioner).await?)
+}
+
+/// [`list`] inside a transaction.
+pub async fn list_in(
+    conn: &mut sqlx::PgConnection,
+    country: &str,
+    practitioner: Uuid,
+) -> Result<Vec<Stored>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, kind, weekday, start_time, end_time, valid_from, valid_until, starts_at, ends_at, slot_minutes
            FROM availability WHERE country_code = $1 AND practitioner_id = $2 ORDER BY created_at, id",
     )
     .bind(country)
     .bind(practitioner)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().filter_map(from_row).collect())
 }

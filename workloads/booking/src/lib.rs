@@ -8,6 +8,7 @@ pub mod availability;
 pub mod http;
 pub mod live;
 pub mod practitioners;
+pub mod reassign;
 pub mod slots;
 
 /// Who reads or changes personal data, for the audit trail.

@@ -54,8 +54,10 @@ fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec
         ))
     };
     let parts: Vec<(&'static str, Span)> = match event_type.as_str() {
-        "appointment.booked" => vec![("slot.taken", at("startsAt", "endsAt"))],
-        "appointment.cancelled" => vec![("slot.freed", at("startsAt", "endsAt"))],
+        // A re-assigned appointment takes the new practitioner's slot (the event is keyed by
+        // them); the old practitioner is unavailable then, so their slot is not offered.
+        "appointment.booked" | "appointment.reassigned" => vec![("slot.taken", at("startsAt", "endsAt"))],
+        "appointment.cancelled" | "appointment.needs_rebooking" => vec![("slot.freed", at("startsAt", "endsAt"))],
         "appointment.rescheduled" => {
             vec![
                 ("slot.freed", at("previousStartsAt", "previousEndsAt")),
@@ -84,7 +86,8 @@ fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec
 
 const SELECT: &str = "SELECT id, country_code, event_type, aggregate_id, payload FROM outbox
                        WHERE topic = 'appointment-events'
-                         AND event_type IN ('appointment.booked', 'appointment.cancelled', 'appointment.rescheduled')";
+                         AND event_type IN ('appointment.booked', 'appointment.cancelled', 'appointment.rescheduled',
+                                            'appointment.reassigned', 'appointment.needs_rebooking')";
 
 /// The changes of one practitioner after event ID `after`, oldest first: what a
 /// reconnecting client missed.

@@ -34,6 +34,7 @@ impl Api {
             code: "DE".into(),
             timezone: chrono_tz::Europe::Berlin,
             serving: Serving::Ready,
+            reassignment: true,
         }]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
@@ -486,4 +487,88 @@ async fn a_reschedule_onto_a_taken_slot_is_a_conflict_and_changes_nothing() {
         .call("GET", &format!("/de/v1/appointments/{id}"), &alice, None, None)
         .await;
     assert_eq!(still["startsAt"], a["startsAt"]);
+}
+
+#[tokio::test]
+async fn when_a_practitioner_becomes_unavailable_appointments_move_to_a_free_colleague_or_need_rebooking() {
+    let api = Api::start().await;
+    let admin = api.token("admin", &[Role::ClinicAdmin]);
+    let patient = api.token("patient-1", &[Role::Patient]);
+    // A colleague of the same specialty who works the same hours.
+    let profile = json!({"givenName": "Jonas", "familyName": "Weber", "specialty": "Kardiologie", "city": "Berlin"});
+    let (_, colleague, _) = api
+        .call("POST", "/de/v1/practitioners", &admin, None, Some(profile))
+        .await;
+    let colleague = colleague["id"].as_str().unwrap().to_string();
+    for weekday in 1..=7 {
+        let rule =
+            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
+        api.call(
+            "POST",
+            &format!("/de/v1/practitioners/{colleague}/availability"),
+            &admin,
+            None,
+            Some(rule),
+        )
+        .await;
+    }
+    let start = api.tomorrow_first_slot(&patient).await;
+    let (_, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    let id = booked["id"].as_str().unwrap();
+
+    // Anna takes the day off: the appointment moves to Jonas, same time.
+    let day_start = chrono::DateTime::parse_from_rfc3339(&start).unwrap().to_utc() - chrono::Duration::hours(2);
+    let off = json!({"kind": "timeOff", "startsAt": day_start, "endsAt": day_start + chrono::Duration::hours(12)});
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{}/availability", api.practitioner),
+            &admin,
+            None,
+            Some(off),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, moved, _) = api
+        .call("GET", &format!("/de/v1/appointments/{id}"), &patient, None, None)
+        .await;
+    assert_eq!(
+        (moved["practitionerId"].as_str(), moved["startsAt"].as_str()),
+        (Some(colleague.as_str()), Some(start.as_str()))
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'appointment.reassigned'")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "the patient is told through an event");
+
+    // Jonas leaves too, and nobody else is free: the patient must rebook.
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/practitioners/{colleague}/deactivate"),
+            &admin,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, stranded, _) = api
+        .call("GET", &format!("/de/v1/appointments/{id}"), &patient, None, None)
+        .await;
+    assert_eq!(stranded["status"], "needs_rebooking");
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'appointment.needs_rebooking'")
+            .fetch_one(&api.pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 1);
 }

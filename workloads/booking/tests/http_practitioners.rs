@@ -33,11 +33,13 @@ async fn api() -> Api {
             code: "DE".into(),
             timezone: chrono_tz::Europe::Berlin,
             serving: Serving::Ready,
+            reassignment: true,
         },
         CountryEntry {
             code: "AT".into(),
             timezone: chrono_tz::Europe::Vienna,
             serving: Serving::Ready,
+            reassignment: true,
         },
     ]);
     let pool = PgPool::connect(&pg.url()).await.unwrap();
@@ -181,6 +183,7 @@ async fn countries_are_walls() {
         code: "DE".into(),
         timezone: chrono_tz::Europe::Berlin,
         serving: Serving::NotReady("RegionNotReady: waiting".into()),
+        reassignment: true,
     }]);
     let (status, problem, _) = api.call("GET", "/de/v1/practitioners", Some(&everywhere), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
 use crate::availability::{self, Entry, Stored};
-use crate::{appointments, practitioners, slots};
+use crate::{appointments, practitioners, reassign, slots};
 
 const SCHEDULERS: &[Role] = &[Role::ClinicAdmin, Role::PracticeManager, Role::SystemAdmin];
 /// The widest slot query, in days.
@@ -34,6 +34,23 @@ async fn add(
 ) -> Result<(StatusCode, Json<Stored>), Problem> {
     caller.require(SCHEDULERS)?;
     let stored = availability::add(&s.pool, &caller.country.code, id, &entry, caller.actor()).await?;
+    if let Entry::TimeOff { starts_at, ends_at } = &entry {
+        let window = slots::Interval {
+            start: *starts_at,
+            end: *ends_at,
+        };
+        let country = &caller.country;
+        reassign::run(
+            &s.pool,
+            &country.code,
+            country.timezone,
+            id,
+            Some(window),
+            country.reassignment,
+            caller.actor(),
+        )
+        .await?;
+    }
     Ok((StatusCode::CREATED, Json(stored)))
 }
 

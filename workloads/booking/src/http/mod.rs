@@ -40,6 +40,9 @@ pub struct CountryEntry {
     pub code: String,
     pub timezone: Tz,
     pub serving: Serving,
+    /// `features.reassignment`: move appointments to a colleague when a practitioner
+    /// becomes unavailable, rather than only asking the patient to rebook.
+    pub reassignment: bool,
 }
 
 /// The countries of this service's Region, kept current by whoever runs the service (the

@@ -110,9 +110,19 @@ async fn deactivate(
     PathId(id): PathId,
 ) -> Result<Json<Practitioner>, Problem> {
     caller.require(MANAGERS)?;
-    Ok(Json(
-        practitioners::deactivate(&s.pool, &caller.country.code, id, caller.actor()).await?,
-    ))
+    let practitioner = practitioners::deactivate(&s.pool, &caller.country.code, id, caller.actor()).await?;
+    let country = &caller.country;
+    crate::reassign::run(
+        &s.pool,
+        &country.code,
+        country.timezone,
+        id,
+        None,
+        country.reassignment,
+        caller.actor(),
+    )
+    .await?;
+    Ok(Json(practitioner))
 }
 
 async fn import(
