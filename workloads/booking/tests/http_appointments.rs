@@ -19,6 +19,7 @@ struct Api {
     pool: PgPool,
     app: axum::Router,
     issuer: DevIssuer,
+    countries: Countries,
     /// A practitioner available every day 09:00–12:00 Berlin time, in 30-minute slots.
     practitioner: String,
 }
@@ -41,9 +42,10 @@ impl Api {
             .connect(&pg.url())
             .await
             .unwrap();
-        let service = Service::new(pool.clone(), Arc::new(issuer.verifier()), countries);
+        let service = Service::new(pool.clone(), Arc::new(issuer.verifier()), countries.clone());
         let mut api = Api {
             _pg: pg,
+            countries,
             pool,
             app: app(Arc::new(service)),
             issuer,
@@ -571,4 +573,66 @@ async fn when_a_practitioner_becomes_unavailable_appointments_move_to_a_free_col
             .await
             .unwrap();
     assert_eq!(events, 1);
+}
+
+#[tokio::test]
+async fn where_reassignment_is_switched_off_patients_are_asked_to_rebook() {
+    let api = Api::start().await;
+    api.countries.set([CountryEntry {
+        code: "DE".into(),
+        timezone: chrono_tz::Europe::Berlin,
+        serving: Serving::Ready,
+        reassignment: false,
+    }]);
+    let admin = api.token("admin", &[Role::ClinicAdmin]);
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let profile = json!({"givenName": "Jonas", "familyName": "Weber", "specialty": "Kardiologie", "city": "Berlin"});
+    let (_, colleague, _) = api
+        .call("POST", "/de/v1/practitioners", &admin, None, Some(profile))
+        .await;
+    let colleague = colleague["id"].as_str().unwrap().to_string();
+    for weekday in 1..=7 {
+        let rule =
+            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
+        api.call(
+            "POST",
+            &format!("/de/v1/practitioners/{colleague}/availability"),
+            &admin,
+            None,
+            Some(rule),
+        )
+        .await;
+    }
+    let start = api.tomorrow_first_slot(&patient).await;
+    let (_, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    api.call(
+        "POST",
+        &format!("/de/v1/practitioners/{}/deactivate", api.practitioner),
+        &admin,
+        None,
+        None,
+    )
+    .await;
+    let (_, after, _) = api
+        .call(
+            "GET",
+            &format!("/de/v1/appointments/{}", booked["id"].as_str().unwrap()),
+            &patient,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (after["status"].as_str(), after["practitionerId"].as_str()),
+        (Some("needs_rebooking"), Some(api.practitioner.as_str())),
+        "a free colleague exists, but the country does not re-assign"
+    );
 }
