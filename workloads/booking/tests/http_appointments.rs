@@ -103,6 +103,30 @@ impl Api {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), replayed)
     }
 
+    /// A second cardiologist, available the same hours as the first; returns their ID.
+    async fn colleague(&self, admin: &str) -> String {
+        let profile =
+            json!({"givenName": "Jonas", "familyName": "Weber", "specialty": "Kardiologie", "city": "Berlin"});
+        let (_, created, _) = self
+            .call("POST", "/de/v1/practitioners", admin, None, Some(profile))
+            .await;
+        let id = created["id"].as_str().unwrap().to_string();
+        for weekday in 1..=7 {
+            let rule = json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
+            let (status, _, _) = self
+                .call(
+                    "POST",
+                    &format!("/de/v1/practitioners/{id}/availability"),
+                    admin,
+                    None,
+                    Some(rule),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        id
+    }
+
     /// The first free slot tomorrow, in UTC.
     async fn tomorrow_first_slot(&self, token: &str) -> String {
         let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
@@ -497,23 +521,7 @@ async fn when_a_practitioner_becomes_unavailable_appointments_move_to_a_free_col
     let admin = api.token("admin", &[Role::ClinicAdmin]);
     let patient = api.token("patient-1", &[Role::Patient]);
     // A colleague of the same specialty who works the same hours.
-    let profile = json!({"givenName": "Jonas", "familyName": "Weber", "specialty": "Kardiologie", "city": "Berlin"});
-    let (_, colleague, _) = api
-        .call("POST", "/de/v1/practitioners", &admin, None, Some(profile))
-        .await;
-    let colleague = colleague["id"].as_str().unwrap().to_string();
-    for weekday in 1..=7 {
-        let rule =
-            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
-        api.call(
-            "POST",
-            &format!("/de/v1/practitioners/{colleague}/availability"),
-            &admin,
-            None,
-            Some(rule),
-        )
-        .await;
-    }
+    let colleague = api.colleague(&admin).await;
     let start = api.tomorrow_first_slot(&patient).await;
     let (_, booked, _) = api
         .call(
@@ -586,23 +594,8 @@ async fn where_reassignment_is_switched_off_patients_are_asked_to_rebook() {
     }]);
     let admin = api.token("admin", &[Role::ClinicAdmin]);
     let patient = api.token("patient-1", &[Role::Patient]);
-    let profile = json!({"givenName": "Jonas", "familyName": "Weber", "specialty": "Kardiologie", "city": "Berlin"});
-    let (_, colleague, _) = api
-        .call("POST", "/de/v1/practitioners", &admin, None, Some(profile))
-        .await;
-    let colleague = colleague["id"].as_str().unwrap().to_string();
-    for weekday in 1..=7 {
-        let rule =
-            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
-        api.call(
-            "POST",
-            &format!("/de/v1/practitioners/{colleague}/availability"),
-            &admin,
-            None,
-            Some(rule),
-        )
-        .await;
-    }
+    // A colleague of the same specialty who works the same hours.
+    api.colleague(&admin).await;
     let start = api.tomorrow_first_slot(&patient).await;
     let (_, booked, _) = api
         .call(
