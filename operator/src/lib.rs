@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod bench;
+pub mod booking_cmd;
 pub mod conditions;
 pub mod controller;
 pub mod dev;

@@ -31,6 +31,8 @@ enum Command {
     },
     /// Run the Kubernetes operator (in a cluster, or against the current kubeconfig).
     Operator(meridian_operator::k8s::OperatorOptions),
+    /// Run the booking workload for one Region: its database, its countries.
+    Booking(meridian_operator::booking_cmd::BookingOptions),
     /// Measure a hot path and print its figures; the last line is `key=value` pairs.
     #[command(subcommand)]
     Bench(Bench),
@@ -81,6 +83,10 @@ fn main() -> ExitCode {
             }
             Command::Operator(options) => {
                 meridian_operator::k8s::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Booking(options) => {
+                meridian_operator::booking_cmd::run(options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {

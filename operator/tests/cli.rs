@@ -111,3 +111,108 @@ fn plan_exits_non_zero_on_invalid_manifests_and_names_each_problem() {
     }
     assert!(text.contains("6 invalid manifest(s)"), "{text}");
 }
+
+/// One HTTP/1.1 request over a fresh connection: status line and body.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
+    use meridian_shared::auth::{DevIssuer, Role};
+    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
+        .await
+        .unwrap();
+    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    let issuer = DevIssuer::new("https://idp.example", "meridian");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = meridian()
+        .args([
+            "booking",
+            "--listen",
+            &addr,
+            "--issuer",
+            "https://idp.example",
+            "--country",
+            "DE=Europe/Berlin",
+        ])
+        .arg("--database-url")
+        .arg(pg.url())
+        .arg("--jwks-file")
+        .arg(dir.path().join("jwks.json"))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "meridian booking did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let token = issuer.token(
+        "admin",
+        &[Role::ClinicAdmin],
+        &["DE"],
+        std::time::Duration::from_secs(60),
+    );
+    let body = r#"{"givenName":"Anna","familyName":"Schmidt","specialty":"Kardiologie","city":"Berlin"}"#;
+    let request = format!(
+        "POST /de/v1/practitioners HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, created) = http(&addr, &request);
+    assert_eq!(status, 201, "{created}");
+    let (status, problem) = http(
+        &addr,
+        &format!(
+            "GET /fr/v1/practitioners HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 404, "only its Region's countries: {problem}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "stops cleanly on SIGTERM");
+
+    let refused = meridian()
+        .args([
+            "booking",
+            "--issuer",
+            "x",
+            "--jwks-file",
+            "/nonexistent",
+            "--database-url",
+            "postgres://x",
+            "--country",
+            "DE=Mars/Olympus",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown IANA time zone"));
+}
