@@ -89,19 +89,19 @@ const SELECT: &str = "SELECT id, country_code, event_type, aggregate_id, payload
                          AND event_type IN ('appointment.booked', 'appointment.cancelled', 'appointment.rescheduled',
                                             'appointment.reassigned', 'appointment.needs_rebooking')";
 
-/// The changes of one practitioner after event ID `after`, oldest first: what a
+/// The changes of some practitioners after event ID `after`, oldest first: what a
 /// reconnecting client missed.
 pub async fn since(
     pool: &PgPool,
     country: &str,
-    practitioner: Uuid,
+    practitioners: &[Uuid],
     after: i64,
 ) -> Result<Vec<SlotChange>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} AND country_code = $1 AND aggregate_id = $2 AND id >= $3 ORDER BY id"
+        "{SELECT} AND country_code = $1 AND aggregate_id = ANY($2) AND id >= $3 ORDER BY id"
     )))
     .bind(country)
-    .bind(practitioner)
+    .bind(practitioners)
     .bind(after.div_euclid(2))
     .fetch_all(pool)
     .await?;

@@ -235,6 +235,28 @@ pub async fn list(
     .await?)
 }
 
+/// Active practitioners of a specialty in a city (both matched without regard to case),
+/// at most `limit`, in ID order.
+pub async fn matching(
+    pool: &PgPool,
+    country: &str,
+    specialty: &str,
+    city: &str,
+    limit: u32,
+) -> Result<Vec<Practitioner>, PractitionerError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM practitioners
+          WHERE country_code = $1 AND active AND lower(specialty) = lower($2) AND lower(city) = lower($3)
+          ORDER BY id LIMIT $4"
+    )))
+    .bind(country)
+    .bind(specialty)
+    .bind(city)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?)
+}
+
 /// What a bulk import did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

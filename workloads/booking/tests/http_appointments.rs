@@ -629,3 +629,53 @@ async fn where_reassignment_is_switched_off_patients_are_asked_to_rebook() {
         "a free colleague exists, but the country does not re-assign"
     );
 }
+
+#[tokio::test]
+async fn slots_and_live_changes_for_a_specialty_in_a_city() {
+    let api = Api::start().await;
+    let admin = api.token("admin", &[Role::ClinicAdmin]);
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let colleague = api.colleague(&admin).await;
+    let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+    let (status, body, _) = api
+        .call(
+            "GET",
+            &format!("/de/v1/slots?specialty=kardiologie&city=berlin&from={day}&to={day}"),
+            &patient,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let found = body["practitioners"].as_array().unwrap();
+    assert_eq!(
+        found.len(),
+        2,
+        "both cardiologists in Berlin, matched without regard to case"
+    );
+    assert!(found.iter().all(|p| p["slots"].as_array().unwrap().len() == 6));
+
+    let request = Request::get("/de/v1/slots/events?specialty=Kardiologie&city=Berlin")
+        .header(header::AUTHORIZATION, format!("Bearer {patient}"))
+        .body(Body::empty())
+        .unwrap();
+    let mut stream = api.app.clone().oneshot(request).await.unwrap().into_body();
+    let mut buffer = String::new();
+    let start = found
+        .iter()
+        .find(|p| p["practitionerId"] == colleague.as_str())
+        .unwrap()["slots"][0]["start"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let booking = json!({"practitionerId": colleague, "start": start});
+    let (status, _, _) = api
+        .call("POST", "/de/v1/appointments", &patient, Some("k"), Some(booking))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["practitionerId"].as_str()),
+        ("slot.taken", Some(colleague.as_str()))
+    );
+}

@@ -1,6 +1,7 @@
 //! `GET /{cc}/v1/practitioners/{id}/slots/events`: a `text/event-stream` of `slot.taken` and
 //! `slot.freed`, with heartbeats, resumable with `Last-Event-ID`.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +12,19 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures::{Stream, StreamExt, stream};
+use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
 
-use super::problem::PathId;
+use super::problem::{Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
 use crate::live::{self, SlotChange};
 use crate::practitioners;
 
 pub fn router() -> Router<Arc<Service>> {
-    Router::new().route("/{cc}/v1/practitioners/{id}/slots/events", get(events))
+    Router::new()
+        .route("/{cc}/v1/practitioners/{id}/slots/events", get(events))
+        .route("/{cc}/v1/slots/events", get(events_where))
 }
 
 fn event(change: &SlotChange) -> Event {
@@ -36,34 +41,73 @@ async fn events(
     PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let code = caller.country.code.clone();
-    practitioners::get(&s.pool, &code, id).await?;
-    let last_seen = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| {
+    practitioners::get(&s.pool, &caller.country.code, id).await?;
+    let last_seen = last_event_id(&headers)?;
+    stream_for(s, caller.country.code, vec![id], last_seen).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Where {
+    specialty: String,
+    city: String,
+}
+
+/// The same stream for every active practitioner of a specialty in a city (as they are
+/// when the stream opens).
+async fn events_where(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Params(place): Params<Where>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let found = practitioners::matching(&s.pool, &caller.country.code, &place.specialty, &place.city, 500).await?;
+    let last_seen = last_event_id(&headers)?;
+    stream_for(s, caller.country.code, found.iter().map(|p| p.id).collect(), last_seen).await
+}
+
+/// The `Last-Event-ID` a reconnecting client sends.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
             Problem::invalid(vec![InvalidField {
                 field: "Last-Event-ID".into(),
                 message: "must be an event ID from this stream".into(),
             }])
-        })?),
-    };
+        })
+}
+
+async fn stream_for(
+    s: Arc<Service>,
+    code: String,
+    watched: Vec<Uuid>,
+    last_seen: Option<i64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     // Subscribe before replaying, so nothing falls between the two.
     let receiver = s.live.subscribe().await?;
     let after = match last_seen {
         Some(id) => id,
         None => live::head(&s.pool).await?,
     };
-    let missed = live::since(&s.pool, &code, id, after).await?;
+    let missed = live::since(&s.pool, &code, &watched, after).await?;
     let replayed_up_to = missed.last().map_or(after, |c| c.id);
     let replay = stream::iter(missed.iter().map(event).map(Ok).collect::<Vec<_>>());
+    let watched: HashSet<Uuid> = watched.into_iter().collect();
     let live = stream::unfold(receiver, move |mut receiver| {
-        let code = code.clone();
+        let (code, watched) = (code.clone(), watched.clone());
         async move {
             loop {
                 match receiver.recv().await {
                     Ok(change)
                         if change.country_code == code
-                            && change.practitioner_id == id
+                            && watched.contains(&change.practitioner_id)
                             && change.id > replayed_up_to =>
                     {
                         return Some((Ok(event(&change)), receiver));

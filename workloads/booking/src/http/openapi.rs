@@ -174,6 +174,9 @@ fn document(cc: &str) -> Value {
                 "AvailabilityList": {"type": "array", "items": {"$ref": "#/components/schemas/AvailabilityEntry"}},
                 "Slots": {"type": "object", "properties": {"timezone": string, "slots": {"type": "array", "items": {"type": "object", "properties": {
                     "start": time, "end": time, "localStart": string, "localEnd": string}}}}},
+                "SlotsByPractitioner": {"type": "object", "properties": {"timezone": string, "practitioners": {"type": "array", "items": {
+                    "type": "object", "properties": {"practitionerId": string, "givenName": string, "familyName": string,
+                    "slots": {"$ref": "#/components/schemas/Slots/properties/slots"}}}}}},
                 "SlotChange": {"type": "object", "properties": {"practitionerId": string, "start": time, "end": time}},
                 "NewAppointment": {"type": "object", "required": ["practitionerId", "start"], "properties": {
                     "practitionerId": {"type": "string", "format": "uuid"}, "start": time, "reason": string, "patientId": string}},
