@@ -67,6 +67,10 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     for name in COUNTRIES {
         dev.await_ready(name, Duration::from_secs(120));
     }
+    // Ready shows in the API a moment before the status output is printed.
+    dev.wait_for("the start-up timing", Duration::from_secs(5), |d| {
+        d.output().contains("timing: all countries Ready")
+    });
     let out = dev.output();
     let line = out
         .lines()
