@@ -264,14 +264,9 @@ pub async fn get(
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
     let appointment = visible(&mut tx, country, id, scope, "").await?;
-    audit_entry(
-        &mut tx,
-        country,
-        actor,
-        "appointment.read",
-        &format!("appointment/{id}"),
-    )
-    .await?;
+    actor
+        .audit(&mut tx, country, "appointment.read", &format!("appointment/{id}"))
+        .await?;
     tx.commit().await?;
     Ok(appointment)
 }
@@ -309,7 +304,7 @@ pub async fn list(
         Scope::Practitioner(id) => format!("practitioner/{id}/appointments"),
         Scope::Country => format!("country/{country}/appointments"),
     };
-    audit_entry(&mut tx, country, actor, "appointment.list", &resource).await?;
+    actor.audit(&mut tx, country, "appointment.list", &resource).await?;
     tx.commit().await?;
     Ok(found)
 }
@@ -343,33 +338,11 @@ pub async fn cancel(
         payload: &cancelled,
     };
     outbox::enqueue(&mut tx, &event).await?;
-    audit_entry(
-        &mut tx,
-        country,
-        actor,
-        "appointment.cancel",
-        &format!("appointment/{id}"),
-    )
-    .await?;
+    actor
+        .audit(&mut tx, country, "appointment.cancel", &format!("appointment/{id}"))
+        .await?;
     tx.commit().await?;
     Ok(cancelled)
-}
-
-async fn audit_entry(
-    conn: &mut PgConnection,
-    country: &str,
-    actor: Actor<'_>,
-    action: &str,
-    resource: &str,
-) -> Result<(), sqlx::Error> {
-    let record = audit::Record {
-        country_code: country,
-        actor: actor.subject,
-        action,
-        resource,
-        correlation_id: actor.correlation_id,
-    };
-    audit::append(conn, &record).await
 }
 
 /// What `appointment.rescheduled` carries: the appointment at its new time, and the time it
@@ -426,14 +399,9 @@ pub async fn reschedule(
         payload: &payload,
     };
     outbox::enqueue(&mut tx, &event).await?;
-    audit_entry(
-        &mut tx,
-        country,
-        actor,
-        "appointment.reschedule",
-        &format!("appointment/{id}"),
-    )
-    .await?;
+    actor
+        .audit(&mut tx, country, "appointment.reschedule", &format!("appointment/{id}"))
+        .await?;
     tx.commit().await?;
     Ok(moved)
 }

@@ -2,7 +2,6 @@
 //! and time off. Read back as [`slots::Availability`] for slot computation.
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc, Weekday};
-use meridian_shared::audit;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -134,10 +133,7 @@ pub async fn add(
     entry: &Entry,
     actor: Actor<'_>,
 ) -> Result<Stored, PractitionerError> {
-    let errors = entry.validate();
-    if !errors.is_empty() {
-        return Err(PractitionerError::Invalid(errors));
-    }
+    crate::practitioners::invalid(entry.validate())?;
     let mut tx = pool.begin().await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM practitioners WHERE country_code = $1 AND id = $2)")
@@ -216,14 +212,7 @@ pub async fn add(
     .execute(&mut *tx)
     .await?;
     let resource = format!("practitioner/{practitioner}/availability/{id}");
-    let record = audit::Record {
-        country_code: country,
-        actor: actor.subject,
-        action: "availability.add",
-        resource: &resource,
-        correlation_id: actor.correlation_id,
-    };
-    audit::append(&mut tx, &record).await?;
+    actor.audit(&mut tx, country, "availability.add", &resource).await?;
     tx.commit().await?;
     Ok(Stored {
         id,

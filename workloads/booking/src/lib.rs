@@ -19,3 +19,24 @@ pub struct Actor<'a> {
     /// The request's correlation ID.
     pub correlation_id: uuid::Uuid,
 }
+
+impl Actor<'_> {
+    /// Appends the audit record of `action` on `resource` by this actor, inside the caller's
+    /// transaction.
+    pub async fn audit(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        country: &str,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), sqlx::Error> {
+        let record = meridian_shared::audit::Record {
+            country_code: country,
+            actor: self.subject,
+            action,
+            resource,
+            correlation_id: self.correlation_id,
+        };
+        meridian_shared::audit::append(conn, &record).await
+    }
+}

@@ -3,7 +3,7 @@
 //! and an audit record in the same transaction.
 
 use chrono::{DateTime, Utc};
-use meridian_shared::{audit, outbox};
+use meridian_shared::outbox;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -364,14 +364,7 @@ pub async fn import(
     outbox::enqueue_all(&mut tx, &events).await?;
     // One record for the import as a whole: thousands of rows, one request.
     let resource = format!("practitioners/import/{}", actor.correlation_id);
-    let record = audit::Record {
-        country_code: country,
-        actor: actor.subject,
-        action: "practitioner.import",
-        resource: &resource,
-        correlation_id: actor.correlation_id,
-    };
-    audit::append(&mut tx, &record).await?;
+    actor.audit(&mut tx, country, "practitioner.import", &resource).await?;
     tx.commit().await?;
     Ok(report)
 }
@@ -383,7 +376,7 @@ struct Written {
     inserted: bool,
 }
 
-fn invalid(errors: Vec<FieldError>) -> Result<(), PractitionerError> {
+pub(crate) fn invalid(errors: Vec<FieldError>) -> Result<(), PractitionerError> {
     if errors.is_empty() {
         Ok(())
     } else {
@@ -416,12 +409,5 @@ async fn changed(
     };
     outbox::enqueue(conn, &event).await?;
     let resource = format!("practitioner/{}", practitioner.id);
-    let record = audit::Record {
-        country_code: &practitioner.country_code,
-        actor: actor.subject,
-        action,
-        resource: &resource,
-        correlation_id: actor.correlation_id,
-    };
-    audit::append(conn, &record).await
+    actor.audit(conn, &practitioner.country_code, action, &resource).await
 }

@@ -7,7 +7,7 @@
 
 use chrono::Utc;
 use chrono_tz::Tz;
-use meridian_shared::{audit, outbox};
+use meridian_shared::outbox;
 use serde::Serialize;
 use sqlx::{Acquire, PgConnection, PgPool};
 use uuid::Uuid;
@@ -196,13 +196,7 @@ async fn record<P: Serialize>(
         payload,
     };
     outbox::enqueue(&mut *conn, &event).await?;
-    let resource = format!("appointment/{id}");
-    let entry = audit::Record {
-        country_code: country,
-        actor: actor.subject,
-        action: event_type,
-        resource: &resource,
-        correlation_id: actor.correlation_id,
-    };
-    audit::append(conn, &entry).await
+    actor
+        .audit(conn, country, event_type, &format!("appointment/{id}"))
+        .await
 }
