@@ -21,6 +21,9 @@ pub struct BookRequest {
     /// Reason for visit only: clinical notes belong to the records service.
     pub reason: Option<String>,
     pub idempotency_key: String,
+    /// The practitioner's `schedule_version` the slot was checked against: the booking is
+    /// refused ([`BookingError::NotBookable`]) if the schedule changed since.
+    pub schedule_version: i64,
     /// Who asks (token subject), and the request's correlation ID, for the audit trail.
     pub actor: String,
     pub correlation_id: Uuid,
@@ -58,8 +61,8 @@ pub enum BookingError {
     NotBooked(String),
     #[error("the time is no longer free: {0:?}")]
     Conflict(Clash),
-    #[error("practitioner {0} does not exist or does not take appointments")]
-    UnknownPractitioner(Uuid),
+    #[error("practitioner {0} does not exist, takes no appointments, or changed schedule since it was read")]
+    NotBookable(Uuid),
     #[error("the Idempotency-Key was already used for a different booking")]
     KeyReused,
     #[error("database error: {0}")]
@@ -76,7 +79,8 @@ pub struct Booked {
 /// Books, or replays an earlier booking with the same idempotency key.
 pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
     // The appointment, its event and its audit record go in together, in one statement
-    // (one round trip, atomic): the practitioner must be active, the idempotency key new,
+    // (one round trip, atomic): the practitioner must be active and on the schedule the
+    // caller checked the slot against, the idempotency key new,
     // and the exclusion constraints decide whether the time is still free.
     let appointment = Appointment {
         id: Uuid::new_v4(),
@@ -101,7 +105,8 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     let payload = serde_json::to_value(&appointment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let inserted = sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
         "WITH practitioner AS (
-             SELECT 1 FROM practitioners WHERE country_code = $1 AND id = $3 AND active
+             SELECT 1 FROM practitioners
+              WHERE country_code = $1 AND id = $3 AND active AND schedule_version = $19
          ),
          booked AS (
              INSERT INTO appointments
@@ -135,6 +140,7 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     .bind(record.resource)
     .bind(record.correlation_id)
     .bind(payload)
+    .bind(request.schedule_version)
     .fetch_optional(pool)
     .await
     .map_err(clash)?;
@@ -143,7 +149,8 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
             appointment,
             replayed: false,
         }),
-        // Nothing written: the key was used before, or the practitioner takes no bookings.
+        // Nothing written: the key was used before, or the practitioner takes no bookings
+        // (or not on the schedule the slot was checked against).
         None => replay(pool, request).await,
     }
 }
@@ -183,7 +190,7 @@ async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingE
     .fetch_optional(pool)
     .await?;
     let Some(first) = first else {
-        return Err(BookingError::UnknownPractitioner(request.practitioner_id));
+        return Err(BookingError::NotBookable(request.practitioner_id));
     };
     let same = first.practitioner_id == request.practitioner_id
         && first.patient_id == request.patient_id

@@ -135,13 +135,16 @@ pub async fn add(
 ) -> Result<Stored, PractitionerError> {
     crate::practitioners::invalid(entry.validate())?;
     let mut tx = pool.begin().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM practitioners WHERE country_code = $1 AND id = $2)")
-            .bind(country)
-            .bind(practitioner)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !exists {
+    // A new schedule version: bookings checked against the old one are refused (see
+    // `schedules`). The row lock also orders concurrent changes of one schedule.
+    let bumped = sqlx::query(
+        "UPDATE practitioners SET schedule_version = schedule_version + 1 WHERE country_code = $1 AND id = $2",
+    )
+    .bind(country)
+    .bind(practitioner)
+    .execute(&mut *tx)
+    .await?;
+    if bumped.rows_affected() == 0 {
         return Err(PractitionerError::NotFound(practitioner));
     }
     let id = Uuid::new_v4();

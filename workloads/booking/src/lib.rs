@@ -9,6 +9,7 @@ pub mod http;
 pub mod live;
 pub mod practitioners;
 pub mod reassign;
+pub mod schedules;
 pub mod slots;
 
 /// Who reads or changes personal data, for the audit trail.

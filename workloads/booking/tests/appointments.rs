@@ -45,6 +45,7 @@ fn request(practitioner: Uuid, patient: &str, start: &str, key: &str) -> BookReq
         ends_at: starts_at + Duration::minutes(30),
         reason: Some("Kontrolle".into()),
         idempotency_key: key.into(),
+        schedule_version: 1,
         actor: patient.into(),
         correlation_id: Uuid::new_v4(),
     }
@@ -160,7 +161,7 @@ async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_
     let err = book(&pool, &request(unknown, "p1", "2026-12-01T09:00:00Z", "a"))
         .await
         .unwrap_err();
-    assert!(matches!(err, BookingError::UnknownPractitioner(id) if id == unknown));
+    assert!(matches!(err, BookingError::NotBookable(id) if id == unknown));
     sqlx::query("UPDATE practitioners SET active = false")
         .execute(&pool)
         .await
@@ -168,7 +169,7 @@ async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_
     let err = book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "b"))
         .await
         .unwrap_err();
-    assert!(matches!(err, BookingError::UnknownPractitioner(_)));
+    assert!(matches!(err, BookingError::NotBookable(_)));
     for table in ["appointments", "outbox", "audit"] {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(&pool)

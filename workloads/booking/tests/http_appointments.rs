@@ -71,8 +71,30 @@ impl Api {
         self.issuer.token(subject, roles, &["DE"], Duration::from_secs(300))
     }
 
+    /// Another replica of the service, on the same database, with caches of its own.
+    fn replica(&self) -> axum::Router {
+        let verifier = Arc::new(self.issuer.verifier());
+        app(Arc::new(Service::new(
+            self.pool.clone(),
+            verifier,
+            self.countries.clone(),
+        )))
+    }
+
     async fn call(
         &self,
+        method: &str,
+        uri: &str,
+        token: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, Option<String>) {
+        self.call_on(&self.app, method, uri, token, key, body).await
+    }
+
+    async fn call_on(
+        &self,
+        app: &axum::Router,
         method: &str,
         uri: &str,
         token: &str,
@@ -93,7 +115,7 @@ impl Api {
             }
             None => Body::empty(),
         };
-        let response = self.app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
         let status = response.status();
         let replayed = response
             .headers()
@@ -186,6 +208,64 @@ async fn a_patient_books_and_a_replay_returns_the_first_result() {
         (StatusCode::OK, Some("cancelled"))
     );
     assert_eq!(api.tomorrow_first_slot(&patient).await, start);
+}
+
+#[tokio::test]
+async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_through_another() {
+    let api = Api::start().await;
+    let other = api.replica();
+    let admin = api.token("admin", &[Role::ClinicAdmin]);
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let first = api.tomorrow_first_slot(&patient).await;
+    let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
+    let slot = |minutes: i64| (first_at + chrono::Duration::minutes(minutes)).to_rfc3339();
+    // This replica now holds the practitioner's schedule in its cache.
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("a"),
+            Some(api.booking(&first)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The other replica records time off from 09:30 to 10:30.
+    let off = json!({"kind": "timeOff", "startsAt": slot(30), "endsAt": slot(90)});
+    let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
+    let (status, _, _) = api.call_on(&other, "POST", &path, &admin, None, Some(off)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The first replica's cached schedule still offers 10:00; the database refuses it, the
+    // replica reloads the schedule and answers that 10:00 is not a slot any more.
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("b"),
+            Some(api.booking(&slot(60))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "start", "{body}");
+    // 10:30 is still a slot, on the fresh schedule.
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("c"),
+            Some(api.booking(&slot(90))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(booked, 2);
 }
 
 #[tokio::test]

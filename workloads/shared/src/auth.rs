@@ -5,9 +5,10 @@
 //! The algorithm comes from the key, never from the token's header, so a token cannot pick
 //! a weaker algorithm (or `none`, or HMAC keyed with the public key) for itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
@@ -82,6 +83,8 @@ pub struct Principal {
     pub subject: String,
     pub roles: BTreeSet<Role>,
     countries: BTreeSet<String>,
+    /// The token's `exp`, in seconds since 1970.
+    expires: u64,
 }
 
 impl Principal {
@@ -121,34 +124,57 @@ pub enum AuthError {
 }
 
 /// Checks tokens of one issuer for one audience.
+///
+/// The issuer's keys can be replaced while requests are served (key rotation), and tokens
+/// already verified are remembered until they expire: a caller sends the same token with
+/// every request, and checking an ES256 signature costs more than the rest of a booking's
+/// work in the service. The cache is keyed by the whole token, so only the very same bytes
+/// skip the signature check, and it is emptied whenever the keys change.
 pub struct Verifier {
     issuer: String,
     audience: String,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: RwLock<Arc<Vec<Key>>>,
+    verified: Mutex<HashMap<String, Principal>>,
 }
+
+/// A key of the issuer's set, with the one algorithm it verifies.
+struct Key {
+    id: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Seconds of clock skew accepted on `exp`.
+const LEEWAY: u64 = 30;
+
+/// Verified tokens remembered at most; beyond, the cache starts again from empty.
+const REMEMBERED: usize = 50_000;
 
 impl Verifier {
     /// From the issuer's JWKS document (`{"keys": [...]}`). RSA keys verify RS256, P-256
     /// keys ES256; other keys are refused.
     pub fn from_jwks(issuer: &str, audience: &str, jwks: &str) -> Result<Self, AuthError> {
-        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| AuthError::BadKeySet(e.to_string()))?;
-        let keys = set
-            .keys
-            .iter()
-            .map(|jwk| {
-                let algorithm = algorithm_of(jwk)?;
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthError::BadKeySet(e.to_string()))?;
-                Ok((jwk.common.key_id.clone(), algorithm, key))
-            })
-            .collect::<Result<Vec<_>, AuthError>>()?;
-        if keys.is_empty() {
-            return Err(AuthError::BadKeySet("no keys".into()));
-        }
         Ok(Self {
             issuer: issuer.into(),
             audience: audience.into(),
-            keys,
+            keys: RwLock::new(Arc::new(parse_jwks(jwks)?)),
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replaces the issuer's keys with those of `jwks`; an invalid document changes nothing.
+    /// Tokens signed by a key that is gone are refused from now on.
+    pub fn replace_keys(&self, jwks: &str) -> Result<(), AuthError> {
+        let keys = Arc::new(parse_jwks(jwks)?);
+        *self.keys.write().expect("keys lock") = keys;
+        self.verified.lock().expect("verified lock").clear();
+        Ok(())
+    }
+
+    /// The key IDs currently trusted.
+    pub fn key_ids(&self) -> Vec<String> {
+        let keys = self.keys.read().expect("keys lock").clone();
+        keys.iter().filter_map(|k| k.id.clone()).collect()
     }
 
     /// Verifies the value of an `Authorization` header.
@@ -161,21 +187,41 @@ impl Verifier {
 
     /// Verifies a compact JWT and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        if let Some(known) = self.verified.lock().expect("verified lock").get(token)
+            && known.expires + LEEWAY > now
+        {
+            return Ok(known.clone());
+        }
+        let principal = self.check_signature(token)?;
+        let mut verified = self.verified.lock().expect("verified lock");
+        if verified.len() >= REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), principal.clone());
+        Ok(principal)
+    }
+
+    fn check_signature(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let (_, algorithm, key) = match &header.kid {
-            Some(kid) => self.keys.iter().find(|(id, _, _)| id.as_deref() == Some(kid.as_str())),
-            None if self.keys.len() == 1 => self.keys.first(),
+        let keys = self.keys.read().expect("keys lock").clone();
+        let key = match &header.kid {
+            Some(kid) => keys.iter().find(|k| k.id.as_deref() == Some(kid.as_str())),
+            None if keys.len() == 1 => keys.first(),
             None => None,
         }
         .ok_or(AuthError::UnknownKey)?;
-        if header.alg != *algorithm {
+        if header.alg != key.algorithm {
             return Err(AuthError::WrongAlgorithm);
         }
-        let mut validation = Validation::new(*algorithm);
+        let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
-        validation.leeway = 30;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        validation.leeway = LEEWAY;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
@@ -195,8 +241,28 @@ impl Verifier {
             subject: claims.sub,
             roles,
             countries,
+            expires: claims.exp,
         })
     }
+}
+
+fn parse_jwks(jwks: &str) -> Result<Vec<Key>, AuthError> {
+    let set: JwkSet = serde_json::from_str(jwks).map_err(|e| AuthError::BadKeySet(e.to_string()))?;
+    let keys = set
+        .keys
+        .iter()
+        .map(|jwk| {
+            Ok(Key {
+                id: jwk.common.key_id.clone(),
+                algorithm: algorithm_of(jwk)?,
+                key: DecodingKey::from_jwk(jwk).map_err(|e| AuthError::BadKeySet(e.to_string()))?,
+            })
+        })
+        .collect::<Result<Vec<_>, AuthError>>()?;
+    if keys.is_empty() {
+        return Err(AuthError::BadKeySet("no keys".into()));
+    }
+    Ok(keys)
 }
 
 fn algorithm_of(jwk: &Jwk) -> Result<Algorithm, AuthError> {

@@ -167,3 +167,36 @@ fn key_sets_with_keys_we_do_not_accept_are_refused() {
         Err(AuthError::BadKeySet(_))
     ));
 }
+
+#[test]
+fn rotating_the_keys_refuses_tokens_of_a_key_that_is_gone_even_after_they_were_accepted() {
+    let (old, new) = (issuer(), issuer());
+    let verifier = old.verifier();
+    let token = old.token("patient-1", &[Role::Patient], &["DE"], Duration::from_secs(600));
+    // Accepted twice: the second time from the cache of verified tokens.
+    assert!(verifier.verify(&token).is_ok());
+    assert!(verifier.verify(&token).is_ok());
+    // Both dev issuers use the same key ID: the new key replaces the old one.
+    verifier.replace_keys(new.jwks()).unwrap();
+    assert_eq!(verifier.verify(&token), Err(AuthError::BadSignature));
+    let fresh = new.token("patient-1", &[Role::Patient], &["DE"], Duration::from_secs(600));
+    assert!(verifier.verify(&fresh).is_ok());
+    // A broken key set changes nothing.
+    assert!(matches!(
+        verifier.replace_keys("{\"keys\": []}"),
+        Err(AuthError::BadKeySet(_))
+    ));
+    assert!(verifier.verify(&fresh).is_ok());
+}
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let issuer = issuer();
+    let verifier = issuer.verifier();
+    // Expired 29 s ago: inside the 30 s leeway, so accepted and remembered...
+    let token = issuer.sign(&claims(-29));
+    assert!(verifier.verify(&token).is_ok());
+    // ...and refused once the leeway is over, although it is remembered.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(verifier.verify(&token), Err(AuthError::Expired));
+}

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
-use crate::appointments::{self, BookRequest, Scope};
-use crate::{availability, practitioners, slots};
+use crate::appointments::{self, BookRequest, BookingError, Scope};
+use crate::schedules::Schedule;
 
 /// Staff who book on a patient's behalf.
 const STAFF: &[Role] = &[Role::PracticeManager, Role::ClinicAdmin, Role::SystemAdmin];
@@ -84,19 +84,32 @@ async fn book(
     if new.start <= Utc::now() {
         return Err(invalid("start", "must be in the future"));
     }
-    let end = slot_end(&s, &caller, new.practitioner_id, new.start).await?;
-    let request = BookRequest {
-        country_code: caller.country.code.clone(),
-        practitioner_id: new.practitioner_id,
-        patient_id,
-        starts_at: new.start,
-        ends_at: end,
-        reason: new.reason,
-        idempotency_key: key.to_string(),
-        actor: caller.principal.subject.clone(),
-        correlation_id: caller.correlation_id,
+    let code = &caller.country.code;
+    // The slot is checked against the cached schedule; if the database says that schedule
+    // is no longer current, check again against a fresh one, once.
+    let mut fresh = false;
+    let booked = loop {
+        let schedule = schedule(&s, code, new.practitioner_id).await?;
+        let request = BookRequest {
+            country_code: code.clone(),
+            practitioner_id: new.practitioner_id,
+            patient_id: patient_id.clone(),
+            starts_at: new.start,
+            ends_at: slot_end(&schedule, &caller, new.start)?,
+            reason: new.reason.clone(),
+            idempotency_key: key.to_string(),
+            schedule_version: schedule.version,
+            actor: caller.principal.subject.clone(),
+            correlation_id: caller.correlation_id,
+        };
+        match appointments::book(&s.pool, &request).await {
+            Err(BookingError::NotBookable(_)) if !fresh => {
+                s.schedules.forget(code, new.practitioner_id);
+                fresh = true;
+            }
+            result => break result?,
+        }
     };
-    let booked = appointments::book(&s.pool, &request).await?;
     let status = if booked.replayed {
         StatusCode::OK
     } else {
@@ -111,37 +124,24 @@ async fn book(
     Ok(response)
 }
 
-/// The end of the practitioner's slot that starts at `start`, taken from availability
-/// alone: whether it is still free is the database's to decide, so that a lost race is a
-/// 409 and not a validation error.
-async fn slot_end(
-    s: &Service,
-    caller: &Caller,
-    practitioner: Uuid,
-    start: DateTime<Utc>,
-) -> Result<DateTime<Utc>, Problem> {
-    let code = &caller.country.code;
-    let tz = caller.country.timezone;
-    let found = practitioners::get(&s.pool, code, practitioner).await;
-    if !found.as_ref().is_ok_and(|p| p.active) {
-        return Err(invalid(
+/// The practitioner's schedule, if they take appointments in this country.
+async fn schedule(s: &Service, code: &str, practitioner: Uuid) -> Result<Arc<Schedule>, Problem> {
+    s.schedules.get(&s.pool, code, practitioner).await?.ok_or_else(|| {
+        invalid(
             "practitionerId",
             "no such practitioner takes appointments in this country",
-        ));
-    }
-    let entries = availability::list(&s.pool, code, practitioner).await?;
-    let day = start.with_timezone(&tz).date_naive();
-    let offered = slots::free_slots(tz, &availability::for_slots(&entries), &[], day, day);
-    offered
-        .iter()
-        .find(|slot| slot.start == start)
-        .map(|slot| slot.end)
-        .ok_or_else(|| {
-            invalid(
-                "start",
-                "is not the start of one of the practitioner's slots (see /slots)",
-            )
-        })
+        )
+    })
+}
+
+/// The end of the slot of `schedule` that starts at `start`.
+fn slot_end(schedule: &Schedule, caller: &Caller, start: DateTime<Utc>) -> Result<DateTime<Utc>, Problem> {
+    schedule.slot_end(caller.country.timezone, start).ok_or_else(|| {
+        invalid(
+            "start",
+            "is not the start of one of the practitioner's slots (see /slots)",
+        )
+    })
 }
 
 async fn read(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Response, Problem> {
@@ -205,7 +205,10 @@ async fn reschedule(
     }
     let code = caller.country.code.clone();
     let current = appointments::get(&s.pool, &code, id, &scope, caller.actor()).await?;
-    let end = slot_end(&s, &caller, current.practitioner_id, new.start).await?;
+    // Rescheduling is rare: check against the schedule as it is now.
+    s.schedules.forget(&code, current.practitioner_id);
+    let schedule = schedule(&s, &code, current.practitioner_id).await?;
+    let end = slot_end(&schedule, &caller, new.start)?;
     let moved = appointments::reschedule(&s.pool, &code, id, &scope, new.start, end, caller.actor()).await?;
     Ok(Json(moved).into_response())
 }

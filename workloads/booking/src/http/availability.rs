@@ -36,6 +36,7 @@ async fn add(
 ) -> Result<(StatusCode, Json<Stored>), Problem> {
     caller.require(SCHEDULERS)?;
     let stored = availability::add(&s.pool, &caller.country.code, id, &entry, caller.actor()).await?;
+    s.schedules.forget(&caller.country.code, id);
     if let Entry::TimeOff { starts_at, ends_at } = &entry {
         let window = slots::Interval {
             start: *starts_at,

@@ -19,6 +19,7 @@ use meridian_shared::auth::Verifier;
 use sqlx::PgPool;
 
 use crate::live::LiveSlots;
+use crate::schedules::Schedules;
 
 pub use caller::Caller;
 pub use openapi::OPERATIONS;
@@ -69,6 +70,7 @@ pub struct Service {
     pub verifier: Arc<Verifier>,
     pub countries: Countries,
     pub live: Arc<LiveSlots>,
+    pub schedules: Schedules,
 }
 
 impl Service {
@@ -79,6 +81,7 @@ impl Service {
             verifier,
             countries,
             live,
+            schedules: Schedules::default(),
         }
     }
 }

@@ -111,6 +111,7 @@ async fn deactivate(
 ) -> Result<Json<Practitioner>, Problem> {
     caller.require(MANAGERS)?;
     let practitioner = practitioners::deactivate(&s.pool, &caller.country.code, id, caller.actor()).await?;
+    s.schedules.forget(&caller.country.code, id);
     let country = &caller.country;
     crate::reassign::run(
         &s.pool,

@@ -136,9 +136,9 @@ impl From<BookingError> for Problem {
                     ..Problem::new(StatusCode::CONFLICT, "Conflict", detail)
                 }
             }
-            BookingError::UnknownPractitioner(_) => Problem::invalid(vec![InvalidField {
+            BookingError::NotBookable(_) => Problem::invalid(vec![InvalidField {
                 field: "practitionerId".into(),
-                message: e.to_string(),
+                message: "no such practitioner takes appointments in this country".into(),
             }]),
             BookingError::NotFound(_) => Problem::not_found(e.to_string()),
             BookingError::NotBooked(_) => Problem::new(StatusCode::CONFLICT, "Conflict", e.to_string()),

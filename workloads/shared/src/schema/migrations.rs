@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_chains",
         sql: include_str!("../../migrations/0003_audit_chains.sql"),
     },
+    Migration {
+        version: 4,
+        name: "schedule_version",
+        sql: include_str!("../../migrations/0004_schedule_version.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.
