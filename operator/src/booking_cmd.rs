@@ -5,12 +5,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
-use meridian_shared::auth::Verifier;
+use meridian_crds::Country;
+use meridian_shared::jwks::{Jwks, JwksSource};
 
 /// Options of `meridian booking`.
 #[derive(clap::Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks_url", "jwks_file"])))]
+#[command(group(clap::ArgGroup::new("served").required(true).args(["region", "countries"])))]
 pub struct BookingOptions {
     /// The Region's database (the `url` of its connection Secret).
     #[arg(long, env = "DATABASE_URL")]
@@ -18,18 +24,29 @@ pub struct BookingOptions {
     /// Address to serve `/{cc}/v1/...` on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// The identity provider's JWKS document, as a file (mounted from a ConfigMap or Secret).
+    /// The identity provider's `jwks_uri` (https, or http on a trusted network).
+    #[arg(long, env = "OIDC_JWKS_URL")]
+    pub jwks_url: Option<http::Uri>,
+    /// The identity provider's JWKS document as a file (mounted from a ConfigMap or Secret).
     #[arg(long, env = "OIDC_JWKS_FILE")]
-    pub jwks_file: PathBuf,
+    pub jwks_file: Option<PathBuf>,
+    /// Seconds between reads of the JWKS; a token naming an unknown key triggers one sooner.
+    #[arg(long, default_value_t = 300)]
+    pub jwks_refresh_seconds: u64,
     /// Expected `iss` of tokens.
     #[arg(long, env = "OIDC_ISSUER")]
     pub issuer: String,
     /// Expected `aud` of tokens.
     #[arg(long, env = "OIDC_AUDIENCE", default_value = "meridian")]
     pub audience: String,
-    /// A country this Region serves, as `CODE=IANA-zone`, e.g. `DE=Europe/Berlin`; append
-    /// `,noreassign` where the country's `features.reassignment` is off. Repeat per country.
-    #[arg(long = "country", required = true)]
+    /// Serve the countries bound to this Region, as the cluster's Country objects say
+    /// (watched through the Kubernetes API, from the in-cluster or kubeconfig credentials).
+    #[arg(long, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+    /// Without a cluster: a country to serve, as `CODE=IANA-zone`, e.g. `DE=Europe/Berlin`;
+    /// append `,noreassign` where the country's `features.reassignment` is off. Repeat per
+    /// country.
+    #[arg(long = "country", value_name = "CODE=ZONE")]
     pub countries: Vec<String>,
 }
 
@@ -62,35 +79,66 @@ pub fn country(value: &str) -> Result<CountryEntry, String> {
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
-    let entries = options
+    let fixed = options
         .countries
         .iter()
         .map(|c| country(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let jwks = std::fs::read_to_string(&options.jwks_file)
-        .map_err(|e| anyhow::anyhow!("cannot read --jwks-file {}: {e}", options.jwks_file.display()))?;
-    let verifier = Verifier::from_jwks(&options.issuer, &options.audience, &jwks)?;
+    let source = match (&options.jwks_url, &options.jwks_file) {
+        (Some(url), _) => JwksSource::Url(url.clone()),
+        (None, Some(file)) => JwksSource::File(file.clone()),
+        (None, None) => anyhow::bail!("--jwks-url or --jwks-file is required"),
+    };
+    let jwks = Jwks::load(source, &options.issuer, &options.audience).await?;
+    let _refresh = jwks.refresh_every(Duration::from_secs(options.jwks_refresh_seconds.max(10)));
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
         .connect(&options.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to --database-url: {e}"))?;
     let countries = Countries::default();
-    let codes: Vec<String> = entries.iter().map(|e| e.code.clone()).collect();
-    countries.set(entries);
-    let service = Arc::new(Service::new(pool, Arc::new(verifier), countries));
+    let serving = match &options.region {
+        Some(region) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("--region needs the Kubernetes API: {e}"))?;
+            tokio::spawn(follow_region(client, region.clone(), countries.clone()));
+            format!("the countries of Region {region}")
+        }
+        None => {
+            let codes: Vec<String> = fixed.iter().map(|e| e.code.clone()).collect();
+            countries.set(fixed);
+            codes.join(", ")
+        }
+    };
+    let service = Arc::new(Service::new(pool, jwks.verifier(), countries).with_jwks(jwks));
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     println!(
-        "meridian booking: serving {} on http://{}",
-        codes.join(", "),
+        "meridian booking: serving {serving} on http://{}",
         listener.local_addr()?
     );
     axum::serve(listener, app(service))
         .with_graceful_shutdown(crate::shutdown::signal())
         .await?;
     Ok(())
+}
+
+/// Keeps `countries` in line with the cluster's Country objects bound to `region`: a
+/// country starts answering when it becomes Ready and stops when it is suspended or deleted.
+async fn follow_region(client: kube::Client, region: String, countries: Countries) {
+    let (reader, writer) = reflector::store::<Country>();
+    let stream = watcher(kube::Api::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => countries.set(crate::served::entries(reader.state().iter().map(|c| &**c), &region)),
+            Err(e) => tracing::warn!(error = %e, "watching Country objects"),
+        }
+    }
 }
 
 #[cfg(test)]

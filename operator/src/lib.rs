@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod plan;
 pub mod plan_cmd;
 pub mod providers;
+pub mod served;
 pub mod shutdown;
 pub mod validate;

@@ -45,7 +45,10 @@ fn plan_on_a_fresh_machine_lists_every_migration_and_partition_and_changes_nothi
     );
     // 4 Regions x every migration + 5 Countries x (6 partitions + 2 booking constraints).
     let changes = 4 * meridian_shared::schema::MIGRATIONS.len() + 5 * 8;
-    assert!(text.contains(&format!("{changes} change(s), 0 invalid manifest(s)")), "{text}");
+    assert!(
+        text.contains(&format!("{changes} change(s), 0 invalid manifest(s)")),
+        "{text}"
+    );
     assert!(!data_dir.exists(), "plan created nothing");
 }
 
@@ -134,6 +137,40 @@ fn http(addr: &str, request: &str) -> (u16, String) {
     )
 }
 
+/// Starts `meridian booking` on a free port of 127.0.0.1 against `pg`, with `args` on top
+/// of the address, the database and the issuer; returns once it answers.
+fn start_booking(pg: &meridian_localpg::TempCluster, args: &[std::ffi::OsString]) -> (std::process::Child, String) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = meridian()
+        .args(["booking", "--listen", &addr, "--issuer", "https://idp.example"])
+        .arg("--database-url")
+        .arg(pg.url())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("meridian booking exited: {status}");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "meridian booking did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success(), "stops cleanly on SIGTERM");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
     use meridian_shared::auth::{DevIssuer, Role};
@@ -145,35 +182,9 @@ async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
     let issuer = DevIssuer::new("https://idp.example", "meridian");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let mut child = meridian()
-        .args([
-            "booking",
-            "--listen",
-            &addr,
-            "--issuer",
-            "https://idp.example",
-            "--country",
-            "DE=Europe/Berlin",
-        ])
-        .arg("--database-url")
-        .arg(pg.url())
-        .arg("--jwks-file")
-        .arg(dir.path().join("jwks.json"))
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "meridian booking did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut jwks_file = std::ffi::OsString::from("--jwks-file=");
+    jwks_file.push(dir.path().join("jwks.json"));
+    let (child, addr) = start_booking(&pg, &[jwks_file, "--country=DE=Europe/Berlin".into()]);
     let token = issuer.token(
         "admin",
         &[Role::ClinicAdmin],
@@ -195,10 +206,7 @@ async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
         ),
     );
     assert_eq!(status, 404, "only its Region's countries: {problem}");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success(), "stops cleanly on SIGTERM");
+    stop(child);
 
     let refused = meridian()
         .args([
@@ -216,4 +224,57 @@ async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown IANA time zone"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn booking_follows_its_identity_providers_key_rotation() {
+    use meridian_shared::auth::{DevIssuer, Role};
+    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
+        .await
+        .unwrap();
+    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    // The identity provider's jwks_uri, on 127.0.0.1.
+    let old = DevIssuer::with_key_id("https://idp.example", "meridian", "2026-10");
+    let new = DevIssuer::with_key_id("https://idp.example", "meridian", "2026-11");
+    let document = std::sync::Arc::new(std::sync::RwLock::new(old.jwks().to_string()));
+    let served = document.clone();
+    let idp = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { served.read().unwrap().clone() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!(
+        "--jwks-url=http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, idp).await });
+
+    let (child, addr) = start_booking(&pg, &[jwks_url.into(), "--country=DE=Europe/Berlin".into()]);
+    let list = |token: String| {
+        format!(
+            "GET /de/v1/practitioners HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+    };
+    let admin = |issuer: &DevIssuer| {
+        issuer.token(
+            "admin",
+            &[Role::ClinicAdmin],
+            &["DE"],
+            std::time::Duration::from_secs(60),
+        )
+    };
+    let (status, body) = http(&addr, &list(admin(&old)));
+    assert_eq!(status, 200, "{body}");
+    // The provider rotates to a new key: the first token signed with it is accepted (the
+    // service reads the keys again on meeting an unknown key ID), the old key's are not.
+    *document.write().unwrap() = new.jwks().to_string();
+    let (status, body) = http(&addr, &list(admin(&new)));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(&addr, &list(admin(&old)));
+    assert_eq!(status, 401, "{body}");
+    stop(child);
 }

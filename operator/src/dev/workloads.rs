@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use meridian_booking::http::{Countries, CountryEntry, Problem, Service, Serving, app};
+use meridian_booking::http::{Countries, Problem, Service, app};
 use meridian_crds::condition_types::READY;
 use meridian_crds::{Country, Region};
 use meridian_shared::auth::{DevIssuer, Role, Verifier};
@@ -91,9 +91,7 @@ impl Workloads {
             );
         }
         for (name, service) in services.iter() {
-            service
-                .countries
-                .set(countries.iter().filter(|c| &c.spec.region == name).filter_map(entry));
+            service.countries.set(crate::served::entries(countries, name));
         }
     }
 
@@ -134,34 +132,6 @@ impl Workloads {
             .route("/{cc}/v1/{*rest}", any(dispatch))
             .with_state(self)
     }
-}
-
-/// A country's entry in its Region's service table, unless it is being deleted.
-fn entry(country: &Country) -> Option<CountryEntry> {
-    if country.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let timezone = country.spec.timezone.parse().ok()?;
-    let conds = country
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let serving = if country.spec.suspend {
-        Serving::Suspended
-    } else if conditions::is_true(conds, READY) {
-        Serving::Ready
-    } else {
-        let why = conditions::find(conds, READY)
-            .map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
-        Serving::NotReady(why)
-    };
-    Some(CountryEntry {
-        code: country.spec.code.clone(),
-        timezone,
-        serving,
-        reassignment: country.spec.features.reassignment,
-    })
 }
 
 async fn dispatch(

@@ -281,6 +281,7 @@ pub struct DevIssuer {
     issuer: String,
     audience: String,
     key: EncodingKey,
+    key_id: String,
     jwks: String,
 }
 
@@ -288,6 +289,12 @@ const DEV_KEY_ID: &str = "meridian-dev-1";
 
 impl DevIssuer {
     pub fn new(issuer: &str, audience: &str) -> Self {
+        Self::with_key_id(issuer, audience, DEV_KEY_ID)
+    }
+
+    /// An issuer whose key has ID `key_id`: two of them with different IDs are a key
+    /// rotation.
+    pub fn with_key_id(issuer: &str, audience: &str, key_id: &str) -> Self {
         use p256::pkcs8::{EncodePrivateKey, LineEnding};
         let secret = p256::SecretKey::random(&mut rand_core::OsRng);
         let pem = secret
@@ -296,7 +303,7 @@ impl DevIssuer {
         let key = EncodingKey::from_ec_pem(pem.as_bytes()).expect("PKCS#8 PEM of a P-256 key");
         let mut public: serde_json::Value =
             serde_json::from_str(&secret.public_key().to_jwk_string()).expect("a JWK is JSON");
-        public["kid"] = DEV_KEY_ID.into();
+        public["kid"] = key_id.into();
         public["alg"] = "ES256".into();
         public["use"] = "sig".into();
         let jwks = serde_json::json!({ "keys": [public] });
@@ -304,6 +311,7 @@ impl DevIssuer {
             issuer: issuer.into(),
             audience: audience.into(),
             key,
+            key_id: key_id.into(),
             jwks: jwks.to_string(),
         }
     }
@@ -337,7 +345,7 @@ impl DevIssuer {
     /// Signs arbitrary claims with this issuer's key.
     pub fn sign(&self, claims: &Claims) -> String {
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(DEV_KEY_ID.into());
+        header.kid = Some(self.key_id.clone());
         jsonwebtoken::encode(&header, claims, &self.key).expect("signing with our own key")
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! The platform schema: the numbered SQL migrations that the control plane applies to every
 //! Region's database before workloads start, and the tables that hold per-country
-//! partitions. And authentication: bearer tokens checked against an issuer's JWKS.
+//! partitions. The audit trail and the transactional outbox every change writes to. And
+//! authentication: bearer tokens checked against an identity provider's JWKS, read from a
+//! URL or a file and kept current through key rotations.
 
 pub mod audit;
 pub mod auth;
+pub mod jwks;
 pub mod outbox;
 pub mod schema;

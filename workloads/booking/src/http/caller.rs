@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use meridian_shared::auth::{Principal, Role};
+use meridian_shared::auth::{AuthError, Principal, Role};
 use uuid::Uuid;
 
 use super::{CountryEntry, Problem, Service, Serving};
@@ -98,7 +98,15 @@ impl FromRequestParts<Arc<Service>> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = service.verifier.verify_header(header)?;
+        let principal = match (service.verifier.verify_header(header), &service.jwks) {
+            (Err(AuthError::UnknownKey), Some(jwks)) => {
+                if let Err(e) = jwks.refresh().await {
+                    tracing::warn!(error = %e, "cannot read the identity provider's keys");
+                }
+                service.verifier.verify_header(header)?
+            }
+            (verified, _) => verified?,
+        };
         if !principal.may_act_in(&country.code) {
             return Err(Problem::forbidden(format!(
                 "the token may not act in country {}",

@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use axum::Router;
 use chrono_tz::Tz;
 use meridian_shared::auth::Verifier;
+use meridian_shared::jwks::Jwks;
 use sqlx::PgPool;
 
 use crate::live::LiveSlots;
@@ -68,6 +69,9 @@ impl Countries {
 pub struct Service {
     pub pool: PgPool,
     pub verifier: Arc<Verifier>,
+    /// Where the verifier's keys come from, when they can change: read again when a token
+    /// names a key the verifier does not know (the provider rotated its keys).
+    pub jwks: Option<Arc<Jwks>>,
     pub countries: Countries,
     pub live: Arc<LiveSlots>,
     pub schedules: Schedules,
@@ -79,10 +83,20 @@ impl Service {
         Self {
             pool,
             verifier,
+            jwks: None,
             countries,
             live,
             schedules: Schedules::default(),
         }
+    }
+}
+
+impl Service {
+    /// Checks tokens against the keys of `jwks`, following its rotations.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.verifier = jwks.verifier();
+        self.jwks = Some(jwks);
+        self
     }
 }
 

@@ -1,0 +1,106 @@
+//! Which countries a Region's workloads serve, and how: read from the Country objects, the
+//! same way in `meridian dev` (its reconciled state) and in a cluster (`meridian booking
+//! --region`, watching the API server).
+
+use meridian_booking::http::{CountryEntry, Serving};
+use meridian_crds::Country;
+use meridian_crds::condition_types::READY;
+
+use crate::conditions;
+
+/// The countries bound to `region`, except those being deleted.
+pub fn entries<'a>(countries: impl IntoIterator<Item = &'a Country>, region: &str) -> Vec<CountryEntry> {
+    countries
+        .into_iter()
+        .filter(|c| c.spec.region == region)
+        .filter_map(entry)
+        .collect()
+}
+
+/// A country's entry in its Region's service table: Ready ones serve, suspended ones
+/// answer 503, the others 404 with the reason their `Ready` condition gives.
+fn entry(country: &Country) -> Option<CountryEntry> {
+    if country.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let timezone = country.spec.timezone.parse().ok()?;
+    let conds = country
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let serving = if country.spec.suspend {
+        Serving::Suspended
+    } else if conditions::is_true(conds, READY) {
+        Serving::Ready
+    } else {
+        let why = conditions::find(conds, READY)
+            .map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
+        Serving::NotReady(why)
+    };
+    Some(CountryEntry {
+        code: country.spec.code.clone(),
+        timezone,
+        serving,
+        reassignment: country.spec.features.reassignment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::{Report, merge};
+    use meridian_crds::CountryStatus;
+
+    fn example(code: &str) -> Country {
+        let path = format!("{}/../examples/countries/{code}.yaml", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn with_ready(mut country: Country, ready: bool) -> Country {
+        let report = if ready {
+            Report::ok(READY, "Reconciled", "all steps done")
+        } else {
+            Report::failed(READY, "DatabaseUnreachable", "eu-central-1 does not answer")
+        };
+        country.status = Some(CountryStatus {
+            conditions: merge(&[], &[report], Some(1)),
+            ..Default::default()
+        });
+        country
+    }
+
+    #[test]
+    fn a_region_serves_its_own_countries_as_their_status_says() {
+        let de = with_ready(example("de"), true);
+        let fr = with_ready(example("fr"), true);
+        let mut gb = with_ready(example("gb"), false);
+        gb.spec.region = de.spec.region.clone();
+        let mut it = with_ready(example("it"), true);
+        it.spec.region = de.spec.region.clone();
+        it.spec.suspend = true;
+        let mut es = with_ready(example("es"), true);
+        es.spec.region = de.spec.region.clone();
+        es.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        let served = entries([&de, &fr, &gb, &it, &es], "eu-central-1");
+        let table: Vec<(&str, &Serving)> = served.iter().map(|e| (e.code.as_str(), &e.serving)).collect();
+        assert_eq!(
+            table,
+            [
+                ("DE", &Serving::Ready),
+                (
+                    "GB",
+                    &Serving::NotReady("DatabaseUnreachable: eu-central-1 does not answer".into())
+                ),
+                ("IT", &Serving::Suspended),
+            ]
+        );
+        assert_eq!(served[0].timezone, chrono_tz::Europe::Berlin);
+        assert!(
+            served[0].reassignment && !served[2].reassignment,
+            "IT switches re-assignment off"
+        );
+    }
+}
