@@ -57,6 +57,10 @@ pub enum Clash {
 pub enum BookingError {
     #[error("appointment {0} not found")]
     NotFound(Uuid),
+    /// It exists, but not for this caller: told apart from `NotFound` only in the audit
+    /// trail, never to the caller.
+    #[error("appointment {0} not found")]
+    Hidden(Uuid),
     #[error("the appointment is {0}, not booked")]
     NotBooked(String),
     #[error("the time is no longer free: {0:?}")]
@@ -257,7 +261,36 @@ async fn visible(
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    found.filter(|a| scope.admits(a)).ok_or(BookingError::NotFound(id))
+    match found {
+        Some(appointment) if scope.admits(&appointment) => Ok(appointment),
+        Some(_) => Err(BookingError::Hidden(id)),
+        None => Err(BookingError::NotFound(id)),
+    }
+}
+
+/// The error to answer after `visible` refused; an attempt on an appointment the caller may
+/// not see is recorded (`action` + `.denied`) in a transaction of its own, as the attempt's
+/// own transaction is rolled back.
+async fn refused(pool: &PgPool, country: &str, action: &str, error: BookingError, actor: Actor<'_>) -> BookingError {
+    let BookingError::Hidden(id) = error else {
+        return error;
+    };
+    let recorded = async {
+        let mut tx = pool.begin().await?;
+        actor
+            .audit(
+                &mut tx,
+                country,
+                &format!("{action}.denied"),
+                &format!("appointment/{id}"),
+            )
+            .await?;
+        tx.commit().await
+    };
+    match recorded.await {
+        Ok(()) => error,
+        Err(e) => BookingError::Database(e),
+    }
 }
 
 /// One appointment, if `scope` may see it (otherwise it does not exist for the caller).
@@ -270,7 +303,13 @@ pub async fn get(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let appointment = visible(&mut tx, country, id, scope, "").await?;
+    let appointment = match visible(&mut tx, country, id, scope, "").await {
+        Ok(appointment) => appointment,
+        Err(e) => {
+            drop(tx);
+            return Err(refused(pool, country, "appointment.read", e, actor).await);
+        }
+    };
     actor
         .audit(&mut tx, country, "appointment.read", &format!("appointment/{id}"))
         .await?;
@@ -325,7 +364,13 @@ pub async fn cancel(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let current = visible(&mut tx, country, id, scope, "FOR UPDATE").await?;
+    let current = match visible(&mut tx, country, id, scope, "FOR UPDATE").await {
+        Ok(current) => current,
+        Err(e) => {
+            drop(tx);
+            return Err(refused(pool, country, "appointment.cancel", e, actor).await);
+        }
+    };
     if current.status != "booked" {
         return Ok(current);
     }
@@ -375,7 +420,13 @@ pub async fn reschedule(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let current = visible(&mut tx, country, id, scope, "FOR UPDATE").await?;
+    let current = match visible(&mut tx, country, id, scope, "FOR UPDATE").await {
+        Ok(current) => current,
+        Err(e) => {
+            drop(tx);
+            return Err(refused(pool, country, "appointment.reschedule", e, actor).await);
+        }
+    };
     if current.status != "booked" {
         return Err(BookingError::NotBooked(current.status));
     }

@@ -1,7 +1,8 @@
-//! The booking domain. So far: free-slot computation over weekly availability in a
-//! country's time zone, correct across daylight-saving changes, and booking an appointment
-//! that the database guarantees is never double booked. The HTTP service, practitioners,
-//! availability storage and live slots follow (issue "Booking service").
+//! The booking domain, served per Region by `meridian booking` (and inside `meridian dev`):
+//! practitioners and their availability in the country's time zone, free slots correct
+//! across daylight-saving changes, appointments the database never lets be double booked,
+//! re-assignment when a practitioner becomes unavailable, and live slot changes tailed from
+//! the outbox. `http` is its API under `/{cc}/v1`.
 
 pub mod appointments;
 pub mod availability;

@@ -351,12 +351,24 @@ async fn patients_see_their_own_appointments_only() {
     let doctor = api.token(&api.practitioner, &[Role::Practitioner]);
     let (_, theirs, _) = api.call("GET", "/de/v1/appointments", &doctor, None, None).await;
     assert_eq!(theirs["items"][0]["id"], booked["id"]);
-    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit WHERE action LIKE 'appointment.%'")
-        .fetch_one(&api.pool)
-        .await
-        .unwrap();
-    // The booking, alice's read, and the two lists; refused reads found nothing to record.
-    assert_eq!(reads, 4, "every read and write of an appointment is audited");
+    let trail: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, actor FROM audit WHERE action LIKE 'appointment.%' ORDER BY at, action")
+            .fetch_all(&api.pool)
+            .await
+            .unwrap();
+    let trail: Vec<(&str, &str)> = trail.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    // Every read and write of an appointment, and bob's refused attempts on alice's.
+    for expected in [
+        ("appointment.book", "alice"),
+        ("appointment.read", "alice"),
+        ("appointment.read.denied", "bob"),
+        ("appointment.cancel.denied", "bob"),
+        ("appointment.list", "bob"),
+        ("appointment.list", api.practitioner.as_str()),
+    ] {
+        assert!(trail.contains(&expected), "{expected:?} missing from {trail:?}");
+    }
+    assert_eq!(trail.len(), 6, "{trail:?}");
 }
 
 #[tokio::test]
