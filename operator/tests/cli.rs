@@ -166,6 +166,16 @@ fn start_booking(pg: &meridian_localpg::TempCluster, args: &[std::ffi::OsString]
     (child, addr)
 }
 
+/// A Region's database holding DE.
+async fn region_database() -> meridian_localpg::TempCluster {
+    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
+        .await
+        .unwrap();
+    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    pg
+}
+
 fn stop(mut child: std::process::Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success(), "stops cleanly on SIGTERM");
@@ -174,11 +184,7 @@ fn stop(mut child: std::process::Child) {
 #[tokio::test(flavor = "multi_thread")]
 async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
     use meridian_shared::auth::{DevIssuer, Role};
-    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
-        .await
-        .unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    let pg = region_database().await;
     let issuer = DevIssuer::new("https://idp.example", "meridian");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
@@ -229,11 +235,7 @@ async fn booking_runs_on_its_own_for_one_regions_database_and_countries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn booking_follows_its_identity_providers_key_rotation() {
     use meridian_shared::auth::{DevIssuer, Role};
-    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url())
-        .await
-        .unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    let pg = region_database().await;
     // The identity provider's jwks_uri, on 127.0.0.1.
     let old = DevIssuer::with_key_id("https://idp.example", "meridian", "2026-10");
     let new = DevIssuer::with_key_id("https://idp.example", "meridian", "2026-11");
