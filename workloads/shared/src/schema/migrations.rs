@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "schedule_version",
         sql: include_str!("../../migrations/0004_schedule_version.sql"),
     },
+    Migration {
+        version: 5,
+        name: "outbox_consumers",
+        sql: include_str!("../../migrations/0005_outbox_consumers.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

@@ -1,0 +1,522 @@
+//! The embedded search engine of `meridian dev`: tantivy indexes in a directory, one
+//! sub-directory per versioned index, with the same alias/version semantics as OpenSearch.
+//! Aliases live in `aliases.json`, replaced by an atomic rename, so a swap is all or
+//! nothing and survives restarts. A search holds the index it started on (an `Arc`), so
+//! swapping the alias and deleting the old version never fails a search in flight.
+//!
+//! Text is analysed per index from its settings: synonyms first (at the word level, the
+//! same way for documents and queries), then lower-casing, the language's stop words, its
+//! stemmer, and ASCII folding. Query words match the stems with a typo allowance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query as TantivyQuery, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::model::{Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError, parse_synonym};
+
+/// The name each index registers its analyzer under.
+const ANALYZER: &str = "meridian";
+/// The settings an index was built with, inside its directory.
+const SETTINGS_FILE: &str = "meridian.json";
+const ALIASES_FILE: &str = "aliases.json";
+/// Indexing memory per index (tantivy's minimum is 15 MB).
+const WRITER_MEMORY: usize = 20_000_000;
+
+/// The engine: every index under one directory.
+pub struct Engine {
+    root: PathBuf,
+    indexes: RwLock<HashMap<String, Arc<Open>>>,
+    aliases: RwLock<BTreeMap<String, String>>,
+    /// Serialises changes to the set of indexes and to `aliases.json`.
+    changes: Mutex<()>,
+}
+
+/// One open index.
+struct Open {
+    settings: IndexSettings,
+    synonyms: Synonyms,
+    fields: Fields,
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    country_code: Field,
+    given_name: Field,
+    family_name: Field,
+    specialty: Field,
+    city: Field,
+    specialty_key: Field,
+    city_key: Field,
+    languages: Field,
+    active: Field,
+    /// The whole document as JSON, what hits are read back from.
+    source: Field,
+}
+
+impl Fields {
+    fn text(&self) -> [(Field, f32); 4] {
+        // A match in the specialty says most about what a patient looks for.
+        [
+            (self.specialty, 2.0),
+            (self.family_name, 1.5),
+            (self.given_name, 1.0),
+            (self.city, 1.0),
+        ]
+    }
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let analysed = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        id: builder.add_text_field("id", STRING),
+        country_code: builder.add_text_field("country_code", STRING),
+        given_name: builder.add_text_field("given_name", analysed.clone()),
+        family_name: builder.add_text_field("family_name", analysed.clone()),
+        specialty: builder.add_text_field("specialty", analysed.clone()),
+        city: builder.add_text_field("city", analysed),
+        specialty_key: builder.add_text_field("specialty_key", STRING),
+        city_key: builder.add_text_field("city_key", STRING),
+        languages: builder.add_text_field("languages", STRING),
+        active: builder.add_text_field("active", STRING),
+        source: builder.add_text_field("source", STORED),
+    };
+    (builder.build(), fields)
+}
+
+fn engine_error(e: impl std::fmt::Display) -> SearchError {
+    SearchError::Engine(e.to_string())
+}
+
+/// Keys for exact filters: trimmed, lower case.
+fn key(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+fn analyzer(language: Language) -> TextAnalyzer {
+    let builder = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .dynamic();
+    let builder = match tantivy_language(language) {
+        // Stop words and stems are spelled with their diacritics: fold afterwards.
+        Some(lang) => match StopWordFilter::new(lang) {
+            Some(stop) => builder.filter_dynamic(stop).filter_dynamic(Stemmer::new(lang)),
+            None => builder.filter_dynamic(Stemmer::new(lang)),
+        },
+        None => builder,
+    };
+    builder.filter_dynamic(AsciiFoldingFilter).build()
+}
+
+fn tantivy_language(language: Language) -> Option<tantivy::tokenizer::Language> {
+    use tantivy::tokenizer::Language as T;
+    Some(match language {
+        Language::Standard => return None,
+        Language::English => T::English,
+        Language::German => T::German,
+        Language::French => T::French,
+        Language::Spanish => T::Spanish,
+        Language::Italian => T::Italian,
+        Language::Dutch => T::Dutch,
+        Language::Portuguese => T::Portuguese,
+        Language::Swedish => T::Swedish,
+        Language::Danish => T::Danish,
+        Language::Norwegian => T::Norwegian,
+        Language::Finnish => T::Finnish,
+    })
+}
+
+/// Synonym rules applied to words before analysis.
+struct Synonyms(Vec<(Vec<Vec<String>>, Vec<String>)>);
+
+impl Synonyms {
+    fn new(rules: &[String]) -> Self {
+        let words = |phrase: &String| phrase.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        Self(
+            rules
+                .iter()
+                .filter_map(|rule| parse_synonym(rule))
+                .map(|(from, to)| (from.iter().map(words).collect(), to))
+                .collect(),
+        )
+    }
+
+    /// `text` with every phrase a rule reads replaced by what it stands for.
+    fn apply(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            return text.to_string();
+        }
+        let words: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let mut out: Vec<&str> = Vec::new();
+        let mut i = 0;
+        'words: while i < words.len() {
+            for (from, to) in &self.0 {
+                if let Some(phrase) = from.iter().find(|p| words[i..].starts_with(p)) {
+                    out.extend(to.iter().map(String::as_str));
+                    i += phrase.len();
+                    continue 'words;
+                }
+            }
+            out.push(&words[i]);
+            i += 1;
+        }
+        out.join(" ")
+    }
+}
+
+impl Open {
+    fn create(dir: &Path, settings: &IndexSettings) -> Result<Self, SearchError> {
+        std::fs::create_dir_all(dir).map_err(engine_error)?;
+        let (schema, fields) = schema();
+        let index = match Index::open_in_dir(dir) {
+            Ok(index) => index,
+            Err(_) => Index::create_in_dir(dir, schema).map_err(engine_error)?,
+        };
+        // Written last: a directory without it is a creation that did not finish.
+        let json = serde_json::to_vec_pretty(settings).map_err(engine_error)?;
+        std::fs::write(dir.join(SETTINGS_FILE), json).map_err(engine_error)?;
+        Self::with(index, fields, settings.clone())
+    }
+
+    fn open(dir: &Path) -> Result<Self, SearchError> {
+        let json = std::fs::read(dir.join(SETTINGS_FILE)).map_err(engine_error)?;
+        let settings: IndexSettings = serde_json::from_slice(&json).map_err(engine_error)?;
+        let index = Index::open_in_dir(dir).map_err(engine_error)?;
+        let (_, fields) = schema();
+        Self::with(index, fields, settings)
+    }
+
+    fn with(index: Index, fields: Fields, settings: IndexSettings) -> Result<Self, SearchError> {
+        index.tokenizers().register(ANALYZER, analyzer(settings.language));
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(engine_error)?;
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(engine_error)?;
+        Ok(Self {
+            synonyms: Synonyms::new(&settings.synonyms),
+            settings,
+            fields,
+            index,
+            reader,
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// The stored version of practitioner `id`, if indexed.
+    fn stored_version(&self, searcher: &tantivy::Searcher, id: &str) -> Result<Option<i64>, SearchError> {
+        let query = TermQuery::new(Term::from_field_text(self.fields.id, id), IndexRecordOption::Basic);
+        let found = searcher
+            .search(&query, &TopDocs::with_limit(1).order_by_score())
+            .map_err(engine_error)?;
+        let Some((_, address)) = found.first() else {
+            return Ok(None);
+        };
+        Ok(self.read(searcher, *address)?.map(|d| d.version))
+    }
+
+    fn read(&self, searcher: &tantivy::Searcher, address: tantivy::DocAddress) -> Result<Option<Document>, SearchError> {
+        let stored: TantivyDocument = searcher.doc(address).map_err(engine_error)?;
+        Ok(stored
+            .get_first(self.fields.source)
+            .and_then(|v| v.as_str())
+            .and_then(|json| serde_json::from_str(json).ok()))
+    }
+
+    /// Writes the documents newer than what the index holds, and makes them searchable.
+    fn write(&self, docs: &[Document]) -> Result<(), SearchError> {
+        // Within a batch, the newest version of each practitioner.
+        let mut newest: HashMap<uuid::Uuid, &Document> = HashMap::new();
+        for doc in docs {
+            let entry = newest.entry(doc.id).or_insert(doc);
+            if doc.version > entry.version {
+                *entry = doc;
+            }
+        }
+        let searcher = self.reader.searcher();
+        let mut writer = self.writer.lock().expect("index writer lock");
+        let mut written = 0;
+        for doc in newest.values() {
+            let id = doc.id.to_string();
+            if self.stored_version(&searcher, &id)?.is_some_and(|v| v >= doc.version) {
+                continue;
+            }
+            writer.delete_term(Term::from_field_text(self.fields.id, &id));
+            writer.add_document(self.document(doc)?).map_err(engine_error)?;
+            written += 1;
+        }
+        if written > 0 {
+            writer.commit().map_err(engine_error)?;
+            self.reader.reload().map_err(engine_error)?;
+        }
+        Ok(())
+    }
+
+    fn document(&self, doc: &Document) -> Result<TantivyDocument, SearchError> {
+        let f = self.fields;
+        let mut out = TantivyDocument::default();
+        out.add_text(f.id, doc.id.to_string());
+        out.add_text(f.country_code, &doc.country_code);
+        out.add_text(f.given_name, self.synonyms.apply(&doc.given_name));
+        out.add_text(f.family_name, self.synonyms.apply(&doc.family_name));
+        out.add_text(f.specialty, self.synonyms.apply(&doc.specialty));
+        out.add_text(f.city, self.synonyms.apply(&doc.city));
+        out.add_text(f.specialty_key, key(&doc.specialty));
+        out.add_text(f.city_key, key(&doc.city));
+        for language in &doc.languages {
+            out.add_text(f.languages, key(language));
+        }
+        out.add_text(f.active, if doc.active { "true" } else { "false" });
+        out.add_text(f.source, serde_json::to_string(doc).map_err(engine_error)?);
+        Ok(out)
+    }
+
+    fn search(&self, country: &str, query: &Query) -> Result<Hits, SearchError> {
+        let f = self.fields;
+        let term = |field: Field, value: &str| -> Box<dyn TantivyQuery> {
+            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        };
+        let mut must: Vec<(Occur, Box<dyn TantivyQuery>)> = vec![
+            (Occur::Must, term(f.active, "true")),
+            (Occur::Must, term(f.country_code, country)),
+        ];
+        if let Some(specialty) = &query.specialty {
+            must.push((Occur::Must, term(f.specialty_key, &key(specialty))));
+        }
+        if let Some(city) = &query.city {
+            must.push((Occur::Must, term(f.city_key, &key(city))));
+        }
+        if let Some(language) = &query.language {
+            must.push((Occur::Must, term(f.languages, &key(language))));
+        }
+        let text = query.text.as_deref().map(|t| self.synonyms.apply(t)).unwrap_or_default();
+        let mut analyzer = self
+            .index
+            .tokenizers()
+            .get(ANALYZER)
+            .ok_or_else(|| engine_error("analyzer not registered"))?;
+        let mut stream = analyzer.token_stream(&text);
+        let mut words: Vec<String> = Vec::new();
+        while let Some(token) = stream.next() {
+            if !words.contains(&token.text) {
+                words.push(token.text.clone());
+            }
+        }
+        // Every word must match some field: exactly (scored higher) or within its typo
+        // allowance.
+        for word in &words {
+            let distance = match word.chars().count() {
+                0..=2 => 0,
+                3..=5 => 1,
+                _ => 2,
+            };
+            let mut either: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
+            for (field, boost) in f.text() {
+                let exact = Term::from_field_text(field, word);
+                either.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(
+                        Box::new(TermQuery::new(exact.clone(), IndexRecordOption::WithFreqs)),
+                        boost * 2.0,
+                    )),
+                ));
+                if distance > 0 {
+                    either.push((
+                        Occur::Should,
+                        Box::new(BoostQuery::new(Box::new(FuzzyTermQuery::new(exact, distance, true)), boost)),
+                    ));
+                }
+            }
+            must.push((Occur::Must, Box::new(BooleanQuery::new(either))));
+        }
+        let searcher = self.reader.searcher();
+        let limit = query.limit.clamp(1, 1000);
+        let (total, top) = searcher
+            .search(
+                &BooleanQuery::new(must),
+                &(Count, TopDocs::with_limit(limit).and_offset(query.offset).order_by_score()),
+            )
+            .map_err(engine_error)?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            if let Some(document) = self.read(&searcher, address)? {
+                hits.push(Hit { score, document });
+            }
+        }
+        Ok(Hits {
+            total: total as u64,
+            hits,
+        })
+    }
+}
+
+impl Engine {
+    /// Opens (or starts) the engine in `root`, with every index and alias found there.
+    pub fn open(root: &Path) -> Result<Self, SearchError> {
+        let dir = root.join("indexes");
+        std::fs::create_dir_all(&dir).map_err(engine_error)?;
+        let mut indexes = HashMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(engine_error)? {
+            let entry = entry.map_err(engine_error)?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !entry.path().join(SETTINGS_FILE).exists() {
+                // A creation that did not finish: nothing points at it.
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            indexes.insert(name, Arc::new(Open::open(&entry.path())?));
+        }
+        let aliases = match std::fs::read(root.join(ALIASES_FILE)) {
+            Ok(json) => serde_json::from_slice(&json).map_err(engine_error)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(engine_error(e)),
+        };
+        Ok(Self {
+            root: root.to_path_buf(),
+            indexes: RwLock::new(indexes),
+            aliases: RwLock::new(aliases),
+            changes: Mutex::new(()),
+        })
+    }
+
+    fn index(&self, name: &str) -> Result<Arc<Open>, SearchError> {
+        self.indexes
+            .read()
+            .expect("indexes lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SearchError::NoSuchIndex(name.to_string()))
+    }
+
+    fn behind(&self, alias: &str) -> Result<Arc<Open>, SearchError> {
+        let name = self
+            .aliases
+            .read()
+            .expect("aliases lock")
+            .get(alias)
+            .cloned()
+            .ok_or_else(|| SearchError::NoSuchIndex(alias.to_string()))?;
+        self.index(&name)
+    }
+
+    fn save_aliases(&self, aliases: &BTreeMap<String, String>) -> Result<(), SearchError> {
+        let path = self.root.join(ALIASES_FILE);
+        let temporary = self.root.join(format!("{ALIASES_FILE}.new"));
+        std::fs::write(&temporary, serde_json::to_vec_pretty(aliases).map_err(engine_error)?).map_err(engine_error)?;
+        std::fs::rename(&temporary, &path).map_err(engine_error)
+    }
+
+    pub async fn resolve(&self, alias: &str) -> Result<Option<Resolved>, SearchError> {
+        let Some(index) = self.aliases.read().expect("aliases lock").get(alias).cloned() else {
+            return Ok(None);
+        };
+        let open = self.index(&index)?;
+        Ok(Some(Resolved {
+            index,
+            fingerprint: open.settings.fingerprint(),
+        }))
+    }
+
+    pub async fn create_index(&self, index: &str, settings: &IndexSettings) -> Result<(), SearchError> {
+        let _changing = self.changes.lock().expect("changes lock");
+        if self.indexes.read().expect("indexes lock").contains_key(index) {
+            return Ok(());
+        }
+        let open = Open::create(&self.root.join("indexes").join(index), settings)?;
+        self.indexes
+            .write()
+            .expect("indexes lock")
+            .insert(index.to_string(), Arc::new(open));
+        Ok(())
+    }
+
+    pub async fn point_alias(&self, alias: &str, index: &str) -> Result<(), SearchError> {
+        let _changing = self.changes.lock().expect("changes lock");
+        self.index(index)?;
+        let mut aliases = self.aliases.read().expect("aliases lock").clone();
+        aliases.insert(alias.to_string(), index.to_string());
+        self.save_aliases(&aliases)?;
+        *self.aliases.write().expect("aliases lock") = aliases;
+        Ok(())
+    }
+
+    pub async fn delete_index(&self, index: &str) -> Result<(), SearchError> {
+        let _changing = self.changes.lock().expect("changes lock");
+        let mut aliases = self.aliases.read().expect("aliases lock").clone();
+        let before = aliases.len();
+        aliases.retain(|_, target| target != index);
+        if aliases.len() != before {
+            self.save_aliases(&aliases)?;
+            *self.aliases.write().expect("aliases lock") = aliases;
+        }
+        // Searches still holding the index keep reading it: its files stay readable until
+        // the last one is dropped.
+        self.indexes.write().expect("indexes lock").remove(index);
+        match std::fs::remove_dir_all(self.root.join("indexes").join(index)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(engine_error(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn versions(&self, alias: &str) -> Result<Vec<String>, SearchError> {
+        let prefix = format!("{alias}_v");
+        let mut found: Vec<(u32, String)> = self
+            .indexes
+            .read()
+            .expect("indexes lock")
+            .keys()
+            .filter_map(|name| Some((name.strip_prefix(&prefix)?.parse().ok()?, name.clone())))
+            .collect();
+        found.sort();
+        Ok(found.into_iter().map(|(_, name)| name).collect())
+    }
+
+    pub async fn upsert(&self, alias: &str, docs: &[Document]) -> Result<(), SearchError> {
+        let open = self.behind(alias)?;
+        let docs = docs.to_vec();
+        tokio::task::spawn_blocking(move || open.write(&docs))
+            .await
+            .map_err(engine_error)?
+    }
+
+    pub async fn fill(&self, index: &str, docs: &[Document]) -> Result<(), SearchError> {
+        let open = self.index(index)?;
+        let docs = docs.to_vec();
+        tokio::task::spawn_blocking(move || open.write(&docs))
+            .await
+            .map_err(engine_error)?
+    }
+
+    pub async fn search(&self, alias: &str, query: &Query) -> Result<Hits, SearchError> {
+        let open = self.behind(alias)?;
+        let country = alias
+            .strip_prefix("practitioners_")
+            .map(str::to_ascii_uppercase)
+            .ok_or_else(|| SearchError::BadQuery(format!("{alias} is not a practitioner index")))?;
+        open.search(&country, query)
+    }
+}
