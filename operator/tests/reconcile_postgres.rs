@@ -55,6 +55,9 @@ spec:
 /// Two clusters: `eu-west-1` (shared) and `eu-central-1` (dedicated), migrated and Ready.
 struct Fixture {
     ctx: Context,
+    /// The embedded search engine every Region's countries are indexed in, and its directory.
+    search: Arc<meridian_search::embedded::Engine>,
+    _search_dir: tempfile::TempDir,
     shared: (TempCluster, Region),
     dedicated: (TempCluster, Region),
 }
@@ -63,10 +66,15 @@ impl Fixture {
     async fn new() -> Self {
         let (a, b) = tokio::join!(TempCluster::start(), TempCluster::start());
         let (a, b) = (a.expect("start PostgreSQL"), b.expect("start PostgreSQL"));
+        let search_dir = tempfile::tempdir().unwrap();
         let mut secrets = StaticSecrets::default();
         secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), a.url())]));
         secrets.insert("default", "eu-central-1-db", BTreeMap::from([("url".into(), b.url())]));
-        let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+        let search =
+            Arc::new(meridian_search::embedded::Engine::open(search_dir.path()).expect("open the search engine"));
+        let providers =
+            Providers::new(None, Arc::new(secrets)).with_search(meridian_search::Backend::Embedded(search.clone()));
+        let ctx = Context::new(providers);
         let mut shared = region("eu-west-1", "shared");
         let mut dedicated = region("eu-central-1", "dedicated");
         for r in [&mut shared, &mut dedicated] {
@@ -80,6 +88,8 @@ impl Fixture {
         }
         Self {
             ctx,
+            search,
+            _search_dir: search_dir,
             shared: (a, shared),
             dedicated: (b, dedicated),
         }
@@ -396,6 +406,66 @@ async fn delete_drops_the_partitions() {
         names(&partitions(&f.shared.0).await).iter().all(|n| n.ends_with("_es")),
         "only IT's partitions went"
     );
+}
+
+#[tokio::test]
+async fn the_index_is_built_from_the_database_rebuilt_when_the_analyzer_changes_and_deleted_only_with_delete() {
+    use meridian_search::{Query, alias};
+    let f = Fixture::new().await;
+    let mut de = country("de", "DE", "eu-central-1", "strict");
+    let first = f.apply(&de, &f.dedicated.1, std::slice::from_ref(&de)).await;
+    assert!(
+        conditions::is_true(&first.status.conditions, "SearchIndexReady"),
+        "{:?}",
+        first.status
+    );
+    assert_eq!(first.status.index.as_deref(), Some("practitioners_de_v1"));
+    assert_eq!(first.status.index_alias.as_deref(), Some("practitioners_de"));
+    let mut conn = connect(&f.dedicated.0).await;
+    sqlx::query(
+        "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('DE', gen_random_uuid(), 'Anna', 'Schmidt', 'Kardiologie', 'Berlin')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    // Unchanged settings: the same version, nothing rebuilt.
+    let again = f.apply(&de, &f.dedicated.1, std::slice::from_ref(&de)).await;
+    assert_eq!(again.status.index.as_deref(), Some("practitioners_de_v1"));
+    // A new analyzer: the next version, built from the database, behind the alias.
+    de.spec.search = Some(meridian_crds::SearchSettings {
+        analyzer: meridian_crds::SearchAnalyzer::Standard,
+        synonyms: vec!["Herz => Kardiologie".into()],
+    });
+    let rebuilt = f.apply(&de, &f.dedicated.1, std::slice::from_ref(&de)).await;
+    assert_eq!(rebuilt.status.index.as_deref(), Some("practitioners_de_v2"));
+    let ready = conditions::find(&rebuilt.status.conditions, "SearchIndexReady").unwrap();
+    assert_eq!(ready.reason, "IndexBuilt");
+    assert!(
+        ready.message.contains("built from 1 practitioners"),
+        "{}",
+        ready.message
+    );
+    let query = Query {
+        text: Some("Herz".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let found = f.search.search(&alias("DE"), &query).await.unwrap();
+    assert_eq!(found.hits[0].document.family_name, "Schmidt");
+    assert_eq!(
+        f.search.versions(&alias("DE")).await.unwrap(),
+        ["practitioners_de_v2"],
+        "v1 dropped"
+    );
+
+    // Retain keeps the index; Delete removes it.
+    country::cleanup(&de, Some(&f.dedicated.1), &f.ctx).await.unwrap();
+    assert!(f.search.resolve(&alias("DE")).await.unwrap().is_some());
+    de.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    country::cleanup(&de, Some(&f.dedicated.1), &f.ctx).await.unwrap();
+    assert!(f.search.versions(&alias("DE")).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! Country: residency first, then one list partition per partitioned table in the
-//! database of the Country's Region.
+//! database of the Country's Region, then its search index (an alias over a version built
+//! with the country's analyzer and synonyms).
 
-use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT};
-use meridian_crds::{Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency};
+use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, SEARCH_INDEX_READY};
+use meridian_crds::{Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency, SearchAnalyzer};
+use meridian_search::{self as search, Language};
 
 use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
 use crate::conditions::{self, Report};
@@ -263,12 +265,43 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
         };
     }
     let partitions = plan::partition_names(&country.spec.code);
+    let database = Report::ok(
+        DATABASE_READY,
+        "PartitionsReady",
+        format!("{} partitions in Region {}", partitions.len(), planned.region),
+    );
+    let index = match search_index(country, world.region, db.pool(), ctx).await {
+        Ok(index) => index,
+        Err(message) => {
+            let reports = [
+                compliant,
+                database,
+                Report::failed(SEARCH_INDEX_READY, "SearchIndexFailed", &message),
+                Report::failed(READY, "SearchIndexFailed", message),
+            ];
+            return Outcome {
+                status: finish(&reports, previous.clone()),
+                next: Next::Requeue(RETRY),
+                failure: Some("SearchIndexFailed"),
+            };
+        }
+    };
     let reports = [
         compliant,
+        database,
         Report::ok(
-            DATABASE_READY,
-            "PartitionsReady",
-            format!("{} partitions in Region {}", partitions.len(), planned.region),
+            SEARCH_INDEX_READY,
+            if index.built { "IndexBuilt" } else { "IndexCurrent" },
+            if index.built {
+                format!(
+                    "{} points at {}, built from {} practitioners",
+                    search::alias(&country.spec.code),
+                    index.index,
+                    index.documents
+                )
+            } else {
+                format!("{} points at {}", search::alias(&country.spec.code), index.index)
+            },
         ),
         Report::ok(
             READY,
@@ -282,6 +315,8 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
             observed_generation: generation,
             region: Some(planned.region),
             partitions,
+            index_alias: Some(search::alias(&country.spec.code)),
+            index: Some(index.index),
             ..previous.clone()
         },
     );
@@ -290,6 +325,72 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
         next: Next::Requeue(RESYNC),
         failure: None,
     }
+}
+
+/// What the country's search index is built with: its `spec.search`, or the language of
+/// its locale without synonyms.
+pub fn index_settings(country: &Country) -> search::IndexSettings {
+    let language = |analyzer: SearchAnalyzer| match analyzer {
+        SearchAnalyzer::Standard => Language::Standard,
+        SearchAnalyzer::English => Language::English,
+        SearchAnalyzer::German => Language::German,
+        SearchAnalyzer::French => Language::French,
+        SearchAnalyzer::Spanish => Language::Spanish,
+        SearchAnalyzer::Italian => Language::Italian,
+        SearchAnalyzer::Dutch => Language::Dutch,
+        SearchAnalyzer::Portuguese => Language::Portuguese,
+        SearchAnalyzer::Swedish => Language::Swedish,
+        SearchAnalyzer::Danish => Language::Danish,
+        SearchAnalyzer::Norwegian => Language::Norwegian,
+        SearchAnalyzer::Finnish => Language::Finnish,
+    };
+    match &country.spec.search {
+        Some(settings) => search::IndexSettings {
+            language: language(settings.analyzer),
+            synonyms: settings.synonyms.clone(),
+        },
+        None => {
+            let primary = country
+                .spec
+                .locale
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let language = match primary.as_str() {
+                "en" => Language::English,
+                "de" => Language::German,
+                "fr" => Language::French,
+                "es" => Language::Spanish,
+                "it" => Language::Italian,
+                "nl" => Language::Dutch,
+                "pt" => Language::Portuguese,
+                "sv" => Language::Swedish,
+                "da" => Language::Danish,
+                "nb" | "nn" | "no" => Language::Norwegian,
+                "fi" => Language::Finnish,
+                _ => Language::Standard,
+            };
+            search::IndexSettings {
+                language,
+                synonyms: Vec::new(),
+            }
+        }
+    }
+}
+
+/// Makes the country's alias point at an index built with its current settings.
+async fn search_index(
+    country: &Country,
+    region: Option<&Region>,
+    pool: &sqlx::PgPool,
+    ctx: &Context,
+) -> Result<search::versions::Ensured, String> {
+    let region = region.ok_or_else(|| format!("Region {} does not exist", country.spec.region))?;
+    let backend = ctx.providers.search(region).await.map_err(|e| e.message)?;
+    search::versions::ensure(&backend, pool, &country.spec.code, &index_settings(country))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Cleans up a deleted Country: `Retain` detaches its partitions and keeps them, `Delete`
@@ -332,6 +433,17 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
     db.apply(&changes)
         .await
         .map_err(|e| blocked("CleanupFailed", e.to_string()))?;
+    // `Retain` keeps the index as it keeps the partitions: a returning country finds both.
+    if country.spec.deletion_policy == DeletionPolicy::Delete {
+        let backend = ctx
+            .providers
+            .search(region)
+            .await
+            .map_err(|e| blocked("SearchUnreachable", e.message))?;
+        search::versions::remove(&backend, &country.spec.code)
+            .await
+            .map_err(|e| blocked("CleanupFailed", format!("cannot delete the search index: {e}")))?;
+    }
     Ok(changes)
 }
 

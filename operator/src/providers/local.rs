@@ -1,8 +1,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use meridian_localpg::{Cluster, Durability};
+use meridian_search::embedded::Engine;
 
 use super::{Endpoint, ProviderError};
 
@@ -10,11 +11,15 @@ use super::{Endpoint, ProviderError};
 const DATABASE: &str = "meridian";
 
 /// The `local` provider: one PostgreSQL cluster per Region under `root/regions/<name>`,
-/// started on demand and stopped on shutdown or when the Region goes away.
+/// started on demand and stopped on shutdown or when the Region goes away, and the
+/// Region's embedded search engine beside it.
 pub struct LocalClusters {
     root: PathBuf,
     durability: Durability,
     clusters: Mutex<HashMap<String, Cluster>>,
+    /// One engine per Region for the whole process: the reconcilers and the workloads share
+    /// it (an index has one writer).
+    engines: Mutex<HashMap<String, Arc<Engine>>>,
     /// Clusters another process runs (a `meridian dev` that `meridian plan` looks at), by port.
     adopted: HashMap<String, u16>,
 }
@@ -25,6 +30,7 @@ impl LocalClusters {
             root,
             durability,
             clusters: Mutex::default(),
+            engines: Mutex::default(),
             adopted: HashMap::new(),
         }
     }
@@ -35,6 +41,7 @@ impl LocalClusters {
             root,
             durability: Durability::Durable,
             clusters: Mutex::default(),
+            engines: Mutex::default(),
             adopted: ports,
         }
     }
@@ -85,8 +92,24 @@ impl LocalClusters {
         clusters.iter().map(|(name, c)| (name.clone(), c.port())).collect()
     }
 
+    /// Region `name`'s search engine (`root/regions/<name>/search`), opened on first use.
+    pub fn search(&self, name: &str) -> Result<Arc<Engine>, ProviderError> {
+        let mut engines = self.engines.lock().expect("engine map lock");
+        if let Some(engine) = engines.get(name) {
+            return Ok(engine.clone());
+        }
+        let engine = Engine::open(&self.dir(name).join("search")).map_err(|e| ProviderError {
+            reason: "SearchUnavailable",
+            message: format!("cannot open the search engine of Region {name}: {e}"),
+        })?;
+        let engine = Arc::new(engine);
+        engines.insert(name.to_string(), engine.clone());
+        Ok(engine)
+    }
+
     /// Stops Region `name`'s cluster; with `delete`, removes its files too.
     pub async fn release(&self, name: &str, delete: bool) -> Result<(), ProviderError> {
+        self.engines.lock().expect("engine map lock").remove(name);
         let cluster = self.clusters.lock().expect("cluster map lock").remove(name);
         let dir = self.dir(name);
         tokio::task::spawn_blocking(move || {

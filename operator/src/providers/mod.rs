@@ -8,6 +8,8 @@ mod secrets;
 use std::sync::Arc;
 
 use meridian_crds::{DeletionPolicy, Region, RegionProvider};
+use meridian_search::Backend;
+use meridian_search::opensearch::{Credentials, OpenSearch};
 
 pub use local::LocalClusters;
 pub use secrets::{SecretSource, StaticSecrets};
@@ -60,11 +62,24 @@ impl ProviderError {
 pub struct Providers {
     local: Option<Arc<LocalClusters>>,
     secrets: Arc<dyn SecretSource>,
+    /// One search backend for every Region, whatever its spec says.
+    search: Option<Backend>,
 }
 
 impl Providers {
     pub fn new(local: Option<Arc<LocalClusters>>, secrets: Arc<dyn SecretSource>) -> Self {
-        Self { local, secrets }
+        Self {
+            local,
+            secrets,
+            search: None,
+        }
+    }
+
+    /// Sends every Region's search to `backend` (tests that run the reconcilers against
+    /// databases only, with an embedded engine beside them).
+    pub fn with_search(mut self, backend: Backend) -> Self {
+        self.search = Some(backend);
+        self
     }
 
     /// Provisions the Region's stack if this provider creates one, and returns its endpoint.
@@ -123,6 +138,59 @@ impl Providers {
     }
 
     /// Lets go of the Region's stack when the Region is deleted: with `Delete`, its data goes too.
+    /// The search backend holding the indexes of `region`'s countries: the embedded engine
+    /// for `local`, OpenSearch at the URL of `spec.external.searchUrlSecretRef` for
+    /// `external` (credentials, if any, as the URL's user information).
+    pub async fn search(&self, region: &Region) -> Result<Backend, ProviderError> {
+        if let Some(backend) = &self.search {
+            return Ok(backend.clone());
+        }
+        match region.spec.provider {
+            RegionProvider::Local => Ok(Backend::Embedded(self.local(region)?.search(&region_name(region))?)),
+            RegionProvider::External => {
+                let Some(r) = region
+                    .spec
+                    .external
+                    .as_ref()
+                    .and_then(|e| e.search_url_secret_ref.as_ref())
+                else {
+                    return Err(ProviderError::new(
+                        "SearchNotConfigured",
+                        "spec.external.searchUrlSecretRef is not set: the Region has no search endpoint",
+                    ));
+                };
+                let url = match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
+                    Ok(Some(url)) => url,
+                    Ok(None) => {
+                        return Err(ProviderError::new(
+                            "SearchSecretMissing",
+                            format!(
+                                "spec.external.searchUrlSecretRef: Secret {} does not exist or lacks key {}",
+                                r.name, r.key
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(ProviderError::new(
+                            "SearchSecretUnreadable",
+                            format!("cannot read Secret {}: {e}", r.name),
+                        ));
+                    }
+                };
+                let client = opensearch_at(&url)
+                    .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
+                Ok(Backend::OpenSearch(Arc::new(client)))
+            }
+            RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
+                "ProviderNotImplemented",
+                format!(
+                    "spec.provider {:?} is not available in this version; use external or local",
+                    provider_name(region)
+                ),
+            )),
+        }
+    }
+
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
         match region.spec.provider {
             RegionProvider::Local => {
@@ -144,6 +212,25 @@ impl Providers {
                 ),
             )
         })
+    }
+}
+
+/// An OpenSearch client for `url`, taking credentials from its user information
+/// (`https://user:password@host`) so that they never show up in logs or status.
+pub fn opensearch_at(url: &str) -> Result<OpenSearch, meridian_search::SearchError> {
+    match url.split_once("://").and_then(|(scheme, rest)| {
+        let (userinfo, host) = rest.split_once('@')?;
+        let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        Some((format!("{scheme}://{host}"), username, password))
+    }) {
+        Some((endpoint, username, password)) => OpenSearch::new(
+            &endpoint,
+            Some(Credentials {
+                username: username.to_string(),
+                password: password.to_string(),
+            }),
+        ),
+        None => OpenSearch::new(url, None),
     }
 }
 

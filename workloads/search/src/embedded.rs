@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query as TantivyQuery, TermQuery};
-use tantivy::schema::{
-    Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
-};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
@@ -35,14 +33,14 @@ const WRITER_MEMORY: usize = 20_000_000;
 /// The engine: every index under one directory.
 pub struct Engine {
     root: PathBuf,
-    indexes: RwLock<HashMap<String, Arc<Open>>>,
+    indexes: RwLock<HashMap<String, Arc<OpenIndex>>>,
     aliases: RwLock<BTreeMap<String, String>>,
     /// Serialises changes to the set of indexes and to `aliases.json`.
     changes: Mutex<()>,
 }
 
 /// One open index.
-struct Open {
+struct OpenIndex {
     settings: IndexSettings,
     synonyms: Synonyms,
     fields: Fields,
@@ -187,7 +185,7 @@ impl Synonyms {
     }
 }
 
-impl Open {
+impl OpenIndex {
     fn create(dir: &Path, settings: &IndexSettings) -> Result<Self, SearchError> {
         std::fs::create_dir_all(dir).map_err(engine_error)?;
         let (schema, fields) = schema();
@@ -201,7 +199,7 @@ impl Open {
         Self::with(index, fields, settings.clone())
     }
 
-    fn open(dir: &Path) -> Result<Self, SearchError> {
+    fn reopen(dir: &Path) -> Result<Self, SearchError> {
         let json = std::fs::read(dir.join(SETTINGS_FILE)).map_err(engine_error)?;
         let settings: IndexSettings = serde_json::from_slice(&json).map_err(engine_error)?;
         let index = Index::open_in_dir(dir).map_err(engine_error)?;
@@ -239,7 +237,11 @@ impl Open {
         Ok(self.read(searcher, *address)?.map(|d| d.version))
     }
 
-    fn read(&self, searcher: &tantivy::Searcher, address: tantivy::DocAddress) -> Result<Option<Document>, SearchError> {
+    fn read(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: tantivy::DocAddress,
+    ) -> Result<Option<Document>, SearchError> {
         let stored: TantivyDocument = searcher.doc(address).map_err(engine_error)?;
         Ok(stored
             .get_first(self.fields.source)
@@ -298,7 +300,10 @@ impl Open {
     fn search(&self, country: &str, query: &Query) -> Result<Hits, SearchError> {
         let f = self.fields;
         let term = |field: Field, value: &str| -> Box<dyn TantivyQuery> {
-            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
         };
         let mut must: Vec<(Occur, Box<dyn TantivyQuery>)> = vec![
             (Occur::Must, term(f.active, "true")),
@@ -313,7 +318,11 @@ impl Open {
         if let Some(language) = &query.language {
             must.push((Occur::Must, term(f.languages, &key(language))));
         }
-        let text = query.text.as_deref().map(|t| self.synonyms.apply(t)).unwrap_or_default();
+        let text = query
+            .text
+            .as_deref()
+            .map(|t| self.synonyms.apply(t))
+            .unwrap_or_default();
         let mut analyzer = self
             .index
             .tokenizers()
@@ -347,7 +356,10 @@ impl Open {
                 if distance > 0 {
                     either.push((
                         Occur::Should,
-                        Box::new(BoostQuery::new(Box::new(FuzzyTermQuery::new(exact, distance, true)), boost)),
+                        Box::new(BoostQuery::new(
+                            Box::new(FuzzyTermQuery::new(exact, distance, true)),
+                            boost,
+                        )),
                     ));
                 }
             }
@@ -358,7 +370,10 @@ impl Open {
         let (total, top) = searcher
             .search(
                 &BooleanQuery::new(must),
-                &(Count, TopDocs::with_limit(limit).and_offset(query.offset).order_by_score()),
+                &(
+                    Count,
+                    TopDocs::with_limit(limit).and_offset(query.offset).order_by_score(),
+                ),
             )
             .map_err(engine_error)?;
         let mut hits = Vec::with_capacity(top.len());
@@ -388,7 +403,7 @@ impl Engine {
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
             }
-            indexes.insert(name, Arc::new(Open::open(&entry.path())?));
+            indexes.insert(name, Arc::new(OpenIndex::reopen(&entry.path())?));
         }
         let aliases = match std::fs::read(root.join(ALIASES_FILE)) {
             Ok(json) => serde_json::from_slice(&json).map_err(engine_error)?,
@@ -403,7 +418,7 @@ impl Engine {
         })
     }
 
-    fn index(&self, name: &str) -> Result<Arc<Open>, SearchError> {
+    fn index(&self, name: &str) -> Result<Arc<OpenIndex>, SearchError> {
         self.indexes
             .read()
             .expect("indexes lock")
@@ -412,7 +427,7 @@ impl Engine {
             .ok_or_else(|| SearchError::NoSuchIndex(name.to_string()))
     }
 
-    fn behind(&self, alias: &str) -> Result<Arc<Open>, SearchError> {
+    fn behind(&self, alias: &str) -> Result<Arc<OpenIndex>, SearchError> {
         let name = self
             .aliases
             .read()
@@ -446,7 +461,7 @@ impl Engine {
         if self.indexes.read().expect("indexes lock").contains_key(index) {
             return Ok(());
         }
-        let open = Open::create(&self.root.join("indexes").join(index), settings)?;
+        let open = OpenIndex::create(&self.root.join("indexes").join(index), settings)?;
         self.indexes
             .write()
             .expect("indexes lock")
