@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::model::{Document, SearchError, alias};
 use crate::Backend;
+use crate::model::{Document, SearchError, alias};
 
 /// How long a missing outbox ID may hold the position back.
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
@@ -96,7 +96,10 @@ impl Indexer {
                 continue;
             }
             // Every practitioner event carries the whole practitioner at its new version.
-            if let Some(doc) = payload.as_ref().and_then(|p| serde_json::from_value::<Document>(p.clone()).ok()) {
+            if let Some(doc) = payload
+                .as_ref()
+                .and_then(|p| serde_json::from_value::<Document>(p.clone()).ok())
+            {
                 by_country.entry(country.clone()).or_default().push(doc);
             }
         }

@@ -217,7 +217,10 @@ mod tests {
         );
         assert_eq!(
             parse_synonym("GP, Hausarzt"),
-            Some((vec!["gp".into(), "hausarzt".into()], vec!["gp".into(), "hausarzt".into()]))
+            Some((
+                vec!["gp".into(), "hausarzt".into()],
+                vec!["gp".into(), "hausarzt".into()]
+            ))
         );
         assert_eq!(parse_synonym("=> x"), None);
         assert_eq!(parse_synonym("alone"), None);

@@ -13,8 +13,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::model::{Document, IndexSettings, SearchError, alias, version_of, versioned};
 use crate::Backend;
+use crate::model::{Document, IndexSettings, SearchError, alias, version_of, versioned};
 
 /// Practitioners read from the database per batch.
 const BATCH: i64 = 1000;
@@ -40,7 +40,12 @@ pub struct Ensured {
 
 /// Makes the alias of country `code` point at an index built with `settings`, building a
 /// new version when needed, and drops every other version.
-pub async fn ensure(backend: &Backend, pool: &PgPool, code: &str, settings: &IndexSettings) -> Result<Ensured, VersionError> {
+pub async fn ensure(
+    backend: &Backend,
+    pool: &PgPool,
+    code: &str,
+    settings: &IndexSettings,
+) -> Result<Ensured, VersionError> {
     let alias = alias(code);
     if let Some(current) = backend.resolve(&alias).await?
         && current.fingerprint == settings.fingerprint()
@@ -121,9 +126,7 @@ async fn copy(backend: &Backend, pool: &PgPool, code: &str, index: &str) -> Resu
     }
 }
 
-fn document(
-    (id, country_code, given_name, family_name, specialty, city, languages, active, version): Row,
-) -> Document {
+fn document((id, country_code, given_name, family_name, specialty, city, languages, active, version): Row) -> Document {
     Document {
         id,
         country_code,

@@ -70,7 +70,11 @@ async fn german_words_typos_and_synonyms_find_the_right_practitioners() {
     // Every word must match.
     assert!(names(&engine, &text("Kardiologie Hamburg")).await.is_empty());
     // Stop words do not get in the way.
-    assert_eq!(names(&engine, &text("Ärztin für Kinderheilkunde")).await.len(), 0, "Ärztin is not in any profile");
+    assert_eq!(
+        names(&engine, &text("Ärztin für Kinderheilkunde")).await.len(),
+        0,
+        "Ärztin is not in any profile"
+    );
     assert_eq!(names(&engine, &text("Kinderheilkunde in Berlin")).await, ["Fischer"]);
     // Deactivated practitioners are never found.
     assert!(names(&engine, &text("Dermatologie")).await.is_empty());
@@ -88,7 +92,13 @@ async fn filters_and_pages() {
     let first = engine.search(&alias("DE"), &berlin).await.unwrap();
     assert_eq!((first.total, first.hits.len()), (2, 1));
     let second = engine
-        .search(&alias("DE"), &Query { offset: 1, ..berlin.clone() })
+        .search(
+            &alias("DE"),
+            &Query {
+                offset: 1,
+                ..berlin.clone()
+            },
+        )
         .await
         .unwrap();
     assert_ne!(first.hits[0].document.id, second.hits[0].document.id);
@@ -100,7 +110,10 @@ async fn filters_and_pages() {
     };
     assert_eq!(names(&engine, &q(Some("kardiologie"), None)).await, ["Schmidt"]);
     assert_eq!(names(&engine, &q(None, Some("en"))).await, ["Weber"]);
-    assert!(names(&engine, &q(Some("Kardio"), None)).await.is_empty(), "the specialty filter is exact");
+    assert!(
+        names(&engine, &q(Some("Kardio"), None)).await.is_empty(),
+        "the specialty filter is exact"
+    );
 }
 
 #[tokio::test]
@@ -113,7 +126,10 @@ async fn writes_are_idempotent_by_version() {
     engine.upsert(&alias("DE"), std::slice::from_ref(&moved)).await.unwrap();
     // A replayed older event, and the same event twice, change nothing.
     engine.upsert(&alias("DE"), &docs[..1]).await.unwrap();
-    engine.upsert(&alias("DE"), &[moved.clone(), moved.clone()]).await.unwrap();
+    engine
+        .upsert(&alias("DE"), &[moved.clone(), moved.clone()])
+        .await
+        .unwrap();
     let hits = engine.search(&alias("DE"), &text("Schmidt")).await.unwrap();
     assert_eq!(hits.total, 1);
     assert_eq!(hits.hits[0].document, moved);
