@@ -9,12 +9,14 @@ mod live;
 mod openapi;
 mod practitioners;
 mod problem;
+mod search;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use chrono_tz::Tz;
+use meridian_search::Backend;
 use meridian_shared::auth::Verifier;
 use meridian_shared::jwks::Jwks;
 use sqlx::PgPool;
@@ -75,6 +77,8 @@ pub struct Service {
     pub countries: Countries,
     pub live: Arc<LiveSlots>,
     pub schedules: Schedules,
+    /// Where the country indexes live, for practitioner search.
+    pub search: Option<Backend>,
 }
 
 impl Service {
@@ -87,11 +91,18 @@ impl Service {
             countries,
             live,
             schedules: Schedules::default(),
+            search: None,
         }
     }
 }
 
 impl Service {
+    /// Searches practitioners in the country indexes of `backend`.
+    pub fn with_search(mut self, backend: Backend) -> Self {
+        self.search = Some(backend);
+        self
+    }
+
     /// Checks tokens against the keys of `jwks`, following its rotations.
     pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
         self.verifier = jwks.verifier();
@@ -103,6 +114,7 @@ impl Service {
 /// The routes of the booking service.
 pub fn app(service: Arc<Service>) -> Router {
     Router::new()
+        .merge(search::router())
         .merge(practitioners::router())
         .merge(availability::router())
         .merge(appointments::router())

@@ -42,6 +42,13 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, &str)] = &[
     ),
     (
         "get",
+        "/practitioners/search",
+        "Search the country's practitioners (?q=&specialty=&city=&language=&availableFrom=&availableTo=&offset=&limit=)",
+        None,
+        "SearchResults",
+    ),
+    (
+        "get",
         "/practitioners/{id}",
         "Read a practitioner",
         None,
@@ -163,6 +170,13 @@ fn document(cc: &str) -> Value {
                     "version": {"type": "integer"}, "updatedAt": time}}]},
                 "PractitionerPage": {"type": "object", "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Practitioner"}}, "next": string}},
+                "SearchResults": {"type": "object", "properties": {
+                    "items": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string", "format": "uuid"}, "givenName": string, "familyName": string,
+                        "specialty": string, "city": string, "languages": {"type": "array", "items": string},
+                        "score": {"type": "number"}}}},
+                    "total": {"type": "integer", "description": "absent when filtering by availability"},
+                    "offset": {"type": "integer"}, "limit": {"type": "integer"}}},
                 "ImportReport": {"type": "object", "properties": {
                     "created": {"type": "integer"}, "updated": {"type": "integer"}, "unchanged": {"type": "integer"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {"row": {"type": "integer"}, "field": string, "message": string}}}}},
