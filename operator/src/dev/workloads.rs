@@ -15,6 +15,7 @@ use axum::routing::{any, get};
 use meridian_booking::http::{Countries, Problem, Service, app};
 use meridian_crds::condition_types::READY;
 use meridian_crds::{Country, Region};
+use meridian_search::indexer::Indexer;
 use meridian_shared::auth::{DevIssuer, Role, Verifier};
 use serde::Deserialize;
 use tower::ServiceExt;
@@ -24,6 +25,8 @@ use crate::controller::Context;
 
 /// Audience of the tokens the workloads accept.
 pub const AUDIENCE: &str = "meridian";
+/// The search indexer's name among the outbox's consumers.
+const INDEXER: &str = "search-indexer";
 /// How long the printed demo tokens last.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -31,6 +34,14 @@ struct RegionService {
     url: String,
     countries: Countries,
     router: Router,
+    /// Keeps the Region's search indexes current from its outbox.
+    indexer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RegionService {
+    fn drop(&mut self) {
+        self.indexer.abort();
+    }
 }
 
 /// The per-Region services and the issuer.
@@ -54,7 +65,7 @@ impl Workloads {
     /// Brings the services in line with the reconciled state: a service for every Ready
     /// Region (connected to its database only), each serving the countries bound to it.
     pub async fn sync(&self, regions: &[Region], countries: &[Country], ctx: &Context) {
-        let mut wanted: HashMap<String, String> = HashMap::new();
+        let mut wanted: HashMap<String, (String, Option<meridian_search::Backend>)> = HashMap::new();
         for region in regions {
             let ready = region
                 .status
@@ -64,12 +75,13 @@ impl Workloads {
                 && region.metadata.deletion_timestamp.is_none()
                 && let Ok(endpoint) = ctx.providers.locate(region).await
             {
-                wanted.insert(region.metadata.name.clone().unwrap_or_default(), endpoint.url);
+                let search = ctx.providers.search(region).await.ok();
+                wanted.insert(region.metadata.name.clone().unwrap_or_default(), (endpoint.url, search));
             }
         }
         let mut services = self.regions.write().expect("workloads lock");
-        services.retain(|name, service| wanted.get(name) == Some(&service.url));
-        for (name, url) in wanted {
+        services.retain(|name, service| wanted.get(name).is_some_and(|(url, _)| url == &service.url));
+        for (name, (url, search)) in wanted {
             if services.contains_key(&name) {
                 continue;
             }
@@ -80,13 +92,21 @@ impl Workloads {
                 continue;
             };
             let countries = Countries::default();
-            let service = Service::new(pool, self.verifier.clone(), countries.clone());
+            let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
+            let indexer = match search {
+                Some(backend) => {
+                    service = service.with_search(backend.clone());
+                    tokio::spawn(follow_outbox(pool, backend))
+                }
+                None => tokio::spawn(async {}),
+            };
             services.insert(
                 name,
                 RegionService {
                     url,
                     countries,
                     router: app(Arc::new(service)),
+                    indexer,
                 },
             );
         }
@@ -131,6 +151,17 @@ impl Workloads {
             .route("/auth/token", get(token))
             .route("/{cc}/v1/{*rest}", any(dispatch))
             .with_state(self)
+    }
+}
+
+/// Runs the Region's search indexer, starting it once its database answers.
+async fn follow_outbox(pool: sqlx::PgPool, backend: meridian_search::Backend) {
+    loop {
+        match Indexer::start(pool.clone(), backend.clone(), INDEXER).await {
+            Ok(indexer) => return indexer.run().await,
+            Err(e) => tracing::debug!(error = %e, "search indexer waits for its database"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

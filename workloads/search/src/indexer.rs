@@ -136,17 +136,20 @@ impl Indexer {
         Ok(step)
     }
 
-    /// Steps until the task is dropped; failures are logged and retried.
-    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                match self.step().await {
-                    Ok(step) if step.documents > 0 => continue,
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(consumer = %self.consumer, error = %e, "search indexer; retrying"),
-                }
-                tokio::time::sleep(POLL).await;
+    /// Steps for ever; failures are logged and retried.
+    pub async fn run(mut self) {
+        loop {
+            match self.step().await {
+                Ok(step) if step.documents > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(consumer = %self.consumer, error = %e, "search indexer; retrying"),
             }
-        })
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// [`Indexer::run`] as a task of its own.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run())
     }
 }
