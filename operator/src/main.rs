@@ -54,6 +54,8 @@ enum Command {
 enum Bench {
     /// Booking throughput over HTTP and against the bare database, and a double-booking check.
     Booking(meridian_operator::bench::BookingBench),
+    /// Indexing and query speed of the embedded search engine, against SQL ILIKE.
+    Search(meridian_operator::bench::SearchBench),
 }
 
 fn main() -> ExitCode {
@@ -90,7 +92,11 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {
-                print!("{}", meridian_operator::bench::run(options).await?);
+                print!("{}", meridian_operator::bench::booking::run(options).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::Search(options)) => {
+                print!("{}", meridian_operator::bench::search::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Crds => {

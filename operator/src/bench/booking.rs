@@ -290,11 +290,7 @@ struct PhaseResult {
 
 impl PhaseResult {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies[rank]
+        super::percentile(&self.latencies, p)
     }
 }
 
