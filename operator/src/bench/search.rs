@@ -276,23 +276,12 @@ async fn seed(pool: &PgPool, count: usize) -> anyhow::Result<Vec<Document>> {
             .collect();
         practitioners::import(pool, "DE", &profiles, actor).await?;
     }
-    let rows: Vec<(Uuid, String, String, String, String, Vec<String>, i64)> = sqlx::query_as(
-        "SELECT id, given_name, family_name, specialty, city, languages, version FROM practitioners WHERE country_code = 'DE'",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (id, given_name, family_name, specialty, city, languages, version) in rows {
-        docs.push(Document {
-            id,
-            country_code: "DE".into(),
-            given_name,
-            family_name,
-            specialty,
-            city,
-            languages,
-            active: true,
-            version,
-        });
+    let mut after = Uuid::nil();
+    loop {
+        let page = meridian_search::versions::practitioners(pool, "DE", after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        docs.extend(page);
     }
     Ok(docs)
 }

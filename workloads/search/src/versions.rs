@@ -97,30 +97,35 @@ async fn drop_others(backend: &Backend, alias: &str, keep: &str) -> Result<(), S
 
 type Row = (Uuid, String, String, String, String, String, Vec<String>, bool, i64);
 
+/// A page of country `code`'s practitioners as documents, in ID order after `after`.
+pub async fn practitioners(pool: &PgPool, code: &str, after: Uuid, limit: i64) -> Result<Vec<Document>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, country_code, given_name, family_name, specialty, city, languages, active, version
+           FROM practitioners WHERE country_code = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(code.to_ascii_uppercase())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(document).collect())
+}
+
 /// Writes every practitioner of country `code` into `index`; returns how many.
 async fn copy(backend: &Backend, pool: &PgPool, code: &str, index: &str) -> Result<usize, VersionError> {
-    let failed = |error| VersionError::Database {
-        country: code.to_string(),
-        error,
-    };
     let mut after = Uuid::nil();
     let mut total = 0;
     loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, country_code, given_name, family_name, specialty, city, languages, active, version
-               FROM practitioners WHERE country_code = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(code.to_ascii_uppercase())
-        .bind(after)
-        .bind(BATCH)
-        .fetch_all(pool)
-        .await
-        .map_err(failed)?;
-        let Some(last) = rows.last() else {
+        let docs = practitioners(pool, code, after, BATCH)
+            .await
+            .map_err(|error| VersionError::Database {
+                country: code.to_string(),
+                error,
+            })?;
+        let Some(last) = docs.last() else {
             return Ok(total);
         };
-        after = last.0;
-        let docs: Vec<Document> = rows.into_iter().map(document).collect();
+        after = last.id;
         total += docs.len();
         backend.fill(index, &docs).await?;
     }
