@@ -11,6 +11,8 @@ use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_crds::Country;
+use meridian_search::Backend;
+use meridian_search::indexer::Indexer;
 use meridian_shared::jwks::{Jwks, JwksSource};
 
 /// Options of `meridian booking`.
@@ -39,6 +41,11 @@ pub struct BookingOptions {
     /// Expected `aud` of tokens.
     #[arg(long, env = "OIDC_AUDIENCE", default_value = "meridian")]
     pub audience: String,
+    /// The Region's OpenSearch endpoint (the URL of its search Secret, credentials as user
+    /// information). With it the service answers practitioner search and keeps the
+    /// countries' indexes current from the outbox.
+    #[arg(long, env = "SEARCH_URL")]
+    pub search_url: Option<String>,
     /// Serve the countries bound to this Region, as the cluster's Country objects say
     /// (watched through the Kubernetes API, from the in-cluster or kubeconfig credentials).
     #[arg(long, env = "MERIDIAN_REGION")]
@@ -113,7 +120,18 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
             codes.join(", ")
         }
     };
-    let service = Arc::new(Service::new(pool, jwks.verifier(), countries).with_jwks(jwks));
+    let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
+    let _indexer = match &options.search_url {
+        Some(url) => {
+            let client = crate::providers::opensearch_at(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+            let backend = Backend::OpenSearch(Arc::new(client));
+            service = service.with_search(backend.clone());
+            // Every replica follows the outbox; their writes are idempotent by version.
+            Some(Indexer::start(pool, backend, "search-indexer").await?.spawn())
+        }
+        None => None,
+    };
+    let service = Arc::new(service);
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     println!(
         "meridian booking: serving {serving} on http://{}",

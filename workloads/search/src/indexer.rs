@@ -126,7 +126,8 @@ impl Indexer {
         if self.contiguous != before {
             sqlx::query(
                 "INSERT INTO outbox_consumers (consumer, position) VALUES ($1, $2)
-                 ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+                 ON CONFLICT (consumer) DO UPDATE
+                     SET position = greatest(outbox_consumers.position, EXCLUDED.position), updated_at = now()",
             )
             .bind(&self.consumer)
             .bind(self.contiguous)
