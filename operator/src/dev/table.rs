@@ -1,6 +1,6 @@
 //! The live status table `meridian dev` prints.
 
-use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT};
+use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, ROUTES_READY, SEARCH_INDEX_READY};
 use meridian_crds::{Country, Region, Residency};
 
 use crate::conditions;
@@ -52,6 +52,8 @@ pub fn render(regions: &[Region], countries: &[Country]) -> String {
             "RESIDENCY",
             "COMPLIANT",
             "DATABASE",
+            "INDEX",
+            "ROUTES",
             "READY",
             "MESSAGE",
         ]
@@ -78,6 +80,16 @@ pub fn render(regions: &[Region], countries: &[Country]) -> String {
             },
             state(conds, RESIDENCY_COMPLIANT),
             state(conds, DATABASE_READY),
+            country
+                .status
+                .as_ref()
+                .and_then(|s| s.index.clone())
+                .unwrap_or_else(|| state(conds, SEARCH_INDEX_READY)),
+            country
+                .status
+                .as_ref()
+                .filter(|s| !s.routes.is_empty())
+                .map_or_else(|| state(conds, ROUTES_READY), |s| s.routes.join(",")),
             state(conds, READY),
             if conditions::is_true(conds, READY) {
                 String::new()
