@@ -115,6 +115,34 @@ impl Dev {
         })
     }
 
+    /// The demo users' `Authorization` header values, by role (`patient`, `clinic-admin`,
+    /// ...), once `meridian dev` has written them.
+    pub fn bearers(&mut self) -> std::collections::BTreeMap<String, String> {
+        self.wait_for("demo tokens", Duration::from_secs(10), |d| {
+            d.data_dir.join("tokens.json").is_file()
+        });
+        let tokens: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&std::fs::read(self.data_dir.join("tokens.json")).unwrap()).unwrap();
+        tokens
+            .into_iter()
+            .map(|(role, token)| (role, format!("Bearer {token}")))
+            .collect()
+    }
+
+    /// Creates cardiologist Anna Schmidt in Berlin through `/de/v1`; returns her as created.
+    pub fn create_anna(&self, admin: &str) -> Value {
+        let anna = serde_json::json!({"givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin"});
+        let (status, created) = http(
+            self.addr,
+            "POST",
+            "/de/v1/practitioners",
+            &[("Authorization", admin)],
+            Some(&anna),
+        );
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
     /// The PostgreSQL port of each local Region, as published in `state.json`.
     pub fn region_ports(&self) -> Vec<(String, u16)> {
         let state: Value = serde_json::from_slice(&std::fs::read(self.data_dir.join("state.json")).unwrap()).unwrap();

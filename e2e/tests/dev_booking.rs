@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use meridian_e2e::{Dev, copy_dir, examples, http};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 async fn appointments(port: u16) -> i64 {
@@ -24,22 +24,9 @@ async fn a_german_booking_lands_in_the_german_region_only() {
     let data_dir = work.path().join("data");
     let mut dev = Dev::start(&manifests, &data_dir);
     dev.await_ready("de", Duration::from_secs(120));
-    dev.wait_for("demo tokens", Duration::from_secs(10), |d| {
-        d.data_dir.join("tokens.json").is_file()
-    });
-    let tokens: Value = serde_json::from_slice(&std::fs::read(data_dir.join("tokens.json")).unwrap()).unwrap();
-    let bearer = |role: &str| format!("Bearer {}", tokens[role].as_str().unwrap());
-    let (admin, patient) = (bearer("clinic-admin"), bearer("patient"));
-
-    let anna = json!({"givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin"});
-    let (status, created) = http(
-        dev.addr,
-        "POST",
-        "/de/v1/practitioners",
-        &[("Authorization", &admin)],
-        Some(&anna),
-    );
-    assert_eq!(status, 201, "{created}");
+    let bearers = dev.bearers();
+    let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());
+    let created = dev.create_anna(&admin);
     let id = created["id"].as_str().unwrap();
     for weekday in 1..=7 {
         let rule =

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meridian_e2e::{Dev, condition, copy_dir, examples, http};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn country(dev: &Dev, name: &str) -> Value {
     dev.get(&format!("/apis/platform.meridian.dev/v1alpha1/countries/{name}"))
@@ -52,22 +52,9 @@ fn search_per_country_and_an_analyzer_change_without_a_failed_search() {
         );
         assert_eq!(status["status"]["indexAlias"], format!("practitioners_{name}"));
     }
-    dev.wait_for("demo tokens", Duration::from_secs(10), |d| {
-        d.data_dir.join("tokens.json").is_file()
-    });
-    let tokens: Value = serde_json::from_slice(&std::fs::read(data_dir.join("tokens.json")).unwrap()).unwrap();
-    let bearer = |role: &str| format!("Bearer {}", tokens[role].as_str().unwrap());
-    let (admin, patient) = (bearer("clinic-admin"), bearer("patient"));
-
-    let anna = json!({"givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin"});
-    let (status, created) = http(
-        dev.addr,
-        "POST",
-        "/de/v1/practitioners",
-        &[("Authorization", &admin)],
-        Some(&anna),
-    );
-    assert_eq!(status, 201, "{created}");
+    let bearers = dev.bearers();
+    let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());
+    dev.create_anna(&admin);
     let took = dev.wait_for("Schmidt searchable in DE", Duration::from_secs(1), |d| {
         found(d.addr, &patient, "de", "Kardiologin").1 == ["Schmidt"]
     });
