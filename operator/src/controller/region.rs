@@ -1,6 +1,6 @@
 //! Region: provision or adopt the stack, bring its database to the current schema.
 
-use meridian_crds::condition_types::{DATABASE_READY, READY};
+use meridian_crds::condition_types::{DATABASE_READY, READY, SEARCH_READY};
 use meridian_crds::{Country, Region, RegionStatus};
 use meridian_shared::schema::MIGRATIONS;
 
@@ -95,12 +95,22 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         return blocked_outcome(previous, generation, blocked);
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
+    // Search is reported, not required: the Region's database serves without it, and each
+    // Country's SearchIndexReady says whether its index could be built.
+    let (search, search_endpoint) = match ctx.providers.search_store(region).await {
+        Ok((_, display)) => (
+            Report::ok(SEARCH_READY, "SearchConfigured", format!("search on {display}")),
+            Some(display),
+        ),
+        Err(e) => (Report::failed(SEARCH_READY, e.reason, e.message), None),
+    };
     let reports = [
         Report::ok(
             DATABASE_READY,
             "SchemaCurrent",
             format!("schema at version {version} on {}", planned.endpoint.display),
         ),
+        search,
         Report::ok(READY, "Reconciled", "the Region's database is ready"),
     ];
     let status = RegionStatus {
@@ -109,7 +119,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         connection_secret: planned.endpoint.secret,
         database_endpoint: Some(planned.endpoint.display),
         schema_version: Some(version),
-        ..previous
+        search_endpoint,
     };
     Outcome {
         status,

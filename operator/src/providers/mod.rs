@@ -142,11 +142,20 @@ impl Providers {
     /// for `local`, OpenSearch at the URL of `spec.external.searchUrlSecretRef` for
     /// `external` (credentials, if any, as the URL's user information).
     pub async fn search(&self, region: &Region) -> Result<Backend, ProviderError> {
+        Ok(self.search_store(region).await?.0)
+    }
+
+    /// [`Providers::search`], and where it is, for status (never credentials).
+    pub async fn search_store(&self, region: &Region) -> Result<(Backend, String), ProviderError> {
         if let Some(backend) = &self.search {
-            return Ok(backend.clone());
+            return Ok((backend.clone(), "embedded engine (shared by every Region)".into()));
         }
         match region.spec.provider {
-            RegionProvider::Local => Ok(Backend::Embedded(self.local(region)?.search(&region_name(region))?)),
+            RegionProvider::Local => {
+                let name = region_name(region);
+                let engine = self.local(region)?.search(&name)?;
+                Ok((Backend::Embedded(engine), format!("embedded engine of Region {name}")))
+            }
             RegionProvider::External => {
                 let Some(r) = region
                     .spec
@@ -179,7 +188,7 @@ impl Providers {
                 };
                 let client = opensearch_at(&url)
                     .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
-                Ok(Backend::OpenSearch(Arc::new(client)))
+                Ok((Backend::OpenSearch(Arc::new(client)), Endpoint::from_url(url).display))
             }
             RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
                 "ProviderNotImplemented",
