@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use meridian_e2e::{Dev, condition, copy_dir, examples};
+use meridian_e2e::{Dev, condition, copy_dir, examples, http};
+use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 const COUNTRIES: [&str; 5] = ["de", "es", "fr", "gb", "it"];
@@ -143,6 +144,18 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
         d.output().contains("timing: country pt Ready")
     });
     assert_eq!(codes(&partitions(eu_west_1).await), ["es", "it", "pt"]);
+    // Its prefix answers as soon as it is Ready.
+    let admin = dev.bearers()["system-admin"].clone();
+    let (_, pt) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/pt");
+    assert_eq!(pt["status"]["routes"], json!(["/pt/v1"]), "{pt}");
+    let (status, body) = http(
+        dev.addr,
+        "GET",
+        "/pt/v1/practitioners",
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
 
     // Editing a manifest is reconciled within seconds: suspending Italy.
     let it = std::fs::read_to_string(manifests.join("countries/it.yaml")).unwrap();
@@ -158,6 +171,15 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "Suspended"))
     });
+    let (status, body) = http(
+        dev.addr,
+        "GET",
+        "/it/v1/practitioners",
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert_eq!(status, 503, "a suspended country says so: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("suspended"), "{body}");
     std::fs::write(manifests.join("countries/it.yaml"), it).unwrap();
     dev.await_ready("it", Duration::from_secs(5));
 
@@ -166,6 +188,15 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     dev.wait_for("pt deleted", Duration::from_secs(10), |d| {
         d.get("/apis/platform.meridian.dev/v1alpha1/countries/pt").0 == 404
     });
+    let (status, body) = http(
+        dev.addr,
+        "GET",
+        "/pt/v1/practitioners",
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert_eq!(status, 404, "a deleted country's prefix stops answering: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("pt"), "{body}");
     let parts = partitions(eu_west_1).await;
     let pt: Vec<_> = parts.iter().filter(|(n, _)| n.ends_with("_pt")).collect();
     assert_eq!(pt.len(), TABLES, "Retain keeps pt's partitions: {parts:?}");

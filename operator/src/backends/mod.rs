@@ -1,3 +1,4 @@
 //! The stores a reconcile writes to.
 
+pub mod gateway;
 pub mod postgres;

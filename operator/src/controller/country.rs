@@ -2,7 +2,7 @@
 //! database of the Country's Region, then its search index (an alias over a version built
 //! with the country's analyzer and synonyms).
 
-use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, SEARCH_INDEX_READY};
+use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, ROUTES_READY, SEARCH_INDEX_READY};
 use meridian_crds::{Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency, SearchAnalyzer};
 use meridian_search::{self as search, Language};
 
@@ -286,22 +286,32 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
             };
         }
     };
+    let routes = match ctx.gateway.publish(country).await {
+        Ok(routes) => routes,
+        Err(e) => {
+            let message = e.to_string();
+            let reports = [
+                compliant,
+                database,
+                index_ready(country, &index),
+                Report::failed(ROUTES_READY, "RoutesFailed", &message),
+                Report::failed(READY, "RoutesFailed", message),
+            ];
+            return Outcome {
+                status: finish(&reports, previous.clone()),
+                next: Next::Requeue(RETRY),
+                failure: Some("RoutesFailed"),
+            };
+        }
+    };
     let reports = [
         compliant,
         database,
+        index_ready(country, &index),
         Report::ok(
-            SEARCH_INDEX_READY,
-            if index.built { "IndexBuilt" } else { "IndexCurrent" },
-            if index.built {
-                format!(
-                    "{} points at {}, built from {} practitioners",
-                    search::alias(&country.spec.code),
-                    index.index,
-                    index.documents
-                )
-            } else {
-                format!("{} points at {}", search::alias(&country.spec.code), index.index)
-            },
+            ROUTES_READY,
+            "RoutesPublished",
+            format!("served under {}", routes.join(", ")),
         ),
         Report::ok(
             READY,
@@ -317,6 +327,7 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
             partitions,
             index_alias: Some(search::alias(&country.spec.code)),
             index: Some(index.index),
+            routes,
             ..previous.clone()
         },
     );
@@ -324,6 +335,26 @@ pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcom
         status,
         next: Next::Requeue(RESYNC),
         failure: None,
+    }
+}
+
+fn index_ready(country: &Country, index: &search::versions::Ensured) -> Report {
+    let alias = search::alias(&country.spec.code);
+    if index.built {
+        Report::ok(
+            SEARCH_INDEX_READY,
+            "IndexBuilt",
+            format!(
+                "{alias} points at {}, built from {} practitioners",
+                index.index, index.documents
+            ),
+        )
+    } else {
+        Report::ok(
+            SEARCH_INDEX_READY,
+            "IndexCurrent",
+            format!("{alias} points at {}", index.index),
+        )
     }
 }
 
@@ -396,6 +427,13 @@ async fn search_index(
 /// Cleans up a deleted Country: `Retain` detaches its partitions and keeps them, `Delete`
 /// drops them. With the abandon annotation the stores are left alone. Returns what was done.
 pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) -> Result<Vec<Change>, Blocked> {
+    // Traffic stops first, whatever happens to the data.
+    ctx.gateway.withdraw(country).await.map_err(|e| {
+        Blocked::new(
+            vec![Report::failed(READY, "RoutesFailed", e.to_string())],
+            Next::Requeue(RETRY),
+        )
+    })?;
     if abandoned(&country.metadata) {
         return Ok(Vec::new());
     }

@@ -8,6 +8,7 @@ pub mod region;
 
 use std::time::Duration;
 
+use crate::backends::gateway::Gateway;
 use crate::backends::postgres::Databases;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -20,6 +21,8 @@ pub struct Context {
     pub databases: Databases,
     pub providers: Providers,
     pub metrics: Metrics,
+    /// Where Countries' routes are published.
+    pub gateway: Gateway,
 }
 
 impl Context {
@@ -28,7 +31,14 @@ impl Context {
             databases: Databases::default(),
             providers,
             metrics: Metrics::default(),
+            gateway: Gateway::Embedded,
         }
+    }
+
+    /// Publishes routes through `gateway` (a cluster's Gateway API).
+    pub fn with_gateway(mut self, gateway: Gateway) -> Self {
+        self.gateway = gateway;
+        self
     }
 }
 

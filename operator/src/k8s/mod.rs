@@ -18,6 +18,7 @@ pub use controllers::{Error, KubeContext, Reconciled, reconcile};
 pub use leader::{LeaderElection, Lease};
 pub use secrets::KubeSecrets;
 
+use crate::backends::gateway::{Gateway, GatewayConfig};
 use crate::controller::Context;
 use crate::providers::Providers;
 
@@ -39,6 +40,18 @@ pub struct OperatorOptions {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "meridian-operator")]
     pub lease_name: String,
+    /// The Gateway (Gateway API) that Countries' HTTPRoutes attach to.
+    #[arg(long, default_value = "meridian")]
+    pub gateway_name: String,
+    /// Namespace of that Gateway; its listeners must allow routes from the Regions'
+    /// namespaces (`meridian-region-<name>`).
+    #[arg(long, default_value = "meridian-system")]
+    pub gateway_namespace: String,
+    /// The booking Service in each Region's namespace that routes send traffic to.
+    #[arg(long, default_value = "booking")]
+    pub workload_service: String,
+    #[arg(long, default_value_t = 8080)]
+    pub workload_port: u16,
 }
 
 /// Runs until SIGTERM/Ctrl-C, or until leadership is lost (then exits non-zero so the
@@ -52,7 +65,16 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let secrets = Arc::new(KubeSecrets::new(client.clone(), options.namespace.clone()));
-    let core = Context::new(Providers::new(None, secrets));
+    let gateway = Gateway::Cluster {
+        client: client.clone(),
+        config: GatewayConfig {
+            name: options.gateway_name.clone(),
+            namespace: options.gateway_namespace.clone(),
+            service: options.workload_service.clone(),
+            port: options.workload_port,
+        },
+    };
+    let core = Context::new(Providers::new(None, secrets)).with_gateway(gateway);
     let ctx = Arc::new(KubeContext::new(client.clone(), core, &identity));
 
     let ready = Arc::new(AtomicBool::new(false));

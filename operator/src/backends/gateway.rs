@@ -1,0 +1,200 @@
+//! Gateway routes: each Country answers under its own prefix, `/{cc}/v1`. In a cluster that
+//! is one Gateway API `HTTPRoute` per country, in the namespace of its Region's workloads,
+//! attached to the Gateway named in the operator's configuration and backed by the
+//! Region's booking Service; in `meridian dev` the entry point's route table is the
+//! reconciled state itself, so there is nothing to write.
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use meridian_crds::Country;
+use serde_json::json;
+
+use crate::k8s::FIELD_MANAGER;
+
+/// The Gateway routes attach to, and the workload Service they send traffic to in each
+/// Region's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            name: "meridian".into(),
+            namespace: "meridian-system".into(),
+            service: "booking".into(),
+            port: 8080,
+        }
+    }
+}
+
+/// Label every route carries: the country it serves.
+const COUNTRY_LABEL: &str = "platform.meridian.dev/country";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("country {0} has no uid yet (it was never stored): cannot own an HTTPRoute")]
+    NotStored(String),
+    #[error(
+        "the Gateway API is not installed in this cluster (no httproutes.gateway.networking.k8s.io); install it: \
+         kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.2.1/standard-install.yaml"
+    )]
+    NotInstalled,
+    #[error("failed to {action} HTTPRoute {namespace}/{name}: {error}")]
+    Api {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        error: kube::Error,
+    },
+}
+
+/// The namespace a Region's workloads run in.
+pub fn route_namespace(region: &str) -> String {
+    format!("meridian-region-{region}")
+}
+
+/// The path prefix of a country's API.
+pub fn prefix(country: &Country) -> String {
+    format!("/{}/v1", country.spec.code.to_ascii_lowercase())
+}
+
+fn route_name(country: &Country) -> String {
+    format!("country-{}", country.spec.code.to_ascii_lowercase())
+}
+
+fn http_routes() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+/// The country's HTTPRoute. It names no hostnames, so it matches every hostname the
+/// Gateway's listeners accept: hostnames belong to the Gateway, which the platform team
+/// owns. The Country owns the route, so deleting the Country garbage-collects it even if
+/// the operator is not running.
+pub fn http_route(country: &Country, config: &GatewayConfig) -> Result<DynamicObject, GatewayError> {
+    let name = country.name_any();
+    let uid = country.uid().ok_or_else(|| GatewayError::NotStored(name.clone()))?;
+    let cc = country.spec.code.to_ascii_lowercase();
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": route_name(country),
+            "namespace": route_namespace(&country.spec.region),
+            "labels": {
+                "app.kubernetes.io/name": "meridian-booking",
+                "app.kubernetes.io/instance": name,
+                "app.kubernetes.io/managed-by": FIELD_MANAGER,
+                COUNTRY_LABEL: cc,
+            },
+            "ownerReferences": [{
+                "apiVersion": "platform.meridian.dev/v1alpha1",
+                "kind": "Country",
+                "name": name,
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "parentRefs": [{
+                "group": "gateway.networking.k8s.io",
+                "kind": "Gateway",
+                "name": config.name,
+                "namespace": config.namespace,
+            }],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": prefix(country)}}],
+                "backendRefs": [{"name": config.service, "port": config.port}],
+            }],
+        },
+    });
+    Ok(serde_json::from_value(route).expect("an HTTPRoute is a valid object"))
+}
+
+/// Where routes are published.
+#[derive(Clone)]
+pub enum Gateway {
+    /// `meridian dev`: its entry point routes from the reconciled state.
+    Embedded,
+    Cluster {
+        client: Client,
+        config: GatewayConfig,
+    },
+}
+
+impl Gateway {
+    /// Publishes the country's routes; returns their prefixes.
+    pub async fn publish(&self, country: &Country) -> Result<Vec<String>, GatewayError> {
+        let Gateway::Cluster { client, config } = self else {
+            return Ok(vec![prefix(country)]);
+        };
+        let route = http_route(country, config)?;
+        let namespace = route.namespace().unwrap_or_default();
+        let name = route.name_any();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &http_routes());
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&route))
+            .await
+            .map_err(|error| failed("apply", &namespace, &name, error))?;
+        remove_leftovers(client, country, Some((&namespace, &name))).await?;
+        Ok(vec![prefix(country)])
+    }
+
+    /// Removes the country's routes; routes already gone are fine.
+    pub async fn withdraw(&self, country: &Country) -> Result<(), GatewayError> {
+        match self {
+            Gateway::Embedded => Ok(()),
+            Gateway::Cluster { client, .. } => remove_leftovers(client, country, None).await,
+        }
+    }
+}
+
+/// Deletes the routes labelled for `country` other than `keep` (all of them without it).
+async fn remove_leftovers(client: &Client, country: &Country, keep: Option<(&str, &str)>) -> Result<(), GatewayError> {
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &http_routes());
+    let selector = format!(
+        "{COUNTRY_LABEL}={},app.kubernetes.io/managed-by={FIELD_MANAGER}",
+        country.spec.code.to_ascii_lowercase()
+    );
+    let found = all
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|error| failed("list", "*", &route_name(country), error))?;
+    for route in found.items {
+        let (namespace, name) = (route.namespace().unwrap_or_default(), route.name_any());
+        if keep == Some((namespace.as_str(), name.as_str())) {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &http_routes());
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(failed("delete", &namespace, &name, error)),
+        }
+    }
+    Ok(())
+}
+
+fn failed(action: &'static str, namespace: &str, name: &str, error: kube::Error) -> GatewayError {
+    // The API server's answer for a resource type it does not serve (a missing namespace
+    // is also a 404, but names the namespace).
+    if let kube::Error::Api(status) = &error
+        && status.code == 404
+        && status.message.contains("could not find the requested resource")
+    {
+        return GatewayError::NotInstalled;
+    }
+    GatewayError::Api {
+        action,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        error,
+    }
+}
