@@ -49,7 +49,7 @@ pub enum GatewayError {
         action: &'static str,
         namespace: String,
         name: String,
-        error: kube::Error,
+        error: Box<kube::Error>,
     },
 }
 
@@ -195,6 +195,6 @@ fn failed(action: &'static str, namespace: &str, name: &str, error: kube::Error)
         action,
         namespace: namespace.to_string(),
         name: name.to_string(),
-        error,
+        error: Box::new(error),
     }
 }

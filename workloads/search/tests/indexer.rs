@@ -124,7 +124,7 @@ async fn an_event_that_commits_late_is_not_skipped() {
     let mut other = anna(1, "Hamburg");
     other.id = Uuid::from_u128(9);
     other.family_name = "Weber".into();
-    event(&mut *pool.acquire().await.unwrap(), &other).await;
+    event(&mut pool.acquire().await.unwrap(), &other).await;
     indexer.step().await.unwrap();
     assert_eq!(indexer.position(), 0, "not past the open transaction's ID");
     late.commit().await.unwrap();
@@ -136,7 +136,7 @@ async fn an_event_that_commits_late_is_not_skipped() {
     let mut rolled_back = pool.begin().await.unwrap();
     event(&mut rolled_back, &anna(5, "Köln")).await;
     rolled_back.rollback().await.unwrap();
-    event(&mut *pool.acquire().await.unwrap(), &anna(3, "Bonn")).await;
+    event(&mut pool.acquire().await.unwrap(), &anna(3, "Bonn")).await;
     indexer.step().await.unwrap();
     assert_eq!(indexer.position(), 2);
     tokio::time::sleep(GAP_WAIT).await;
