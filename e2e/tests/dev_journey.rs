@@ -146,15 +146,18 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     assert_eq!(codes(&partitions(eu_west_1).await), ["es", "it", "pt"]);
     // Its prefix answers as soon as it is Ready.
     let admin = dev.bearers()["system-admin"].clone();
+    let list = |dev: &Dev, cc: &str| {
+        http(
+            dev.addr,
+            "GET",
+            &format!("/{cc}/v1/practitioners"),
+            &[("Authorization", &admin)],
+            None,
+        )
+    };
     let (_, pt) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/pt");
     assert_eq!(pt["status"]["routes"], json!(["/pt/v1"]), "{pt}");
-    let (status, body) = http(
-        dev.addr,
-        "GET",
-        "/pt/v1/practitioners",
-        &[("Authorization", &admin)],
-        None,
-    );
+    let (status, body) = list(&dev, "pt");
     assert_eq!(status, 200, "{body}");
 
     // Editing a manifest is reconciled within seconds: suspending Italy.
@@ -171,13 +174,7 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "Suspended"))
     });
-    let (status, body) = http(
-        dev.addr,
-        "GET",
-        "/it/v1/practitioners",
-        &[("Authorization", &admin)],
-        None,
-    );
+    let (status, body) = list(&dev, "it");
     assert_eq!(status, 503, "a suspended country says so: {body}");
     assert!(body["detail"].as_str().unwrap().contains("suspended"), "{body}");
     std::fs::write(manifests.join("countries/it.yaml"), it).unwrap();
@@ -188,13 +185,7 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     dev.wait_for("pt deleted", Duration::from_secs(10), |d| {
         d.get("/apis/platform.meridian.dev/v1alpha1/countries/pt").0 == 404
     });
-    let (status, body) = http(
-        dev.addr,
-        "GET",
-        "/pt/v1/practitioners",
-        &[("Authorization", &admin)],
-        None,
-    );
+    let (status, body) = list(&dev, "pt");
     assert_eq!(status, 404, "a deleted country's prefix stops answering: {body}");
     assert!(body["detail"].as_str().unwrap().contains("pt"), "{body}");
     let parts = partitions(eu_west_1).await;
