@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod plan;
 pub mod plan_cmd;
 pub mod providers;
+pub mod residency;
 pub mod served;
 pub mod shutdown;
 pub mod validate;

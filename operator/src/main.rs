@@ -38,6 +38,9 @@ enum Command {
     Bench(Bench),
     /// Print the CustomResourceDefinitions: `meridian crds | kubectl apply -f -`.
     Crds,
+    /// Data residency: where each country's data is, proven from the stores.
+    #[command(subcommand)]
+    Residency(ResidencyCommand),
     /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
     /// Exits 1 on invalid manifests, 2 when a store cannot be read.
     Plan {
@@ -48,6 +51,13 @@ enum Command {
         #[arg(long, default_value = ".meridian")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ResidencyCommand {
+    /// Where each Country's data lives, with evidence read from every store; exits 1 when a
+    /// store holds rows of a country it should not, 2 when a store could not be read.
+    Report(meridian_operator::residency::ReportOptions),
 }
 
 #[derive(Subcommand)]
@@ -98,6 +108,15 @@ fn main() -> ExitCode {
             Command::Bench(Bench::Search(options)) => {
                 print!("{}", meridian_operator::bench::search::run(options).await?);
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Residency(ResidencyCommand::Report(options)) => {
+                let report = meridian_operator::residency::run(&options).await?;
+                if options.output == meridian_operator::residency::Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.text());
+                }
+                Ok(ExitCode::from(report.exit_code()))
             }
             Command::Crds => {
                 print!("{}", meridian_crds::crds_yaml());

@@ -37,6 +37,23 @@ impl PlanReport {
     }
 }
 
+/// The `local` Regions of `data_dir`, for reading: those of the `meridian dev` running
+/// there, or, when none runs, their clusters on disk (started on demand, under the data
+/// directory's lock, which the caller holds while it reads).
+pub fn local_clusters(data_dir: &Path) -> anyhow::Result<(LocalClusters, Option<DataDirLock>)> {
+    Ok(match DataDirLock::running(data_dir) {
+        Some(state) => (
+            LocalClusters::adopt(data_dir.to_path_buf(), state.regions.into_iter().collect()),
+            None,
+        ),
+        None if data_dir.is_dir() => (
+            LocalClusters::new(data_dir.to_path_buf(), Durability::Durable),
+            Some(DataDirLock::acquire(data_dir)?),
+        ),
+        None => (LocalClusters::new(data_dir.to_path_buf(), Durability::Durable), None),
+    })
+}
+
 /// Plans `manifests_dir` against the stores. Local Regions are read from the `meridian dev`
 /// running on `data_dir`, or, when none runs, from their clusters on disk, started for
 /// the duration of the plan.
@@ -47,18 +64,7 @@ pub async fn run(manifests_dir: &Path, data_dir: &Path) -> anyhow::Result<PlanRe
         writeln!(report.text, "! {error}")?;
         report.invalid += 1;
     }
-    // Hold the lock while clusters of a stopped `meridian dev` are started for reading.
-    let (local, _lock) = match DataDirLock::running(data_dir) {
-        Some(state) => (
-            LocalClusters::adopt(data_dir.to_path_buf(), state.regions.into_iter().collect()),
-            None,
-        ),
-        None if data_dir.is_dir() => (
-            LocalClusters::new(data_dir.to_path_buf(), Durability::Durable),
-            Some(DataDirLock::acquire(data_dir)?),
-        ),
-        None => (LocalClusters::new(data_dir.to_path_buf(), Durability::Durable), None),
-    };
+    let (local, _lock) = local_clusters(data_dir)?;
     let local = Arc::new(local);
     let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(loaded.secrets.clone())));
 

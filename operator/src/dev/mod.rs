@@ -6,7 +6,7 @@ mod api;
 mod lock;
 pub mod manifests;
 mod store;
-mod table;
+pub mod table;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};

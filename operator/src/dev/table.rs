@@ -122,7 +122,8 @@ fn message(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) 
     conditions::find(conds, READY).map_or("pending".into(), |c| format!("{}: {}", c.reason, c.message))
 }
 
-fn align(rows: &[Vec<String>]) -> String {
+/// Rows as columns padded to their widest cell.
+pub fn align(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();

@@ -389,6 +389,57 @@ impl OpenIndex {
     }
 }
 
+/// Documents per country code in one index, for the residency report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Census {
+    pub index: String,
+    /// `(country code, documents)`, in code order.
+    pub countries: Vec<(String, u64)>,
+}
+
+/// Counts the documents of each country code in every index under `root`, reading only:
+/// it takes no writer lock, so it works beside a running `meridian dev`.
+pub fn census(root: &Path) -> Result<Vec<Census>, SearchError> {
+    let dir = root.join("indexes");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(SETTINGS_FILE).exists())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    let (_, fields) = schema();
+    for name in names {
+        let index = Index::open_in_dir(dir.join(&name)).map_err(engine_error)?;
+        let searcher = index.reader().map_err(engine_error)?.searcher();
+        let mut codes = std::collections::BTreeSet::new();
+        for segment in searcher.segment_readers() {
+            let terms = segment.inverted_index(fields.country_code).map_err(engine_error)?;
+            let mut stream = terms.terms().stream().map_err(engine_error)?;
+            while stream.advance() {
+                codes.insert(String::from_utf8_lossy(stream.key()).to_string());
+            }
+        }
+        let mut countries = Vec::new();
+        for code in codes {
+            let query = TermQuery::new(
+                Term::from_field_text(fields.country_code, &code),
+                IndexRecordOption::Basic,
+            );
+            let live = searcher.search(&query, &Count).map_err(engine_error)? as u64;
+            if live > 0 {
+                countries.push((code, live));
+            }
+        }
+        out.push(Census { index: name, countries });
+    }
+    Ok(out)
+}
+
 impl Engine {
     /// Opens (or starts) the engine in `root`, with every index and alias found there.
     pub fn open(root: &Path) -> Result<Self, SearchError> {

@@ -1,0 +1,105 @@
+//! The residency report on `meridian dev`: every example country in its own Region's
+//! stores, with evidence; a row put where it does not belong is a violation and a
+//! non-zero exit.
+
+use std::process::Command;
+use std::time::Duration;
+
+use meridian_e2e::{Dev, copy_dir, examples, meridian_bin};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+fn report(manifests: &std::path::Path, data_dir: &std::path::Path) -> (i32, Value) {
+    let out = Command::new(meridian_bin())
+        .args(["residency", "report", "-o", "json"])
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    copy_dir(&examples(), &manifests);
+    let data_dir = work.path().join("data");
+    let mut dev = Dev::start(&manifests, &data_dir);
+    for name in ["de", "fr", "gb", "es", "it"] {
+        dev.await_ready(name, Duration::from_secs(120));
+    }
+    let admin = dev.bearers()["clinic-admin"].clone();
+    dev.create_anna(&admin);
+    // The indexer writes her into DE's index.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, clean) = report(&manifests, &data_dir);
+    assert_eq!(code, 0, "{clean:#}");
+    let countries = clean["countries"].as_array().unwrap();
+    let codes: Vec<&str> = countries.iter().map(|c| c["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["DE", "ES", "FR", "GB", "IT"]);
+    for c in countries {
+        assert_eq!(c["partitions"].as_array().unwrap().len(), 6, "{c}");
+        assert!(c["index"].as_str().unwrap().starts_with("practitioners_"), "{c}");
+    }
+    assert_eq!(clean["violations"], Value::Array(vec![]));
+    let de_store = clean["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["region"] == "eu-central-1" && s["kind"] == "database")
+        .unwrap();
+    let practitioners = de_store["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["query"].as_str().unwrap().contains("FROM practitioners "))
+        .unwrap();
+    assert_eq!(
+        practitioners["rows"]["DE"], 1,
+        "the evidence shows DE's row where it belongs"
+    );
+
+    // Someone puts a German practitioner into the shared Region's database.
+    let port = dev
+        .region_ports()
+        .into_iter()
+        .find(|(region, _)| region == "eu-west-1")
+        .unwrap()
+        .1;
+    let mut conn = PgConnection::connect(&format!("postgres://meridian@127.0.0.1:{port}/meridian"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE practitioners_de PARTITION OF practitioners FOR VALUES IN ('DE');
+         INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('DE', gen_random_uuid(), 'Max', 'Falsch', 'Kardiologie', 'Madrid');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (code, dirty) = report(&manifests, &data_dir);
+    assert_eq!(code, 1, "{dirty:#}");
+    let violations: Vec<&str> = dirty["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].contains("eu-west-1") && violations[0].contains("DE") && violations[0].contains("eu-central-1"),
+        "{violations:?}"
+    );
+    dev.interrupt();
+}
