@@ -20,7 +20,7 @@ pub use secrets::KubeSecrets;
 
 use crate::backends::gateway::{Gateway, GatewayConfig};
 use crate::controller::Context;
-use crate::providers::Providers;
+use crate::providers::{InClusterStacks, Providers, StackConfig};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "meridian-operator";
@@ -52,6 +52,21 @@ pub struct OperatorOptions {
     pub workload_service: String,
     #[arg(long, default_value_t = 8080)]
     pub workload_port: u16,
+    /// Image of PostgreSQL in `inCluster` Regions.
+    #[arg(long, default_value = "postgres:15")]
+    pub postgres_image: String,
+    /// Image with the `meridian` binary, run as each `inCluster` Region's booking workload.
+    #[arg(long, default_value = "meridian:0.1.0")]
+    pub workload_image: String,
+    /// The identity provider the workloads of `inCluster` Regions accept tokens from.
+    #[arg(long, env = "OIDC_ISSUER", default_value = "https://idp.example")]
+    pub oidc_issuer: String,
+    #[arg(
+        long,
+        env = "OIDC_JWKS_URL",
+        default_value = "https://idp.example/.well-known/jwks.json"
+    )]
+    pub oidc_jwks_url: String,
 }
 
 /// Runs until SIGTERM/Ctrl-C, or until leadership is lost (then exits non-zero so the
@@ -74,7 +89,18 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
             port: options.workload_port,
         },
     };
-    let core = Context::new(Providers::new(None, secrets)).with_gateway(gateway);
+    let stacks = InClusterStacks::new(
+        client.clone(),
+        StackConfig {
+            postgres_image: options.postgres_image.clone(),
+            workload_image: options.workload_image.clone(),
+            operator_namespace: options.namespace.clone(),
+            gateway_namespace: options.gateway_namespace.clone(),
+            oidc_issuer: options.oidc_issuer.clone(),
+            oidc_jwks_url: options.oidc_jwks_url.clone(),
+        },
+    );
+    let core = Context::new(Providers::new(None, secrets).with_in_cluster(stacks)).with_gateway(gateway);
     let ctx = Arc::new(KubeContext::new(client.clone(), core, &identity));
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -2,6 +2,7 @@
 //! URL: `local` starts a PostgreSQL cluster (only in `meridian dev`), `external` reads the
 //! URL from a Secret. `aws` and `inCluster` are not built yet and say so in a condition.
 
+pub mod in_cluster;
 mod local;
 mod secrets;
 
@@ -11,6 +12,7 @@ use meridian_crds::{DeletionPolicy, Region, RegionProvider};
 use meridian_search::Backend;
 use meridian_search::opensearch::{Credentials, OpenSearch};
 
+pub use in_cluster::{InClusterStacks, StackConfig};
 pub use local::LocalClusters;
 pub use secrets::{SecretSource, StaticSecrets};
 
@@ -64,6 +66,8 @@ pub struct Providers {
     secrets: Arc<dyn SecretSource>,
     /// One search backend for every Region, whatever its spec says.
     search: Option<Backend>,
+    /// `inCluster` stacks, when running against a cluster.
+    in_cluster: Option<Arc<InClusterStacks>>,
 }
 
 impl Providers {
@@ -72,7 +76,26 @@ impl Providers {
             local,
             secrets,
             search: None,
+            in_cluster: None,
         }
+    }
+
+    /// Builds `inCluster` Regions' stacks in the cluster.
+    pub fn with_in_cluster(mut self, stacks: InClusterStacks) -> Self {
+        self.in_cluster = Some(Arc::new(stacks));
+        self
+    }
+
+    fn in_cluster(&self, region: &Region) -> Result<&InClusterStacks, ProviderError> {
+        self.in_cluster.as_deref().ok_or_else(|| {
+            ProviderError::new(
+                "ProviderUnavailable",
+                format!(
+                    "spec.provider inCluster needs the operator running against a cluster; Region {} cannot be built here",
+                    region_name(region)
+                ),
+            )
+        })
     }
 
     /// Sends every Region's search to `backend` (tests that run the reconcilers against
@@ -86,6 +109,7 @@ impl Providers {
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         match region.spec.provider {
             RegionProvider::Local => self.local(region)?.ensure(&region_name(region)).await,
+            RegionProvider::InCluster => self.in_cluster(region)?.ensure(region).await,
             _ => self.locate(region).await,
         }
     }
@@ -127,12 +151,10 @@ impl Providers {
                     )),
                 }
             }
-            RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
+            RegionProvider::InCluster => self.in_cluster(region)?.locate(region).await,
+            RegionProvider::Aws => Err(ProviderError::new(
                 "ProviderNotImplemented",
-                format!(
-                    "spec.provider {:?} is not available in this version; use external or local",
-                    provider_name(region)
-                ),
+                "spec.provider aws is not available in this version; use external, inCluster or local",
             )),
         }
     }
@@ -190,12 +212,13 @@ impl Providers {
                     .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
                 Ok((Backend::OpenSearch(Arc::new(client)), Endpoint::from_url(url).display))
             }
-            RegionProvider::Aws | RegionProvider::InCluster => Err(ProviderError::new(
+            RegionProvider::InCluster => Err(ProviderError::new(
+                "SearchNotConfigured",
+                "inCluster Regions have no search engine yet; their countries' indexes cannot be built",
+            )),
+            RegionProvider::Aws => Err(ProviderError::new(
                 "ProviderNotImplemented",
-                format!(
-                    "spec.provider {:?} is not available in this version; use external or local",
-                    provider_name(region)
-                ),
+                "spec.provider aws is not available in this version; use external, inCluster or local",
             )),
         }
     }
@@ -205,6 +228,10 @@ impl Providers {
             RegionProvider::Local => {
                 let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
                 self.local(region)?.release(&region_name(region), delete).await
+            }
+            RegionProvider::InCluster => {
+                let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
+                self.in_cluster(region)?.release(region, delete).await
             }
             // External databases are not ours; the Country cleanups already handled their partitions.
             _ => Ok(()),
@@ -245,11 +272,4 @@ pub fn opensearch_at(url: &str) -> Result<OpenSearch, meridian_search::SearchErr
 
 fn region_name(region: &Region) -> String {
     region.metadata.name.clone().unwrap_or_default()
-}
-
-fn provider_name(region: &Region) -> String {
-    serde_json::to_value(region.spec.provider)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }

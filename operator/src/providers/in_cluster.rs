@@ -1,0 +1,539 @@
+//! The `inCluster` provider's stack (kind and other clusters without a cloud database): a
+//! namespace per Region, `meridian-region-<name>`, holding PostgreSQL as a StatefulSet with
+//! a PersistentVolumeClaim, its Service and generated password Secret, the Region's booking
+//! workload (Deployment, Service, ServiceAccount) and NetworkPolicies that admit traffic to
+//! the workload only from the gateway and the operator, and to PostgreSQL only from the
+//! workload and the operator. Built here as plain objects; applied with server-side apply.
+//!
+//! No object that holds data (the namespace, the StatefulSet's volume claims, the Secret)
+//! has an owner reference to the Region: garbage collection must never delete patient data.
+//! What goes on deletion is the reconciler's decision, by `deletionPolicy`.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use meridian_crds::Region;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::{Endpoint, ProviderError};
+use crate::k8s::FIELD_MANAGER;
+
+/// Images and neighbours of every in-cluster stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackConfig {
+    pub postgres_image: String,
+    pub workload_image: String,
+    /// Where the operator runs (it migrates the database and reads the Secret).
+    pub operator_namespace: String,
+    /// Where the Gateway runs (the only other way into the workload).
+    pub gateway_namespace: String,
+    /// The identity provider the workload checks tokens against.
+    pub oidc_issuer: String,
+    pub oidc_jwks_url: String,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            postgres_image: "postgres:15".into(),
+            workload_image: "meridian:0.1.0".into(),
+            operator_namespace: "meridian-system".into(),
+            gateway_namespace: "meridian-system".into(),
+            oidc_issuer: "https://idp.example".into(),
+            oidc_jwks_url: "https://idp.example/.well-known/jwks.json".into(),
+        }
+    }
+}
+
+/// The database and user every stack's PostgreSQL serves.
+pub const DATABASE: &str = "meridian";
+/// Storage of the database volume when the Region does not size it.
+const DEFAULT_STORAGE_GIB: i32 = 10;
+
+/// The Region's namespace.
+pub fn namespace(region: &str) -> String {
+    format!("meridian-region-{region}")
+}
+
+/// The connection URL the stack's Secret publishes, for the operator and the workload.
+pub fn database_url(region: &str, password: &str) -> String {
+    format!(
+        "postgres://{DATABASE}:{password}@postgres.{}.svc:5432/{DATABASE}",
+        namespace(region)
+    )
+}
+
+fn labels(region: &str, component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": region,
+        "app.kubernetes.io/part-of": "meridian",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+    })
+}
+
+fn selector(region: &str, component: &str) -> Value {
+    json!({"app.kubernetes.io/name": component, "app.kubernetes.io/instance": region})
+}
+
+fn metadata(name: &str, region: &str, component: &str) -> Value {
+    json!({"name": name, "namespace": namespace(region), "labels": labels(region, component)})
+}
+
+/// Every object of `region`'s stack, in the order they are applied. `password` is the
+/// database password: generated once, then read back from the Secret.
+pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let storage = region
+        .spec
+        .database
+        .as_ref()
+        .and_then(|d| d.storage_gib)
+        .unwrap_or(DEFAULT_STORAGE_GIB);
+    let ns = namespace(&name);
+    let from_namespace =
+        |namespace: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}});
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": labels(&name, "meridian-region")},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata("postgres", &name, "postgres"),
+            "type": "Opaque",
+            "stringData": {"username": DATABASE, "password": password, "url": database_url(&name, password)},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": metadata("postgres", &name, "postgres"),
+            "spec": {
+                "selector": selector(&name, "postgres"),
+                "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}],
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": metadata("postgres", &name, "postgres"),
+            "spec": {
+                "serviceName": "postgres",
+                "replicas": 1,
+                "selector": {"matchLabels": selector(&name, "postgres")},
+                // Volume claims outlive the StatefulSet unless a Delete policy removes them.
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                "template": {
+                    "metadata": {"labels": labels(&name, "postgres")},
+                    "spec": {
+                        "containers": [{
+                            "name": "postgres",
+                            "image": config.postgres_image,
+                            "ports": [{"name": "postgres", "containerPort": 5432}],
+                            "env": [
+                                {"name": "POSTGRES_USER", "value": DATABASE},
+                                {"name": "POSTGRES_DB", "value": DATABASE},
+                                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
+                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                            ],
+                            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
+                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+                        }],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": labels(&name, "postgres")},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": format!("{storage}Gi")}},
+                    },
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": metadata("booking", &name, "meridian-booking"),
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata("booking", &name, "meridian-booking"),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": selector(&name, "meridian-booking")},
+                "template": {
+                    "metadata": {"labels": labels(&name, "meridian-booking")},
+                    "spec": {
+                        "serviceAccountName": "booking",
+                        "containers": [{
+                            "name": "booking",
+                            "image": config.workload_image,
+                            "args": ["booking", "--listen", "0.0.0.0:8080", "--region", name],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "env": [
+                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "url"}}},
+                                {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
+                                {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
+                            ],
+                        }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": metadata("booking", &name, "meridian-booking"),
+            "spec": {
+                "selector": selector(&name, "meridian-booking"),
+                "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("booking", &name, "meridian-booking"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "meridian-booking")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [from_namespace(&config.gateway_namespace), from_namespace(&config.operator_namespace)],
+                    "ports": [{"protocol": "TCP", "port": 8080}],
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("postgres", &name, "postgres"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "postgres")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [
+                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
+                        from_namespace(&config.operator_namespace),
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 5432}],
+                }],
+            },
+        }),
+    ]
+}
+
+/// The kinds a stack is made of, as the API serves them; `namespaced` false for Namespace.
+const KINDS: &[(&str, &str, &str, bool)] = &[
+    ("v1", "Namespace", "namespaces", false),
+    ("v1", "Secret", "secrets", true),
+    ("v1", "Service", "services", true),
+    ("apps/v1", "StatefulSet", "statefulsets", true),
+    ("v1", "ServiceAccount", "serviceaccounts", true),
+    ("apps/v1", "Deployment", "deployments", true),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true),
+];
+
+fn resource(api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+    let (_, _, plural, namespaced) = KINDS.iter().find(|(v, k, _, _)| *v == api_version && *k == kind)?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Some((ApiResource::from_gvk_with_plural(&gvk, plural), *namespaced))
+}
+
+/// Builds, applies and removes in-cluster stacks through the Kubernetes API.
+pub struct InClusterStacks {
+    client: Client,
+    config: StackConfig,
+}
+
+fn failed(reason: &'static str, message: String) -> ProviderError {
+    ProviderError { reason, message }
+}
+
+impl InClusterStacks {
+    pub fn new(client: Client, config: StackConfig) -> Self {
+        Self { client, config }
+    }
+
+    fn api(&self, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
+        let (resource, namespaced) = resource(api_version, kind).expect("only the stack's own kinds");
+        if namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        }
+    }
+
+    /// The password in the stack's Secret, if it exists yet.
+    async fn password(&self, region: &str) -> Result<Option<String>, ProviderError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace(region));
+        let secret = secrets.get_opt("postgres").await.map_err(|e| {
+            failed(
+                "ClusterUnreachable",
+                format!("cannot read Secret {}/postgres: {e}", namespace(region)),
+            )
+        })?;
+        Ok(secret
+            .and_then(|s| s.data)
+            .and_then(|data| data.get("password").cloned())
+            .and_then(|bytes| String::from_utf8(bytes.0).ok()))
+    }
+
+    /// Applies the Region's stack (a password is generated the first time and kept after),
+    /// removes objects of the stack it no longer has, and answers once PostgreSQL is ready.
+    pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let password = match self.password(&name).await? {
+            Some(password) => password,
+            None => rand::rng()
+                .sample_iter(&rand::distr::Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect(),
+        };
+        let wanted = stack(region, &self.config, &password);
+        let ns = namespace(&name);
+        for object in &wanted {
+            let (api_version, kind) = (
+                object["apiVersion"].as_str().unwrap_or_default(),
+                object["kind"].as_str().unwrap_or_default(),
+            );
+            let object_name = object["metadata"]["name"].as_str().unwrap_or_default();
+            self.api(api_version, kind, &ns)
+                .patch(
+                    object_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(object),
+                )
+                .await
+                .map_err(|e| {
+                    failed(
+                        "StackApplyFailed",
+                        format!("failed to apply {kind} {ns}/{object_name}: {e}"),
+                    )
+                })?;
+        }
+        self.remove_orphans(&name, &wanted).await?;
+        let statefulsets = self.api("apps/v1", "StatefulSet", &ns);
+        let ready = statefulsets
+            .get_opt("postgres")
+            .await
+            .map_err(|e| failed("ClusterUnreachable", e.to_string()))?
+            .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
+            .unwrap_or(0);
+        if ready < 1 {
+            return Err(failed(
+                "DatabaseStarting",
+                format!("waiting for StatefulSet {ns}/postgres to have a ready replica"),
+            ));
+        }
+        Ok(Endpoint {
+            secret: Some(format!("{ns}/postgres")),
+            ..Endpoint::from_url(database_url(&name, &password))
+        })
+    }
+
+    /// The running stack's database.
+    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let password = self.password(&name).await?.ok_or_else(|| {
+            failed(
+                "DatabaseNotCreated",
+                format!("the stack of Region {name} has not been created yet"),
+            )
+        })?;
+        Ok(Endpoint {
+            secret: Some(format!("{}/postgres", namespace(&name))),
+            ..Endpoint::from_url(database_url(&name, &password))
+        })
+    }
+
+    /// Deletes the stack's objects this Region no longer has.
+    async fn remove_orphans(&self, region: &str, wanted: &[Value]) -> Result<(), ProviderError> {
+        let ns = namespace(region);
+        let selector = format!("app.kubernetes.io/instance={region},app.kubernetes.io/managed-by={FIELD_MANAGER}");
+        for (api_version, kind, _, namespaced) in KINDS {
+            if !namespaced {
+                continue;
+            }
+            let api = self.api(api_version, kind, &ns);
+            let found = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| failed("ClusterUnreachable", format!("cannot list {kind}s in {ns}: {e}")))?;
+            for object in found.items {
+                let object_name = object.name_any();
+                let kept = wanted
+                    .iter()
+                    .any(|w| w["kind"] == *kind && w["metadata"]["name"] == object_name.as_str());
+                if !kept {
+                    api.delete(&object_name, &DeleteParams::background())
+                        .await
+                        .map_err(|e| {
+                            failed(
+                                "StackApplyFailed",
+                                format!("cannot delete {kind} {ns}/{object_name}: {e}"),
+                            )
+                        })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the stack down. `Retain` stops the database and the workload but keeps the
+    /// namespace, the Secret and the volume claims (the data); `Delete` removes the
+    /// namespace and everything in it.
+    pub async fn release(&self, region: &Region, delete: bool) -> Result<(), ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let ns = namespace(&name);
+        let gone = |e: &kube::Error| matches!(e, kube::Error::Api(status) if status.code == 404);
+        if delete {
+            return match self
+                .api("v1", "Namespace", "")
+                .delete(&ns, &DeleteParams::background())
+                .await
+            {
+                Err(e) if !gone(&e) => Err(failed("ReleaseFailed", format!("cannot delete namespace {ns}: {e}"))),
+                _ => Ok(()),
+            };
+        }
+        for (api_version, kind, object_name) in [
+            ("networking.k8s.io/v1", "NetworkPolicy", "booking"),
+            ("networking.k8s.io/v1", "NetworkPolicy", "postgres"),
+            ("v1", "Service", "booking"),
+            ("apps/v1", "Deployment", "booking"),
+            ("v1", "ServiceAccount", "booking"),
+            ("v1", "Service", "postgres"),
+            ("apps/v1", "StatefulSet", "postgres"),
+        ] {
+            match self
+                .api(api_version, kind, &ns)
+                .delete(object_name, &DeleteParams::background())
+                .await
+            {
+                Err(e) if !gone(&e) => {
+                    return Err(failed(
+                        "ReleaseFailed",
+                        format!("cannot delete {kind} {ns}/{object_name}: {e}"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frankfurt() -> Region {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
+        let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        region.spec.database = Some(meridian_crds::DatabaseSizing {
+            storage_gib: Some(50),
+            ..Default::default()
+        });
+        region
+    }
+
+    fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    }
+
+    #[test]
+    fn the_stack_holds_a_database_the_workload_and_the_policies_in_the_regions_namespace() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let kinds: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace/meridian-region-eu-central-1",
+                "Secret/postgres",
+                "Service/postgres",
+                "StatefulSet/postgres",
+                "ServiceAccount/booking",
+                "Deployment/booking",
+                "Service/booking",
+                "NetworkPolicy/booking",
+                "NetworkPolicy/postgres",
+            ]
+        );
+        for o in &objects[1..] {
+            assert_eq!(o["metadata"]["namespace"], "meridian-region-eu-central-1", "{o}");
+            assert_eq!(
+                o["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "meridian-operator"
+            );
+            assert!(
+                o["metadata"].get("ownerReferences").is_none(),
+                "no garbage collection of data: {o}"
+            );
+        }
+        assert_eq!(
+            find(&objects, "Secret", "postgres")["stringData"]["url"],
+            "postgres://meridian:s3cret@postgres.meridian-region-eu-central-1.svc:5432/meridian"
+        );
+    }
+
+    #[test]
+    fn postgres_keeps_its_volume_and_takes_its_size_from_the_region() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let statefulset = find(&objects, "StatefulSet", "postgres");
+        assert_eq!(
+            statefulset["spec"]["volumeClaimTemplates"][0],
+            json!({
+                "metadata": {"name": "data", "labels": {
+                    "app.kubernetes.io/name": "postgres", "app.kubernetes.io/instance": "eu-central-1",
+                    "app.kubernetes.io/part-of": "meridian", "app.kubernetes.io/managed-by": "meridian-operator"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}}
+            })
+        );
+        assert_eq!(
+            statefulset["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+    }
+
+    #[test]
+    fn only_the_gateway_and_the_operator_reach_the_workload_and_only_it_and_the_operator_the_database() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        assert_eq!(
+            find(&objects, "NetworkPolicy", "booking"),
+            &json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "booking", "namespace": "meridian-region-eu-central-1", "labels": {
+                    "app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1",
+                    "app.kubernetes.io/part-of": "meridian", "app.kubernetes.io/managed-by": "meridian-operator"}},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1"}},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{
+                        "from": [
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "meridian-system"}}},
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "meridian-system"}}}
+                        ],
+                        "ports": [{"protocol": "TCP", "port": 8080}]
+                    }]
+                }
+            })
+        );
+        let postgres = find(&objects, "NetworkPolicy", "postgres");
+        assert_eq!(
+            postgres["spec"]["ingress"][0]["from"][0],
+            json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1"}}})
+        );
+        assert_eq!(
+            postgres["spec"]["ingress"][0]["ports"],
+            json!([{"protocol": "TCP", "port": 5432}])
+        );
+    }
+}
