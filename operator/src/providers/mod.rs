@@ -2,6 +2,7 @@
 //! URL: `local` starts a PostgreSQL cluster (only in `meridian dev`), `external` reads the
 //! URL from a Secret. `aws` and `inCluster` are not built yet and say so in a condition.
 
+pub mod aws;
 pub mod in_cluster;
 mod local;
 mod secrets;

@@ -1,0 +1,263 @@
+//! The `aws` provider's database: an Aurora PostgreSQL cluster and its writer instance in
+//! the Region's `spec.cloudRegion`, through `aws-sdk-rds`. Storage is encrypted; deletion
+//! protection is on unless the Region says `deletionPolicy: Delete`; both carry tags naming
+//! the Region and the operator. Create adopts what exists with the expected identifiers and
+//! tags, and never touches a resource tagged for another Region. Creating resources are
+//! reported, not waited for: the reconciler requeues. A changed instance class is applied
+//! as a modification. Deleting with `Delete` takes a final snapshot first.
+
+use aws_sdk_rds::error::DisplayErrorContext;
+use aws_sdk_rds::types::Tag;
+use meridian_crds::{DeletionPolicy, Region};
+
+/// The master user of every cluster.
+pub const MASTER_USER: &str = "meridian";
+/// Instance class when the Region does not size it.
+const DEFAULT_CLASS: &str = "db.r6g.large";
+const REGION_TAG: &str = "meridian.dev/region";
+const MANAGER_TAG: &str = "meridian.dev/managed-by";
+
+/// Where the database stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Something is being created or modified; look again later.
+    Waiting(String),
+    /// The writer endpoint.
+    Available { host: String, port: i32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("{0}")]
+    Api(String),
+    #[error("{kind} {id} exists but is tagged for {owner}, not for Region {region}: refusing to adopt it")]
+    NotOurs {
+        kind: &'static str,
+        id: String,
+        owner: String,
+        region: String,
+    },
+}
+
+fn api<E: std::error::Error + 'static>(what: &str, error: E) -> AwsError {
+    AwsError::Api(format!("{what}: {}", DisplayErrorContext(error)))
+}
+
+/// The cluster's identifier for Region `name`.
+pub fn cluster_id(name: &str) -> String {
+    format!("meridian-{name}")
+}
+
+fn instance_id(name: &str) -> String {
+    format!("meridian-{name}-writer")
+}
+
+fn tags(name: &str) -> [Tag; 2] {
+    [
+        Tag::builder().key(REGION_TAG).value(name).build(),
+        Tag::builder().key(MANAGER_TAG).value(crate::k8s::FIELD_MANAGER).build(),
+    ]
+}
+
+/// Whose a resource is, from its tags.
+fn owner(tags: &[Tag]) -> Option<String> {
+    tags.iter()
+        .find(|t| t.key() == Some(REGION_TAG))
+        .and_then(|t| t.value().map(String::from))
+}
+
+/// Aurora PostgreSQL for Regions of provider `aws`.
+pub struct AwsDatabases {
+    rds: aws_sdk_rds::Client,
+}
+
+impl AwsDatabases {
+    pub fn new(rds: aws_sdk_rds::Client) -> Self {
+        Self { rds }
+    }
+
+    /// An RDS client for `cloud_region` from the default credential chain (IRSA in EKS),
+    /// with `endpoint` overriding AWS's (tests, moto).
+    pub async fn client(cloud_region: &str, endpoint: Option<&str>) -> aws_sdk_rds::Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cloud_region.to_string()));
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        aws_sdk_rds::Client::new(&loader.load().await)
+    }
+
+    /// Creates, adopts or updates the Region's cluster and writer instance; `password` is
+    /// the master password used when the cluster is created.
+    pub async fn ensure(&self, region: &Region, password: &str) -> Result<Progress, AwsError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let protect = region.spec.deletion_policy != DeletionPolicy::Delete;
+        let (cluster, instance) = (cluster_id(&name), instance_id(&name));
+        let found = self
+            .rds
+            .describe_db_clusters()
+            .db_cluster_identifier(&cluster)
+            .send()
+            .await;
+        let existing = match found {
+            Ok(out) => out.db_clusters().first().cloned(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => None,
+            Err(e) => return Err(api(&format!("describe DB cluster {cluster}"), e)),
+        };
+        let Some(existing) = existing else {
+            let mut create = self
+                .rds
+                .create_db_cluster()
+                .db_cluster_identifier(&cluster)
+                .engine("aurora-postgresql")
+                .database_name(MASTER_USER)
+                .master_username(MASTER_USER)
+                .master_user_password(password)
+                .storage_encrypted(true)
+                .deletion_protection(protect);
+            for tag in tags(&name) {
+                create = create.tags(tag);
+            }
+            create
+                .send()
+                .await
+                .map_err(|e| api(&format!("create DB cluster {cluster}"), e))?;
+            return Ok(Progress::Waiting(format!("creating DB cluster {cluster}")));
+        };
+        if let Some(other) = owner(existing.tag_list()).filter(|o| o != &name) {
+            return Err(AwsError::NotOurs {
+                kind: "DB cluster",
+                id: cluster,
+                owner: other,
+                region: name,
+            });
+        }
+        if existing.deletion_protection() != Some(protect) {
+            self.rds
+                .modify_db_cluster()
+                .db_cluster_identifier(&cluster)
+                .deletion_protection(protect)
+                .apply_immediately(true)
+                .send()
+                .await
+                .map_err(|e| api(&format!("modify DB cluster {cluster}"), e))?;
+        }
+        let class = region
+            .spec
+            .database
+            .as_ref()
+            .and_then(|d| d.instance_class.clone())
+            .unwrap_or_else(|| DEFAULT_CLASS.into());
+        let writer = match self
+            .rds
+            .describe_db_instances()
+            .db_instance_identifier(&instance)
+            .send()
+            .await
+        {
+            Ok(out) => out.db_instances().first().cloned(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
+            Err(e) => return Err(api(&format!("describe DB instance {instance}"), e)),
+        };
+        let Some(writer) = writer else {
+            let mut create = self
+                .rds
+                .create_db_instance()
+                .db_instance_identifier(&instance)
+                .db_cluster_identifier(&cluster)
+                .db_instance_class(&class)
+                .engine("aurora-postgresql");
+            for tag in tags(&name) {
+                create = create.tags(tag);
+            }
+            create
+                .send()
+                .await
+                .map_err(|e| api(&format!("create DB instance {instance}"), e))?;
+            return Ok(Progress::Waiting(format!("creating DB instance {instance}")));
+        };
+        if writer.db_instance_class() != Some(class.as_str()) {
+            self.rds
+                .modify_db_instance()
+                .db_instance_identifier(&instance)
+                .db_instance_class(&class)
+                .apply_immediately(true)
+                .send()
+                .await
+                .map_err(|e| api(&format!("modify DB instance {instance}"), e))?;
+            return Ok(Progress::Waiting(format!("changing DB instance {instance} to {class}")));
+        }
+        let status = |s: Option<&str>| s.unwrap_or("unknown").to_string();
+        if existing.status() != Some("available") {
+            return Ok(Progress::Waiting(format!(
+                "DB cluster {cluster} is {}",
+                status(existing.status())
+            )));
+        }
+        if writer.db_instance_status() != Some("available") {
+            return Ok(Progress::Waiting(format!(
+                "DB instance {instance} is {}",
+                status(writer.db_instance_status())
+            )));
+        }
+        let host = existing
+            .endpoint()
+            .ok_or_else(|| AwsError::Api(format!("DB cluster {cluster} has no endpoint yet")))?;
+        Ok(Progress::Available {
+            host: host.to_string(),
+            port: existing.port().unwrap_or(5432),
+        })
+    }
+
+    /// Lets go of the Region's database: `Retain` leaves it; `Delete` removes the writer
+    /// and the cluster after a final snapshot (`snapshot_id`).
+    pub async fn release(&self, region: &Region, snapshot_id: &str) -> Result<(), AwsError> {
+        if region.spec.deletion_policy != DeletionPolicy::Delete {
+            return Ok(());
+        }
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let (cluster, instance) = (cluster_id(&name), instance_id(&name));
+        match self
+            .rds
+            .delete_db_instance()
+            .db_instance_identifier(&instance)
+            .skip_final_snapshot(true)
+            .send()
+            .await
+        {
+            Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
+                return Err(api(&format!("delete DB instance {instance}"), e));
+            }
+            _ => {}
+        }
+        // Deletion protection may still be on from before the policy changed.
+        let off = self
+            .rds
+            .modify_db_cluster()
+            .db_cluster_identifier(&cluster)
+            .deletion_protection(false)
+            .apply_immediately(true)
+            .send()
+            .await;
+        if let Err(e) = off {
+            if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) {
+                return Ok(());
+            }
+            return Err(api(&format!("modify DB cluster {cluster}"), e));
+        }
+        match self
+            .rds
+            .delete_db_cluster()
+            .db_cluster_identifier(&cluster)
+            .skip_final_snapshot(false)
+            .final_db_snapshot_identifier(snapshot_id)
+            .send()
+            .await
+        {
+            Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => {
+                Err(api(&format!("delete DB cluster {cluster}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The `aws` provider's database against a moto server (AWS's APIs, emulated) that the test
+//! starts on 127.0.0.1: create, wait, adopt, modify, refuse someone else's cluster, and
+//! delete with a final snapshot (or keep, with Retain).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region as AwsRegion};
+use meridian_crds::{DeletionPolicy, Region};
+use meridian_operator::providers::aws::{AwsDatabases, AwsError, Progress, cluster_id};
+
+/// A moto server on a free port of 127.0.0.1, stopped on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let candidates = [
+            std::env::var_os("MOTO_SERVER").map(PathBuf::from),
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/meridian-venv/bin/moto_server")),
+            Some(PathBuf::from("moto_server")),
+        ];
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = candidates
+            .into_iter()
+            .flatten()
+            .find_map(|bin| {
+                Command::new(bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "moto_server not found: install it with `python3 -m venv ~/.cache/meridian-venv && \
+                     ~/.cache/meridian-venv/bin/pip install 'moto[server]'` (.ci/run does), or set MOTO_SERVER"
+                )
+            });
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn rds(&self) -> aws_sdk_rds::Client {
+        let config = aws_sdk_rds::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(AwsRegion::new("eu-central-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_rds::Client::from_conf(config)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frankfurt(policy: DeletionPolicy) -> Region {
+    let mut region: Region = serde_yaml_ng::from_str(
+        "apiVersion: platform.meridian.dev/v1alpha1
+kind: Region
+metadata: {name: eu-central-1}
+spec: {provider: aws, cloudRegion: eu-central-1, isolation: dedicated}",
+    )
+    .unwrap();
+    region.spec.deletion_policy = policy;
+    region
+}
+
+/// Calls `ensure` until the database is available (each call is one reconcile).
+async fn until_available(db: &AwsDatabases, region: &Region) -> (Vec<String>, Progress) {
+    let mut waited = Vec::new();
+    for _ in 0..10 {
+        match db.ensure(region, "Initial-Passw0rd").await.unwrap() {
+            Progress::Waiting(why) => waited.push(why),
+            available => return (waited, available),
+        }
+    }
+    panic!("never available: {waited:?}");
+}
+
+#[tokio::test]
+async fn aurora_is_created_encrypted_and_protected_adopted_modified_and_deleted_after_a_snapshot() {
+    let moto = Moto::start();
+    let rds = moto.rds();
+    let db = AwsDatabases::new(rds.clone());
+    let mut region = frankfurt(DeletionPolicy::Retain);
+    let (waited, available) = until_available(&db, &region).await;
+    assert_eq!(waited[0], "creating DB cluster meridian-eu-central-1", "{waited:?}");
+    assert!(
+        waited.iter().any(|w| w.starts_with("creating DB instance")),
+        "{waited:?}"
+    );
+    let Progress::Available { host, port } = available else {
+        unreachable!()
+    };
+    assert!(host.contains("meridian-eu-central-1"), "{host}");
+    assert_eq!(port, 5432);
+
+    let cluster = rds
+        .describe_db_clusters()
+        .db_cluster_identifier(cluster_id("eu-central-1"))
+        .send()
+        .await
+        .unwrap()
+        .db_clusters()[0]
+        .clone();
+    assert_eq!(cluster.engine(), Some("aurora-postgresql"));
+    assert_eq!(cluster.storage_encrypted(), Some(true));
+    assert_eq!(
+        cluster.deletion_protection(),
+        Some(true),
+        "Retain protects the database"
+    );
+    let tags: Vec<(Option<&str>, Option<&str>)> = cluster.tag_list().iter().map(|t| (t.key(), t.value())).collect();
+    assert!(
+        tags.contains(&(Some("meridian.dev/region"), Some("eu-central-1"))),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&(Some("meridian.dev/managed-by"), Some("meridian-operator"))),
+        "{tags:?}"
+    );
+
+    // Another operator replica (or a restart) adopts what exists.
+    let again = AwsDatabases::new(rds.clone());
+    assert!(matches!(
+        again.ensure(&region, "ignored").await.unwrap(),
+        Progress::Available { .. }
+    ));
+
+    // A bigger instance is a modification.
+    region.spec.database = Some(meridian_crds::DatabaseSizing {
+        instance_class: Some("db.r6g.xlarge".into()),
+        ..Default::default()
+    });
+    let (waited, _) = until_available(&db, &region).await;
+    assert!(waited.iter().any(|w| w.contains("db.r6g.xlarge")), "{waited:?}");
+    let writer = rds
+        .describe_db_instances()
+        .db_instance_identifier("meridian-eu-central-1-writer")
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .clone();
+    assert_eq!(writer.db_instance_class(), Some("db.r6g.xlarge"));
+
+    // Retain: releasing leaves everything.
+    db.release(&region, "unused").await.unwrap();
+    assert_eq!(rds.describe_db_clusters().send().await.unwrap().db_clusters().len(), 1);
+
+    // Delete: deletion protection off, a final snapshot, then gone.
+    region.spec.deletion_policy = DeletionPolicy::Delete;
+    db.release(&region, "meridian-eu-central-1-final").await.unwrap();
+    assert!(
+        rds.describe_db_clusters()
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()
+            .is_empty()
+    );
+    let snapshots = rds.describe_db_cluster_snapshots().send().await.unwrap();
+    let ids: Vec<&str> = snapshots
+        .db_cluster_snapshots()
+        .iter()
+        .filter_map(|s| s.db_cluster_snapshot_identifier())
+        .collect();
+    assert!(ids.contains(&"meridian-eu-central-1-final"), "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_cluster_tagged_for_another_region_is_not_adopted_and_aws_errors_are_reported() {
+    let moto = Moto::start();
+    let rds = moto.rds();
+    rds.create_db_cluster()
+        .db_cluster_identifier("meridian-eu-central-1")
+        .engine("aurora-postgresql")
+        .master_username("someone")
+        .master_user_password("Elses-Passw0rd")
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key("meridian.dev/region")
+                .value("eu-west-3")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let db = AwsDatabases::new(rds.clone());
+    let err = db
+        .ensure(&frankfurt(DeletionPolicy::Retain), "Passw0rd-123")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AwsError::NotOurs { .. }), "{err}");
+    assert!(err.to_string().contains("eu-west-3"), "{err}");
+
+    // AWS refusing a request: the message says which call and why.
+    let unreachable =
+        aws_sdk_rds::Client::from_conf(rds.config().to_builder().endpoint_url("http://127.0.0.1:9").build());
+    let err = AwsDatabases::new(unreachable)
+        .ensure(&frankfurt(DeletionPolicy::Retain), "x")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("describe DB cluster meridian-eu-central-1"),
+        "{err}"
+    );
+}
