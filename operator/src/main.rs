@@ -76,6 +76,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The kube client's TLS takes rustls's process-wide provider; with the AWS SDK's
+    // aws-lc-rs compiled in beside ring, it has to be named.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {

@@ -199,12 +199,23 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                 Some(format!("embedded engine {}", dir.display()))
             }
             _ => match ctx.providers.search_store(region).await {
-                Ok((_, display)) => {
-                    report.unreachable.push(format!(
-                        "Region {name} search {display}: counting documents per country in OpenSearch is not implemented yet"
-                    ));
+                Ok((meridian_search::Backend::OpenSearch(client), display)) => {
+                    match client.census().await {
+                        Ok(census) => {
+                            let evidence = census_evidence(census);
+                            check(&mut report, &name, "search", &evidence, &home);
+                            report.stores.push(Store {
+                                region: name.clone(),
+                                kind: "search",
+                                endpoint: display.clone(),
+                                evidence,
+                            });
+                        }
+                        Err(e) => report.unreachable.push(format!("Region {name} search {display}: {e}")),
+                    }
                     Some(display)
                 }
+                Ok((_, display)) => Some(display),
                 Err(_) => None,
             },
         };
@@ -304,13 +315,7 @@ async fn counted(pool: &PgPool, query: String) -> Result<Evidence, sqlx::Error> 
 /// Documents per country code in each index of an embedded engine, and its aliases.
 fn search_evidence(dir: &std::path::Path) -> Result<(Vec<Evidence>, BTreeMap<String, String>), String> {
     let census = meridian_search::embedded::census(dir).map_err(|e| e.to_string())?;
-    let evidence = census
-        .into_iter()
-        .map(|c| Evidence {
-            query: format!("documents per countryCode in index {}", c.index),
-            rows: c.countries.into_iter().map(|(code, n)| (code, n as i64)).collect(),
-        })
-        .collect();
+    let evidence = census_evidence(census);
     let aliases = std::fs::read(dir.join("aliases.json"))
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
@@ -380,4 +385,14 @@ pub async fn run(options: &ReportOptions) -> anyhow::Result<Report> {
     let report = report(&regions, &countries, &ctx, Some(&local)).await;
     local.stop_all();
     Ok(report)
+}
+
+fn census_evidence(census: Vec<meridian_search::model::Census>) -> Vec<Evidence> {
+    census
+        .into_iter()
+        .map(|c| Evidence {
+            query: format!("documents per countryCode in index {}", c.index),
+            rows: c.countries.into_iter().map(|(code, n)| (code, n as i64)).collect(),
+        })
+        .collect()
 }

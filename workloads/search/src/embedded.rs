@@ -20,7 +20,7 @@ use tantivy::tokenizer::{
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use crate::model::{Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError, parse_synonym};
+use crate::model::{Census, Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError, parse_synonym};
 
 /// The name each index registers its analyzer under.
 const ANALYZER: &str = "meridian";
@@ -387,15 +387,6 @@ impl OpenIndex {
             hits,
         })
     }
-}
-
-/// Documents per country code in one index, for the residency report.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Census {
-    pub index: String,
-    /// `(country code, documents)`, in code order.
-    pub countries: Vec<(String, u64)>,
 }
 
 /// Counts the documents of each country code in every index under `root`, reading only:

@@ -136,6 +136,15 @@ pub struct Hit {
     pub document: Document,
 }
 
+/// Documents per country code in one index, for the residency report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Census {
+    pub index: String,
+    /// `(country code, documents)`, in code order.
+    pub countries: Vec<(String, u64)>,
+}
+
 /// The versioned index an alias points to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,18 +13,30 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::model::{Document, Hit, Hits, IndexSettings, Query, Resolved, SearchError, version_of};
+use crate::model::{Census, Document, Hit, Hits, IndexSettings, Query, Resolved, SearchError};
 
-/// How long one request may take.
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take, answer included; a full bulk request on a small domain
+/// needs more than a search.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Documents per `_bulk` request.
-const BULK: usize = 1000;
+const BULK_DOCS: usize = 1000;
+/// Bytes per `_bulk` request, well under the 10 MB request limit of the smallest Amazon
+/// OpenSearch Service instance types.
+const BULK_BYTES: usize = 5 << 20;
 /// Responses larger than this are refused (a page of hits is far smaller).
 const MAX_RESPONSE: usize = 32 << 20;
 /// Error bodies are cut to this many characters in messages.
 const SHOWN: usize = 500;
+/// The custom analyzer documents are indexed with.
+const INDEX_ANALYZER: &str = "meridian_text";
+/// The same analysis for queries, with synonyms as a graph.
+const SEARCH_ANALYZER: &str = "meridian_query";
+/// The normalizer of exact-match keys (specialty, city, languages).
+const NORMALIZER: &str = "meridian_key";
 
 /// Basic-auth credentials (e.g. the master user of an Amazon OpenSearch Service domain with
 /// fine-grained access control).
@@ -48,20 +60,24 @@ struct Answer {
 }
 
 impl OpenSearch {
-    /// A client for `endpoint` (`https://host[:port]`, or `http://` on a trusted network).
+    /// A client for `endpoint` (`https://host[:port]`, or `http://` on a trusted network),
+    /// sending `credentials` as basic auth when given.
     pub fn new(endpoint: &str, credentials: Option<Credentials>) -> Result<Self, SearchError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         endpoint
             .parse::<http::Uri>()
             .ok()
             .filter(|uri| uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")))
-            .ok_or_else(|| SearchError::BadQuery(format!("{endpoint:?} is not an http(s) URL")))?;
+            .ok_or_else(|| SearchError::Unreachable(format!("{endpoint:?} is not an http(s) URL")))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| SearchError::Unreachable(format!("no TLS root certificates: {e}")))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(Self {
             endpoint,
             authorization: credentials.map(|c| format!("Basic {}", base64(&format!("{}:{}", c.username, c.password)))),
@@ -69,8 +85,14 @@ impl OpenSearch {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Answer, SearchError> {
-        let shown = format!("{method} {}", path.split('?').next().unwrap_or(path));
+    /// Sends one request; `shown` names it in errors (`PUT /practitioners_de_v1`).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        shown: &str,
+    ) -> Result<Answer, SearchError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.endpoint))
@@ -87,19 +109,20 @@ impl OpenSearch {
         };
         let request = request
             .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| SearchError::BadQuery(e.to_string()))?;
+            .map_err(|e| SearchError::BadQuery(format!("{shown}: {e}")))?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| SearchError::Unreachable(format!("{shown}: {e}")))?;
+                .map_err(|e| SearchError::Unreachable(format!("{shown}: {}", chain(&e))))?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| SearchError::Unreachable(format!("{shown}: {e}")))?
+                .map_err(|e| SearchError::Unreachable(format!("{shown}: reading the answer: {e}")))?
                 .to_bytes();
+            // Proxies and the security plugin answer some refusals in plain text.
             let body = if bytes.is_empty() {
                 Value::Null
             } else {
@@ -112,25 +135,54 @@ impl OpenSearch {
             .map_err(|_| SearchError::Unreachable(format!("{shown}: no answer within {} s", TIMEOUT.as_secs())))?
     }
 
-    async fn json(&self, method: Method, path: &str, body: &Value) -> Result<Answer, SearchError> {
-        self.call(method, path, Some(("application/json", body.to_string().into_bytes())))
-            .await
+    async fn get(&self, path: &str, shown: &str) -> Result<Answer, SearchError> {
+        self.call(Method::GET, path, None, shown).await
+    }
+
+    async fn send_json(&self, method: Method, path: &str, body: &Value, shown: &str) -> Result<Answer, SearchError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| SearchError::BadQuery(format!("{shown}: {e}")))?;
+        self.call(method, path, Some(("application/json", bytes)), shown).await
+    }
+
+    /// The indices holding `alias`, each with whether it is the alias's write index.
+    async fn holders(&self, alias: &str) -> Result<Vec<(String, bool)>, SearchError> {
+        let shown = format!("GET /_alias/{alias}");
+        let answer = self.get(&format!("/_alias/{alias}"), &shown).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let answer = ok(answer, &shown)?;
+        let mut holders: Vec<(String, bool)> = answer
+            .body
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(index, entry)| {
+                let write = entry["aliases"][alias]["is_write_index"] == true;
+                (index.clone(), write)
+            })
+            .collect();
+        holders.sort();
+        Ok(holders)
     }
 
     /// The versioned index `alias` points to, with the fingerprint in its mapping.
     pub async fn resolve(&self, alias: &str) -> Result<Option<Resolved>, SearchError> {
-        let answer = self.call(Method::GET, &format!("/_alias/{alias}"), None).await?;
-        if answer.status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let answer = ok(answer, &format!("GET /_alias/{alias}"))?;
-        let Some(index) = answer.body.as_object().and_then(|o| o.keys().next().cloned()) else {
+        let holders = self.holders(alias).await?;
+        // The alias holds one index, unless a swap was interrupted by hand; the write index
+        // is then the one writes (and so the indexer) keep current.
+        let Some(index) = holders
+            .iter()
+            .find(|(_, write)| *write)
+            .or_else(|| holders.iter().max_by_key(|(name, _)| version(alias, name)))
+            .map(|(name, _)| name.clone())
+        else {
             return Ok(None);
         };
-        let mapping = ok(
-            self.call(Method::GET, &format!("/{index}/_mapping"), None).await?,
-            &format!("GET /{index}/_mapping"),
-        )?;
+        let shown = format!("GET /{index}/_mapping");
+        let mapping = ok(self.get(&format!("/{index}/_mapping"), &shown).await?, &shown)?;
+        // An index without a fingerprint was not built by Meridian: an empty one never
+        // matches the settings, so the next reconcile builds a version that has one.
         let fingerprint = mapping.body[&index]["mappings"]["_meta"]["meridian"]["fingerprint"]
             .as_str()
             .unwrap_or_default()
@@ -141,57 +193,61 @@ impl OpenSearch {
     /// Creates `index` with the country's analysis and the practitioner mapping; an index
     /// that exists already is left as it is.
     pub async fn create_index(&self, index: &str, settings: &IndexSettings) -> Result<(), SearchError> {
+        let shown = format!("PUT /{index}");
         let answer = self
-            .json(Method::PUT, &format!("/{index}"), &index_body(settings))
+            .send_json(Method::PUT, &format!("/{index}"), &index_body(settings), &shown)
             .await?;
         if answer.status == StatusCode::BAD_REQUEST
             && answer.body["error"]["type"] == "resource_already_exists_exception"
         {
             return Ok(());
         }
-        ok(answer, &format!("PUT /{index}")).map(drop)
+        ok(answer, &shown).map(drop)
     }
 
-    /// Points `alias` at `index` and away from every other version, atomically.
+    /// Points `alias` at `index` and away from every other index, atomically.
     pub async fn point_alias(&self, alias: &str, index: &str) -> Result<(), SearchError> {
+        // Removing it from exactly the indices that hold it now needs no `must_exist: false`
+        // (an unknown field, so a 400, before OpenSearch 2.12), and lets go of a holder that
+        // is not one of the versions too.
         let mut actions: Vec<Value> = self
-            .versions(alias)
+            .holders(alias)
             .await?
             .into_iter()
-            .filter(|other| other != index)
-            .map(|other| json!({"remove": {"index": other, "alias": alias, "must_exist": false}}))
+            .filter(|(holder, _)| holder != index)
+            .map(|(holder, _)| json!({"remove": {"index": holder, "alias": alias}}))
             .collect();
         actions.push(json!({"add": {"index": index, "alias": alias, "is_write_index": true}}));
+        let shown = "POST /_aliases";
         let answer = self
-            .json(Method::POST, "/_aliases", &json!({ "actions": actions }))
+            .send_json(Method::POST, "/_aliases", &json!({ "actions": actions }), shown)
             .await?;
-        ok(answer, "POST /_aliases").map(drop)
+        ok(answer, shown).map(drop)
     }
 
     /// Deletes `index`; one that does not exist is fine.
     pub async fn delete_index(&self, index: &str) -> Result<(), SearchError> {
-        let answer = self.call(Method::DELETE, &format!("/{index}"), None).await?;
+        let shown = format!("DELETE /{index}");
+        let answer = self.call(Method::DELETE, &format!("/{index}"), None, &shown).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(());
         }
-        ok(answer, &format!("DELETE /{index}")).map(drop)
+        ok(answer, &shown).map(drop)
     }
 
     /// Every versioned index of `alias`, oldest first.
     pub async fn versions(&self, alias: &str) -> Result<Vec<String>, SearchError> {
+        // `all` includes closed versions, which still have to be deleted some day.
         let path = format!("/_cat/indices/{alias}_v*?format=json&h=index&expand_wildcards=all");
-        let answer = ok(
-            self.call(Method::GET, &path, None).await?,
-            &format!("GET /_cat/indices/{alias}_v*"),
-        )?;
-        let code = alias.strip_prefix("practitioners_").unwrap_or_default();
+        let shown = format!("GET /_cat/indices/{alias}_v*");
+        let answer = ok(self.get(&path, &shown).await?, &shown)?;
         let mut found: Vec<(u32, String)> = answer
             .body
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|row| row["index"].as_str())
-            .filter_map(|name| Some((version_of(code, name)?, name.to_string())))
+            .filter_map(|name| Some((version(alias, name)?, name.to_string())))
             .collect();
         found.sort();
         Ok(found.into_iter().map(|(_, name)| name).collect())
@@ -199,49 +255,49 @@ impl OpenSearch {
 
     /// Writes through `alias` (which must exist); an older or equal version is left alone.
     pub async fn upsert(&self, alias: &str, docs: &[Document]) -> Result<(), SearchError> {
-        self.bulk(alias, docs, true).await
+        self.bulk(alias, docs, "?require_alias=true").await
     }
 
     /// Writes into the versioned `index` while it is being built.
     pub async fn fill(&self, index: &str, docs: &[Document]) -> Result<(), SearchError> {
-        self.bulk(index, docs, false).await
+        self.bulk(index, docs, "").await
     }
 
-    async fn bulk(&self, target: &str, docs: &[Document], require_alias: bool) -> Result<(), SearchError> {
-        for batch in docs.chunks(BULK) {
-            let mut body = Vec::new();
-            for doc in batch {
-                let action = json!({"index": {"_id": doc.id, "version": doc.version, "version_type": "external"}});
-                serde_json::to_writer(&mut body, &action).map_err(|e| SearchError::BadQuery(e.to_string()))?;
-                body.push(b'\n');
-                serde_json::to_writer(&mut body, doc).map_err(|e| SearchError::BadQuery(e.to_string()))?;
-                body.push(b'\n');
-            }
-            // No forced refresh: OpenSearch makes writes searchable within its refresh
-            // interval (1 s by default), which is what "found within a second" needs.
-            let path = format!("/{target}/_bulk?require_alias={require_alias}");
+    // No `refresh`: OpenSearch makes writes searchable at its next refresh, every second by
+    // default (a search-idle shard refreshes before answering its next search), which is
+    // the "found within a second" writes need, without a refresh per request.
+    async fn bulk(&self, target: &str, docs: &[Document], query: &str) -> Result<(), SearchError> {
+        let shown = format!("POST /{target}/_bulk");
+        let path = format!("/{target}/_bulk{query}");
+        for body in bulk_bodies(docs, BULK_DOCS, BULK_BYTES)? {
             let answer = self
-                .call(Method::POST, &path, Some(("application/x-ndjson", body)))
+                .call(Method::POST, &path, Some(("application/x-ndjson", body)), &shown)
                 .await?;
-            if answer.status == StatusCode::NOT_FOUND || is_missing_index(&answer.body["error"]) {
+            if answer.status == StatusCode::NOT_FOUND && is_missing_index(&answer.body["error"]) {
                 return Err(SearchError::NoSuchIndex(target.to_string()));
             }
-            let answer = ok(answer, &format!("POST /{target}/_bulk"))?;
+            let answer = ok(answer, &shown)?;
             if answer.body["errors"] != true {
                 continue;
             }
             for item in answer.body["items"].as_array().into_iter().flatten() {
-                let error = &item["index"]["error"];
+                let Some(outcome) = item.as_object().and_then(|o| o.values().next()) else {
+                    continue;
+                };
+                let error = &outcome["error"];
+                // A conflict means the index holds this version or a newer one already.
                 if error.is_null() || error["type"] == "version_conflict_engine_exception" {
-                    // A conflict means the index holds this version or a newer one already.
                     continue;
                 }
                 if is_missing_index(error) {
                     return Err(SearchError::NoSuchIndex(target.to_string()));
                 }
                 return Err(SearchError::Refused {
-                    request: format!("POST /{target}/_bulk"),
-                    status: item["index"]["status"].as_u64().unwrap_or(0) as u16,
+                    request: shown,
+                    status: outcome["status"]
+                        .as_u64()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(0),
                     body: cut(&error.to_string()),
                 });
             }
@@ -249,10 +305,55 @@ impl OpenSearch {
         Ok(())
     }
 
+    /// Documents per country code in every practitioner index (active or not), for the
+    /// residency report.
+    pub async fn census(&self) -> Result<Vec<Census>, SearchError> {
+        let body = json!({
+            "size": 0,
+            "query": {"match_all": {}},
+            "aggs": {"indexes": {
+                "terms": {"field": "_index", "size": 1000},
+                "aggs": {"countries": {"terms": {"field": "countryCode", "size": 1000}}}
+            }}
+        });
+        let shown = "POST /practitioners_*/_search";
+        let answer = self
+            .send_json(
+                Method::POST,
+                "/practitioners_*/_search?expand_wildcards=all",
+                &body,
+                shown,
+            )
+            .await?;
+        let answer = ok(answer, shown)?;
+        let mut census: Vec<Census> = answer.body["aggregations"]["indexes"]["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|bucket| {
+                let mut countries: Vec<(String, u64)> = bucket["countries"]["buckets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| Some((c["key"].as_str()?.to_string(), c["doc_count"].as_u64()?)))
+                    .collect();
+                countries.sort();
+                Census {
+                    index: bucket["key"].as_str().unwrap_or_default().to_string(),
+                    countries,
+                }
+            })
+            .collect();
+        census.sort_by(|a, b| a.index.cmp(&b.index));
+        Ok(census)
+    }
+
     /// Active practitioners of the alias's country matching `query`.
     pub async fn search(&self, alias: &str, query: &Query) -> Result<Hits, SearchError> {
+        let shown = format!("POST /{alias}/_search");
+        let body = search_body(alias, query)?;
         let answer = self
-            .json(Method::POST, &format!("/{alias}/_search"), &search_body(alias, query))
+            .send_json(Method::POST, &format!("/{alias}/_search"), &body, &shown)
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Err(SearchError::NoSuchIndex(alias.to_string()));
@@ -260,7 +361,7 @@ impl OpenSearch {
         if answer.status == StatusCode::BAD_REQUEST {
             return Err(SearchError::BadQuery(cut(&answer.body.to_string())));
         }
-        let answer = ok(answer, &format!("POST /{alias}/_search"))?;
+        let answer = ok(answer, &shown)?;
         let hits = &answer.body["hits"];
         Ok(Hits {
             total: hits["total"]["value"].as_u64().unwrap_or(0),
@@ -268,11 +369,15 @@ impl OpenSearch {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|hit| {
-                    Some(Hit {
+                .filter_map(|hit| match serde_json::from_value(hit["_source"].clone()) {
+                    Ok(document) => Some(Hit {
                         score: hit["_score"].as_f64().unwrap_or(0.0) as f32,
-                        document: serde_json::from_value(hit["_source"].clone()).ok()?,
-                    })
+                        document,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(index = %hit["_index"], id = %hit["_id"], "unreadable search hit: {e}");
+                        None
+                    }
                 })
                 .collect(),
         })
@@ -280,15 +385,26 @@ impl OpenSearch {
 }
 
 /// Settings and mappings of a versioned index.
-pub fn index_body(settings: &IndexSettings) -> Value {
-    let mut filters = serde_json::Map::new();
-    let mut chain = vec![json!("lowercase")];
+fn index_body(settings: &IndexSettings) -> Value {
+    let mut filters = Map::new();
+    let mut index_chain = vec![json!("lowercase")];
+    let mut search_chain = vec![json!("lowercase")];
     if !settings.synonyms.is_empty() {
+        // Rules go through the filters before them (tokenizer and lower-casing only, so
+        // stop words in a rule are kept). `lenient` skips a rule OpenSearch cannot read, as
+        // the embedded engine does, rather than failing every build of the country's index.
+        // A graph is right for queries only: at index time its multi-word paths flatten, so
+        // documents get the plain filter with the same rules.
         filters.insert(
             "meridian_synonyms".into(),
-            json!({"type": "synonym_graph", "synonyms": settings.synonyms}),
+            json!({"type": "synonym", "synonyms": settings.synonyms, "lenient": true}),
         );
-        chain.push(json!("meridian_synonyms"));
+        filters.insert(
+            "meridian_synonym_graph".into(),
+            json!({"type": "synonym_graph", "synonyms": settings.synonyms, "lenient": true}),
+        );
+        index_chain.push(json!("meridian_synonyms"));
+        search_chain.push(json!("meridian_synonym_graph"));
     }
     if let Some(language) = settings.language.opensearch_name() {
         filters.insert(
@@ -299,21 +415,31 @@ pub fn index_body(settings: &IndexSettings) -> Value {
             "meridian_stemmer".into(),
             json!({"type": "stemmer", "language": language}),
         );
-        chain.push(json!("meridian_stop"));
-        chain.push(json!("meridian_stemmer"));
+        for chain in [&mut index_chain, &mut search_chain] {
+            chain.push(json!("meridian_stop"));
+            chain.push(json!("meridian_stemmer"));
+        }
     }
     // Stop words and stems are spelled with their diacritics: fold afterwards.
-    chain.push(json!("asciifolding"));
-    let text = json!({"type": "text", "analyzer": "meridian_text"});
-    let text_and_key = json!({"type": "text", "analyzer": "meridian_text",
-                              "fields": {"keyword": {"type": "keyword", "normalizer": "meridian_key"}}});
+    index_chain.push(json!("asciifolding"));
+    search_chain.push(json!("asciifolding"));
+    let text = json!({"type": "text", "analyzer": INDEX_ANALYZER, "search_analyzer": SEARCH_ANALYZER});
+    let mut text_and_key = text.clone();
+    text_and_key["fields"] = json!({"keyword": {"type": "keyword", "normalizer": NORMALIZER}});
     json!({
         "settings": {
+            // A country's practitioners fit one shard; replicas are left to the domain's
+            // default, which follows its availability zones.
             "index": {"number_of_shards": 1},
             "analysis": {
                 "filter": filters,
-                "analyzer": {"meridian_text": {"type": "custom", "tokenizer": "standard", "filter": chain}},
-                "normalizer": {"meridian_key": {"type": "custom", "filter": ["lowercase", "trim"]}}
+                "analyzer": {
+                    INDEX_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": index_chain},
+                    SEARCH_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": search_chain}
+                },
+                "normalizer": {
+                    NORMALIZER: {"type": "custom", "filter": ["lowercase", "asciifolding", "trim"]}
+                }
             }
         },
         "mappings": {
@@ -326,7 +452,7 @@ pub fn index_body(settings: &IndexSettings) -> Value {
                 "familyName": text,
                 "specialty": text_and_key,
                 "city": text_and_key,
-                "languages": {"type": "keyword", "normalizer": "meridian_key"},
+                "languages": {"type": "keyword", "normalizer": NORMALIZER},
                 "active": {"type": "boolean"},
                 "version": {"type": "long"}
             }
@@ -335,27 +461,31 @@ pub fn index_body(settings: &IndexSettings) -> Value {
 }
 
 /// The `_search` body of `query` within the alias's country.
-pub fn search_body(alias: &str, query: &Query) -> Value {
+fn search_body(alias: &str, query: &Query) -> Result<Value, SearchError> {
+    // Aliases embed the country: filtering on it too keeps a document indexed into the
+    // wrong country's index out of that country's answers.
     let country = alias
         .strip_prefix("practitioners_")
-        .unwrap_or(alias)
-        .to_ascii_uppercase();
+        .map(str::to_ascii_uppercase)
+        .ok_or_else(|| SearchError::BadQuery(format!("{alias} is not a practitioner index")))?;
     let mut filter = vec![
         json!({"term": {"active": true}}),
         json!({"term": {"countryCode": country}}),
     ];
-    if let Some(specialty) = &query.specialty {
-        filter.push(json!({"term": {"specialty.keyword": specialty.trim().to_lowercase()}}));
+    for (field, value) in [
+        ("specialty.keyword", &query.specialty),
+        ("city.keyword", &query.city),
+        ("languages", &query.language),
+    ] {
+        if let Some(value) = value {
+            filter.push(json!({"term": {field: value.trim().to_lowercase()}}));
+        }
     }
-    if let Some(city) = &query.city {
-        filter.push(json!({"term": {"city.keyword": city.trim().to_lowercase()}}));
-    }
-    if let Some(language) = &query.language {
-        filter.push(json!({"term": {"languages": language.trim().to_lowercase()}}));
-    }
-    // Every word must match some field (each word is its own fuzzy multi_match), the
-    // specialty counting most.
-    let must: Vec<Value> = query
+    // One fuzzy multi_match per word, so that every word must match some field (a single
+    // multi_match cannot: `cross_fields` takes no fuzziness, `best_fields` with `and` wants
+    // all words in one field). A word the analyzer drops entirely (a stop word) matches
+    // everything rather than nothing.
+    let mut must: Vec<Value> = query
         .text
         .as_deref()
         .unwrap_or_default()
@@ -364,27 +494,71 @@ pub fn search_body(alias: &str, query: &Query) -> Value {
             json!({"multi_match": {
                 "query": word,
                 "fields": ["specialty^2", "familyName^1.5", "givenName", "city"],
+                "type": "best_fields",
+                "operator": "and",
                 "fuzziness": "AUTO",
-                "type": "best_fields"
+                "zero_terms_query": "all"
             }})
         })
         .collect();
-    json!({
+    if must.is_empty() {
+        must.push(json!({"match_all": {}}));
+    }
+    Ok(json!({
         "from": query.offset,
         "size": query.limit.clamp(1, 1000),
         "track_total_hits": true,
+        // Equal scores (every hit of a search without text) keep their order from page to
+        // page; with a sort, scores are only reported when asked for.
+        "sort": ["_score", {"id": "asc"}],
+        "track_scores": true,
         "query": {"bool": {"filter": filter, "must": must}}
-    })
+    }))
+}
+
+/// NDJSON bodies of `index` actions for `docs`, each with at most `max_docs` documents and,
+/// unless a single document is larger, `max_bytes` bytes.
+fn bulk_bodies(docs: &[Document], max_docs: usize, max_bytes: usize) -> Result<Vec<Vec<u8>>, SearchError> {
+    let mut bodies = Vec::new();
+    let mut body = Vec::new();
+    let mut count = 0;
+    for doc in docs {
+        let mut lines = Vec::new();
+        let action = json!({"index": {"_id": doc.id, "version": doc.version, "version_type": "external"}});
+        serde_json::to_writer(&mut lines, &action).map_err(|e| SearchError::BadQuery(e.to_string()))?;
+        lines.push(b'\n');
+        serde_json::to_writer(&mut lines, doc).map_err(|e| SearchError::BadQuery(e.to_string()))?;
+        lines.push(b'\n');
+        if count > 0 && (count == max_docs || body.len() + lines.len() > max_bytes) {
+            bodies.push(std::mem::take(&mut body));
+            count = 0;
+        }
+        body.extend(lines);
+        count += 1;
+    }
+    if count > 0 {
+        bodies.push(body);
+    }
+    Ok(bodies)
+}
+
+/// The version number of `index` among `alias`'s versions (`practitioners_de_v3`: 3).
+fn version(alias: &str, index: &str) -> Option<u32> {
+    index.strip_prefix(alias)?.strip_prefix("_v")?.parse().ok()
 }
 
 fn ok(answer: Answer, request: &str) -> Result<Answer, SearchError> {
     if answer.status.is_success() {
         return Ok(answer);
     }
+    let body = match &answer.body {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
     Err(SearchError::Refused {
         request: request.to_string(),
         status: answer.status.as_u16(),
-        body: cut(&answer.body.to_string()),
+        body: cut(&body),
     })
 }
 
@@ -396,6 +570,18 @@ fn is_missing_index(error: &Value) -> bool {
 
 fn cut(text: &str) -> String {
     text.chars().take(SHOWN).collect()
+}
+
+/// An error with its causes: hyper's own message ("client error (Connect)") hides why.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn base64(text: &str) -> String {
@@ -420,11 +606,80 @@ fn base64(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use uuid::Uuid;
+
     #[test]
     fn basic_auth_is_base64() {
-        assert_eq!(super::base64("admin:admin"), "YWRtaW46YWRtaW4=");
-        assert_eq!(super::base64("a:b"), "YTpi");
-        assert_eq!(super::base64("ab:cd"), "YWI6Y2Q=");
-        assert_eq!(super::base64("master:S3cret!x"), "bWFzdGVyOlMzY3JldCF4");
+        assert_eq!(base64("admin:admin"), "YWRtaW46YWRtaW4=");
+        assert_eq!(base64("a:b"), "YTpi");
+        assert_eq!(base64("ab:cd"), "YWI6Y2Q=");
+        assert_eq!(base64("master:S3cret!x"), "bWFzdGVyOlMzY3JldCF4");
+    }
+
+    fn doc(n: u128) -> Document {
+        Document {
+            id: Uuid::from_u128(n),
+            country_code: "DE".into(),
+            given_name: "Anna".into(),
+            family_name: "Schmidt".into(),
+            specialty: "Kardiologie".into(),
+            city: "Berlin".into(),
+            languages: vec!["de".into()],
+            active: true,
+            version: 1,
+        }
+    }
+
+    fn lines(body: &[u8]) -> usize {
+        body.iter().filter(|b| **b == b'\n').count()
+    }
+
+    #[test]
+    fn bulk_requests_are_split_by_count_and_size() {
+        let docs: Vec<Document> = (0..2501).map(doc).collect();
+        let bodies = bulk_bodies(&docs, 1000, usize::MAX).unwrap();
+        let sizes: Vec<usize> = bodies.iter().map(|b| lines(b) / 2).collect();
+        assert_eq!(sizes, [1000, 1000, 501]);
+
+        let one = bulk_bodies(&docs[..1], 1000, usize::MAX).unwrap()[0].len();
+        let bodies = bulk_bodies(&docs[..5], 1000, 2 * one).unwrap();
+        assert_eq!(bodies.iter().map(|b| lines(b) / 2).collect::<Vec<_>>(), [2, 2, 1]);
+        // A document larger than the limit still goes, on its own.
+        assert_eq!(bulk_bodies(&docs[..2], 1000, 1).unwrap().len(), 2);
+        assert!(bulk_bodies(&[], 1000, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn versions_belong_to_their_alias_only() {
+        assert_eq!(version("practitioners_de", "practitioners_de_v12"), Some(12));
+        assert_eq!(version("practitioners_de", "practitioners_dev_v1"), None);
+        assert_eq!(version("practitioners_de", "practitioners_de_vx"), None);
+    }
+
+    #[test]
+    fn a_standard_index_has_no_language_filters_and_no_synonyms() {
+        let body = index_body(&IndexSettings {
+            language: crate::Language::Standard,
+            synonyms: Vec::new(),
+        });
+        let analysis = &body["settings"]["analysis"];
+        assert_eq!(analysis["filter"], json!({}));
+        assert_eq!(
+            analysis["analyzer"][INDEX_ANALYZER]["filter"],
+            json!(["lowercase", "asciifolding"])
+        );
+        assert_eq!(
+            analysis["analyzer"][SEARCH_ANALYZER]["filter"],
+            json!(["lowercase", "asciifolding"])
+        );
+    }
+
+    #[test]
+    fn only_practitioner_aliases_are_searched() {
+        assert!(matches!(
+            search_body("patients_de", &Query::default()),
+            Err(SearchError::BadQuery(_))
+        ));
     }
 }

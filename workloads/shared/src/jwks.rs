@@ -142,7 +142,7 @@ impl Jwks {
 
 fn https_client() -> Result<HttpsClient, String> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| format!("no TLS root certificates: {e}"))?
         .https_or_http()
         .enable_http1()
