@@ -57,6 +57,18 @@ impl Moto {
         }
     }
 
+    fn opensearch(&self) -> aws_sdk_opensearch::Client {
+        let config = aws_sdk_opensearch::Config::builder()
+            .behavior_version(aws_sdk_opensearch::config::BehaviorVersion::latest())
+            .region(aws_sdk_opensearch::config::Region::new("eu-central-1"))
+            .credentials_provider(aws_sdk_opensearch::config::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_opensearch::Client::from_conf(config)
+    }
+
     fn rds(&self) -> aws_sdk_rds::Client {
         let config = aws_sdk_rds::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -226,5 +238,88 @@ async fn a_cluster_tagged_for_another_region_is_not_adopted_and_aws_errors_are_r
     assert!(
         err.to_string().starts_with("describe DB cluster meridian-eu-central-1"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_deleted_only_with_delete() {
+    use meridian_operator::providers::aws_search::{AwsSearch, SearchProgress, domain_name};
+    let moto = Moto::start();
+    let client = moto.opensearch();
+    let search = AwsSearch::new(client.clone());
+    let mut region = frankfurt(DeletionPolicy::Retain);
+    let first = search.ensure(&region).await.unwrap();
+    assert_eq!(
+        first,
+        SearchProgress::Waiting("creating OpenSearch domain meridian-eu-central-1".into())
+    );
+    let mut endpoint = None;
+    for _ in 0..10 {
+        if let SearchProgress::Available(e) = search.ensure(&region).await.unwrap() {
+            endpoint = Some(e);
+            break;
+        }
+    }
+    let endpoint = endpoint.expect("the domain became available");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+
+    let status = client
+        .describe_domain()
+        .domain_name(domain_name("eu-central-1"))
+        .send()
+        .await
+        .unwrap()
+        .domain_status
+        .unwrap();
+    assert_eq!(
+        status.encryption_at_rest_options().and_then(|o| o.enabled()),
+        Some(true)
+    );
+    assert_eq!(
+        status.node_to_node_encryption_options().and_then(|o| o.enabled()),
+        Some(true)
+    );
+    assert_eq!(
+        status.domain_endpoint_options().and_then(|o| o.enforce_https()),
+        Some(true)
+    );
+    assert_eq!(status.cluster_config().and_then(|c| c.instance_count()), Some(2));
+
+    // A new size in the spec is a modification.
+    region.spec.search = Some(meridian_crds::SearchSizing {
+        instance_count: Some(3),
+        ..Default::default()
+    });
+    let resized = search.ensure(&region).await.unwrap();
+    assert!(
+        matches!(&resized, SearchProgress::Waiting(w) if w.contains("3 x")),
+        "{resized:?}"
+    );
+    let status = client
+        .describe_domain()
+        .domain_name(domain_name("eu-central-1"))
+        .send()
+        .await
+        .unwrap()
+        .domain_status
+        .unwrap();
+    assert_eq!(status.cluster_config().and_then(|c| c.instance_count()), Some(3));
+
+    search.release(&region).await.unwrap();
+    assert_eq!(
+        client.list_domain_names().send().await.unwrap().domain_names().len(),
+        1,
+        "Retain keeps it"
+    );
+    region.spec.deletion_policy = DeletionPolicy::Delete;
+    search.release(&region).await.unwrap();
+    assert!(
+        client
+            .list_domain_names()
+            .send()
+            .await
+            .unwrap()
+            .domain_names()
+            .is_empty()
     );
 }

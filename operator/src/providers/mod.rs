@@ -3,6 +3,7 @@
 //! URL from a Secret. `aws` and `inCluster` are not built yet and say so in a condition.
 
 pub mod aws;
+pub mod aws_search;
 pub mod in_cluster;
 mod local;
 mod secrets;

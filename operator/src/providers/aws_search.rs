@@ -1,0 +1,178 @@
+//! The `aws` provider's search: an Amazon OpenSearch Service domain per Region through
+//! `aws-sdk-opensearch`, with encryption at rest, node-to-node encryption and HTTPS
+//! enforced, sized from `spec.search`, tagged for the Region and the operator. Like the
+//! database: adopts what it finds with its tags, refuses a domain tagged for another
+//! Region, reports progress instead of waiting, applies a new size as a modification, and
+//! deletes only with `deletionPolicy: Delete`.
+
+use aws_sdk_opensearch::error::DisplayErrorContext;
+use aws_sdk_opensearch::types::{
+    ClusterConfig, DomainEndpointOptions, EbsOptions, EncryptionAtRestOptions, NodeToNodeEncryptionOptions,
+    OpenSearchPartitionInstanceType, Tag, VolumeType,
+};
+use meridian_crds::{DeletionPolicy, Region};
+
+use super::aws::AwsError;
+
+const REGION_TAG: &str = "meridian.dev/region";
+const MANAGER_TAG: &str = "meridian.dev/managed-by";
+const DEFAULT_INSTANCE: &str = "r6g.large.search";
+const DEFAULT_COUNT: i32 = 2;
+const DEFAULT_VOLUME_GIB: i32 = 100;
+const ENGINE: &str = "OpenSearch_2.13";
+
+/// Where the domain stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SearchProgress {
+    Waiting(String),
+    /// The domain's HTTPS endpoint.
+    Available(String),
+}
+
+fn api<E: std::error::Error + 'static>(what: &str, error: E) -> AwsError {
+    AwsError::Api(format!("{what}: {}", DisplayErrorContext(error)))
+}
+
+/// The domain's name for Region `name` (at most 28 characters, as OpenSearch Service
+/// allows).
+pub fn domain_name(name: &str) -> String {
+    format!("meridian-{name}").chars().take(28).collect()
+}
+
+/// OpenSearch Service domains for Regions of provider `aws`.
+pub struct AwsSearch {
+    client: aws_sdk_opensearch::Client,
+}
+
+impl AwsSearch {
+    pub fn new(client: aws_sdk_opensearch::Client) -> Self {
+        Self { client }
+    }
+
+    fn sizing(region: &Region) -> (String, i32, i32) {
+        let search = region.spec.search.clone().unwrap_or_default();
+        (
+            search.instance_type.unwrap_or_else(|| DEFAULT_INSTANCE.into()),
+            search.instance_count.unwrap_or(DEFAULT_COUNT),
+            search.volume_gib.unwrap_or(DEFAULT_VOLUME_GIB),
+        )
+    }
+
+    /// Creates, adopts or resizes the Region's domain.
+    pub async fn ensure(&self, region: &Region) -> Result<SearchProgress, AwsError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let domain = domain_name(&name);
+        let (instance, count, volume) = Self::sizing(region);
+        let cluster = ClusterConfig::builder()
+            .instance_type(OpenSearchPartitionInstanceType::from(instance.as_str()))
+            .instance_count(count)
+            .build();
+        let ebs = EbsOptions::builder()
+            .ebs_enabled(true)
+            .volume_type(VolumeType::Gp3)
+            .volume_size(volume)
+            .build();
+        let found = self.client.describe_domain().domain_name(&domain).send().await;
+        let status = match found {
+            Ok(out) => out.domain_status,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => return Err(api(&format!("describe domain {domain}"), e)),
+        };
+        let Some(status) = status else {
+            self.client
+                .create_domain()
+                .domain_name(&domain)
+                .engine_version(ENGINE)
+                .cluster_config(cluster)
+                .ebs_options(ebs)
+                .encryption_at_rest_options(EncryptionAtRestOptions::builder().enabled(true).build())
+                .node_to_node_encryption_options(NodeToNodeEncryptionOptions::builder().enabled(true).build())
+                .domain_endpoint_options(DomainEndpointOptions::builder().enforce_https(true).build())
+                .tag_list(tag(REGION_TAG, &name)?)
+                .tag_list(tag(MANAGER_TAG, crate::k8s::FIELD_MANAGER)?)
+                .send()
+                .await
+                .map_err(|e| api(&format!("create domain {domain}"), e))?;
+            return Ok(SearchProgress::Waiting(format!("creating OpenSearch domain {domain}")));
+        };
+        let tags = self
+            .client
+            .list_tags()
+            .arn(status.arn())
+            .send()
+            .await
+            .map_err(|e| api(&format!("list tags of domain {domain}"), e))?;
+        let owner = tags
+            .tag_list()
+            .iter()
+            .find(|t| t.key() == REGION_TAG)
+            .map(|t| t.value().to_string());
+        if let Some(other) = owner.filter(|o| o != &name) {
+            return Err(AwsError::NotOurs {
+                kind: "OpenSearch domain",
+                id: domain,
+                owner: other,
+                region: name,
+            });
+        }
+        let current = status.cluster_config();
+        let resized = current.and_then(|c| c.instance_type()).map(|t| t.as_str()) != Some(instance.as_str())
+            || current.and_then(|c| c.instance_count()) != Some(count)
+            || status.ebs_options().and_then(|e| e.volume_size()) != Some(volume);
+        if resized {
+            self.client
+                .update_domain_config()
+                .domain_name(&domain)
+                .cluster_config(cluster)
+                .ebs_options(ebs)
+                .send()
+                .await
+                .map_err(|e| api(&format!("resize domain {domain}"), e))?;
+            return Ok(SearchProgress::Waiting(format!(
+                "resizing OpenSearch domain {domain} to {count} x {instance}, {volume} GiB"
+            )));
+        }
+        if status.processing() == Some(true) || status.created() == Some(false) {
+            return Ok(SearchProgress::Waiting(format!(
+                "OpenSearch domain {domain} is processing"
+            )));
+        }
+        let endpoint = status
+            .endpoint()
+            .map(String::from)
+            .or_else(|| status.endpoints().and_then(|e| e.values().next().cloned()))
+            .ok_or_else(|| AwsError::Api(format!("OpenSearch domain {domain} has no endpoint yet")))?;
+        Ok(SearchProgress::Available(format!("https://{endpoint}")))
+    }
+
+    /// `Retain` leaves the domain; `Delete` deletes it.
+    pub async fn release(&self, region: &Region) -> Result<(), AwsError> {
+        if region.spec.deletion_policy != DeletionPolicy::Delete {
+            return Ok(());
+        }
+        let domain = domain_name(region.metadata.name.as_deref().unwrap_or_default());
+        match self.client.delete_domain().domain_name(&domain).send().await {
+            Err(e)
+                if !e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Err(api(&format!("delete domain {domain}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn tag(key: &str, value: &str) -> Result<Tag, AwsError> {
+    Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .map_err(|e| AwsError::Api(format!("tag {key}: {e}")))
+}
