@@ -323,3 +323,94 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
             .is_empty()
     );
 }
+
+/// The Kubernetes API's side for Secrets of the operator's namespace, keeping what is
+/// applied (through kube's `tower-test` mock).
+async fn serve_secrets(
+    mut handle: tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
+) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let mut stored: std::collections::BTreeMap<String, ByteString> = Default::default();
+    while let Some((request, reply)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        assert_eq!(
+            parts.uri.path(),
+            "/api/v1/namespaces/meridian-system/secrets/meridian-region-eu-central-1-db"
+        );
+        let bytes = body.collect_bytes().await.unwrap();
+        let (status, answer) = match parts.method {
+            http::Method::GET if stored.is_empty() => (
+                404,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
+            ),
+            http::Method::PATCH => {
+                let applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                for (k, v) in applied["stringData"].as_object().unwrap() {
+                    stored.insert(k.clone(), ByteString(v.as_str().unwrap().as_bytes().to_vec()));
+                }
+                (200, serde_json::Value::Null)
+            }
+            _ => (200, serde_json::Value::Null),
+        };
+        let answer = if answer.is_null() {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("meridian-region-eu-central-1-db".into()),
+                    namespace: Some("meridian-system".into()),
+                    ..Default::default()
+                },
+                data: Some(stored.clone()),
+                ..Default::default()
+            };
+            serde_json::to_value(secret).unwrap()
+        } else {
+            answer
+        };
+        reply.send_response(
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_aws_region_gets_its_password_and_then_its_connection_url_in_a_secret() {
+    use meridian_operator::providers::{AwsStacks, Providers, StaticSecrets};
+    let moto = Moto::start();
+    let (service, handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    tokio::spawn(serve_secrets(handle));
+    let kube = kube::Client::new(service, "default");
+    let stacks = AwsStacks::new(kube, "meridian-system".into(), Some(moto.endpoint.clone()))
+        .with_credentials(Credentials::new("testing", "testing", None, None, "moto"));
+    let providers = Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks);
+    let region = frankfurt(DeletionPolicy::Retain);
+    let mut waits = Vec::new();
+    let endpoint = loop {
+        match providers.ensure(&region).await {
+            Ok(endpoint) => break endpoint,
+            Err(e) => {
+                assert_eq!(e.reason, "DatabaseCreating", "{e}");
+                waits.push(e.message);
+                assert!(waits.len() < 10, "{waits:?}");
+            }
+        }
+    };
+    assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
+    assert!(endpoint.url.starts_with("postgres://meridian:"), "{}", endpoint.url);
+    assert!(
+        endpoint.display.contains("meridian-eu-central-1"),
+        "{}",
+        endpoint.display
+    );
+    assert_eq!(
+        endpoint.secret.as_deref(),
+        Some("meridian-system/meridian-region-eu-central-1-db")
+    );
+    // The published URL is what locate reads back.
+    assert_eq!(providers.locate(&region).await.unwrap().url, endpoint.url);
+}

@@ -20,7 +20,7 @@ pub use secrets::KubeSecrets;
 
 use crate::backends::gateway::{Gateway, GatewayConfig};
 use crate::controller::Context;
-use crate::providers::{InClusterStacks, Providers, StackConfig};
+use crate::providers::{AwsStacks, InClusterStacks, Providers, StackConfig};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "meridian-operator";
@@ -67,6 +67,9 @@ pub struct OperatorOptions {
         default_value = "https://idp.example/.well-known/jwks.json"
     )]
     pub oidc_jwks_url: String,
+    /// Sends the AWS API calls of `aws` Regions here instead of AWS (e.g. a moto server).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint: Option<String>,
 }
 
 /// Runs until SIGTERM/Ctrl-C, or until leadership is lost (then exits non-zero so the
@@ -100,7 +103,9 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
             oidc_jwks_url: options.oidc_jwks_url.clone(),
         },
     );
-    let core = Context::new(Providers::new(None, secrets).with_in_cluster(stacks)).with_gateway(gateway);
+    let aws = AwsStacks::new(client.clone(), options.namespace.clone(), options.aws_endpoint.clone());
+    let providers = Providers::new(None, secrets).with_in_cluster(stacks).with_aws(aws);
+    let core = Context::new(providers).with_gateway(gateway);
     let ctx = Arc::new(KubeContext::new(client.clone(), core, &identity));
 
     let ready = Arc::new(AtomicBool::new(false));

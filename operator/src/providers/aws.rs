@@ -6,9 +6,12 @@
 //! reported, not waited for: the reconciler requeues. A changed instance class is applied
 //! as a modification. Deleting with `Delete` takes a final snapshot first.
 
+use aws_sdk_rds::config::Credentials;
 use aws_sdk_rds::error::DisplayErrorContext;
 use aws_sdk_rds::types::Tag;
 use meridian_crds::{DeletionPolicy, Region};
+
+use super::{Endpoint, ProviderError};
 
 /// The master user of every cluster.
 pub const MASTER_USER: &str = "meridian";
@@ -78,11 +81,18 @@ impl AwsDatabases {
 
     /// An RDS client for `cloud_region` from the default credential chain (IRSA in EKS),
     /// with `endpoint` overriding AWS's (tests, moto).
-    pub async fn client(cloud_region: &str, endpoint: Option<&str>) -> aws_sdk_rds::Client {
+    pub async fn client(
+        cloud_region: &str,
+        endpoint: Option<&str>,
+        credentials: Option<Credentials>,
+    ) -> aws_sdk_rds::Client {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(cloud_region.to_string()));
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
         }
         aws_sdk_rds::Client::new(&loader.load().await)
     }
@@ -260,4 +270,165 @@ impl AwsDatabases {
             _ => Ok(()),
         }
     }
+}
+
+/// The `aws` provider as the reconcilers use it: the master password and, once the
+/// database is available, its connection URL live in the Secret
+/// `meridian-region-<name>-db` of the operator's namespace (written before the cluster is
+/// created, so a crash in between never loses the password).
+pub struct AwsStacks {
+    client: kube::Client,
+    namespace: String,
+    /// Overrides AWS's endpoints (tests against moto).
+    endpoint: Option<String>,
+    /// Fixed credentials instead of the default chain (tests against moto).
+    credentials: Option<Credentials>,
+}
+
+impl AwsStacks {
+    pub fn new(client: kube::Client, namespace: String, endpoint: Option<String>) -> Self {
+        Self {
+            client,
+            namespace,
+            endpoint,
+            credentials: None,
+        }
+    }
+
+    /// Signs with `credentials` instead of the default chain.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    fn secret_name(region: &str) -> String {
+        format!("meridian-region-{region}-db")
+    }
+
+    async fn secret(&self, region: &str) -> Result<std::collections::BTreeMap<String, String>, ProviderError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = api.get_opt(&Self::secret_name(region)).await.map_err(|e| {
+            failed(
+                "ClusterUnreachable",
+                format!("cannot read Secret {}: {e}", Self::secret_name(region)),
+            )
+        })?;
+        Ok(secret
+            .and_then(|s| s.data)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+            .collect())
+    }
+
+    async fn write(&self, region: &str, values: serde_json::Value) -> Result<(), ProviderError> {
+        let name = Self::secret_name(region);
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": {
+                "app.kubernetes.io/instance": region, "app.kubernetes.io/managed-by": crate::k8s::FIELD_MANAGER}},
+            "type": "Opaque",
+            "stringData": values,
+        });
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply(crate::k8s::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|e| failed("ClusterUnreachable", format!("cannot write Secret {name}: {e}")))?;
+        Ok(())
+    }
+
+    async fn databases(&self, region: &Region) -> AwsDatabases {
+        AwsDatabases::new(
+            AwsDatabases::client(
+                &region.spec.cloud_region,
+                self.endpoint.as_deref(),
+                self.credentials.clone(),
+            )
+            .await,
+        )
+    }
+
+    /// Creates or adopts the Region's Aurora cluster; answers once it is available.
+    pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let mut stored = self.secret(&name).await?;
+        let password = match stored.remove("password") {
+            Some(password) => password,
+            None => {
+                use rand::Rng;
+                let password: String = rand::rng()
+                    .sample_iter(&rand::distr::Alphanumeric)
+                    .take(32)
+                    .map(char::from)
+                    .collect();
+                self.write(
+                    &name,
+                    serde_json::json!({"username": MASTER_USER, "password": password}),
+                )
+                .await?;
+                password
+            }
+        };
+        let progress = self
+            .databases(region)
+            .await
+            .ensure(region, &password)
+            .await
+            .map_err(|e| failed("AwsError", e.to_string()))?;
+        match progress {
+            Progress::Waiting(why) => Err(failed("DatabaseCreating", why)),
+            Progress::Available { host, port } => {
+                let url = format!("postgres://{MASTER_USER}:{password}@{host}:{port}/{MASTER_USER}");
+                if stored.get("url") != Some(&url) {
+                    self.write(
+                        &name,
+                        serde_json::json!({"username": MASTER_USER, "password": password, "url": url}),
+                    )
+                    .await?;
+                }
+                Ok(Endpoint {
+                    secret: Some(format!("{}/{}", self.namespace, Self::secret_name(&name))),
+                    ..Endpoint::from_url(url)
+                })
+            }
+        }
+    }
+
+    /// The database's connection URL, once published.
+    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let url = self.secret(&name).await?.remove("url").ok_or_else(|| {
+            failed(
+                "DatabaseNotCreated",
+                format!("the database of Region {name} is not available yet"),
+            )
+        })?;
+        Ok(Endpoint {
+            secret: Some(format!("{}/{}", self.namespace, Self::secret_name(&name))),
+            ..Endpoint::from_url(url)
+        })
+    }
+
+    /// `Delete`: the writer, then the cluster after a final snapshot; `Retain`: nothing.
+    pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.databases(region)
+            .await
+            .release(region, &format!("meridian-{name}-final-{stamp}"))
+            .await
+            .map_err(|e| failed("AwsError", e.to_string()))
+    }
+}
+
+fn failed(reason: &'static str, message: String) -> ProviderError {
+    ProviderError { reason, message }
 }

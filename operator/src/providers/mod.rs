@@ -14,6 +14,7 @@ use meridian_crds::{DeletionPolicy, Region, RegionProvider};
 use meridian_search::Backend;
 use meridian_search::opensearch::{Credentials, OpenSearch};
 
+pub use aws::AwsStacks;
 pub use in_cluster::{InClusterStacks, StackConfig};
 pub use local::LocalClusters;
 pub use secrets::{SecretSource, StaticSecrets};
@@ -70,6 +71,8 @@ pub struct Providers {
     search: Option<Backend>,
     /// `inCluster` stacks, when running against a cluster.
     in_cluster: Option<Arc<InClusterStacks>>,
+    /// `aws` stacks, when running against a cluster.
+    aws: Option<Arc<AwsStacks>>,
 }
 
 impl Providers {
@@ -79,6 +82,7 @@ impl Providers {
             secrets,
             search: None,
             in_cluster: None,
+            aws: None,
         }
     }
 
@@ -86,6 +90,24 @@ impl Providers {
     pub fn with_in_cluster(mut self, stacks: InClusterStacks) -> Self {
         self.in_cluster = Some(Arc::new(stacks));
         self
+    }
+
+    /// Builds `aws` Regions' databases through the AWS APIs.
+    pub fn with_aws(mut self, stacks: AwsStacks) -> Self {
+        self.aws = Some(Arc::new(stacks));
+        self
+    }
+
+    fn aws(&self, region: &Region) -> Result<&AwsStacks, ProviderError> {
+        self.aws.as_deref().ok_or_else(|| {
+            ProviderError::new(
+                "ProviderUnavailable",
+                format!(
+                    "spec.provider aws needs the operator running against a cluster; Region {} cannot be built here",
+                    region_name(region)
+                ),
+            )
+        })
     }
 
     fn in_cluster(&self, region: &Region) -> Result<&InClusterStacks, ProviderError> {
@@ -112,7 +134,8 @@ impl Providers {
         match region.spec.provider {
             RegionProvider::Local => self.local(region)?.ensure(&region_name(region)).await,
             RegionProvider::InCluster => self.in_cluster(region)?.ensure(region).await,
-            _ => self.locate(region).await,
+            RegionProvider::Aws => self.aws(region)?.ensure(region).await,
+            RegionProvider::External => self.locate(region).await,
         }
     }
 
@@ -154,10 +177,7 @@ impl Providers {
                 }
             }
             RegionProvider::InCluster => self.in_cluster(region)?.locate(region).await,
-            RegionProvider::Aws => Err(ProviderError::new(
-                "ProviderNotImplemented",
-                "spec.provider aws is not available in this version; use external, inCluster or local",
-            )),
+            RegionProvider::Aws => self.aws(region)?.locate(region).await,
         }
     }
 
@@ -219,8 +239,8 @@ impl Providers {
                 "inCluster Regions have no search engine yet; their countries' indexes cannot be built",
             )),
             RegionProvider::Aws => Err(ProviderError::new(
-                "ProviderNotImplemented",
-                "spec.provider aws is not available in this version; use external, inCluster or local",
+                "SearchNotConfigured",
+                "the OpenSearch domain of aws Regions is built but not yet used for search (it needs SigV4 signing)",
             )),
         }
     }
@@ -235,6 +255,7 @@ impl Providers {
                 let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
                 self.in_cluster(region)?.release(region, delete).await
             }
+            RegionProvider::Aws => self.aws(region)?.release(region).await,
             // External databases are not ours; the Country cleanups already handled their partitions.
             _ => Ok(()),
         }
