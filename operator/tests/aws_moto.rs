@@ -378,7 +378,7 @@ async fn serve_secrets(
 }
 
 #[tokio::test]
-async fn an_aws_region_gets_its_password_and_then_its_connection_url_in_a_secret() {
+async fn an_aws_region_gets_its_password_then_its_database_and_domain_and_its_connection_url_in_a_secret() {
     use meridian_operator::providers::{AwsStacks, Providers, StaticSecrets};
     let moto = Moto::start();
     let (service, handle) =
@@ -401,6 +401,7 @@ async fn an_aws_region_gets_its_password_and_then_its_connection_url_in_a_secret
         }
     };
     assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
+    assert!(waits.iter().any(|w| w.contains("OpenSearch domain")), "{waits:?}");
     assert!(endpoint.url.starts_with("postgres://meridian:"), "{}", endpoint.url);
     assert!(
         endpoint.display.contains("meridian-eu-central-1"),

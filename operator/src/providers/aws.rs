@@ -11,6 +11,7 @@ use aws_sdk_rds::error::DisplayErrorContext;
 use aws_sdk_rds::types::Tag;
 use meridian_crds::{DeletionPolicy, Region};
 
+use super::aws_search::{AwsSearch, SearchProgress};
 use super::{Endpoint, ProviderError};
 
 /// The master user of every cluster.
@@ -343,6 +344,18 @@ impl AwsStacks {
         Ok(())
     }
 
+    async fn search(&self, region: &Region) -> AwsSearch {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.spec.cloud_region.clone()));
+        if let Some(endpoint) = &self.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(credentials) = &self.credentials {
+            loader = loader.credentials_provider(credentials.clone());
+        }
+        AwsSearch::new(aws_sdk_opensearch::Client::new(&loader.load().await))
+    }
+
     async fn databases(&self, region: &Region) -> AwsDatabases {
         AwsDatabases::new(
             AwsDatabases::client(
@@ -354,7 +367,8 @@ impl AwsStacks {
         )
     }
 
-    /// Creates or adopts the Region's Aurora cluster; answers once it is available.
+    /// Creates or adopts the Region's Aurora cluster and OpenSearch domain; answers with
+    /// the database once both are available.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let mut stored = self.secret(&name).await?;
@@ -381,9 +395,18 @@ impl AwsStacks {
             .ensure(region, &password)
             .await
             .map_err(|e| failed("AwsError", e.to_string()))?;
-        match progress {
-            Progress::Waiting(why) => Err(failed("DatabaseCreating", why)),
-            Progress::Available { host, port } => {
+        let search = self
+            .search(region)
+            .await
+            .ensure(region)
+            .await
+            .map_err(|e| failed("AwsError", e.to_string()))?;
+        match (progress, search) {
+            (Progress::Waiting(database), SearchProgress::Waiting(search)) => {
+                Err(failed("DatabaseCreating", format!("{database}; {search}")))
+            }
+            (Progress::Waiting(why), _) | (_, SearchProgress::Waiting(why)) => Err(failed("DatabaseCreating", why)),
+            (Progress::Available { host, port }, SearchProgress::Available(_)) => {
                 let url = format!("postgres://{MASTER_USER}:{password}@{host}:{port}/{MASTER_USER}");
                 if stored.get("url") != Some(&url) {
                     self.write(
@@ -415,12 +438,18 @@ impl AwsStacks {
         })
     }
 
-    /// `Delete`: the writer, then the cluster after a final snapshot; `Retain`: nothing.
+    /// `Delete`: the domain, the writer, then the cluster after a final snapshot;
+    /// `Retain`: nothing.
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        self.search(region)
+            .await
+            .release(region)
+            .await
+            .map_err(|e| failed("AwsError", e.to_string()))?;
         self.databases(region)
             .await
             .release(region, &format!("meridian-{name}-final-{stamp}"))
