@@ -80,6 +80,14 @@ impl Dev {
         self.output.lock().unwrap().clone()
     }
 
+    /// `meridian dev` on a copy of `examples/` (`work/manifests`) with its data in
+    /// `work/data`.
+    pub fn start_examples(work: &Path) -> Self {
+        let manifests = work.join("manifests");
+        copy_dir(&examples(), &manifests);
+        Self::start(&manifests, &work.join("data"))
+    }
+
     /// `GET path` on the entry point: status code and JSON body.
     pub fn get(&self, path: &str) -> (u16, Value) {
         http_get(self.addr, path)

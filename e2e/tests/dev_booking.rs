@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meridian_e2e::{Dev, copy_dir, examples, http};
+use meridian_e2e::{Dev, http};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
@@ -19,10 +19,7 @@ async fn appointments(port: u16) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_german_booking_lands_in_the_german_region_only() {
     let work = tempfile::tempdir().unwrap();
-    let manifests = work.path().join("manifests");
-    copy_dir(&examples(), &manifests);
-    let data_dir = work.path().join("data");
-    let mut dev = Dev::start(&manifests, &data_dir);
+    let mut dev = Dev::start_examples(work.path());
     dev.await_ready("de", Duration::from_secs(120));
     let bearers = dev.bearers();
     let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());

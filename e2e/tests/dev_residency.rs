@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use meridian_e2e::{Dev, copy_dir, examples, meridian_bin};
+use meridian_e2e::{Dev, meridian_bin};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
@@ -32,9 +32,8 @@ fn report(manifests: &std::path::Path, data_dir: &std::path::Path) -> (i32, Valu
 async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
     let work = tempfile::tempdir().unwrap();
     let manifests = work.path().join("manifests");
-    copy_dir(&examples(), &manifests);
     let data_dir = work.path().join("data");
-    let mut dev = Dev::start(&manifests, &data_dir);
+    let mut dev = Dev::start_examples(work.path());
     for name in ["de", "fr", "gb", "es", "it"] {
         dev.await_ready(name, Duration::from_secs(120));
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_e2e::{Dev, condition, copy_dir, examples, http};
+use meridian_e2e::{Dev, condition, http};
 use serde_json::Value;
 
 fn country(dev: &Dev, name: &str) -> Value {
@@ -38,9 +38,7 @@ fn found(addr: std::net::SocketAddr, token: &str, cc: &str, q: &str) -> (u16, Ve
 fn search_per_country_and_an_analyzer_change_without_a_failed_search() {
     let work = tempfile::tempdir().unwrap();
     let manifests = work.path().join("manifests");
-    copy_dir(&examples(), &manifests);
-    let data_dir = work.path().join("data");
-    let mut dev = Dev::start(&manifests, &data_dir);
+    let mut dev = Dev::start_examples(work.path());
     for name in ["de", "fr", "gb", "es", "it"] {
         dev.await_ready(name, Duration::from_secs(120));
         let status = country(&dev, name);
