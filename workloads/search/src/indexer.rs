@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::Backend;
@@ -96,10 +97,7 @@ impl Indexer {
                 continue;
             }
             // Every practitioner event carries the whole practitioner at its new version.
-            if let Some(doc) = payload
-                .as_ref()
-                .and_then(|p| serde_json::from_value::<Document>(p.clone()).ok())
-            {
+            if let Some(doc) = payload.as_ref().and_then(|p| Document::deserialize(p).ok()) {
                 by_country.entry(country.clone()).or_default().push(doc);
             }
         }
