@@ -415,3 +415,88 @@ async fn an_aws_region_gets_its_password_then_its_database_and_domain_and_its_co
     // The published URL is what locate reads back.
     assert_eq!(providers.locate(&region).await.unwrap().url, endpoint.url);
 }
+
+#[tokio::test]
+async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_and_delete_removes_it() {
+    use meridian_operator::conditions;
+    use meridian_operator::controller::{Context, region as reconcile};
+    use meridian_operator::providers::{AwsStacks, Providers, StaticSecrets};
+    let moto = Moto::start();
+    // moto creates clusters but runs no database behind them: the migrations go to a local one.
+    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
+    let address = pg
+        .url()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (service, handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    tokio::spawn(serve_secrets(handle));
+    let stacks = AwsStacks::new(
+        kube::Client::new(service, "default"),
+        "meridian-system".into(),
+        Some(moto.endpoint.clone()),
+    )
+    .with_credentials(Credentials::new("testing", "testing", None, None, "moto"))
+    .with_database_address(address);
+    let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
+    // The example Region, with provider aws.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
+    let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    region.spec.provider = meridian_crds::RegionProvider::Aws;
+    let mut reasons = Vec::new();
+    let status = loop {
+        let outcome = reconcile::apply(&region, &ctx).await;
+        if conditions::is_true(&outcome.status.conditions, "Ready") {
+            break outcome.status;
+        }
+        let ready = conditions::find(&outcome.status.conditions, "Ready").unwrap();
+        reasons.push(format!("{}: {}", ready.reason, ready.message));
+        assert!(reasons.len() < 10, "{reasons:#?}");
+    };
+    assert!(
+        reasons.iter().all(|r| r.starts_with("DatabaseCreating")),
+        "{reasons:#?}"
+    );
+    assert_eq!(
+        status.connection_secret.as_deref(),
+        Some("meridian-system/meridian-region-eu-central-1-db")
+    );
+    assert_eq!(
+        status.schema_version,
+        meridian_shared::schema::MIGRATIONS.last().map(|m| m.version)
+    );
+
+    // Delete: gone after a final snapshot (Retain is the other test's subject).
+    region.spec.deletion_policy = DeletionPolicy::Delete;
+    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    let rds = moto.rds();
+    assert!(
+        rds.describe_db_clusters()
+            .send()
+            .await
+            .unwrap()
+            .db_clusters()
+            .is_empty()
+    );
+    let snapshots = rds.describe_db_cluster_snapshots().send().await.unwrap();
+    assert!(
+        snapshots.db_cluster_snapshots().iter().any(|s| s
+            .db_cluster_snapshot_identifier()
+            .is_some_and(|id| id.starts_with("meridian-eu-central-1-final-"))),
+        "a final snapshot"
+    );
+    assert!(
+        moto.opensearch()
+            .list_domain_names()
+            .send()
+            .await
+            .unwrap()
+            .domain_names()
+            .is_empty()
+    );
+}

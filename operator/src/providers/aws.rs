@@ -284,6 +284,8 @@ pub struct AwsStacks {
     endpoint: Option<String>,
     /// Fixed credentials instead of the default chain (tests against moto).
     credentials: Option<Credentials>,
+    /// `host:port` to connect to instead of the cluster's endpoint.
+    database_address: Option<String>,
 }
 
 impl AwsStacks {
@@ -293,7 +295,15 @@ impl AwsStacks {
             namespace,
             endpoint,
             credentials: None,
+            database_address: None,
         }
+    }
+
+    /// Connects to `address` (`host:port`) instead of the cluster's endpoint: for tests
+    /// against moto, which creates clusters but runs no database behind their endpoints.
+    pub fn with_database_address(mut self, address: String) -> Self {
+        self.database_address = Some(address);
+        self
     }
 
     /// Signs with `credentials` instead of the default chain.
@@ -407,7 +417,8 @@ impl AwsStacks {
             }
             (Progress::Waiting(why), _) | (_, SearchProgress::Waiting(why)) => Err(failed("DatabaseCreating", why)),
             (Progress::Available { host, port }, SearchProgress::Available(_)) => {
-                let url = format!("postgres://{MASTER_USER}:{password}@{host}:{port}/{MASTER_USER}");
+                let address = self.database_address.clone().unwrap_or(format!("{host}:{port}"));
+                let url = format!("postgres://{MASTER_USER}:{password}@{address}/{MASTER_USER}");
                 if stored.get("url") != Some(&url) {
                     self.write(
                         &name,
