@@ -55,12 +55,9 @@ pub enum Clash {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookingError {
+    /// Also when it exists but the caller may not see it (that attempt is audited).
     #[error("appointment {0} not found")]
     NotFound(Uuid),
-    /// It exists, but not for this caller: told apart from `NotFound` only in the audit
-    /// trail, never to the caller.
-    #[error("appointment {0} not found")]
-    Hidden(Uuid),
     #[error("the appointment is {0}, not booked")]
     NotBooked(String),
     #[error("the time is no longer free: {0:?}")]
@@ -245,13 +242,24 @@ impl Scope {
     }
 }
 
-/// The appointment, if `scope` may see it; to anyone else it does not exist. `lock` is
-/// empty or `FOR UPDATE`.
+/// What a caller attempts on one appointment: who, seeing what, doing what.
+struct Attempt<'a> {
+    scope: &'a Scope,
+    /// The audit action, e.g. `appointment.read`.
+    action: &'static str,
+    actor: Actor<'a>,
+}
+
+/// The appointment, if the attempt's scope may see it; to anyone else it does not exist.
+/// `lock` is empty or `FOR UPDATE`. An attempt on an appointment the caller may not see is
+/// recorded (`action` + `.denied`) in a transaction of its own, as the attempt's own
+/// transaction is rolled back.
 async fn visible(
+    pool: &PgPool,
     conn: &mut PgConnection,
     country: &str,
     id: Uuid,
-    scope: &Scope,
+    attempt: &Attempt<'_>,
     lock: &'static str,
 ) -> Result<Appointment, BookingError> {
     let found: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -262,34 +270,22 @@ async fn visible(
     .fetch_optional(conn)
     .await?;
     match found {
-        Some(appointment) if scope.admits(&appointment) => Ok(appointment),
-        Some(_) => Err(BookingError::Hidden(id)),
+        Some(appointment) if attempt.scope.admits(&appointment) => Ok(appointment),
+        Some(_) => {
+            let mut tx = pool.begin().await?;
+            attempt
+                .actor
+                .audit(
+                    &mut tx,
+                    country,
+                    &format!("{}.denied", attempt.action),
+                    &format!("appointment/{id}"),
+                )
+                .await?;
+            tx.commit().await?;
+            Err(BookingError::NotFound(id))
+        }
         None => Err(BookingError::NotFound(id)),
-    }
-}
-
-/// The error to answer after `visible` refused; an attempt on an appointment the caller may
-/// not see is recorded (`action` + `.denied`) in a transaction of its own, as the attempt's
-/// own transaction is rolled back.
-async fn refused(pool: &PgPool, country: &str, action: &str, error: BookingError, actor: Actor<'_>) -> BookingError {
-    let BookingError::Hidden(id) = error else {
-        return error;
-    };
-    let recorded = async {
-        let mut tx = pool.begin().await?;
-        actor
-            .audit(
-                &mut tx,
-                country,
-                &format!("{action}.denied"),
-                &format!("appointment/{id}"),
-            )
-            .await?;
-        tx.commit().await
-    };
-    match recorded.await {
-        Ok(()) => error,
-        Err(e) => BookingError::Database(e),
     }
 }
 
@@ -303,13 +299,12 @@ pub async fn get(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let appointment = match visible(&mut tx, country, id, scope, "").await {
-        Ok(appointment) => appointment,
-        Err(e) => {
-            drop(tx);
-            return Err(refused(pool, country, "appointment.read", e, actor).await);
-        }
+    let attempt = Attempt {
+        scope,
+        action: "appointment.read",
+        actor,
     };
+    let appointment = visible(pool, &mut tx, country, id, &attempt, "").await?;
     actor
         .audit(&mut tx, country, "appointment.read", &format!("appointment/{id}"))
         .await?;
@@ -364,13 +359,12 @@ pub async fn cancel(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let current = match visible(&mut tx, country, id, scope, "FOR UPDATE").await {
-        Ok(current) => current,
-        Err(e) => {
-            drop(tx);
-            return Err(refused(pool, country, "appointment.cancel", e, actor).await);
-        }
+    let attempt = Attempt {
+        scope,
+        action: "appointment.cancel",
+        actor,
     };
+    let current = visible(pool, &mut tx, country, id, &attempt, "FOR UPDATE").await?;
     if current.status != "booked" {
         return Ok(current);
     }
@@ -420,13 +414,12 @@ pub async fn reschedule(
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
     let mut tx = pool.begin().await?;
-    let current = match visible(&mut tx, country, id, scope, "FOR UPDATE").await {
-        Ok(current) => current,
-        Err(e) => {
-            drop(tx);
-            return Err(refused(pool, country, "appointment.reschedule", e, actor).await);
-        }
+    let attempt = Attempt {
+        scope,
+        action: "appointment.reschedule",
+        actor,
     };
+    let current = visible(pool, &mut tx, country, id, &attempt, "FOR UPDATE").await?;
     if current.status != "booked" {
         return Err(BookingError::NotBooked(current.status));
     }

@@ -140,7 +140,7 @@ impl From<BookingError> for Problem {
                 field: "practitionerId".into(),
                 message: "no such practitioner takes appointments in this country".into(),
             }]),
-            BookingError::NotFound(_) | BookingError::Hidden(_) => Problem::not_found(e.to_string()),
+            BookingError::NotFound(_) => Problem::not_found(e.to_string()),
             BookingError::NotBooked(_) => Problem::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             BookingError::KeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
