@@ -19,6 +19,11 @@ struct Moto {
 
 impl Moto {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A moto server with `settings` in its environment (moto reads some limits from there).
+    fn start_with(settings: &[(&str, &str)]) -> Self {
         let candidates = [
             std::env::var_os("MOTO_SERVER").map(PathBuf::from),
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/meridian-venv/bin/moto_server")),
@@ -35,6 +40,7 @@ impl Moto {
             .find_map(|bin| {
                 Command::new(bin)
                     .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .envs(settings.iter().copied())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -248,14 +254,14 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
     let client = moto.opensearch();
     let search = AwsSearch::new(client.clone());
     let mut region = frankfurt(DeletionPolicy::Retain);
-    let first = search.ensure(&region).await.unwrap();
+    let first = search.ensure(&region, "Master-Passw0rd").await.unwrap();
     assert_eq!(
         first,
-        SearchProgress::Waiting("creating OpenSearch domain meridian-eu-central-1".into())
+        SearchProgress::Created("creating OpenSearch domain meridian-eu-central-1".into())
     );
     let mut endpoint = None;
     for _ in 0..10 {
-        if let SearchProgress::Available(e) = search.ensure(&region).await.unwrap() {
+        if let SearchProgress::Available(e) = search.ensure(&region, "Master-Passw0rd").await.unwrap() {
             endpoint = Some(e);
             break;
         }
@@ -284,13 +290,16 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
         Some(true)
     );
     assert_eq!(status.cluster_config().and_then(|c| c.instance_count()), Some(2));
+    let security = status.advanced_security_options().expect("fine-grained access control");
+    assert_eq!(security.enabled(), Some(true));
+    assert_eq!(security.internal_user_database_enabled(), Some(true));
 
     // A new size in the spec is a modification.
     region.spec.search = Some(meridian_crds::SearchSizing {
         instance_count: Some(3),
         ..Default::default()
     });
-    let resized = search.ensure(&region).await.unwrap();
+    let resized = search.ensure(&region, "Master-Passw0rd").await.unwrap();
     assert!(
         matches!(&resized, SearchProgress::Waiting(w) if w.contains("3 x")),
         "{resized:?}"
@@ -325,47 +334,51 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
 }
 
 /// The Kubernetes API's side for Secrets of the operator's namespace, keeping what is
-/// applied (through kube's `tower-test` mock).
+/// applied (through kube's `tower-test` mock). An apply replaces the Secret's data, as
+/// server-side apply does for the fields one manager owns.
 async fn serve_secrets(
     mut handle: tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
 ) {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    let mut stored: std::collections::BTreeMap<String, ByteString> = Default::default();
+    type Data = std::collections::BTreeMap<String, ByteString>;
+    let mut secrets: std::collections::BTreeMap<String, Data> = Default::default();
     while let Some((request, reply)) = handle.next_request().await {
         let (parts, body) = request.into_parts();
-        assert_eq!(
-            parts.uri.path(),
-            "/api/v1/namespaces/meridian-system/secrets/meridian-region-eu-central-1-db"
-        );
+        let name = parts
+            .uri
+            .path()
+            .strip_prefix("/api/v1/namespaces/meridian-system/secrets/")
+            .unwrap_or_else(|| panic!("unexpected request {}", parts.uri))
+            .to_string();
         let bytes = body.collect_bytes().await.unwrap();
-        let (status, answer) = match parts.method {
-            http::Method::GET if stored.is_empty() => (
+        if parts.method == http::Method::PATCH {
+            let applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let data = applied["stringData"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_str().unwrap().as_bytes().to_vec())))
+                .collect();
+            secrets.insert(name.clone(), data);
+        }
+        let (status, answer) = match secrets.get(&name) {
+            None => (
                 404,
                 serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
             ),
-            http::Method::PATCH => {
-                let applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                for (k, v) in applied["stringData"].as_object().unwrap() {
-                    stored.insert(k.clone(), ByteString(v.as_str().unwrap().as_bytes().to_vec()));
-                }
-                (200, serde_json::Value::Null)
-            }
-            _ => (200, serde_json::Value::Null),
-        };
-        let answer = if answer.is_null() {
-            let secret = Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("meridian-region-eu-central-1-db".into()),
-                    namespace: Some("meridian-system".into()),
+            Some(data) => {
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some("meridian-system".into()),
+                        ..Default::default()
+                    },
+                    data: Some(data.clone()),
                     ..Default::default()
-                },
-                data: Some(stored.clone()),
-                ..Default::default()
-            };
-            serde_json::to_value(secret).unwrap()
-        } else {
-            answer
+                };
+                (200, serde_json::to_value(secret).unwrap())
+            }
         };
         reply.send_response(
             http::Response::builder()
@@ -377,17 +390,70 @@ async fn serve_secrets(
     }
 }
 
-#[tokio::test]
-async fn an_aws_region_gets_its_password_then_its_database_and_domain_and_its_connection_url_in_a_secret() {
-    use meridian_operator::providers::{AwsStacks, Providers, StaticSecrets};
-    let moto = Moto::start();
+/// What Secret `name` of the operator's namespace holds.
+async fn secret(kube: &kube::Client, name: &str) -> std::collections::BTreeMap<String, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(kube.clone(), "meridian-system");
+    api.get(name)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+/// An HTTP server on 127.0.0.1 standing where the domain's endpoint would be: it answers
+/// every request as an OpenSearch without indexes would, and keeps the `Authorization`
+/// headers it was sent.
+async fn search_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
+        let kept = kept.clone();
+        async move {
+            let authorization = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            kept.lock().unwrap().push(authorization.to_string());
+            (
+                http::StatusCode::NOT_FOUND,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                r#"{"error":"alias [practitioners_de] missing","status":404}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Kubernetes (mocked, keeping Secrets) and an `aws` provider against `moto`.
+fn aws_providers(moto: &Moto) -> (kube::Client, meridian_operator::providers::AwsStacks) {
     let (service, handle) =
         tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
     tokio::spawn(serve_secrets(handle));
     let kube = kube::Client::new(service, "default");
-    let stacks = AwsStacks::new(kube, "meridian-system".into(), Some(moto.endpoint.clone()))
-        .with_credentials(Credentials::new("testing", "testing", None, None, "moto"));
-    let providers = Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks);
+    let stacks = meridian_operator::providers::AwsStacks::new(
+        kube.clone(),
+        "meridian-system".into(),
+        Some(moto.endpoint.clone()),
+    )
+    .with_credentials(Credentials::new("testing", "testing", None, None, "moto"));
+    (kube, stacks)
+}
+
+#[tokio::test]
+async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their_urls_in_secrets() {
+    use base64::Engine;
+    use meridian_operator::providers::{Providers, StaticSecrets};
+    let moto = Moto::start();
+    let (kube, stacks) = aws_providers(&moto);
+    let (search_url, seen) = search_endpoint().await;
+    let providers = Providers::new(None, std::sync::Arc::new(StaticSecrets::default()))
+        .with_aws(stacks.with_search_address(search_url.clone()));
     let region = frankfurt(DeletionPolicy::Retain);
     let mut waits = Vec::new();
     let endpoint = loop {
@@ -414,13 +480,121 @@ async fn an_aws_region_gets_its_password_then_its_database_and_domain_and_its_co
     );
     // The published URL is what locate reads back.
     assert_eq!(providers.locate(&region).await.unwrap().url, endpoint.url);
+
+    // The domain's master user: a password AWS accepts, kept in its own Secret with the URL.
+    let search = secret(&kube, "meridian-region-eu-central-1-search").await;
+    let password = &search["password"];
+    assert_eq!(password.len(), 32);
+    for class in [
+        char::is_ascii_uppercase,
+        char::is_ascii_lowercase,
+        char::is_ascii_digit,
+        |c: &char| "-._~".contains(*c),
+    ] {
+        assert!(password.chars().any(|c| class(&c)), "{password}");
+    }
+    assert_eq!(search["username"], "meridian");
+    assert_ne!(
+        password,
+        &secret(&kube, "meridian-region-eu-central-1-db").await["password"]
+    );
+    let status = moto
+        .opensearch()
+        .describe_domain()
+        .domain_name("meridian-eu-central-1")
+        .send()
+        .await
+        .unwrap()
+        .domain_status
+        .unwrap();
+    assert_eq!(status.advanced_security_options().and_then(|o| o.enabled()), Some(true));
+
+    // Search goes to the domain as that user.
+    let backend = providers.search(&region).await.unwrap();
+    assert_eq!(backend.resolve("practitioners_de").await.unwrap(), None);
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("meridian:{password}"))
+    );
+    assert_eq!(seen.lock().unwrap().as_slice(), [expected]);
+    let (_, shown) = providers.search_store(&region).await.unwrap();
+    assert!(!shown.contains(password.as_str()), "{shown}");
 }
 
 #[tokio::test]
-async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_and_delete_removes_it() {
+async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_master_user() {
+    let moto = Moto::start();
+    let opensearch = moto.opensearch();
+    // Someone created the domain for this Region, without fine-grained access control.
+    opensearch
+        .create_domain()
+        .domain_name("meridian-eu-central-1")
+        .engine_version("OpenSearch_2.13")
+        .cluster_config(
+            aws_sdk_opensearch::types::ClusterConfig::builder()
+                .instance_type(aws_sdk_opensearch::types::OpenSearchPartitionInstanceType::from(
+                    "r6g.large.search",
+                ))
+                .instance_count(2)
+                .build(),
+        )
+        .ebs_options(
+            aws_sdk_opensearch::types::EbsOptions::builder()
+                .ebs_enabled(true)
+                .volume_size(100)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let security = |opensearch: aws_sdk_opensearch::Client| async move {
+        opensearch
+            .describe_domain()
+            .domain_name("meridian-eu-central-1")
+            .send()
+            .await
+            .unwrap()
+            .domain_status
+            .unwrap()
+            .advanced_security_options()
+            .and_then(|o| o.enabled())
+    };
+    assert_ne!(security(opensearch.clone()).await, Some(true));
+    let (kube, stacks) = aws_providers(&moto);
+    let region = frankfurt(DeletionPolicy::Retain);
+    let mut waits = Vec::new();
+    while let Err(e) = stacks.ensure(&region).await {
+        waits.push(e.message);
+        assert!(waits.len() < 10, "{waits:?}");
+    }
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.contains("setting the master user of OpenSearch domain")),
+        "{waits:?}"
+    );
+    assert_eq!(security(opensearch.clone()).await, Some(true));
+    assert_eq!(
+        opensearch
+            .list_domain_names()
+            .send()
+            .await
+            .unwrap()
+            .domain_names()
+            .len(),
+        1,
+        "adopted, not created again"
+    );
+    let search = secret(&kube, "meridian-region-eu-central-1-search").await;
+    assert_eq!(search["passwordSet"], "true");
+    assert!(search["url"].starts_with("https://meridian:"), "{search:?}");
+}
+
+#[tokio::test]
+async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_retain_keeps_it_and_delete_removes_it() {
     use meridian_operator::conditions;
     use meridian_operator::controller::{Context, region as reconcile};
-    use meridian_operator::providers::{AwsStacks, Providers, StaticSecrets};
+    use meridian_operator::providers::{Providers, StaticSecrets};
     let moto = Moto::start();
     // moto creates clusters but runs no database behind them: the migrations go to a local one.
     let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
@@ -433,17 +607,11 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_and
         .next()
         .unwrap()
         .to_string();
-    let (service, handle) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    tokio::spawn(serve_secrets(handle));
-    let stacks = AwsStacks::new(
-        kube::Client::new(service, "default"),
-        "meridian-system".into(),
-        Some(moto.endpoint.clone()),
-    )
-    .with_credentials(Credentials::new("testing", "testing", None, None, "moto"))
-    .with_database_address(address);
-    let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
+    let (_, stacks) = aws_providers(&moto);
+    let ctx = Context::new(
+        Providers::new(None, std::sync::Arc::new(StaticSecrets::default()))
+            .with_aws(stacks.with_database_address(address)),
+    );
     // The example Region, with provider aws.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
     let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -470,11 +638,38 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_and
         status.schema_version,
         meridian_shared::schema::MIGRATIONS.last().map(|m| m.version)
     );
+    assert!(conditions::is_true(&status.conditions, "SearchReady"), "{status:?}");
+    let search_endpoint = status.search_endpoint.clone().unwrap_or_default();
+    assert!(
+        search_endpoint.contains("meridian-eu-central-1") && !search_endpoint.contains("meridian:"),
+        "the domain, without credentials: {search_endpoint}"
+    );
 
-    // Delete: gone after a final snapshot (Retain is the other test's subject).
-    region.spec.deletion_policy = DeletionPolicy::Delete;
+    // Retain (the example's policy): deleting the Region leaves the whole stack, still protected.
+    assert_eq!(region.spec.deletion_policy, DeletionPolicy::Retain);
     reconcile::cleanup(&region, &[], &ctx).await.unwrap();
     let rds = moto.rds();
+    let clusters = rds.describe_db_clusters().send().await.unwrap();
+    assert_eq!(clusters.db_clusters().len(), 1);
+    assert_eq!(clusters.db_clusters()[0].deletion_protection(), Some(true));
+    assert_eq!(
+        rds.describe_db_instances().send().await.unwrap().db_instances().len(),
+        1
+    );
+    assert_eq!(
+        moto.opensearch()
+            .list_domain_names()
+            .send()
+            .await
+            .unwrap()
+            .domain_names()
+            .len(),
+        1
+    );
+
+    // Delete: gone after a final snapshot.
+    region.spec.deletion_policy = DeletionPolicy::Delete;
+    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
     assert!(
         rds.describe_db_clusters()
             .send()
@@ -499,4 +694,33 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_and
             .domain_names()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_condition_and_keeps_the_cluster() {
+    use meridian_operator::controller::{Context, region as reconcile};
+    use meridian_operator::providers::{Providers, StaticSecrets};
+    // An account whose manual cluster snapshot quota is used up (AWS's default is 100).
+    let moto = Moto::start_with(&[("MOTO_RDS_SNAPSHOT_LIMIT", "0")]);
+    let (_, stacks) = aws_providers(&moto);
+    let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
+    let region = frankfurt(DeletionPolicy::Delete);
+    let mut attempts = 0;
+    while let Err(e) = ctx.providers.ensure(&region).await {
+        attempts += 1;
+        assert!(attempts < 10, "{e}");
+    }
+    let blocked = reconcile::cleanup(&region, &[], &ctx).await.unwrap_err();
+    let ready = blocked.reports.iter().find(|r| r.type_ == "Ready").unwrap();
+    assert!(!ready.status);
+    assert_eq!(ready.reason, "AwsError");
+    assert!(
+        ready.message.contains("delete DB cluster meridian-eu-central-1")
+            && ready.message.contains("SnapshotQuotaExceeded"),
+        "{}",
+        ready.message
+    );
+    // No snapshot, no deletion: the data is still there.
+    let clusters = moto.rds().describe_db_clusters().send().await.unwrap();
+    assert_eq!(clusters.db_clusters().len(), 1);
 }

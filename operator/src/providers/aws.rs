@@ -11,7 +11,7 @@ use aws_sdk_rds::error::DisplayErrorContext;
 use aws_sdk_rds::types::Tag;
 use meridian_crds::{DeletionPolicy, Region};
 
-use super::aws_search::{AwsSearch, SearchProgress};
+use super::aws_search::{self, AwsSearch, SearchProgress};
 use super::{Endpoint, ProviderError};
 
 /// The master user of every cluster.
@@ -273,10 +273,11 @@ impl AwsDatabases {
     }
 }
 
-/// The `aws` provider as the reconcilers use it: the master password and, once the
-/// database is available, its connection URL live in the Secret
-/// `meridian-region-<name>-db` of the operator's namespace (written before the cluster is
-/// created, so a crash in between never loses the password).
+/// The `aws` provider as the reconcilers use it. Two Secrets in the operator's namespace
+/// hold what the stack's users need: `meridian-region-<name>-db` (the database's master
+/// password, then its connection URL) and `meridian-region-<name>-search` (the domain's
+/// master password, then its URL with credentials). Each password is written before the
+/// resource that uses it is created, so a crash in between never loses it.
 pub struct AwsStacks {
     client: kube::Client,
     namespace: String,
@@ -286,7 +287,15 @@ pub struct AwsStacks {
     credentials: Option<Credentials>,
     /// `host:port` to connect to instead of the cluster's endpoint.
     database_address: Option<String>,
+    /// Base URL to use instead of the domain's endpoint.
+    search_address: Option<String>,
 }
+
+/// The keys of one of the stack's Secrets.
+type Stored = std::collections::BTreeMap<String, String>;
+
+/// The key of the search Secret saying the domain has the stored master password.
+const PASSWORD_SET: &str = "passwordSet";
 
 impl AwsStacks {
     pub fn new(client: kube::Client, namespace: String, endpoint: Option<String>) -> Self {
@@ -296,6 +305,7 @@ impl AwsStacks {
             endpoint,
             credentials: None,
             database_address: None,
+            search_address: None,
         }
     }
 
@@ -306,25 +316,31 @@ impl AwsStacks {
         self
     }
 
+    /// Sends search requests to `base_url` (`http://127.0.0.1:port`) instead of the domain's
+    /// endpoint: moto creates domains but runs no OpenSearch behind them.
+    pub fn with_search_address(mut self, base_url: String) -> Self {
+        self.search_address = Some(base_url);
+        self
+    }
+
     /// Signs with `credentials` instead of the default chain.
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = Some(credentials);
         self
     }
 
-    fn secret_name(region: &str) -> String {
-        format!("meridian-region-{region}-db")
+    /// The Secret holding the database's (`db`) or the domain's (`search`) credentials.
+    pub fn secret_name(region: &str, store: &str) -> String {
+        format!("meridian-region-{region}-{store}")
     }
 
-    async fn secret(&self, region: &str) -> Result<std::collections::BTreeMap<String, String>, ProviderError> {
+    async fn secret(&self, name: &str) -> Result<Stored, ProviderError> {
         let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
             kube::Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = api.get_opt(&Self::secret_name(region)).await.map_err(|e| {
-            failed(
-                "ClusterUnreachable",
-                format!("cannot read Secret {}: {e}", Self::secret_name(region)),
-            )
-        })?;
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| failed("ClusterUnreachable", format!("cannot read Secret {name}: {e}")))?;
         Ok(secret
             .and_then(|s| s.data)
             .unwrap_or_default()
@@ -333,8 +349,8 @@ impl AwsStacks {
             .collect())
     }
 
-    async fn write(&self, region: &str, values: serde_json::Value) -> Result<(), ProviderError> {
-        let name = Self::secret_name(region);
+    /// Applies every key of the Secret at once (server-side apply owns the whole set).
+    async fn write(&self, region: &str, name: &str, values: &Stored) -> Result<(), ProviderError> {
         let secret = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name, "namespace": self.namespace, "labels": {
@@ -345,13 +361,28 @@ impl AwsStacks {
         let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
             kube::Api::namespaced(self.client.clone(), &self.namespace);
         api.patch(
-            &name,
+            name,
             &kube::api::PatchParams::apply(crate::k8s::FIELD_MANAGER).force(),
             &kube::api::Patch::Apply(&secret),
         )
         .await
         .map_err(|e| failed("ClusterUnreachable", format!("cannot write Secret {name}: {e}")))?;
         Ok(())
+    }
+
+    /// The Secret `store` of `region`, with a master password generated and written first if
+    /// it has none yet.
+    async fn with_password(&self, region: &str, store: &str, username: &str) -> Result<Stored, ProviderError> {
+        let name = Self::secret_name(region, store);
+        let mut stored = self.secret(&name).await?;
+        if !stored.contains_key("password") {
+            stored = Stored::from([
+                ("username".to_string(), username.to_string()),
+                ("password".to_string(), master_password()),
+            ]);
+            self.write(region, &name, &stored).await?;
+        }
+        Ok(stored)
     }
 
     async fn search(&self, region: &Region) -> AwsSearch {
@@ -377,80 +408,115 @@ impl AwsStacks {
         )
     }
 
+    /// Brings the domain along; once available, its URL (credentials included).
+    async fn ensure_search(&self, region: &Region) -> Result<SearchProgress, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let secret = Self::secret_name(&name, "search");
+        let mut stored = self.with_password(&name, "search", aws_search::MASTER_USER).await?;
+        let password = stored["password"].clone();
+        let search = self.search(region).await;
+        let aws = |e: AwsError| failed("AwsError", e.to_string());
+        let progress = search.ensure(region, &password).await.map_err(aws)?;
+        if let SearchProgress::Created(why) = progress {
+            stored.insert(PASSWORD_SET.into(), "true".into());
+            self.write(&name, &secret, &stored).await?;
+            return Ok(SearchProgress::Waiting(why));
+        }
+        // An adopted domain, or one created just before a crash kept us from recording it.
+        if !stored.contains_key(PASSWORD_SET) {
+            search.set_master_user(region, &password).await.map_err(aws)?;
+            stored.insert(PASSWORD_SET.into(), "true".into());
+            self.write(&name, &secret, &stored).await?;
+            return Ok(SearchProgress::Waiting(format!(
+                "setting the master user of OpenSearch domain {}",
+                aws_search::domain_name(&name)
+            )));
+        }
+        let base = match progress {
+            SearchProgress::Available(base) => self.search_address.clone().unwrap_or(base),
+            waiting => return Ok(waiting),
+        };
+        let url = match base.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{}:{password}@{host}", aws_search::MASTER_USER),
+            None => base,
+        };
+        if stored.get("url") != Some(&url) {
+            stored.insert("url".into(), url.clone());
+            self.write(&name, &secret, &stored).await?;
+        }
+        Ok(SearchProgress::Available(url))
+    }
+
     /// Creates or adopts the Region's Aurora cluster and OpenSearch domain; answers with
     /// the database once both are available.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let mut stored = self.secret(&name).await?;
-        let password = match stored.remove("password") {
-            Some(password) => password,
-            None => {
-                use rand::Rng;
-                let password: String = rand::rng()
-                    .sample_iter(&rand::distr::Alphanumeric)
-                    .take(32)
-                    .map(char::from)
-                    .collect();
-                self.write(
-                    &name,
-                    serde_json::json!({"username": MASTER_USER, "password": password}),
-                )
-                .await?;
-                password
-            }
-        };
-        let progress = self
+        let secret = Self::secret_name(&name, "db");
+        let mut stored = self.with_password(&name, "db", MASTER_USER).await?;
+        let password = stored["password"].clone();
+        let database = self
             .databases(region)
             .await
             .ensure(region, &password)
             .await
             .map_err(|e| failed("AwsError", e.to_string()))?;
-        let search = self
-            .search(region)
-            .await
-            .ensure(region)
-            .await
-            .map_err(|e| failed("AwsError", e.to_string()))?;
-        match (progress, search) {
+        let search = self.ensure_search(region).await?;
+        let (host, port) = match (database, search) {
+            (Progress::Available { host, port }, SearchProgress::Available(_)) => (host, port),
             (Progress::Waiting(database), SearchProgress::Waiting(search)) => {
-                Err(failed("DatabaseCreating", format!("{database}; {search}")))
+                return Err(failed("DatabaseCreating", format!("{database}; {search}")));
             }
-            (Progress::Waiting(why), _) | (_, SearchProgress::Waiting(why)) => Err(failed("DatabaseCreating", why)),
-            (Progress::Available { host, port }, SearchProgress::Available(_)) => {
-                let address = self.database_address.clone().unwrap_or(format!("{host}:{port}"));
-                let url = format!("postgres://{MASTER_USER}:{password}@{address}/{MASTER_USER}");
-                if stored.get("url") != Some(&url) {
-                    self.write(
-                        &name,
-                        serde_json::json!({"username": MASTER_USER, "password": password, "url": url}),
-                    )
-                    .await?;
-                }
-                Ok(Endpoint {
-                    secret: Some(format!("{}/{}", self.namespace, Self::secret_name(&name))),
-                    ..Endpoint::from_url(url)
-                })
+            (Progress::Waiting(why), _) | (_, SearchProgress::Waiting(why) | SearchProgress::Created(why)) => {
+                return Err(failed("DatabaseCreating", why));
             }
+        };
+        let address = self.database_address.clone().unwrap_or(format!("{host}:{port}"));
+        let url = format!("postgres://{MASTER_USER}:{password}@{address}/{MASTER_USER}");
+        if stored.get("url") != Some(&url) {
+            stored.insert("url".into(), url.clone());
+            self.write(&name, &secret, &stored).await?;
         }
-    }
-
-    /// The database's connection URL, once published.
-    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
-        let name = region.metadata.name.clone().unwrap_or_default();
-        let url = self.secret(&name).await?.remove("url").ok_or_else(|| {
-            failed(
-                "DatabaseNotCreated",
-                format!("the database of Region {name} is not available yet"),
-            )
-        })?;
         Ok(Endpoint {
-            secret: Some(format!("{}/{}", self.namespace, Self::secret_name(&name))),
+            secret: Some(format!("{}/{secret}", self.namespace)),
             ..Endpoint::from_url(url)
         })
     }
 
+    /// The published URL in Secret `store` (`db` or `search`), and the Secret's name.
+    async fn published(&self, region: &Region, store: &str) -> Result<(String, String), ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let secret = Self::secret_name(&name, store);
+        let url = self.secret(&secret).await?.remove("url").ok_or_else(|| {
+            let what = if store == "db" { "database" } else { "OpenSearch domain" };
+            failed(
+                if store == "db" {
+                    "DatabaseNotCreated"
+                } else {
+                    "SearchNotCreated"
+                },
+                format!("the {what} of Region {name} is not available yet"),
+            )
+        })?;
+        Ok((url, format!("{}/{secret}", self.namespace)))
+    }
+
+    /// The database's connection URL, once published.
+    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        let (url, secret) = self.published(region, "db").await?;
+        Ok(Endpoint {
+            secret: Some(secret),
+            ..Endpoint::from_url(url)
+        })
+    }
+
+    /// The domain's URL with the master user's credentials, once published.
+    pub async fn search_url(&self, region: &Region) -> Result<String, ProviderError> {
+        Ok(self.published(region, "search").await?.0)
+    }
+
     /// `Delete`: the domain, the writer, then the cluster after a final snapshot;
-    /// `Retain`: nothing.
+    /// `Retain`: nothing. The Secrets stay either way: with `Retain` they are the way back
+    /// into the kept stack, and with `Delete` the final snapshot still needs the password.
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let stamp = std::time::SystemTime::now()
@@ -467,6 +533,31 @@ impl AwsStacks {
             .await
             .map_err(|e| failed("AwsError", e.to_string()))
     }
+}
+
+/// A master password that both RDS and OpenSearch Service accept: 32 characters with
+/// upper- and lower-case letters, digits and a special character, none of which needs
+/// escaping in a URL.
+fn master_password() -> String {
+    use rand::Rng;
+    use rand::seq::IndexedRandom;
+    let mut rng = rand::rng();
+    let mut password: Vec<char> = (&mut rng)
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(28)
+        .map(char::from)
+        .collect();
+    for class in [
+        "ABCDEFGHJKLMNPQRSTUVWXYZ",
+        "abcdefghijkmnopqrstuvwxyz",
+        "23456789",
+        "-._~",
+    ] {
+        let chars: Vec<char> = class.chars().collect();
+        let at = rng.random_range(0..=password.len());
+        password.insert(at, *chars.choose(&mut rng).expect("a class has characters"));
+    }
+    password.into_iter().collect()
 }
 
 fn failed(reason: &'static str, message: String) -> ProviderError {

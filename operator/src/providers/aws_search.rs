@@ -4,11 +4,15 @@
 //! database: adopts what it finds with its tags, refuses a domain tagged for another
 //! Region, reports progress instead of waiting, applies a new size as a modification, and
 //! deletes only with `deletionPolicy: Delete`.
+//!
+//! Fine-grained access control is on, with an internal master user (`meridian`) whose
+//! password the caller keeps: the operator and the Region's workloads authenticate with it
+//! over HTTPS (basic auth), so they need no SigV4 signing and no domain access policy.
 
 use aws_sdk_opensearch::error::DisplayErrorContext;
 use aws_sdk_opensearch::types::{
-    ClusterConfig, DomainEndpointOptions, EbsOptions, EncryptionAtRestOptions, NodeToNodeEncryptionOptions,
-    OpenSearchPartitionInstanceType, Tag, VolumeType,
+    AdvancedSecurityOptionsInput, ClusterConfig, DomainEndpointOptions, EbsOptions, EncryptionAtRestOptions,
+    MasterUserOptions, NodeToNodeEncryptionOptions, OpenSearchPartitionInstanceType, Tag, VolumeType,
 };
 use meridian_crds::{DeletionPolicy, Region};
 
@@ -20,10 +24,14 @@ const DEFAULT_INSTANCE: &str = "r6g.large.search";
 const DEFAULT_COUNT: i32 = 2;
 const DEFAULT_VOLUME_GIB: i32 = 100;
 const ENGINE: &str = "OpenSearch_2.13";
+/// The domain's internal master user.
+pub const MASTER_USER: &str = "meridian";
 
 /// Where the domain stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SearchProgress {
+    /// Just created, with the master password it was given.
+    Created(String),
     Waiting(String),
     /// The domain's HTTPS endpoint.
     Available(String),
@@ -58,8 +66,21 @@ impl AwsSearch {
         )
     }
 
-    /// Creates, adopts or resizes the Region's domain.
-    pub async fn ensure(&self, region: &Region) -> Result<SearchProgress, AwsError> {
+    fn security(password: &str) -> AdvancedSecurityOptionsInput {
+        AdvancedSecurityOptionsInput::builder()
+            .enabled(true)
+            .internal_user_database_enabled(true)
+            .master_user_options(
+                MasterUserOptions::builder()
+                    .master_user_name(MASTER_USER)
+                    .master_user_password(password)
+                    .build(),
+            )
+            .build()
+    }
+
+    /// Creates (with `password` for the master user), adopts or resizes the Region's domain.
+    pub async fn ensure(&self, region: &Region, password: &str) -> Result<SearchProgress, AwsError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let domain = domain_name(&name);
         let (instance, count, volume) = Self::sizing(region);
@@ -93,12 +114,13 @@ impl AwsSearch {
                 .encryption_at_rest_options(EncryptionAtRestOptions::builder().enabled(true).build())
                 .node_to_node_encryption_options(NodeToNodeEncryptionOptions::builder().enabled(true).build())
                 .domain_endpoint_options(DomainEndpointOptions::builder().enforce_https(true).build())
+                .advanced_security_options(Self::security(password))
                 .tag_list(tag(REGION_TAG, &name)?)
                 .tag_list(tag(MANAGER_TAG, crate::k8s::FIELD_MANAGER)?)
                 .send()
                 .await
                 .map_err(|e| api(&format!("create domain {domain}"), e))?;
-            return Ok(SearchProgress::Waiting(format!("creating OpenSearch domain {domain}")));
+            return Ok(SearchProgress::Created(format!("creating OpenSearch domain {domain}")));
         };
         let tags = self
             .client
@@ -148,6 +170,20 @@ impl AwsSearch {
             .or_else(|| status.endpoints().and_then(|e| e.values().next().cloned()))
             .ok_or_else(|| AwsError::Api(format!("OpenSearch domain {domain} has no endpoint yet")))?;
         Ok(SearchProgress::Available(format!("https://{endpoint}")))
+    }
+
+    /// Turns on fine-grained access control with the master user's `password`: for an
+    /// adopted domain, or when the password the operator keeps is not the one the domain got.
+    pub async fn set_master_user(&self, region: &Region, password: &str) -> Result<(), AwsError> {
+        let domain = domain_name(region.metadata.name.as_deref().unwrap_or_default());
+        self.client
+            .update_domain_config()
+            .domain_name(&domain)
+            .advanced_security_options(Self::security(password))
+            .send()
+            .await
+            .map_err(|e| api(&format!("set the master user of domain {domain}"), e))?;
+        Ok(())
     }
 
     /// `Retain` leaves the domain; `Delete` deletes it.

@@ -1,6 +1,7 @@
-//! Where a Region's database comes from. Each provider turns a Region into a connection
-//! URL: `local` starts a PostgreSQL cluster (only in `meridian dev`), `external` reads the
-//! URL from a Secret. `aws` and `inCluster` are not built yet and say so in a condition.
+//! Where a Region's stores come from. Each provider turns a Region into a database
+//! connection URL and a search backend: `local` starts a PostgreSQL cluster and an embedded
+//! engine (only in `meridian dev`), `external` reads URLs from Secrets, `inCluster` builds a
+//! stack in the Region's namespace, `aws` an Aurora cluster and an OpenSearch domain.
 
 pub mod aws;
 pub mod aws_search;
@@ -181,10 +182,10 @@ impl Providers {
         }
     }
 
-    /// Lets go of the Region's stack when the Region is deleted: with `Delete`, its data goes too.
     /// The search backend holding the indexes of `region`'s countries: the embedded engine
     /// for `local`, OpenSearch at the URL of `spec.external.searchUrlSecretRef` for
-    /// `external` (credentials, if any, as the URL's user information).
+    /// `external` (credentials, if any, as the URL's user information), the stack's
+    /// OpenSearch for `inCluster`, the Region's domain (as its master user) for `aws`.
     pub async fn search(&self, region: &Region) -> Result<Backend, ProviderError> {
         Ok(self.search_store(region).await?.0)
     }
@@ -230,21 +231,20 @@ impl Providers {
                         ));
                     }
                 };
-                let client = opensearch_at(&url)
-                    .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
-                Ok((Backend::OpenSearch(Arc::new(client)), Endpoint::from_url(url).display))
+                opensearch_backend(&url)
             }
             RegionProvider::InCluster => Err(ProviderError::new(
                 "SearchNotConfigured",
                 "inCluster Regions have no search engine yet; their countries' indexes cannot be built",
             )),
-            RegionProvider::Aws => Err(ProviderError::new(
-                "SearchNotConfigured",
-                "the OpenSearch domain of aws Regions is built but not yet used for search (it needs SigV4 signing)",
-            )),
+            RegionProvider::Aws => {
+                let url = self.aws(region)?.search_url(region).await?;
+                opensearch_backend(&url)
+            }
         }
     }
 
+    /// Lets go of the Region's stack when the Region is deleted: with `Delete`, its data goes too.
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
         match region.spec.provider {
             RegionProvider::Local => {
@@ -274,19 +274,30 @@ impl Providers {
     }
 }
 
-/// An OpenSearch client for `url`, taking credentials from its user information
-/// (`https://user:password@host`) so that they never show up in logs or status.
+/// An OpenSearch backend at `url`, and where it is, for status.
+fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
+    let client =
+        opensearch_at(url).map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
+    Ok((
+        Backend::OpenSearch(Arc::new(client)),
+        Endpoint::from_url(url.to_string()).display,
+    ))
+}
+
+/// An OpenSearch client for `url`, taking credentials from its (percent-encoded) user
+/// information, `https://user:password@host`, so that they never show up in logs or status.
 pub fn opensearch_at(url: &str) -> Result<OpenSearch, meridian_search::SearchError> {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
     match url.split_once("://").and_then(|(scheme, rest)| {
-        let (userinfo, host) = rest.split_once('@')?;
+        let (userinfo, host) = rest.rsplit_once('@')?;
         let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
         Some((format!("{scheme}://{host}"), username, password))
     }) {
         Some((endpoint, username, password)) => OpenSearch::new(
             &endpoint,
             Some(Credentials {
-                username: username.to_string(),
-                password: password.to_string(),
+                username: decode(username),
+                password: decode(password),
             }),
         ),
         None => OpenSearch::new(url, None),
