@@ -1,6 +1,6 @@
 //! The `inCluster` provider's calls to the Kubernetes API, against kube's `tower-test` mock:
-//! the whole stack server-side applied, an orphan removed, the wait for PostgreSQL, and
-//! the two deletion policies.
+//! the whole stack server-side applied, an orphan removed, the waits for PostgreSQL and
+//! OpenSearch, and the two deletion policies.
 
 use std::time::Duration;
 
@@ -83,11 +83,15 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             format!("/api/v1/namespaces/{NS}/secrets/postgres"),
             format!("/api/v1/namespaces/{NS}/services/postgres"),
             format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
+            format!("/api/v1/namespaces/{NS}/secrets/search"),
+            format!("/api/v1/namespaces/{NS}/services/opensearch"),
+            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
             format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
             format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
             format!("/api/v1/namespaces/{NS}/services/booking"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
         ];
         let mut password = String::new();
         for path in &applied {
@@ -96,22 +100,26 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
                 query.contains("fieldManager=meridian-operator") && query.contains("force=true"),
                 "{query}"
             );
-            if body["kind"] == "Secret" {
+            if body["kind"] == "Secret" && body["metadata"]["name"] == "postgres" {
                 password = body["stringData"]["password"].as_str().unwrap().to_string();
             }
         }
         assert_eq!(password.len(), 32, "a generated password");
         for (path, kind, names) in [
-            (format!("/api/v1/namespaces/{NS}/secrets"), "Secret", vec!["postgres"]),
+            (
+                format!("/api/v1/namespaces/{NS}/secrets"),
+                "Secret",
+                vec!["postgres", "search"],
+            ),
             (
                 format!("/api/v1/namespaces/{NS}/services"),
                 "Service",
-                vec!["postgres", "booking"],
+                vec!["postgres", "opensearch", "booking"],
             ),
             (
                 format!("/apis/apps/v1/namespaces/{NS}/statefulsets"),
                 "StatefulSet",
-                vec!["postgres"],
+                vec!["postgres", "opensearch"],
             ),
             (
                 format!("/api/v1/namespaces/{NS}/serviceaccounts"),
@@ -145,7 +153,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             Method::GET,
             &format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"),
             200,
-            list("NetworkPolicy", &["booking", "postgres"]),
+            list("NetworkPolicy", &["booking", "postgres", "opensearch"]),
         )
         .await;
         expect(
@@ -179,13 +187,16 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
     let mut region = frankfurt();
     let scenario = async {
         for path in [
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
             format!("/api/v1/namespaces/{NS}/services/booking"),
             format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
             format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
-            format!("/api/v1/namespaces/{NS}/services/postgres"),
+            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
+            format!("/api/v1/namespaces/{NS}/services/opensearch"),
             format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
+            format!("/api/v1/namespaces/{NS}/services/postgres"),
         ] {
             // Already gone is fine.
             expect(&mut server, Method::DELETE, &path, 404, not_found()).await;
@@ -203,4 +214,24 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
         .await
         .expect("scenario finished in time");
     released.unwrap();
+}
+
+#[tokio::test]
+async fn search_waits_for_opensearch_then_answers_with_the_stacks_url() {
+    let (stacks, mut server) = stacks();
+    let region = frankfurt();
+    let path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch");
+    let statefulset = |ready: i64| json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "opensearch", "namespace": NS}, "status": {"readyReplicas": ready}});
+    let scenario = expect(&mut server, Method::GET, &path, 200, statefulset(0));
+    let (starting, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.search_url(&region), scenario) })
+        .await
+        .expect("scenario finished in time");
+    let starting = starting.unwrap_err();
+    assert_eq!(starting.reason, "SearchStarting");
+    assert!(starting.message.contains("opensearch"), "{starting}");
+    let scenario = expect(&mut server, Method::GET, &path, 200, statefulset(1));
+    let (ready, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.search_url(&region), scenario) })
+        .await
+        .expect("scenario finished in time");
+    assert_eq!(ready.unwrap(), format!("http://opensearch.{NS}.svc:9200"));
 }

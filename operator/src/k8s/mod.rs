@@ -55,6 +55,9 @@ pub struct OperatorOptions {
     /// Image of PostgreSQL in `inCluster` Regions.
     #[arg(long, default_value = "postgres:15")]
     pub postgres_image: String,
+    /// Image of OpenSearch in `inCluster` Regions.
+    #[arg(long, default_value = "opensearchproject/opensearch:2.13.0")]
+    pub opensearch_image: String,
     /// Image with the `meridian` binary, run as each `inCluster` Region's booking workload.
     #[arg(long, default_value = "meridian:0.1.0")]
     pub workload_image: String,
@@ -96,6 +99,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         client.clone(),
         StackConfig {
             postgres_image: options.postgres_image.clone(),
+            opensearch_image: options.opensearch_image.clone(),
             workload_image: options.workload_image.clone(),
             operator_namespace: options.namespace.clone(),
             gateway_namespace: options.gateway_namespace.clone(),

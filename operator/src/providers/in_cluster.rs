@@ -1,9 +1,15 @@
 //! The `inCluster` provider's stack (kind and other clusters without a cloud database): a
 //! namespace per Region, `meridian-region-<name>`, holding PostgreSQL as a StatefulSet with
-//! a PersistentVolumeClaim, its Service and generated password Secret, the Region's booking
-//! workload (Deployment, Service, ServiceAccount) and NetworkPolicies that admit traffic to
-//! the workload only from the gateway and the operator, and to PostgreSQL only from the
-//! workload and the operator. Built here as plain objects; applied with server-side apply.
+//! a PersistentVolumeClaim, its Service and generated password Secret; a single-node
+//! OpenSearch for the countries' search indexes, also a StatefulSet with its own volume;
+//! the Region's booking workload (Deployment, Service, ServiceAccount); and NetworkPolicies
+//! that admit traffic to the workload only from the gateway and the operator, and to
+//! PostgreSQL and OpenSearch only from the workload and the operator. Built here as plain
+//! objects; applied with server-side apply.
+//!
+//! OpenSearch runs without its security plugin: the NetworkPolicy is what keeps others
+//! out, and the index holds the practitioner directory, not patient data. Its URL still
+//! reaches the workload through a Secret (`search`), as the `aws` provider's does.
 //!
 //! No object that holds data (the namespace, the StatefulSet's volume claims, the Secret)
 //! has an owner reference to the Region: garbage collection must never delete patient data.
@@ -23,6 +29,7 @@ use crate::k8s::FIELD_MANAGER;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackConfig {
     pub postgres_image: String,
+    pub opensearch_image: String,
     pub workload_image: String,
     /// Where the operator runs (it migrates the database and reads the Secret).
     pub operator_namespace: String,
@@ -37,6 +44,7 @@ impl Default for StackConfig {
     fn default() -> Self {
         Self {
             postgres_image: "postgres:15".into(),
+            opensearch_image: "opensearchproject/opensearch:2.13.0".into(),
             workload_image: "meridian:0.1.0".into(),
             operator_namespace: "meridian-system".into(),
             gateway_namespace: "meridian-system".into(),
@@ -50,6 +58,8 @@ impl Default for StackConfig {
 pub const DATABASE: &str = "meridian";
 /// Storage of the database volume when the Region does not size it.
 const DEFAULT_STORAGE_GIB: i32 = 10;
+/// Storage of the search volume when the Region does not size it.
+const DEFAULT_SEARCH_GIB: i32 = 10;
 
 /// The Region's namespace.
 pub fn namespace(region: &str) -> String {
@@ -62,6 +72,11 @@ pub fn database_url(region: &str, password: &str) -> String {
         "postgres://{DATABASE}:{password}@postgres.{}.svc:5432/{DATABASE}",
         namespace(region)
     )
+}
+
+/// Where the stack's OpenSearch answers, inside the cluster.
+pub fn search_url(region: &str) -> String {
+    format!("http://opensearch.{}.svc:9200", namespace(region))
 }
 
 fn labels(region: &str, component: &str) -> Value {
@@ -91,6 +106,12 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
         .as_ref()
         .and_then(|d| d.storage_gib)
         .unwrap_or(DEFAULT_STORAGE_GIB);
+    let search_storage = region
+        .spec
+        .search
+        .as_ref()
+        .and_then(|s| s.volume_gib)
+        .unwrap_or(DEFAULT_SEARCH_GIB);
     let ns = namespace(&name);
     let from_namespace =
         |namespace: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}});
@@ -150,6 +171,63 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
             },
         }),
         json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata("search", &name, "opensearch"),
+            "type": "Opaque",
+            "stringData": {"url": search_url(&name)},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": metadata("opensearch", &name, "opensearch"),
+            "spec": {
+                "selector": selector(&name, "opensearch"),
+                "ports": [{"name": "http", "port": 9200, "targetPort": 9200}],
+            },
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": metadata("opensearch", &name, "opensearch"),
+            "spec": {
+                "serviceName": "opensearch",
+                "replicas": 1,
+                "selector": {"matchLabels": selector(&name, "opensearch")},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+                "template": {
+                    "metadata": {"labels": labels(&name, "opensearch")},
+                    "spec": {
+                        // The image runs as uid 1000; the volume must be writable for it.
+                        "securityContext": {"fsGroup": 1000},
+                        "containers": [{
+                            "name": "opensearch",
+                            "image": config.opensearch_image,
+                            "ports": [{"name": "http", "containerPort": 9200}],
+                            "env": [
+                                // One node: no cluster formation, and no bootstrap checks
+                                // (vm.max_map_count) that kind nodes would fail.
+                                {"name": "discovery.type", "value": "single-node"},
+                                {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
+                                {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
+                                {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
+                            ],
+                            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/_cluster/health?local=true", "port": 9200},
+                                "periodSeconds": 10,
+                            },
+                            "volumeMounts": [{"name": "data", "mountPath": "/usr/share/opensearch/data"}],
+                        }],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": labels(&name, "opensearch")},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": format!("{search_storage}Gi")}},
+                    },
+                }],
+            },
+        }),
+        json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": metadata("booking", &name, "meridian-booking"),
         }),
@@ -170,6 +248,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": [
                                 {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "url"}}},
+                                {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
                                 {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
                                 {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
                             ],
@@ -210,6 +289,21 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                         from_namespace(&config.operator_namespace),
                     ],
                     "ports": [{"protocol": "TCP", "port": 5432}],
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("opensearch", &name, "opensearch"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "opensearch")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [
+                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
+                        from_namespace(&config.operator_namespace),
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 9200}],
                 }],
             },
         }),
@@ -308,23 +402,37 @@ impl InClusterStacks {
                 })?;
         }
         self.remove_orphans(&name, &wanted).await?;
-        let statefulsets = self.api("apps/v1", "StatefulSet", &ns);
-        let ready = statefulsets
-            .get_opt("postgres")
+        self.await_ready(&name, "postgres", "DatabaseStarting").await?;
+        Ok(Endpoint {
+            secret: Some(format!("{ns}/postgres")),
+            ..Endpoint::from_url(database_url(&name, &password))
+        })
+    }
+
+    /// Fails with `reason` until StatefulSet `statefulset` of the stack has a ready replica.
+    async fn await_ready(&self, region: &str, statefulset: &str, reason: &'static str) -> Result<(), ProviderError> {
+        let ns = namespace(region);
+        let ready = self
+            .api("apps/v1", "StatefulSet", &ns)
+            .get_opt(statefulset)
             .await
             .map_err(|e| failed("ClusterUnreachable", e.to_string()))?
             .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
             .unwrap_or(0);
         if ready < 1 {
             return Err(failed(
-                "DatabaseStarting",
-                format!("waiting for StatefulSet {ns}/postgres to have a ready replica"),
+                reason,
+                format!("waiting for StatefulSet {ns}/{statefulset} to have a ready replica"),
             ));
         }
-        Ok(Endpoint {
-            secret: Some(format!("{ns}/postgres")),
-            ..Endpoint::from_url(database_url(&name, &password))
-        })
+        Ok(())
+    }
+
+    /// The stack's OpenSearch, once it answers.
+    pub async fn search_url(&self, region: &Region) -> Result<String, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        self.await_ready(&name, "opensearch", "SearchStarting").await?;
+        Ok(search_url(&name))
     }
 
     /// The running stack's database.
@@ -392,15 +500,19 @@ impl InClusterStacks {
                 _ => Ok(()),
             };
         }
-        for (api_version, kind, object_name) in [
-            ("networking.k8s.io/v1", "NetworkPolicy", "booking"),
-            ("networking.k8s.io/v1", "NetworkPolicy", "postgres"),
-            ("v1", "Service", "booking"),
-            ("apps/v1", "Deployment", "booking"),
-            ("v1", "ServiceAccount", "booking"),
-            ("v1", "Service", "postgres"),
-            ("apps/v1", "StatefulSet", "postgres"),
-        ] {
+        // Everything but what holds data: the namespace, the Secrets and the volume claims
+        // (which the StatefulSets' retention policy keeps).
+        let running: Vec<Value> = stack(region, &self.config, "")
+            .into_iter()
+            .filter(|o| o["kind"] != "Namespace" && o["kind"] != "Secret")
+            .rev()
+            .collect();
+        for object in &running {
+            let (api_version, kind, object_name) = (
+                object["apiVersion"].as_str().unwrap_or_default(),
+                object["kind"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default(),
+            );
             match self
                 .api(api_version, kind, &ns)
                 .delete(object_name, &DeleteParams::background())
@@ -460,11 +572,15 @@ mod tests {
                 "Secret/postgres",
                 "Service/postgres",
                 "StatefulSet/postgres",
+                "Secret/search",
+                "Service/opensearch",
+                "StatefulSet/opensearch",
                 "ServiceAccount/booking",
                 "Deployment/booking",
                 "Service/booking",
                 "NetworkPolicy/booking",
                 "NetworkPolicy/postgres",
+                "NetworkPolicy/opensearch",
             ]
         );
         for o in &objects[1..] {
@@ -500,6 +616,61 @@ mod tests {
         assert_eq!(
             statefulset["spec"]["persistentVolumeClaimRetentionPolicy"],
             json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+    }
+
+    #[test]
+    fn opensearch_is_one_node_with_its_own_volume_and_the_workload_finds_it_through_a_secret() {
+        let mut region = frankfurt();
+        region.spec.search = Some(meridian_crds::SearchSizing {
+            volume_gib: Some(20),
+            ..Default::default()
+        });
+        let objects = stack(&region, &StackConfig::default(), "s3cret");
+        assert_eq!(
+            find(&objects, "Secret", "search")["stringData"],
+            json!({"url": "http://opensearch.meridian-region-eu-central-1.svc:9200"})
+        );
+        let opensearch = find(&objects, "StatefulSet", "opensearch");
+        let container = &opensearch["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], "opensearchproject/opensearch:2.13.0");
+        assert_eq!(
+            container["env"],
+            json!([
+                {"name": "discovery.type", "value": "single-node"},
+                {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
+                {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
+                {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
+            ])
+        );
+        assert_eq!(
+            opensearch["spec"]["volumeClaimTemplates"][0]["spec"]["resources"],
+            json!({"requests": {"storage": "20Gi"}})
+        );
+        assert_eq!(
+            opensearch["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        let booking = find(&objects, "Deployment", "booking");
+        assert_eq!(
+            booking["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([
+                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "url"}}},
+                {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
+                {"name": "OIDC_ISSUER", "value": "https://idp.example"},
+                {"name": "OIDC_JWKS_URL", "value": "https://idp.example/.well-known/jwks.json"},
+            ])
+        );
+        let policy = find(&objects, "NetworkPolicy", "opensearch");
+        assert_eq!(
+            policy["spec"]["ingress"],
+            json!([{
+                "from": [
+                    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1"}}},
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "meridian-system"}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": 9200}]
+            }])
         );
     }
 

@@ -233,10 +233,10 @@ impl Providers {
                 };
                 opensearch_backend(&url)
             }
-            RegionProvider::InCluster => Err(ProviderError::new(
-                "SearchNotConfigured",
-                "inCluster Regions have no search engine yet; their countries' indexes cannot be built",
-            )),
+            RegionProvider::InCluster => {
+                let url = self.in_cluster(region)?.search_url(region).await?;
+                opensearch_backend(&url)
+            }
             RegionProvider::Aws => {
                 let url = self.aws(region)?.search_url(region).await?;
                 opensearch_backend(&url)
