@@ -66,6 +66,7 @@ pub struct CountrySpec {
     pub residency: Residency,
     /// Cloud regions this country's data may live in; required when `residency` is `strict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")))]
     pub allowed_cloud_regions: Vec<String>,
     /// National rules the workloads enforce.
     pub regulatory: Regulatory,

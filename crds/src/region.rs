@@ -36,10 +36,12 @@ use crate::common::{DeletionPolicy, SecretKeyRef};
 #[x_kube(validation = Rule::new("self.provider != 'external' || has(self.external)").message("spec.external is required when spec.provider is external").field_path(".external"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegionSpec {
-    /// How the stack is provided: `aws` (RDS/Aurora and OpenSearch Service), `inCluster`
-    /// (a PostgreSQL StatefulSet in namespace `meridian-region-<name>`), `external`
-    /// (endpoints read from referenced Secrets) or `local` (a PostgreSQL cluster that
-    /// `meridian dev` starts itself).
+    /// How the stack is provided: `aws` (Aurora PostgreSQL and OpenSearch Service),
+    /// `inCluster` (PostgreSQL and OpenSearch StatefulSets in namespace
+    /// `meridian-region-<name>`), `external` (endpoints read from referenced Secrets) or
+    /// `local` (a PostgreSQL cluster that `meridian dev` starts itself). Immutable: a new
+    /// provider would be an empty stack, not the one that holds the data.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.provider is immutable"))]
     pub provider: RegionProvider,
     /// Cloud region the data stays in, e.g. `eu-central-1`. Immutable: data does not move
     /// between regions by editing a field.
@@ -47,8 +49,10 @@ pub struct RegionSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.cloudRegion is immutable"))]
     pub cloud_region: String,
     /// `shared` stacks hold several countries; a `dedicated` stack holds exactly one
-    /// country, as strict data residency requires.
+    /// country, as strict data residency requires. A `dedicated` Region stays dedicated: a
+    /// strict country's data is already in it.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf || oldSelf != 'dedicated'").message("spec.isolation cannot change from dedicated to shared: strict countries rely on it; create a shared Region instead"))]
     pub isolation: Isolation,
     /// Database sizing, used by the `aws` and `inCluster` providers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,9 @@ fn matches(pattern: &str, value: &str) -> bool {
 }
 
 /// Every problem with a Country's spec, empty when it is valid.
+/// The shape of a cloud region's name, as the CRDs' schemas check it.
+const CLOUD_REGION: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$";
+
 pub fn country(country: &Country) -> Vec<FieldError> {
     let spec = &country.spec;
     let mut errors = Vec::new();
@@ -81,6 +84,14 @@ pub fn country(country: &Country) -> Vec<FieldError> {
     if spec.region.is_empty() {
         errors.push(err("spec.region", "the name of a Region is required"));
     }
+    for (i, cloud) in spec.allowed_cloud_regions.iter().enumerate() {
+        if !matches(CLOUD_REGION, cloud) {
+            errors.push(err(
+                &format!("spec.allowedCloudRegions[{i}]"),
+                format!("{cloud:?} is not a cloud region name (e.g. \"eu-central-1\")"),
+            ));
+        }
+    }
     if let Some(pattern) = &spec.regulatory.national_id_pattern
         && let Err(e) = regex::Regex::new(pattern)
     {
@@ -104,7 +115,7 @@ pub fn country(country: &Country) -> Vec<FieldError> {
 pub fn region(region: &Region) -> Vec<FieldError> {
     let spec = &region.spec;
     let mut errors = Vec::new();
-    if !matches(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", &spec.cloud_region) {
+    if !matches(CLOUD_REGION, &spec.cloud_region) {
         errors.push(err(
             "spec.cloudRegion",
             format!(
@@ -224,6 +235,31 @@ mod tests {
         moved.spec.code = "AT".into();
         let errors = country_update(&moved, &de());
         assert_eq!(fields(&errors), ["spec.code", "spec.region"], "{errors:?}");
+    }
+
+    #[test]
+    fn residency_holds_at_admission_where_one_object_can_tell() {
+        let mut c = de();
+        c.spec.allowed_cloud_regions = vec!["eu-central-1".into(), "Frankfurt".into()];
+        let errors = country(&c);
+        assert_eq!(fields(&errors), ["spec.allowedCloudRegions[1]"], "{errors:?}");
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
+        let dedicated: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(dedicated.spec.isolation, meridian_crds::Isolation::Dedicated);
+        let mut shared = dedicated.clone();
+        shared.spec.isolation = meridian_crds::Isolation::Shared;
+        let errors = region_update(&shared, &dedicated);
+        assert_eq!(fields(&errors), ["spec.isolation"], "{errors:?}");
+        assert!(errors[0].message.contains("strict countries rely on it"), "{errors:?}");
+        assert!(
+            region_update(&dedicated, &shared).is_empty(),
+            "shared may become dedicated"
+        );
+
+        let mut moved = dedicated.clone();
+        moved.spec.provider = meridian_crds::RegionProvider::Aws;
+        assert_eq!(fields(&region_update(&moved, &dedicated)), ["spec.provider"]);
     }
 
     #[test]
