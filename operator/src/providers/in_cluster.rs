@@ -15,13 +15,12 @@
 //! has an owner reference to the Region: garbage collection must never delete patient data.
 //! What goes on deletion is the reconciler's decision, by `deletionPolicy`.
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::Client;
 use meridian_crds::Region;
 use rand::Rng;
 use serde_json::{Value, json};
 
+use super::objects::Objects;
 use super::{Endpoint, ProviderError};
 use crate::k8s::FIELD_MANAGER;
 
@@ -112,14 +111,8 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
         .as_ref()
         .and_then(|s| s.volume_gib)
         .unwrap_or(DEFAULT_SEARCH_GIB);
-    let ns = namespace(&name);
-    let from_namespace =
-        |namespace: &str| json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}});
     vec![
-        json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ns, "labels": labels(&name, "meridian-region")},
-        }),
+        namespace_object(&name),
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": metadata("postgres", &name, "postgres"),
@@ -227,6 +220,62 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                 }],
             },
         }),
+    ]
+    .into_iter()
+    .chain(workload(&name, config))
+    .chain([
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("postgres", &name, "postgres"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "postgres")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [
+                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
+                        from_namespace(&config.operator_namespace),
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 5432}],
+                }],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("opensearch", &name, "opensearch"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "opensearch")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [
+                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
+                        from_namespace(&config.operator_namespace),
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 9200}],
+                }],
+            },
+        }),
+    ])
+    .collect()
+}
+
+/// The Region's namespace, as an object.
+pub fn namespace_object(region: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace(region), "labels": labels(region, "meridian-region")},
+    })
+}
+
+fn from_namespace(namespace: &str) -> Value {
+    json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}})
+}
+
+/// The Region's booking workload (ServiceAccount, Deployment, Service, NetworkPolicy), for
+/// every provider whose workloads run in this cluster: it reads `DATABASE_URL` and
+/// `SEARCH_URL` from the Secrets `postgres` and `search` of the Region's namespace.
+pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
+    let name = name.to_string();
+    vec![
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": metadata("booking", &name, "meridian-booking"),
@@ -277,60 +326,12 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                 }],
             },
         }),
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("postgres", &name, "postgres"),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, "postgres")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [
-                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
-                        from_namespace(&config.operator_namespace),
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 5432}],
-                }],
-            },
-        }),
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("opensearch", &name, "opensearch"),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, "opensearch")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [
-                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
-                        from_namespace(&config.operator_namespace),
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 9200}],
-                }],
-            },
-        }),
     ]
-}
-
-/// The kinds a stack is made of, as the API serves them; `namespaced` false for Namespace.
-const KINDS: &[(&str, &str, &str, bool)] = &[
-    ("v1", "Namespace", "namespaces", false),
-    ("v1", "Secret", "secrets", true),
-    ("v1", "Service", "services", true),
-    ("apps/v1", "StatefulSet", "statefulsets", true),
-    ("v1", "ServiceAccount", "serviceaccounts", true),
-    ("apps/v1", "Deployment", "deployments", true),
-    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true),
-];
-
-fn resource(api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
-    let (_, _, plural, namespaced) = KINDS.iter().find(|(v, k, _, _)| *v == api_version && *k == kind)?;
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    Some((ApiResource::from_gvk_with_plural(&gvk, plural), *namespaced))
 }
 
 /// Builds, applies and removes in-cluster stacks through the Kubernetes API.
 pub struct InClusterStacks {
-    client: Client,
+    objects: Objects,
     config: StackConfig,
 }
 
@@ -340,31 +341,19 @@ fn failed(reason: &'static str, message: String) -> ProviderError {
 
 impl InClusterStacks {
     pub fn new(client: Client, config: StackConfig) -> Self {
-        Self { client, config }
-    }
-
-    fn api(&self, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
-        let (resource, namespaced) = resource(api_version, kind).expect("only the stack's own kinds");
-        if namespaced {
-            Api::namespaced_with(self.client.clone(), namespace, &resource)
-        } else {
-            Api::all_with(self.client.clone(), &resource)
+        Self {
+            objects: Objects::new(client),
+            config,
         }
     }
 
     /// The password in the stack's Secret, if it exists yet.
     async fn password(&self, region: &str) -> Result<Option<String>, ProviderError> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace(region));
-        let secret = secrets.get_opt("postgres").await.map_err(|e| {
-            failed(
-                "ClusterUnreachable",
-                format!("cannot read Secret {}/postgres: {e}", namespace(region)),
-            )
-        })?;
-        Ok(secret
-            .and_then(|s| s.data)
-            .and_then(|data| data.get("password").cloned())
-            .and_then(|bytes| String::from_utf8(bytes.0).ok()))
+        Ok(self
+            .objects
+            .secret(&namespace(region), "postgres")
+            .await?
+            .remove("password"))
     }
 
     /// Applies the Region's stack (a password is generated the first time and kept after),
@@ -381,57 +370,21 @@ impl InClusterStacks {
         };
         let wanted = stack(region, &self.config, &password);
         let ns = namespace(&name);
-        for object in &wanted {
-            let (api_version, kind) = (
-                object["apiVersion"].as_str().unwrap_or_default(),
-                object["kind"].as_str().unwrap_or_default(),
-            );
-            let object_name = object["metadata"]["name"].as_str().unwrap_or_default();
-            self.api(api_version, kind, &ns)
-                .patch(
-                    object_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(object),
-                )
-                .await
-                .map_err(|e| {
-                    failed(
-                        "StackApplyFailed",
-                        format!("failed to apply {kind} {ns}/{object_name}: {e}"),
-                    )
-                })?;
-        }
-        self.remove_orphans(&name, &wanted).await?;
-        self.await_ready(&name, "postgres", "DatabaseStarting").await?;
+        self.objects.apply(&wanted).await?;
+        self.objects.remove_orphans(&name, &ns, &wanted).await?;
+        self.objects.await_ready(&ns, "postgres", "DatabaseStarting").await?;
         Ok(Endpoint {
             secret: Some(format!("{ns}/postgres")),
             ..Endpoint::from_url(database_url(&name, &password))
         })
     }
 
-    /// Fails with `reason` until StatefulSet `statefulset` of the stack has a ready replica.
-    async fn await_ready(&self, region: &str, statefulset: &str, reason: &'static str) -> Result<(), ProviderError> {
-        let ns = namespace(region);
-        let ready = self
-            .api("apps/v1", "StatefulSet", &ns)
-            .get_opt(statefulset)
-            .await
-            .map_err(|e| failed("ClusterUnreachable", e.to_string()))?
-            .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
-            .unwrap_or(0);
-        if ready < 1 {
-            return Err(failed(
-                reason,
-                format!("waiting for StatefulSet {ns}/{statefulset} to have a ready replica"),
-            ));
-        }
-        Ok(())
-    }
-
     /// The stack's OpenSearch, once it answers.
     pub async fn search_url(&self, region: &Region) -> Result<String, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        self.await_ready(&name, "opensearch", "SearchStarting").await?;
+        self.objects
+            .await_ready(&namespace(&name), "opensearch", "SearchStarting")
+            .await?;
         Ok(search_url(&name))
     }
 
@@ -450,84 +403,21 @@ impl InClusterStacks {
         })
     }
 
-    /// Deletes the stack's objects this Region no longer has.
-    async fn remove_orphans(&self, region: &str, wanted: &[Value]) -> Result<(), ProviderError> {
-        let ns = namespace(region);
-        let selector = format!("app.kubernetes.io/instance={region},app.kubernetes.io/managed-by={FIELD_MANAGER}");
-        for (api_version, kind, _, namespaced) in KINDS {
-            if !namespaced {
-                continue;
-            }
-            let api = self.api(api_version, kind, &ns);
-            let found = api
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| failed("ClusterUnreachable", format!("cannot list {kind}s in {ns}: {e}")))?;
-            for object in found.items {
-                let object_name = object.name_any();
-                let kept = wanted
-                    .iter()
-                    .any(|w| w["kind"] == *kind && w["metadata"]["name"] == object_name.as_str());
-                if !kept {
-                    api.delete(&object_name, &DeleteParams::background())
-                        .await
-                        .map_err(|e| {
-                            failed(
-                                "StackApplyFailed",
-                                format!("cannot delete {kind} {ns}/{object_name}: {e}"),
-                            )
-                        })?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes the stack down. `Retain` stops the database and the workload but keeps the
-    /// namespace, the Secret and the volume claims (the data); `Delete` removes the
-    /// namespace and everything in it.
+    /// Takes the stack down. `Retain` stops the database, search and the workload but
+    /// keeps the namespace, the Secrets and the volume claims (the data, which the
+    /// StatefulSets' retention policy keeps); `Delete` removes the namespace and everything
+    /// in it.
     pub async fn release(&self, region: &Region, delete: bool) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let ns = namespace(&name);
-        let gone = |e: &kube::Error| matches!(e, kube::Error::Api(status) if status.code == 404);
         if delete {
-            return match self
-                .api("v1", "Namespace", "")
-                .delete(&ns, &DeleteParams::background())
-                .await
-            {
-                Err(e) if !gone(&e) => Err(failed("ReleaseFailed", format!("cannot delete namespace {ns}: {e}"))),
-                _ => Ok(()),
-            };
+            return self.objects.delete_namespace(&namespace(&name)).await;
         }
-        // Everything but what holds data: the namespace, the Secrets and the volume claims
-        // (which the StatefulSets' retention policy keeps).
         let running: Vec<Value> = stack(region, &self.config, "")
             .into_iter()
             .filter(|o| o["kind"] != "Namespace" && o["kind"] != "Secret")
             .rev()
             .collect();
-        for object in &running {
-            let (api_version, kind, object_name) = (
-                object["apiVersion"].as_str().unwrap_or_default(),
-                object["kind"].as_str().unwrap_or_default(),
-                object["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-            match self
-                .api(api_version, kind, &ns)
-                .delete(object_name, &DeleteParams::background())
-                .await
-            {
-                Err(e) if !gone(&e) => {
-                    return Err(failed(
-                        "ReleaseFailed",
-                        format!("cannot delete {kind} {ns}/{object_name}: {e}"),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        self.objects.delete(&running).await
     }
 }
 

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod aws_search;
 pub mod in_cluster;
 mod local;
+mod objects;
 mod secrets;
 
 use std::sync::Arc;
