@@ -333,52 +333,45 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
     );
 }
 
-/// The Kubernetes API's side for Secrets of the operator's namespace, keeping what is
-/// applied (through kube's `tower-test` mock). An apply replaces the Secret's data, as
-/// server-side apply does for the fields one manager owns.
-async fn serve_secrets(
+/// The Kubernetes API's side (through kube's `tower-test` mock): keeps what is applied,
+/// answers reads from it, and forgets what is deleted. An apply replaces the object, as
+/// server-side apply does for the fields one manager owns; a Secret's `stringData` is
+/// stored as `data`, as the API server does.
+async fn serve_objects(
     mut handle: tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
 ) {
-    use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::Secret;
-    type Data = std::collections::BTreeMap<String, ByteString>;
-    let mut secrets: std::collections::BTreeMap<String, Data> = Default::default();
+    use base64::Engine;
+    let mut objects: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}});
     while let Some((request, reply)) = handle.next_request().await {
         let (parts, body) = request.into_parts();
-        let name = parts
-            .uri
-            .path()
-            .strip_prefix("/api/v1/namespaces/meridian-system/secrets/")
-            .unwrap_or_else(|| panic!("unexpected request {}", parts.uri))
-            .to_string();
+        let path = parts.uri.path().to_string();
         let bytes = body.collect_bytes().await.unwrap();
-        if parts.method == http::Method::PATCH {
-            let applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let data = applied["stringData"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_str().unwrap().as_bytes().to_vec())))
-                .collect();
-            secrets.insert(name.clone(), data);
-        }
-        let (status, answer) = match secrets.get(&name) {
-            None => (
-                404,
-                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}}),
-            ),
-            Some(data) => {
-                let secret = Secret {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some("meridian-system".into()),
-                        ..Default::default()
-                    },
-                    data: Some(data.clone()),
-                    ..Default::default()
-                };
-                (200, serde_json::to_value(secret).unwrap())
+        let found = match parts.method {
+            http::Method::PATCH => {
+                let mut applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                if let Some(strings) = applied.as_object_mut().unwrap().remove("stringData") {
+                    let data: serde_json::Map<String, serde_json::Value> = strings
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| {
+                            let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap());
+                            (k.clone(), encoded.into())
+                        })
+                        .collect();
+                    applied["data"] = data.into();
+                }
+                objects.insert(path.clone(), applied.clone());
+                Some(applied)
             }
+            http::Method::GET => objects.get(&path).cloned(),
+            http::Method::DELETE => objects.remove(&path).map(|_| serde_json::json!({})),
+            other => panic!("unexpected {other} {path}"),
+        };
+        let (status, answer) = match found {
+            Some(object) => (200, object),
+            None => (404, not_found.clone()),
         };
         reply.send_response(
             http::Response::builder()
@@ -390,9 +383,11 @@ async fn serve_secrets(
     }
 }
 
-/// What Secret `name` of the operator's namespace holds.
+const NS: &str = "meridian-region-eu-central-1";
+
+/// What Secret `name` of the Region's namespace holds.
 async fn secret(kube: &kube::Client, name: &str) -> std::collections::BTreeMap<String, String> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(kube.clone(), "meridian-system");
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(kube.clone(), NS);
     api.get(name)
         .await
         .unwrap()
@@ -430,15 +425,15 @@ async fn search_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Strin
     (url, seen)
 }
 
-/// Kubernetes (mocked, keeping Secrets) and an `aws` provider against `moto`.
+/// Kubernetes (mocked, keeping what is applied) and an `aws` provider against `moto`.
 fn aws_providers(moto: &Moto) -> (kube::Client, meridian_operator::providers::AwsStacks) {
     let (service, handle) =
         tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    tokio::spawn(serve_secrets(handle));
+    tokio::spawn(serve_objects(handle));
     let kube = kube::Client::new(service, "default");
     let stacks = meridian_operator::providers::AwsStacks::new(
         kube.clone(),
-        "meridian-system".into(),
+        meridian_operator::providers::StackConfig::default(),
         Some(moto.endpoint.clone()),
     )
     .with_credentials(Credentials::new("testing", "testing", None, None, "moto"));
@@ -455,6 +450,7 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
     let providers = Providers::new(None, std::sync::Arc::new(StaticSecrets::default()))
         .with_aws(stacks.with_search_address(search_url.clone()));
     let region = frankfurt(DeletionPolicy::Retain);
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(kube.clone(), NS);
     let mut waits = Vec::new();
     let endpoint = loop {
         match providers.ensure(&region).await {
@@ -463,9 +459,32 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
                 assert_eq!(e.reason, "DatabaseCreating", "{e}");
                 waits.push(e.message);
                 assert!(waits.len() < 10, "{waits:?}");
+                assert!(
+                    deployments.get_opt("booking").await.unwrap().is_none(),
+                    "the workload waits for its stores"
+                );
             }
         }
     };
+    // The Region's workload runs in its namespace, reading both stores' URLs from Secrets.
+    let booking = deployments.get("booking").await.unwrap();
+    let container = &booking.spec.template.spec.unwrap().containers[0];
+    let from_secret: Vec<(String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), format!("{}/{}", r.name, r.key)))
+        })
+        .collect();
+    assert_eq!(
+        from_secret,
+        [
+            ("DATABASE_URL".to_string(), "postgres/url".to_string()),
+            ("SEARCH_URL".to_string(), "search/url".to_string())
+        ]
+    );
     assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
     assert!(waits.iter().any(|w| w.contains("OpenSearch domain")), "{waits:?}");
     assert!(endpoint.url.starts_with("postgres://meridian:"), "{}", endpoint.url);
@@ -476,13 +495,13 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
     );
     assert_eq!(
         endpoint.secret.as_deref(),
-        Some("meridian-system/meridian-region-eu-central-1-db")
+        Some("meridian-region-eu-central-1/postgres")
     );
     // The published URL is what locate reads back.
     assert_eq!(providers.locate(&region).await.unwrap().url, endpoint.url);
 
     // The domain's master user: a password AWS accepts, kept in its own Secret with the URL.
-    let search = secret(&kube, "meridian-region-eu-central-1-search").await;
+    let search = secret(&kube, "search").await;
     let password = &search["password"];
     assert_eq!(password.len(), 32);
     for class in [
@@ -494,10 +513,7 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
         assert!(password.chars().any(|c| class(&c)), "{password}");
     }
     assert_eq!(search["username"], "meridian");
-    assert_ne!(
-        password,
-        &secret(&kube, "meridian-region-eu-central-1-db").await["password"]
-    );
+    assert_ne!(password, &secret(&kube, "postgres").await["password"]);
     let status = moto
         .opensearch()
         .describe_domain()
@@ -585,7 +601,7 @@ async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_m
         1,
         "adopted, not created again"
     );
-    let search = secret(&kube, "meridian-region-eu-central-1-search").await;
+    let search = secret(&kube, "search").await;
     assert_eq!(search["passwordSet"], "true");
     assert!(search["url"].starts_with("https://meridian:"), "{search:?}");
 }
@@ -607,7 +623,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         .next()
         .unwrap()
         .to_string();
-    let (_, stacks) = aws_providers(&moto);
+    let (kube, stacks) = aws_providers(&moto);
     let ctx = Context::new(
         Providers::new(None, std::sync::Arc::new(StaticSecrets::default()))
             .with_aws(stacks.with_database_address(address)),
@@ -632,7 +648,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     );
     assert_eq!(
         status.connection_secret.as_deref(),
-        Some("meridian-system/meridian-region-eu-central-1-db")
+        Some("meridian-region-eu-central-1/postgres")
     );
     assert_eq!(
         status.schema_version,
@@ -645,9 +661,15 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         "the domain, without credentials: {search_endpoint}"
     );
 
-    // Retain (the example's policy): deleting the Region leaves the whole stack, still protected.
+    // Retain (the example's policy): deleting the Region stops its workload and leaves the
+    // stores, still protected, and their Secrets.
     assert_eq!(region.spec.deletion_policy, DeletionPolicy::Retain);
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(kube.clone(), NS);
+    assert!(deployments.get_opt("booking").await.unwrap().is_some());
     reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    assert!(deployments.get_opt("booking").await.unwrap().is_none());
+    assert!(secret(&kube, "postgres").await.contains_key("url"));
+    assert!(secret(&kube, "search").await.contains_key("password"));
     let rds = moto.rds();
     let clusters = rds.describe_db_clusters().send().await.unwrap();
     assert_eq!(clusters.db_clusters().len(), 1);
@@ -667,9 +689,11 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         1
     );
 
-    // Delete: gone after a final snapshot.
+    // Delete: gone after a final snapshot, and the namespace with its Secrets last.
     region.spec.deletion_policy = DeletionPolicy::Delete;
     reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
+    assert!(namespaces.get_opt(NS).await.unwrap().is_none());
     assert!(
         rds.describe_db_clusters()
             .send()
@@ -702,7 +726,7 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
     use meridian_operator::providers::{Providers, StaticSecrets};
     // An account whose manual cluster snapshot quota is used up (AWS's default is 100).
     let moto = Moto::start_with(&[("MOTO_RDS_SNAPSHOT_LIMIT", "0")]);
-    let (_, stacks) = aws_providers(&moto);
+    let (kube, stacks) = aws_providers(&moto);
     let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
     let region = frankfurt(DeletionPolicy::Delete);
     let mut attempts = 0;
@@ -720,7 +744,8 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
         "{}",
         ready.message
     );
-    // No snapshot, no deletion: the data is still there.
+    // No snapshot, no deletion: the data is still there, and so is its password.
     let clusters = moto.rds().describe_db_clusters().send().await.unwrap();
     assert_eq!(clusters.db_clusters().len(), 1);
+    assert!(secret(&kube, "postgres").await.contains_key("password"));
 }

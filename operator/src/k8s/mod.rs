@@ -95,19 +95,17 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
             port: options.workload_port,
         },
     };
-    let stacks = InClusterStacks::new(
-        client.clone(),
-        StackConfig {
-            postgres_image: options.postgres_image.clone(),
-            opensearch_image: options.opensearch_image.clone(),
-            workload_image: options.workload_image.clone(),
-            operator_namespace: options.namespace.clone(),
-            gateway_namespace: options.gateway_namespace.clone(),
-            oidc_issuer: options.oidc_issuer.clone(),
-            oidc_jwks_url: options.oidc_jwks_url.clone(),
-        },
-    );
-    let aws = AwsStacks::new(client.clone(), options.namespace.clone(), options.aws_endpoint.clone());
+    let stack_config = StackConfig {
+        postgres_image: options.postgres_image.clone(),
+        opensearch_image: options.opensearch_image.clone(),
+        workload_image: options.workload_image.clone(),
+        operator_namespace: options.namespace.clone(),
+        gateway_namespace: options.gateway_namespace.clone(),
+        oidc_issuer: options.oidc_issuer.clone(),
+        oidc_jwks_url: options.oidc_jwks_url.clone(),
+    };
+    let stacks = InClusterStacks::new(client.clone(), stack_config.clone());
+    let aws = AwsStacks::new(client.clone(), stack_config, options.aws_endpoint.clone());
     let providers = Providers::new(None, secrets).with_in_cluster(stacks).with_aws(aws);
     let core = Context::new(providers).with_gateway(gateway);
     let ctx = Arc::new(KubeContext::new(client.clone(), core, &identity));

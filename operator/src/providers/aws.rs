@@ -12,6 +12,8 @@ use aws_sdk_rds::types::Tag;
 use meridian_crds::{DeletionPolicy, Region};
 
 use super::aws_search::{self, AwsSearch, SearchProgress};
+use super::in_cluster::{self, StackConfig};
+use super::objects::Objects;
 use super::{Endpoint, ProviderError};
 
 /// The master user of every cluster.
@@ -273,14 +275,15 @@ impl AwsDatabases {
     }
 }
 
-/// The `aws` provider as the reconcilers use it. Two Secrets in the operator's namespace
-/// hold what the stack's users need: `meridian-region-<name>-db` (the database's master
-/// password, then its connection URL) and `meridian-region-<name>-search` (the domain's
-/// master password, then its URL with credentials). Each password is written before the
-/// resource that uses it is created, so a crash in between never loses it.
+/// The `aws` provider as the reconcilers use it. The Region's namespace in this cluster,
+/// `meridian-region-<name>`, holds two Secrets, `postgres` (the database's master password,
+/// then its connection URL) and `search` (the domain's master password, then its URL with
+/// credentials), and, once both stores are available, the Region's booking workload that
+/// reads them, as in an `inCluster` stack. Each password is written before the resource
+/// that uses it is created, so a crash in between never loses it.
 pub struct AwsStacks {
-    client: kube::Client,
-    namespace: String,
+    objects: Objects,
+    config: StackConfig,
     /// Overrides AWS's endpoints (tests against moto).
     endpoint: Option<String>,
     /// Fixed credentials instead of the default chain (tests against moto).
@@ -298,10 +301,10 @@ type Stored = std::collections::BTreeMap<String, String>;
 const PASSWORD_SET: &str = "passwordSet";
 
 impl AwsStacks {
-    pub fn new(client: kube::Client, namespace: String, endpoint: Option<String>) -> Self {
+    pub fn new(client: kube::Client, config: StackConfig, endpoint: Option<String>) -> Self {
         Self {
-            client,
-            namespace,
+            objects: Objects::new(client),
+            config,
             endpoint,
             credentials: None,
             database_address: None,
@@ -329,58 +332,29 @@ impl AwsStacks {
         self
     }
 
-    /// The Secret holding the database's (`db`) or the domain's (`search`) credentials.
-    pub fn secret_name(region: &str, store: &str) -> String {
-        format!("meridian-region-{region}-{store}")
-    }
-
-    async fn secret(&self, name: &str) -> Result<Stored, ProviderError> {
-        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-            kube::Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = api
-            .get_opt(name)
-            .await
-            .map_err(|e| failed("ClusterUnreachable", format!("cannot read Secret {name}: {e}")))?;
-        Ok(secret
-            .and_then(|s| s.data)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
-            .collect())
-    }
-
-    /// Applies every key of the Secret at once (server-side apply owns the whole set).
-    async fn write(&self, region: &str, name: &str, values: &Stored) -> Result<(), ProviderError> {
+    /// Applies every key of Secret `store` (`postgres` or `search`) of the Region's
+    /// namespace at once (server-side apply owns the whole set).
+    async fn write(&self, region: &str, store: &str, values: &Stored) -> Result<(), ProviderError> {
         let secret = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": self.namespace, "labels": {
-                "app.kubernetes.io/instance": region, "app.kubernetes.io/managed-by": crate::k8s::FIELD_MANAGER}},
+            "metadata": in_cluster::metadata(store, region, store),
             "type": "Opaque",
             "stringData": values,
         });
-        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-            kube::Api::namespaced(self.client.clone(), &self.namespace);
-        api.patch(
-            name,
-            &kube::api::PatchParams::apply(crate::k8s::FIELD_MANAGER).force(),
-            &kube::api::Patch::Apply(&secret),
-        )
-        .await
-        .map_err(|e| failed("ClusterUnreachable", format!("cannot write Secret {name}: {e}")))?;
-        Ok(())
+        self.objects.apply(&[secret]).await
     }
 
-    /// The Secret `store` of `region`, with a master password generated and written first if
-    /// it has none yet.
+    /// Secret `store` of `region`, with a master password generated and written first if
+    /// it has none yet (the Region's namespace is created first).
     async fn with_password(&self, region: &str, store: &str, username: &str) -> Result<Stored, ProviderError> {
-        let name = Self::secret_name(region, store);
-        let mut stored = self.secret(&name).await?;
+        let mut stored = self.objects.secret(&in_cluster::namespace(region), store).await?;
         if !stored.contains_key("password") {
+            self.objects.apply(&[in_cluster::namespace_object(region)]).await?;
             stored = Stored::from([
                 ("username".to_string(), username.to_string()),
                 ("password".to_string(), master_password()),
             ]);
-            self.write(region, &name, &stored).await?;
+            self.write(region, store, &stored).await?;
         }
         Ok(stored)
     }
@@ -411,7 +385,6 @@ impl AwsStacks {
     /// Brings the domain along; once available, its URL (credentials included).
     async fn ensure_search(&self, region: &Region) -> Result<SearchProgress, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let secret = Self::secret_name(&name, "search");
         let mut stored = self.with_password(&name, "search", aws_search::MASTER_USER).await?;
         let password = stored["password"].clone();
         let search = self.search(region).await;
@@ -419,14 +392,14 @@ impl AwsStacks {
         let progress = search.ensure(region, &password).await.map_err(aws)?;
         if let SearchProgress::Created(why) = progress {
             stored.insert(PASSWORD_SET.into(), "true".into());
-            self.write(&name, &secret, &stored).await?;
+            self.write(&name, "search", &stored).await?;
             return Ok(SearchProgress::Waiting(why));
         }
         // An adopted domain, or one created just before a crash kept us from recording it.
         if !stored.contains_key(PASSWORD_SET) {
             search.set_master_user(region, &password).await.map_err(aws)?;
             stored.insert(PASSWORD_SET.into(), "true".into());
-            self.write(&name, &secret, &stored).await?;
+            self.write(&name, "search", &stored).await?;
             return Ok(SearchProgress::Waiting(format!(
                 "setting the master user of OpenSearch domain {}",
                 aws_search::domain_name(&name)
@@ -442,17 +415,17 @@ impl AwsStacks {
         };
         if stored.get("url") != Some(&url) {
             stored.insert("url".into(), url.clone());
-            self.write(&name, &secret, &stored).await?;
+            self.write(&name, "search", &stored).await?;
         }
         Ok(SearchProgress::Available(url))
     }
 
-    /// Creates or adopts the Region's Aurora cluster and OpenSearch domain; answers with
-    /// the database once both are available.
+    /// Creates or adopts the Region's Aurora cluster and OpenSearch domain; once both are
+    /// available, publishes their URLs, runs the Region's workload, and answers with the
+    /// database.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let secret = Self::secret_name(&name, "db");
-        let mut stored = self.with_password(&name, "db", MASTER_USER).await?;
+        let mut stored = self.with_password(&name, "postgres", MASTER_USER).await?;
         let password = stored["password"].clone();
         let database = self
             .databases(region)
@@ -474,51 +447,53 @@ impl AwsStacks {
         let url = format!("postgres://{MASTER_USER}:{password}@{address}/{MASTER_USER}");
         if stored.get("url") != Some(&url) {
             stored.insert("url".into(), url.clone());
-            self.write(&name, &secret, &stored).await?;
+            self.write(&name, "postgres", &stored).await?;
         }
+        self.objects.apply(&in_cluster::workload(&name, &self.config)).await?;
         Ok(Endpoint {
-            secret: Some(format!("{}/{secret}", self.namespace)),
+            secret: Some(format!("{}/postgres", in_cluster::namespace(&name))),
             ..Endpoint::from_url(url)
         })
     }
 
-    /// The published URL in Secret `store` (`db` or `search`), and the Secret's name.
-    async fn published(&self, region: &Region, store: &str) -> Result<(String, String), ProviderError> {
+    /// The published URL in Secret `store` (`postgres` or `search`).
+    async fn published(&self, region: &Region, store: &str) -> Result<String, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let secret = Self::secret_name(&name, store);
-        let url = self.secret(&secret).await?.remove("url").ok_or_else(|| {
-            let what = if store == "db" { "database" } else { "OpenSearch domain" };
-            failed(
-                if store == "db" {
-                    "DatabaseNotCreated"
-                } else {
-                    "SearchNotCreated"
-                },
-                format!("the {what} of Region {name} is not available yet"),
-            )
-        })?;
-        Ok((url, format!("{}/{secret}", self.namespace)))
+        let mut stored = self.objects.secret(&in_cluster::namespace(&name), store).await?;
+        stored.remove("url").ok_or_else(|| {
+            let (reason, what) = match store {
+                "postgres" => ("DatabaseNotCreated", "database"),
+                _ => ("SearchNotCreated", "OpenSearch domain"),
+            };
+            failed(reason, format!("the {what} of Region {name} is not available yet"))
+        })
     }
 
     /// The database's connection URL, once published.
     pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
-        let (url, secret) = self.published(region, "db").await?;
+        let url = self.published(region, "postgres").await?;
+        let name = region.metadata.name.clone().unwrap_or_default();
         Ok(Endpoint {
-            secret: Some(secret),
+            secret: Some(format!("{}/postgres", in_cluster::namespace(&name))),
             ..Endpoint::from_url(url)
         })
     }
 
     /// The domain's URL with the master user's credentials, once published.
     pub async fn search_url(&self, region: &Region) -> Result<String, ProviderError> {
-        Ok(self.published(region, "search").await?.0)
+        self.published(region, "search").await
     }
 
-    /// `Delete`: the domain, the writer, then the cluster after a final snapshot;
-    /// `Retain`: nothing. The Secrets stay either way: with `Retain` they are the way back
-    /// into the kept stack, and with `Delete` the final snapshot still needs the password.
+    /// Stops the Region's workload. `Delete` then removes the domain, the writer, the
+    /// cluster after a final snapshot, and last the namespace with its Secrets (kept if any
+    /// AWS call fails, so the next attempt still has them); `Retain` keeps all of these.
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
+        let workload: Vec<_> = in_cluster::workload(&name, &self.config).into_iter().rev().collect();
+        self.objects.delete(&workload).await?;
+        if region.spec.deletion_policy != DeletionPolicy::Delete {
+            return Ok(());
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -531,7 +506,8 @@ impl AwsStacks {
             .await
             .release(region, &format!("meridian-{name}-final-{stamp}"))
             .await
-            .map_err(|e| failed("AwsError", e.to_string()))
+            .map_err(|e| failed("AwsError", e.to_string()))?;
+        self.objects.delete_namespace(&in_cluster::namespace(&name)).await
     }
 }
 

@@ -91,7 +91,7 @@ fn selector(region: &str, component: &str) -> Value {
     json!({"app.kubernetes.io/name": component, "app.kubernetes.io/instance": region})
 }
 
-fn metadata(name: &str, region: &str, component: &str) -> Value {
+pub(super) fn metadata(name: &str, region: &str, component: &str) -> Value {
     json!({"name": name, "namespace": namespace(region), "labels": labels(region, component)})
 }
 
