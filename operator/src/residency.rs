@@ -362,8 +362,13 @@ pub async fn run(options: &ReportOptions) -> anyhow::Result<Report> {
             .await?
             .items;
         let namespace = client.default_namespace().to_string();
-        let secrets = std::sync::Arc::new(crate::k8s::KubeSecrets::new(client, namespace));
-        let ctx = Context::new(crate::providers::Providers::new(None, secrets));
+        let secrets = std::sync::Arc::new(crate::k8s::KubeSecrets::new(client.clone(), namespace));
+        // Only the providers' reading side is used: published Secrets and readiness.
+        use crate::providers::{AwsStacks, InClusterStacks, StackConfig};
+        let providers = crate::providers::Providers::new(None, secrets)
+            .with_in_cluster(InClusterStacks::new(client.clone(), StackConfig::default()))
+            .with_aws(AwsStacks::new(client, StackConfig::default(), None));
+        let ctx = Context::new(providers);
         return Ok(report(&regions, &countries, &ctx, None).await);
     }
     let loaded = crate::dev::manifests::load(&options.manifests)?;
