@@ -75,6 +75,29 @@ impl Moto {
         aws_sdk_opensearch::Client::from_conf(config)
     }
 
+    /// How many OpenSearch domains exist.
+    async fn domains(&self) -> usize {
+        self.opensearch()
+            .list_domain_names()
+            .send()
+            .await
+            .unwrap()
+            .domain_names()
+            .len()
+    }
+
+    /// The Region's OpenSearch domain as moto describes it.
+    async fn domain(&self) -> aws_sdk_opensearch::types::DomainStatus {
+        self.opensearch()
+            .describe_domain()
+            .domain_name("meridian-eu-central-1")
+            .send()
+            .await
+            .unwrap()
+            .domain_status
+            .unwrap()
+    }
+
     fn rds(&self) -> aws_sdk_rds::Client {
         let config = aws_sdk_rds::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -249,7 +272,7 @@ async fn a_cluster_tagged_for_another_region_is_not_adopted_and_aws_errors_are_r
 
 #[tokio::test]
 async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_deleted_only_with_delete() {
-    use meridian_operator::providers::aws_search::{AwsSearch, SearchProgress, domain_name};
+    use meridian_operator::providers::aws_search::{AwsSearch, SearchProgress};
     let moto = Moto::start();
     let client = moto.opensearch();
     let search = AwsSearch::new(client.clone());
@@ -269,14 +292,7 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
     let endpoint = endpoint.expect("the domain became available");
     assert!(endpoint.starts_with("https://"), "{endpoint}");
 
-    let status = client
-        .describe_domain()
-        .domain_name(domain_name("eu-central-1"))
-        .send()
-        .await
-        .unwrap()
-        .domain_status
-        .unwrap();
+    let status = moto.domain().await;
     assert_eq!(
         status.encryption_at_rest_options().and_then(|o| o.enabled()),
         Some(true)
@@ -304,33 +320,14 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
         matches!(&resized, SearchProgress::Waiting(w) if w.contains("3 x")),
         "{resized:?}"
     );
-    let status = client
-        .describe_domain()
-        .domain_name(domain_name("eu-central-1"))
-        .send()
-        .await
-        .unwrap()
-        .domain_status
-        .unwrap();
+    let status = moto.domain().await;
     assert_eq!(status.cluster_config().and_then(|c| c.instance_count()), Some(3));
 
     search.release(&region).await.unwrap();
-    assert_eq!(
-        client.list_domain_names().send().await.unwrap().domain_names().len(),
-        1,
-        "Retain keeps it"
-    );
+    assert_eq!(moto.domains().await, 1, "Retain keeps it");
     region.spec.deletion_policy = DeletionPolicy::Delete;
     search.release(&region).await.unwrap();
-    assert!(
-        client
-            .list_domain_names()
-            .send()
-            .await
-            .unwrap()
-            .domain_names()
-            .is_empty()
-    );
+    assert_eq!(moto.domains().await, 0);
 }
 
 /// The Kubernetes API's side (through kube's `tower-test` mock): keeps what is applied,
@@ -514,15 +511,7 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
     }
     assert_eq!(search["username"], "meridian");
     assert_ne!(password, &secret(&kube, "postgres").await["password"]);
-    let status = moto
-        .opensearch()
-        .describe_domain()
-        .domain_name("meridian-eu-central-1")
-        .send()
-        .await
-        .unwrap()
-        .domain_status
-        .unwrap();
+    let status = moto.domain().await;
     assert_eq!(status.advanced_security_options().and_then(|o| o.enabled()), Some(true));
 
     // Search goes to the domain as that user.
@@ -563,19 +552,13 @@ async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_m
         .send()
         .await
         .unwrap();
-    let security = |opensearch: aws_sdk_opensearch::Client| async move {
-        opensearch
-            .describe_domain()
-            .domain_name("meridian-eu-central-1")
-            .send()
+    let security = || async {
+        moto.domain()
             .await
-            .unwrap()
-            .domain_status
-            .unwrap()
             .advanced_security_options()
             .and_then(|o| o.enabled())
     };
-    assert_ne!(security(opensearch.clone()).await, Some(true));
+    assert_ne!(security().await, Some(true));
     let (kube, stacks) = aws_providers(&moto);
     let region = frankfurt(DeletionPolicy::Retain);
     let mut waits = Vec::new();
@@ -589,18 +572,8 @@ async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_m
             .any(|w| w.contains("setting the master user of OpenSearch domain")),
         "{waits:?}"
     );
-    assert_eq!(security(opensearch.clone()).await, Some(true));
-    assert_eq!(
-        opensearch
-            .list_domain_names()
-            .send()
-            .await
-            .unwrap()
-            .domain_names()
-            .len(),
-        1,
-        "adopted, not created again"
-    );
+    assert_eq!(security().await, Some(true));
+    assert_eq!(moto.domains().await, 1, "adopted, not created again");
     let search = secret(&kube, "search").await;
     assert_eq!(search["passwordSet"], "true");
     assert!(search["url"].starts_with("https://meridian:"), "{search:?}");
@@ -678,16 +651,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         rds.describe_db_instances().send().await.unwrap().db_instances().len(),
         1
     );
-    assert_eq!(
-        moto.opensearch()
-            .list_domain_names()
-            .send()
-            .await
-            .unwrap()
-            .domain_names()
-            .len(),
-        1
-    );
+    assert_eq!(moto.domains().await, 1);
 
     // Delete: gone after a final snapshot, and the namespace with its Secrets last.
     region.spec.deletion_policy = DeletionPolicy::Delete;
@@ -709,15 +673,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
             .is_some_and(|id| id.starts_with("meridian-eu-central-1-final-"))),
         "a final snapshot"
     );
-    assert!(
-        moto.opensearch()
-            .list_domain_names()
-            .send()
-            .await
-            .unwrap()
-            .domain_names()
-            .is_empty()
-    );
+    assert_eq!(moto.domains().await, 0);
 }
 
 #[tokio::test]

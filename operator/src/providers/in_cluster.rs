@@ -127,42 +127,24 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                 "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}],
             },
         }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": metadata("postgres", &name, "postgres"),
-            "spec": {
-                "serviceName": "postgres",
-                "replicas": 1,
-                "selector": {"matchLabels": selector(&name, "postgres")},
-                // Volume claims outlive the StatefulSet unless a Delete policy removes them.
-                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
-                "template": {
-                    "metadata": {"labels": labels(&name, "postgres")},
-                    "spec": {
-                        "containers": [{
-                            "name": "postgres",
-                            "image": config.postgres_image,
-                            "ports": [{"name": "postgres", "containerPort": 5432}],
-                            "env": [
-                                {"name": "POSTGRES_USER", "value": DATABASE},
-                                {"name": "POSTGRES_DB", "value": DATABASE},
-                                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
-                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                            ],
-                            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
-                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
-                        }],
-                    },
-                },
-                "volumeClaimTemplates": [{
-                    "metadata": {"name": "data", "labels": labels(&name, "postgres")},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": format!("{storage}Gi")}},
-                    },
-                }],
-            },
-        }),
+        statefulset(
+            &name,
+            "postgres",
+            json!({}),
+            json!({
+                "image": config.postgres_image,
+                "ports": [{"name": "postgres", "containerPort": 5432}],
+                "env": [
+                    {"name": "POSTGRES_USER", "value": DATABASE},
+                    {"name": "POSTGRES_DB", "value": DATABASE},
+                    {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
+                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                ],
+                "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
+            }),
+            "/var/lib/postgresql/data",
+            storage,
+        ),
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": metadata("search", &name, "opensearch"),
@@ -177,85 +159,96 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
                 "ports": [{"name": "http", "port": 9200, "targetPort": 9200}],
             },
         }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": metadata("opensearch", &name, "opensearch"),
-            "spec": {
-                "serviceName": "opensearch",
-                "replicas": 1,
-                "selector": {"matchLabels": selector(&name, "opensearch")},
-                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
-                "template": {
-                    "metadata": {"labels": labels(&name, "opensearch")},
-                    "spec": {
-                        // The image runs as uid 1000; the volume must be writable for it.
-                        "securityContext": {"fsGroup": 1000},
-                        "containers": [{
-                            "name": "opensearch",
-                            "image": config.opensearch_image,
-                            "ports": [{"name": "http", "containerPort": 9200}],
-                            "env": [
-                                // One node: no cluster formation, and no bootstrap checks
-                                // (vm.max_map_count) that kind nodes would fail.
-                                {"name": "discovery.type", "value": "single-node"},
-                                {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
-                                {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
-                                {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
-                            ],
-                            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
-                            "readinessProbe": {
-                                "httpGet": {"path": "/_cluster/health?local=true", "port": 9200},
-                                "periodSeconds": 10,
-                            },
-                            "volumeMounts": [{"name": "data", "mountPath": "/usr/share/opensearch/data"}],
-                        }],
-                    },
+        statefulset(
+            &name,
+            "opensearch",
+            // The image runs as uid 1000; the volume must be writable for it.
+            json!({"securityContext": {"fsGroup": 1000}}),
+            json!({
+                "image": config.opensearch_image,
+                "ports": [{"name": "http", "containerPort": 9200}],
+                "env": [
+                    // One node: no cluster formation, and no bootstrap checks
+                    // (vm.max_map_count) that kind nodes would fail.
+                    {"name": "discovery.type", "value": "single-node"},
+                    {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
+                    {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
+                    {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
+                ],
+                "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
+                "readinessProbe": {
+                    "httpGet": {"path": "/_cluster/health?local=true", "port": 9200},
+                    "periodSeconds": 10,
                 },
-                "volumeClaimTemplates": [{
-                    "metadata": {"name": "data", "labels": labels(&name, "opensearch")},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": format!("{search_storage}Gi")}},
-                    },
-                }],
-            },
-        }),
+            }),
+            "/usr/share/opensearch/data",
+            search_storage,
+        ),
     ]
     .into_iter()
     .chain(workload(&name, config))
     .chain([
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("postgres", &name, "postgres"),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, "postgres")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [
-                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
-                        from_namespace(&config.operator_namespace),
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 5432}],
-                }],
-            },
-        }),
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("opensearch", &name, "opensearch"),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, "opensearch")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [
-                        {"podSelector": {"matchLabels": selector(&name, "meridian-booking")}},
-                        from_namespace(&config.operator_namespace),
-                    ],
-                    "ports": [{"protocol": "TCP", "port": 9200}],
-                }],
-            },
-        }),
+        store_policy(&name, "postgres", 5432, config),
+        store_policy(&name, "opensearch", 9200, config),
     ])
     .collect()
+}
+
+/// A one-replica StatefulSet `component` running `container` (its name and volume mount
+/// added here) in a pod with `pod` settings; its volume claim `data` of `storage_gib`,
+/// mounted at `mount`, outlives the StatefulSet unless a Delete policy removes the namespace.
+fn statefulset(
+    region: &str,
+    component: &str,
+    pod: Value,
+    mut container: Value,
+    mount: &str,
+    storage_gib: i32,
+) -> Value {
+    container["name"] = component.into();
+    container["volumeMounts"] = json!([{"name": "data", "mountPath": mount}]);
+    let mut pod = pod;
+    pod["containers"] = json!([container]);
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": metadata(component, region, component),
+        "spec": {
+            "serviceName": component,
+            "replicas": 1,
+            "selector": {"matchLabels": selector(region, component)},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": labels(region, component)},
+                "spec": pod,
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data", "labels": labels(region, component)},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": format!("{storage_gib}Gi")}},
+                },
+            }],
+        },
+    })
+}
+
+/// Admits to store `component`'s `port` only the Region's workload and the operator.
+fn store_policy(region: &str, component: &str, port: u16, config: &StackConfig) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(component, region, component),
+        "spec": {
+            "podSelector": {"matchLabels": selector(region, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [
+                    {"podSelector": {"matchLabels": selector(region, "meridian-booking")}},
+                    from_namespace(&config.operator_namespace),
+                ],
+                "ports": [{"protocol": "TCP", "port": port}],
+            }],
+        },
+    })
 }
 
 /// The Region's namespace, as an object.
