@@ -104,7 +104,43 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     let audit = audit::prepare(&record);
     let trail = audit::chain_ctes("booked", ["$1", "$11", "$12", "$13", "$14", "$15", "$16", "$17"]);
     let payload = serde_json::to_value(&appointment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let inserted = sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
+    // Two bookings of the same time can each insert their row, then each wait for the
+    // other's in the exclusion check: PostgreSQL aborts one as a deadlock. Nothing of it was
+    // written, so it is asked again, and then meets the winner's row as a plain conflict.
+    let mut attempts = 0;
+    let inserted = loop {
+        attempts += 1;
+        match insert_booking(pool, request, &appointment, &trail, &audit, &record, &payload).await {
+            Err(e) if attempts < 5 && is_deadlock(&e) => continue,
+            other => break other,
+        }
+    };
+    match inserted.map_err(clash)? {
+        Some(appointment) => Ok(Booked {
+            appointment,
+            replayed: false,
+        }),
+        // Nothing written: the key was used before, or the practitioner takes no bookings
+        // (or not on the schedule the slot was checked against).
+        None => replay(pool, request).await,
+    }
+}
+
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|e| e.code()).as_deref() == Some("40P01")
+}
+
+/// The booking statement itself.
+async fn insert_booking(
+    pool: &PgPool,
+    request: &BookRequest,
+    appointment: &Appointment,
+    trail: &str,
+    audit: &audit::Prepared,
+    record: &audit::Record<'_>,
+    payload: &serde_json::Value,
+) -> Result<Option<Appointment>, sqlx::Error> {
+    sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
         "WITH practitioner AS (
              SELECT 1 FROM practitioners
               WHERE country_code = $1 AND id = $3 AND active AND schedule_version = $19
@@ -144,16 +180,6 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     .bind(request.schedule_version)
     .fetch_optional(pool)
     .await
-    .map_err(clash)?;
-    match inserted {
-        Some(appointment) => Ok(Booked {
-            appointment,
-            replayed: false,
-        }),
-        // Nothing written: the key was used before, or the practitioner takes no bookings
-        // (or not on the schedule the slot was checked against).
-        None => replay(pool, request).await,
-    }
 }
 
 /// The booked time of a practitioner between `from` and `until`, for slot computation.
