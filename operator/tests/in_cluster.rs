@@ -14,6 +14,7 @@ use tower_test::mock::Handle;
 
 const LIMIT: Duration = Duration::from_secs(5);
 const NS: &str = "meridian-region-eu-central-1";
+const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/meridian-region-eu-central-1-booking";
 
 fn frankfurt() -> Region {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
@@ -87,6 +88,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             format!("/api/v1/namespaces/{NS}/services/opensearch"),
             format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
             format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
+            BINDING.to_string(),
             format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
             format!("/api/v1/namespaces/{NS}/services/booking"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
@@ -192,6 +194,7 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
             format!("/api/v1/namespaces/{NS}/services/booking"),
             format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
+            BINDING.to_string(),
             format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
             format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
             format!("/api/v1/namespaces/{NS}/services/opensearch"),
@@ -208,8 +211,26 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
     released.unwrap();
 
     region.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
-    let namespace = format!("/api/v1/namespaces/{NS}");
-    let scenario = expect(&mut server, Method::DELETE, &namespace, 200, json!({}));
+    let scenario = async {
+        // The workload first: its ClusterRoleBinding is not inside the namespace.
+        for path in [
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
+            format!("/api/v1/namespaces/{NS}/services/booking"),
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
+            BINDING.to_string(),
+            format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
+        ] {
+            expect(&mut server, Method::DELETE, &path, 200, json!({})).await;
+        }
+        expect(
+            &mut server,
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{NS}"),
+            200,
+            json!({}),
+        )
+        .await;
+    };
     let (released, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.release(&region, true), scenario) })
         .await
         .expect("scenario finished in time");

@@ -61,6 +61,10 @@ pub struct OperatorOptions {
     /// Image with the `meridian` binary, run as each `inCluster` Region's booking workload.
     #[arg(long, default_value = "meridian:0.1.0")]
     pub workload_image: String,
+    /// The ClusterRole each Region's workload is bound to (it watches Countries); the Helm
+    /// chart installs it.
+    #[arg(long, default_value = "meridian-workload")]
+    pub workload_cluster_role: String,
     /// The identity provider the workloads of `inCluster` Regions accept tokens from.
     #[arg(long, env = "OIDC_ISSUER", default_value = "https://idp.example")]
     pub oidc_issuer: String,
@@ -103,6 +107,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         gateway_namespace: options.gateway_namespace.clone(),
         oidc_issuer: options.oidc_issuer.clone(),
         oidc_jwks_url: options.oidc_jwks_url.clone(),
+        workload_cluster_role: options.workload_cluster_role.clone(),
     };
     let stacks = InClusterStacks::new(client.clone(), stack_config.clone());
     let aws = AwsStacks::new(client.clone(), stack_config, options.aws_endpoint.clone());

@@ -37,6 +37,9 @@ pub struct StackConfig {
     /// The identity provider the workload checks tokens against.
     pub oidc_issuer: String,
     pub oidc_jwks_url: String,
+    /// The ClusterRole (installed with the operator) that lets a workload watch Countries;
+    /// each Region's workload is bound to it.
+    pub workload_cluster_role: String,
 }
 
 impl Default for StackConfig {
@@ -49,6 +52,7 @@ impl Default for StackConfig {
             gateway_namespace: "meridian-system".into(),
             oidc_issuer: "https://idp.example".into(),
             oidc_jwks_url: "https://idp.example/.well-known/jwks.json".into(),
+            workload_cluster_role: "meridian-workload".into(),
         }
     }
 }
@@ -273,6 +277,16 @@ pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": metadata("booking", &name, "meridian-booking"),
         }),
+        // The workload serves the Countries bound to its Region, which it watches.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {
+                "name": format!("{}-booking", namespace(&name)),
+                "labels": labels(&name, "meridian-booking"),
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": "booking", "namespace": namespace(&name)}],
+        }),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": metadata("booking", &name, "meridian-booking"),
@@ -403,6 +417,9 @@ impl InClusterStacks {
     pub async fn release(&self, region: &Region, delete: bool) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         if delete {
+            // The namespace takes everything in it; the workload's ClusterRoleBinding is not in it.
+            let workload: Vec<Value> = workload(&name, &self.config).into_iter().rev().collect();
+            self.objects.delete(&workload).await?;
             return self.objects.delete_namespace(&namespace(&name)).await;
         }
         let running: Vec<Value> = stack(region, &self.config, "")
@@ -459,6 +476,7 @@ mod tests {
                 "Service/opensearch",
                 "StatefulSet/opensearch",
                 "ServiceAccount/booking",
+                "ClusterRoleBinding/meridian-region-eu-central-1-booking",
                 "Deployment/booking",
                 "Service/booking",
                 "NetworkPolicy/booking",
@@ -466,7 +484,10 @@ mod tests {
                 "NetworkPolicy/opensearch",
             ]
         );
-        for o in &objects[1..] {
+        for o in objects
+            .iter()
+            .filter(|o| o["kind"] != "Namespace" && o["kind"] != "ClusterRoleBinding")
+        {
             assert_eq!(o["metadata"]["namespace"], "meridian-region-eu-central-1", "{o}");
             assert_eq!(
                 o["metadata"]["labels"]["app.kubernetes.io/managed-by"],
@@ -480,6 +501,19 @@ mod tests {
         assert_eq!(
             find(&objects, "Secret", "postgres")["stringData"]["url"],
             "postgres://meridian:s3cret@postgres.meridian-region-eu-central-1.svc:5432/meridian"
+        );
+    }
+
+    #[test]
+    fn the_workload_may_watch_countries_through_the_operators_cluster_role() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let binding = find(&objects, "ClusterRoleBinding", "meridian-region-eu-central-1-booking");
+        assert_eq!(
+            (&binding["roleRef"], &binding["subjects"]),
+            (
+                &json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "meridian-workload"}),
+                &json!([{"kind": "ServiceAccount", "name": "booking", "namespace": "meridian-region-eu-central-1"}])
+            )
         );
     }
 

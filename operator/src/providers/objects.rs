@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::ProviderError;
 use crate::k8s::FIELD_MANAGER;
 
-/// The kinds stacks are made of, as the API serves them; `namespaced` false for Namespace.
+/// The kinds stacks are made of, as the API serves them; `namespaced` false for the
+/// cluster-scoped ones.
 const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "Namespace", "namespaces", false),
     ("v1", "Secret", "secrets", true),
@@ -19,6 +20,12 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ("v1", "ServiceAccount", "serviceaccounts", true),
     ("apps/v1", "Deployment", "deployments", true),
     ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+    ),
 ];
 
 fn failed(reason: &'static str, message: String) -> ProviderError {
