@@ -1,0 +1,171 @@
+//! The Helm chart, checked with the Helm SDK (helm-python-sdk, no helm binary): it lints
+//! clean, renders with its defaults and with the values a platform team sets for EKS, and
+//! everything it passes to the operator is a flag the operator has.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+use meridian_operator::k8s::OperatorOptions;
+use serde_json::{Value, json};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The venv's Python, which has the Helm SDK.
+fn python() -> PathBuf {
+    let venv = std::env::var_os("MERIDIAN_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/meridian-venv")))
+        .expect("HOME or MERIDIAN_VENV");
+    venv.join("bin/python")
+}
+
+/// Lints and renders the chart with `values`: the lint report, and every rendered object.
+fn render(values: Value) -> (Value, Vec<Value>) {
+    let python = python();
+    let out = Command::new(&python)
+        .arg(Path::new(REPO).join("charts/check.py"))
+        .arg(Path::new(REPO).join("charts/meridian-operator"))
+        .arg(values.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL}", python.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'helm_python'"),
+        "the Helm SDK is missing: {INSTALL}"
+    );
+    assert!(out.status.success(), "charts/check.py failed: {stderr}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut objects = Vec::new();
+    for manifest in answer["manifests"].as_object().unwrap().values() {
+        for document in serde_yaml_ng::Deserializer::from_str(manifest.as_str().unwrap()) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap();
+            if !object.is_null() {
+                objects.push(object);
+            }
+        }
+    }
+    (answer["lint"].clone(), objects)
+}
+
+const INSTALL: &str = "install it with `python3 -m venv ~/.cache/meridian-venv && \
+    ~/.cache/meridian-venv/bin/pip install helm-python-sdk` (.ci/run does), or set MERIDIAN_VENV";
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {objects:#?}"))
+}
+
+fn operator_args(objects: &[Value]) -> Vec<String> {
+    let deployment = find(objects, "Deployment", "meridian");
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The operator's own command line accepts `args` (after `operator`).
+fn parse(args: &[String]) -> OperatorOptions {
+    assert_eq!(args[0], "operator");
+    let command = OperatorOptions::augment_args(clap::Command::new("operator"));
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| panic!("the chart passes what the operator does not take: {e}"));
+    <OperatorOptions as clap::FromArgMatches>::from_arg_matches(&matches).unwrap()
+}
+
+#[test]
+fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
+    let (lint, objects) = render(json!({}));
+    assert_eq!(lint["errors"], json!([]), "{lint:#}");
+    let warnings: Vec<&Value> = lint["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["severity"].as_i64() >= Some(2))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+
+    let options = parse(&operator_args(&objects));
+    assert_eq!(options.aws_endpoint, None, "AWS itself unless told otherwise");
+    assert_eq!(options.workload_image, "meridian:0.1.0", "the chart's own image");
+    assert_eq!(options.workload_cluster_role, "meridian-workload");
+    assert_eq!(options.opensearch_image, "opensearchproject/opensearch:2.13.0");
+    assert!(
+        find(&objects, "ServiceAccount", "meridian")["metadata"]
+            .get("annotations")
+            .is_none()
+    );
+
+    // The ClusterRole the operator binds each Region's workload to exists, and lets it
+    // follow Countries, nothing more.
+    assert_eq!(
+        find(&objects, "ClusterRole", "meridian-workload")["rules"],
+        json!([{"apiGroups": ["platform.meridian.dev"], "resources": ["countries"], "verbs": ["get", "list", "watch"]}])
+    );
+    // The operator may manage every kind its stacks are made of.
+    let rules = find(&objects, "ClusterRole", "meridian")["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let may = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["apiGroups"].as_array().unwrap().iter().any(|g| g == group)
+                && r["resources"].as_array().unwrap().iter().any(|x| x == resource)
+                && r["verbs"].as_array().unwrap().iter().any(|v| v == verb)
+        })
+    };
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "secrets"),
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("apps", "statefulsets"),
+        ("apps", "deployments"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("gateway.networking.k8s.io", "httproutes"),
+    ] {
+        for verb in ["get", "list", "patch", "delete"] {
+            assert!(may(group, resource, verb), "{verb} {group}/{resource}");
+        }
+    }
+    assert!(may("platform.meridian.dev", "regions/status", "patch"));
+}
+
+#[test]
+fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
+    let (lint, objects) = render(json!({
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meridian"}},
+        "aws": {"endpoint": "http://127.0.0.1:5000"},
+        "image": {"repository": "registry.example/meridian", "tag": "1.2.3"},
+        "inCluster": {"postgresImage": "registry.example/postgres:15.8"},
+        "oidc": {"issuer": "https://login.example", "jwksUrl": "https://login.example/keys"},
+    }));
+    assert_eq!(lint["errors"], json!([]), "{lint:#}");
+    assert_eq!(
+        find(&objects, "ServiceAccount", "meridian")["metadata"]["annotations"],
+        json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meridian"})
+    );
+    let options = parse(&operator_args(&objects));
+    assert_eq!(options.aws_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(options.workload_image, "registry.example/meridian:1.2.3");
+    assert_eq!(options.postgres_image, "registry.example/postgres:15.8");
+    let container = &find(&objects, "Deployment", "meridian")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/meridian:1.2.3");
+    let env: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    assert!(env.contains(&("OIDC_ISSUER", "https://login.example")), "{env:?}");
+    assert!(
+        env.contains(&("OIDC_JWKS_URL", "https://login.example/keys")),
+        "{env:?}"
+    );
+}
