@@ -68,10 +68,34 @@ fn operator_args(objects: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The operator's own command line accepts `args` (after `operator`).
+/// The value of `--flag=value` in `args`, when the chart passes that flag.
+fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut values = args.iter().filter_map(|a| a.strip_prefix(flag)?.strip_prefix('='));
+    let value = values.next();
+    assert_eq!(values.next(), None, "{flag} passed twice: {args:?}");
+    value
+}
+
+/// The container's environment variables with a literal value.
+fn env(container: &Value) -> Vec<(&str, &str)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect()
+}
+
+fn container(objects: &[Value]) -> &Value {
+    &find(objects, "Deployment", "meridian")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The operator's own command line accepts `args` (after `operator`). Its flags' `env`
+/// fallbacks are off, so only what the chart passes counts, not this test's environment
+/// (AWS_ENDPOINT_URL, POD_NAMESPACE, ...).
 fn parse(args: &[String]) -> OperatorOptions {
     assert_eq!(args[0], "operator");
-    let command = OperatorOptions::augment_args(clap::Command::new("operator"));
+    let command = OperatorOptions::augment_args(clap::Command::new("operator")).mut_args(|arg| arg.env(None::<&str>));
     let matches = command
         .try_get_matches_from(args)
         .unwrap_or_else(|e| panic!("the chart passes what the operator does not take: {e}"));
@@ -90,8 +114,31 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
         .collect();
     assert!(warnings.is_empty(), "{warnings:#?}");
 
-    let options = parse(&operator_args(&objects));
-    assert_eq!(options.aws_endpoint, None, "AWS itself unless told otherwise");
+    let args = operator_args(&objects);
+    for (name, value) in [
+        ("--listen", "0.0.0.0:8080"),
+        ("--lease-name", "meridian"),
+        ("--gateway-name", "meridian"),
+        ("--gateway-namespace", "meridian-system"),
+        ("--workload-service", "booking"),
+        ("--workload-port", "8080"),
+        ("--workload-image", "meridian:0.1.0"),
+        ("--workload-cluster-role", "meridian-workload"),
+        ("--postgres-image", "postgres:15"),
+        ("--opensearch-image", "opensearchproject/opensearch:2.13.0"),
+    ] {
+        assert_eq!(flag(&args, name), Some(value), "{name} in {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--aws-endpoint")),
+        "AWS itself unless told otherwise: {args:?}"
+    );
+    let env = env(container(&objects));
+    assert!(env.contains(&("OIDC_ISSUER", "https://idp.example")), "{env:?}");
+    assert!(!env.iter().any(|(name, _)| *name == "AWS_REGION"), "{env:?}");
+
+    let options = parse(&args);
+    assert_eq!(options.aws_endpoint, None);
     assert_eq!(options.workload_image, "meridian:0.1.0", "the chart's own image");
     assert_eq!(options.workload_cluster_role, "meridian-workload");
     assert_eq!(options.opensearch_image, "opensearchproject/opensearch:2.13.0");
@@ -141,9 +188,13 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
 fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
     let (lint, objects) = render(json!({
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meridian"}},
-        "aws": {"endpoint": "http://127.0.0.1:5000"},
+        "aws": {"endpoint": "http://127.0.0.1:5000", "region": "eu-central-1"},
         "image": {"repository": "registry.example/meridian", "tag": "1.2.3"},
-        "inCluster": {"postgresImage": "registry.example/postgres:15.8"},
+        "inCluster": {
+            "postgresImage": "registry.example/postgres:15.8",
+            "opensearchImage": "registry.example/opensearch:2.13.0",
+        },
+        "workload": {"service": "booking-api", "port": 9090},
         "oidc": {"issuer": "https://login.example", "jwksUrl": "https://login.example/keys"},
     }));
     assert_eq!(lint["errors"], json!([]), "{lint:#}");
@@ -151,18 +202,19 @@ fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
         find(&objects, "ServiceAccount", "meridian")["metadata"]["annotations"],
         json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meridian"})
     );
-    let options = parse(&operator_args(&objects));
+    let args = operator_args(&objects);
+    assert_eq!(flag(&args, "--aws-endpoint"), Some("http://127.0.0.1:5000"));
+    let options = parse(&args);
     assert_eq!(options.aws_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
     assert_eq!(options.workload_image, "registry.example/meridian:1.2.3");
     assert_eq!(options.postgres_image, "registry.example/postgres:15.8");
-    let container = &find(&objects, "Deployment", "meridian")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(options.opensearch_image, "registry.example/opensearch:2.13.0");
+    assert_eq!(options.workload_service, "booking-api");
+    assert_eq!(options.workload_port, 9090);
+    let container = container(&objects);
     assert_eq!(container["image"], "registry.example/meridian:1.2.3");
-    let env: Vec<(&str, &str)> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
-        .collect();
+    let env = env(container);
+    assert!(env.contains(&("AWS_REGION", "eu-central-1")), "{env:?}");
     assert!(env.contains(&("OIDC_ISSUER", "https://login.example")), "{env:?}");
     assert!(
         env.contains(&("OIDC_JWKS_URL", "https://login.example/keys")),
