@@ -135,7 +135,6 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
     );
     let env = env(container(&objects));
     assert!(env.contains(&("OIDC_ISSUER", "https://idp.example")), "{env:?}");
-    assert!(!env.iter().any(|(name, _)| *name == "AWS_REGION"), "{env:?}");
 
     let options = parse(&args);
     assert_eq!(options.aws_endpoint, None);
@@ -188,7 +187,7 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
 fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
     let (lint, objects) = render(json!({
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/meridian"}},
-        "aws": {"endpoint": "http://127.0.0.1:5000", "region": "eu-central-1"},
+        "aws": {"endpoint": "http://127.0.0.1:5000"},
         "image": {"repository": "registry.example/meridian", "tag": "1.2.3"},
         "inCluster": {
             "postgresImage": "registry.example/postgres:15.8",
@@ -214,7 +213,6 @@ fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
     let container = container(&objects);
     assert_eq!(container["image"], "registry.example/meridian:1.2.3");
     let env = env(container);
-    assert!(env.contains(&("AWS_REGION", "eu-central-1")), "{env:?}");
     assert!(env.contains(&("OIDC_ISSUER", "https://login.example")), "{env:?}");
     assert!(
         env.contains(&("OIDC_JWKS_URL", "https://login.example/keys")),

@@ -104,9 +104,12 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     let audit = audit::prepare(&record);
     let trail = audit::chain_ctes("booked", ["$1", "$11", "$12", "$13", "$14", "$15", "$16", "$17"]);
     let payload = serde_json::to_value(&appointment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // Two bookings of the same time can each insert their row, then each wait for the
-    // other's in the exclusion check: PostgreSQL aborts one as a deadlock. Nothing of it was
-    // written, so it is asked again, and then meets the winner's row as a plain conflict.
+    // Bookings of one practitioner take turns (a transaction-scoped advisory lock, `turn`):
+    // two of the same time inserting at once would each wait for the other's row in the
+    // exclusion check, and PostgreSQL would abort one as a deadlock after a second. Taking
+    // turns, the later one meets the winner's committed row as a plain conflict. A patient
+    // booking two practitioners at once can still deadlock that way; nothing of the aborted
+    // statement was written, so it is asked again.
     let mut attempts = 0;
     let inserted = loop {
         attempts += 1;
@@ -141,8 +144,11 @@ async fn insert_booking(
     payload: &serde_json::Value,
 ) -> Result<Option<Appointment>, sqlx::Error> {
     sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
-        "WITH practitioner AS (
-             SELECT 1 FROM practitioners
+        "WITH turn AS (
+             SELECT pg_advisory_xact_lock(hashtextextended($3::text, 0))
+         ),
+         practitioner AS (
+             SELECT 1 FROM practitioners, turn
               WHERE country_code = $1 AND id = $3 AND active AND schedule_version = $19
          ),
          booked AS (
