@@ -98,6 +98,21 @@ impl Moto {
             .unwrap()
     }
 
+    /// Every DB cluster moto holds.
+    async fn clusters(&self) -> Vec<aws_sdk_rds::types::DbCluster> {
+        let out = self.rds().describe_db_clusters().send().await.unwrap();
+        out.db_clusters().to_vec()
+    }
+
+    /// The identifiers of every DB cluster snapshot moto holds.
+    async fn snapshots(&self) -> Vec<String> {
+        let out = self.rds().describe_db_cluster_snapshots().send().await.unwrap();
+        out.db_cluster_snapshots()
+            .iter()
+            .filter_map(|s| s.db_cluster_snapshot_identifier().map(String::from))
+            .collect()
+    }
+
     fn rds(&self) -> aws_sdk_rds::Client {
         let config = aws_sdk_rds::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -209,26 +224,14 @@ async fn aurora_is_created_encrypted_and_protected_adopted_modified_and_deleted_
 
     // Retain: releasing leaves everything.
     db.release(&region, "unused").await.unwrap();
-    assert_eq!(rds.describe_db_clusters().send().await.unwrap().db_clusters().len(), 1);
+    assert_eq!(moto.clusters().await.len(), 1);
 
     // Delete: deletion protection off, a final snapshot, then gone.
     region.spec.deletion_policy = DeletionPolicy::Delete;
     db.release(&region, "meridian-eu-central-1-final").await.unwrap();
-    assert!(
-        rds.describe_db_clusters()
-            .send()
-            .await
-            .unwrap()
-            .db_clusters()
-            .is_empty()
-    );
-    let snapshots = rds.describe_db_cluster_snapshots().send().await.unwrap();
-    let ids: Vec<&str> = snapshots
-        .db_cluster_snapshots()
-        .iter()
-        .filter_map(|s| s.db_cluster_snapshot_identifier())
-        .collect();
-    assert!(ids.contains(&"meridian-eu-central-1-final"), "{ids:?}");
+    assert!(moto.clusters().await.is_empty());
+    let ids = moto.snapshots().await;
+    assert!(ids.iter().any(|id| id == "meridian-eu-central-1-final"), "{ids:?}");
 }
 
 #[tokio::test]
@@ -643,12 +646,17 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     assert!(deployments.get_opt("booking").await.unwrap().is_none());
     assert!(secret(&kube, "postgres").await.contains_key("url"));
     assert!(secret(&kube, "search").await.contains_key("password"));
-    let rds = moto.rds();
-    let clusters = rds.describe_db_clusters().send().await.unwrap();
-    assert_eq!(clusters.db_clusters().len(), 1);
-    assert_eq!(clusters.db_clusters()[0].deletion_protection(), Some(true));
+    let clusters = moto.clusters().await;
+    assert_eq!(clusters.len(), 1);
+    assert_eq!(clusters[0].deletion_protection(), Some(true));
     assert_eq!(
-        rds.describe_db_instances().send().await.unwrap().db_instances().len(),
+        moto.rds()
+            .describe_db_instances()
+            .send()
+            .await
+            .unwrap()
+            .db_instances()
+            .len(),
         1
     );
     assert_eq!(moto.domains().await, 1);
@@ -658,20 +666,11 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     reconcile::cleanup(&region, &[], &ctx).await.unwrap();
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
     assert!(namespaces.get_opt(NS).await.unwrap().is_none());
+    assert!(moto.clusters().await.is_empty());
+    let ids = moto.snapshots().await;
     assert!(
-        rds.describe_db_clusters()
-            .send()
-            .await
-            .unwrap()
-            .db_clusters()
-            .is_empty()
-    );
-    let snapshots = rds.describe_db_cluster_snapshots().send().await.unwrap();
-    assert!(
-        snapshots.db_cluster_snapshots().iter().any(|s| s
-            .db_cluster_snapshot_identifier()
-            .is_some_and(|id| id.starts_with("meridian-eu-central-1-final-"))),
-        "a final snapshot"
+        ids.iter().any(|id| id.starts_with("meridian-eu-central-1-final-")),
+        "a final snapshot: {ids:?}"
     );
     assert_eq!(moto.domains().await, 0);
 }
@@ -701,7 +700,8 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
         ready.message
     );
     // No snapshot, no deletion: the data is still there, and so is its password.
-    let clusters = moto.rds().describe_db_clusters().send().await.unwrap();
-    assert_eq!(clusters.db_clusters().len(), 1);
+    assert_eq!(moto.clusters().await.len(), 1);
+    let ids = moto.snapshots().await;
+    assert!(!ids.iter().any(|id| id.contains("-final-")), "{ids:?}");
     assert!(secret(&kube, "postgres").await.contains_key("password"));
 }

@@ -123,14 +123,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
             "type": "Opaque",
             "stringData": {"username": DATABASE, "password": password, "url": database_url(&name, password)},
         }),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("postgres", &name, "postgres"),
-            "spec": {
-                "selector": selector(&name, "postgres"),
-                "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432}],
-            },
-        }),
+        service(&name, "postgres", "postgres", 5432),
         statefulset(
             &name,
             "postgres",
@@ -155,14 +148,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
             "type": "Opaque",
             "stringData": {"url": search_url(&name)},
         }),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("opensearch", &name, "opensearch"),
-            "spec": {
-                "selector": selector(&name, "opensearch"),
-                "ports": [{"name": "http", "port": 9200, "targetPort": 9200}],
-            },
-        }),
+        service(&name, "opensearch", "http", 9200),
         statefulset(
             &name,
             "opensearch",
@@ -232,6 +218,18 @@ fn statefulset(
                     "resources": {"requests": {"storage": format!("{storage_gib}Gi")}},
                 },
             }],
+        },
+    })
+}
+
+/// The Service in front of `component`'s `port`.
+fn service(region: &str, component: &str, port_name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(component, region, component),
+        "spec": {
+            "selector": selector(region, component),
+            "ports": [{"name": port_name, "port": port, "targetPort": port}],
         },
     })
 }
