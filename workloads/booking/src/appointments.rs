@@ -102,7 +102,6 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
         correlation_id: request.correlation_id,
     };
     let audit = audit::prepare(&record);
-    let trail = audit::chain_ctes("booked", ["$1", "$11", "$12", "$13", "$14", "$15", "$16", "$17"]);
     let payload = serde_json::to_value(&appointment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     // Bookings of one practitioner take turns (a transaction-scoped advisory lock, `turn`):
     // two of the same time inserting at once would each wait for the other's row in the
@@ -113,7 +112,7 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
     let mut attempts = 0;
     let inserted = loop {
         attempts += 1;
-        match insert_booking(pool, request, &appointment, &trail, &audit, &record, &payload).await {
+        match insert_booking(pool, request, &appointment, &audit, &record, &payload).await {
             Err(e) if attempts < 5 && is_deadlock(&e) => continue,
             other => break other,
         }
@@ -133,17 +132,10 @@ fn is_deadlock(error: &sqlx::Error) -> bool {
     error.as_database_error().and_then(|e| e.code()).as_deref() == Some("40P01")
 }
 
-/// The booking statement itself.
-async fn insert_booking(
-    pool: &PgPool,
-    request: &BookRequest,
-    appointment: &Appointment,
-    trail: &str,
-    audit: &audit::Prepared,
-    record: &audit::Record<'_>,
-    payload: &serde_json::Value,
-) -> Result<Option<Appointment>, sqlx::Error> {
-    sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(format!(
+/// The booking statement: the same text every time, so it is built once.
+static BOOK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let trail = audit::chain_ctes("booked", ["$1", "$11", "$12", "$13", "$14", "$15", "$16", "$17"]);
+    format!(
         "WITH turn AS (
              SELECT pg_advisory_xact_lock(hashtextextended($3::text, 0))
          ),
@@ -164,28 +156,40 @@ async fn insert_booking(
          ),
          {trail}
          SELECT {COLUMNS} FROM booked"
-    )))
-    .bind(&request.country_code)
-    .bind(appointment.id)
-    .bind(request.practitioner_id)
-    .bind(&request.patient_id)
-    .bind(request.starts_at)
-    .bind(request.ends_at)
-    .bind(&request.reason)
-    .bind(&request.idempotency_key)
-    .bind(outbox::APPOINTMENT_EVENTS)
-    .bind("appointment.booked")
-    .bind(audit.chain)
-    .bind(&audit.payload)
-    .bind(audit.at)
-    .bind(record.actor)
-    .bind(record.action)
-    .bind(record.resource)
-    .bind(record.correlation_id)
-    .bind(payload)
-    .bind(request.schedule_version)
-    .fetch_optional(pool)
-    .await
+    )
+});
+
+/// The booking statement itself.
+async fn insert_booking(
+    pool: &PgPool,
+    request: &BookRequest,
+    appointment: &Appointment,
+    audit: &audit::Prepared,
+    record: &audit::Record<'_>,
+    payload: &serde_json::Value,
+) -> Result<Option<Appointment>, sqlx::Error> {
+    sqlx::query_as::<_, Appointment>(sqlx::AssertSqlSafe(BOOK.as_str()))
+        .bind(&request.country_code)
+        .bind(appointment.id)
+        .bind(request.practitioner_id)
+        .bind(&request.patient_id)
+        .bind(request.starts_at)
+        .bind(request.ends_at)
+        .bind(&request.reason)
+        .bind(&request.idempotency_key)
+        .bind(outbox::APPOINTMENT_EVENTS)
+        .bind("appointment.booked")
+        .bind(audit.chain)
+        .bind(&audit.payload)
+        .bind(audit.at)
+        .bind(record.actor)
+        .bind(record.action)
+        .bind(record.resource)
+        .bind(record.correlation_id)
+        .bind(payload)
+        .bind(request.schedule_version)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The booked time of a practitioner between `from` and `until`, for slot computation.
