@@ -82,24 +82,6 @@ impl AwsDatabases {
         Self { rds }
     }
 
-    /// An RDS client for `cloud_region` from the default credential chain (IRSA in EKS),
-    /// with `endpoint` overriding AWS's (tests, moto).
-    pub async fn client(
-        cloud_region: &str,
-        endpoint: Option<&str>,
-        credentials: Option<Credentials>,
-    ) -> aws_sdk_rds::Client {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(cloud_region.to_string()));
-        if let Some(endpoint) = endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some(credentials) = credentials {
-            loader = loader.credentials_provider(credentials);
-        }
-        aws_sdk_rds::Client::new(&loader.load().await)
-    }
-
     /// Creates, adopts or updates the Region's cluster and writer instance; `password` is
     /// the master password used when the cluster is created.
     pub async fn ensure(&self, region: &Region, password: &str) -> Result<Progress, AwsError> {
@@ -292,6 +274,8 @@ pub struct AwsStacks {
     database_address: Option<String>,
     /// Base URL to use instead of the domain's endpoint.
     search_address: Option<String>,
+    /// SDK configurations by cloud region.
+    configs: tokio::sync::Mutex<std::collections::HashMap<String, aws_config::SdkConfig>>,
 }
 
 /// The keys of one of the stack's Secrets.
@@ -309,6 +293,7 @@ impl AwsStacks {
             credentials: None,
             database_address: None,
             search_address: None,
+            configs: Default::default(),
         }
     }
 
@@ -359,27 +344,35 @@ impl AwsStacks {
         Ok(stored)
     }
 
-    async fn search(&self, region: &Region) -> AwsSearch {
+    /// The AWS SDK's configuration for `cloud_region`, loaded once: loading resolves the
+    /// default credential chain (under IRSA a call to STS), and the clients built from it
+    /// share its cached credentials from one reconcile to the next.
+    async fn config(&self, cloud_region: &str) -> aws_config::SdkConfig {
+        let mut configs = self.configs.lock().await;
+        if let Some(config) = configs.get(cloud_region) {
+            return config.clone();
+        }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.spec.cloud_region.clone()));
+            .region(aws_config::Region::new(cloud_region.to_string()));
         if let Some(endpoint) = &self.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
         if let Some(credentials) = &self.credentials {
             loader = loader.credentials_provider(credentials.clone());
         }
-        AwsSearch::new(aws_sdk_opensearch::Client::new(&loader.load().await))
+        let config = loader.load().await;
+        configs.insert(cloud_region.to_string(), config.clone());
+        config
+    }
+
+    async fn search(&self, region: &Region) -> AwsSearch {
+        AwsSearch::new(aws_sdk_opensearch::Client::new(
+            &self.config(&region.spec.cloud_region).await,
+        ))
     }
 
     async fn databases(&self, region: &Region) -> AwsDatabases {
-        AwsDatabases::new(
-            AwsDatabases::client(
-                &region.spec.cloud_region,
-                self.endpoint.as_deref(),
-                self.credentials.clone(),
-            )
-            .await,
-        )
+        AwsDatabases::new(aws_sdk_rds::Client::new(&self.config(&region.spec.cloud_region).await))
     }
 
     /// Brings the domain along; once available, its URL (credentials included).
