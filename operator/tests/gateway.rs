@@ -1,17 +1,16 @@
 //! Country routes as Gateway API HTTPRoutes: the built object in full, and the calls that
 //! publish and withdraw it, against kube's `tower-test` mock.
 
-use std::time::Duration;
-
 use http::{Method, Request, Response};
 use kube::Client;
 use kube::client::Body;
 use meridian_crds::Country;
 use meridian_operator::backends::gateway::{Gateway, GatewayConfig, GatewayError, http_route};
 use serde_json::{Value, json};
-use tower_test::mock::Handle;
 
-const LIMIT: Duration = Duration::from_secs(5);
+mod scripted;
+use scripted::{ApiServer, expect, not_found};
+
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const DE_ROUTE: &str =
     "/apis/gateway.networking.k8s.io/v1/namespaces/meridian-region-eu-central-1/httproutes/country-de";
@@ -72,8 +71,6 @@ fn the_route_of_germany_in_full() {
     ));
 }
 
-type ApiServer = Handle<Request<Body>, Response<Body>>;
-
 fn cluster() -> (Gateway, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -86,38 +83,6 @@ fn cluster() -> (Gateway, ApiServer) {
     )
 }
 
-/// Expects `method path`, checks its query holds `query` pairs, answers `status` `answer`;
-/// returns the request body.
-async fn expect(
-    server: &mut ApiServer,
-    method: Method,
-    path: &str,
-    query: &[&str],
-    status: u16,
-    answer: Value,
-) -> Value {
-    let (request, reply) = server.next_request().await.expect("a request");
-    let (parts, body) = request.into_parts();
-    assert_eq!((&parts.method, parts.uri.path()), (&method, path), "unexpected request");
-    let pairs: Vec<&str> = parts.uri.query().unwrap_or_default().split('&').collect();
-    for pair in query {
-        assert!(pairs.contains(pair), "{pair} missing from {pairs:?}");
-    }
-    let bytes = body.collect_bytes().await.unwrap();
-    reply.send_response(
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
-
 fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRouteList", "metadata": {}, "items": items})
 }
@@ -128,10 +93,6 @@ fn stored(namespace: &str) -> Value {
     route
 }
 
-fn not_found(message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": "NotFound", "code": 404})
-}
-
 const SELECTOR: &str =
     "labelSelector=platform.meridian.dev%2Fcountry%3Dde%2Capp.kubernetes.io%2Fmanaged-by%3Dmeridian-operator";
 
@@ -140,7 +101,7 @@ async fn publishing_applies_the_route_and_removes_a_leftover() {
     let (gateway, mut server) = cluster();
     let de = germany();
     let scenario = async {
-        let body = expect(
+        let (_, body) = expect(
             &mut server,
             Method::PATCH,
             DE_ROUTE,
@@ -172,9 +133,7 @@ async fn publishing_applies_the_route_and_removes_a_leftover() {
         )
         .await;
     };
-    let (published, ()) = tokio::time::timeout(LIMIT, async { tokio::join!(gateway.publish(&de), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (published, ()) = scripted::against(gateway.publish(&de), scenario).await;
     assert_eq!(published.unwrap(), ["/de/v1"]);
 }
 
@@ -202,9 +161,7 @@ async fn withdrawing_deletes_the_route_and_a_route_already_gone_is_fine() {
         )
         .await;
     };
-    let (withdrawn, ()) = tokio::time::timeout(LIMIT, async { tokio::join!(gateway.withdraw(&de), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (withdrawn, ()) = scripted::against(gateway.withdraw(&de), scenario).await;
     withdrawn.unwrap();
 }
 
@@ -220,9 +177,7 @@ async fn a_cluster_without_the_gateway_api_is_told_how_to_install_it() {
         404,
         not_found("the server could not find the requested resource"),
     );
-    let (published, _) = tokio::time::timeout(LIMIT, async { tokio::join!(gateway.publish(&de), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (published, _) = scripted::against(gateway.publish(&de), scenario).await;
     let err = published.unwrap_err();
     assert!(matches!(err, GatewayError::NotInstalled), "{err}");
     assert!(err.to_string().contains("standard-install.yaml"), "{err}");

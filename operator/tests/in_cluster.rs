@@ -2,17 +2,16 @@
 //! the whole stack server-side applied, an orphan removed, the waits for PostgreSQL and
 //! OpenSearch, and the two deletion policies.
 
-use std::time::Duration;
-
 use http::{Method, Request, Response};
 use kube::Client;
 use kube::client::Body;
 use meridian_crds::Region;
 use meridian_operator::providers::{InClusterStacks, StackConfig};
 use serde_json::{Value, json};
-use tower_test::mock::Handle;
 
-const LIMIT: Duration = Duration::from_secs(5);
+mod scripted;
+use scripted::{ApiServer, expect, not_found};
+
 const NS: &str = "meridian-region-eu-central-1";
 const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/meridian-region-eu-central-1-booking";
 
@@ -21,41 +20,12 @@ fn frankfurt() -> Region {
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-type ApiServer = Handle<Request<Body>, Response<Body>>;
-
 fn stacks() -> (InClusterStacks, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (
         InClusterStacks::new(Client::new(service, "default"), StackConfig::default()),
         handle,
     )
-}
-
-/// Expects `method path`, answers `status` with `answer` (or the request body when
-/// `answer` is null); returns the request's query and body.
-async fn expect(server: &mut ApiServer, method: Method, path: &str, status: u16, answer: Value) -> (String, Value) {
-    let (request, reply) = server.next_request().await.expect("a request");
-    let (parts, body) = request.into_parts();
-    assert_eq!((&parts.method, parts.uri.path()), (&method, path), "unexpected request");
-    let bytes = body.collect_bytes().await.unwrap();
-    let sent: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    let answer = if answer.is_null() { sent.clone() } else { answer };
-    reply.send_response(
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    (parts.uri.query().unwrap_or_default().to_string(), sent)
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404})
 }
 
 fn list(kind: &str, names: &[&str]) -> Value {
@@ -75,8 +45,9 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             &mut server,
             Method::GET,
             &format!("/api/v1/namespaces/{NS}/secrets/postgres"),
+            &[],
             404,
-            not_found(),
+            not_found("not found"),
         )
         .await;
         let applied = [
@@ -97,11 +68,15 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
         ];
         let mut password = String::new();
         for path in &applied {
-            let (query, body) = expect(&mut server, Method::PATCH, path, 200, Value::Null).await;
-            assert!(
-                query.contains("fieldManager=meridian-operator") && query.contains("force=true"),
-                "{query}"
-            );
+            let (_, body) = expect(
+                &mut server,
+                Method::PATCH,
+                path,
+                &["fieldManager=meridian-operator", "force=true"],
+                200,
+                Value::Null,
+            )
+            .await;
             if body["kind"] == "Secret" && body["metadata"]["name"] == "postgres" {
                 password = body["stringData"]["password"].as_str().unwrap().to_string();
             }
@@ -134,7 +109,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
                 vec!["booking", "old-worker"],
             ),
         ] {
-            let (query, _) = expect(&mut server, Method::GET, &path, 200, list(kind, &names)).await;
+            let (query, _) = expect(&mut server, Method::GET, &path, &[], 200, list(kind, &names)).await;
             assert!(
                 query.contains("labelSelector=app.kubernetes.io%2Finstance%3Deu-central-1"),
                 "{query}"
@@ -144,6 +119,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
                     &mut server,
                     Method::DELETE,
                     &format!("{path}/old-worker"),
+                    &[],
                     200,
                     json!({}),
                 )
@@ -154,6 +130,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             &mut server,
             Method::GET,
             &format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"),
+            &[],
             200,
             list("NetworkPolicy", &["booking", "postgres", "opensearch"]),
         )
@@ -162,15 +139,14 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             &mut server,
             Method::GET,
             &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
+            &[],
             200,
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "postgres", "namespace": NS}, "status": {"readyReplicas": 1}}),
         )
         .await;
         password
     };
-    let (endpoint, password) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.ensure(&region), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (endpoint, password) = scripted::against(stacks.ensure(&region), scenario).await;
     let endpoint = endpoint.unwrap();
     assert_eq!(
         endpoint.url,
@@ -202,12 +178,10 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
             format!("/api/v1/namespaces/{NS}/services/postgres"),
         ] {
             // Already gone is fine.
-            expect(&mut server, Method::DELETE, &path, 404, not_found()).await;
+            expect(&mut server, Method::DELETE, &path, &[], 404, not_found("not found")).await;
         }
     };
-    let (released, ()) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.release(&region, false), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (released, ()) = scripted::against(stacks.release(&region, false), scenario).await;
     released.unwrap();
 
     region.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
@@ -220,20 +194,19 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
             BINDING.to_string(),
             format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
         ] {
-            expect(&mut server, Method::DELETE, &path, 200, json!({})).await;
+            expect(&mut server, Method::DELETE, &path, &[], 200, json!({})).await;
         }
         expect(
             &mut server,
             Method::DELETE,
             &format!("/api/v1/namespaces/{NS}"),
+            &[],
             200,
             json!({}),
         )
         .await;
     };
-    let (released, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.release(&region, true), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let (released, _) = scripted::against(stacks.release(&region, true), scenario).await;
     released.unwrap();
 }
 
@@ -243,16 +216,12 @@ async fn search_waits_for_opensearch_then_answers_with_the_stacks_url() {
     let region = frankfurt();
     let path = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch");
     let statefulset = |ready: i64| json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "opensearch", "namespace": NS}, "status": {"readyReplicas": ready}});
-    let scenario = expect(&mut server, Method::GET, &path, 200, statefulset(0));
-    let (starting, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.search_url(&region), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let scenario = expect(&mut server, Method::GET, &path, &[], 200, statefulset(0));
+    let (starting, _) = scripted::against(stacks.search_url(&region), scenario).await;
     let starting = starting.unwrap_err();
     assert_eq!(starting.reason, "SearchStarting");
     assert!(starting.message.contains("opensearch"), "{starting}");
-    let scenario = expect(&mut server, Method::GET, &path, 200, statefulset(1));
-    let (ready, _) = tokio::time::timeout(LIMIT, async { tokio::join!(stacks.search_url(&region), scenario) })
-        .await
-        .expect("scenario finished in time");
+    let scenario = expect(&mut server, Method::GET, &path, &[], 200, statefulset(1));
+    let (ready, _) = scripted::against(stacks.search_url(&region), scenario).await;
     assert_eq!(ready.unwrap(), format!("http://opensearch.{NS}.svc:9200"));
 }
