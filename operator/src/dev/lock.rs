@@ -82,10 +82,17 @@ impl DataDirLock {
     }
 
     pub fn write_state(&self, state: &RunningState) -> std::io::Result<()> {
-        let tmp = self.dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-        std::fs::rename(tmp, self.dir.join("state.json"))
+        write_whole(&self.dir.join("state.json"), &serde_json::to_vec_pretty(state)?)
     }
+}
+
+/// Writes `path` so that readers see either the old file or the whole new one, never a
+/// half-written one: scripts and tests poll for these files while `meridian dev` writes them.
+pub fn write_whole(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(tmp, path)
 }
 
 impl Drop for DataDirLock {

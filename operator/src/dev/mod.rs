@@ -362,7 +362,7 @@ impl Dev {
         let codes: Vec<String> = countries.iter().map(|c| c.spec.code.clone()).collect();
         let tokens = self.workloads.demo_tokens(&codes);
         let path = self.options.data_dir.join("tokens.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&tokens)?)?;
+        lock::write_whole(&path, &serde_json::to_vec_pretty(&tokens)?)?;
         println!(
             "demo tokens (valid 24 h, also in {}): Authorization: Bearer <token>",
             path.display()
