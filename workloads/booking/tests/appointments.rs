@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use meridian_booking::appointments::{BookRequest, BookingError, Clash, book};
+use meridian_booking::Actor;
+use meridian_booking::appointments::{BookRequest, BookingError, Clash, Scope, book, reschedule};
 use meridian_localpg::TempCluster;
 use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -104,6 +105,76 @@ async fn many_patients_racing_for_one_slot_exactly_one_wins() {
     );
     let mut conn = pool.acquire().await.unwrap();
     assert_eq!(meridian_shared::audit::verify(&mut conn, "DE").await.unwrap(), Ok(1));
+}
+
+#[tokio::test]
+async fn reschedules_and_bookings_racing_for_one_slot_exactly_one_wins() {
+    let (_pg, pool, practitioner) = database().await;
+    let pool = Arc::new(pool);
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let start = (at("2026-12-01T10:00:00Z") + Duration::minutes(30 * i)).to_rfc3339();
+        let booked = book(
+            &pool,
+            &request(practitioner, &format!("holder-{i}"), &start, &format!("hold-{i}")),
+        )
+        .await
+        .unwrap();
+        held.push(booked.appointment.id);
+    }
+    let target = at("2026-12-01T09:00:00Z");
+    let movers = held.into_iter().map(|id| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let actor = Actor {
+                subject: "clinic-admin",
+                correlation_id: Uuid::new_v4(),
+            };
+            reschedule(
+                &pool,
+                "DE",
+                id,
+                &Scope::Country,
+                target,
+                target + Duration::minutes(30),
+                actor,
+            )
+            .await
+            .map(|_| ())
+        })
+    });
+    let bookers = (0..16).map(|i| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let r = request(
+                practitioner,
+                &format!("newcomer-{i}"),
+                "2026-12-01T09:00:00Z",
+                &format!("new-{i}"),
+            );
+            book(&pool, &r).await.map(|_| ())
+        })
+    });
+    let racers: Vec<_> = movers.chain(bookers).collect();
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(BookingError::Conflict(Clash::PractitionerBusy)) => {}
+            Err(other) => panic!("a lost race must be a conflict, not {other}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM appointments WHERE starts_at = '2026-12-01T09:00:00Z'"
+        )
+        .await,
+        1
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(meridian_shared::audit::verify(&mut conn, "DE").await.unwrap().is_ok());
 }
 
 #[tokio::test]
