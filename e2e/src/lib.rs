@@ -244,6 +244,27 @@ pub fn http(
 }
 
 /// Copies every file of `from` into `to`, flattening nothing (subfolders are kept).
+/// `GET /{cc}/v1/practitioners/search?q=` with `token`: status code and the family names found.
+pub fn search(addr: SocketAddr, token: &str, cc: &str, q: &str) -> (u16, Vec<String>) {
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/{cc}/v1/practitioners/search?q={q}"),
+        &[("Authorization", token)],
+        None,
+    );
+    let names = body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["familyName"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, names)
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

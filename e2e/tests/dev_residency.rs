@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use meridian_e2e::{Dev, meridian_bin};
+use meridian_e2e::{Dev, meridian_bin, search};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
@@ -37,10 +37,11 @@ async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
     for name in ["de", "fr", "gb", "es", "it"] {
         dev.await_ready(name, Duration::from_secs(120));
     }
-    let admin = dev.bearers()["clinic-admin"].clone();
-    dev.create_anna(&admin);
-    // The indexer writes her into DE's index.
-    std::thread::sleep(Duration::from_millis(500));
+    let bearers = dev.bearers();
+    dev.create_anna(&bearers["clinic-admin"]);
+    dev.wait_for("Schmidt in DE's index", Duration::from_secs(10), |d| {
+        search(d.addr, &bearers["patient"], "de", "Schmidt").1 == ["Schmidt"]
+    });
 
     let (code, clean) = report(&manifests, &data_dir);
     assert_eq!(code, 0, "{clean:#}");
@@ -68,6 +69,19 @@ async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
         practitioners["rows"]["DE"], 1,
         "the evidence shows DE's row where it belongs"
     );
+    let de_index = clean["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["region"] == "eu-central-1" && s["kind"] == "search")
+        .unwrap();
+    let documents: i64 = de_index["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["rows"]["DE"].as_i64())
+        .sum();
+    assert_eq!(documents, 1, "the evidence shows her in DE's index: {de_index}");
 
     // Someone puts a German practitioner into the shared Region's database.
     let port = dev

@@ -6,32 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_e2e::{Dev, condition, http};
+use meridian_e2e::{Dev, condition, search};
 use serde_json::Value;
 
 fn country(dev: &Dev, name: &str) -> Value {
     dev.get(&format!("/apis/platform.meridian.dev/v1alpha1/countries/{name}"))
         .1
-}
-
-fn found(addr: std::net::SocketAddr, token: &str, cc: &str, q: &str) -> (u16, Vec<String>) {
-    let (status, body) = http(
-        addr,
-        "GET",
-        &format!("/{cc}/v1/practitioners/search?q={q}"),
-        &[("Authorization", token)],
-        None,
-    );
-    let names = body["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i["familyName"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    (status, names)
 }
 
 #[test]
@@ -54,11 +34,11 @@ fn search_per_country_and_an_analyzer_change_without_a_failed_search() {
     let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());
     dev.create_anna(&admin);
     let took = dev.wait_for("Schmidt searchable in DE", Duration::from_secs(1), |d| {
-        found(d.addr, &patient, "de", "Kardiologin").1 == ["Schmidt"]
+        search(d.addr, &patient, "de", "Kardiologin").1 == ["Schmidt"]
     });
     println!("found by /de/v1/practitioners/search {took:?} after creation");
     assert_eq!(
-        found(dev.addr, &patient, "fr", "Schmidt"),
+        search(dev.addr, &patient, "fr", "Schmidt"),
         (200, vec![]),
         "never through /fr/v1"
     );
@@ -76,7 +56,7 @@ fn search_per_country_and_an_analyzer_change_without_a_failed_search() {
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let (status, names) = found(addr, &patient, "de", "Schmidt");
+                let (status, names) = search(addr, &patient, "de", "Schmidt");
                 searches.fetch_add(1, Ordering::SeqCst);
                 if status != 200 || names != ["Schmidt"] {
                     failures.fetch_add(1, Ordering::SeqCst);
