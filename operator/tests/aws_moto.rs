@@ -113,6 +113,30 @@ impl Moto {
             .collect()
     }
 
+    /// Every DB instance moto holds: identifier, class and whether it is its cluster's writer.
+    async fn instances(&self) -> Vec<(String, String, bool)> {
+        let rds = self.rds();
+        let clusters = self.clusters().await;
+        let writers: Vec<&str> = clusters
+            .iter()
+            .flat_map(|c| c.db_cluster_members())
+            .filter(|m| m.is_cluster_writer() == Some(true))
+            .filter_map(|m| m.db_instance_identifier())
+            .collect();
+        let out = rds.describe_db_instances().send().await.unwrap();
+        let mut instances: Vec<(String, String, bool)> = out
+            .db_instances()
+            .iter()
+            .map(|i| {
+                let id = i.db_instance_identifier().unwrap().to_string();
+                let writer = writers.contains(&id.as_str());
+                (id, i.db_instance_class().unwrap().to_string(), writer)
+            })
+            .collect();
+        instances.sort();
+        instances
+    }
+
     fn rds(&self) -> aws_sdk_rds::Client {
         let config = aws_sdk_rds::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -205,22 +229,68 @@ async fn aurora_is_created_encrypted_and_protected_adopted_modified_and_deleted_
         Progress::Available { .. }
     ));
 
-    // A bigger instance is a modification.
+    // A bigger instance class and a reader are modifications.
     region.spec.database = Some(meridian_crds::DatabaseSizing {
         instance_class: Some("db.r6g.xlarge".into()),
+        instances: Some(2),
         ..Default::default()
     });
     let (waited, _) = until_available(&db, &region).await;
+    assert!(
+        waited.contains(&"creating DB instance meridian-eu-central-1-2".to_string()),
+        "{waited:?}"
+    );
     assert!(waited.iter().any(|w| w.contains("db.r6g.xlarge")), "{waited:?}");
-    let writer = rds
-        .describe_db_instances()
-        .db_instance_identifier("meridian-eu-central-1-writer")
+    assert_eq!(
+        moto.instances().await,
+        [
+            ("meridian-eu-central-1-1".to_string(), "db.r6g.xlarge".to_string(), true),
+            (
+                "meridian-eu-central-1-2".to_string(),
+                "db.r6g.xlarge".to_string(),
+                false
+            ),
+        ]
+    );
+
+    // AWS fails over to the reader; then the Region asks for one instance again. The
+    // operator hands writing back to instance 1 before it removes instance 2, and leaves
+    // alone an instance someone else added to the cluster.
+    rds.failover_db_cluster()
+        .db_cluster_identifier(cluster_id("eu-central-1"))
+        .target_db_instance_identifier("meridian-eu-central-1-2")
         .send()
         .await
-        .unwrap()
-        .db_instances()[0]
-        .clone();
-    assert_eq!(writer.db_instance_class(), Some("db.r6g.xlarge"));
+        .unwrap();
+    rds.create_db_instance()
+        .db_instance_identifier("analytics-replica")
+        .db_cluster_identifier(cluster_id("eu-central-1"))
+        .db_instance_class("db.r6g.large")
+        .engine("aurora-postgresql")
+        .send()
+        .await
+        .unwrap();
+    region.spec.database.as_mut().unwrap().instances = Some(1);
+    let (waited, _) = until_available(&db, &region).await;
+    assert_eq!(
+        waited,
+        [
+            "failing over from DB instance meridian-eu-central-1-2 to meridian-eu-central-1-1 before removing it",
+            "removing DB instance meridian-eu-central-1-2",
+        ]
+    );
+    assert_eq!(
+        moto.instances().await,
+        [
+            ("analytics-replica".to_string(), "db.r6g.large".to_string(), false),
+            ("meridian-eu-central-1-1".to_string(), "db.r6g.xlarge".to_string(), true),
+        ]
+    );
+    rds.delete_db_instance()
+        .db_instance_identifier("analytics-replica")
+        .send()
+        .await
+        .unwrap();
 
     // Retain: releasing leaves everything.
     db.release(&region, "unused").await.unwrap();
@@ -650,14 +720,12 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     assert_eq!(clusters.len(), 1);
     assert_eq!(clusters[0].deletion_protection(), Some(true));
     assert_eq!(
-        moto.rds()
-            .describe_db_instances()
-            .send()
-            .await
-            .unwrap()
-            .db_instances()
-            .len(),
-        1
+        moto.instances().await,
+        [
+            ("meridian-eu-central-1-1".to_string(), "db.r6g.large".to_string(), true),
+            ("meridian-eu-central-1-2".to_string(), "db.r6g.large".to_string(), false),
+        ],
+        "the example's two instances: a writer and a reader"
     );
     assert_eq!(moto.domains().await, 1);
 
@@ -667,6 +735,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
     assert!(namespaces.get_opt(NS).await.unwrap().is_none());
     assert!(moto.clusters().await.is_empty());
+    assert!(moto.instances().await.is_empty());
     let ids = moto.snapshots().await;
     assert!(
         ids.iter().any(|id| id.starts_with("meridian-eu-central-1-final-")),

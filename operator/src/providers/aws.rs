@@ -1,14 +1,14 @@
-//! The `aws` provider's database: an Aurora PostgreSQL cluster and its writer instance in
-//! the Region's `spec.cloudRegion`, through `aws-sdk-rds`. Storage is encrypted; deletion
-//! protection is on unless the Region says `deletionPolicy: Delete`; both carry tags naming
-//! the Region and the operator. Create adopts what exists with the expected identifiers and
+//! The `aws` provider's database: an Aurora PostgreSQL cluster and its instances (a writer
+//! and readers, `spec.database.instances` in all) in the Region's `spec.cloudRegion`,
+//! through `aws-sdk-rds`. Storage is encrypted; deletion protection is on unless the Region
+//! says `deletionPolicy: Delete`; all carry tags naming the Region and the operator. Create adopts what exists with the expected identifiers and
 //! tags, and never touches a resource tagged for another Region. Creating resources are
-//! reported, not waited for: the reconciler requeues. A changed instance class is applied
-//! as a modification. Deleting with `Delete` takes a final snapshot first.
+//! reported, not waited for: the reconciler requeues. A changed instance class or count is
+//! applied as a modification. Deleting with `Delete` takes a final snapshot first.
 
 use aws_sdk_rds::config::Credentials;
 use aws_sdk_rds::error::DisplayErrorContext;
-use aws_sdk_rds::types::Tag;
+use aws_sdk_rds::types::{DbCluster, DbInstance, Filter, Tag};
 use meridian_crds::{DeletionPolicy, Region};
 
 use super::aws_search::{self, AwsSearch, SearchProgress};
@@ -54,8 +54,18 @@ pub fn cluster_id(name: &str) -> String {
     format!("meridian-{name}")
 }
 
-fn instance_id(name: &str) -> String {
-    format!("meridian-{name}-writer")
+/// Instance `n` (from 1) of Region `name`'s cluster. Numbers, not roles: Aurora may fail
+/// over to any instance, so which one writes is read from the cluster, never from a name.
+fn instance_id(name: &str, n: usize) -> String {
+    format!("meridian-{name}-{n}")
+}
+
+/// The number of one of Region `name`'s instances, from its identifier.
+fn instance_number(name: &str, id: &str) -> Option<usize> {
+    id.strip_prefix(&format!("meridian-{name}-"))?
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
 }
 
 fn tags(name: &str) -> [Tag; 2] {
@@ -82,12 +92,12 @@ impl AwsDatabases {
         Self { rds }
     }
 
-    /// Creates, adopts or updates the Region's cluster and writer instance; `password` is
+    /// Creates, adopts or updates the Region's cluster and its instances; `password` is
     /// the master password used when the cluster is created.
     pub async fn ensure(&self, region: &Region, password: &str) -> Result<Progress, AwsError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let protect = region.spec.deletion_policy != DeletionPolicy::Delete;
-        let (cluster, instance) = (cluster_id(&name), instance_id(&name));
+        let cluster = cluster_id(&name);
         let found = self
             .rds
             .describe_db_clusters()
@@ -137,62 +147,16 @@ impl AwsDatabases {
                 .await
                 .map_err(|e| api(&format!("modify DB cluster {cluster}"), e))?;
         }
-        let class = region
-            .spec
-            .database
-            .as_ref()
-            .and_then(|d| d.instance_class.clone())
-            .unwrap_or_else(|| DEFAULT_CLASS.into());
-        let writer = match self
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(&instance)
-            .send()
-            .await
-        {
-            Ok(out) => out.db_instances().first().cloned(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => None,
-            Err(e) => return Err(api(&format!("describe DB instance {instance}"), e)),
-        };
-        let Some(writer) = writer else {
-            let mut create = self
-                .rds
-                .create_db_instance()
-                .db_instance_identifier(&instance)
-                .db_cluster_identifier(&cluster)
-                .db_instance_class(&class)
-                .engine("aurora-postgresql");
-            for tag in tags(&name) {
-                create = create.tags(tag);
-            }
-            create
-                .send()
-                .await
-                .map_err(|e| api(&format!("create DB instance {instance}"), e))?;
-            return Ok(Progress::Waiting(format!("creating DB instance {instance}")));
-        };
-        if writer.db_instance_class() != Some(class.as_str()) {
-            self.rds
-                .modify_db_instance()
-                .db_instance_identifier(&instance)
-                .db_instance_class(&class)
-                .apply_immediately(true)
-                .send()
-                .await
-                .map_err(|e| api(&format!("modify DB instance {instance}"), e))?;
-            return Ok(Progress::Waiting(format!("changing DB instance {instance} to {class}")));
+        let sizing = region.spec.database.clone().unwrap_or_default();
+        let class = sizing.instance_class.unwrap_or_else(|| DEFAULT_CLASS.into());
+        let wanted = sizing.instances.unwrap_or(1).max(1) as usize;
+        if let Some(waiting) = self.ensure_instances(&name, &existing, &class, wanted).await? {
+            return Ok(Progress::Waiting(waiting));
         }
-        let status = |s: Option<&str>| s.unwrap_or("unknown").to_string();
         if existing.status() != Some("available") {
             return Ok(Progress::Waiting(format!(
                 "DB cluster {cluster} is {}",
-                status(existing.status())
-            )));
-        }
-        if writer.db_instance_status() != Some("available") {
-            return Ok(Progress::Waiting(format!(
-                "DB instance {instance} is {}",
-                status(writer.db_instance_status())
+                existing.status().unwrap_or("unknown")
             )));
         }
         let host = existing
@@ -204,26 +168,149 @@ impl AwsDatabases {
         })
     }
 
-    /// Lets go of the Region's database: `Retain` leaves it; `Delete` removes the writer
+    /// The instances of `cluster` that are Region `name`'s, by number.
+    async fn instances(&self, name: &str, cluster: &str) -> Result<Vec<(usize, DbInstance)>, AwsError> {
+        let filter = Filter::builder().name("db-cluster-id").values(cluster).build();
+        let out = self
+            .rds
+            .describe_db_instances()
+            .filters(filter)
+            .send()
+            .await
+            .map_err(|e| api(&format!("describe DB instances of {cluster}"), e))?;
+        let mut ours: Vec<(usize, DbInstance)> = out
+            .db_instances()
+            .iter()
+            .filter_map(|i| Some((instance_number(name, i.db_instance_identifier()?)?, i.clone())))
+            .collect();
+        ours.sort_by_key(|(n, _)| *n);
+        Ok(ours)
+    }
+
+    /// Brings the cluster to `wanted` instances of `class`: creates the missing ones (the
+    /// first becomes the writer, the others readers), changes the class of those it keeps,
+    /// and removes those beyond `wanted` (instances hold no data of their own: it lives in the
+    /// cluster's storage), failing over first if one of them is the writer. Answers what it
+    /// is waiting for, or `None` once every instance is available as asked. Instances
+    /// someone else added to the cluster are left alone.
+    async fn ensure_instances(
+        &self,
+        name: &str,
+        cluster: &DbCluster,
+        class: &str,
+        wanted: usize,
+    ) -> Result<Option<String>, AwsError> {
+        let cluster_id = cluster.db_cluster_identifier().unwrap_or_default().to_string();
+        let ours = self.instances(name, &cluster_id).await?;
+        let missing: Vec<String> = (1..=wanted)
+            .filter(|n| !ours.iter().any(|(m, _)| m == n))
+            .map(|n| instance_id(name, n))
+            .collect();
+        for instance in &missing {
+            let mut create = self
+                .rds
+                .create_db_instance()
+                .db_instance_identifier(instance)
+                .db_cluster_identifier(&cluster_id)
+                .db_instance_class(class)
+                .engine("aurora-postgresql");
+            for tag in tags(name) {
+                create = create.tags(tag);
+            }
+            create
+                .send()
+                .await
+                .map_err(|e| api(&format!("create DB instance {instance}"), e))?;
+        }
+        if !missing.is_empty() {
+            return Ok(Some(format!("creating DB instance {}", missing.join(", "))));
+        }
+        let writer = cluster
+            .db_cluster_members()
+            .iter()
+            .find(|m| m.is_cluster_writer() == Some(true))
+            .and_then(|m| m.db_instance_identifier());
+        let (kept, extra): (Vec<_>, Vec<_>) = ours.into_iter().partition(|(n, _)| *n <= wanted);
+        let status = |i: &DbInstance| i.db_instance_status().unwrap_or("unknown").to_string();
+        let id = |i: &DbInstance| i.db_instance_identifier().unwrap_or_default().to_string();
+        if let Some((_, leaving)) = extra.iter().find(|(_, i)| i.db_instance_identifier() == writer) {
+            let Some((_, target)) = kept.iter().find(|(_, i)| status(i) == "available") else {
+                return Ok(Some(format!(
+                    "DB instance {} writes; waiting for another to take over",
+                    id(leaving)
+                )));
+            };
+            self.rds
+                .failover_db_cluster()
+                .db_cluster_identifier(&cluster_id)
+                .target_db_instance_identifier(id(target))
+                .send()
+                .await
+                .map_err(|e| api(&format!("fail over DB cluster {cluster_id}"), e))?;
+            return Ok(Some(format!(
+                "failing over from DB instance {} to {} before removing it",
+                id(leaving),
+                id(target)
+            )));
+        }
+        for (_, instance) in &extra {
+            if status(instance) != "deleting" {
+                self.rds
+                    .delete_db_instance()
+                    .db_instance_identifier(id(instance))
+                    .send()
+                    .await
+                    .map_err(|e| api(&format!("delete DB instance {}", id(instance)), e))?;
+            }
+        }
+        if !extra.is_empty() {
+            let ids: Vec<String> = extra.iter().map(|(_, i)| id(i)).collect();
+            return Ok(Some(format!("removing DB instance {}", ids.join(", "))));
+        }
+        // One at a time, the writer last, so that most of the cluster keeps serving.
+        let mut kept = kept;
+        kept.sort_by_key(|(n, i)| (i.db_instance_identifier() == writer, *n));
+        for (_, instance) in &kept {
+            if instance.db_instance_class() != Some(class) {
+                let pending = instance.pending_modified_values().and_then(|p| p.db_instance_class());
+                if pending != Some(class) {
+                    self.rds
+                        .modify_db_instance()
+                        .db_instance_identifier(id(instance))
+                        .db_instance_class(class)
+                        .apply_immediately(true)
+                        .send()
+                        .await
+                        .map_err(|e| api(&format!("modify DB instance {}", id(instance)), e))?;
+                }
+                return Ok(Some(format!("changing DB instance {} to {class}", id(instance))));
+            }
+            if status(instance) != "available" {
+                return Ok(Some(format!("DB instance {} is {}", id(instance), status(instance))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Lets go of the Region's database: `Retain` leaves it; `Delete` removes its instances
     /// and the cluster after a final snapshot (`snapshot_id`).
     pub async fn release(&self, region: &Region, snapshot_id: &str) -> Result<(), AwsError> {
         if region.spec.deletion_policy != DeletionPolicy::Delete {
             return Ok(());
         }
         let name = region.metadata.name.clone().unwrap_or_default();
-        let (cluster, instance) = (cluster_id(&name), instance_id(&name));
-        match self
-            .rds
-            .delete_db_instance()
-            .db_instance_identifier(&instance)
-            .skip_final_snapshot(true)
-            .send()
-            .await
-        {
-            Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
-                return Err(api(&format!("delete DB instance {instance}"), e));
+        let cluster = cluster_id(&name);
+        for (_, instance) in self.instances(&name, &cluster).await? {
+            let id = instance.db_instance_identifier().unwrap_or_default();
+            if instance.db_instance_status() == Some("deleting") {
+                continue;
             }
-            _ => {}
+            match self.rds.delete_db_instance().db_instance_identifier(id).send().await {
+                Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
+                    return Err(api(&format!("delete DB instance {id}"), e));
+                }
+                _ => {}
+            }
         }
         // Deletion protection may still be on from before the policy changed.
         let off = self
@@ -477,7 +564,7 @@ impl AwsStacks {
         self.published(region, "search").await
     }
 
-    /// Stops the Region's workload. `Delete` then removes the domain, the writer, the
+    /// Stops the Region's workload. `Delete` then removes the domain, the instances, the
     /// cluster after a final snapshot, and last the namespace with its Secrets (kept if any
     /// AWS call fails, so the next attempt still has them); `Retain` keeps all of these.
     pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
