@@ -172,7 +172,7 @@ async fn until_available(db: &AwsDatabases, region: &Region) -> (Vec<String>, Pr
     let mut waited = Vec::new();
     for _ in 0..10 {
         match db.ensure(region, "Initial-Passw0rd").await.unwrap() {
-            Progress::Waiting(why) => waited.push(why),
+            Progress::Waiting(why) | Progress::Created(why) => waited.push(why),
             available => return (waited, available),
         }
     }
@@ -557,6 +557,11 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
     );
     assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
     assert!(waits.iter().any(|w| w.contains("OpenSearch domain")), "{waits:?}");
+    assert!(
+        !waits.iter().any(|w| w.contains("setting the master")),
+        "created with the stored passwords, never reset: {waits:?}"
+    );
+    assert_eq!(secret(&kube, "postgres").await["passwordSet"], "true");
     assert!(endpoint.url.starts_with("postgres://meridian:"), "{}", endpoint.url);
     assert!(
         endpoint.display.contains("meridian-eu-central-1"),
@@ -650,6 +655,49 @@ async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_m
     let search = secret(&kube, "search").await;
     assert_eq!(search["passwordSet"], "true");
     assert!(search["url"].starts_with("https://meridian:"), "{search:?}");
+}
+
+#[tokio::test]
+async fn an_adopted_cluster_gets_the_operators_master_password() {
+    let moto = Moto::start();
+    // Someone created the cluster for this Region (or the operator did, and its Secret was
+    // lost since): its master password is not the one the operator will store.
+    let mut create = moto
+        .rds()
+        .create_db_cluster()
+        .db_cluster_identifier(cluster_id("eu-central-1"))
+        .engine("aurora-postgresql")
+        .master_username("meridian")
+        .master_user_password("Someone-Elses-Passw0rd")
+        .storage_encrypted(true);
+    for (key, value) in [
+        ("meridian.dev/region", "eu-central-1"),
+        ("meridian.dev/managed-by", "meridian-operator"),
+    ] {
+        create = create.tags(aws_sdk_rds::types::Tag::builder().key(key).value(value).build());
+    }
+    create.send().await.unwrap();
+    let (kube, stacks) = aws_providers(&moto);
+    let region = frankfurt(DeletionPolicy::Retain);
+    let mut waits = Vec::new();
+    while let Err(e) = stacks.ensure(&region).await {
+        waits.push(e.message);
+        assert!(waits.len() < 10, "{waits:?}");
+    }
+    let setting = "setting the master password of DB cluster meridian-eu-central-1";
+    assert_eq!(
+        waits.iter().filter(|w| w.contains(setting)).count(),
+        1,
+        "set once, and only once the cluster is adopted: {waits:?}"
+    );
+    assert!(!waits.iter().any(|w| w.contains("creating DB cluster")), "{waits:?}");
+    assert_eq!(moto.clusters().await.len(), 1, "adopted, not created again");
+    let postgres = secret(&kube, "postgres").await;
+    assert_eq!(postgres["passwordSet"], "true");
+    assert!(
+        postgres["url"].starts_with(&format!("postgres://meridian:{}@", postgres["password"])),
+        "{postgres:?}"
+    );
 }
 
 #[tokio::test]

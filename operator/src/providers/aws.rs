@@ -26,6 +26,8 @@ const MANAGER_TAG: &str = "meridian.dev/managed-by";
 /// Where the database stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
+    /// The cluster was just created, with the password given; look again later.
+    Created(String),
     /// Something is being created or modified; look again later.
     Waiting(String),
     /// The writer endpoint.
@@ -127,7 +129,7 @@ impl AwsDatabases {
                 .send()
                 .await
                 .map_err(|e| api(&format!("create DB cluster {cluster}"), e))?;
-            return Ok(Progress::Waiting(format!("creating DB cluster {cluster}")));
+            return Ok(Progress::Created(format!("creating DB cluster {cluster}")));
         };
         if let Some(other) = owner(existing.tag_list()).filter(|o| o != &name) {
             return Err(AwsError::NotOurs {
@@ -166,6 +168,21 @@ impl AwsDatabases {
             host: host.to_string(),
             port: existing.port().unwrap_or(5432),
         })
+    }
+
+    /// Gives the Region's cluster the master password `password`: for a cluster adopted, or
+    /// created just before a crash kept the operator from recording that it has it.
+    pub async fn set_master_password(&self, region: &Region, password: &str) -> Result<(), AwsError> {
+        let cluster = cluster_id(&region.metadata.name.clone().unwrap_or_default());
+        self.rds
+            .modify_db_cluster()
+            .db_cluster_identifier(&cluster)
+            .master_user_password(password)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map_err(|e| api(&format!("set the master password of DB cluster {cluster}"), e))?;
+        Ok(())
     }
 
     /// The instances of `cluster` that are Region `name`'s, by number.
@@ -368,7 +385,7 @@ pub struct AwsStacks {
 /// The keys of one of the stack's Secrets.
 type Stored = std::collections::BTreeMap<String, String>;
 
-/// The key of the search Secret saying the domain has the stored master password.
+/// The key of a Secret saying its store (cluster or domain) has the stored master password.
 const PASSWORD_SET: &str = "passwordSet";
 
 impl AwsStacks {
@@ -507,19 +524,34 @@ impl AwsStacks {
         let name = region.metadata.name.clone().unwrap_or_default();
         let mut stored = self.with_password(&name, "postgres", MASTER_USER).await?;
         let password = stored["password"].clone();
-        let database = self
-            .databases(region)
-            .await
-            .ensure(region, &password)
-            .await
-            .map_err(|e| failed("AwsError", e.to_string()))?;
+        let databases = self.databases(region).await;
+        let aws = |e: AwsError| failed("AwsError", e.to_string());
+        let database = match databases.ensure(region, &password).await.map_err(aws)? {
+            Progress::Created(why) => {
+                stored.insert(PASSWORD_SET.into(), "true".into());
+                self.write(&name, "postgres", &stored).await?;
+                Progress::Waiting(why)
+            }
+            // An adopted cluster, or one created just before a crash kept us from recording it.
+            Progress::Available { .. } if !stored.contains_key(PASSWORD_SET) => {
+                databases.set_master_password(region, &password).await.map_err(aws)?;
+                stored.insert(PASSWORD_SET.into(), "true".into());
+                self.write(&name, "postgres", &stored).await?;
+                Progress::Waiting(format!(
+                    "setting the master password of DB cluster {}",
+                    cluster_id(&name)
+                ))
+            }
+            progress => progress,
+        };
         let search = self.ensure_search(region).await?;
         let (host, port) = match (database, search) {
             (Progress::Available { host, port }, SearchProgress::Available(_)) => (host, port),
             (Progress::Waiting(database), SearchProgress::Waiting(search)) => {
                 return Err(failed("DatabaseCreating", format!("{database}; {search}")));
             }
-            (Progress::Waiting(why), _) | (_, SearchProgress::Waiting(why) | SearchProgress::Created(why)) => {
+            (Progress::Waiting(why) | Progress::Created(why), _)
+            | (_, SearchProgress::Waiting(why) | SearchProgress::Created(why)) => {
                 return Err(failed("DatabaseCreating", why));
             }
         };
