@@ -11,28 +11,38 @@ use serde_json::{Value, json};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-/// The venv's Python, which has the Helm SDK.
-fn python() -> PathBuf {
-    let venv = std::env::var_os("MERIDIAN_VENV")
+/// The venv that has the Helm SDK: `MERIDIAN_VENV`, or `~/.cache/meridian-venv`.
+fn venv() -> PathBuf {
+    std::env::var_os("MERIDIAN_VENV")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/meridian-venv")))
-        .expect("HOME or MERIDIAN_VENV");
-    venv.join("bin/python")
+        .expect("HOME or MERIDIAN_VENV")
+}
+
+/// How to get the Helm SDK into that venv.
+fn install_hint() -> String {
+    let venv = venv();
+    format!(
+        "install it with `python3 -m venv {0} && {0}/bin/pip install helm-python-sdk` \
+         (.ci/run does), or set MERIDIAN_VENV to a venv that has it",
+        venv.display()
+    )
 }
 
 /// Lints and renders the chart with `values`: the lint report, and every rendered object.
 fn render(values: Value) -> (Value, Vec<Value>) {
-    let python = python();
+    let python = venv().join("bin/python");
     let out = Command::new(&python)
         .arg(Path::new(REPO).join("charts/check.py"))
         .arg(Path::new(REPO).join("charts/meridian-operator"))
         .arg(values.to_string())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL}", python.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {}", python.display(), install_hint()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'helm_python'"),
-        "the Helm SDK is missing: {INSTALL}"
+        "the Helm SDK is missing: {}",
+        install_hint()
     );
     assert!(out.status.success(), "charts/check.py failed: {stderr}");
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -47,9 +57,6 @@ fn render(values: Value) -> (Value, Vec<Value>) {
     }
     (answer["lint"].clone(), objects)
 }
-
-const INSTALL: &str = "install it with `python3 -m venv ~/.cache/meridian-venv && \
-    ~/.cache/meridian-venv/bin/pip install helm-python-sdk` (.ci/run does), or set MERIDIAN_VENV";
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
