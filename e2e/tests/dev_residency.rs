@@ -28,6 +28,16 @@ fn report(manifests: &std::path::Path, data_dir: &std::path::Path) -> (i32, Valu
     (out.status.code().unwrap_or(-1), json)
 }
 
+/// The report's store of `kind` (`database` or `search`) in `region`.
+fn store<'a>(report: &'a Value, region: &str, kind: &str) -> &'a Value {
+    report["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["region"] == region && s["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} store of {region} in {report:#}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
     let work = tempfile::tempdir().unwrap();
@@ -53,12 +63,7 @@ async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
         assert!(c["index"].as_str().unwrap().starts_with("practitioners_"), "{c}");
     }
     assert_eq!(clean["violations"], Value::Array(vec![]));
-    let de_store = clean["stores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["region"] == "eu-central-1" && s["kind"] == "database")
-        .unwrap();
+    let de_store = store(&clean, "eu-central-1", "database");
     let practitioners = de_store["evidence"]
         .as_array()
         .unwrap()
@@ -69,12 +74,7 @@ async fn every_country_in_its_own_region_and_a_misplaced_row_is_a_violation() {
         practitioners["rows"]["DE"], 1,
         "the evidence shows DE's row where it belongs"
     );
-    let de_index = clean["stores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["region"] == "eu-central-1" && s["kind"] == "search")
-        .unwrap();
+    let de_index = store(&clean, "eu-central-1", "search");
     let documents: i64 = de_index["evidence"]
         .as_array()
         .unwrap()

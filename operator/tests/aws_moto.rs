@@ -510,6 +510,17 @@ fn aws_providers(moto: &Moto) -> (kube::Client, meridian_operator::providers::Aw
     (kube, stacks)
 }
 
+/// Calls the stack's `ensure` until it succeeds (each call is one reconcile); what it
+/// waited for on the way.
+async fn until_ready(stacks: &meridian_operator::providers::AwsStacks, region: &Region) -> Vec<String> {
+    let mut waits = Vec::new();
+    while let Err(e) = stacks.ensure(region).await {
+        waits.push(e.message);
+        assert!(waits.len() < 10, "{waits:?}");
+    }
+    waits
+}
+
 #[tokio::test]
 async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their_urls_in_secrets() {
     use base64::Engine;
@@ -638,12 +649,7 @@ async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_m
     };
     assert_ne!(security().await, Some(true));
     let (kube, stacks) = aws_providers(&moto);
-    let region = frankfurt(DeletionPolicy::Retain);
-    let mut waits = Vec::new();
-    while let Err(e) = stacks.ensure(&region).await {
-        waits.push(e.message);
-        assert!(waits.len() < 10, "{waits:?}");
-    }
+    let waits = until_ready(&stacks, &frankfurt(DeletionPolicy::Retain)).await;
     assert!(
         waits
             .iter()
@@ -678,12 +684,7 @@ async fn an_adopted_cluster_gets_the_operators_master_password() {
     }
     create.send().await.unwrap();
     let (kube, stacks) = aws_providers(&moto);
-    let region = frankfurt(DeletionPolicy::Retain);
-    let mut waits = Vec::new();
-    while let Err(e) = stacks.ensure(&region).await {
-        waits.push(e.message);
-        assert!(waits.len() < 10, "{waits:?}");
-    }
+    let waits = until_ready(&stacks, &frankfurt(DeletionPolicy::Retain)).await;
     let setting = "setting the master password of DB cluster meridian-eu-central-1";
     assert_eq!(
         waits.iter().filter(|w| w.contains(setting)).count(),
