@@ -204,6 +204,23 @@ impl AwsDatabases {
         Ok(ours)
     }
 
+    /// Deletes `instances`, except those already being deleted (or gone meanwhile).
+    async fn delete_instances(&self, instances: &[(usize, DbInstance)]) -> Result<(), AwsError> {
+        for (_, instance) in instances {
+            let id = instance.db_instance_identifier().unwrap_or_default();
+            if instance.db_instance_status() == Some("deleting") {
+                continue;
+            }
+            match self.rds.delete_db_instance().db_instance_identifier(id).send().await {
+                Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
+                    return Err(api(&format!("delete DB instance {id}"), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Brings the cluster to `wanted` instances of `class`: creates the missing ones (the
     /// first becomes the writer, the others readers), changes the class of those it keeps,
     /// and removes those beyond `wanted` (instances hold no data of their own: it lives in the
@@ -247,7 +264,7 @@ impl AwsDatabases {
             .iter()
             .find(|m| m.is_cluster_writer() == Some(true))
             .and_then(|m| m.db_instance_identifier());
-        let (kept, extra): (Vec<_>, Vec<_>) = ours.into_iter().partition(|(n, _)| *n <= wanted);
+        let (mut kept, extra): (Vec<_>, Vec<_>) = ours.into_iter().partition(|(n, _)| *n <= wanted);
         let status = |i: &DbInstance| i.db_instance_status().unwrap_or("unknown").to_string();
         let id = |i: &DbInstance| i.db_instance_identifier().unwrap_or_default().to_string();
         if let Some((_, leaving)) = extra.iter().find(|(_, i)| i.db_instance_identifier() == writer) {
@@ -270,22 +287,12 @@ impl AwsDatabases {
                 id(target)
             )));
         }
-        for (_, instance) in &extra {
-            if status(instance) != "deleting" {
-                self.rds
-                    .delete_db_instance()
-                    .db_instance_identifier(id(instance))
-                    .send()
-                    .await
-                    .map_err(|e| api(&format!("delete DB instance {}", id(instance)), e))?;
-            }
-        }
+        self.delete_instances(&extra).await?;
         if !extra.is_empty() {
             let ids: Vec<String> = extra.iter().map(|(_, i)| id(i)).collect();
             return Ok(Some(format!("removing DB instance {}", ids.join(", "))));
         }
         // One at a time, the writer last, so that most of the cluster keeps serving.
-        let mut kept = kept;
         kept.sort_by_key(|(n, i)| (i.db_instance_identifier() == writer, *n));
         for (_, instance) in &kept {
             if instance.db_instance_class() != Some(class) {
@@ -317,18 +324,7 @@ impl AwsDatabases {
         }
         let name = region.metadata.name.clone().unwrap_or_default();
         let cluster = cluster_id(&name);
-        for (_, instance) in self.instances(&name, &cluster).await? {
-            let id = instance.db_instance_identifier().unwrap_or_default();
-            if instance.db_instance_status() == Some("deleting") {
-                continue;
-            }
-            match self.rds.delete_db_instance().db_instance_identifier(id).send().await {
-                Err(e) if !e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
-                    return Err(api(&format!("delete DB instance {id}"), e));
-                }
-                _ => {}
-            }
-        }
+        self.delete_instances(&self.instances(&name, &cluster).await?).await?;
         // Deletion protection may still be on from before the policy changed.
         let off = self
             .rds
@@ -433,6 +429,12 @@ impl AwsStacks {
         self.objects.apply(&[secret]).await
     }
 
+    /// Records in Secret `store` that its store has the stored master password.
+    async fn mark_password_set(&self, region: &str, store: &str, stored: &mut Stored) -> Result<(), ProviderError> {
+        stored.insert(PASSWORD_SET.into(), "true".into());
+        self.write(region, store, stored).await
+    }
+
     /// Secret `store` of `region`, with a master password generated and written first if
     /// it has none yet (the Region's namespace is created first).
     async fn with_password(&self, region: &str, store: &str, username: &str) -> Result<Stored, ProviderError> {
@@ -488,15 +490,13 @@ impl AwsStacks {
         let aws = |e: AwsError| failed("AwsError", e.to_string());
         let progress = search.ensure(region, &password).await.map_err(aws)?;
         if let SearchProgress::Created(why) = progress {
-            stored.insert(PASSWORD_SET.into(), "true".into());
-            self.write(&name, "search", &stored).await?;
+            self.mark_password_set(&name, "search", &mut stored).await?;
             return Ok(SearchProgress::Waiting(why));
         }
         // An adopted domain, or one created just before a crash kept us from recording it.
         if !stored.contains_key(PASSWORD_SET) {
             search.set_master_user(region, &password).await.map_err(aws)?;
-            stored.insert(PASSWORD_SET.into(), "true".into());
-            self.write(&name, "search", &stored).await?;
+            self.mark_password_set(&name, "search", &mut stored).await?;
             return Ok(SearchProgress::Waiting(format!(
                 "setting the master user of OpenSearch domain {}",
                 aws_search::domain_name(&name)
@@ -528,15 +528,13 @@ impl AwsStacks {
         let aws = |e: AwsError| failed("AwsError", e.to_string());
         let database = match databases.ensure(region, &password).await.map_err(aws)? {
             Progress::Created(why) => {
-                stored.insert(PASSWORD_SET.into(), "true".into());
-                self.write(&name, "postgres", &stored).await?;
+                self.mark_password_set(&name, "postgres", &mut stored).await?;
                 Progress::Waiting(why)
             }
             // An adopted cluster, or one created just before a crash kept us from recording it.
             Progress::Available { .. } if !stored.contains_key(PASSWORD_SET) => {
                 databases.set_master_password(region, &password).await.map_err(aws)?;
-                stored.insert(PASSWORD_SET.into(), "true".into());
-                self.write(&name, "postgres", &stored).await?;
+                self.mark_password_set(&name, "postgres", &mut stored).await?;
                 Progress::Waiting(format!(
                     "setting the master password of DB cluster {}",
                     cluster_id(&name)
