@@ -47,6 +47,12 @@ pub enum AwsError {
     },
 }
 
+impl From<AwsError> for ProviderError {
+    fn from(e: AwsError) -> Self {
+        ProviderError::new("AwsError", e.to_string())
+    }
+}
+
 fn api<E: std::error::Error + 'static>(what: &str, error: E) -> AwsError {
     AwsError::Api(format!("{what}: {}", DisplayErrorContext(error)))
 }
@@ -487,15 +493,14 @@ impl AwsStacks {
         let mut stored = self.with_password(&name, "search", aws_search::MASTER_USER).await?;
         let password = stored["password"].clone();
         let search = self.search(region).await;
-        let aws = |e: AwsError| failed("AwsError", e.to_string());
-        let progress = search.ensure(region, &password).await.map_err(aws)?;
+        let progress = search.ensure(region, &password).await?;
         if let SearchProgress::Created(why) = progress {
             self.mark_password_set(&name, "search", &mut stored).await?;
             return Ok(SearchProgress::Waiting(why));
         }
         // An adopted domain, or one created just before a crash kept us from recording it.
         if !stored.contains_key(PASSWORD_SET) {
-            search.set_master_user(region, &password).await.map_err(aws)?;
+            search.set_master_user(region, &password).await?;
             self.mark_password_set(&name, "search", &mut stored).await?;
             return Ok(SearchProgress::Waiting(format!(
                 "setting the master user of OpenSearch domain {}",
@@ -525,15 +530,14 @@ impl AwsStacks {
         let mut stored = self.with_password(&name, "postgres", MASTER_USER).await?;
         let password = stored["password"].clone();
         let databases = self.databases(region).await;
-        let aws = |e: AwsError| failed("AwsError", e.to_string());
-        let database = match databases.ensure(region, &password).await.map_err(aws)? {
+        let database = match databases.ensure(region, &password).await? {
             Progress::Created(why) => {
                 self.mark_password_set(&name, "postgres", &mut stored).await?;
                 Progress::Waiting(why)
             }
             // An adopted cluster, or one created just before a crash kept us from recording it.
             Progress::Available { .. } if !stored.contains_key(PASSWORD_SET) => {
-                databases.set_master_password(region, &password).await.map_err(aws)?;
+                databases.set_master_password(region, &password).await?;
                 self.mark_password_set(&name, "postgres", &mut stored).await?;
                 Progress::Waiting(format!(
                     "setting the master password of DB cluster {}",
@@ -546,11 +550,11 @@ impl AwsStacks {
         let (host, port) = match (database, search) {
             (Progress::Available { host, port }, SearchProgress::Available(_)) => (host, port),
             (Progress::Waiting(database), SearchProgress::Waiting(search)) => {
-                return Err(failed("DatabaseCreating", format!("{database}; {search}")));
+                return Err(ProviderError::new("DatabaseCreating", format!("{database}; {search}")));
             }
             (Progress::Waiting(why) | Progress::Created(why), _)
             | (_, SearchProgress::Waiting(why) | SearchProgress::Created(why)) => {
-                return Err(failed("DatabaseCreating", why));
+                return Err(ProviderError::new("DatabaseCreating", why));
             }
         };
         let address = self.database_address.clone().unwrap_or(format!("{host}:{port}"));
@@ -575,7 +579,7 @@ impl AwsStacks {
                 "postgres" => ("DatabaseNotCreated", "database"),
                 _ => ("SearchNotCreated", "OpenSearch domain"),
             };
-            failed(reason, format!("the {what} of Region {name} is not available yet"))
+            ProviderError::new(reason, format!("the {what} of Region {name} is not available yet"))
         })
     }
 
@@ -607,16 +611,11 @@ impl AwsStacks {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.search(region)
-            .await
-            .release(region)
-            .await
-            .map_err(|e| failed("AwsError", e.to_string()))?;
+        self.search(region).await.release(region).await?;
         self.databases(region)
             .await
             .release(region, &format!("meridian-{name}-final-{stamp}"))
-            .await
-            .map_err(|e| failed("AwsError", e.to_string()))?;
+            .await?;
         self.objects.delete_namespace(&in_cluster::namespace(&name)).await
     }
 }
@@ -644,8 +643,4 @@ fn master_password() -> String {
         password.insert(at, *chars.choose(&mut rng).expect("a class has characters"));
     }
     password.into_iter().collect()
-}
-
-fn failed(reason: &'static str, message: String) -> ProviderError {
-    ProviderError { reason, message }
 }

@@ -340,10 +340,6 @@ pub struct InClusterStacks {
     config: StackConfig,
 }
 
-fn failed(reason: &'static str, message: String) -> ProviderError {
-    ProviderError { reason, message }
-}
-
 impl InClusterStacks {
     pub fn new(client: Client, config: StackConfig) -> Self {
         Self {
@@ -397,7 +393,7 @@ impl InClusterStacks {
     pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let password = self.password(&name).await?.ok_or_else(|| {
-            failed(
+            ProviderError::new(
                 "DatabaseNotCreated",
                 format!("the stack of Region {name} has not been created yet"),
             )

@@ -28,10 +28,6 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
-fn failed(reason: &'static str, message: String) -> ProviderError {
-    ProviderError { reason, message }
-}
-
 fn gone(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 404)
 }
@@ -51,7 +47,9 @@ impl Objects {
         let (_, _, plural, namespaced) = KINDS
             .iter()
             .find(|(v, k, _, _)| *v == api_version && *k == kind)
-            .ok_or_else(|| failed("StackApplyFailed", format!("{api_version} {kind} is not a stack kind")))?;
+            .ok_or_else(|| {
+                ProviderError::new("StackApplyFailed", format!("{api_version} {kind} is not a stack kind"))
+            })?;
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         Ok(if *namespaced {
@@ -80,7 +78,9 @@ impl Objects {
             self.api(api_version, kind, ns)?
                 .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
                 .await
-                .map_err(|e| failed("StackApplyFailed", format!("failed to apply {kind} {ns}/{name}: {e}")))?;
+                .map_err(|e| {
+                    ProviderError::new("StackApplyFailed", format!("failed to apply {kind} {ns}/{name}: {e}"))
+                })?;
         }
         Ok(())
     }
@@ -95,7 +95,7 @@ impl Objects {
                 .await
             {
                 Err(e) if !gone(&e) => {
-                    return Err(failed(
+                    return Err(ProviderError::new(
                         "ReleaseFailed",
                         format!("cannot delete {kind} {ns}/{name}: {e}"),
                     ));
@@ -118,16 +118,16 @@ impl Objects {
             let found = api
                 .list(&ListParams::default().labels(&selector))
                 .await
-                .map_err(|e| failed("ClusterUnreachable", format!("cannot list {kind}s in {ns}: {e}")))?;
+                .map_err(|e| ProviderError::new("ClusterUnreachable", format!("cannot list {kind}s in {ns}: {e}")))?;
             for object in found.items {
                 let name = object.name_any();
                 let kept = wanted
                     .iter()
                     .any(|w| w["kind"] == *kind && w["metadata"]["name"] == name.as_str());
                 if !kept {
-                    api.delete(&name, &DeleteParams::background())
-                        .await
-                        .map_err(|e| failed("StackApplyFailed", format!("cannot delete {kind} {ns}/{name}: {e}")))?;
+                    api.delete(&name, &DeleteParams::background()).await.map_err(|e| {
+                        ProviderError::new("StackApplyFailed", format!("cannot delete {kind} {ns}/{name}: {e}"))
+                    })?;
                 }
             }
         }
@@ -140,11 +140,11 @@ impl Objects {
             .api("apps/v1", "StatefulSet", ns)?
             .get_opt(name)
             .await
-            .map_err(|e| failed("ClusterUnreachable", e.to_string()))?
+            .map_err(|e| ProviderError::new("ClusterUnreachable", e.to_string()))?
             .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
             .unwrap_or(0);
         if ready < 1 {
-            return Err(failed(
+            return Err(ProviderError::new(
                 reason,
                 format!("waiting for StatefulSet {ns}/{name} to have a ready replica"),
             ));
@@ -159,7 +159,10 @@ impl Objects {
             .delete(ns, &DeleteParams::background())
             .await
         {
-            Err(e) if !gone(&e) => Err(failed("ReleaseFailed", format!("cannot delete namespace {ns}: {e}"))),
+            Err(e) if !gone(&e) => Err(ProviderError::new(
+                "ReleaseFailed",
+                format!("cannot delete namespace {ns}: {e}"),
+            )),
             _ => Ok(()),
         }
     }
@@ -174,7 +177,7 @@ impl Objects {
         let secret = secrets
             .get_opt(name)
             .await
-            .map_err(|e| failed("ClusterUnreachable", format!("cannot read Secret {ns}/{name}: {e}")))?;
+            .map_err(|e| ProviderError::new("ClusterUnreachable", format!("cannot read Secret {ns}/{name}: {e}")))?;
         Ok(secret
             .and_then(|s| s.data)
             .unwrap_or_default()
