@@ -101,27 +101,11 @@ impl Providers {
     }
 
     fn aws(&self, region: &Region) -> Result<&AwsStacks, ProviderError> {
-        self.aws.as_deref().ok_or_else(|| {
-            ProviderError::new(
-                "ProviderUnavailable",
-                format!(
-                    "spec.provider aws needs the operator running against a cluster; Region {} cannot be built here",
-                    region_name(region)
-                ),
-            )
-        })
+        against_a_cluster(self.aws.as_deref(), "aws", region)
     }
 
     fn in_cluster(&self, region: &Region) -> Result<&InClusterStacks, ProviderError> {
-        self.in_cluster.as_deref().ok_or_else(|| {
-            ProviderError::new(
-                "ProviderUnavailable",
-                format!(
-                    "spec.provider inCluster needs the operator running against a cluster; Region {} cannot be built here",
-                    region_name(region)
-                ),
-            )
-        })
+        against_a_cluster(self.in_cluster.as_deref(), "inCluster", region)
     }
 
     /// Sends every Region's search to `backend` (tests that run the reconcilers against
@@ -273,6 +257,19 @@ impl Providers {
             )
         })
     }
+}
+
+/// The stacks of `provider`, which exist only when the operator runs against a cluster.
+fn against_a_cluster<'a, T>(stacks: Option<&'a T>, provider: &str, region: &Region) -> Result<&'a T, ProviderError> {
+    stacks.ok_or_else(|| {
+        ProviderError::new(
+            "ProviderUnavailable",
+            format!(
+                "spec.provider {provider} needs the operator running against a cluster; Region {} cannot be built here",
+                region_name(region)
+            ),
+        )
+    })
 }
 
 /// An OpenSearch backend at `url`, and where it is, for status.
