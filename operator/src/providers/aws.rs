@@ -449,7 +449,7 @@ impl AwsStacks {
             self.objects.apply(&[in_cluster::namespace_object(region)]).await?;
             stored = Stored::from([
                 ("username".to_string(), username.to_string()),
-                ("password".to_string(), master_password()),
+                ("password".to_string(), super::generate_password()),
             ]);
             self.write(region, store, &stored).await?;
         }
@@ -618,29 +618,4 @@ impl AwsStacks {
             .await?;
         self.objects.delete_namespace(&in_cluster::namespace(&name)).await
     }
-}
-
-/// A master password that both RDS and OpenSearch Service accept: 32 characters with
-/// upper- and lower-case letters, digits and a special character, none of which needs
-/// escaping in a URL.
-fn master_password() -> String {
-    use rand::Rng;
-    use rand::seq::IndexedRandom;
-    let mut rng = rand::rng();
-    let mut password: Vec<char> = (&mut rng)
-        .sample_iter(&rand::distr::Alphanumeric)
-        .take(28)
-        .map(char::from)
-        .collect();
-    for class in [
-        "ABCDEFGHJKLMNPQRSTUVWXYZ",
-        "abcdefghijkmnopqrstuvwxyz",
-        "23456789",
-        "-._~",
-    ] {
-        let chars: Vec<char> = class.chars().collect();
-        let at = rng.random_range(0..=password.len());
-        password.insert(at, *chars.choose(&mut rng).expect("a class has characters"));
-    }
-    password.into_iter().collect()
 }

@@ -17,7 +17,6 @@
 
 use kube::Client;
 use meridian_crds::Region;
-use rand::Rng;
 use serde_json::{Value, json};
 
 use super::objects::Objects;
@@ -363,11 +362,7 @@ impl InClusterStacks {
         let name = region.metadata.name.clone().unwrap_or_default();
         let password = match self.password(&name).await? {
             Some(password) => password,
-            None => rand::rng()
-                .sample_iter(&rand::distr::Alphanumeric)
-                .take(32)
-                .map(char::from)
-                .collect(),
+            None => super::generate_password(),
         };
         let wanted = stack(region, &self.config, &password);
         let ns = namespace(&name);

@@ -302,6 +302,31 @@ pub fn opensearch_at(url: &str) -> Result<OpenSearch, meridian_search::SearchErr
     }
 }
 
+/// A new password for a stack's store: 32 characters with upper- and lower-case letters,
+/// digits and a special character (as RDS and OpenSearch Service demand), none of which
+/// needs escaping in a URL.
+fn generate_password() -> String {
+    use rand::Rng;
+    use rand::seq::IndexedRandom;
+    let mut rng = rand::rng();
+    let mut password: Vec<char> = (&mut rng)
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(28)
+        .map(char::from)
+        .collect();
+    for class in [
+        "ABCDEFGHJKLMNPQRSTUVWXYZ",
+        "abcdefghijkmnopqrstuvwxyz",
+        "23456789",
+        "-._~",
+    ] {
+        let chars: Vec<char> = class.chars().collect();
+        let at = rng.random_range(0..=password.len());
+        password.insert(at, *chars.choose(&mut rng).expect("a class has characters"));
+    }
+    password.into_iter().collect()
+}
+
 fn region_name(region: &Region) -> String {
     region.metadata.name.clone().unwrap_or_default()
 }
