@@ -199,23 +199,35 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                 Some(format!("embedded engine {}", dir.display()))
             }
             _ => match ctx.providers.search_store(region).await {
-                Ok((meridian_search::Backend::OpenSearch(client), display)) => {
-                    match client.census().await {
-                        Ok(census) => {
-                            let evidence = census_evidence(census);
-                            check(&mut report, &name, "search", &evidence, &home);
-                            report.stores.push(Store {
-                                region: name.clone(),
-                                kind: "search",
-                                endpoint: display.clone(),
-                                evidence,
-                            });
+                Ok((backend, display)) => {
+                    if let meridian_search::Backend::OpenSearch(client) = &backend {
+                        match client.census().await {
+                            Ok(census) => {
+                                let evidence = census_evidence(census);
+                                check(&mut report, &name, "search", &evidence, &home);
+                                report.stores.push(Store {
+                                    region: name.clone(),
+                                    kind: "search",
+                                    endpoint: display.clone(),
+                                    evidence,
+                                });
+                            }
+                            Err(e) => report.unreachable.push(format!("Region {name} search {display}: {e}")),
                         }
-                        Err(e) => report.unreachable.push(format!("Region {name} search {display}: {e}")),
+                    }
+                    // Which index each of the Region's countries searches, as the store says.
+                    for code in home.iter().filter(|(_, r)| **r == name).map(|(code, _)| code) {
+                        let alias = meridian_search::alias(code);
+                        match backend.resolve(&alias).await {
+                            Ok(Some(resolved)) => {
+                                indexes.insert(alias, resolved.index);
+                            }
+                            Ok(None) => {}
+                            Err(e) => report.unreachable.push(format!("Region {name} search {display}: {e}")),
+                        }
                     }
                     Some(display)
                 }
-                Ok((_, display)) => Some(display),
                 Err(_) => None,
             },
         };

@@ -520,3 +520,36 @@ async fn a_region_cannot_go_while_countries_are_bound_to_it() {
     assert_eq!(blocked.reason, "CountriesStillBound");
     assert!(region::cleanup(&f.shared.1, &[], &f.ctx).await.is_ok());
 }
+
+#[tokio::test]
+async fn the_residency_report_places_each_country_in_its_regions_database_and_index() {
+    use meridian_operator::residency;
+    let f = Fixture::new().await;
+    let de = country("de", "DE", "eu-central-1", "strict");
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&de, &f.dedicated.1, std::slice::from_ref(&de)).await;
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let regions = [f.shared.1.clone(), f.dedicated.1.clone()];
+    let report = residency::report(&regions, &[de, es], &f.ctx, None).await;
+    assert!(report.violations.is_empty(), "{report:#?}");
+    assert!(report.unreachable.is_empty(), "{report:#?}");
+    let placed: Vec<(&str, &str, usize, Option<&str>)> = report
+        .countries
+        .iter()
+        .map(|c| {
+            (
+                c.code.as_str(),
+                c.region.as_str(),
+                c.partitions.len(),
+                c.index.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("DE", "eu-central-1", TABLES, Some("practitioners_de_v1")),
+            ("ES", "eu-west-1", TABLES, Some("practitioners_es_v1")),
+        ]
+    );
+}
