@@ -85,6 +85,21 @@ pub struct CountrySpec {
     pub suspend: bool,
 }
 
+/// The Country that holds `country`'s code among `countries`: the oldest Country with that
+/// code (then by name), `country` itself included. Only the holder is reconciled and served;
+/// a newer Country with the same code is refused and owns nothing. A Country being deleted
+/// still holds its code until its cleanup is done.
+pub fn code_holder<'a>(country: &'a Country, countries: impl IntoIterator<Item = &'a Country>) -> &'a Country {
+    countries
+        .into_iter()
+        .filter(|c| c.spec.code == country.spec.code && c.metadata.name != country.metadata.name)
+        .chain(std::iter::once(country))
+        .min_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        })
+        .expect("the country itself is a candidate")
+}
+
 /// Where a country's personal data may live.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -16,6 +16,7 @@ mod region;
 pub use common::{DeletionPolicy, SecretKeyRef, condition_types};
 pub use country::{
     Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer, SearchSettings,
+    code_holder,
 };
 pub use region::{
     DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec, RegionStatus, SearchSizing,

@@ -8,28 +8,54 @@ use k8s_openapi::jiff::Timestamp;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub type_: &'static str,
-    pub status: bool,
+    pub status: Status,
     pub reason: &'static str,
     pub message: String,
 }
 
+/// A condition's status. `Unknown` is for a step that did not run this time because an
+/// earlier one stopped: its old `True` would be a claim nobody checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
 impl Report {
-    pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(type_: &'static str, status: Status, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_,
-            status: true,
+            status,
             reason,
             message: message.into(),
         }
     }
 
+    pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(type_, Status::True, reason, message)
+    }
+
     pub fn failed(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            status: false,
-            reason,
-            message: message.into(),
-        }
+        Self::new(type_, Status::False, reason, message)
+    }
+
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(type_, Status::Unknown, reason, message)
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == Status::True
     }
 }
 
@@ -39,7 +65,7 @@ pub fn merge(previous: &[Condition], reports: &[Report], generation: Option<i64>
     let now = Time(Timestamp::now());
     let mut out: Vec<Condition> = previous.to_vec();
     for report in reports {
-        let status = if report.status { "True" } else { "False" }.to_string();
+        let status = report.status.as_str().to_string();
         let fresh = Condition {
             type_: report.type_.to_string(),
             status: status.clone(),

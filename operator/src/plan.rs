@@ -110,6 +110,11 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// Forgets every partition not in `names`: what a cleanup may not touch.
+    pub fn keep_only(&mut self, names: &[String]) {
+        self.partitions.retain(|name, _| names.contains(name));
+    }
+
     fn state(&self, partition: &str) -> PartitionState {
         self.partitions
             .get(partition)

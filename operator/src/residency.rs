@@ -136,8 +136,11 @@ impl Report {
 /// `local` gives the search directories of `local` Regions (read without locks).
 pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, local: Option<&LocalClusters>) -> Report {
     let mut report = Report::default();
+    // A code's home is the Region of the Country that holds it: a refused duplicate names
+    // a Region that must not hold that code's rows.
     let home: BTreeMap<String, String> = countries
         .iter()
+        .filter(|c| std::ptr::eq(meridian_crds::code_holder(c, countries), *c))
         .map(|c| (c.spec.code.to_ascii_uppercase(), c.spec.region.clone()))
         .collect();
     let mut endpoints: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
@@ -237,7 +240,11 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
         .iter()
         .map(|r| (r.metadata.name.clone().unwrap_or_default(), r))
         .collect();
-    for c in countries {
+    // Refused duplicates (another Country holds their code) place nothing.
+    for c in countries
+        .iter()
+        .filter(|c| std::ptr::eq(meridian_crds::code_holder(c, countries), *c))
+    {
         let code = c.spec.code.to_ascii_uppercase();
         let region = regions_by_name.get(&c.spec.region);
         let (database, search) = endpoints.get(&c.spec.region).cloned().unwrap_or_default();

@@ -8,12 +8,14 @@ use meridian_crds::condition_types::READY;
 
 use crate::conditions;
 
-/// The countries bound to `region`, except those being deleted.
+/// The countries bound to `region`, except those being deleted and those refused because
+/// an older Country holds their code (they must never answer for it).
 pub fn entries<'a>(countries: impl IntoIterator<Item = &'a Country>, region: &str) -> Vec<CountryEntry> {
-    countries
-        .into_iter()
+    let all: Vec<&Country> = countries.into_iter().collect();
+    all.iter()
         .filter(|c| c.spec.region == region)
-        .filter_map(entry)
+        .filter(|c| std::ptr::eq(meridian_crds::code_holder(c, all.iter().copied()), **c))
+        .filter_map(|c| entry(c))
         .collect()
 }
 
@@ -84,7 +86,13 @@ mod tests {
         es.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         ));
-        let served = entries([&de, &fr, &gb, &it, &es], "eu-central-1");
+        // A newer Country with Germany's code on the same Region is refused: never served.
+        let mut dupe = with_ready(example("de"), false);
+        dupe.metadata.name = Some("de-test".into());
+        dupe.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        let served = entries([&dupe, &de, &fr, &gb, &it, &es], "eu-central-1");
         let table: Vec<(&str, &Serving)> = served.iter().map(|e| (e.code.as_str(), &e.serving)).collect();
         assert_eq!(
             table,

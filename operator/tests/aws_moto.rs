@@ -809,7 +809,7 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
     }
     let blocked = reconcile::cleanup(&region, &[], &ctx).await.unwrap_err();
     let ready = blocked.reports.iter().find(|r| r.type_ == "Ready").unwrap();
-    assert!(!ready.status);
+    assert!(!ready.is_true());
     assert_eq!(ready.reason, "AwsError");
     assert!(
         ready.message.contains("delete DB cluster meridian-eu-central-1")

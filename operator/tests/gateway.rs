@@ -182,3 +182,43 @@ async fn a_cluster_without_the_gateway_api_is_told_how_to_install_it() {
     assert!(matches!(err, GatewayError::NotInstalled), "{err}");
     assert!(err.to_string().contains("standard-install.yaml"), "{err}");
 }
+
+#[tokio::test]
+async fn withdrawing_leaves_the_route_of_another_country_with_the_same_code_alone() {
+    let (gateway, mut server) = cluster();
+    // `de-test`, refused because Germany holds DE, is deleted: Germany's route must stay.
+    let mut dupe = germany();
+    dupe.metadata.name = Some("de-test".into());
+    dupe.metadata.uid = Some("5f0c6c1e-0000-4000-8000-0000000dead1".into());
+    let scenario = async {
+        expect(
+            &mut server,
+            Method::GET,
+            ROUTES,
+            &[SELECTOR],
+            200,
+            list(vec![stored("meridian-region-eu-central-1")]),
+        )
+        .await;
+        // Nothing else is answered: a DELETE would hang and time the test out.
+    };
+    let (withdrawn, ()) = scripted::against(gateway.withdraw(&dupe), scenario).await;
+    withdrawn.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_region_namespace_is_told_apart_from_other_failures() {
+    let (gateway, mut server) = cluster();
+    let de = germany();
+    let scenario = expect(
+        &mut server,
+        Method::PATCH,
+        DE_ROUTE,
+        &[],
+        404,
+        not_found("namespaces \"meridian-region-eu-central-1\" not found"),
+    );
+    let (published, _) = scripted::against(gateway.publish(&de), scenario).await;
+    let err = published.unwrap_err();
+    assert!(err.is_missing_namespace(), "{err}");
+}

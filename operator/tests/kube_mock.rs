@@ -25,6 +25,7 @@ use tower_test::mock::{Handle, SendResponse};
 const LIMIT: Duration = Duration::from_secs(5);
 const COUNTRY: &str = "/apis/platform.meridian.dev/v1alpha1/countries/de";
 const COUNTRY_STATUS: &str = "/apis/platform.meridian.dev/v1alpha1/countries/de/status";
+const COUNTRIES: &str = "/apis/platform.meridian.dev/v1alpha1/countries";
 const REGION: &str = "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1";
 const REGION_STATUS: &str = "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1/status";
 // Countries and Regions are cluster-scoped, so the recorder files their Events in `default`.
@@ -125,6 +126,15 @@ impl ApiServer {
             "unexpected request"
         );
         call
+    }
+
+    /// Expects the list of every Country (who holds a code is read fresh) and answers `items`.
+    async fn expect_countries(&mut self, items: &[&Value]) {
+        let list = json!({
+            "apiVersion": "platform.meridian.dev/v1alpha1", "kind": "CountryList",
+            "metadata": {"resourceVersion": "9"}, "items": items
+        });
+        self.expect(Method::GET, COUNTRIES).await.respond(StatusCode::OK, &list);
     }
 
     /// Expects a JSON patch of `path` (how kube-runtime edits finalizers) and returns its operations.
@@ -339,6 +349,7 @@ async fn a_strict_country_on_a_shared_region_is_refused_before_any_store_is_touc
         api.expect(Method::GET, REGION)
             .await
             .respond(StatusCode::OK, &region("external", "shared"));
+        api.expect_countries(&[&object]).await;
         let status = api.expect_status_apply(COUNTRY_STATUS, &object).await;
         let residency = condition(&status, "ResidencyCompliant", ("False", "RegionNotDedicated"));
         assert!(message(residency).contains("spec.residency"), "{residency}");
@@ -368,6 +379,7 @@ async fn a_missing_region_is_named_and_retried() {
         api.expect(Method::GET, REGION)
             .await
             .respond(StatusCode::NOT_FOUND, &region_not_found());
+        api.expect_countries(&[&object]).await;
         let status = api.expect_status_apply(COUNTRY_STATUS, &object).await;
         let ready = condition(&status, "Ready", ("False", "RegionNotFound"));
         assert!(message(ready).contains("spec.region"), "{ready}");
@@ -386,6 +398,7 @@ async fn an_abandoned_deletion_announces_itself_and_removes_the_finalizer() {
         api.expect(Method::GET, REGION)
             .await
             .respond(StatusCode::NOT_FOUND, &region_not_found());
+        api.expect_countries(&[&object]).await;
         let ops = api.expect_json_patch(COUNTRY, &object).await;
         // Recorded before the patch arrived: the Event goes out while the object still exists.
         api.event("Normal", "CleanedUp");
@@ -414,6 +427,7 @@ async fn a_deletion_that_cannot_reach_its_stores_keeps_the_finalizer_and_says_ho
         api.expect(Method::GET, REGION)
             .await
             .respond(StatusCode::NOT_FOUND, &region_not_found());
+        api.expect_countries(&[&object]).await;
         let status = api.expect_status_apply(COUNTRY_STATUS, &object).await;
         let ready = condition(&status, "Ready", ("False", "RegionNotFound"));
         assert!(message(ready).contains(ABANDON_ANNOTATION), "{ready}");
@@ -428,6 +442,47 @@ async fn a_deletion_that_cannot_reach_its_stores_keeps_the_finalizer_and_says_ho
         Err(Error::Finalizer(e)) if matches!(*e, finalizer::Error::CleanupFailed(Error::CleanupBlocked { .. })) => {}
         other => panic!("expected the cleanup to be blocked, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn deleting_a_refused_duplicate_touches_no_store_and_lets_it_go() {
+    let (client, mut api) = mock();
+    // `de-test` claims Germany's code (and, as one written before code conflicts were
+    // refused, Germany's partitions in its status); `de`, created earlier, holds DE.
+    let holder = country(
+        &[FINALIZER],
+        json!({"creationTimestamp": "2026-01-01T00:00:00Z", "uid": "country-de"}),
+    );
+    let mut object = country(
+        &[FINALIZER],
+        json!({"name": "de-test", "uid": "country-de-test", "creationTimestamp": "2026-06-01T00:00:00Z"}),
+    );
+    object["metadata"]["deletionTimestamp"] = json!("2026-06-02T00:00:00Z");
+    object["spec"]["deletionPolicy"] = json!("Delete");
+    object["status"] = json!({"region": "eu-central-1", "partitions": ["practitioners_de", "appointments_de"],
+                              "index": "practitioners_de_v1"});
+    let dupe: Country = serde_json::from_value(object.clone()).unwrap();
+    let action = scenario(reconcile(Arc::new(dupe), kube_context(client)), async move {
+        // The Region exists, but its (external) database is never asked for: the duplicate
+        // owns nothing there. Any store call would need a Secret this context does not have.
+        api.expect(Method::GET, REGION)
+            .await
+            .respond(StatusCode::OK, &region("external", "dedicated"));
+        api.expect_countries(&[&holder, &object]).await;
+        let ops = api
+            .expect_json_patch("/apis/platform.meridian.dev/v1alpha1/countries/de-test", &object)
+            .await;
+        assert_eq!(ops[1], json!({"op": "remove", "path": "/metadata/finalizers/0"}));
+        let done = api.event("Normal", "CleanedUp");
+        assert!(message_of(done).contains("stores left untouched"), "{done}");
+        api
+    })
+    .await;
+    assert_eq!(action.unwrap(), Action::await_change());
+}
+
+fn message_of(event: &Value) -> &str {
+    event["note"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]

@@ -111,6 +111,27 @@ impl Fixture {
         )
         .await
     }
+
+    /// `c` as its reconcile left it: with the status that records what it created.
+    async fn reconciled(&self, c: &Country, r: &Region, all: &[Country]) -> Country {
+        let outcome = self.apply(c, r, all).await;
+        let mut c = c.clone();
+        c.status = Some(outcome.status);
+        c
+    }
+
+    async fn cleanup(
+        &self,
+        c: &Country,
+        r: &Region,
+        all: &[Country],
+    ) -> Result<Vec<meridian_operator::plan::Change>, meridian_operator::controller::Blocked> {
+        let world = country::World {
+            region: Some(r),
+            countries: all,
+        };
+        country::cleanup(c, world, &self.ctx).await
+    }
 }
 
 async fn connect(pg: &TempCluster) -> PgConnection {
@@ -323,8 +344,9 @@ async fn invalid_specs_change_nothing_and_name_the_field() {
     );
     assert_eq!(outcome.next, Next::AwaitChange);
     assert_eq!(
-        outcome.status.observed_generation, None,
-        "observedGeneration moves only on success"
+        outcome.status.observed_generation,
+        Some(1),
+        "the refusal describes this generation"
     );
     assert!(partitions(&f.shared.0).await.is_empty());
 }
@@ -348,7 +370,7 @@ async fn a_country_waits_for_its_region_to_be_ready() {
 async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back() {
     let f = Fixture::new().await;
     let es = country("es", "ES", "eu-west-1", "shared");
-    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let es = f.reconciled(&es, &f.shared.1, &[]).await;
     let mut conn = connect(&f.shared.0).await;
     sqlx::query(
         "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
@@ -358,7 +380,7 @@ async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back()
     .await
     .unwrap();
 
-    let done = country::cleanup(&es, Some(&f.shared.1), &f.ctx).await.unwrap();
+    let done = f.cleanup(&es, &f.shared.1, &[]).await.unwrap();
     assert_eq!(done.len(), TABLES);
     let parts = partitions(&f.shared.0).await;
     assert_eq!(parts.len(), TABLES, "Retain keeps every partition");
@@ -376,10 +398,7 @@ async fn retain_detaches_and_keeps_rows_and_a_returning_country_gets_them_back()
         .unwrap();
     assert_eq!((through_parent, kept), (0, 1));
     assert!(
-        country::cleanup(&es, Some(&f.shared.1), &f.ctx)
-            .await
-            .unwrap()
-            .is_empty(),
+        f.cleanup(&es, &f.shared.1, &[]).await.unwrap().is_empty(),
         "a repeat is a no-op"
     );
 
@@ -398,9 +417,9 @@ async fn delete_drops_the_partitions() {
     let mut it = country("it", "IT", "eu-west-1", "shared");
     it.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
     let es = country("es", "ES", "eu-west-1", "shared");
-    f.apply(&it, &f.shared.1, &[it.clone(), es.clone()]).await;
+    let it = f.reconciled(&it, &f.shared.1, &[it.clone(), es.clone()]).await;
     f.apply(&es, &f.shared.1, &[it.clone(), es.clone()]).await;
-    let done = country::cleanup(&it, Some(&f.shared.1), &f.ctx).await.unwrap();
+    let done = f.cleanup(&it, &f.shared.1, &[]).await.unwrap();
     assert_eq!(done.len(), TABLES);
     assert!(
         names(&partitions(&f.shared.0).await).iter().all(|n| n.ends_with("_es")),
@@ -461,10 +480,11 @@ async fn the_index_is_built_from_the_database_rebuilt_when_the_analyzer_changes_
     );
 
     // Retain keeps the index; Delete removes it.
-    country::cleanup(&de, Some(&f.dedicated.1), &f.ctx).await.unwrap();
+    de.status = Some(rebuilt.status);
+    f.cleanup(&de, &f.dedicated.1, &[]).await.unwrap();
     assert!(f.search.resolve(&alias("DE")).await.unwrap().is_some());
     de.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
-    country::cleanup(&de, Some(&f.dedicated.1), &f.ctx).await.unwrap();
+    f.cleanup(&de, &f.dedicated.1, &[]).await.unwrap();
     assert!(f.search.versions(&alias("DE")).await.unwrap().is_empty());
 }
 
@@ -472,7 +492,7 @@ async fn the_index_is_built_from_the_database_rebuilt_when_the_analyzer_changes_
 async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
     let f = Fixture::new().await;
     let es = country("es", "ES", "eu-west-1", "shared");
-    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let es = f.reconciled(&es, &f.shared.1, &[]).await;
 
     // The same Region, pointed at a port where nothing listens.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -487,7 +507,11 @@ async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
         BTreeMap::from([("url".into(), format!("postgres://meridian@127.0.0.1:{port}/meridian"))]),
     );
     let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
-    let blocked = country::cleanup(&es, Some(&f.shared.1), &ctx).await.unwrap_err();
+    let world = country::World {
+        region: Some(&f.shared.1),
+        countries: &[],
+    };
+    let blocked = country::cleanup(&es, world, &ctx).await.unwrap_err();
     assert_eq!(blocked.reason, "DatabaseUnreachable");
     assert!(
         blocked.message().contains("platform.meridian.dev/abandon"),
@@ -500,12 +524,7 @@ async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
         "platform.meridian.dev/abandon".into(),
         "true".into(),
     )]));
-    assert!(
-        country::cleanup(&abandoned, Some(&f.shared.1), &ctx)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(country::cleanup(&abandoned, world, &ctx).await.unwrap().is_empty());
     assert!(
         partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached),
         "abandon touches nothing"
@@ -552,4 +571,228 @@ async fn the_residency_report_places_each_country_in_its_regions_database_and_in
             ("ES", "eu-west-1", TABLES, Some("practitioners_es_v1")),
         ]
     );
+}
+
+fn created_at(mut c: Country, at: &str) -> Country {
+    c.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        at.parse().unwrap(),
+    ));
+    c
+}
+
+async fn count(pg: &TempCluster, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&mut connect(pg).await).await.unwrap()
+}
+
+/// The incident this guards against: a second Country `de-test` with Germany's code was
+/// refused, yet deleting it with `Delete` dropped Germany's partitions and index.
+#[tokio::test]
+async fn a_second_country_with_a_held_code_is_refused_owns_nothing_and_its_deletion_touches_nothing() {
+    use meridian_search::alias;
+    let f = Fixture::new().await;
+    let de = created_at(country("de", "DE", "eu-central-1", "strict"), "2026-01-01T00:00:00Z");
+    let mut dupe = created_at(
+        country("de-test", "DE", "eu-central-1", "strict"),
+        "2026-06-01T00:00:00Z",
+    );
+    dupe.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    let all = [de.clone(), dupe.clone()];
+    let de = f.reconciled(&de, &f.dedicated.1, &all).await;
+    assert!(conditions::is_true(&de.status.as_ref().unwrap().conditions, "Ready"));
+    sqlx::query(
+        "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+         VALUES ('DE', gen_random_uuid(), 'Anna', 'Schmidt', 'Kardiologie', 'Berlin')",
+    )
+    .execute(&mut connect(&f.dedicated.0).await)
+    .await
+    .unwrap();
+
+    let refused = f.apply(&dupe, &f.dedicated.1, &all).await;
+    let ready = conditions::find(&refused.status.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "CodeConflict")
+    );
+    assert!(
+        ready.message.contains("spec.code: DE is already held by Country de"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(refused.next, Next::AwaitChange);
+    assert!(
+        refused.status.partitions.is_empty() && refused.status.index.is_none() && refused.status.region.is_none(),
+        "a refused Country records nothing as its own: {:?}",
+        refused.status
+    );
+
+    // Its deletion, even with a status that claims Germany's stores (as one written before
+    // this fix would), touches nothing: with Delete, and with Retain.
+    let mut dupe = dupe.clone();
+    dupe.status = de.status.clone();
+    let before = partitions(&f.dedicated.0).await;
+    assert_eq!(f.cleanup(&dupe, &f.dedicated.1, &all).await.unwrap(), []);
+    dupe.spec.deletion_policy = meridian_crds::DeletionPolicy::Retain;
+    assert_eq!(f.cleanup(&dupe, &f.dedicated.1, &all).await.unwrap(), []);
+    assert_eq!(
+        partitions(&f.dedicated.0).await,
+        before,
+        "Germany's partitions are untouched"
+    );
+    assert!(before.iter().all(|(_, attached)| *attached));
+    assert_eq!(
+        count(
+            &f.dedicated.0,
+            "SELECT count(*) FROM practitioners WHERE country_code = 'DE'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        f.search.versions(&alias("DE")).await.unwrap(),
+        ["practitioners_de_v1"],
+        "Germany's index is untouched"
+    );
+    let again = f.apply(&de, &f.dedicated.1, &all).await;
+    assert!(conditions::is_true(&again.status.conditions, "Ready"));
+
+    // On a shared Region a duplicate is refused just the same (it used to become Ready).
+    let es = created_at(country("es", "ES", "eu-west-1", "shared"), "2026-01-01T00:00:00Z");
+    let es_too = created_at(country("spain", "ES", "eu-west-1", "shared"), "2026-06-01T00:00:00Z");
+    let both = [es.clone(), es_too.clone()];
+    assert!(conditions::is_true(
+        &f.apply(&es, &f.shared.1, &both).await.status.conditions,
+        "Ready"
+    ));
+    let refused = f.apply(&es_too, &f.shared.1, &both).await;
+    assert_eq!(
+        conditions::find(&refused.status.conditions, "Ready").unwrap().reason,
+        "CodeConflict"
+    );
+
+    // Once the holder is gone, the other one holds the code.
+    let alone = [es_too.clone()];
+    assert!(conditions::is_true(
+        &f.apply(&es_too, &f.shared.1, &alone).await.status.conditions,
+        "Ready"
+    ));
+}
+
+#[tokio::test]
+async fn a_country_whose_region_never_existed_is_deleted_at_once() {
+    let f = Fixture::new().await;
+    let lost = country("xx", "XX", "eu-nowhere-1", "shared");
+    let world = country::World {
+        region: None,
+        countries: &[],
+    };
+    let outcome = country::apply(&lost, world, &f.ctx).await;
+    assert_eq!(
+        conditions::find(&outcome.status.conditions, "Ready").unwrap().reason,
+        "RegionNotFound"
+    );
+    assert_eq!(outcome.failure, None, "waiting for a Region is not a failure");
+    let mut lost = lost;
+    lost.status = Some(outcome.status);
+    assert_eq!(country::cleanup(&lost, world, &f.ctx).await.unwrap(), []);
+
+    // One that did create partitions in a Region that has since gone still needs the
+    // Region (or the abandon annotation): its data is somewhere.
+    let es = f
+        .reconciled(&country("es", "ES", "eu-west-1", "shared"), &f.shared.1, &[])
+        .await;
+    let blocked = country::cleanup(&es, world, &f.ctx).await.unwrap_err();
+    assert_eq!(blocked.reason, "RegionNotFound");
+}
+
+#[tokio::test]
+async fn a_stopped_step_leaves_the_later_conditions_unknown_and_waiting_is_not_failing() {
+    let f = Fixture::new().await;
+    let es = f
+        .reconciled(&country("es", "ES", "eu-west-1", "shared"), &f.shared.1, &[])
+        .await;
+    for condition in [
+        "ResidencyCompliant",
+        "DatabaseReady",
+        "SearchIndexReady",
+        "RoutesReady",
+        "Ready",
+    ] {
+        assert!(
+            conditions::is_true(&es.status.as_ref().unwrap().conditions, condition),
+            "{condition}"
+        );
+    }
+    let mut not_ready = f.shared.1.clone();
+    not_ready.status = None;
+    let outcome = f.apply(&es, &not_ready, &[]).await;
+    let status = |t: &str| {
+        let c = conditions::find(&outcome.status.conditions, t).unwrap();
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(status("ResidencyCompliant"), ("True".into(), "Compliant".into()));
+    assert_eq!(status("DatabaseReady"), ("False".into(), "RegionNotReady".into()));
+    assert_eq!(status("SearchIndexReady"), ("Unknown".into(), "Blocked".into()));
+    assert_eq!(status("RoutesReady"), ("Unknown".into(), "Blocked".into()));
+    assert_eq!(status("Ready"), ("False".into(), "RegionNotReady".into()));
+    assert_eq!(outcome.failure, None);
+    assert_eq!(outcome.next, Next::Requeue(meridian_operator::controller::RETRY));
+    assert_eq!(
+        outcome.status.partitions.len(),
+        TABLES,
+        "what it created stays recorded while it waits"
+    );
+}
+
+#[tokio::test]
+async fn without_a_search_store_a_country_is_ready_and_says_so() {
+    let f = Fixture::new().await;
+    // The fixture's Regions, reached without the shared search engine: `external` Regions
+    // with no spec.external.searchUrlSecretRef have no search.
+    let mut secrets = StaticSecrets::default();
+    secrets.insert(
+        "default",
+        "eu-west-1-db",
+        BTreeMap::from([("url".into(), f.shared.0.url())]),
+    );
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let world = country::World {
+        region: Some(&f.shared.1),
+        countries: &[],
+    };
+    let outcome = country::apply(&es, world, &ctx).await;
+    let search = conditions::find(&outcome.status.conditions, "SearchIndexReady").unwrap();
+    assert_eq!(
+        (search.status.as_str(), search.reason.as_str()),
+        ("False", "NotConfigured")
+    );
+    let ready = conditions::find(&outcome.status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+    assert!(
+        ready.message.contains("without practitioner search"),
+        "{}",
+        ready.message
+    );
+    assert!(conditions::is_true(&outcome.status.conditions, "RoutesReady"));
+    assert_eq!(outcome.status.index, None);
+}
+
+#[tokio::test]
+async fn a_suspended_country_withdraws_its_routes_and_keeps_its_data() {
+    let f = Fixture::new().await;
+    let mut es = f
+        .reconciled(&country("es", "ES", "eu-west-1", "shared"), &f.shared.1, &[])
+        .await;
+    assert_eq!(es.status.as_ref().unwrap().routes, ["/es/v1"]);
+    es.spec.suspend = true;
+    let outcome = f.apply(&es, &f.shared.1, &[]).await;
+    let routes = conditions::find(&outcome.status.conditions, "RoutesReady").unwrap();
+    assert_eq!((routes.status.as_str(), routes.reason.as_str()), ("False", "Suspended"));
+    assert!(outcome.status.routes.is_empty());
+    assert_eq!(
+        conditions::find(&outcome.status.conditions, "Ready").unwrap().reason,
+        "Suspended"
+    );
+    assert_eq!(outcome.status.partitions.len(), TABLES, "its data stays its own");
+    assert!(partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached));
 }

@@ -53,6 +53,14 @@ pub enum GatewayError {
     },
 }
 
+impl GatewayError {
+    /// The route's namespace (the Region's) does not exist yet.
+    pub fn is_missing_namespace(&self) -> bool {
+        matches!(self, GatewayError::Api { error, .. }
+            if matches!(error.as_ref(), kube::Error::Api(s) if s.code == 404 && s.message.contains("namespaces")))
+    }
+}
+
 /// The namespace a Region's workloads run in.
 pub fn route_namespace(region: &str) -> String {
     format!("meridian-region-{region}")
@@ -147,7 +155,8 @@ impl Gateway {
         Ok(vec![prefix(country)])
     }
 
-    /// Removes the country's routes; routes already gone are fine.
+    /// Removes the routes this Country owns; routes already gone are fine, and routes of
+    /// another Country with the same code are not touched.
     pub async fn withdraw(&self, country: &Country) -> Result<(), GatewayError> {
         match self {
             Gateway::Embedded => Ok(()),
@@ -156,7 +165,7 @@ impl Gateway {
     }
 }
 
-/// Deletes the routes labelled for `country` other than `keep` (all of them without it).
+/// Deletes the routes labelled for `country` and owned by it (by uid), other than `keep`.
 async fn remove_leftovers(client: &Client, country: &Country, keep: Option<(&str, &str)>) -> Result<(), GatewayError> {
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &http_routes());
     let selector = format!(
@@ -169,7 +178,7 @@ async fn remove_leftovers(client: &Client, country: &Country, keep: Option<(&str
         .map_err(|error| failed("list", "*", &route_name(country), error))?;
     for route in found.items {
         let (namespace, name) = (route.namespace().unwrap_or_default(), route.name_any());
-        if keep == Some((namespace.as_str(), name.as_str())) {
+        if keep == Some((namespace.as_str(), name.as_str())) || !owned_by(&route, country) {
             continue;
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &http_routes());
@@ -180,6 +189,14 @@ async fn remove_leftovers(client: &Client, country: &Country, keep: Option<(&str
         }
     }
     Ok(())
+}
+
+/// Whether `route` names `country` (by uid) among its owners.
+fn owned_by(route: &DynamicObject, country: &Country) -> bool {
+    let Some(uid) = country.uid() else {
+        return false;
+    };
+    route.owner_references().iter().any(|o| o.uid == uid)
 }
 
 fn failed(action: &'static str, namespace: &str, name: &str, error: kube::Error) -> GatewayError {

@@ -1,12 +1,17 @@
-//! Country: residency first, then one list partition per partitioned table in the
-//! database of the Country's Region, then its search index (an alias over a version built
-//! with the country's analyzer and synonyms).
+//! Country: admission (a valid spec, a code no older Country holds, an existing Region),
+//! then a list of steps, each owning its condition: residency, one list partition per
+//! partitioned table in the Region's database, the search index (an alias over a version
+//! built with the country's analyzer and synonyms), the gateway route. The status records
+//! what the Country created; its cleanup touches nothing else.
 
 use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, ROUTES_READY, SEARCH_INDEX_READY};
-use meridian_crds::{Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency, SearchAnalyzer};
+use meridian_crds::{
+    Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency, SearchAnalyzer, code_holder,
+};
 use meridian_search::{self as search, Language};
 
 use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
+use crate::backends::postgres::{DbError, RegionDb};
 use crate::conditions::{self, Report};
 use crate::plan::{self, Change, PartitionGoal};
 use crate::providers::Endpoint;
@@ -85,14 +90,28 @@ fn dedicated_holder<'a>(region: &str, countries: &'a [Country]) -> Option<&'a Co
         })
 }
 
-/// Validation, Region lookup and residency: everything that must hold before any store
-/// is touched. Returns the Region and the residency condition.
-fn admit<'a>(country: &Country, world: World<'a>) -> Result<(&'a Region, Report), Blocked> {
+/// Validation, the code's uniqueness and the Region's existence: everything that must hold
+/// before any store is touched. A Country refused here owns nothing.
+fn admit<'a>(country: &Country, world: World<'a>) -> Result<&'a Region, Blocked> {
     let errors = validate::country(country);
     if !errors.is_empty() {
         let message = validate::describe(&errors);
         return Err(Blocked::new(
             vec![Report::failed(READY, "InvalidSpec", message)],
+            Next::AwaitChange,
+        ));
+    }
+    let holder = code_holder(country, world.countries);
+    if holder.metadata.name != country.metadata.name {
+        let message = format!(
+            "spec.code: {} is already held by Country {}, created earlier; this Country is refused and owns nothing \
+             (delete it, or give it another code)",
+            country.spec.code,
+            holder.metadata.name.as_deref().unwrap_or_default()
+        );
+        // Looked at again when the holder goes away (the drivers wake Countries of a code).
+        return Err(Blocked::new(
+            vec![Report::failed(READY, "CodeConflict", message)],
             Next::AwaitChange,
         ));
     }
@@ -106,6 +125,12 @@ fn admit<'a>(country: &Country, world: World<'a>) -> Result<(&'a Region, Report)
             Next::Requeue(RETRY),
         ));
     };
+    Ok(region)
+}
+
+/// Admission and residency, for planning.
+fn admit_and_check<'a>(country: &Country, world: World<'a>) -> Result<(&'a Region, Report), Blocked> {
+    let region = admit(country, world)?;
     match check_residency(country, region, world.countries) {
         Ok(compliant) => Ok((region, compliant)),
         Err(violation) => {
@@ -115,52 +140,55 @@ fn admit<'a>(country: &Country, world: World<'a>) -> Result<(&'a Region, Report)
     }
 }
 
-/// Plans the Country's partitions without changing anything.
-pub async fn plan(country: &Country, world: World<'_>, ctx: &Context) -> Result<(Planned, Report), Blocked> {
-    let (region, compliant) = admit(country, world)?;
+/// The changes the Region's database needs for the Country's partitions, and the database.
+async fn plan_partitions(country: &Country, region: &Region, ctx: &Context) -> Result<(Planned, RegionDb), Stop> {
     let region_name = region.metadata.name.clone().unwrap_or_default();
-    let waiting = |reason: &'static str, message: String| {
-        Blocked::new(
-            vec![
-                compliant.clone(),
-                Report::failed(DATABASE_READY, reason, &message),
-                Report::failed(READY, reason, message),
-            ],
-            Next::Requeue(RETRY),
-        )
-    };
     let endpoint = ctx
         .providers
         .locate(region)
         .await
-        .map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
+        .map_err(|e| Stop::retry("RegionNotReady", format!("Region {region_name}: {e}")))?;
     let db = ctx
         .databases
         .get(&endpoint.url)
-        .map_err(|e| waiting("RegionNotReady", format!("Region {region_name}: {e}")))?;
-    let unreachable =
-        |e: crate::backends::postgres::DbError| waiting("DatabaseUnreachable", format!("Region {region_name}: {e}"));
-    let schema_pending = !plan::migrations(&db.applied_migrations().await.map_err(unreachable)?).is_empty();
-    let observed = if schema_pending {
-        Default::default()
-    } else {
-        db.observe(&country.spec.code).await.map_err(unreachable)?
-    };
+        .map_err(|e| Stop::retry("RegionNotReady", format!("Region {region_name}: {e}")))?;
+    let unreachable = |e: DbError| Stop::retry("DatabaseUnreachable", format!("Region {region_name}: {e}"));
+    if !plan::migrations(&db.applied_migrations().await.map_err(unreachable)?).is_empty() {
+        return Err(Stop::retry(
+            "SchemaPending",
+            format!("Region {region_name} has pending schema migrations"),
+        ));
+    }
+    let observed = db.observe(&country.spec.code).await.map_err(unreachable)?;
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &observed);
-    Ok((
-        Planned {
-            region: region_name,
-            endpoint: Some(endpoint),
-            changes,
-            schema_pending,
-        },
-        compliant,
-    ))
+    let planned = Planned {
+        region: region_name,
+        endpoint: Some(endpoint),
+        changes,
+        schema_pending: false,
+    };
+    Ok((planned, db))
+}
+
+/// Plans the Country's partitions without changing anything.
+pub async fn plan(country: &Country, world: World<'_>, ctx: &Context) -> Result<(Planned, Report), Blocked> {
+    let (region, compliant) = admit_and_check(country, world)?;
+    match plan_partitions(country, region, ctx).await {
+        Ok((planned, _)) => Ok((planned, compliant)),
+        Err(stop) => Err(Blocked::new(
+            vec![
+                compliant,
+                Report::failed(DATABASE_READY, stop.reason, &stop.message),
+                Report::failed(READY, stop.reason, stop.message),
+            ],
+            stop.next,
+        )),
+    }
 }
 
 /// Plans against a Region whose database does not exist yet: every partition is new.
 pub fn plan_fresh(country: &Country, world: World<'_>) -> Result<(Planned, Report), Blocked> {
-    let (region, compliant) = admit(country, world)?;
+    let (region, compliant) = admit_and_check(country, world)?;
     let changes = plan::partitions(&country.spec.code, PartitionGoal::Present, &Default::default());
     let region = region.metadata.name.clone().unwrap_or_default();
     Ok((
@@ -174,168 +202,262 @@ pub fn plan_fresh(country: &Country, world: World<'_>) -> Result<(Planned, Repor
     ))
 }
 
-/// Reconciles a Country: residency, partitions, status.
-pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcome<CountryStatus> {
-    let previous = country.status.clone().unwrap_or_default();
-    let generation = country.metadata.generation;
-    let finish = |reports: &[Report], update: CountryStatus| CountryStatus {
-        conditions: conditions::merge(&previous.conditions, reports, generation),
-        ..update
-    };
-    if country.spec.suspend {
-        let reports = [Report::failed(
-            READY,
-            "Suspended",
-            "spec.suspend is true: the country is not reconciled or served",
-        )];
-        return Outcome {
-            status: finish(&reports, previous.clone()),
+/// The steps of a Country's reconcile, in order. Each owns one condition; a step that
+/// cannot finish stops the ones after it, whose conditions become `Unknown` (they were not
+/// checked this time). Validation, the code's uniqueness and the Region's existence are
+/// checked before any step: a Country that fails them owns nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The Region is one the country's residency rules allow.
+    Residency,
+    /// One list partition per partitioned table in the Region's database.
+    Partitions,
+    /// The search index `practitioners_{cc}`, an alias over a versioned index.
+    SearchIndex,
+    /// The gateway route `/{cc}/v1` to the Region's workloads.
+    Routes,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::Residency, Step::Partitions, Step::SearchIndex, Step::Routes];
+
+    /// The condition this step owns.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Step::Residency => RESIDENCY_COMPLIANT,
+            Step::Partitions => DATABASE_READY,
+            Step::SearchIndex => SEARCH_INDEX_READY,
+            Step::Routes => ROUTES_READY,
+        }
+    }
+}
+
+/// Why a step stopped the reconcile.
+struct Stop {
+    reason: &'static str,
+    message: String,
+    next: Next,
+}
+
+impl Stop {
+    fn retry(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            next: Next::Requeue(RETRY),
+        }
+    }
+}
+
+/// One reconcile in progress: what the steps share, and the status they build up. Each
+/// step records in `status` what it created as soon as it exists, so that a later failure
+/// still leaves the record that the cleanup relies on.
+struct Run<'a> {
+    country: &'a Country,
+    world: World<'a>,
+    ctx: &'a Context,
+    region: &'a Region,
+    status: CountryStatus,
+    db: Option<RegionDb>,
+    /// Set when the Region has no search store: the Country is served without search.
+    search_missing: Option<String>,
+}
+
+impl Run<'_> {
+    async fn step(&mut self, step: Step) -> Result<Report, Stop> {
+        match step {
+            Step::Residency => self.residency(),
+            Step::Partitions => self.partitions().await,
+            Step::SearchIndex => self.search_index().await,
+            Step::Routes => self.routes().await,
+        }
+    }
+
+    fn residency(&mut self) -> Result<Report, Stop> {
+        check_residency(self.country, self.region, self.world.countries).map_err(|violation| Stop {
+            reason: violation.reason,
+            message: violation.message,
             next: Next::AwaitChange,
-            failure: None,
-        };
+        })
     }
-    // A Region that is not Ready yet (still starting, migrating) makes the Country wait.
-    if let Some(region) = world.region
-        && !region
+
+    async fn partitions(&mut self) -> Result<Report, Stop> {
+        let region_name = self.region.metadata.name.clone().unwrap_or_default();
+        // A Region that is not Ready yet (still starting, migrating) makes the Country wait;
+        // a change of the Region wakes it.
+        let region_ready = self
+            .region
             .status
             .as_ref()
-            .is_some_and(|s| conditions::is_true(&s.conditions, READY))
-        && validate::country(country).is_empty()
-    {
-        let why = region
-            .status
-            .as_ref()
-            .and_then(|s| conditions::find(&s.conditions, READY))
-            .map_or("not reconciled yet".to_string(), |c| {
-                format!("{}: {}", c.reason, c.message)
-            });
-        let message = format!("waiting for Region {}: {why}", country.spec.region);
-        let mut reports = vec![
-            Report::failed(DATABASE_READY, "RegionNotReady", &message),
-            Report::failed(READY, "RegionNotReady", message),
-        ];
-        if let Ok(compliant) = check_residency(country, region, world.countries) {
-            reports.insert(0, compliant);
+            .is_some_and(|s| conditions::is_true(&s.conditions, READY));
+        if !region_ready {
+            let why = self
+                .region
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, READY))
+                .map_or("not reconciled yet".to_string(), |c| {
+                    format!("{}: {}", c.reason, c.message)
+                });
+            return Err(Stop::retry(
+                "RegionNotReady",
+                format!("waiting for Region {region_name}: {why}"),
+            ));
         }
-        return Outcome {
-            status: finish(&reports, previous.clone()),
-            next: Next::Requeue(RETRY),
-            failure: Some("RegionNotReady"),
-        };
+        let (planned, db) = plan_partitions(self.country, self.region, self.ctx).await?;
+        db.apply(&planned.changes)
+            .await
+            .map_err(|e| Stop::retry("PartitionFailed", format!("Region {region_name}: {e}")))?;
+        let partitions = plan::partition_names(&self.country.spec.code);
+        self.status.region = Some(region_name.clone());
+        self.status.partitions = partitions.clone();
+        self.db = Some(db);
+        Ok(Report::ok(
+            DATABASE_READY,
+            "PartitionsReady",
+            format!("{} partitions in Region {region_name}", partitions.len()),
+        ))
     }
-    let (planned, compliant) = match plan(country, world, ctx).await {
-        Ok(planned) => planned,
-        Err(blocked) => {
-            return Outcome {
-                status: finish(&blocked.reports, previous.clone()),
-                next: blocked.next,
-                failure: Some(blocked.reason),
-            };
-        }
-    };
-    let endpoint = planned
-        .endpoint
-        .as_ref()
-        .expect("planning against a live database yields its endpoint");
-    if planned.schema_pending {
-        let message = format!("Region {} has pending schema migrations", planned.region);
-        let reports = [
-            compliant,
-            Report::failed(DATABASE_READY, "RegionNotReady", &message),
-            Report::failed(READY, "RegionNotReady", message),
-        ];
-        return Outcome {
-            status: finish(&reports, previous.clone()),
-            next: Next::Requeue(RETRY),
-            failure: Some("RegionNotReady"),
+
+    async fn search_index(&mut self) -> Result<Report, Stop> {
+        let code = &self.country.spec.code;
+        let backend = match self.ctx.providers.search(self.region).await {
+            Ok(backend) => backend,
+            // Search is optional for a Region: its countries are served without it.
+            Err(e) if e.reason == "SearchNotConfigured" => {
+                let message = format!("Region {} has no search store: {}", self.country.spec.region, e.message);
+                self.search_missing = Some(message.clone());
+                return Ok(Report::failed(SEARCH_INDEX_READY, "NotConfigured", message));
+            }
+            Err(e) => return Err(Stop::retry("SearchIndexFailed", e.message)),
         };
+        let db = self.db.as_ref().expect("the partitions step ran first");
+        let index = search::versions::ensure(&backend, db.pool(), code, &index_settings(self.country))
+            .await
+            .map_err(|e| Stop::retry("SearchIndexFailed", e.to_string()))?;
+        self.status.index_alias = Some(search::alias(code));
+        self.status.index = Some(index.index.clone());
+        Ok(index_ready(self.country, &index))
     }
-    let db = ctx.databases.get(&endpoint.url).expect("URL parsed during planning");
-    if let Err(e) = db.apply(&planned.changes).await {
-        let message = format!("Region {}: {e}", planned.region);
-        let reports = [
-            compliant,
-            Report::failed(DATABASE_READY, "PartitionFailed", &message),
-            Report::failed(READY, "PartitionFailed", message),
-        ];
-        return Outcome {
-            status: finish(&reports, previous.clone()),
-            next: Next::Requeue(RETRY),
-            failure: Some("PartitionFailed"),
-        };
-    }
-    let partitions = plan::partition_names(&country.spec.code);
-    let database = Report::ok(
-        DATABASE_READY,
-        "PartitionsReady",
-        format!("{} partitions in Region {}", partitions.len(), planned.region),
-    );
-    let index = match search_index(country, world.region, db.pool(), ctx).await {
-        Ok(index) => index,
-        Err(message) => {
-            let reports = [
-                compliant,
-                database,
-                Report::failed(SEARCH_INDEX_READY, "SearchIndexFailed", &message),
-                Report::failed(READY, "SearchIndexFailed", message),
-            ];
-            return Outcome {
-                status: finish(&reports, previous.clone()),
-                next: Next::Requeue(RETRY),
-                failure: Some("SearchIndexFailed"),
+
+    async fn routes(&mut self) -> Result<Report, Stop> {
+        let routes = self.ctx.gateway.publish(self.country).await.map_err(|e| {
+            // The Region's namespace is made by the Region's reconcile: wait for it.
+            let reason = if e.is_missing_namespace() {
+                "NamespaceMissing"
+            } else {
+                "RoutesFailed"
             };
-        }
-    };
-    let routes = match ctx.gateway.publish(country).await {
-        Ok(routes) => routes,
-        Err(e) => {
-            let message = e.to_string();
-            let reports = [
-                compliant,
-                database,
-                index_ready(country, &index),
-                Report::failed(ROUTES_READY, "RoutesFailed", &message),
-                Report::failed(READY, "RoutesFailed", message),
-            ];
-            return Outcome {
-                status: finish(&reports, previous.clone()),
-                next: Next::Requeue(RETRY),
-                failure: Some("RoutesFailed"),
-            };
-        }
-    };
-    let reports = [
-        compliant,
-        database,
-        index_ready(country, &index),
-        Report::ok(
+            Stop::retry(reason, e.to_string())
+        })?;
+        self.status.routes = routes.clone();
+        Ok(Report::ok(
             ROUTES_READY,
             "RoutesPublished",
             format!("served under {}", routes.join(", ")),
-        ),
-        Report::ok(
-            READY,
-            "Reconciled",
-            format!("country {} is served from Region {}", country.spec.code, planned.region),
-        ),
-    ];
-    let status = finish(
-        &reports,
-        CountryStatus {
-            observed_generation: generation,
-            region: Some(planned.region),
-            partitions,
-            index_alias: Some(search::alias(&country.spec.code)),
-            index: Some(index.index),
-            routes,
-            ..previous.clone()
-        },
-    );
-    Outcome {
-        status,
-        next: Next::Requeue(RESYNC),
-        failure: None,
+        ))
     }
+}
+
+/// Reconciles a Country: admission, then each [`Step`] in turn, then `Ready`.
+pub async fn apply(country: &Country, world: World<'_>, ctx: &Context) -> Outcome<CountryStatus> {
+    let previous = country.status.clone().unwrap_or_default();
+    let generation = country.metadata.generation;
+    let finish = |reports: &[Report], status: CountryStatus, next: Next, failure: Option<&'static str>| Outcome {
+        status: CountryStatus {
+            conditions: conditions::merge(&previous.conditions, reports, generation),
+            observed_generation: generation,
+            ..status
+        },
+        next,
+        failure,
+    };
+    let region = match admit(country, world) {
+        Ok(region) => region,
+        Err(refused) => {
+            let mut status = previous.clone();
+            if refused.reason == "CodeConflict" {
+                // Another Country holds the code: whatever this one's status says, the
+                // partitions, index and route of that code are not its own.
+                status = CountryStatus {
+                    conditions: status.conditions,
+                    ..Default::default()
+                };
+            }
+            return finish(&refused.reports, status, refused.next, refused.failure());
+        }
+    };
+    if country.spec.suspend {
+        return suspend(country, ctx, previous.clone(), finish).await;
+    }
+    let mut run = Run {
+        country,
+        world,
+        ctx,
+        region,
+        status: previous.clone(),
+        db: None,
+        search_missing: None,
+    };
+    let mut reports = Vec::new();
+    for (i, step) in Step::ALL.iter().enumerate() {
+        match run.step(*step).await {
+            Ok(report) => reports.push(report),
+            Err(stop) => {
+                reports.push(Report::failed(step.condition(), stop.reason, &stop.message));
+                for later in &Step::ALL[i + 1..] {
+                    reports.push(Report::unknown(
+                        later.condition(),
+                        "Blocked",
+                        format!("not checked: {} is {}", step.condition(), stop.reason),
+                    ));
+                }
+                reports.push(Report::failed(READY, stop.reason, stop.message));
+                let blocked = Blocked::new(reports, stop.next);
+                return finish(&blocked.reports, run.status, blocked.next, blocked.failure());
+            }
+        }
+    }
+    let served = format!(
+        "country {} is served from Region {}",
+        country.spec.code, country.spec.region
+    );
+    let message = match &run.search_missing {
+        Some(why) => format!("{served}, without practitioner search ({why})"),
+        None => served,
+    };
+    reports.push(Report::ok(READY, "Reconciled", message));
+    finish(&reports, run.status, Next::Requeue(RESYNC), None)
+}
+
+/// A suspended Country keeps its data and its index but is not served: its routes are
+/// withdrawn, and nothing else is reconciled until it is resumed.
+async fn suspend(
+    country: &Country,
+    ctx: &Context,
+    previous: CountryStatus,
+    finish: impl Fn(&[Report], CountryStatus, Next, Option<&'static str>) -> Outcome<CountryStatus>,
+) -> Outcome<CountryStatus> {
+    if let Err(e) = ctx.gateway.withdraw(country).await {
+        let message = format!("spec.suspend is true but the routes could not be withdrawn: {e}");
+        let reports = [
+            Report::failed(ROUTES_READY, "RoutesFailed", &message),
+            Report::failed(READY, "RoutesFailed", message),
+        ];
+        return finish(&reports, previous, Next::Requeue(RETRY), Some("RoutesFailed"));
+    }
+    let message = "spec.suspend is true: the country is not served and not reconciled; its data is kept";
+    let reports = [
+        Report::unknown(DATABASE_READY, "Suspended", message),
+        Report::unknown(SEARCH_INDEX_READY, "Suspended", message),
+        Report::failed(ROUTES_READY, "Suspended", "routes withdrawn while spec.suspend is true"),
+        Report::failed(READY, "Suspended", message),
+    ];
+    let status = CountryStatus {
+        routes: Vec::new(),
+        ..previous
+    };
+    finish(&reports, status, Next::AwaitChange, None)
 }
 
 fn index_ready(country: &Country, index: &search::versions::Ensured) -> Report {
@@ -410,31 +532,52 @@ pub fn index_settings(country: &Country) -> search::IndexSettings {
     }
 }
 
-/// Makes the country's alias point at an index built with its current settings.
-async fn search_index(
-    country: &Country,
-    region: Option<&Region>,
-    pool: &sqlx::PgPool,
-    ctx: &Context,
-) -> Result<search::versions::Ensured, String> {
-    let region = region.ok_or_else(|| format!("Region {} does not exist", country.spec.region))?;
-    let backend = ctx.providers.search(region).await.map_err(|e| e.message)?;
-    search::versions::ensure(&backend, pool, &country.spec.code, &index_settings(country))
-        .await
-        .map_err(|e| e.to_string())
+/// What a Country created and therefore may clean up: what its status records, and only
+/// while it holds its code (a refused duplicate owns nothing, whatever its status says).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// The Region its partitions were created in.
+    pub region: Option<String>,
+    pub partitions: Vec<String>,
+    /// The versioned search index behind its alias.
+    pub index: Option<String>,
 }
 
-/// Cleans up a deleted Country: `Retain` detaches its partitions and keeps them, `Delete`
-/// drops them. With the abandon annotation the stores are left alone. Returns what was done.
-pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) -> Result<Vec<Change>, Blocked> {
-    // Traffic stops first, whatever happens to the data.
+impl Owned {
+    pub fn of(country: &Country, countries: &[Country]) -> Self {
+        if code_holder(country, countries).metadata.name != country.metadata.name {
+            return Self::default();
+        }
+        let status = country.status.clone().unwrap_or_default();
+        let code = &country.spec.code;
+        // Only names of its own code: a status edited by hand cannot point at another country.
+        let names = plan::partition_names(code);
+        Self {
+            region: status.region,
+            partitions: status.partitions.into_iter().filter(|p| names.contains(p)).collect(),
+            index: status.index.filter(|i| search::model::version_of(code, i).is_some()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty() && self.index.is_none()
+    }
+}
+
+/// Cleans up a deleted Country: its routes are withdrawn; of the partitions and index it
+/// created, `Retain` detaches the partitions and keeps both, `Delete` drops both. Nothing it
+/// did not create is touched, so a refused Country, or one whose Region never existed, is
+/// let go at once. With the abandon annotation the stores are left alone. Returns what was done.
+pub async fn cleanup(country: &Country, world: World<'_>, ctx: &Context) -> Result<Vec<Change>, Blocked> {
+    // Traffic stops first, whatever happens to the data (only routes this Country owns).
     ctx.gateway.withdraw(country).await.map_err(|e| {
         Blocked::new(
             vec![Report::failed(READY, "RoutesFailed", e.to_string())],
             Next::Requeue(RETRY),
         )
     })?;
-    if abandoned(&country.metadata) {
+    let owned = Owned::of(country, world.countries);
+    if abandoned(&country.metadata) || owned.is_empty() {
         return Ok(Vec::new());
     }
     let blocked = |reason: &'static str, message: String| {
@@ -444,10 +587,11 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
         );
         Blocked::new(vec![Report::failed(READY, reason, message)], Next::Requeue(RETRY))
     };
-    let Some(region) = region else {
+    let region_name = owned.region.as_deref().unwrap_or(&country.spec.region);
+    let Some(region) = world.region.filter(|r| r.metadata.name.as_deref() == Some(region_name)) else {
         return Err(blocked(
             "RegionNotFound",
-            format!("Region {} does not exist", country.spec.region),
+            format!("Region {region_name}, which holds its partitions, does not exist"),
         ));
     };
     let endpoint = ctx
@@ -459,10 +603,11 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
         .databases
         .get(&endpoint.url)
         .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
-    let observed = db
+    let mut observed = db
         .observe(&country.spec.code)
         .await
         .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
+    observed.keep_only(&owned.partitions);
     let goal = match country.spec.deletion_policy {
         DeletionPolicy::Retain => PartitionGoal::Detached,
         DeletionPolicy::Delete => PartitionGoal::Dropped,
@@ -472,13 +617,15 @@ pub async fn cleanup(country: &Country, region: Option<&Region>, ctx: &Context) 
         .await
         .map_err(|e| blocked("CleanupFailed", e.to_string()))?;
     // `Retain` keeps the index as it keeps the partitions: a returning country finds both.
-    if country.spec.deletion_policy == DeletionPolicy::Delete {
+    if country.spec.deletion_policy == DeletionPolicy::Delete
+        && let Some(index) = &owned.index
+    {
         let backend = ctx
             .providers
             .search(region)
             .await
             .map_err(|e| blocked("SearchUnreachable", e.message))?;
-        search::versions::remove(&backend, &country.spec.code)
+        search::versions::remove_version(&backend, &country.spec.code, index)
             .await
             .map_err(|e| blocked("CleanupFailed", format!("cannot delete the search index: {e}")))?;
     }
@@ -587,5 +734,72 @@ spec:
         .unwrap_err();
         assert_eq!(blocked.reason, "RegionNotFound");
         assert!(blocked.message().contains("spec.region"), "{}", blocked.message());
+        assert_eq!(blocked.failure(), None, "waiting for a Region is not a failure");
+    }
+
+    fn created(mut c: Country, at: &str) -> Country {
+        c.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            at.parse().expect("timestamp"),
+        ));
+        c
+    }
+
+    #[test]
+    fn the_older_country_holds_a_code_and_a_newer_duplicate_is_refused() {
+        let de = created(country(DE), "2026-01-01T00:00:00Z");
+        // Sorts before `de` by name, but was created later: age decides, not the name.
+        let dupe = created(
+            country(&DE.replace("name: de", "name: a-de-test")),
+            "2026-02-01T00:00:00Z",
+        );
+        let all = [dupe.clone(), de.clone()];
+        assert_eq!(code_holder(&dupe, &all).metadata.name.as_deref(), Some("de"));
+        assert_eq!(code_holder(&de, &all).metadata.name.as_deref(), Some("de"));
+        let world = World {
+            region: None,
+            countries: &all,
+        };
+        let refused = admit(&dupe, world).unwrap_err();
+        assert_eq!(refused.reason, "CodeConflict");
+        assert_eq!(refused.next, Next::AwaitChange);
+        assert!(
+            refused
+                .message()
+                .contains("spec.code: DE is already held by Country de"),
+            "{}",
+            refused.message()
+        );
+        // The holder is not refused for its code (here: for its missing Region).
+        assert_eq!(admit(&de, world).unwrap_err().reason, "RegionNotFound");
+    }
+
+    #[test]
+    fn a_refused_duplicate_owns_nothing_whatever_its_status_says() {
+        let status = CountryStatus {
+            region: Some("eu-central-1".into()),
+            partitions: crate::plan::partition_names("DE"),
+            index: Some("practitioners_de_v1".into()),
+            ..Default::default()
+        };
+        let mut de = created(country(DE), "2026-01-01T00:00:00Z");
+        de.status = Some(status.clone());
+        let mut dupe = created(
+            country(&DE.replace("name: de", "name: de-test")),
+            "2026-02-01T00:00:00Z",
+        );
+        dupe.status = Some(status);
+        let all = [de.clone(), dupe.clone()];
+        assert!(Owned::of(&dupe, &all).is_empty());
+        let owned = Owned::of(&de, &all);
+        assert_eq!(owned.partitions, crate::plan::partition_names("DE"));
+        assert_eq!(owned.index.as_deref(), Some("practitioners_de_v1"));
+        // A status naming another country's partitions or index owns none of them.
+        let mut odd = country(DE);
+        odd.status = Some(CountryStatus {
+            partitions: vec!["appointments_fr".into()],
+            index: Some("practitioners_fr_v1".into()),
+            ..Default::default()
+        });
+        assert!(Owned::of(&odd, &[]).is_empty());
     }
 }

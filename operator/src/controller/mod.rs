@@ -65,6 +65,26 @@ pub struct Outcome<S> {
     pub failure: Option<&'static str>,
 }
 
+/// Reasons that mean "waiting for something else to become ready", not "failed": the
+/// object is looked at again at a steady pace ([`RETRY`]), without backoff, and the wait is
+/// not counted as a failure.
+const WAITING: &[&str] = &[
+    "RegionNotFound",
+    "RegionNotReady",
+    "SchemaPending",
+    "DatabaseCreating",
+    "DatabaseStarting",
+    "DatabaseRestarting",
+    "SearchStarting",
+    "NamespaceMissing",
+    "ConnectionSecretMissing",
+];
+
+/// Whether `reason` is a wait rather than a failure.
+pub fn is_waiting(reason: &str) -> bool {
+    WAITING.contains(&reason)
+}
+
 /// A step that could not go ahead: the conditions that say why, and when to retry.
 #[derive(Clone, Debug)]
 pub struct Blocked {
@@ -75,8 +95,13 @@ pub struct Blocked {
 
 impl Blocked {
     fn new(reports: Vec<Report>, next: Next) -> Self {
-        let reason = reports.iter().find(|r| !r.status).map_or("Unknown", |r| r.reason);
+        let reason = reports.iter().find(|r| !r.is_true()).map_or("Unknown", |r| r.reason);
         Self { reports, next, reason }
+    }
+
+    /// The failure to count and back off on; `None` while merely waiting.
+    pub fn failure(&self) -> Option<&'static str> {
+        (!is_waiting(self.reason)).then_some(self.reason)
     }
 
     /// `previous` conditions updated with this step's reports.
@@ -87,7 +112,7 @@ impl Blocked {
     /// One-line summary for CLI output.
     pub fn message(&self) -> String {
         let mut lines: Vec<String> = Vec::new();
-        for r in self.reports.iter().filter(|r| !r.status) {
+        for r in self.reports.iter().filter(|r| !r.is_true()) {
             let line = format!("{}: {}", r.reason, r.message);
             if !lines.contains(&line) {
                 lines.push(line);

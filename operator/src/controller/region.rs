@@ -136,7 +136,7 @@ fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, blocked: Blo
     Outcome {
         status,
         next: blocked.next,
-        failure: Some(blocked.reason),
+        failure: blocked.failure(),
     }
 }
 

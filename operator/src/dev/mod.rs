@@ -310,10 +310,11 @@ impl Dev {
             async move {
                 let started = Instant::now();
                 let region = regions.get(&c.spec.region);
+                let world = country::World { region, countries };
                 let result = if c.metadata.deletion_timestamp.is_some() {
-                    Err(country::cleanup(c, region, ctx).await)
+                    Err(country::cleanup(c, world, ctx).await)
                 } else {
-                    Ok(country::apply(c, country::World { region, countries }, ctx).await)
+                    Ok(country::apply(c, world, ctx).await)
                 };
                 (c, result, started.elapsed())
             }
@@ -343,8 +344,10 @@ impl Dev {
                     for change in changes {
                         println!("  {change}");
                     }
-                    // A dedicated Region it held may now serve another Country.
+                    // A dedicated Region it held may now serve another Country, and a Country
+                    // refused for its code may now hold it.
                     wake_countries_of(&mut store, &country.spec.region);
+                    wake_countries_with_code(&mut store, &country.spec.code);
                 }
                 Err(Err(blocked)) => {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
@@ -424,6 +427,18 @@ impl Timings {
 
 fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
     conds.is_some_and(|c| conditions::is_true(c, READY))
+}
+
+fn wake_countries_with_code(store: &mut Store, code: &str) {
+    let now = Instant::now();
+    for entry in store
+        .countries
+        .entries
+        .values_mut()
+        .filter(|e| e.object.spec.code == code)
+    {
+        entry.due = Some(now);
+    }
 }
 
 fn wake_countries_of(store: &mut Store, region: &str) {

@@ -13,7 +13,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use meridian_crds::{Country, FINALIZER, Isolation, Region};
+use meridian_crds::{Country, FINALIZER, Region};
 use serde_json::json;
 
 use super::FIELD_MANAGER;
@@ -128,6 +128,7 @@ pub async fn run(ctx: Arc<KubeContext>) {
 
     let country_controller = Controller::new(countries.clone(), watcher::Config::default());
     let store = country_controller.store();
+    let same_code = store.clone();
     let country_controller = country_controller
         // A Region's change (Ready, isolation) re-evaluates the Countries bound to it.
         .watches(regions.clone(), watcher::Config::default(), move |region: Region| {
@@ -139,6 +140,23 @@ pub async fn run(ctx: Arc<KubeContext>) {
                 .map(|c| ObjectRef::from_obj(&*c))
                 .collect::<Vec<_>>()
         })
+        // A Country's change (above all its deletion) re-evaluates the others with its code
+        // (one refused with CodeConflict may now hold it) and on its dedicated Region.
+        .watches(
+            countries.clone(),
+            watcher::Config::default(),
+            move |changed: Country| {
+                same_code
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.metadata.name != changed.metadata.name
+                            && (c.spec.code == changed.spec.code || c.spec.region == changed.spec.region)
+                    })
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(reconcile::<Country>, error_policy, ctx.clone())
         .for_each(|result| async move { log_result("Country", result) });
 
@@ -240,18 +258,7 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Res
 
 async fn apply_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
     let started = Instant::now();
-    let regions: Api<Region> = Api::all(ctx.client.clone());
-    let region = regions.get_opt(&c.spec.region).await?;
-    // Only a dedicated Region needs the other Countries (to find the one it serves).
-    let countries = match &region {
-        Some(r) if r.spec.isolation == Isolation::Dedicated => {
-            Api::<Country>::all(ctx.client.clone())
-                .list(&Default::default())
-                .await?
-                .items
-        }
-        _ => vec![c.clone()],
-    };
+    let (region, countries) = world_of(c, ctx).await?;
     let outcome = country::apply(
         c,
         country::World {
@@ -264,9 +271,24 @@ async fn apply_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> 
     write_outcome(c, outcome, started, ctx).await
 }
 
-async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
+/// What a Country's reconcile reads: its Region, and every Country (read from the API
+/// server, not a cache, so that who holds a code is decided on current data).
+async fn world_of(c: &Country, ctx: &KubeContext) -> Result<(Option<Region>, Vec<Country>), Error> {
     let region = Api::<Region>::all(ctx.client.clone()).get_opt(&c.spec.region).await?;
-    match country::cleanup(c, region.as_ref(), &ctx.core).await {
+    let countries = Api::<Country>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
+    Ok((region, countries))
+}
+
+async fn cleanup_country(c: &Country, ctx: &KubeContext) -> Result<Action, Error> {
+    let (region, countries) = world_of(c, ctx).await?;
+    let world = country::World {
+        region: region.as_ref(),
+        countries: &countries,
+    };
+    match country::cleanup(c, world, &ctx.core).await {
         Ok(changes) => {
             let note = if changes.is_empty() {
                 format!("deleted ({:?}); stores left untouched", c.spec.deletion_policy)

@@ -78,10 +78,15 @@ pub async fn ensure(
     })
 }
 
-/// Deletes every version of country `code`'s index (`deletionPolicy: Delete`).
-pub async fn remove(backend: &Backend, code: &str) -> Result<(), SearchError> {
-    for index in backend.versions(&alias(code)).await? {
-        backend.delete_index(&index).await?;
+/// Deletes `index`, one version of country `code`'s index that its Country created
+/// (`deletionPolicy: Delete`); the alias goes with it when it pointed there. An index that is
+/// not a version of `code`, or is gone already, is left alone.
+pub async fn remove_version(backend: &Backend, code: &str, index: &str) -> Result<(), SearchError> {
+    if version_of(code, index).is_none() {
+        return Ok(());
+    }
+    if backend.versions(&alias(code)).await?.iter().any(|v| v == index) {
+        backend.delete_index(index).await?;
     }
     Ok(())
 }
