@@ -1,114 +1,374 @@
-//! The operator against a real Kubernetes cluster (e.g. kind). Opt-in: it runs only when
-//! `MERIDIAN_E2E_KUBECONFIG` names a kubeconfig for a disposable test cluster, because it
-//! installs the CRDs and creates cluster-scoped objects there. The operator runs on this
-//! machine against that cluster, and the Region points at a PostgreSQL the test starts.
+//! The operator against a real Kubernetes API server (kind, or any disposable cluster).
+//! Opt-in: it runs only when `MERIDIAN_E2E_KUBECONFIG` names an admin kubeconfig of a
+//! disposable test cluster, because it installs the CRDs and creates cluster-scoped objects
+//! there. Two operator replicas run on this machine against that cluster, as the Helm
+//! chart's ServiceAccount with the chart's RBAC (rendered with the Helm SDK), and the
+//! Region points at a PostgreSQL the test starts.
 //!
 //!     kind create cluster --name meridian
 //!     kind get kubeconfig --name meridian > /tmp/kind.yaml
 //!     MERIDIAN_E2E_KUBECONFIG=/tmp/kind.yaml cargo test -p meridian-e2e --test cluster_journey -- --nocapture
+//!
+//! What it shows: every example manifest is accepted as shipped (strict field validation)
+//! and a misspelt field is refused; an `external` Region gets its namespace and its
+//! Countries their HTTPRoutes; a second Country with a held code is refused and its
+//! deletion with `Delete` leaves the first one's partitions and route alone; the leader's
+//! death hands over to the standby, which goes on reconciling; `Retain` keeps the data.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    ValidationDirective,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Discovery;
+use kube::{Client, Config, ResourceExt};
+use meridian_crds::{Country, Region};
 use meridian_e2e::{free_addr, meridian_bin};
 use meridian_localpg::TempCluster;
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
-struct Kubectl {
-    kubeconfig: String,
+const MANAGER: &str = "meridian-e2e";
+
+fn say(line: &str) {
+    // Straight to stderr, past the test harness's capture.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "cluster_journey: {line}");
 }
 
-impl Kubectl {
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl on PATH");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Server-side applies every document of `yaml` with strict field validation, as
+/// `kubectl apply --server-side --validate=strict` does; `dry_run` only asks the server.
+async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>, dry_run: bool) -> Result<(), String> {
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .map_err(|e| format!("discovery: {e}"))?;
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        use serde::Deserialize;
+        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if value.is_null() {
+            continue;
         }
-        let out = child.wait_with_output().unwrap();
+        let object: DynamicObject = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        let types = object.types.clone().ok_or("a document without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .ok_or_else(|| format!("the server does not serve {gvk:?}"))?;
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Cluster {
+            Api::all_with(client.clone(), &resource)
+        } else {
+            let ns = object
+                .namespace()
+                .or(namespace.map(String::from))
+                .unwrap_or("default".into());
+            Api::namespaced_with(client.clone(), &ns, &resource)
+        };
+        let mut params = PatchParams::apply(MANAGER).force();
+        params.field_validation = Some(ValidationDirective::Strict);
+        params.dry_run = dry_run;
+        api.patch(&object.name_any(), &params, &Patch::Apply(&value))
+            .await
+            .map_err(|e| format!("{} {}: {e}", types.kind, object.name_any()))?;
+    }
+    Ok(())
+}
+
+/// Waits up to `limit` for `check` to return `Some`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
         assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
 
-    fn ready(&self, kind: &str, name: &str) -> String {
-        self.run(
-            &[
-                "get",
-                kind,
-                name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            None,
-        )
+fn condition(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], t: &str) -> (String, String) {
+    conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map_or((String::new(), String::new()), |c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn country_ready(api: &Api<Country>, name: &str, status: &str, reason: &str) -> Country {
+    eventually(
+        &format!("Country {name} Ready={status} ({reason})"),
+        Duration::from_secs(90),
+        || async {
+            let c = api.get_opt(name).await.ok().flatten()?;
+            let conds = c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            (condition(&conds, "Ready") == (status.to_string(), reason.to_string())).then_some(c)
+        },
+    )
+    .await
+}
+
+/// Partitions of country `cc` in `pg`: (attached, detached).
+async fn partitions(pg: &TempCluster, cc: &str) -> (i64, i64) {
+    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE relispartition), count(*) FILTER (WHERE NOT relispartition)
+           FROM pg_class WHERE relkind = 'r' AND relname LIKE '%\\_' || $1",
+    )
+    .bind(cc)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// The chart's objects, rendered with the Helm SDK for `namespace`.
+fn render_chart(namespace: &str) -> Vec<(String, String)> {
+    let venv = std::env::var("MERIDIAN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meridian-venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: the chart is rendered with the Helm SDK; install it with `.ci/run` or \
+         `python3 -m venv {v} && {v}/bin/pip install helm-python-sdk`",
+        python.display(),
+        v = venv.display()
+    );
+    let out = Command::new(python)
+        .arg(workspace().join("charts/check.py"))
+        .arg(workspace().join("charts/meridian-operator"))
+        .arg("{}")
+        .arg(namespace)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rendered["manifests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+/// A kubeconfig like the admin one, but authenticating with `token`.
+fn kubeconfig_with_token(admin: &str, token: &str, path: &Path) {
+    let mut config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    config["users"] = json!([{"name": "meridian-operator", "user": {"token": token}}]);
+    for context in config["contexts"].as_array_mut().unwrap() {
+        context["context"]["user"] = json!("meridian-operator");
     }
+    std::fs::write(path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+}
 
-    fn wait_ready(&self, kind: &str, name: &str) {
-        let started = Instant::now();
-        while self.ready(kind, name) != "True" {
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "{kind} {name} not Ready: {}",
-                self.run(&["get", kind, name, "-o", "yaml"], None)
-            );
-            std::thread::sleep(Duration::from_millis(500));
+struct Operator {
+    identity: String,
+    child: Child,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_operator(identity: &str, kubeconfig: &Path, namespace: &str) -> Operator {
+    let child = Command::new(meridian_bin())
+        .args([
+            "operator",
+            "--listen",
+            &free_addr().to_string(),
+            "--namespace",
+            namespace,
+            "--identity",
+            identity,
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("start meridian operator");
+    Operator {
+        identity: identity.into(),
+        child,
+    }
+}
+
+/// Installs a minimal HTTPRoute CRD when the cluster has none, so that routes can be
+/// stored and read back (kind users install the Gateway API's own, as the README says).
+async fn ensure_http_routes(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds
+        .get_opt("httproutes.gateway.networking.k8s.io")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        return;
+    }
+    say("no Gateway API in this cluster: installing a minimal HTTPRoute CRD for the test");
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+        "spec": {
+            "group": "gateway.networking.k8s.io",
+            "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes", "singular": "httproute"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
         }
-    }
+    });
+    apply_yaml(client, &serde_json::to_string(&crd).unwrap(), None, false)
+        .await
+        .unwrap();
+    wait_established(&crds, "httproutes.gateway.networking.k8s.io").await;
+}
+
+async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    eventually(&format!("CRD {name} Established"), Duration::from_secs(30), || async {
+        let crd = crds.get(name).await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn operator_reconciles_a_region_and_countries_in_a_real_cluster() {
-    let Ok(kubeconfig) = std::env::var("MERIDIAN_E2E_KUBECONFIG") else {
-        // Straight to stderr, past the test harness's capture, so the skip is seen.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "cluster_journey skipped: set MERIDIAN_E2E_KUBECONFIG to the kubeconfig of a disposable cluster (e.g. kind) to run it"
-        );
+async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
+    let Ok(admin_kubeconfig) = std::env::var("MERIDIAN_E2E_KUBECONFIG") else {
+        say("skipped: set MERIDIAN_E2E_KUBECONFIG to the kubeconfig of a disposable cluster (e.g. kind) to run it");
         return;
     };
-    let kubectl = Kubectl {
-        kubeconfig: kubeconfig.clone(),
-    };
+    let options = KubeConfigOptions::default();
+    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&admin_kubeconfig).unwrap(), &options)
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let version = client.apiserver_version().await.expect("the API server answers");
+    say(&format!(
+        "API server {}.{} ({})",
+        version.major, version.minor, version.git_version
+    ));
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let suffix = std::process::id();
-    let (namespace, region) = (format!("meridian-e2e-{suffix}"), format!("e2e-{suffix}"));
+    let namespace = format!("meridian-e2e-{suffix}");
+    let region = format!("e2e-{suffix}");
+    let scratch = tempfile::tempdir().unwrap();
 
-    kubectl.run(&["apply", "-f", "-"], Some(&meridian_crds_yaml()));
-    kubectl.run(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/countries.platform.meridian.dev",
-            "crd/regions.platform.meridian.dev",
-        ],
-        None,
-    );
-    kubectl.run(&["create", "namespace", &namespace], None);
-    kubectl.run(
-        &[
-            "-n",
-            &namespace,
-            "create",
-            "secret",
-            "generic",
-            "region-db",
-            &format!("--from-literal=url={}", pg.url()),
-        ],
-        None,
-    );
+    // The CRDs as `meridian crds` prints them.
+    let crds_yaml = Command::new(meridian_bin()).arg("crds").output().unwrap();
+    apply_yaml(&client, &String::from_utf8(crds_yaml.stdout).unwrap(), None, false)
+        .await
+        .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["countries.platform.meridian.dev", "regions.platform.meridian.dev"] {
+        wait_established(&crds, name).await;
+    }
+
+    // Every example, as shipped, is accepted with strict field validation; a misspelt
+    // field is refused with its path.
+    for dir in ["examples/regions", "examples/countries"] {
+        for entry in std::fs::read_dir(workspace().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let yaml = std::fs::read_to_string(&path).unwrap();
+            apply_yaml(&client, &yaml, Some("default"), true)
+                .await
+                .unwrap_or_else(|e| panic!("{} refused by the API server: {e}", path.display()));
+        }
+    }
+    let misspelt = std::fs::read_to_string(workspace().join("examples/regions/eu-central-1.yaml"))
+        .unwrap()
+        .replace("storageGiB", "storageGib");
+    let refused = apply_yaml(&client, &misspelt, None, true).await.unwrap_err();
+    assert!(refused.contains("storageGib"), "{refused}");
+    say("examples accepted as shipped; a misspelt field refused");
+
+    // The chart's ServiceAccount and RBAC, rendered for this namespace.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut service_account = None;
+    for (template, yaml) in render_chart(&namespace) {
+        if template.ends_with("serviceaccount.yaml") || template.ends_with("rbac.yaml") {
+            apply_yaml(&client, &yaml, Some(&namespace), false)
+                .await
+                .unwrap_or_else(|e| panic!("{template}: {e}"));
+        }
+        if template.ends_with("serviceaccount.yaml") {
+            let sa: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+            service_account = sa["metadata"]["name"].as_str().map(String::from);
+        }
+    }
+    let service_account = service_account.expect("the chart has a ServiceAccount");
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .create_token_request(
+            &service_account,
+            &PostParams::default(),
+            &serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap(),
+        )
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token for the chart's ServiceAccount");
+    let operator_kubeconfig = scratch.path().join("operator.kubeconfig");
+    kubeconfig_with_token(&admin_kubeconfig, &token, &operator_kubeconfig);
+    ensure_http_routes(&client).await;
+
+    // An external Region (its database URL in a Secret) and a Country on it.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "region-db", "namespace": namespace},
+        "stringData": {"url": pg.url()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let country_yaml = |name: &str, code: &str, policy: &str| {
+        format!(
+            "apiVersion: platform.meridian.dev/v1alpha1
+kind: Country
+metadata: {{name: {name}}}
+spec:
+  code: {code}
+  displayName: Test {code}
+  timezone: Europe/Dublin
+  locale: en-IE
+  languages: [en]
+  currency: EUR
+  region: {region}
+  residency: shared
+  deletionPolicy: {policy}
+  regulatory: {{retentionYears: 8, minimumAge: 16}}
+"
+        )
+    };
     let manifests = format!(
         "apiVersion: platform.meridian.dev/v1alpha1
 kind: Region
@@ -119,79 +379,165 @@ spec:
   isolation: shared
   external: {{databaseUrlSecretRef: {{name: region-db, namespace: {namespace}, key: url}}}}
 ---
-apiVersion: platform.meridian.dev/v1alpha1
-kind: Country
-metadata: {{name: {region}-xa}}
-spec:
-  code: XA
-  displayName: Test A
-  timezone: Europe/Dublin
-  locale: en-IE
-  languages: [en]
-  currency: EUR
-  region: {region}
-  residency: shared
-  regulatory: {{retentionYears: 8, minimumAge: 16}}
-"
+{}",
+        country_yaml(&format!("{region}-xa"), "XA", "Retain")
     );
-    kubectl.run(&["apply", "-f", "-"], Some(&manifests));
+    apply_yaml(&client, &manifests, None, false).await.unwrap();
 
-    let mut operator = Command::new(meridian_bin())
-        .args([
-            "operator",
-            "--listen",
-            &free_addr().to_string(),
-            "--namespace",
-            &namespace,
-            "--lease-name",
-            &region,
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .spawn()
-        .expect("start meridian operator");
-
-    kubectl.wait_ready("region", &region);
-    kubectl.wait_ready("country", &format!("{region}-xa"));
-    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    let attached: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND relispartition")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(attached, 5);
-
-    // The API server enforces the CEL rules: the code is immutable.
-    let refused = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            &kubeconfig,
-            "patch",
-            "country",
-            &format!("{region}-xa"),
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"code":"XB"}}"#,
-        ])
-        .output()
+    // Two replicas as the chart's ServiceAccount: one leads, the other stands by.
+    let started = Instant::now();
+    let mut replicas = vec![
+        start_operator(&format!("{region}-a"), &operator_kubeconfig, &namespace),
+        start_operator(&format!("{region}-b"), &operator_kubeconfig, &namespace),
+    ];
+    let countries: Api<Country> = Api::all(client.clone());
+    let regions: Api<Region> = Api::all(client.clone());
+    eventually("the Region Ready", Duration::from_secs(90), || async {
+        let r = regions.get(&region).await.ok()?;
+        (condition(&r.status?.conditions, "Ready").0 == "True").then_some(())
+    })
+    .await;
+    let xa = country_ready(&countries, &format!("{region}-xa"), "True", "Reconciled").await;
+    say(&format!(
+        "Region and Country Ready {:.1}s after the operators started",
+        started.elapsed().as_secs_f64()
+    ));
+    let xa_status = xa.status.unwrap();
+    assert_eq!(
+        condition(&xa_status.conditions, "SearchIndexReady"),
+        ("False".into(), "NotConfigured".into())
+    );
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_partitioned_table")
+        .fetch_one(&mut PgConnection::connect(&pg.url()).await.unwrap())
+        .await
         .unwrap();
-    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("spec.code is immutable"));
+    assert_eq!(partitions(&pg, "xa").await, (tables, 0));
+
+    // The external Region has its namespace, and the Country its route there.
+    let region_ns = format!("meridian-region-{region}");
+    assert!(
+        namespaces.get_opt(&region_ns).await.unwrap().is_some(),
+        "namespace {region_ns}"
+    );
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &region_ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+    let route = routes.get("country-xa").await.expect("HTTPRoute country-xa");
+    assert_eq!(route.owner_references()[0].uid, xa.metadata.uid.clone().unwrap());
+
+    // A second Country with the held code is refused, and deleting it with Delete drops
+    // nothing of the first one.
+    let dupe = format!("{region}-xa-dupe");
+    apply_yaml(&client, &country_yaml(&dupe, "XA", "Delete"), None, false)
+        .await
+        .unwrap();
+    let refused = country_ready(&countries, &dupe, "False", "CodeConflict").await;
+    let message = refused
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(message.contains(&format!("held by Country {region}-xa")), "{message}");
+    countries.delete(&dupe, &DeleteParams::default()).await.unwrap();
+    eventually("the duplicate gone", Duration::from_secs(60), || async {
+        countries.get_opt(&dupe).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        partitions(&pg, "xa").await,
+        (tables, 0),
+        "the first Country's partitions stay attached"
+    );
+    assert!(
+        routes.get_opt("country-xa").await.unwrap().is_some(),
+        "and its route stays"
+    );
+    country_ready(&countries, &format!("{region}-xa"), "True", "Reconciled").await;
+    say("a duplicate code refused; its deletion touched nothing");
+
+    // The leader dies: the standby takes the Lease and goes on reconciling.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let lease_name = leases
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|l| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_ref())
+                .is_some_and(|h| h.starts_with(&region))
+        })
+        .expect("a Lease held by one of the replicas")
+        .name_any();
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    let leader = holder(leases.get(&lease_name).await.unwrap());
+    let index = replicas
+        .iter()
+        .position(|r| r.identity == leader)
+        .expect("the leader is ours");
+    let mut dead = replicas.remove(index);
+    // SIGKILL: no chance to release the Lease; the standby must wait for it to expire.
+    dead.child.kill().unwrap();
+    let killed = Instant::now();
+    let standby = replicas[0].identity.clone();
+    eventually("the standby leading", Duration::from_secs(60), || async {
+        (holder(leases.get(&lease_name).await.ok()?) == standby).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    apply_yaml(
+        &client,
+        &country_yaml(&format!("{region}-xb"), "XB", "Retain"),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    country_ready(&countries, &format!("{region}-xb"), "True", "Reconciled").await;
+    say(&format!(
+        "leader {leader} killed; {standby} took the Lease {:.1}s later and reconciled a new Country {:.1}s after the kill",
+        takeover.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    ));
+    assert!(takeover < Duration::from_secs(30), "takeover took {takeover:?}");
 
     // Deleting with Retain detaches the partitions and keeps them.
-    kubectl.run(&["delete", "country", &format!("{region}-xa"), "--timeout=60s"], None);
-    let detached: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_xa' AND NOT relispartition")
-            .fetch_one(&mut conn)
+    for cc in ["xa", "xb"] {
+        countries
+            .delete(&format!("{region}-{cc}"), &DeleteParams::default())
             .await
             .unwrap();
-    assert_eq!(detached, 5);
-
-    kubectl.run(&["delete", "region", &region, "--timeout=60s"], None);
-    let _ = operator.kill();
-    let _ = operator.wait();
-    kubectl.run(&["delete", "namespace", &namespace, "--wait=false"], None);
-}
-
-fn meridian_crds_yaml() -> String {
-    let out = Command::new(meridian_bin()).arg("crds").output().unwrap();
-    String::from_utf8(out.stdout).unwrap()
+    }
+    for cc in ["xa", "xb"] {
+        let name = format!("{region}-{cc}");
+        eventually(&format!("{name} gone"), Duration::from_secs(60), || async {
+            countries.get_opt(&name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+        assert_eq!(
+            partitions(&pg, cc).await,
+            (0, tables),
+            "Retain keeps {cc}'s partitions, detached"
+        );
+    }
+    regions.delete(&region, &DeleteParams::default()).await.unwrap();
+    eventually("the Region gone", Duration::from_secs(60), || async {
+        regions.get_opt(&region).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    drop(replicas);
+    drop(dead);
+    for ns in [&namespace, &region_ns] {
+        let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    }
 }
