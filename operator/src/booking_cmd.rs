@@ -138,7 +138,7 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     axum::serve(listener, app(service))
-        .with_graceful_shutdown(crate::shutdown::signal())
+        .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())
 }

@@ -15,5 +15,4 @@ pub mod plan_cmd;
 pub mod providers;
 pub mod residency;
 pub mod served;
-pub mod shutdown;
 pub mod validate;

@@ -71,7 +71,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     );
 
     tokio::spawn(async move {
-        crate::shutdown::signal().await;
+        meridian_shared::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
 

@@ -132,7 +132,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let result = tokio::select! {
         () = controllers::run(ctx.clone()) => Ok(()),
         lost = leadership.hold() => Err(anyhow::anyhow!("lost leadership: {lost}")),
-        () = crate::shutdown::signal() => Ok(()),
+        () = meridian_shared::shutdown::signal() => Ok(()),
     };
     election.release().await;
     result

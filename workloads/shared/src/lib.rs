@@ -4,10 +4,12 @@
 //! Region's database before workloads start, and the tables that hold per-country
 //! partitions. The audit trail and the transactional outbox every change writes to. And
 //! authentication: bearer tokens checked against an identity provider's JWKS, read from a
-//! URL or a file and kept current through key rotations.
+//! URL or a file and kept current through key rotations. And what every long-running
+//! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]).
 
 pub mod audit;
 pub mod auth;
 pub mod jwks;
 pub mod outbox;
 pub mod schema;
+pub mod shutdown;

@@ -1,4 +1,4 @@
-//! Ctrl-C or SIGTERM: how both long-running commands learn to stop.
+//! Ctrl-C or SIGTERM: how the long-running commands (operator, dev, workloads) learn to stop.
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
 pub async fn signal() {
