@@ -123,7 +123,7 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
     let _indexer = match &options.search_url {
         Some(url) => {
-            let client = crate::providers::opensearch_at(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+            let client = meridian_search::opensearch::OpenSearch::from_url(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
             // Every replica follows the outbox; their writes are idempotent by version.

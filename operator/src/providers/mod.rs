@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use meridian_crds::{DeletionPolicy, Region, RegionProvider};
 use meridian_search::Backend;
-use meridian_search::opensearch::{Credentials, OpenSearch};
+use meridian_search::opensearch::OpenSearch;
 
 pub use aws::AwsStacks;
 pub use in_cluster::{InClusterStacks, StackConfig};
@@ -275,31 +275,11 @@ fn against_a_cluster<'a, T>(stacks: Option<&'a T>, provider: &str, region: &Regi
 /// An OpenSearch backend at `url`, and where it is, for status.
 fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
     let client =
-        opensearch_at(url).map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
+        OpenSearch::from_url(url).map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
     Ok((
         Backend::OpenSearch(Arc::new(client)),
         Endpoint::from_url(url.to_string()).display,
     ))
-}
-
-/// An OpenSearch client for `url`, taking credentials from its (percent-encoded) user
-/// information, `https://user:password@host`, so that they never show up in logs or status.
-pub fn opensearch_at(url: &str) -> Result<OpenSearch, meridian_search::SearchError> {
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        let (userinfo, host) = rest.rsplit_once('@')?;
-        let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        Some((format!("{scheme}://{host}"), username, password))
-    }) {
-        Some((endpoint, username, password)) => OpenSearch::new(
-            &endpoint,
-            Some(Credentials {
-                username: decode(username),
-                password: decode(password),
-            }),
-        ),
-        None => OpenSearch::new(url, None),
-    }
 }
 
 /// A new password for a stack's store: 32 characters with upper- and lower-case letters,

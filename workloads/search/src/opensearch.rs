@@ -85,6 +85,26 @@ impl OpenSearch {
         })
     }
 
+    /// An OpenSearch client for `url`, taking credentials from its (percent-encoded) user
+    /// information, `https://user:password@host`, so that they never show up in logs or status.
+    pub fn from_url(url: &str) -> Result<Self, SearchError> {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        match url.split_once("://").and_then(|(scheme, rest)| {
+            let (userinfo, host) = rest.rsplit_once('@')?;
+            let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            Some((format!("{scheme}://{host}"), username, password))
+        }) {
+            Some((endpoint, username, password)) => Self::new(
+                &endpoint,
+                Some(Credentials {
+                    username: decode(username),
+                    password: decode(password),
+                }),
+            ),
+            None => Self::new(url, None),
+        }
+    }
+
     /// Sends one request; `shown` names it in errors (`PUT /practitioners_de_v1`).
     async fn call(
         &self,
