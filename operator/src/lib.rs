@@ -4,7 +4,6 @@
 
 pub mod backends;
 pub mod bench;
-pub mod booking_cmd;
 pub mod conditions;
 pub mod controller;
 pub mod dev;
@@ -14,5 +13,4 @@ pub mod plan;
 pub mod plan_cmd;
 pub mod providers;
 pub mod residency;
-pub mod served;
 pub mod validate;

@@ -32,7 +32,7 @@ enum Command {
     /// Run the Kubernetes operator (in a cluster, or against the current kubeconfig).
     Operator(meridian_operator::k8s::OperatorOptions),
     /// Run the booking workload for one Region: its database, its countries.
-    Booking(meridian_operator::booking_cmd::BookingOptions),
+    Booking(meridian_booking::serve::BookingOptions),
     /// Measure a hot path and print its figures; the last line is `key=value` pairs.
     #[command(subcommand)]
     Bench(Bench),
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Booking(options) => {
-                meridian_operator::booking_cmd::run(options).await?;
+                meridian_booking::serve::run(options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {

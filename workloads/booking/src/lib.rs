@@ -2,7 +2,8 @@
 //! practitioners and their availability in the country's time zone, free slots correct
 //! across daylight-saving changes, appointments the database never lets be double booked,
 //! re-assignment when a practitioner becomes unavailable, and live slot changes tailed from
-//! the outbox. `http` is its API under `/{cc}/v1`.
+//! the outbox. `http` is its API under `/{cc}/v1`; [`serve`] is its entry point (`meridian
+//! booking`), [`served`] which countries a Region's deployment serves.
 
 pub mod appointments;
 pub mod availability;
@@ -11,6 +12,8 @@ pub mod live;
 pub mod practitioners;
 pub mod reassign;
 pub mod schedules;
+pub mod serve;
+pub mod served;
 pub mod slots;
 
 /// Who reads or changes personal data, for the audit trail.

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_crds::Country;
 use meridian_search::Backend;
 use meridian_search::indexer::Indexer;
+use meridian_search::opensearch::OpenSearch;
 use meridian_shared::jwks::{Jwks, JwksSource};
+
+use crate::http::{Countries, CountryEntry, Service, Serving, app};
 
 /// Options of `meridian booking`.
 #[derive(clap::Args, Clone, Debug)]
@@ -123,7 +125,7 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
     let _indexer = match &options.search_url {
         Some(url) => {
-            let client = meridian_search::opensearch::OpenSearch::from_url(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+            let client = OpenSearch::from_url(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
             // Every replica follows the outbox; their writes are idempotent by version.

@@ -2,11 +2,10 @@
 //! same way in `meridian dev` (its reconciled state) and in a cluster (`meridian booking
 //! --region`, watching the API server).
 
-use meridian_booking::http::{CountryEntry, Serving};
 use meridian_crds::Country;
 use meridian_crds::condition_types::READY;
 
-use crate::conditions;
+use crate::http::{CountryEntry, Serving};
 
 /// The countries bound to `region`, except those being deleted and those refused because
 /// an older Country holds their code (they must never answer for it).
@@ -26,18 +25,16 @@ fn entry(country: &Country) -> Option<CountryEntry> {
         return None;
     }
     let timezone = country.spec.timezone.parse().ok()?;
-    let conds = country
+    let ready = country
         .status
         .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
     let serving = if country.spec.suspend {
         Serving::Suspended
-    } else if conditions::is_true(conds, READY) {
+    } else if ready.is_some_and(|c| c.status == "True") {
         Serving::Ready
     } else {
-        let why = conditions::find(conds, READY)
-            .map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
+        let why = ready.map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
         Serving::NotReady(why)
     };
     Some(CountryEntry {
@@ -51,7 +48,7 @@ fn entry(country: &Country) -> Option<CountryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{Report, merge};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use meridian_crds::CountryStatus;
 
     fn example(code: &str) -> Country {
@@ -60,13 +57,20 @@ mod tests {
     }
 
     fn with_ready(mut country: Country, ready: bool) -> Country {
-        let report = if ready {
-            Report::ok(READY, "Reconciled", "all steps done")
+        let (status, reason, message) = if ready {
+            ("True", "Reconciled", "all steps done")
         } else {
-            Report::failed(READY, "DatabaseUnreachable", "eu-central-1 does not answer")
+            ("False", "DatabaseUnreachable", "eu-central-1 does not answer")
         };
         country.status = Some(CountryStatus {
-            conditions: merge(&[], &[report], Some(1)),
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: Some(1),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+            }],
             ..Default::default()
         });
         country
