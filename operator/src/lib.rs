@@ -3,7 +3,6 @@
 //! `meridian plan` ([`plan_cmd`]).
 
 pub mod backends;
-pub mod bench;
 pub mod conditions;
 pub mod controller;
 pub mod dev;

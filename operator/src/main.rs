@@ -63,9 +63,9 @@ enum ResidencyCommand {
 #[derive(Subcommand)]
 enum Bench {
     /// Booking throughput over HTTP and against the bare database, and a double-booking check.
-    Booking(meridian_operator::bench::BookingBench),
+    Booking(meridian_booking::bench::BookingBench),
     /// Indexing and query speed of the embedded search engine, against SQL ILIKE.
-    Search(meridian_operator::bench::SearchBench),
+    Search(meridian_search::bench::SearchBench),
 }
 
 fn main() -> ExitCode {
@@ -105,11 +105,11 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {
-                print!("{}", meridian_operator::bench::booking::run(options).await?);
+                print!("{}", meridian_booking::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Search(options)) => {
-                print!("{}", meridian_operator::bench::search::run(options).await?);
+                print!("{}", meridian_search::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Residency(ResidencyCommand::Report(options)) => {

@@ -3,10 +3,12 @@
 //! across daylight-saving changes, appointments the database never lets be double booked,
 //! re-assignment when a practitioner becomes unavailable, and live slot changes tailed from
 //! the outbox. `http` is its API under `/{cc}/v1`; [`serve`] is its entry point (`meridian
-//! booking`), [`served`] which countries a Region's deployment serves.
+//! booking`), [`served`] which countries a Region's deployment serves, and [`bench`] its
+//! benchmark (`meridian bench booking`).
 
 pub mod appointments;
 pub mod availability;
+pub mod bench;
 pub mod http;
 pub mod live;
 pub mod practitioners;

@@ -4,7 +4,9 @@
 //! (tantivy, one directory per index, used by `meridian dev`) and [`opensearch::OpenSearch`]
 //! (its REST API, used in a cluster). [`versions::ensure`] builds and swaps index versions
 //! from PostgreSQL, the source of truth; [`indexer`] keeps them current from the outbox.
+//! [`bench`] is its benchmark (`meridian bench search`).
 
+pub mod bench;
 pub mod embedded;
 pub mod indexer;
 pub mod model;

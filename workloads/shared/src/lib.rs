@@ -8,6 +8,7 @@
 //! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]).
 
 pub mod audit;
+pub mod bench;
 pub mod auth;
 pub mod jwks;
 pub mod outbox;

@@ -4,16 +4,16 @@
 
 use std::time::Instant;
 
-use meridian_booking::{Actor, practitioners};
 use meridian_localpg::{Cluster, Durability};
-use meridian_search::embedded::Engine;
-use meridian_search::{Document, IndexSettings, Language, Query, alias, versioned};
 use meridian_shared::schema::prepare;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::embedded::Engine;
+use crate::{Document, IndexSettings, Language, Query, alias, versioned};
 
 /// Options of `meridian bench search`.
 #[derive(clap::Args, Clone, Debug)]
@@ -176,7 +176,7 @@ pub async fn run(options: SearchBench) -> anyhow::Result<String> {
     let started = Instant::now();
     let docs = seed(&pool, options.docs).await?;
     out += &format!(
-        "seeded PostgreSQL in {:.1} s (bulk import, with outbox and audit)\n",
+        "seeded PostgreSQL in {:.1} s (bulk insert)\n",
         started.elapsed().as_secs_f64()
     );
 
@@ -228,7 +228,7 @@ pub async fn run(options: SearchBench) -> anyhow::Result<String> {
     for (case, (engine_total, sql_total)) in MIX.iter().zip(&found) {
         out += &format!("{:<24} {engine_total:>15} {sql_total:>15}\n", case.name);
     }
-    let p = super::percentile;
+    let p = meridian_shared::bench::percentile;
     out += &format!(
         "engine   p50 {:>7.2} ms  p99 {:>7.2} ms\nILIKE    p50 {:>7.2} ms  p99 {:>7.2} ms\n",
         p(&engine_ms, 50.0),
@@ -249,36 +249,51 @@ pub async fn run(options: SearchBench) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Imports `count` practitioners with made-up German profiles; returns them as documents.
+/// Inserts `count` practitioners with made-up German profiles, in batches of one statement
+/// each; returns them as documents. (The search crate cannot use the booking domain's import,
+/// which depends on it: the rows are written directly, without the import's outbox and audit
+/// records, which nothing measured here reads.)
 async fn seed(pool: &PgPool, count: usize) -> anyhow::Result<Vec<Document>> {
     let mut rng = StdRng::seed_from_u64(42);
-    let actor = Actor {
-        subject: "bench",
-        correlation_id: Uuid::new_v4(),
-    };
     let mut docs = Vec::with_capacity(count);
     for start in (0..count).step_by(5_000) {
-        let profiles: Vec<practitioners::Profile> = (start..count.min(start + 5_000))
-            .map(|i| {
-                let mut languages = vec!["de".to_string()];
-                if rng.random_bool(0.4) {
-                    languages.push("en".into());
-                }
-                practitioners::Profile {
-                    external_id: Some(format!("bench-{i}")),
-                    given_name: GIVEN[rng.random_range(0..GIVEN.len())].into(),
-                    family_name: FAMILY[rng.random_range(0..FAMILY.len())].into(),
-                    specialty: SPECIALTIES[rng.random_range(0..SPECIALTIES.len())].into(),
-                    city: CITIES[rng.random_range(0..CITIES.len())].into(),
-                    languages,
-                }
-            })
-            .collect();
-        practitioners::import(pool, "DE", &profiles, actor).await?;
+        let mut columns: [Vec<String>; 6] = Default::default();
+        for i in start..count.min(start + 5_000) {
+            let mut languages = vec!["de"];
+            if rng.random_bool(0.4) {
+                languages.push("en");
+            }
+            let row = [
+                format!("bench-{i}"),
+                GIVEN[rng.random_range(0..GIVEN.len())].into(),
+                FAMILY[rng.random_range(0..FAMILY.len())].into(),
+                SPECIALTIES[rng.random_range(0..SPECIALTIES.len())].into(),
+                CITIES[rng.random_range(0..CITIES.len())].into(),
+                languages.join(","),
+            ];
+            for (column, value) in columns.iter_mut().zip(row) {
+                column.push(value);
+            }
+        }
+        let [external_id, given, family, specialty, city, languages] = columns;
+        sqlx::query(
+            "INSERT INTO practitioners (country_code, id, external_id, given_name, family_name, specialty, city, languages)
+             SELECT 'DE', gen_random_uuid(), external_id, given_name, family_name, specialty, city, string_to_array(languages, ',')
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 AS r(external_id, given_name, family_name, specialty, city, languages)",
+        )
+        .bind(external_id)
+        .bind(given)
+        .bind(family)
+        .bind(specialty)
+        .bind(city)
+        .bind(languages)
+        .execute(pool)
+        .await?;
     }
     let mut after = Uuid::nil();
     loop {
-        let page = meridian_search::versions::practitioners(pool, "DE", after, 10_000).await?;
+        let page = crate::versions::practitioners(pool, "DE", after, 10_000).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
         docs.extend(page);

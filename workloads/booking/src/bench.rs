@@ -13,11 +13,6 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use meridian_booking::appointments::{self, BookRequest, BookingError};
-use meridian_booking::availability::{self, Entry};
-use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
-use meridian_booking::schedules::Schedules;
-use meridian_booking::{Actor, practitioners, slots};
 use meridian_localpg::{Cluster, Durability};
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::schema::prepare;
@@ -25,6 +20,12 @@ use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::appointments::{self, BookRequest, BookingError};
+use crate::availability::{self, Entry};
+use crate::http::{Countries, CountryEntry, Service, Serving, app};
+use crate::schedules::Schedules;
+use crate::{Actor, practitioners, slots};
 
 /// Options of `meridian bench booking`.
 #[derive(clap::Args, Clone, Debug)]
@@ -55,7 +56,7 @@ struct Tally {
 #[derive(Clone, Copy)]
 struct Target {
     practitioner: Uuid,
-    /// As [`meridian_booking::schedules`] caches it: the database phase checks it too.
+    /// As [`crate::schedules`] caches it: the database phase checks it too.
     schedule_version: i64,
     start: DateTime<Utc>,
 }
@@ -290,7 +291,7 @@ struct PhaseResult {
 
 impl PhaseResult {
     fn percentile(&self, p: f64) -> f64 {
-        super::percentile(&self.latencies, p)
+        meridian_shared::bench::percentile(&self.latencies, p)
     }
 }
 
