@@ -13,3 +13,7 @@ pub mod plan_cmd;
 pub mod providers;
 pub mod residency;
 pub mod validate;
+
+/// Field manager for everything the operator writes with server-side apply, and the
+/// `app.kubernetes.io/managed-by` label and cloud tag value of what it creates.
+pub const FIELD_MANAGER: &str = "meridian-operator";

@@ -9,7 +9,7 @@ use kube::{Api, Client, ResourceExt};
 use meridian_crds::Country;
 use serde_json::json;
 
-use crate::k8s::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
 
 /// The Gateway routes attach to, and the workload Service they send traffic to in each
 /// Region's namespace.

@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::{Country, FINALIZER, Region};
 use serde_json::json;
 
-use super::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
 use crate::conditions::{self, Transition};
 use crate::controller::{Blocked, Context, Next, Outcome, country, region};
 

@@ -22,9 +22,6 @@ use crate::backends::gateway::{Gateway, GatewayConfig};
 use crate::controller::Context;
 use crate::providers::{AwsStacks, InClusterStacks, Providers, StackConfig};
 
-/// Field manager for everything the operator writes with server-side apply.
-pub const FIELD_MANAGER: &str = "meridian-operator";
-
 /// Options of `meridian operator`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OperatorOptions {

@@ -79,7 +79,7 @@ fn instance_number(name: &str, id: &str) -> Option<usize> {
 fn tags(name: &str) -> [Tag; 2] {
     [
         Tag::builder().key(REGION_TAG).value(name).build(),
-        Tag::builder().key(MANAGER_TAG).value(crate::k8s::FIELD_MANAGER).build(),
+        Tag::builder().key(MANAGER_TAG).value(crate::FIELD_MANAGER).build(),
     ]
 }
 

@@ -116,7 +116,7 @@ impl AwsSearch {
                 .domain_endpoint_options(DomainEndpointOptions::builder().enforce_https(true).build())
                 .advanced_security_options(Self::security(password))
                 .tag_list(tag(REGION_TAG, &name)?)
-                .tag_list(tag(MANAGER_TAG, crate::k8s::FIELD_MANAGER)?)
+                .tag_list(tag(MANAGER_TAG, crate::FIELD_MANAGER)?)
                 .send()
                 .await
                 .map_err(|e| api(&format!("create domain {domain}"), e))?;

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::objects::Objects;
 use super::{Endpoint, ProviderError};
-use crate::k8s::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
 
 /// Images and neighbours of every in-cluster stack.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
 use super::ProviderError;
-use crate::k8s::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
 
 /// The kinds stacks are made of, as the API serves them; `namespaced` false for the
 /// cluster-scoped ones.
