@@ -111,7 +111,9 @@ impl Workloads {
             );
         }
         for (name, service) in services.iter() {
-            service.countries.set(meridian_booking::served::entries(countries, name));
+            service
+                .countries
+                .set(meridian_booking::served::entries(countries, name));
         }
     }
 

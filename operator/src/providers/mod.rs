@@ -274,8 +274,8 @@ fn against_a_cluster<'a, T>(stacks: Option<&'a T>, provider: &str, region: &Regi
 
 /// An OpenSearch backend at `url`, and where it is, for status.
 fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
-    let client =
-        OpenSearch::from_url(url).map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
+    let client = OpenSearch::from_url(url)
+        .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
     Ok((
         Backend::OpenSearch(Arc::new(client)),
         Endpoint::from_url(url.to_string()).display,

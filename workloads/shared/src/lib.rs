@@ -8,8 +8,8 @@
 //! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]).
 
 pub mod audit;
-pub mod bench;
 pub mod auth;
+pub mod bench;
 pub mod jwks;
 pub mod outbox;
 pub mod schema;
