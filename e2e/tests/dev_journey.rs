@@ -193,6 +193,32 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     assert_eq!(pt.len(), TABLES, "Retain keeps pt's partitions: {parts:?}");
     assert!(pt.iter().all(|(_, attached)| !attached), "and detaches them: {pt:?}");
 
+    // A second Country with Germany's code is refused, never served, and removing its
+    // manifest (with deletionPolicy: Delete) touches none of Germany's data.
+    let de = std::fs::read_to_string(manifests.join("countries/de.yaml")).unwrap();
+    let dupe = de
+        .replace("name: de\n", "name: de-test\n")
+        .replace("deletionPolicy: Retain", "deletionPolicy: Delete");
+    assert!(dupe.contains("name: de-test") && dupe.contains("deletionPolicy: Delete"), "{dupe}");
+    std::fs::write(manifests.join("countries/de-test.yaml"), dupe).unwrap();
+    dev.wait_for("de-test refused", Duration::from_secs(10), |d| {
+        let (_, c) = d.get("/apis/platform.meridian.dev/v1alpha1/countries/de-test");
+        c["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["reason"] == "CodeConflict"))
+    });
+    let eu_central_1 = ports.iter().find(|(n, _)| n == "eu-central-1").unwrap().1;
+    let germany = partitions(eu_central_1).await;
+    assert_eq!(list(&dev, "de").0, 200, "Germany is still served");
+    std::fs::remove_file(manifests.join("countries/de-test.yaml")).unwrap();
+    dev.wait_for("de-test deleted", Duration::from_secs(10), |d| {
+        d.get("/apis/platform.meridian.dev/v1alpha1/countries/de-test").0 == 404
+    });
+    assert_eq!(partitions(eu_central_1).await, germany, "Germany's partitions untouched");
+    assert!(germany.iter().all(|(_, attached)| *attached));
+    dev.await_ready("de", Duration::from_secs(5));
+    assert_eq!(list(&dev, "de").0, 200, "and still served");
+
     // Ctrl-C stops everything cleanly.
     let (status, out) = dev.interrupt();
     assert!(status.success(), "exit {status}:\n{out}");
