@@ -137,20 +137,18 @@ async fn publishing_applies_the_route_and_removes_a_leftover() {
     assert_eq!(published.unwrap(), ["/de/v1"]);
 }
 
+/// Answers the listing of Germany's routes with the one in eu-central-1.
+async fn germanys_route_listed(server: &mut ApiServer) {
+    let routes = list(vec![stored("meridian-region-eu-central-1")]);
+    expect(server, Method::GET, ROUTES, &[SELECTOR], 200, routes).await;
+}
+
 #[tokio::test]
 async fn withdrawing_deletes_the_route_and_a_route_already_gone_is_fine() {
     let (gateway, mut server) = cluster();
     let de = germany();
     let scenario = async {
-        expect(
-            &mut server,
-            Method::GET,
-            ROUTES,
-            &[SELECTOR],
-            200,
-            list(vec![stored("meridian-region-eu-central-1")]),
-        )
-        .await;
+        germanys_route_listed(&mut server).await;
         expect(
             &mut server,
             Method::DELETE,
@@ -165,22 +163,21 @@ async fn withdrawing_deletes_the_route_and_a_route_already_gone_is_fine() {
     withdrawn.unwrap();
 }
 
-#[tokio::test]
-async fn a_cluster_without_the_gateway_api_is_told_how_to_install_it() {
+/// Germany's publish, answered with the API server's 404 saying `message`.
+async fn publish_refused(message: &str) -> GatewayError {
     let (gateway, mut server) = cluster();
     let de = germany();
-    let scenario = expect(
-        &mut server,
-        Method::PATCH,
-        DE_ROUTE,
-        &[],
-        404,
-        not_found("the server could not find the requested resource"),
-    );
+    let scenario = expect(&mut server, Method::PATCH, DE_ROUTE, &[], 404, not_found(message));
     let (published, _) = scripted::against(gateway.publish(&de), scenario).await;
-    let err = published.unwrap_err();
+    published.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_gateway_api_is_told_how_to_install_it() {
+    let err = publish_refused("the server could not find the requested resource").await;
     assert!(matches!(err, GatewayError::NotInstalled), "{err}");
     assert!(err.to_string().contains("standard-install.yaml"), "{err}");
+    assert!(!err.is_missing_namespace());
 }
 
 #[tokio::test]
@@ -190,35 +187,14 @@ async fn withdrawing_leaves_the_route_of_another_country_with_the_same_code_alon
     let mut dupe = germany();
     dupe.metadata.name = Some("de-test".into());
     dupe.metadata.uid = Some("5f0c6c1e-0000-4000-8000-0000000dead1".into());
-    let scenario = async {
-        expect(
-            &mut server,
-            Method::GET,
-            ROUTES,
-            &[SELECTOR],
-            200,
-            list(vec![stored("meridian-region-eu-central-1")]),
-        )
-        .await;
-        // Nothing else is answered: a DELETE would hang and time the test out.
-    };
+    // Nothing but the listing is answered: a DELETE would hang and time the test out.
+    let scenario = germanys_route_listed(&mut server);
     let (withdrawn, ()) = scripted::against(gateway.withdraw(&dupe), scenario).await;
     withdrawn.unwrap();
 }
 
 #[tokio::test]
 async fn a_missing_region_namespace_is_told_apart_from_other_failures() {
-    let (gateway, mut server) = cluster();
-    let de = germany();
-    let scenario = expect(
-        &mut server,
-        Method::PATCH,
-        DE_ROUTE,
-        &[],
-        404,
-        not_found("namespaces \"meridian-region-eu-central-1\" not found"),
-    );
-    let (published, _) = scripted::against(gateway.publish(&de), scenario).await;
-    let err = published.unwrap_err();
+    let err = publish_refused("namespaces \"meridian-region-eu-central-1\" not found").await;
     assert!(err.is_missing_namespace(), "{err}");
 }

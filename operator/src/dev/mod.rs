@@ -347,7 +347,7 @@ impl Dev {
                     // A dedicated Region it held may now serve another Country, and a Country
                     // refused for its code may now hold it.
                     wake_countries_of(&mut store, &country.spec.region);
-                    wake_countries_with_code(&mut store, &country.spec.code);
+                    wake_countries(&mut store, |c| c.spec.code == country.spec.code);
                 }
                 Err(Err(blocked)) => {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
@@ -429,26 +429,14 @@ fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Conditi
     conds.is_some_and(|c| conditions::is_true(c, READY))
 }
 
-fn wake_countries_with_code(store: &mut Store, code: &str) {
+/// Makes every Country for which `which` holds due now.
+fn wake_countries(store: &mut Store, which: impl Fn(&Country) -> bool) {
     let now = Instant::now();
-    for entry in store
-        .countries
-        .entries
-        .values_mut()
-        .filter(|e| e.object.spec.code == code)
-    {
+    for entry in store.countries.entries.values_mut().filter(|e| which(&e.object)) {
         entry.due = Some(now);
     }
 }
 
 fn wake_countries_of(store: &mut Store, region: &str) {
-    let now = Instant::now();
-    for entry in store
-        .countries
-        .entries
-        .values_mut()
-        .filter(|e| e.object.spec.region == region)
-    {
-        entry.due = Some(now);
-    }
+    wake_countries(store, |c| c.spec.region == region);
 }
