@@ -3,34 +3,40 @@
 //! every listening client; a client that reconnects with `Last-Event-ID` is first replayed
 //! what it missed, straight from the outbox.
 //!
-//! Outbox IDs come from a sequence, and a transaction that took a lower ID can commit after
-//! one that took a higher ID. The tailer therefore does not step past a missing ID until it
-//! has been missing for [`GAP_WAIT`] (a rolled-back transaction leaves a gap for ever).
+//! The tailer reads the outbox in commit order with a [`Follower`]: an event is sent when its
+//! transaction's commit becomes visible, however late that is. An event's SSE ID is where a
+//! reconnect resumes (an [`EventId`]): the snapshot the tailer had read up to before it, and
+//! the event's place in its transaction. Resuming replays every change whose transaction
+//! that snapshot does not see, in the order they were written, but the ones of the same
+//! transaction up to the last one seen; a replayed change the client had already seen
+//! repeats a state it was told (a slot taken, a slot freed) in the same order, so the last
+//! word on every slot is still right.
 
-use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use meridian_shared::outbox::{APPOINTMENT_EVENTS, Follower, Row, Snapshot};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// How long a missing outbox ID may hold the tailer back.
-const GAP_WAIT: Duration = Duration::from_secs(2);
 /// How often the tailer looks for new events.
 const POLL: Duration = Duration::from_millis(100);
+/// Events the tailer reads at once.
+const BATCH: i64 = 1000;
 
 /// A slot that was taken or freed. No patient data: anyone may watch a practitioner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotChange {
-    /// The SSE event ID, where a reconnect resumes: `2 × outbox ID + part`, because one
-    /// outbox event (a reschedule) frees one slot and takes another.
+    /// Its SSE ID: where a reconnect resumes.
     #[serde(skip)]
-    pub id: i64,
+    pub id: EventId,
     #[serde(skip)]
     pub country_code: String,
     /// `slot.taken` or `slot.freed`.
@@ -41,19 +47,67 @@ pub struct SlotChange {
     pub end: DateTime<Utc>,
 }
 
-type Row = (i64, String, String, Uuid, serde_json::Value);
+/// Where a client that saw a change resumes: every change whose transaction `from` does not
+/// see, but those of transaction `xid` up to outbox row `row`, part `part` (a reschedule frees
+/// one slot and takes another: two parts of one row). Written `xid-row-part-snapshot`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventId {
+    pub from: Arc<Snapshot>,
+    pub xid: u64,
+    pub row: i64,
+    pub part: u8,
+}
+
+impl EventId {
+    /// Whether the change at `xid`, `row`, `part` comes after this one.
+    fn is_before(&self, xid: u64, row: i64, part: u8) -> bool {
+        xid != self.xid || (row, part) > (self.row, self.part)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}-{}", self.xid, self.row, self.part, self.from)
+    }
+}
+
+/// Text that is not an [`EventId`].
+#[derive(Debug, thiserror::Error)]
+#[error("not an event ID of this stream")]
+pub struct InvalidEventId;
+
+impl FromStr for EventId {
+    type Err = InvalidEventId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.splitn(4, '-');
+        let mut next = || parts.next().ok_or(InvalidEventId);
+        let xid = next()?.parse().map_err(|_| InvalidEventId)?;
+        let row = next()?.parse().map_err(|_| InvalidEventId)?;
+        let part = next()?.parse().map_err(|_| InvalidEventId)?;
+        let from = next()?.parse().map_err(|_| InvalidEventId)?;
+        Ok(Self {
+            from: Arc::new(from),
+            xid,
+            row,
+            part,
+        })
+    }
+}
 
 /// A span of time read from an event's payload.
 type Span = Option<(DateTime<Utc>, DateTime<Utc>)>;
 
-fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec<SlotChange> {
+/// The slot changes of one outbox row, read after snapshot `from`.
+fn changes(row: &Row, from: &Arc<Snapshot>) -> Vec<SlotChange> {
+    let payload = &row.payload;
     let at = |start: &str, end: &str| -> Span {
         Some((
             payload.get(start)?.as_str()?.parse().ok()?,
             payload.get(end)?.as_str()?.parse().ok()?,
         ))
     };
-    let parts: Vec<(&'static str, Span)> = match event_type.as_str() {
+    let parts: Vec<(&'static str, Span)> = match row.event_type.as_str() {
         // A re-assigned appointment takes the new practitioner's slot (the event is keyed by
         // them); the old practitioner is unavailable then, so their slot is not offered.
         "appointment.booked" | "appointment.reassigned" => vec![("slot.taken", at("startsAt", "endsAt"))],
@@ -71,12 +125,16 @@ fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec
         .enumerate()
         .filter_map(|(part, (kind, times))| {
             let (start, end) = times?;
-            let id = id * 2 + part as i64;
             Some(SlotChange {
-                id,
-                country_code: country_code.clone(),
+                id: EventId {
+                    from: from.clone(),
+                    xid: row.xid as u64,
+                    row: row.id,
+                    part: part as u8,
+                },
+                country_code: row.country_code.clone(),
                 kind,
-                practitioner_id,
+                practitioner_id: row.aggregate_id,
                 start,
                 end,
             })
@@ -84,35 +142,47 @@ fn changes((id, country_code, event_type, practitioner_id, payload): Row) -> Vec
         .collect()
 }
 
-const SELECT: &str = "SELECT id, country_code, event_type, aggregate_id, payload FROM outbox
-                       WHERE topic = 'appointment-events'
-                         AND event_type IN ('appointment.booked', 'appointment.cancelled', 'appointment.rescheduled',
-                                            'appointment.reassigned', 'appointment.needs_rebooking')";
-
-/// The changes of some practitioners after event ID `after`, oldest first: what a
-/// reconnecting client missed.
+/// What a client resuming after `after` missed of some practitioners' changes, oldest
+/// first, and the snapshot they were read in: a live change this snapshot sees was replayed
+/// (or came before the client). A client without `after` starts now: nothing missed.
 pub async fn since(
     pool: &PgPool,
     country: &str,
     practitioners: &[Uuid],
-    after: i64,
-) -> Result<Vec<SlotChange>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} AND country_code = $1 AND aggregate_id = ANY($2) AND id >= $3 ORDER BY id"
-    )))
+    after: Option<&EventId>,
+) -> Result<(Vec<SlotChange>, Snapshot), sqlx::Error> {
+    let Some(after) = after else {
+        return Ok((Vec::new(), Snapshot::current(pool).await?));
+    };
+    // One snapshot for both reads.
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let now: Snapshot = sqlx::query_scalar::<_, String>("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *tx)
+        .await?
+        .parse()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, xid::text::bigint AS xid, country_code, event_type, aggregate_id, payload FROM outbox
+          WHERE topic = $1 AND country_code = $2 AND aggregate_id = ANY($3)
+            AND xid >= pg_snapshot_xmin($4::text::pg_snapshot)
+            AND NOT pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
+          ORDER BY id",
+    )
+    .bind(APPOINTMENT_EVENTS)
     .bind(country)
     .bind(practitioners)
-    .bind(after.div_euclid(2))
-    .fetch_all(pool)
+    .bind(after.from.to_string())
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().flat_map(changes).filter(|c| c.id > after).collect())
-}
-
-/// The newest event ID: where a new client starts.
-pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(max(id), 0) * 2 + 1 FROM outbox")
-        .fetch_one(pool)
-        .await
+    tx.commit().await?;
+    let missed = rows
+        .into_iter()
+        .flat_map(|row| changes(&row, &after.from))
+        .filter(|c| after.is_before(c.id.xid, c.id.row, c.id.part))
+        .collect();
+    Ok((missed, now))
 }
 
 /// Fans slot changes out to listeners; the tailer starts with the first listener.
@@ -131,63 +201,41 @@ impl LiveSlots {
         }
     }
 
-    /// A receiver of every change from now on.
+    /// A receiver of every change from now on: of every transaction that the database's
+    /// current snapshot, taken after this returns, does not see.
     pub async fn subscribe(self: &Arc<Self>) -> Result<broadcast::Receiver<Arc<SlotChange>>, sqlx::Error> {
         let receiver = self.sender.subscribe();
-        if !self.started.swap(true, Ordering::SeqCst) {
-            let from = head(&self.pool).await?.div_euclid(2);
-            let this = self.clone();
-            tokio::spawn(async move { this.tail(from).await });
+        if !self.started.load(Ordering::SeqCst) {
+            let follower = Follower::from_now(&self.pool, APPOINTMENT_EVENTS).await?;
+            if !self.started.swap(true, Ordering::SeqCst) {
+                let this = self.clone();
+                tokio::spawn(async move { this.tail(follower).await });
+            }
         }
         Ok(receiver)
     }
 
-    async fn tail(self: Arc<Self>, mut contiguous: i64) {
-        // IDs above `contiguous` already sent, and since when the first gap has been open.
-        let mut sent: BTreeSet<i64> = BTreeSet::new();
-        let mut gap_since: Option<Instant> = None;
+    async fn tail(self: Arc<Self>, mut follower: Follower) {
         loop {
-            tokio::time::sleep(POLL).await;
-            let rows: Vec<Row> = match sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} AND id > $1 ORDER BY id")))
-                .bind(contiguous)
-                .fetch_all(&self.pool)
-                .await
-            {
-                Ok(rows) => rows,
+            let batch = match follower.next(&self.pool, BATCH).await {
+                Ok(batch) => batch,
                 Err(e) => {
                     tracing::warn!(error = %e, "live slots: cannot read the outbox; retrying");
+                    tokio::time::sleep(POLL).await;
                     continue;
                 }
             };
-            let max_id = rows.last().map(|r| r.0);
-            for row in rows {
-                let id = row.0;
-                if sent.insert(id) {
-                    for change in changes(row) {
-                        let _ = self.sender.send(Arc::new(change));
-                    }
+            let from = batch.from.clone().expect("the tailer starts from a snapshot");
+            let full = batch.rows.len() as i64 == BATCH;
+            for row in &batch.rows {
+                for change in changes(row, &from) {
+                    let _ = self.sender.send(Arc::new(change));
                 }
             }
-            // Other event types also take outbox IDs: the next IDs to expect are any IDs,
-            // so look at what exists below the newest one before calling something a gap.
-            let Some(max_id) = max_id else { continue };
-            let present: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id > $1 AND id <= $2 ORDER BY id")
-                .bind(contiguous)
-                .bind(max_id)
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-            for id in present {
-                // The next ID in sequence, or one past a gap that stayed open long enough.
-                let next = id == contiguous + 1;
-                if next || gap_since.get_or_insert_with(Instant::now).elapsed() >= GAP_WAIT {
-                    contiguous = id;
-                    gap_since = None;
-                } else {
-                    break;
-                }
+            follower.done(&batch);
+            if !full {
+                tokio::time::sleep(POLL).await;
             }
-            sent.retain(|id| *id > contiguous);
         }
     }
 }

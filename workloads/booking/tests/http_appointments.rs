@@ -772,3 +772,113 @@ async fn slots_and_live_changes_for_a_specialty_in_a_city() {
         ("slot.taken", Some(colleague.as_str()))
     );
 }
+
+/// How long the late transaction stays open.
+const HOLD: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_slot_change_whose_transaction_commits_30_s_late_is_streamed_once_and_replayed_after_a_reconnect() {
+    let api = Api::start().await;
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let watch = |last: Option<&str>| {
+        let mut request = Request::get(format!("/de/v1/practitioners/{}/slots/events", api.practitioner))
+            .header(header::AUTHORIZATION, format!("Bearer {patient}"));
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last);
+        }
+        api.app.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    let mut stream = watch(None).await.unwrap().into_body();
+    let mut buffer = String::new();
+    let first = api.tomorrow_first_slot(&patient).await;
+    let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
+    let at = |minutes: i64| {
+        (first_at + chrono::Duration::minutes(minutes)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+
+    // A transaction writes its event (taking an outbox ID) and stays open.
+    let began = std::time::Instant::now();
+    let mut late = api.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+         VALUES ('DE', 'appointment-events', 'appointment.booked', $1, $2)",
+    )
+    .bind(api.practitioner.parse::<uuid::Uuid>().unwrap())
+    .bind(json!({"startsAt": at(120), "endsAt": at(150)}))
+    .execute(&mut *late)
+    .await
+    .unwrap();
+
+    // Meanwhile, later changes commit and are streamed at once.
+    let (status, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k1"),
+            Some(api.booking(&first)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    let (seen, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.taken", Some(first.as_str()))
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cancel = format!("/de/v1/appointments/{}/cancel", booked["id"].as_str().unwrap());
+    let (status, _, _) = api.call("POST", &cancel, &patient, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.freed", Some(first.as_str()))
+    );
+
+    // Committed after 30 s, the late change is streamed, once.
+    tokio::time::sleep(HOLD.saturating_sub(began.elapsed())).await;
+    late.commit().await.unwrap();
+    assert!(began.elapsed() >= HOLD);
+    let (_, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.taken", Some(at(120).as_str()))
+    );
+    let (status, _, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k2"),
+            Some(api.booking(&at(30))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, kind, data) = next_event(&mut stream, &mut buffer).await;
+    assert_eq!(
+        (kind.as_str(), data["start"].as_str()),
+        ("slot.taken", Some(at(30).as_str())),
+        "the next change, not the late one again"
+    );
+
+    // A client that saw only the first booking (before the late commit) gets everything
+    // after it on reconnect, the late change included, once each. (Replays come in the
+    // order the rows were written: writers of one practitioner take turns, so that is the
+    // order they committed in; this test's late writer did not take a turn.)
+    let mut resumed = watch(Some(&seen)).await.unwrap().into_body();
+    let mut buffer = String::new();
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let (_, kind, data) = next_event(&mut resumed, &mut buffer).await;
+        replayed.push((kind, data["start"].as_str().unwrap().to_string()));
+    }
+    replayed.sort();
+    assert_eq!(
+        replayed,
+        [
+            ("slot.freed".to_string(), first.clone()),
+            ("slot.taken".to_string(), at(30)),
+            ("slot.taken".to_string(), at(120)),
+        ]
+    );
+}

@@ -3,27 +3,28 @@
 //! idempotent: a document carries the practitioner's version, and an index never lets an
 //! older or equal version replace a newer one, so a replay after a crash changes nothing.
 //!
-//! Its position is kept in `outbox_consumers`. Outbox IDs come from one sequence, and a
-//! transaction holding a lower ID can commit after one holding a higher ID: the position
-//! does not pass a missing ID until it has been missing for [`GAP_WAIT`] (a rolled-back
-//! transaction leaves a gap for ever). Events above a gap are written at once and again
-//! after a restart, which idempotency makes harmless.
+//! Its position is kept in `outbox_consumers`: a snapshot such that every event whose
+//! transaction it sees has been written (see [`meridian_shared::outbox::Follower`]). An event
+//! is read when its transaction's commit becomes visible, however late that is; a restart
+//! reads again what came after the stored snapshot, which idempotency makes harmless.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use meridian_shared::outbox::{Follower, PRACTITIONER_EVENTS, Snapshot};
 use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::Backend;
 use crate::model::{Document, SearchError, alias};
 
-/// How long a missing outbox ID may hold the position back.
-pub const GAP_WAIT: Duration = Duration::from_secs(2);
 /// How often the outbox is read when there was nothing new.
 const POLL: Duration = Duration::from_millis(100);
 /// Events read per step.
 const BATCH: i64 = 5000;
+/// How often a position that moved without new events is stored: it only shortens what a
+/// restart reads again.
+const SAVE_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexerError {
@@ -38,11 +39,9 @@ pub struct Indexer {
     pool: PgPool,
     backend: Backend,
     consumer: String,
-    /// Every ID up to here is handled.
-    contiguous: i64,
-    /// IDs above `contiguous` already written.
-    written: BTreeSet<i64>,
-    gap_since: Option<Instant>,
+    follower: Follower,
+    /// When the position was last stored.
+    saved: Option<Instant>,
 }
 
 /// What one [`Indexer::step`] did.
@@ -55,50 +54,45 @@ pub struct Step {
     pub skipped_countries: Vec<String>,
 }
 
-type Row = (i64, String, Option<serde_json::Value>);
-
 impl Indexer {
     /// The indexer named `consumer`, from where it last stopped.
     pub async fn start(pool: PgPool, backend: Backend, consumer: &str) -> Result<Self, IndexerError> {
-        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM outbox_consumers WHERE consumer = $1")
-            .bind(consumer)
-            .fetch_optional(&pool)
-            .await?;
+        let stored: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT position, snapshot::text FROM outbox_consumers WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_optional(&pool)
+                .await?;
+        let (legacy_after, snapshot) = stored.unwrap_or((0, None));
+        let snapshot = snapshot
+            .map(|s| s.parse::<Snapshot>())
+            .transpose()
+            .map_err(|e| IndexerError::Database(sqlx::Error::Decode(Box::new(e))))?;
+        // Without a snapshot, the stored ID is where a consumer of the days before
+        // transaction IDs were recorded stopped: the rows of those days above it are new.
         Ok(Self {
             pool,
             backend,
             consumer: consumer.to_string(),
-            contiguous: position.unwrap_or(0),
-            written: BTreeSet::new(),
-            gap_since: None,
+            follower: Follower::new(PRACTITIONER_EVENTS, snapshot, legacy_after),
+            saved: None,
         })
     }
 
-    /// Where the indexer stands: every outbox ID up to here is handled.
-    pub fn position(&self) -> i64 {
-        self.contiguous
+    /// Where the indexer stands: every event whose transaction this snapshot sees is
+    /// written. `None` until its first read of the outbox is done.
+    pub fn position(&self) -> Option<&Snapshot> {
+        self.follower.position()
     }
 
     /// Reads what is new in the outbox, writes it to the indexes and moves the position.
     pub async fn step(&mut self) -> Result<Step, IndexerError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, country_code, CASE WHEN topic = $2 THEN payload END
-               FROM outbox WHERE id > $1 ORDER BY id LIMIT $3",
-        )
-        .bind(self.contiguous)
-        .bind(meridian_shared::outbox::PRACTITIONER_EVENTS)
-        .bind(BATCH)
-        .fetch_all(&self.pool)
-        .await?;
+        let batch = self.follower.next(&self.pool, BATCH).await?;
         let mut step = Step::default();
         let mut by_country: BTreeMap<String, Vec<Document>> = BTreeMap::new();
-        for (id, country, payload) in &rows {
-            if self.written.contains(id) {
-                continue;
-            }
+        for row in &batch.rows {
             // Every practitioner event carries the whole practitioner at its new version.
-            if let Some(doc) = payload.as_ref().and_then(|p| Document::deserialize(p).ok()) {
-                by_country.entry(country.clone()).or_default().push(doc);
+            if let Ok(doc) = Document::deserialize(&row.payload) {
+                by_country.entry(row.country_code.clone()).or_default().push(doc);
             }
         }
         for (country, docs) in by_country {
@@ -108,29 +102,28 @@ impl Indexer {
                 Err(error) => return Err(IndexerError::Search { country, error }),
             }
         }
-        self.written.extend(rows.iter().map(|r| r.0));
-        let before = self.contiguous;
-        for (id, _, _) in &rows {
-            let next = *id == self.contiguous + 1;
-            if next || self.gap_since.get_or_insert_with(Instant::now).elapsed() >= GAP_WAIT {
-                self.contiguous = *id;
-                self.gap_since = None;
-            } else {
-                break;
-            }
-        }
-        let contiguous = self.contiguous;
-        self.written.retain(|id| *id > contiguous);
-        if self.contiguous != before {
+        self.follower.done(&batch);
+        let last_id = batch.rows.last().map_or(0, |r| r.id);
+        let due = batch.rows.is_empty() && self.saved.is_some_and(|at| at.elapsed() < SAVE_IDLE);
+        if let Some(position) = self.follower.position().filter(|_| !due) {
+            // Replicas share the row: a snapshot never replaces a newer one (a later
+            // snapshot's xmax is never lower).
             sqlx::query(
-                "INSERT INTO outbox_consumers (consumer, position) VALUES ($1, $2)
+                "INSERT INTO outbox_consumers (consumer, position, snapshot) VALUES ($1, $2, $3::text::pg_snapshot)
                  ON CONFLICT (consumer) DO UPDATE
-                     SET position = greatest(outbox_consumers.position, EXCLUDED.position), updated_at = now()",
+                     SET position = greatest(outbox_consumers.position, EXCLUDED.position),
+                         snapshot = CASE
+                             WHEN outbox_consumers.snapshot IS NULL
+                               OR pg_snapshot_xmax(outbox_consumers.snapshot) <= pg_snapshot_xmax(EXCLUDED.snapshot)
+                             THEN EXCLUDED.snapshot ELSE outbox_consumers.snapshot END,
+                         updated_at = now()",
             )
             .bind(&self.consumer)
-            .bind(self.contiguous)
+            .bind(last_id)
+            .bind(position.to_string())
             .execute(&self.pool)
             .await?;
+            self.saved = Some(Instant::now());
         }
         Ok(step)
     }

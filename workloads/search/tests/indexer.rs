@@ -2,10 +2,11 @@
 //! idempotent by practitioner version, and not fooled by a transaction that commits late.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use meridian_localpg::TempCluster;
 use meridian_search::embedded::Engine;
-use meridian_search::indexer::{GAP_WAIT, Indexer};
+use meridian_search::indexer::Indexer;
 use meridian_search::{Backend, Document, IndexSettings, Language, Query, alias, versioned};
 use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -61,13 +62,34 @@ async fn event(conn: &mut PgConnection, doc: &Document) {
 }
 
 async fn city(backend: &Backend) -> Option<String> {
+    cities(backend, "Schmidt").await.pop()
+}
+
+/// The cities of the documents found for `name`.
+async fn cities(backend: &Backend, name: &str) -> Vec<String> {
     let query = Query {
-        text: Some("Schmidt".into()),
-        limit: 1,
+        text: Some(name.into()),
+        limit: 10,
         ..Default::default()
     };
     let hits = backend.search(&alias("DE"), &query).await.unwrap();
-    hits.hits.first().map(|h| h.document.city.clone())
+    hits.hits.iter().map(|h| h.document.city.clone()).collect()
+}
+
+/// The position stored for the indexer.
+async fn stored(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT snapshot::text FROM outbox_consumers WHERE consumer = 'search-indexer'")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+fn weber(version: i64, city: &str) -> Document {
+    let mut doc = anna(version, city);
+    doc.id = Uuid::from_u128(9);
+    doc.family_name = "Weber".into();
+    doc
 }
 
 #[tokio::test]
@@ -85,62 +107,119 @@ async fn events_are_applied_in_order_and_replays_change_nothing() {
     let mut indexer = Indexer::start(pool.clone(), backend.clone(), "search-indexer")
         .await
         .unwrap();
+    assert_eq!(indexer.position(), None);
     let step = indexer.step().await.unwrap();
     assert_eq!(step.skipped_countries, ["FR"]);
+    assert_eq!(step.documents, 2);
     assert_eq!(city(&backend).await.as_deref(), Some("Potsdam"));
-    assert_eq!(indexer.position(), 3);
+    let position = indexer.position().expect("a position after the first read").to_string();
+    assert_eq!(stored(&pool).await, Some(position));
 
     // A late replay of the old version, and a restart from nothing: still Potsdam.
     event(&mut conn, &anna(1, "Berlin")).await;
-    indexer.step().await.unwrap();
+    assert_eq!(indexer.step().await.unwrap().documents, 1, "only what is new is read");
     assert_eq!(city(&backend).await.as_deref(), Some("Potsdam"));
-    sqlx::query("UPDATE outbox_consumers SET position = 0")
+    assert_eq!(indexer.step().await.unwrap().documents, 0);
+    sqlx::query("UPDATE outbox_consumers SET position = 0, snapshot = NULL")
         .execute(&pool)
         .await
         .unwrap();
     let mut restarted = Indexer::start(pool.clone(), backend.clone(), "search-indexer")
         .await
         .unwrap();
-    assert_eq!(restarted.position(), 0);
-    restarted.step().await.unwrap();
+    assert_eq!(restarted.position(), None);
+    assert_eq!(
+        restarted.step().await.unwrap().documents,
+        3,
+        "everything again, in order"
+    );
     assert_eq!(city(&backend).await.as_deref(), Some("Potsdam"));
-    assert_eq!(restarted.position(), 4);
-    let stored: i64 = sqlx::query_scalar("SELECT position FROM outbox_consumers WHERE consumer = 'search-indexer'")
+    let position = restarted.position().unwrap().to_string();
+    assert_eq!(stored(&pool).await, Some(position));
+    let highest: i64 = sqlx::query_scalar("SELECT position FROM outbox_consumers WHERE consumer = 'search-indexer'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(stored, 4);
+    assert_eq!(highest, 4, "the highest outbox ID read, for people to see");
 }
 
 #[tokio::test]
-async fn an_event_that_commits_late_is_not_skipped() {
+async fn an_event_that_commits_late_is_not_skipped_and_a_rollback_holds_nothing_back() {
     let (_pg, pool, backend, _dir) = setup().await;
     let mut indexer = Indexer::start(pool.clone(), backend.clone(), "search-indexer")
         .await
         .unwrap();
-    // A transaction takes outbox ID 1 and stays open while ID 2 commits.
+    // A transaction takes outbox ID 1 and stays open while ID 2 commits: ID 2 is read.
     let mut late = pool.begin().await.unwrap();
     event(&mut late, &anna(1, "Berlin")).await;
-    let mut other = anna(1, "Hamburg");
-    other.id = Uuid::from_u128(9);
-    other.family_name = "Weber".into();
-    event(&mut pool.acquire().await.unwrap(), &other).await;
-    indexer.step().await.unwrap();
-    assert_eq!(indexer.position(), 0, "not past the open transaction's ID");
+    event(&mut pool.acquire().await.unwrap(), &weber(1, "Hamburg")).await;
+    assert_eq!(indexer.step().await.unwrap().documents, 1);
+    assert_eq!(cities(&backend, "Weber").await, ["Hamburg"]);
+    assert_eq!(city(&backend).await, None);
     late.commit().await.unwrap();
-    indexer.step().await.unwrap();
+    assert_eq!(indexer.step().await.unwrap().documents, 1);
     assert_eq!(city(&backend).await.as_deref(), Some("Berlin"));
-    assert_eq!(indexer.position(), 2);
 
-    // A transaction that rolls back leaves a gap for ever: passed after GAP_WAIT.
+    // A transaction that rolls back holds nothing back.
     let mut rolled_back = pool.begin().await.unwrap();
     event(&mut rolled_back, &anna(5, "Köln")).await;
-    rolled_back.rollback().await.unwrap();
     event(&mut pool.acquire().await.unwrap(), &anna(3, "Bonn")).await;
-    indexer.step().await.unwrap();
-    assert_eq!(indexer.position(), 2);
-    tokio::time::sleep(GAP_WAIT).await;
-    indexer.step().await.unwrap();
-    assert_eq!(indexer.position(), 4);
+    assert_eq!(indexer.step().await.unwrap().documents, 1);
     assert_eq!(city(&backend).await.as_deref(), Some("Bonn"));
+    rolled_back.rollback().await.unwrap();
+    assert_eq!(indexer.step().await.unwrap().documents, 0);
+    assert_eq!(city(&backend).await.as_deref(), Some("Bonn"));
+}
+
+/// How long the late transaction stays open.
+const HOLD: Duration = Duration::from_secs(30);
+
+/// Waits up to 5 s for `name` to be found in exactly `expected`.
+async fn until_found(backend: &Backend, name: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = cities(backend, name).await;
+        if found == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}: {found:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_open_for_30_s_delays_nothing_and_its_event_is_indexed_once_when_it_commits() {
+    let (_pg, pool, backend, _dir) = setup().await;
+    let running = Indexer::start(pool.clone(), backend.clone(), "search-indexer")
+        .await
+        .unwrap()
+        .spawn();
+    let began = Instant::now();
+    let mut late = pool.begin().await.unwrap();
+    event(&mut late, &anna(1, "Berlin")).await;
+    // Later events commit and are indexed while it stays open, again and again.
+    for (version, city) in [(1, "Hamburg"), (2, "Lübeck"), (3, "Kiel")] {
+        event(&mut pool.acquire().await.unwrap(), &weber(version, city)).await;
+        until_found(&backend, "Weber", &[city]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(HOLD.saturating_sub(began.elapsed())).await;
+    assert_eq!(city(&backend).await, None);
+    // A restart during the wait resumes from the stored position, which does not see the
+    // open transaction.
+    let mut restarted = Indexer::start(pool.clone(), backend.clone(), "search-indexer")
+        .await
+        .unwrap();
+    assert!(stored(&pool).await.is_some());
+    late.commit().await.unwrap();
+    assert!(began.elapsed() >= HOLD);
+    until_found(&backend, "Schmidt", &["Berlin"]).await;
+    let step = restarted.step().await.unwrap();
+    assert_eq!(
+        step.documents, 1,
+        "the restarted indexer reads the late event and nothing before it"
+    );
+    until_found(&backend, "Schmidt", &["Berlin"]).await;
+    until_found(&backend, "Weber", &["Kiel"]).await;
+    running.abort();
 }

@@ -1,9 +1,28 @@
 //! The transactional outbox: a domain event is written in the same transaction as the
 //! change it describes, so an event is published if and only if the change committed. A
-//! relay (or, in `meridian dev`, the consumers themselves) reads the table in order.
+//! relay (or, in `meridian dev`, the consumers themselves) reads the table in commit order
+//! with a [`Follower`].
+//!
+//! Outbox IDs come from a sequence: a transaction that took a lower ID can commit long after
+//! one that took a higher ID, so "every ID up to N is read" is never a safe position. Each
+//! row records the transaction that wrote it (`xid`, `pg_current_xact_id()`), and a
+//! follower's position is a PostgreSQL snapshot (`pg_current_snapshot()`): every row whose
+//! transaction is visible in it has been read. The next rows are those whose transaction is
+//! visible in a newer snapshot and was not in the old one, so an event is read exactly when
+//! its transaction's commit becomes visible, however late that is, and a rolled-back
+//! transaction holds nothing back.
+//!
+//! The trade-off: a snapshot remembers the transactions still running when it was taken, from
+//! the oldest one (`xmin`) on. A long-running transaction (in any database of the server:
+//! transaction IDs are server-wide) does not delay the events of others, but while it runs
+//! every read looks again at the rows written since it started (through the index on `xid`)
+//! to find the new ones. Nothing is skipped for it; reads get slower the longer it stays open.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Topic of practitioner events (`practitioner.*`).
@@ -58,4 +77,213 @@ pub async fn enqueue_all<P: Serialize>(conn: &mut PgConnection, events: &[Event<
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A PostgreSQL snapshot (`pg_snapshot`, text form `xmin:xmax:xip,...`): the transactions
+/// whose effects it sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    /// Transactions between `xmin` and `xmax` still running when it was taken.
+    xip: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Whether transaction `xid` had ended when the snapshot was taken (as
+    /// `pg_visible_in_snapshot`): its rows, if it committed, are visible in it.
+    pub fn visible(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
+    }
+
+    /// The oldest transaction still running when it was taken.
+    pub fn xmin(&self) -> u64 {
+        self.xmin
+    }
+
+    /// The current snapshot of the database.
+    pub async fn current(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(pool)
+            .await?;
+        text.parse()
+            .map_err(|e: InvalidSnapshot| sqlx::Error::Decode(Box::new(e)))
+    }
+}
+
+/// A text that is not a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("not a snapshot (xmin:xmax:xip,...): {0:?}")]
+pub struct InvalidSnapshot(String);
+
+impl FromStr for Snapshot {
+    type Err = InvalidSnapshot;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidSnapshot(text.chars().take(64).collect());
+        let mut parts = text.splitn(3, ':');
+        let mut number = || parts.next().and_then(|n| n.parse::<u64>().ok()).ok_or_else(invalid);
+        let (xmin, xmax) = (number()?, number()?);
+        let xip = match parts.next() {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|n| n.parse::<u64>().map_err(|_| invalid()))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let ascending = xip.windows(2).all(|pair| pair[0] <= pair[1]);
+        if xmin > xmax || !ascending || xip.iter().any(|x| *x < xmin || *x >= xmax) {
+            return Err(invalid());
+        }
+        Ok(Self { xmin, xmax, xip })
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:", self.xmin, self.xmax)?;
+        for (i, xid) in self.xip.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{xid}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One outbox row as a [`Follower`] reads it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Row {
+    pub id: i64,
+    /// The writing transaction (0 for rows written before transaction IDs were recorded).
+    pub xid: i64,
+    pub country_code: String,
+    pub event_type: String,
+    pub aggregate_id: Uuid,
+    pub payload: serde_json::Value,
+}
+
+/// What one [`Follower::next`] read: rows of one batch, oldest first.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub rows: Vec<Row>,
+    /// Where a reader resumes to be given (at least) every row of this batch and after it:
+    /// the snapshot the batch starts from.
+    pub from: Option<std::sync::Arc<Snapshot>>,
+    /// Whether this was the batch's last chunk.
+    complete: bool,
+}
+
+/// Reads one topic of the outbox in commit order, as far as the database can tell: in
+/// batches, each the rows whose transaction committed between two snapshots, in ID order
+/// within a batch (the order the rows were written in; writers of the same rows wait for
+/// each other, and bookings of one practitioner take turns, so for one appointment or
+/// practitioner that is the order of their commits). Every committed row is read once by a
+/// follower, however late its transaction commits.
+#[derive(Clone, Debug)]
+pub struct Follower {
+    topic: &'static str,
+    /// Rows whose transaction is visible here are read. `None`: none yet.
+    from: Option<std::sync::Arc<Snapshot>>,
+    /// While `from` is `None`: rows written before transaction IDs were recorded are read
+    /// from the ID after this one.
+    legacy_after: i64,
+    /// The batch being read: rows visible here and not in `from`, with IDs after `after`.
+    to: Option<Snapshot>,
+    after: i64,
+}
+
+impl Follower {
+    /// A follower that has read every row visible in `from` (or nothing, with `None`; then
+    /// rows written before transaction IDs were recorded are read after ID `legacy_after`).
+    pub fn new(topic: &'static str, from: Option<Snapshot>, legacy_after: i64) -> Self {
+        Self {
+            topic,
+            from: from.map(std::sync::Arc::new),
+            legacy_after,
+            to: None,
+            after: 0,
+        }
+    }
+
+    /// A follower of what commits from now on.
+    pub async fn from_now(pool: &PgPool, topic: &'static str) -> Result<Self, sqlx::Error> {
+        Ok(Self::new(topic, Some(Snapshot::current(pool).await?), 0))
+    }
+
+    /// Every row whose transaction is visible here has been read (once the batches read so
+    /// far are [`Follower::done`]): a position safe to resume from.
+    pub fn position(&self) -> Option<&Snapshot> {
+        self.from.as_deref()
+    }
+
+    /// Reads up to `limit` rows: the next chunk of the current batch, or of a new batch that
+    /// ends at the database's current snapshot. Call [`Follower::done`] once they are
+    /// handled; until then, the same rows are read again.
+    pub async fn next(&mut self, pool: &PgPool, limit: i64) -> Result<Batch, sqlx::Error> {
+        let to = match &self.to {
+            Some(to) => to.clone(),
+            None => {
+                let to = Snapshot::current(pool).await?;
+                self.to = Some(to.clone());
+                self.after = 0;
+                to
+            }
+        };
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, coalesce(xid::text, '0')::bigint AS xid, country_code, event_type, aggregate_id, payload
+               FROM outbox
+              WHERE topic = $1 AND id > $2
+                AND pg_visible_in_snapshot(coalesce(xid, '0'), $3::text::pg_snapshot)
+                AND CASE WHEN $4::text IS NULL THEN xid IS NOT NULL OR id > $5
+                         ELSE xid >= pg_snapshot_xmin($4::text::pg_snapshot)
+                              AND NOT pg_visible_in_snapshot(xid, $4::text::pg_snapshot) END
+              ORDER BY id
+              LIMIT $6",
+        )
+        .bind(self.topic)
+        .bind(self.after)
+        .bind(to.to_string())
+        .bind(self.from.as_ref().map(|s| s.to_string()))
+        .bind(self.legacy_after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        let complete = (rows.len() as i64) < limit;
+        Ok(Batch {
+            rows,
+            from: self.from.clone(),
+            complete,
+        })
+    }
+
+    /// Marks `batch` (the last [`Follower::next`]) as handled.
+    pub fn done(&mut self, batch: &Batch) {
+        if let Some(last) = batch.rows.last() {
+            self.after = last.id;
+        }
+        if batch.complete {
+            self.from = self.to.take().map(std::sync::Arc::new);
+            self.after = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Snapshot;
+
+    #[test]
+    fn snapshots_read_and_print_as_postgres_does() {
+        let s: Snapshot = "10:20:12,15".parse().unwrap();
+        assert_eq!(s.to_string(), "10:20:12,15");
+        assert!(s.visible(9) && s.visible(11) && s.visible(19));
+        assert!(!s.visible(12) && !s.visible(15) && !s.visible(20) && !s.visible(30));
+        let empty: Snapshot = "7:7:".parse().unwrap();
+        assert!(empty.visible(6) && !empty.visible(7));
+        for bad in ["", "1", "a:b:", "5:3:", "3:5:9", "3:5:x", "1:2:3:4", "10:20:15,12"] {
+            assert!(bad.parse::<Snapshot>().is_err(), "{bad}");
+        }
+    }
 }

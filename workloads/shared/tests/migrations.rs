@@ -72,3 +72,88 @@ async fn an_edited_migration_is_refused() {
     let err = migrate(&mut conn).await.unwrap_err();
     assert!(err.to_string().contains("was changed after it was applied"), "{err}");
 }
+
+/// A database migrated before outbox rows recorded their transaction: its rows and a
+/// detached country partition keep working, and a consumer that stopped at an outbox ID
+/// reads the old rows after it and every new one.
+#[tokio::test]
+async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable() {
+    use meridian_shared::outbox::{Follower, PRACTITIONER_EVENTS};
+    use meridian_shared::schema::fresh_country_sql;
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = connect(&pg).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {MIGRATIONS_TABLE} (version bigint PRIMARY KEY, name text NOT NULL,
+             checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for m in MIGRATIONS.iter().filter(|m| m.version < 6) {
+        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"
+        )))
+        .bind(m.version)
+        .bind(m.name)
+        .bind(m.checksum())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    for code in ["DE", "FR"] {
+        for sql in fresh_country_sql(code) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let event = |code: &'static str, n: i64| {
+        sqlx::query(
+            "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+             VALUES ($1, 'practitioner-events', 'practitioner.updated', gen_random_uuid(), jsonb_build_object('n', $2::bigint))",
+        )
+        .bind(code)
+        .bind(n)
+    };
+    for n in 1..=3 {
+        event("DE", n).execute(&mut conn).await.unwrap();
+    }
+    event("FR", 0).execute(&mut conn).await.unwrap();
+    sqlx::raw_sql("ALTER TABLE outbox DETACH PARTITION outbox_fr")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(migrate(&mut conn).await.unwrap(), [6]);
+    event("DE", 4).execute(&mut conn).await.unwrap();
+    let xids: Vec<Option<String>> = sqlx::query_scalar("SELECT xid::text FROM outbox ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(xids.iter().filter(|x| x.is_none()).count(), 3, "{xids:?}");
+    assert!(xids[3].is_some(), "a new row records its transaction");
+    sqlx::raw_sql("ALTER TABLE outbox ATTACH PARTITION outbox_fr FOR VALUES IN ('FR')")
+        .execute(&mut conn)
+        .await
+        .expect("the detached partition has the new column and attaches again");
+
+    // A consumer that had read up to ID 1 reads DE 2 and 3 (and the re-attached FR row,
+    // ID 4, above it), then DE 4; nothing twice.
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let mut follower = Follower::new(PRACTITIONER_EVENTS, None, 1);
+    // Two at a time: the batch is read in chunks, and done only after the last.
+    for expected in [&[2, 3][..], &[0, 4], &[]] {
+        assert!(follower.position().is_none());
+        let batch = follower.next(&pool, 2).await.unwrap();
+        let read: Vec<i64> = batch.rows.iter().map(|r| r.payload["n"].as_i64().unwrap()).collect();
+        assert_eq!(read, expected);
+        follower.done(&batch);
+    }
+    assert!(follower.position().is_some());
+    event("DE", 5).execute(&mut conn).await.unwrap();
+    let batch = follower.next(&pool, 100).await.unwrap();
+    let read: Vec<i64> = batch.rows.iter().map(|r| r.payload["n"].as_i64().unwrap()).collect();
+    assert_eq!(read, [5]);
+}

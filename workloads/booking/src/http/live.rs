@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::problem::{Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
-use crate::live::{self, SlotChange};
+use crate::live::{self, EventId, SlotChange};
 use crate::practitioners;
 
 pub fn router() -> Router<Arc<Service>> {
@@ -67,14 +67,14 @@ async fn events_where(
 }
 
 /// The `Last-Event-ID` a reconnecting client sends.
-fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+fn last_event_id(headers: &HeaderMap) -> Result<Option<EventId>, Problem> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
     };
     value
         .to_str()
         .ok()
-        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|v| v.parse::<EventId>().ok())
         .map(Some)
         .ok_or_else(|| {
             Problem::invalid(vec![InvalidField {
@@ -88,27 +88,24 @@ async fn stream_for(
     s: Arc<Service>,
     code: String,
     watched: Vec<Uuid>,
-    last_seen: Option<i64>,
+    last_seen: Option<EventId>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    // Subscribe before replaying, so nothing falls between the two.
+    // Subscribe before replaying, so nothing falls between the two: what the replay's
+    // snapshot sees is replayed (or older than the client), the rest comes live.
     let receiver = s.live.subscribe().await?;
-    let after = match last_seen {
-        Some(id) => id,
-        None => live::head(&s.pool).await?,
-    };
-    let missed = live::since(&s.pool, &code, &watched, after).await?;
-    let replayed_up_to = missed.last().map_or(after, |c| c.id);
+    let (missed, replayed) = live::since(&s.pool, &code, &watched, last_seen.as_ref()).await?;
+    let replayed = Arc::new(replayed);
     let replay = stream::iter(missed.iter().map(event).map(Ok).collect::<Vec<_>>());
     let watched: HashSet<Uuid> = watched.into_iter().collect();
     let live = stream::unfold(receiver, move |mut receiver| {
-        let (code, watched) = (code.clone(), watched.clone());
+        let (code, watched, replayed) = (code.clone(), watched.clone(), replayed.clone());
         async move {
             loop {
                 match receiver.recv().await {
                     Ok(change)
                         if change.country_code == code
                             && watched.contains(&change.practitioner_id)
-                            && change.id > replayed_up_to =>
+                            && !replayed.visible(change.id.xid) =>
                     {
                         return Some((Ok(event(&change)), receiver));
                     }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_consumers",
         sql: include_str!("../../migrations/0005_outbox_consumers.sql"),
     },
+    Migration {
+        version: 6,
+        name: "outbox_xid",
+        sql: include_str!("../../migrations/0006_outbox_xid.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.
