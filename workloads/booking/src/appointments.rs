@@ -438,17 +438,33 @@ struct Rescheduled<'a> {
     previous_ends_at: DateTime<Utc>,
 }
 
+/// Where [`reschedule`] moves an appointment: a slot checked against the practitioner's
+/// schedule at `schedule_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewSlot {
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    /// Refused ([`BookingError::NotBookable`]) if the practitioner's schedule changed since
+    /// (time off recorded meanwhile, through this replica or another), as for a booking.
+    pub schedule_version: i64,
+}
+
 /// Moves a booked appointment to another time of the same practitioner. The database
-/// refuses a time that is taken (or that the patient already holds) as for a booking.
+/// refuses a time that is taken (or that the patient already holds) as for a booking, and a
+/// slot checked against a schedule that changed since.
 pub async fn reschedule(
     pool: &PgPool,
     country: &str,
     id: Uuid,
     scope: &Scope,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
+    to: NewSlot,
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
+    let NewSlot {
+        starts_at,
+        ends_at,
+        schedule_version,
+    } = to;
     let mut tx = pool.begin().await?;
     let attempt = Attempt {
         scope,
@@ -461,6 +477,24 @@ pub async fn reschedule(
     }
     if current.starts_at == starts_at && current.ends_at == ends_at {
         return Ok(current);
+    }
+    // The practitioner's turn, as for a booking; then the schedule must still be the one the
+    // slot was checked against. FOR SHARE waits for a schedule change in progress (it holds
+    // the row) and sees its new version; a change that comes later waits for this move, and
+    // its re-assignment sees the appointment at its new time.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(current.practitioner_id)
+        .execute(&mut *tx)
+        .await?;
+    let current_version: Option<i64> = sqlx::query_scalar(
+        "SELECT schedule_version FROM practitioners WHERE country_code = $1 AND id = $2 AND active FOR SHARE",
+    )
+    .bind(country)
+    .bind(current.practitioner_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if current_version != Some(schedule_version) {
+        return Err(BookingError::NotBookable(current.practitioner_id));
     }
     let moved: Appointment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE appointments SET starts_at = $3, ends_at = $4, updated_at = now()

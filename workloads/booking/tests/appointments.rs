@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use meridian_booking::Actor;
-use meridian_booking::appointments::{BookRequest, BookingError, Clash, Scope, book, reschedule};
+use meridian_booking::appointments::{BookRequest, BookingError, Clash, NewSlot, Scope, book, reschedule};
 use meridian_localpg::TempCluster;
 use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -130,17 +130,14 @@ async fn reschedules_and_bookings_racing_for_one_slot_exactly_one_wins() {
                 subject: "clinic-admin",
                 correlation_id: Uuid::new_v4(),
             };
-            reschedule(
-                &pool,
-                "DE",
-                id,
-                &Scope::Country,
-                target,
-                target + Duration::minutes(30),
-                actor,
-            )
-            .await
-            .map(|_| ())
+            let to = NewSlot {
+                starts_at: target,
+                ends_at: target + Duration::minutes(30),
+                schedule_version: 1,
+            };
+            reschedule(&pool, "DE", id, &Scope::Country, to, actor)
+                .await
+                .map(|_| ())
         })
     });
     let bookers = (0..16).map(|i| {
@@ -248,4 +245,109 @@ async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_
             .unwrap();
         assert_eq!(n, 0, "{table}");
     }
+}
+
+fn staff() -> Actor<'static> {
+    Actor {
+        subject: "clinic-admin",
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+fn slot(start: &str, schedule_version: i64) -> NewSlot {
+    NewSlot {
+        starts_at: at(start),
+        ends_at: at(start) + Duration::minutes(30),
+        schedule_version,
+    }
+}
+
+#[tokio::test]
+async fn a_reschedule_checked_against_a_schedule_that_changes_meanwhile_is_refused() {
+    let (_pg, pool, practitioner) = database().await;
+    let booked = book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "a"))
+        .await
+        .unwrap()
+        .appointment;
+    // Time off from 10:00 is being recorded (schedule version 1 -> 2) and not committed yet,
+    // while the patient moves to 10:00 on the schedule as it was (version 1).
+    let mut time_off = pool.begin().await.unwrap();
+    sqlx::query("UPDATE practitioners SET schedule_version = schedule_version + 1 WHERE id = $1")
+        .bind(practitioner)
+        .execute(&mut *time_off)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO availability (country_code, id, practitioner_id, kind, starts_at, ends_at)
+         VALUES ('DE', $1, $2, 'time_off', '2026-12-01T10:00:00Z', '2026-12-01T11:00:00Z')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(practitioner)
+    .execute(&mut *time_off)
+    .await
+    .unwrap();
+    let moving = {
+        let pool = pool.clone();
+        let id = booked.id;
+        tokio::spawn(async move {
+            reschedule(
+                &pool,
+                "DE",
+                id,
+                &Scope::Country,
+                slot("2026-12-01T10:00:00Z", 1),
+                staff(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !moving.is_finished(),
+        "the move waits for the schedule change in progress"
+    );
+    time_off.commit().await.unwrap();
+    let refused = moving.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused, BookingError::NotBookable(id) if id == practitioner),
+        "{refused}"
+    );
+    let starts: DateTime<Utc> = sqlx::query_scalar("SELECT starts_at FROM appointments WHERE id = $1")
+        .bind(booked.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(starts, booked.starts_at, "not moved into the time off");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'appointment.rescheduled'"
+        )
+        .await,
+        0
+    );
+
+    // Checked against the current schedule, a move outside the time off goes through.
+    let moved = reschedule(
+        &pool,
+        "DE",
+        booked.id,
+        &Scope::Country,
+        slot("2026-12-01T11:00:00Z", 2),
+        staff(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.starts_at, at("2026-12-01T11:00:00Z"));
+    let stale = reschedule(
+        &pool,
+        "DE",
+        booked.id,
+        &Scope::Country,
+        slot("2026-12-01T12:00:00Z", 1),
+        staff(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(stale, BookingError::NotBookable(_)), "{stale}");
 }

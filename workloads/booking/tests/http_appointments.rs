@@ -269,6 +269,60 @@ async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_throu
 }
 
 #[tokio::test]
+async fn a_replica_with_a_stale_schedule_does_not_reschedule_into_time_off_taken_through_another() {
+    let api = Api::start().await;
+    let other = api.replica();
+    let admin = api.token("admin", &[Role::ClinicAdmin]);
+    let patient = api.token("patient-1", &[Role::Patient]);
+    let first = api.tomorrow_first_slot(&patient).await;
+    let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
+    let slot = |minutes: i64| (first_at + chrono::Duration::minutes(minutes)).to_rfc3339();
+    // Booking through this replica leaves the practitioner's schedule in its cache.
+    let (status, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("a"),
+            Some(api.booking(&first)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    let moves = format!("/de/v1/appointments/{}/reschedule", booked["id"].as_str().unwrap());
+
+    // The other replica records time off from 09:30 to 10:30.
+    let off = json!({"kind": "timeOff", "startsAt": slot(30), "endsAt": slot(90)});
+    let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
+    let (status, _, _) = api.call_on(&other, "POST", &path, &admin, None, Some(off)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // This replica's cached schedule still offers 10:00: the database refuses the move, the
+    // replica reloads the schedule and answers that 10:00 is not a slot any more.
+    let (status, body, _) = api
+        .call("POST", &moves, &patient, None, Some(json!({"start": slot(60)})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "start", "{body}");
+    let (_, still, _) = api
+        .call(
+            "GET",
+            &format!("/de/v1/appointments/{}", booked["id"].as_str().unwrap()),
+            &patient,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(still["startsAt"], booked["startsAt"], "not moved into the time off");
+    // 10:30 is still a slot, on the fresh schedule.
+    let (status, moved, _) = api
+        .call("POST", &moves, &patient, None, Some(json!({"start": slot(90)})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    let moved_at = chrono::DateTime::parse_from_rfc3339(moved["startsAt"].as_str().unwrap()).unwrap();
+    assert_eq!(moved_at, first_at + chrono::Duration::minutes(90));
+}
+
+#[tokio::test]
 async fn racing_patients_get_one_booking_and_409s() {
     let api = Arc::new(Api::start().await);
     let probe = api.token("probe", &[Role::Patient]);

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::problem::{Body, Params, PathId};
 use super::{Caller, InvalidField, Problem, Service};
-use crate::appointments::{self, BookRequest, BookingError, Scope};
+use crate::appointments::{self, BookRequest, BookingError, NewSlot, Scope};
 use crate::schedules::Schedule;
 
 /// Staff who book on a patient's behalf.
@@ -205,10 +205,23 @@ async fn reschedule(
     }
     let code = caller.country.code.clone();
     let current = appointments::get(&s.pool, &code, id, &scope, caller.actor()).await?;
-    // Rescheduling is rare: check against the schedule as it is now.
-    s.schedules.forget(&code, current.practitioner_id);
-    let schedule = schedule(&s, &code, current.practitioner_id).await?;
-    let end = slot_end(&schedule, &caller, new.start)?;
-    let moved = appointments::reschedule(&s.pool, &code, id, &scope, new.start, end, caller.actor()).await?;
+    // As for a booking: the slot is checked against the cached schedule, and if the database
+    // says that schedule is no longer current, against a fresh one, once.
+    let mut fresh = false;
+    let moved = loop {
+        let schedule = schedule(&s, &code, current.practitioner_id).await?;
+        let to = NewSlot {
+            starts_at: new.start,
+            ends_at: slot_end(&schedule, &caller, new.start)?,
+            schedule_version: schedule.version,
+        };
+        match appointments::reschedule(&s.pool, &code, id, &scope, to, caller.actor()).await {
+            Err(BookingError::NotBookable(_)) if !fresh => {
+                s.schedules.forget(&code, current.practitioner_id);
+                fresh = true;
+            }
+            result => break result?,
+        }
+    };
     Ok(Json(moved).into_response())
 }
