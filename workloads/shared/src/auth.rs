@@ -69,12 +69,43 @@ impl fmt::Display for Role {
 pub struct Claims {
     pub iss: String,
     pub sub: String,
-    pub aud: String,
+    pub aud: Audience,
     pub exp: u64,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub countries: Vec<String>,
+}
+
+/// A token's `aud`: one audience, or an array of them (RFC 7519, section 4.1.3). A token is
+/// for us when ours is among them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `audience` is one of the token's audiences.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(audience: &str) -> Self {
+        Audience::One(audience.into())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(audience: String) -> Self {
+        Audience::One(audience)
+    }
 }
 
 /// A verified caller.
@@ -220,6 +251,7 @@ impl Verifier {
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = LEEWAY;
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| match e.kind() {
@@ -231,6 +263,10 @@ impl Verifier {
                 _ => AuthError::Malformed,
             })?
             .claims;
+        // The library checked it already; a token not addressed to us is never accepted.
+        if !claims.aud.contains(&self.audience) {
+            return Err(AuthError::WrongAudience);
+        }
         let roles = claims
             .roles
             .iter()
@@ -335,7 +371,7 @@ impl DevIssuer {
         self.sign(&Claims {
             iss: self.issuer.clone(),
             sub: subject.into(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().into(),
             exp,
             roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
             countries: countries.iter().map(|c| c.to_string()).collect(),

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use meridian_shared::auth::{AuthError, Claims, DevIssuer, Role, Verifier};
+use meridian_shared::auth::{Audience, AuthError, Claims, DevIssuer, Role, Verifier};
 
 const ISSUER: &str = "http://127.0.0.1:8080/auth";
 const AUDIENCE: &str = "meridian";
@@ -110,6 +110,57 @@ fn expired_tampered_and_misaddressed_tokens_are_refused() {
         verifier.verify(&DevIssuer::new(ISSUER, AUDIENCE).sign(&claims(60))),
         Err(AuthError::BadSignature)
     );
+}
+
+#[test]
+fn an_audience_array_is_accepted_when_it_names_us_and_refused_otherwise() {
+    let issuer = issuer();
+    let verifier = issuer.verifier();
+    let with_aud = |aud: Audience| issuer.sign(&Claims { aud, ..claims(60) });
+    let many = |names: &[&str]| Audience::Many(names.iter().map(|n| n.to_string()).collect());
+    for ours in [many(&[AUDIENCE]), many(&["billing", AUDIENCE, "records"])] {
+        let who = verifier
+            .verify(&with_aud(ours.clone()))
+            .unwrap_or_else(|e| panic!("{ours:?}: {e}"));
+        assert_eq!(who.subject, "patient-1");
+    }
+    for theirs in [
+        many(&["billing", "records"]),
+        many(&[]),
+        many(&["Meridian", "meridian "]),
+    ] {
+        assert_eq!(
+            verifier.verify(&with_aud(theirs.clone())),
+            Err(AuthError::WrongAudience),
+            "{theirs:?}"
+        );
+    }
+    // The array is what the token carries on the wire.
+    let token = with_aud(many(&["billing", AUDIENCE]));
+    let payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(payload["aud"], serde_json::json!(["billing", AUDIENCE]));
+
+    // A token without an audience is for nobody, even signed by the right key.
+    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
+    use rsa::traits::PublicKeyParts;
+    let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "RSA", "kid": "idp-1", "use": "sig", "alg": "RS256",
+        "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
+    }]});
+    let verifier = Verifier::from_jwks(ISSUER, AUDIENCE, &jwks.to_string()).unwrap();
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(private.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("idp-1".into());
+    let sign = |payload: &serde_json::Value| jsonwebtoken::encode(&header, payload, &key).unwrap();
+    let mut addressed = serde_json::to_value(claims(60)).unwrap();
+    addressed["aud"] = serde_json::json!(["billing", AUDIENCE]);
+    assert!(verifier.verify(&sign(&addressed)).is_ok());
+    addressed.as_object_mut().unwrap().remove("aud");
+    assert!(verifier.verify(&sign(&addressed)).is_err());
 }
 
 #[test]
