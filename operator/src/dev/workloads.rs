@@ -190,7 +190,16 @@ async fn dispatch(
                 .await
                 .unwrap_or_else(|never| match never {})
         }
-        None => Problem::not_found(format!("no country {cc:?} is served here")).into_response(),
+        // As the services do: the token first, then whether the country is served here.
+        None => match w.verifier.verify_header(
+            request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            Err(e) => Problem::from(e).into_response(),
+            Ok(_) => Problem::not_found(format!("no country {cc:?} is served here")).into_response(),
+        },
     }
 }
 
@@ -214,4 +223,35 @@ async fn token(State(w): State<Arc<Workloads>>, Query(q): Query<TokenRequest>) -
     };
     let countries: Vec<&str> = q.countries.split(',').collect();
     w.issuer.token(&q.sub, &roles, &countries, TOKEN_TTL).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[tokio::test]
+    async fn a_prefix_nobody_serves_asks_for_the_token_first() {
+        let workloads = Arc::new(Workloads::new("127.0.0.1:8080".parse().unwrap()));
+        let token = workloads.demo_tokens(&["DE".into()])["patient"].clone();
+        let app = workloads.router();
+        let call = |authorization: Option<&str>| {
+            let mut request = Request::get("/xx/v1/practitioners");
+            if let Some(value) = authorization {
+                request = request.header(axum::http::header::AUTHORIZATION, value);
+            }
+            app.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        for refused in [None, Some("Bearer not-a-jwt")] {
+            let response = call(refused).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            assert!(
+                !String::from_utf8_lossy(&body).contains("xx"),
+                "nothing said of the country"
+            );
+        }
+        let response = call(Some(&format!("Bearer {token}"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
 }

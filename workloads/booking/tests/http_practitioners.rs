@@ -186,8 +186,50 @@ async fn countries_are_walls() {
         reassignment: true,
     }]);
     let (status, problem, _) = api.call("GET", "/de/v1/practitioners", Some(&everywhere), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(problem["detail"].as_str().unwrap().contains("not Ready"), "{problem}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(problem["detail"].as_str().unwrap().contains("not ready"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_country_that_is_not_ready_says_nothing_before_the_token_and_never_why() {
+    let api = api().await;
+    let why = "DatabaseUnreachable: error connecting to server: password authentication failed for user \"meridian_owner\" at 10.0.3.7:5432";
+    api.countries.set([CountryEntry {
+        code: "DE".into(),
+        timezone: chrono_tz::Europe::Berlin,
+        serving: Serving::NotReady(why.into()),
+        reassignment: true,
+    }]);
+    // Without a token, or with a bad one: 401, whatever the country.
+    for token in [None, Some("not-a-jwt")] {
+        for path in ["/de/v1/practitioners", "/fr/v1/practitioners"] {
+            let (status, problem, content_type) = api.call("GET", path, token, None).await;
+            assert_eq!(
+                (status, content_type.as_str()),
+                (StatusCode::UNAUTHORIZED, "application/problem+json"),
+                "{path}: {problem}"
+            );
+            let text = problem.to_string();
+            assert!(
+                !text.contains("Database") && !text.contains("10.0.3.7") && !text.contains("Ready"),
+                "{text}"
+            );
+        }
+    }
+    // With one: a generic 503 that names a correlation ID, and none of the reason.
+    let admin = api.token(&[Role::ClinicAdmin], &["DE"]);
+    let (status, problem, content_type) = api.call("GET", "/de/v1/practitioners", Some(&admin), None).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "application/problem+json"),
+        "{problem}"
+    );
+    let correlation: uuid::Uuid = problem["correlationId"].as_str().unwrap().parse().unwrap();
+    assert!(!correlation.is_nil());
+    let text = problem.to_string();
+    for secret in ["DatabaseUnreachable", "password", "meridian_owner", "10.0.3.7"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
 }
 
 #[tokio::test]

@@ -74,26 +74,8 @@ impl FromRequestParts<Arc<Service>> for Caller {
             .find(|(k, _)| k == "cc")
             .map(|(_, v)| v.as_str())
             .unwrap_or_default();
-        let country = match service.countries.get(cc) {
-            None => return Err(Problem::not_found(format!("no country {cc:?} is served here"))),
-            Some(CountryEntry {
-                serving: Serving::NotReady(why),
-                ..
-            }) => {
-                return Err(Problem::not_found(format!("country {cc:?} is not Ready: {why}")));
-            }
-            Some(CountryEntry {
-                serving: Serving::Suspended,
-                ..
-            }) => {
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Suspended",
-                    format!("country {cc:?} is suspended"),
-                ));
-            }
-            Some(entry) => entry,
-        };
+        // The token first: a caller who cannot say who they are learns nothing of the
+        // countries here, not even whether one exists or why it does not serve.
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -107,18 +89,45 @@ impl FromRequestParts<Arc<Service>> for Caller {
             }
             (verified, _) => verified?,
         };
-        if !principal.may_act_in(&country.code) {
-            return Err(Problem::forbidden(format!(
-                "the token may not act in country {}",
-                country.code
-            )));
-        }
         let correlation_id = parts
             .headers
             .get("x-correlation-id")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(Uuid::new_v4);
+        let country = match service.countries.get(cc) {
+            None => return Err(Problem::not_found(format!("no country {cc:?} is served here"))),
+            Some(CountryEntry {
+                serving: Serving::NotReady(why),
+                code,
+                ..
+            }) => {
+                // Why is for operators (it may quote a database error): to the log, under
+                // the correlation ID the caller is given.
+                tracing::warn!(country = %code, %correlation_id, reason = %why, "refused a request: the country is not Ready");
+                return Err(Problem::unavailable(
+                    format!("country {code} is not ready to serve; try again later"),
+                    correlation_id,
+                ));
+            }
+            Some(CountryEntry {
+                serving: Serving::Suspended,
+                ..
+            }) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Suspended",
+                    format!("country {cc:?} is suspended"),
+                ));
+            }
+            Some(entry) => entry,
+        };
+        if !principal.may_act_in(&country.code) {
+            return Err(Problem::forbidden(format!(
+                "the token may not act in country {}",
+                country.code
+            )));
+        }
         Ok(Caller {
             principal,
             country,

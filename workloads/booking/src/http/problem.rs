@@ -62,6 +62,14 @@ impl Problem {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", detail)
     }
 
+    /// 503, naming the request's correlation ID (the log has the details under it).
+    pub fn unavailable(detail: impl Into<String>, correlation_id: uuid::Uuid) -> Self {
+        Self {
+            extra: Some(json!({ "correlationId": correlation_id })),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", detail)
+        }
+    }
+
     fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(
