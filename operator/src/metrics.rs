@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,6 +20,11 @@ struct FailureLabels {
     kind: &'static str,
     reason: String,
 }
+
+/// The media type of [`Metrics::render`]: prometheus-client writes the OpenMetrics text
+/// format (`# EOF` at the end, `_total` counters), which Prometheus reads when it is
+/// announced as such.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Reconcile counters and the duration histogram, by kind (`Country`, `Region`).
 pub struct Metrics {
@@ -78,6 +85,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The answer to `GET /metrics`: the exposition, with its media type.
+    pub fn response(&self) -> Response {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], self.render()).into_response()
+    }
 }
 
 #[cfg(test)]
@@ -99,5 +111,21 @@ mod tests {
             text.contains("meridian_reconcile_duration_seconds_count{kind=\"Country\"} 2"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_exposition_is_served_as_openmetrics_text() {
+        let metrics = Metrics::default();
+        metrics.observe("Region", Duration::from_millis(1), None);
+        let response = metrics.response();
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        // What makes it OpenMetrics rather than the 0.0.4 text format: the closing marker.
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE meridian_reconciles counter"), "{text}");
     }
 }

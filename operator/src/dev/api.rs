@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -49,14 +49,8 @@ fn read(state: &AppState) -> std::sync::RwLockReadGuard<'_, Store> {
     state.store.read().expect("store lock")
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.ctx.metrics.render(),
-    )
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.ctx.metrics.response()
 }
 
 fn list<K: Managed>(objects: &Objects<K>, kind: &str) -> Response {

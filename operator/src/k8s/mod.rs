@@ -136,7 +136,18 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
 }
 
 async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, ready: Arc<AtomicBool>) {
-    let app = Router::new()
+    let app = health_router(move || ctx.core.metrics.response(), ready);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "health server stopped");
+    }
+}
+
+/// `/healthz`, `/readyz` (while `ready`) and `/metrics` (what `metrics` answers).
+fn health_router(
+    metrics: impl Fn() -> axum::response::Response + Clone + Send + Sync + 'static,
+    ready: Arc<AtomicBool>,
+) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -151,8 +162,31 @@ async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, 
                 }
             }),
         )
-        .route("/metrics", get(move || async move { ctx.core.metrics.render() }));
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "health server stopped");
+        .route("/metrics", get(move || async move { metrics() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn metrics_are_served_with_the_openmetrics_media_type() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = health_router(move || metrics.response(), ready.clone());
+        let get = |path: &str| {
+            app.clone()
+                .oneshot(axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap())
+        };
+        let response = get("/metrics").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[axum::http::header::CONTENT_TYPE],
+            crate::metrics::CONTENT_TYPE
+        );
+        assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        ready.store(true, Ordering::SeqCst);
+        assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
     }
 }
