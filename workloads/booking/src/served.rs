@@ -52,7 +52,7 @@ mod tests {
     use meridian_crds::CountryStatus;
 
     fn example(code: &str) -> Country {
-        let path = format!("{}/../examples/countries/{code}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../../examples/countries/{code}.yaml", env!("CARGO_MANIFEST_DIR"));
         serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
