@@ -43,6 +43,10 @@ pub enum Error {
     Unreachable { user: String, dir: String, blocker: String },
     #[error("failed to set up the unprivileged user '{user}' for PostgreSQL: {message}")]
     User { user: String, message: String },
+    #[error("cannot restart PostgreSQL: its data directory {dir} is gone")]
+    DataMissing { dir: String },
+    #[error("cannot restart PostgreSQL in {dir}: processes of the server that died still run there (pids {pids:?})")]
+    StillInUse { dir: String, pids: Vec<u32> },
     #[error("failed to create database {name}: {source}")]
     CreateDatabase { name: String, source: sqlx::Error },
 }
