@@ -83,6 +83,18 @@ impl FromRequestParts<Arc<Service>> for Caller {
                 return Err(Problem::not_found(format!("country {cc:?} is not Ready: {why}")));
             }
             Some(CountryEntry {
+                serving: Serving::Unavailable,
+                ..
+            }) => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service unavailable",
+                    format!(
+                        "country {cc:?} cannot be served at the moment: its database is out of reach; try again shortly"
+                    ),
+                ));
+            }
+            Some(CountryEntry {
                 serving: Serving::Suspended,
                 ..
             }) => {
