@@ -217,8 +217,20 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, Value) {
+    let (status, _, body) = http_typed(addr, method, path, headers, body);
+    (status, body)
+}
+
+/// [`http`], with the response's `Content-Type` (empty when it has none).
+pub fn http_typed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String, Value) {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (0, Value::Null);
+        return (0, String::new(), Value::Null);
     };
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
@@ -235,12 +247,18 @@ pub fn http(
     write!(stream, "{head}\r\n{body}").unwrap();
     let mut response = Vec::new();
     if stream.read_to_end(&mut response).is_err() {
-        return (0, Value::Null);
+        return (0, String::new(), Value::Null);
     }
     let text = String::from_utf8_lossy(&response);
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_string())
+        .unwrap_or_default();
+    (status, content_type, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// Copies every file of `from` into `to`, flattening nothing (subfolders are kept).

@@ -226,7 +226,13 @@ impl Dev {
     async fn reconcile_regions(&mut self) -> bool {
         let now = Instant::now();
         let (due, countries) = {
-            let store = self.store.read().expect("store lock");
+            let mut store = self.store.write().expect("store lock");
+            // A local database that died or came back: its Region's status says so now.
+            for name in self.local.take_changed() {
+                if let Some(entry) = store.regions.entries.get_mut(&name) {
+                    entry.due = Some(now);
+                }
+            }
             let due: Vec<Region> = store
                 .regions
                 .due(now)

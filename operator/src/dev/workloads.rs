@@ -2,7 +2,7 @@
 //! that Region's database connections, behind one entry point that routes `/{cc}/v1/...`
 //! to the Region holding country `cc`. A local token issuer stands in for the OIDC provider.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use meridian_booking::http::{Countries, Problem, Service, app};
-use meridian_crds::condition_types::READY;
+use meridian_crds::condition_types::{DATABASE_READY, READY};
 use meridian_crds::{Country, Region};
 use meridian_search::indexer::Indexer;
 use meridian_shared::auth::{DevIssuer, Role, Verifier};
@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 use crate::conditions;
 use crate::controller::Context;
+use crate::providers::DATABASE_RESTARTING;
 
 /// Audience of the tokens the workloads accept.
 pub const AUDIENCE: &str = "meridian";
@@ -66,29 +67,45 @@ impl Workloads {
     /// Region (connected to its database only), each serving the countries bound to it.
     pub async fn sync(&self, regions: &[Region], countries: &[Country], ctx: &Context) {
         let mut wanted: HashMap<String, (String, Option<meridian_search::Backend>)> = HashMap::new();
+        // Regions whose database is being restarted: their services stay (answering 503
+        // until it is back) rather than vanish (404).
+        let mut kept: HashSet<String> = HashSet::new();
         for region in regions {
-            let ready = region
+            if region.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = region.metadata.name.clone().unwrap_or_default();
+            let conds = region
                 .status
                 .as_ref()
-                .is_some_and(|s| conditions::is_true(&s.conditions, READY));
-            if ready
-                && region.metadata.deletion_timestamp.is_none()
-                && let Ok(endpoint) = ctx.providers.locate(region).await
-            {
-                let search = ctx.providers.search(region).await.ok();
-                wanted.insert(region.metadata.name.clone().unwrap_or_default(), (endpoint.url, search));
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            let ready = conditions::is_true(conds, READY);
+            let restarting = conditions::find(conds, DATABASE_READY).is_some_and(|c| c.reason == DATABASE_RESTARTING);
+            if !ready && !restarting {
+                continue;
+            }
+            match ctx.providers.locate(region).await {
+                Ok(endpoint) if ready => {
+                    let search = ctx.providers.search(region).await.ok();
+                    wanted.insert(name, (endpoint.url, search));
+                }
+                Err(e) if e.reason != DATABASE_RESTARTING => {}
+                // Down, or back but its Region not reconciled yet.
+                _ => {
+                    kept.insert(name);
+                }
             }
         }
         let mut services = self.regions.write().expect("workloads lock");
-        services.retain(|name, service| wanted.get(name).is_some_and(|(url, _)| url == &service.url));
+        services.retain(|name, service| {
+            kept.contains(name) || wanted.get(name).is_some_and(|(url, _)| url == &service.url)
+        });
         for (name, (url, search)) in wanted {
             if services.contains_key(&name) {
                 continue;
             }
-            let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(16)
-                .connect_lazy(&url)
-            else {
+            let Ok(pool) = meridian_booking::pool_options(16).connect_lazy(&url) else {
                 continue;
             };
             let countries = Countries::default();

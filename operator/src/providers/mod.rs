@@ -18,7 +18,7 @@ use meridian_search::opensearch::OpenSearch;
 
 pub use aws::AwsStacks;
 pub use in_cluster::{InClusterStacks, StackConfig};
-pub use local::LocalClusters;
+pub use local::{DATABASE_RESTARTING, LocalClusters};
 pub use secrets::{SecretSource, StaticSecrets};
 
 /// How to reach a Region's database.

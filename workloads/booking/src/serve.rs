@@ -101,9 +101,7 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     };
     let jwks = Jwks::load(source, &options.issuer, &options.audience).await?;
     let _refresh = jwks.refresh_every(Duration::from_secs(options.jwks_refresh_seconds.max(10)));
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(32)
-        .acquire_timeout(Duration::from_secs(5))
+    let pool = crate::pool_options(32)
         .connect(&options.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to --database-url: {e}"))?;

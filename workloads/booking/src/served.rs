@@ -7,6 +7,10 @@ use meridian_crds::condition_types::READY;
 
 use crate::http::{CountryEntry, Serving};
 
+/// `Ready=False` reasons that mean the country's database is out of reach for now (its
+/// Region's server is down or restarting), not that the country cannot be served.
+const STORE_DOWN: [&str; 2] = ["RegionNotReady", "DatabaseUnreachable"];
+
 /// The countries bound to `region`, except those being deleted and those refused because
 /// an older Country holds their code (they must never answer for it).
 pub fn entries<'a>(countries: impl IntoIterator<Item = &'a Country>, region: &str) -> Vec<CountryEntry> {
@@ -18,8 +22,10 @@ pub fn entries<'a>(countries: impl IntoIterator<Item = &'a Country>, region: &st
         .collect()
 }
 
-/// A country's entry in its Region's service table: Ready ones serve, suspended ones
-/// answer 503, the others 404 with the reason their `Ready` condition gives.
+/// A country's entry in its Region's service table: Ready ones serve; suspended ones, and
+/// those whose Region's database is out of reach for now (waiting for their Region, or
+/// their database unreachable), answer 503; the others 404 with the reason their `Ready`
+/// condition gives.
 fn entry(country: &Country) -> Option<CountryEntry> {
     if country.metadata.deletion_timestamp.is_some() {
         return None;
@@ -33,6 +39,8 @@ fn entry(country: &Country) -> Option<CountryEntry> {
         Serving::Suspended
     } else if ready.is_some_and(|c| c.status == "True") {
         Serving::Ready
+    } else if ready.is_some_and(|c| STORE_DOWN.contains(&c.reason.as_str())) {
+        Serving::Unavailable
     } else {
         let why = ready.map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
         Serving::NotReady(why)
@@ -102,10 +110,7 @@ mod tests {
             table,
             [
                 ("DE", &Serving::Ready),
-                (
-                    "GB",
-                    &Serving::NotReady("DatabaseUnreachable: eu-central-1 does not answer".into())
-                ),
+                ("GB", &Serving::Unavailable),
                 ("IT", &Serving::Suspended),
             ]
         );
@@ -113,6 +118,23 @@ mod tests {
         assert!(
             served[0].reassignment && !served[2].reassignment,
             "IT switches re-assignment off"
+        );
+    }
+
+    #[test]
+    fn a_country_whose_database_is_out_of_reach_is_unavailable_not_unknown() {
+        let failed = |reason: &str| {
+            let mut country = with_ready(example("de"), false);
+            let ready = &mut country.status.as_mut().unwrap().conditions[0];
+            ready.reason = reason.into();
+            ready.message = "why".into();
+            entries([&country], "eu-central-1").remove(0).serving
+        };
+        assert_eq!(failed("RegionNotReady"), Serving::Unavailable);
+        assert_eq!(failed("DatabaseUnreachable"), Serving::Unavailable);
+        assert_eq!(
+            failed("ResidencyViolation"),
+            Serving::NotReady("ResidencyViolation: why".into())
         );
     }
 }

@@ -3,14 +3,16 @@
 //! benchmarks start throwaway ones in temporary directories.
 //!
 //! PostgreSQL refuses to run as root. When this process is root, the server runs as the
-//! unprivileged system user [`SERVER_USER`] (created on first use), which owns the data
-//! directory; as an ordinary user nothing changes.
+//! unprivileged system user [`SERVER_USER`] (created on first use, once, however many
+//! processes start clusters at the same moment), which owns the data directory; as an
+//! ordinary user nothing changes.
 
 mod binaries;
 mod cluster;
 mod user;
 
 pub use cluster::{Cluster, Durability, TempCluster, url};
+pub use user::{ServerAccount, ensure_system_account};
 
 /// Account that runs the server when this process is root.
 pub const SERVER_USER: &str = "meridian";
@@ -41,6 +43,10 @@ pub enum Error {
     Unreachable { user: String, dir: String, blocker: String },
     #[error("failed to set up the unprivileged user '{user}' for PostgreSQL: {message}")]
     User { user: String, message: String },
+    #[error("cannot restart PostgreSQL: its data directory {dir} is gone")]
+    DataMissing { dir: String },
+    #[error("cannot restart PostgreSQL in {dir}: processes of the server that died still run there (pids {pids:?})")]
+    StillInUse { dir: String, pids: Vec<u32> },
     #[error("failed to create database {name}: {source}")]
     CreateDatabase { name: String, source: sqlx::Error },
 }

@@ -34,6 +34,9 @@ pub enum Serving {
     Ready,
     /// Known but not Ready: the reason, as its `Ready` condition says.
     NotReady(String),
+    /// Known, but its stores cannot be reached now (its Region's database is down or
+    /// restarting): `503`, to be tried again shortly.
+    Unavailable,
     Suspended,
 }
 

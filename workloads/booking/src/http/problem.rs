@@ -1,6 +1,6 @@
 //! Errors as RFC 9457 problem documents (`application/problem+json`): a status, a short
 //! title, a detail for this occurrence, and the invalid fields. Internal errors are logged
-//! and answered without their details.
+//! and answered without their details; a database out of reach is a `503`, also without.
 
 use axum::Json;
 use axum::extract::FromRequest;
@@ -70,6 +70,26 @@ impl Problem {
         }
     }
 
+    /// The country's database cannot be reached now (down, restarting, connections lost).
+    /// Says nothing of the error itself; the client may try again shortly.
+    pub fn database_unavailable(error: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(%error, "database unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "the country's database cannot be reached at the moment; try again shortly",
+        )
+    }
+
+    /// A database error: `503` when the database is out of reach, `500` otherwise.
+    pub fn database(error: &sqlx::Error) -> Self {
+        if unavailable(error) {
+            Self::database_unavailable(error)
+        } else {
+            Self::internal(error)
+        }
+    }
+
     fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(
@@ -77,6 +97,21 @@ impl Problem {
             "Internal error",
             "the request could not be completed; try again",
         )
+    }
+}
+
+/// Whether `error` means the database is out of reach rather than that the request failed:
+/// no connection within the pool's acquire timeout (the server is down or restarting), a
+/// connection lost mid-request, or the server refusing connections for now (SQLSTATE class
+/// 08 connection exception, 57P01-57P03 shutting down or starting up, 53300 too many
+/// connections).
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")),
+        _ => false,
     }
 }
 
@@ -126,7 +161,7 @@ impl From<PractitionerError> for Problem {
                 Problem::new(StatusCode::PRECONDITION_FAILED, "Version mismatch", e.to_string())
             }
             PractitionerError::DuplicateExternalId(_) => Problem::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
-            PractitionerError::Database(ref db) => Problem::internal(db),
+            PractitionerError::Database(ref db) => Problem::database(db),
         }
     }
 }
@@ -155,14 +190,14 @@ impl From<BookingError> for Problem {
                 "Idempotency key reused",
                 e.to_string(),
             ),
-            BookingError::Database(ref db) => Problem::internal(db),
+            BookingError::Database(ref db) => Problem::database(db),
         }
     }
 }
 
 impl From<sqlx::Error> for Problem {
     fn from(e: sqlx::Error) -> Self {
-        Problem::internal(&e)
+        Problem::database(&e)
     }
 }
 
