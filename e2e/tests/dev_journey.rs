@@ -199,7 +199,10 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     let dupe = de
         .replace("name: de\n", "name: de-test\n")
         .replace("deletionPolicy: Retain", "deletionPolicy: Delete");
-    assert!(dupe.contains("name: de-test") && dupe.contains("deletionPolicy: Delete"), "{dupe}");
+    assert!(
+        dupe.contains("name: de-test") && dupe.contains("deletionPolicy: Delete"),
+        "{dupe}"
+    );
     std::fs::write(manifests.join("countries/de-test.yaml"), dupe).unwrap();
     dev.wait_for("de-test refused", Duration::from_secs(10), |d| {
         let (_, c) = d.get("/apis/platform.meridian.dev/v1alpha1/countries/de-test");
@@ -214,7 +217,11 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     dev.wait_for("de-test deleted", Duration::from_secs(10), |d| {
         d.get("/apis/platform.meridian.dev/v1alpha1/countries/de-test").0 == 404
     });
-    assert_eq!(partitions(eu_central_1).await, germany, "Germany's partitions untouched");
+    assert_eq!(
+        partitions(eu_central_1).await,
+        germany,
+        "Germany's partitions untouched"
+    );
     assert!(germany.iter().all(|(_, attached)| *attached));
     dev.await_ready("de", Duration::from_secs(5));
     assert_eq!(list(&dev, "de").0, 200, "and still served");
