@@ -102,7 +102,7 @@ pub struct DatabaseSizing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_class: Option<String>,
     /// Allocated storage in GiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "storageGiB", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub storage_gib: Option<i32>,
     /// Number of instances (writer plus readers).
@@ -123,7 +123,7 @@ pub struct SearchSizing {
     #[schemars(range(min = 1, max = 80))]
     pub instance_count: Option<i32>,
     /// EBS volume size per node in GiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "volumeGiB", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 16384))]
     pub volume_gib: Option<i32>,
 }

@@ -33,3 +33,17 @@ fn crds_are_cluster_scoped_with_status_subresource_and_short_names() {
         assert!(columns.contains(&"Ready"), "{columns:?}");
     }
 }
+
+#[test]
+fn sizing_fields_are_spelled_with_the_unit_as_the_examples_write_it() {
+    use kube::CustomResourceExt;
+    let schema = serde_json::to_value(&meridian_crds::Region::crd().spec.versions[0].schema).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert!(spec["database"]["properties"]["storageGiB"].is_object(), "{spec:#}");
+    assert!(spec["search"]["properties"]["volumeGiB"].is_object(), "{spec:#}");
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
+    let region: meridian_crds::Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(region.spec.database.unwrap().storage_gib, Some(100));
+    assert_eq!(region.spec.search.unwrap().volume_gib, Some(50));
+}

@@ -329,4 +329,22 @@ async fn dev_reports_bad_manifests_as_conditions_and_changes_nothing() {
     assert_eq!((code, condition(&obj, "Ready")), (200, Some("True")), "{obj}");
     assert!(obj["metadata"]["deletionTimestamp"].is_null());
     assert_eq!(partitions(port).await.len(), TABLES);
+
+    // A field the CRD does not have is refused as an API server refuses it, naming its
+    // path; the rest of that manifest (a new retention) is not applied either.
+    let generation = obj["metadata"]["generation"].clone();
+    std::fs::write(
+        manifests.join("es.yaml"),
+        es.replace("retentionYears: ", "retentionYear: 12\n    retentionYears: 1"),
+    )
+    .unwrap();
+    dev.wait_for("the unknown field", Duration::from_secs(5), |d| {
+        d.output()
+            .contains("es.yaml (document 1): Country es: unknown field spec.regulatory.retentionYear\n")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, obj) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/es");
+    assert_eq!(obj["metadata"]["generation"], generation, "{obj}");
+    assert_eq!(condition(&obj, "Ready"), Some("True"), "{obj}");
+    assert!(obj["metadata"]["deletionTimestamp"].is_null());
 }

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod plan_cmd;
 pub mod providers;
 pub mod residency;
+pub mod schema;
 pub mod validate;
 
 /// Field manager for everything the operator writes with server-side apply, and the

@@ -124,7 +124,7 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
     let args = operator_args(&objects);
     for (name, value) in [
         ("--listen", "0.0.0.0:8080"),
-        ("--lease-name", "meridian"),
+        ("--lease-name", "meridian-operator"),
         ("--gateway-name", "meridian"),
         ("--gateway-namespace", "meridian-system"),
         ("--workload-service", "booking"),
@@ -144,6 +144,9 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
     assert!(env.contains(&("OIDC_ISSUER", "https://idp.example")), "{env:?}");
 
     let options = parse(&args);
+    // One Lease for every replica, whichever way it was started: the chart's is the CLI's.
+    assert_eq!(options.lease_name, parse(&["operator".to_string()]).lease_name);
+    assert_eq!(options.lease_name, meridian_operator::k8s::DEFAULT_LEASE_NAME);
     assert_eq!(options.aws_endpoint, None);
     assert_eq!(options.workload_image, "meridian:0.1.0", "the chart's own image");
     assert_eq!(options.workload_cluster_role, "meridian-workload");
@@ -188,6 +191,16 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
         }
     }
     assert!(may("platform.meridian.dev", "regions/status", "patch"));
+
+    // Leader election: the Lease the operator uses, read and renewed by name.
+    assert_eq!(
+        find(&objects, "Role", "meridian-leader-election")["rules"],
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [options.lease_name], "verbs": ["get", "update"]}
+        ])
+    );
 }
 
 #[test]

@@ -7,17 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
-use kube::api::ObjectMeta;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer;
 use meridian_crds::{ABANDON_ANNOTATION, Country, FINALIZER, Region};
 use meridian_operator::controller::Context;
-use meridian_operator::k8s::{Error, KubeContext, LeaderElection, reconcile};
+use meridian_operator::k8s::{Error, KubeContext, reconcile};
 use meridian_operator::providers::{Providers, StaticSecrets};
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
@@ -30,8 +26,6 @@ const REGION: &str = "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1"
 const REGION_STATUS: &str = "/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1/status";
 // Countries and Regions are cluster-scoped, so the recorder files their Events in `default`.
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/meridian-system/leases";
-const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/meridian-system/leases/meridian-operator";
 
 // ---- the API server's side ----
 
@@ -293,30 +287,6 @@ fn message(condition: &Value) -> &str {
     condition["message"].as_str().unwrap()
 }
 
-fn lease(holder: &str, renewed: Timestamp) -> Value {
-    serde_json::to_value(Lease {
-        metadata: ObjectMeta {
-            name: Some("meridian-operator".into()),
-            namespace: Some("meridian-system".into()),
-            resource_version: Some("42".into()),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(15),
-            acquire_time: Some(MicroTime(renewed)),
-            renew_time: Some(MicroTime(renewed)),
-            lease_transitions: Some(3),
-            ..Default::default()
-        }),
-    })
-    .unwrap()
-}
-
-fn election(client: Client) -> LeaderElection {
-    LeaderElection::new(client, "meridian-system", "meridian-operator", "replica-a")
-}
-
 // ---- Country and Region reconciles ----
 
 #[tokio::test]
@@ -499,96 +469,4 @@ async fn a_local_region_in_a_cluster_names_the_provider_field() {
     })
     .await;
     assert_ne!(action.unwrap(), Action::await_change(), "retried with backoff");
-}
-
-// ---- leader election ----
-
-#[tokio::test]
-async fn the_first_replica_creates_the_lease() {
-    let (client, mut api) = mock();
-    let won = scenario(
-        async move { election(client).try_acquire_or_renew().await },
-        async move {
-            let missing = failure(
-                404,
-                "NotFound",
-                "leases.coordination.k8s.io \"meridian-operator\" not found",
-            );
-            api.expect(Method::GET, LEASE)
-                .await
-                .respond(StatusCode::NOT_FOUND, &missing);
-            let call = api.expect(Method::POST, LEASES).await;
-            let created = call.body.clone();
-            assert_eq!(created["metadata"]["name"], "meridian-operator");
-            assert_eq!(created["spec"]["holderIdentity"], "replica-a");
-            assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
-            call.respond(StatusCode::CREATED, &created);
-            api
-        },
-    )
-    .await;
-    assert!(won.unwrap());
-}
-
-#[tokio::test]
-async fn a_lease_renewed_by_another_replica_is_left_alone() {
-    let (client, mut api) = mock();
-    let won = scenario(
-        async move { election(client).try_acquire_or_renew().await },
-        async move {
-            api.expect(Method::GET, LEASE)
-                .await
-                .respond(StatusCode::OK, &lease("replica-b", Timestamp::now()));
-            // `finish` fails the test on any write that follows.
-            api
-        },
-    )
-    .await;
-    assert!(!won.unwrap());
-}
-
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_with_the_version_that_was_read() {
-    let (client, mut api) = mock();
-    let an_hour_ago = Timestamp::now() - SignedDuration::from_hours(1);
-    let won = scenario(
-        async move { election(client).try_acquire_or_renew().await },
-        async move {
-            api.expect(Method::GET, LEASE)
-                .await
-                .respond(StatusCode::OK, &lease("replica-b", an_hour_ago));
-            let call = api.expect(Method::PUT, LEASE).await;
-            let replaced = call.body.clone();
-            assert_eq!(
-                replaced["metadata"]["resourceVersion"], "42",
-                "the write is conditional"
-            );
-            assert_eq!(replaced["spec"]["holderIdentity"], "replica-a");
-            assert_eq!(replaced["spec"]["leaseTransitions"], 4);
-            call.respond(StatusCode::OK, &replaced);
-            api
-        },
-    )
-    .await;
-    assert!(won.unwrap());
-}
-
-#[tokio::test]
-async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
-    let (client, mut api) = mock();
-    let an_hour_ago = Timestamp::now() - SignedDuration::from_hours(1);
-    let won = scenario(async move { election(client).try_acquire_or_renew().await }, async move {
-        api.expect(Method::GET, LEASE)
-            .await
-            .respond(StatusCode::OK, &lease("replica-b", an_hour_ago));
-        let conflict = failure(
-            409,
-            "Conflict",
-            "Operation cannot be fulfilled on leases.coordination.k8s.io \"meridian-operator\": the object has been modified",
-        );
-        api.expect(Method::PUT, LEASE).await.respond(StatusCode::CONFLICT, &conflict);
-        api
-    })
-    .await;
-    assert!(!won.unwrap());
 }

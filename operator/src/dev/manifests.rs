@@ -1,5 +1,7 @@
 //! Reads the watched folder: every `*.yaml` / `*.yml` below it, several documents per file,
-//! of kind `Country`, `Region` or `Secret` (for `external` Regions).
+//! of kind `Country`, `Region` or `Secret` (for `external` Regions). A document with a field
+//! the CRD's schema (or a core Secret's) does not know is refused, as an API server with
+//! strict field validation refuses it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,13 @@ fn read_document(
     if name.is_empty() {
         return Err(format!("{kind} has no metadata.name"));
     }
+    // An API server with strict field validation refuses what its schema does not know;
+    // serde would drop it silently (a misspelt field would quietly mean its default).
+    let unknown = crate::schema::unknown_fields(&value)?;
+    if !unknown.is_empty() {
+        let s = if unknown.len() == 1 { "" } else { "s" };
+        return Err(format!("{kind} {name}: unknown field{s} {}", unknown.join(", ")));
+    }
     let duplicate = |existing: &Path| format!("{kind} {name} is also defined in {}", existing.display());
     match kind.as_str() {
         "Country" => {
@@ -160,4 +169,77 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Instant;
+
+    use super::super::store::{Objects, SyncReport};
+    use super::*;
+
+    const REGION: &str = include_str!("../../../examples/regions/eu-central-1.yaml");
+
+    #[test]
+    fn an_unknown_field_is_a_manifest_error_naming_its_path_and_keeps_the_previous_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("eu-central-1.yaml");
+        std::fs::write(&file, REGION).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.errors, Vec::<String>::new());
+        let mut regions = Objects::<Region>::default();
+        regions.sync(
+            &loaded.regions,
+            &loaded.unreadable,
+            &mut SyncReport::default(),
+            Instant::now(),
+        );
+        assert_eq!(regions.entries["eu-central-1"].object.metadata.generation, Some(1));
+
+        // The spelling the CRD had before, with a new size: refused, nothing changes.
+        let old_spelling = REGION
+            .replace("storageGiB: 100", "storageGib: 500")
+            .replace("instances: 2", "instances: 3");
+        std::fs::write(&file, old_spelling).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(
+            loaded.errors,
+            [format!(
+                "{} (document 1): Region eu-central-1: unknown field spec.database.storageGib",
+                file.display()
+            )]
+        );
+        assert!(loaded.regions.is_empty());
+        assert_eq!(loaded.unreadable, BTreeSet::from([file.clone()]));
+        let mut report = SyncReport::default();
+        regions.sync(&loaded.regions, &loaded.unreadable, &mut report, Instant::now());
+        let kept = &regions.entries["eu-central-1"].object;
+        assert_eq!(kept.metadata.generation, Some(1));
+        assert!(kept.metadata.deletion_timestamp.is_none());
+        assert_eq!(kept.spec.database.as_ref().unwrap().instances, Some(2));
+        assert!(report.changed.is_empty() && report.removed.is_empty());
+
+        // Several at once, metadata and a Secret's fields included.
+        std::fs::write(
+            &file,
+            REGION
+                .replace("metadata:\n", "metadata:\n  lables: {a: b}\n")
+                .replace("deletionPolicy", "replicas: 2\n  deletionPolicy")
+                + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringdata: {url: x}\n",
+        )
+        .unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
+        assert!(
+            loaded.errors[0].ends_with("Region eu-central-1: unknown fields metadata.lables, spec.replicas"),
+            "{:?}",
+            loaded.errors
+        );
+        assert!(
+            loaded.errors[1].ends_with("(document 2): Secret db: unknown field stringdata"),
+            "{:?}",
+            loaded.errors
+        );
+    }
 }

@@ -122,7 +122,8 @@ impl KubeContext {
 }
 
 /// Runs both controllers until their watches end.
-pub async fn run(ctx: Arc<KubeContext>) {
+/// Every reconcile runs under `fence`: none is polled once leadership has ended.
+pub async fn run(ctx: Arc<KubeContext>, fence: super::Fence) {
     let countries: Api<Country> = Api::all(ctx.client.clone());
     let regions: Api<Region> = Api::all(ctx.client.clone());
 
@@ -157,7 +158,14 @@ pub async fn run(ctx: Arc<KubeContext>) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile::<Country>, error_policy, ctx.clone())
+        .run(
+            {
+                let fence = fence.clone();
+                move |country, ctx| fence.guard(reconcile::<Country>(country, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move { log_result("Country", result) });
 
     let region_controller = Controller::new(regions, watcher::Config::default())
@@ -165,7 +173,11 @@ pub async fn run(ctx: Arc<KubeContext>) {
         .watches(countries, watcher::Config::default(), |country: Country| {
             Some(ObjectRef::new(&country.spec.region))
         })
-        .run(reconcile::<Region>, error_policy, ctx)
+        .run(
+            move |region, ctx| fence.guard(reconcile::<Region>(region, ctx)),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move { log_result("Region", result) });
 
     futures::join!(country_controller, region_controller);

@@ -15,7 +15,7 @@ use axum::routing::get;
 use kube::Client;
 
 pub use controllers::{Error, KubeContext, Reconciled, reconcile};
-pub use leader::{LeaderElection, Lease};
+pub use leader::{DEFAULT_LEASE_NAME, Fence, Fenced, LEASE_DURATION, LeaderElection, RENEW_DEADLINE, RETRY_PERIOD};
 pub use secrets::KubeSecrets;
 
 use crate::backends::gateway::{Gateway, GatewayConfig};
@@ -34,8 +34,8 @@ pub struct OperatorOptions {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "meridian-operator")]
+    /// Name of the leader-election Lease (the Helm chart uses the same).
+    #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     pub lease_name: String,
     /// The Gateway (Gateway API) that Countries' HTTPRoutes attach to.
     #[arg(long, default_value = "meridian")]
@@ -122,17 +122,20 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
     ready.store(true, Ordering::SeqCst);
 
-    let election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity);
+    let mut election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity);
     tracing::info!(identity, lease = %options.lease_name, namespace = %options.namespace, "waiting for leadership");
-    let leadership = election.acquire().await?;
-    tracing::info!(identity, "leading: starting the Country and Region controllers");
-    let result = tokio::select! {
-        () = controllers::run(ctx.clone()) => Ok(()),
-        lost = leadership.hold() => Err(anyhow::anyhow!("lost leadership: {lost}")),
-        () = meridian_shared::shutdown::signal() => Ok(()),
-    };
-    election.release().await;
-    result
+    // The controllers, and every reconcile they start, run under the fence: they stop at
+    // the renew deadline, before any standby can take the Lease over.
+    election
+        .lead(
+            |fence| {
+                tracing::info!(identity, "leading: starting the Country and Region controllers");
+                controllers::run(ctx.clone(), fence)
+            },
+            meridian_shared::shutdown::signal(),
+        )
+        .await
+        .map_err(|lost| anyhow::anyhow!("lost leadership: {lost}"))
 }
 
 async fn serve_health(listener: tokio::net::TcpListener, ctx: Arc<KubeContext>, ready: Arc<AtomicBool>) {
