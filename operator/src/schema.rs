@@ -41,8 +41,8 @@ struct KindSchema {
     cel: Option<Value>,
 }
 
-static COUNTRY: LazyLock<KindSchema> = LazyLock::new(|| KindSchema::custom_resource::<Country>());
-static REGION: LazyLock<KindSchema> = LazyLock::new(|| KindSchema::custom_resource::<Region>());
+static COUNTRY: LazyLock<KindSchema> = LazyLock::new(KindSchema::custom_resource::<Country>);
+static REGION: LazyLock<KindSchema> = LazyLock::new(KindSchema::custom_resource::<Region>);
 static SECRET: LazyLock<KindSchema> = LazyLock::new(KindSchema::secret);
 
 fn schema_for(object: &Value) -> Result<&'static KindSchema, String> {
