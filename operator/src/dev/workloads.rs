@@ -44,7 +44,8 @@ impl Drop for RegionService {
     }
 }
 
-/// The per-Region services and the issuer.
+/// The per-Region services and the issuer. Each service connects as its Region's workload
+/// role (rows only, the audit trail insert-only), never as the owner or the superuser.
 pub struct Workloads {
     issuer: DevIssuer,
     verifier: Arc<Verifier>,
@@ -73,7 +74,7 @@ impl Workloads {
                 .is_some_and(|s| conditions::is_true(&s.conditions, READY));
             if ready
                 && region.metadata.deletion_timestamp.is_none()
-                && let Ok(endpoint) = ctx.providers.locate(region).await
+                && let Ok(endpoint) = ctx.providers.workload(region).await
             {
                 let search = ctx.providers.search(region).await.ok();
                 wanted.insert(region.metadata.name.clone().unwrap_or_default(), (endpoint.url, search));
