@@ -346,6 +346,78 @@ async fn a_cluster_tagged_for_another_region_is_not_adopted_and_aws_errors_are_r
 }
 
 #[tokio::test]
+async fn an_untagged_cluster_or_domain_with_the_regions_name_is_refused_never_given_a_password_nor_deleted() {
+    use meridian_operator::conditions;
+    use meridian_operator::controller::{Context, region as reconcile};
+    use meridian_operator::providers::aws_search::AwsSearch;
+    use meridian_operator::providers::{Providers, StaticSecrets};
+    let moto = Moto::start();
+    // Someone's cluster and domain that merely have the names the Region would give its own.
+    moto.rds()
+        .create_db_cluster()
+        .db_cluster_identifier("meridian-eu-central-1")
+        .engine("aurora-postgresql")
+        .master_username("someone")
+        .master_user_password("Elses-Passw0rd")
+        .send()
+        .await
+        .unwrap();
+    moto.opensearch()
+        .create_domain()
+        .domain_name("meridian-eu-central-1")
+        .engine_version("OpenSearch_2.13")
+        .send()
+        .await
+        .unwrap();
+    let (kube, stacks) = aws_providers(&moto);
+    let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
+    let region = frankfurt(DeletionPolicy::Delete);
+    for _ in 0..2 {
+        let status = reconcile::apply(&region, &ctx).await.status;
+        let ready = conditions::find(&status.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AdoptionRefused")
+        );
+        assert!(
+            ready
+                .message
+                .contains("DB cluster meridian-eu-central-1 exists but has no meridian.dev/region tag"),
+            "{}",
+            ready.message
+        );
+    }
+    assert!(
+        !secret(&kube, "postgres").await.contains_key("passwordSet"),
+        "its master password was never set"
+    );
+    let err = AwsSearch::new(moto.opensearch())
+        .ensure(&region, "Master-Passw0rd")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AwsError::NotOurs {
+                owner: None,
+                kind: "OpenSearch domain",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Deleting the Region, even with Delete, leaves both.
+    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    assert_eq!(moto.clusters().await.len(), 1);
+    assert_eq!(moto.domains().await, 1);
+    AwsSearch::new(moto.opensearch()).release(&region).await.unwrap();
+    AwsDatabases::new(moto.rds()).release(&region, "never").await.unwrap();
+    assert_eq!((moto.clusters().await.len(), moto.domains().await), (1, 1));
+    let ids = moto.snapshots().await;
+    assert!(!ids.iter().any(|id| id == "never"), "no final snapshot: {ids:?}");
+}
+
+#[tokio::test]
 async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_deleted_only_with_delete() {
     use meridian_operator::providers::aws_search::{AwsSearch, SearchProgress};
     let moto = Moto::start();
@@ -560,11 +632,21 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
 async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_master_user() {
     let moto = Moto::start();
     let opensearch = moto.opensearch();
-    // Someone created the domain for this Region, without fine-grained access control.
+    // Someone created the domain for this Region (tagged for it), without fine-grained
+    // access control.
+    let tag = |key: &str, value: &str| {
+        aws_sdk_opensearch::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .unwrap()
+    };
     opensearch
         .create_domain()
         .domain_name("meridian-eu-central-1")
         .engine_version("OpenSearch_2.13")
+        .tag_list(tag("meridian.dev/region", "eu-central-1"))
+        .tag_list(tag("meridian.dev/managed-by", "meridian-operator"))
         .cluster_config(
             aws_sdk_opensearch::types::ClusterConfig::builder()
                 .instance_type(aws_sdk_opensearch::types::OpenSearchPartitionInstanceType::from(

@@ -38,18 +38,27 @@ pub enum Progress {
 pub enum AwsError {
     #[error("{0}")]
     Api(String),
-    #[error("{kind} {id} exists but is tagged for {owner}, not for Region {region}: refusing to adopt it")]
+    /// A resource with the Region's identifier that is not tagged for it (no tag, or another
+    /// Region's): never adopted, its password never reset, never deleted.
+    #[error(
+        "{kind} {id} exists but {}, not for Region {region}: refusing to adopt it (its password is left alone and Delete never removes it)",
+        match owner { Some(other) => format!("is tagged for Region {other}"), None => format!("has no {REGION_TAG} tag") }
+    )]
     NotOurs {
         kind: &'static str,
         id: String,
-        owner: String,
+        owner: Option<String>,
         region: String,
     },
 }
 
 impl From<AwsError> for ProviderError {
     fn from(e: AwsError) -> Self {
-        ProviderError::new("AwsError", e.to_string())
+        let reason = match e {
+            AwsError::NotOurs { .. } => "AdoptionRefused",
+            AwsError::Api(_) => "AwsError",
+        };
+        ProviderError::new(reason, e.to_string())
     }
 }
 
@@ -137,11 +146,12 @@ impl AwsDatabases {
                 .map_err(|e| api(&format!("create DB cluster {cluster}"), e))?;
             return Ok(Progress::Created(format!("creating DB cluster {cluster}")));
         };
-        if let Some(other) = owner(existing.tag_list()).filter(|o| o != &name) {
+        let tagged = owner(existing.tag_list());
+        if tagged.as_deref() != Some(name.as_str()) {
             return Err(AwsError::NotOurs {
                 kind: "DB cluster",
                 id: cluster,
-                owner: other,
+                owner: tagged,
                 region: name,
             });
         }
@@ -330,6 +340,31 @@ impl AwsDatabases {
         }
         let name = region.metadata.name.clone().unwrap_or_default();
         let cluster = cluster_id(&name);
+        // Only a cluster tagged for this Region: another's, or an untagged one that merely
+        // has the identifier, stays with everything in it.
+        let found = match self
+            .rds
+            .describe_db_clusters()
+            .db_cluster_identifier(&cluster)
+            .send()
+            .await
+        {
+            Ok(out) => out.db_clusters().first().cloned(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => None,
+            Err(e) => return Err(api(&format!("describe DB cluster {cluster}"), e)),
+        };
+        let Some(found) = found else {
+            return Ok(());
+        };
+        let tagged = owner(found.tag_list());
+        if tagged.as_deref() != Some(name.as_str()) {
+            tracing::warn!(
+                cluster,
+                ?tagged,
+                "not deleting a DB cluster that is not tagged for this Region"
+            );
+            return Ok(());
+        }
         self.delete_instances(&self.instances(&name, &cluster).await?).await?;
         // Deletion protection may still be on from before the policy changed.
         let off = self
