@@ -19,7 +19,8 @@ pub use country::{
     code_holder,
 };
 pub use region::{
-    DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec, RegionStatus, SearchSizing,
+    CloudResource, DatabaseRole, DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionResources,
+    RegionSpec, RegionStatus, ResourceOrigin, SearchSizing,
 };
 
 use kube::CustomResourceExt;

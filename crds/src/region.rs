@@ -155,11 +155,74 @@ pub struct RegionStatus {
     /// Search endpoint URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_endpoint: Option<String>,
-    /// The Secret holding this Region's connection URL, as `namespace/name` (just `name`
-    /// when it is in the operator's namespace); workloads connect with it.
+    /// The Secret the Region's workloads connect with: the workload role's connection URL
+    /// (`url`, with `username` and `password`), as `namespace/name`
+    /// (`meridian-region-<name>/postgres-workload`; a file's path in `meridian dev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret: Option<String>,
+    /// The Secret of the owner role (`meridian-region-<name>/postgres-owner`): the
+    /// operator's own, for migrations and partitions; never mounted into a workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_secret: Option<String>,
+    /// The database roles the Region created and keeps, each with the Secret holding its
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub database_roles: Vec<DatabaseRole>,
+    /// What this Region made, and what it found and took over. Its deletion with
+    /// `deletionPolicy: Delete` removes only what is recorded here as `created`; adopted
+    /// resources and anything not recorded are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<RegionResources>,
     /// Latest platform schema migration applied to the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i64>,
+}
+
+/// A login role of a Region's database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseRole {
+    /// The role's name on the PostgreSQL server, e.g. `meridian_eu_central_1_workload`.
+    pub name: String,
+    /// `owner` (owns the schema: migrations, partitions; the operator only) or `workload`
+    /// (rows only: no DDL, the audit trail insert-only).
+    pub purpose: String,
+    /// Where its credentials are, as `namespace/name`.
+    pub secret: String,
+}
+
+/// What a Region made or took over.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionResources {
+    /// The Region's namespace (`meridian-region-<name>`) when the operator made it (it
+    /// carries the operator's `app.kubernetes.io/managed-by` label); unset for a namespace
+    /// someone else made, which is never deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Cloud resources of an `aws` Region: its Aurora cluster (with its numbered instances)
+    /// and its OpenSearch domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud: Vec<CloudResource>,
+}
+
+/// A cloud resource a Region uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudResource {
+    /// `DBCluster` or `OpenSearchDomain`.
+    pub kind: String,
+    /// Its identifier, e.g. `meridian-eu-central-1`.
+    pub id: String,
+    /// `Created` by this Region (removed by a `Delete`), or `Adopted`: it existed, tagged
+    /// for this Region (e.g. left by an earlier Region of the same name with `Retain`), and
+    /// is never removed by the operator.
+    pub origin: ResourceOrigin,
+}
+
+/// Whether a Region made a resource or took it over.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ResourceOrigin {
+    Created,
+    Adopted,
 }

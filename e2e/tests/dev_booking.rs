@@ -1,5 +1,6 @@
 //! A patient books through `meridian dev`'s entry point: `/de/v1/...` reaches the booking
-//! service of Germany's Region, and the appointment is stored in that Region only.
+//! service of Germany's Region, and the appointment is stored in that Region only; the
+//! service connects as the Region's workload role, which cannot truncate the audit trail.
 
 use std::time::Duration;
 
@@ -71,6 +72,55 @@ async fn a_german_booking_lands_in_the_german_region_only() {
         None,
     );
     assert_eq!((status, problem["title"].as_str()), (404, Some("Not found")));
+    // The booking service connects as the Region's workload role, whose Secret is a file
+    // beside the Region's cluster; with it the audit trail cannot be emptied or changed.
+    let port = dev
+        .region_ports()
+        .into_iter()
+        .find(|(region, _)| region == "eu-central-1")
+        .unwrap()
+        .1;
+    let superuser = format!("postgres://meridian@127.0.0.1:{port}/meridian");
+    let mut conn = PgConnection::connect(&superuser).await.unwrap();
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity
+          WHERE datname = 'meridian' AND backend_type = 'client backend'
+            AND pid <> pg_backend_pid() AND application_name <> 'meridian-control-plane'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        users,
+        ["meridian_eu_central_1_workload"],
+        "the booking service's connections"
+    );
+    let secret = dev.data_dir.join("regions/eu-central-1/secrets/postgres-workload.json");
+    let secret: serde_json::Value = serde_json::from_slice(&std::fs::read(&secret).unwrap()).unwrap();
+    let mut workload = PgConnection::connect(secret["url"].as_str().unwrap()).await.unwrap();
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit")
+        .fetch_one(&mut workload)
+        .await
+        .unwrap();
+    assert!(audited > 0, "the booking left audit records");
+    for sql in [
+        "TRUNCATE audit",
+        "TRUNCATE audit_de",
+        "DELETE FROM audit",
+        "UPDATE audit SET actor = 'x'",
+    ] {
+        let refused = sqlx::raw_sql(sql).execute(&mut workload).await.unwrap_err();
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {refused}");
+    }
+    let still: i64 = sqlx::query_scalar("SELECT count(*) FROM audit")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(still, audited);
     let (status, _) = dev.interrupt();
     assert!(status.success());
 }

@@ -11,6 +11,8 @@ use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region as AwsRegion};
 use meridian_crds::{DeletionPolicy, Region};
 use meridian_operator::providers::aws::{AwsDatabases, AwsError, Progress, cluster_id};
 
+mod kept;
+
 /// A moto server on a free port of 127.0.0.1, stopped on drop.
 struct Moto {
     child: Child,
@@ -344,6 +346,78 @@ async fn a_cluster_tagged_for_another_region_is_not_adopted_and_aws_errors_are_r
 }
 
 #[tokio::test]
+async fn an_untagged_cluster_or_domain_with_the_regions_name_is_refused_never_given_a_password_nor_deleted() {
+    use meridian_operator::conditions;
+    use meridian_operator::controller::{Context, region as reconcile};
+    use meridian_operator::providers::aws_search::AwsSearch;
+    use meridian_operator::providers::{Providers, StaticSecrets};
+    let moto = Moto::start();
+    // Someone's cluster and domain that merely have the names the Region would give its own.
+    moto.rds()
+        .create_db_cluster()
+        .db_cluster_identifier("meridian-eu-central-1")
+        .engine("aurora-postgresql")
+        .master_username("someone")
+        .master_user_password("Elses-Passw0rd")
+        .send()
+        .await
+        .unwrap();
+    moto.opensearch()
+        .create_domain()
+        .domain_name("meridian-eu-central-1")
+        .engine_version("OpenSearch_2.13")
+        .send()
+        .await
+        .unwrap();
+    let (kube, stacks) = aws_providers(&moto);
+    let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
+    let region = frankfurt(DeletionPolicy::Delete);
+    for _ in 0..2 {
+        let status = reconcile::apply(&region, &ctx).await.status;
+        let ready = conditions::find(&status.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AdoptionRefused")
+        );
+        assert!(
+            ready
+                .message
+                .contains("DB cluster meridian-eu-central-1 exists but has no meridian.dev/region tag"),
+            "{}",
+            ready.message
+        );
+    }
+    assert!(
+        !secret(&kube, "postgres").await.contains_key("passwordSet"),
+        "its master password was never set"
+    );
+    let err = AwsSearch::new(moto.opensearch())
+        .ensure(&region, "Master-Passw0rd")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AwsError::NotOurs {
+                owner: None,
+                kind: "OpenSearch domain",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Deleting the Region, even with Delete, leaves both.
+    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    assert_eq!(moto.clusters().await.len(), 1);
+    assert_eq!(moto.domains().await, 1);
+    AwsSearch::new(moto.opensearch()).release(&region).await.unwrap();
+    AwsDatabases::new(moto.rds()).release(&region, "never").await.unwrap();
+    assert_eq!((moto.clusters().await.len(), moto.domains().await), (1, 1));
+    let ids = moto.snapshots().await;
+    assert!(!ids.iter().any(|id| id == "never"), "no final snapshot: {ids:?}");
+}
+
+#[tokio::test]
 async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_deleted_only_with_delete() {
     use meridian_operator::providers::aws_search::{AwsSearch, SearchProgress};
     let moto = Moto::start();
@@ -403,69 +477,11 @@ async fn an_opensearch_domain_is_created_encrypted_https_only_resized_and_delete
     assert_eq!(moto.domains().await, 0);
 }
 
-/// The Kubernetes API's side (through kube's `tower-test` mock): keeps what is applied,
-/// answers reads from it, and forgets what is deleted. An apply replaces the object, as
-/// server-side apply does for the fields one manager owns; a Secret's `stringData` is
-/// stored as `data`, as the API server does.
-async fn serve_objects(
-    mut handle: tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
-) {
-    use base64::Engine;
-    let mut objects: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
-    let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}});
-    while let Some((request, reply)) = handle.next_request().await {
-        let (parts, body) = request.into_parts();
-        let path = parts.uri.path().to_string();
-        let bytes = body.collect_bytes().await.unwrap();
-        let found = match parts.method {
-            http::Method::PATCH => {
-                let mut applied: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                if let Some(strings) = applied.as_object_mut().unwrap().remove("stringData") {
-                    let data: serde_json::Map<String, serde_json::Value> = strings
-                        .as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(k, v)| {
-                            let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap());
-                            (k.clone(), encoded.into())
-                        })
-                        .collect();
-                    applied["data"] = data.into();
-                }
-                objects.insert(path.clone(), applied.clone());
-                Some(applied)
-            }
-            http::Method::GET => objects.get(&path).cloned(),
-            http::Method::DELETE => objects.remove(&path).map(|_| serde_json::json!({})),
-            other => panic!("unexpected {other} {path}"),
-        };
-        let (status, answer) = match found {
-            Some(object) => (200, object),
-            None => (404, not_found.clone()),
-        };
-        reply.send_response(
-            http::Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(kube::client::Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-    }
-}
-
 const NS: &str = "meridian-region-eu-central-1";
 
 /// What Secret `name` of the Region's namespace holds.
 async fn secret(kube: &kube::Client, name: &str) -> std::collections::BTreeMap<String, String> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(kube.clone(), NS);
-    api.get(name)
-        .await
-        .unwrap()
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-        .collect()
+    kept::secret(kube, NS, name).await
 }
 
 /// An HTTP server on 127.0.0.1 standing where the domain's endpoint would be: it answers
@@ -497,10 +513,7 @@ async fn search_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Strin
 
 /// Kubernetes (mocked, keeping what is applied) and an `aws` provider against `moto`.
 fn aws_providers(moto: &Moto) -> (kube::Client, meridian_operator::providers::AwsStacks) {
-    let (service, handle) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    tokio::spawn(serve_objects(handle));
-    let kube = kube::Client::new(service, "default");
+    let kube = kept::client();
     let stacks = meridian_operator::providers::AwsStacks::new(
         kube.clone(),
         meridian_operator::providers::StackConfig::default(),
@@ -562,7 +575,7 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
     assert_eq!(
         from_secret,
         [
-            ("DATABASE_URL".to_string(), "postgres/url".to_string()),
+            ("DATABASE_URL".to_string(), "postgres-workload/url".to_string()),
             ("SEARCH_URL".to_string(), "search/url".to_string())
         ]
     );
@@ -583,8 +596,8 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
         endpoint.secret.as_deref(),
         Some("meridian-region-eu-central-1/postgres")
     );
-    // The published URL is what locate reads back.
-    assert_eq!(providers.locate(&region).await.unwrap().url, endpoint.url);
+    // The published URL is what the administrator's endpoint reads back.
+    assert_eq!(providers.admin(&region).await.unwrap().url, endpoint.url);
 
     // The domain's master user: a password AWS accepts, kept in its own Secret with the URL.
     let search = secret(&kube, "search").await;
@@ -619,11 +632,21 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
 async fn an_adopted_domain_gets_fine_grained_access_control_with_the_operators_master_user() {
     let moto = Moto::start();
     let opensearch = moto.opensearch();
-    // Someone created the domain for this Region, without fine-grained access control.
+    // Someone created the domain for this Region (tagged for it), without fine-grained
+    // access control.
+    let tag = |key: &str, value: &str| {
+        aws_sdk_opensearch::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .unwrap()
+    };
     opensearch
         .create_domain()
         .domain_name("meridian-eu-central-1")
         .engine_version("OpenSearch_2.13")
+        .tag_list(tag("meridian.dev/region", "eu-central-1"))
+        .tag_list(tag("meridian.dev/managed-by", "meridian-operator"))
         .cluster_config(
             aws_sdk_opensearch::types::ClusterConfig::builder()
                 .instance_type(aws_sdk_opensearch::types::OpenSearchPartitionInstanceType::from(
@@ -699,6 +722,32 @@ async fn an_adopted_cluster_gets_the_operators_master_password() {
         postgres["url"].starts_with(&format!("postgres://meridian:{}@", postgres["password"])),
         "{postgres:?}"
     );
+
+    // Adopted, not created: even a Delete leaves it, and its Secrets with the password.
+    let region = frankfurt(DeletionPolicy::Delete);
+    let cloud = stacks.recorded(&region).await.unwrap();
+    let origins: Vec<(&str, meridian_crds::ResourceOrigin)> =
+        cloud.iter().map(|r| (r.kind.as_str(), r.origin)).collect();
+    assert_eq!(
+        origins,
+        [
+            ("DBCluster", meridian_crds::ResourceOrigin::Adopted),
+            ("OpenSearchDomain", meridian_crds::ResourceOrigin::Created)
+        ]
+    );
+    let recorded = meridian_crds::RegionResources {
+        namespace: Some(NS.into()),
+        cloud,
+    };
+    stacks.release(&region, &recorded).await.unwrap();
+    assert_eq!(moto.clusters().await.len(), 1, "an adopted cluster is never deleted");
+    assert_eq!(moto.domains().await, 0, "the domain it created is");
+    let ids = moto.snapshots().await;
+    assert!(
+        !ids.iter().any(|id| id.contains("-final-")),
+        "no final snapshot: {ids:?}"
+    );
+    assert_eq!(secret(&kube, "postgres").await["passwordSet"], "true");
 }
 
 #[tokio::test]
@@ -741,15 +790,48 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         reasons.iter().all(|r| r.starts_with("DatabaseCreating")),
         "{reasons:#?}"
     );
+    // The status records what the Region made: a deletion goes by it.
+    let created = |kind: &str| meridian_crds::CloudResource {
+        kind: kind.into(),
+        id: "meridian-eu-central-1".into(),
+        origin: meridian_crds::ResourceOrigin::Created,
+    };
+    assert_eq!(
+        status.resources,
+        Some(meridian_crds::RegionResources {
+            namespace: Some(NS.into()),
+            cloud: vec![created("DBCluster"), created("OpenSearchDomain")],
+        })
+    );
+    region.status = Some(status.clone());
     assert_eq!(
         status.connection_secret.as_deref(),
-        Some("meridian-region-eu-central-1/postgres")
+        Some("meridian-region-eu-central-1/postgres-workload"),
+        "workloads connect as the workload role"
+    );
+    assert_eq!(
+        status.owner_secret.as_deref(),
+        Some("meridian-region-eu-central-1/postgres-owner")
+    );
+    let workload = secret(&kube, "postgres-workload").await;
+    assert_eq!(workload["username"], "meridian_eu_central_1_workload");
+    assert!(
+        workload["url"].starts_with("postgres://meridian_eu_central_1_workload:"),
+        "{}",
+        workload["url"]
     );
     assert_eq!(
         status.schema_version,
         meridian_shared::schema::MIGRATIONS.last().map(|m| m.version)
     );
-    assert!(conditions::is_true(&status.conditions, "SearchReady"), "{status:?}");
+    // moto runs no OpenSearch behind the domain's endpoint: SearchReady says so, and the
+    // Region is Ready all the same (search is optional).
+    let search = conditions::find(&status.conditions, "SearchReady").unwrap();
+    assert_eq!(
+        (search.status.as_str(), search.reason.as_str()),
+        ("False", "SearchUnreachable")
+    );
+    assert!(search.message.contains("GET /_cluster/health"), "{}", search.message);
     let search_endpoint = status.search_endpoint.clone().unwrap_or_default();
     assert!(
         search_endpoint.contains("meridian-eu-central-1") && !search_endpoint.contains("meridian:"),
@@ -801,12 +883,16 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
     let moto = Moto::start_with(&[("MOTO_RDS_SNAPSHOT_LIMIT", "0")]);
     let (kube, stacks) = aws_providers(&moto);
     let ctx = Context::new(Providers::new(None, std::sync::Arc::new(StaticSecrets::default())).with_aws(stacks));
-    let region = frankfurt(DeletionPolicy::Delete);
+    let mut region = frankfurt(DeletionPolicy::Delete);
     let mut attempts = 0;
     while let Err(e) = ctx.providers.ensure(&region).await {
         attempts += 1;
         assert!(attempts < 10, "{e}");
     }
+    region.status = Some(meridian_crds::RegionStatus {
+        resources: Some(ctx.providers.recorded(&region, Some(NS.into())).await.unwrap()),
+        ..Default::default()
+    });
     let blocked = reconcile::cleanup(&region, &[], &ctx).await.unwrap_err();
     let ready = blocked.reports.iter().find(|r| r.type_ == "Ready").unwrap();
     assert!(!ready.is_true());

@@ -82,12 +82,8 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             }
         }
         assert_eq!(password.len(), 32, "a generated password");
+        // Secrets are never orphans (the roles' Secrets are published by another step).
         for (path, kind, names) in [
-            (
-                format!("/api/v1/namespaces/{NS}/secrets"),
-                "Secret",
-                vec!["postgres", "search"],
-            ),
             (
                 format!("/api/v1/namespaces/{NS}/services"),
                 "Service",
@@ -181,7 +177,11 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
             expect(&mut server, Method::DELETE, &path, &[], 404, not_found("not found")).await;
         }
     };
-    let (released, ()) = scripted::against(stacks.release(&region, false), scenario).await;
+    let recorded = meridian_crds::RegionResources {
+        namespace: Some(NS.into()),
+        cloud: Vec::new(),
+    };
+    let (released, ()) = scripted::against(stacks.release(&region, false, &recorded), scenario).await;
     released.unwrap();
 
     region.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
@@ -206,7 +206,30 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
         )
         .await;
     };
-    let (released, _) = scripted::against(stacks.release(&region, true), scenario).await;
+    let (released, _) = scripted::against(stacks.release(&region, true, &recorded), scenario).await;
+    released.unwrap();
+
+    // A namespace the Region did not record as its own stays, even with Delete: the stack
+    // stops as with Retain.
+    let scenario = async {
+        for path in [
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
+            format!("/api/v1/namespaces/{NS}/services/booking"),
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
+            BINDING.to_string(),
+            format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
+            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
+            format!("/api/v1/namespaces/{NS}/services/opensearch"),
+            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
+            format!("/api/v1/namespaces/{NS}/services/postgres"),
+        ] {
+            expect(&mut server, Method::DELETE, &path, &[], 200, json!({})).await;
+        }
+    };
+    let unrecorded = meridian_crds::RegionResources::default();
+    let (released, ()) = scripted::against(stacks.release(&region, true, &unrecorded), scenario).await;
     released.unwrap();
 }
 

@@ -8,7 +8,7 @@ use meridian_crds::{Country, Region};
 use meridian_localpg::TempCluster;
 use meridian_operator::conditions;
 use meridian_operator::controller::{Context, Next, country, region};
-use meridian_operator::providers::{Providers, StaticSecrets};
+use meridian_operator::providers::{FileSecrets, Providers, RegionSecrets, StaticSecrets};
 use sqlx::{Connection, PgConnection};
 
 /// Partitioned tables, hence partitions per country.
@@ -58,6 +58,8 @@ struct Fixture {
     /// The embedded search engine every Region's countries are indexed in, and its directory.
     search: Arc<meridian_search::embedded::Engine>,
     _search_dir: tempfile::TempDir,
+    /// Where the Regions publish their roles' Secrets (files, as in `meridian dev`).
+    secrets_dir: tempfile::TempDir,
     shared: (TempCluster, Region),
     dedicated: (TempCluster, Region),
 }
@@ -72,8 +74,10 @@ impl Fixture {
         secrets.insert("default", "eu-central-1-db", BTreeMap::from([("url".into(), b.url())]));
         let search =
             Arc::new(meridian_search::embedded::Engine::open(search_dir.path()).expect("open the search engine"));
-        let providers =
-            Providers::new(None, Arc::new(secrets)).with_search(meridian_search::Backend::Embedded(search.clone()));
+        let secrets_dir = tempfile::tempdir().unwrap();
+        let providers = Providers::new(None, Arc::new(secrets))
+            .with_search(meridian_search::Backend::Embedded(search.clone()))
+            .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
         let ctx = Context::new(providers);
         let mut shared = region("eu-west-1", "shared");
         let mut dedicated = region("eu-central-1", "dedicated");
@@ -90,6 +94,7 @@ impl Fixture {
             ctx,
             search,
             _search_dir: search_dir,
+            secrets_dir,
             shared: (a, shared),
             dedicated: (b, dedicated),
         }
@@ -164,7 +169,15 @@ async fn region_reconcile_migrates_and_is_idempotent() {
         meridian_shared::schema::MIGRATIONS.last().map(|m| m.version)
     );
     assert_eq!(status.observed_generation, Some(1));
-    assert_eq!(status.connection_secret.as_deref(), Some("eu-west-1-db"));
+    let workload_secret = f
+        .secrets_dir
+        .path()
+        .join("regions/eu-west-1/secrets/postgres-workload.json");
+    assert_eq!(
+        status.connection_secret.as_deref(),
+        Some(workload_secret.to_str().unwrap()),
+        "workloads connect with the workload role's Secret"
+    );
     let db = conditions::find(&status.conditions, "DatabaseReady").unwrap();
     assert_eq!(db.reason, "SchemaCurrent");
     assert!(
@@ -506,7 +519,18 @@ async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
         "eu-west-1-db",
         BTreeMap::from([("url".into(), format!("postgres://meridian@127.0.0.1:{port}/meridian"))]),
     );
-    let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+    // The owner role's Secret, which the Country's cleanup connects with, says the same.
+    let dead = tempfile::tempdir().unwrap();
+    let store = FileSecrets::new(dead.path().to_path_buf());
+    let owner = BTreeMap::from([
+        (
+            "url".to_string(),
+            format!("postgres://meridian_eu_west_1_owner:x@127.0.0.1:{port}/meridian"),
+        ),
+        ("passwordSet".to_string(), "true".to_string()),
+    ]);
+    store.write("eu-west-1", "postgres-owner", &owner).await.unwrap();
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)).with_region_secrets(Arc::new(store)));
     let world = country::World {
         region: Some(&f.shared.1),
         countries: &[],
@@ -754,7 +778,9 @@ async fn without_a_search_store_a_country_is_ready_and_says_so() {
         "eu-west-1-db",
         BTreeMap::from([("url".into(), f.shared.0.url())]),
     );
-    let ctx = Context::new(Providers::new(None, Arc::new(secrets)));
+    // The roles' Secrets the fixture's Region reconcile published.
+    let roles = FileSecrets::new(f.secrets_dir.path().to_path_buf());
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)).with_region_secrets(Arc::new(roles)));
     let es = country("es", "ES", "eu-west-1", "shared");
     let world = country::World {
         region: Some(&f.shared.1),
@@ -795,4 +821,472 @@ async fn a_suspended_country_withdraws_its_routes_and_keeps_its_data() {
     );
     assert_eq!(outcome.status.partitions.len(), TABLES, "its data stays its own");
     assert!(partitions(&f.shared.0).await.iter().all(|(_, attached)| *attached));
+}
+
+// ---- The Region's database roles ----
+
+/// A role's Secret as the Region published it.
+async fn role_secret(f: &Fixture, region: &str, role: &str) -> BTreeMap<String, String> {
+    FileSecrets::new(f.secrets_dir.path().to_path_buf())
+        .read(region, &format!("postgres-{role}"))
+        .await
+        .unwrap()
+}
+
+/// What a statement did: `Ok`, refused for want of a privilege (SQLSTATE 42501), or
+/// another error (which the tests treat as a failure of their own).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Refused,
+    Other(String),
+}
+
+/// Runs `sql` as the role behind `url` in a transaction that is rolled back.
+async fn attempt(url: &str, sql: &str) -> Verdict {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *tx)
+        .await;
+    let _ = tx.rollback().await;
+    match result {
+        Ok(_) => Verdict::Ok,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Verdict::Refused,
+        Err(e) => Verdict::Other(e.to_string()),
+    }
+}
+
+/// What the roles are, own and may do in a database, and the Regions' Secrets: a repeat
+/// reconcile must leave all of it as it was (a password set again would show as a new
+/// SCRAM salt in `rolpassword`).
+async fn grants_and_roles(pg: &TempCluster, secrets: &Fixture) -> Vec<String> {
+    let mut conn = connect(pg).await;
+    let mut lines: Vec<String> = sqlx::query_scalar(
+        "SELECT format('role %s %s login=%s super=%s inherit=%s createrole=%s createdb=%s member_of=%s',
+                       rolname, rolpassword, rolcanlogin, rolsuper, rolinherit, rolcreaterole, rolcreatedb,
+                       ARRAY(SELECT roleid::regrole::text FROM pg_auth_members WHERE member = a.oid))
+           FROM pg_authid a WHERE rolname LIKE 'meridian\\_%'
+         UNION ALL
+         SELECT format('relation %s owner=%s acl=%s', relname, relowner::regrole, relacl)
+           FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S', 'v')
+         UNION ALL
+         SELECT format('database %s acl=%s', datname, datacl) FROM pg_database WHERE datname = 'meridian'
+         UNION ALL
+         SELECT format('schema %s acl=%s', nspname, nspacl) FROM pg_namespace WHERE nspname = 'public'
+         UNION ALL
+         SELECT format('default acl %s', defaclacl) FROM pg_default_acl",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for region in ["eu-west-1", "eu-central-1"] {
+        for role in ["owner", "workload"] {
+            lines.push(format!(
+                "{region} {role} {:?}",
+                role_secret(secrets, region, role).await
+            ));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn each_role_may_do_exactly_what_it_is_for() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let outcome = f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{outcome:?}");
+    let status = f.shared.1.status.clone().unwrap();
+    let roles: Vec<(&str, &str)> = status
+        .database_roles
+        .iter()
+        .map(|r| (r.name.as_str(), r.purpose.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("meridian_eu_west_1_owner", "owner"),
+            ("meridian_eu_west_1_workload", "workload")
+        ]
+    );
+    let workload = role_secret(&f, "eu-west-1", "workload").await["url"].clone();
+    let owner = role_secret(&f, "eu-west-1", "owner").await["url"].clone();
+    assert!(
+        workload.starts_with("postgres://meridian_eu_west_1_workload:"),
+        "{workload}"
+    );
+    // A practitioner and an audit record to work on.
+    let seed = "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+                VALUES ('ES', '00000000-0000-0000-0000-000000000001', 'Ana', 'Ruiz', 'gp', 'Madrid');
+                INSERT INTO audit (country_code, actor, action, resource, correlation_id, hash)
+                VALUES ('ES', 'seed', 'read', 'Practitioner/1', gen_random_uuid(), '\\x00');";
+    sqlx::raw_sql(seed)
+        .execute(&mut connect(&f.shared.0).await)
+        .await
+        .unwrap();
+    // Each statement runs alone, as its role, in a transaction that is rolled back.
+    use Verdict::{Ok as Allowed, Refused};
+    let table: &[(&str, &str, Verdict)] = &[
+        // The workload: rows of the domain tables, through the partitioned tables.
+        ("workload", "SELECT count(*) FROM practitioners", Allowed),
+        (
+            "workload",
+            "INSERT INTO practitioners (country_code, id, given_name, family_name, specialty, city)
+             VALUES ('ES', gen_random_uuid(), 'Luis', 'Gil', 'gp', 'Madrid')",
+            Allowed,
+        ),
+        ("workload", "UPDATE practitioners SET city = 'Toledo'", Allowed),
+        ("workload", "DELETE FROM practitioners", Allowed),
+        (
+            "workload",
+            "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+             VALUES ('ES', 't', 'e', gen_random_uuid(), '{}')",
+            Allowed,
+        ),
+        ("workload", "UPDATE audit_heads SET hash = '\\x01'", Allowed),
+        (
+            "workload",
+            "INSERT INTO outbox_consumers (consumer, position) VALUES ('c', 1)",
+            Allowed,
+        ),
+        // The audit trail: appended to and read, nothing else, on the table or a partition.
+        (
+            "workload",
+            "INSERT INTO audit (country_code, actor, action, resource, correlation_id, hash)
+             VALUES ('ES', 'w', 'read', 'Practitioner/1', gen_random_uuid(), '\\x00')",
+            Allowed,
+        ),
+        ("workload", "SELECT count(*) FROM audit", Allowed),
+        ("workload", "UPDATE audit SET actor = 'someone else'", Refused),
+        ("workload", "DELETE FROM audit", Refused),
+        ("workload", "TRUNCATE audit", Refused),
+        ("workload", "UPDATE audit_es SET actor = 'someone else'", Refused),
+        ("workload", "DELETE FROM audit_es", Refused),
+        ("workload", "TRUNCATE audit_es", Refused),
+        ("workload", "SELECT count(*) FROM audit_es", Refused),
+        ("workload", "TRUNCATE practitioners_es", Refused),
+        (
+            "workload",
+            "ALTER TABLE audit DISABLE TRIGGER audit_append_only",
+            Refused,
+        ),
+        // No DDL anywhere, nothing of its own, no way into the owner.
+        ("workload", "CREATE TABLE mine (i int)", Refused),
+        ("workload", "CREATE TEMPORARY TABLE mine (i int)", Refused),
+        ("workload", "CREATE SCHEMA mine", Refused),
+        ("workload", "ALTER TABLE practitioners ADD COLUMN note text", Refused),
+        ("workload", "CREATE INDEX ON appointments (reason)", Refused),
+        ("workload", "DROP TABLE outbox_consumers", Refused),
+        ("workload", "TRUNCATE practitioners", Refused),
+        ("workload", "SET ROLE meridian_eu_west_1_owner", Refused),
+        ("workload", "SELECT count(*) FROM meridian_schema_migrations", Refused),
+        (
+            "workload",
+            "CREATE TABLE practitioners_xx PARTITION OF practitioners FOR VALUES IN ('XX')",
+            Refused,
+        ),
+        // The owner: the schema is its own.
+        ("owner", "CREATE TABLE scratch (i int); DROP TABLE scratch", Allowed),
+        ("owner", "ALTER TABLE practitioners ADD COLUMN note text", Allowed),
+        (
+            "owner",
+            "CREATE TABLE practitioners_xx PARTITION OF practitioners FOR VALUES IN ('XX')",
+            Allowed,
+        ),
+        ("owner", "ALTER TABLE audit DETACH PARTITION audit_es", Allowed),
+    ];
+    let mut wrong = Vec::new();
+    for (role, sql, expected) in table {
+        let url = if *role == "owner" { &owner } else { &workload };
+        let got = attempt(url, sql).await;
+        if &got != expected {
+            wrong.push(format!("{role}: {sql}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The owner owns everything in the schema, partitions included; the workload nothing.
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT relowner::regrole::text FROM pg_class
+          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')",
+    )
+    .fetch_all(&mut connect(&f.shared.0).await)
+    .await
+    .unwrap();
+    assert_eq!(owners, ["meridian_eu_west_1_owner"]);
+}
+
+#[tokio::test]
+async fn a_repeat_reconcile_changes_no_role_grant_or_secret() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let before = grants_and_roles(&f.shared.0, &f).await;
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("relation audit_es owner=meridian_eu_west_1_owner acl=")),
+        "{before:#?}"
+    );
+    let again = region::apply(&f.shared.1, &f.ctx).await;
+    assert_eq!(Some(&again.status), f.shared.1.status.as_ref());
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    assert_eq!(grants_and_roles(&f.shared.0, &f).await, before);
+}
+
+#[tokio::test]
+async fn a_lost_secret_gets_a_new_password_that_the_role_then_has() {
+    let f = Fixture::new().await;
+    // Passwords, not trust, for everyone but the superuser the tests use.
+    let hba = f.shared.0.cluster().root().join("pgdata/pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "host all meridian 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut connect(&f.shared.0).await)
+        .await
+        .unwrap();
+    let old = role_secret(&f, "eu-west-1", "workload").await;
+    assert_eq!(attempt(&old["url"], "SELECT 1").await, Verdict::Ok);
+    let wrong = old["url"].replace(&old["password"], "not-the-password");
+    assert!(PgConnection::connect(&wrong).await.is_err(), "passwords are checked");
+
+    let path = f
+        .secrets_dir
+        .path()
+        .join("regions/eu-west-1/secrets/postgres-workload.json");
+    std::fs::remove_file(&path).unwrap();
+    let outcome = region::apply(&f.shared.1, &f.ctx).await;
+    assert!(conditions::is_true(&outcome.status.conditions, "Ready"), "{outcome:?}");
+    let new = role_secret(&f, "eu-west-1", "workload").await;
+    assert_ne!(new["password"], old["password"]);
+    assert_eq!(attempt(&new["url"], "SELECT 1").await, Verdict::Ok);
+    assert!(
+        PgConnection::connect(&old["url"]).await.is_err(),
+        "the lost password no longer opens the database"
+    );
+    // The owner's Secret was not lost: its password stays.
+    let owner = role_secret(&f, "eu-west-1", "owner").await;
+    assert_eq!(attempt(&owner["url"], "SELECT 1").await, Verdict::Ok);
+}
+
+// ---- SearchReady ----
+
+/// An OpenSearch stand-in on 127.0.0.1 that answers the cluster health, as OpenSearch 2.x does.
+async fn answering_search() -> String {
+    let app = axum::Router::new().route(
+        "/_cluster/health",
+        axum::routing::get(|| async {
+            axum::Json(
+                serde_json::json!({"cluster_name": "meridian-eu-west-1", "status": "green", "number_of_nodes": 1}),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn search_ready_means_the_search_endpoint_answered() {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let answering = answering_search().await;
+    let mut secrets = StaticSecrets::default();
+    secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), pg.url())]));
+    secrets.insert(
+        "default",
+        "refusing",
+        BTreeMap::from([("url".into(), format!("http://{closed}"))]),
+    );
+    secrets.insert(
+        "default",
+        "answering",
+        BTreeMap::from([("url".into(), answering.clone())]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Context::new(
+        Providers::new(None, Arc::new(secrets))
+            .with_region_secrets(Arc::new(FileSecrets::new(dir.path().to_path_buf()))),
+    );
+    let with_search = |secret: &str| {
+        let mut r = region("eu-west-1", "shared");
+        r.spec.external.as_mut().unwrap().search_url_secret_ref = Some(meridian_crds::SecretKeyRef {
+            name: secret.into(),
+            namespace: None,
+            key: "url".into(),
+        });
+        r
+    };
+    let mut seen = Vec::new();
+    for r in [
+        with_search("refusing"),
+        region("eu-west-1", "shared"),
+        with_search("answering"),
+    ] {
+        let status = region::apply(&r, &ctx).await.status;
+        assert!(
+            conditions::is_true(&status.conditions, "Ready"),
+            "search never blocks Ready: {status:?}"
+        );
+        let search = conditions::find(&status.conditions, "SearchReady").unwrap();
+        seen.push((search.status.clone(), search.reason.clone(), search.message.clone()));
+    }
+    assert_eq!(
+        (seen[0].0.as_str(), seen[0].1.as_str()),
+        ("False", "SearchUnreachable"),
+        "{seen:?}"
+    );
+    assert!(seen[0].2.contains(&closed.to_string()), "{seen:?}");
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].1.as_str()),
+        ("False", "NotConfigured"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (seen[2].0.as_str(), seen[2].1.as_str()),
+        ("True", "SearchReachable"),
+        "{seen:?}"
+    );
+    assert!(seen[2].2.contains("meridian-eu-west-1 (green)"), "{seen:?}");
+}
+
+// ---- External Regions in a cluster ----
+
+mod kept;
+
+#[tokio::test]
+async fn an_external_region_gets_its_namespace_with_its_roles_secrets_and_only_a_delete_removes_it() {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut secrets = StaticSecrets::default();
+    secrets.insert(
+        "meridian-system",
+        "eu-west-1-db",
+        BTreeMap::from([("url".into(), pg.url())]),
+    );
+    let kube = kept::client();
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)).with_region_secrets(Arc::new(
+        meridian_operator::providers::KubeRegionSecrets::new(kube.clone()),
+    )));
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
+    let ns = "meridian-region-eu-west-1";
+    let mut r = region("eu-west-1", "shared");
+    let status = region::apply(&r, &ctx).await.status;
+    assert!(conditions::is_true(&status.conditions, "Ready"), "{status:?}");
+    let labels = namespaces.get(ns).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "meridian-operator");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "meridian");
+    assert_eq!(
+        (status.connection_secret.as_deref(), status.owner_secret.as_deref()),
+        (
+            Some("meridian-region-eu-west-1/postgres-workload"),
+            Some("meridian-region-eu-west-1/postgres-owner")
+        )
+    );
+    for role in ["owner", "workload"] {
+        let secret = kept::secret(&kube, ns, &format!("postgres-{role}")).await;
+        assert_eq!(secret["username"], format!("meridian_eu_west_1_{role}"));
+        assert_eq!(attempt(&secret["url"], "SELECT 1").await, Verdict::Ok, "{role}");
+    }
+    assert_eq!(
+        status.resources,
+        Some(meridian_crds::RegionResources {
+            namespace: Some(ns.into()),
+            cloud: Vec::new()
+        })
+    );
+    r.status = Some(status);
+    // Retain keeps the namespace (the roles still own the data); Delete removes it.
+    region::cleanup(&r, &[], &ctx).await.unwrap();
+    assert!(namespaces.get_opt(ns).await.unwrap().is_some());
+    r.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    region::cleanup(&r, &[], &ctx).await.unwrap();
+    assert!(namespaces.get_opt(ns).await.unwrap().is_none());
+    // The external database is not the Region's to remove: its tables stay.
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'audit'")
+        .fetch_one(&mut connect(&pg).await)
+        .await
+        .unwrap();
+    assert_eq!(tables, 1);
+
+    // Someone else's namespace of that name is used, never claimed, and a Delete leaves it.
+    let theirs = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {"team": "dba"}},
+    });
+    namespaces
+        .patch(
+            ns,
+            &kube::api::PatchParams::apply("dba"),
+            &kube::api::Patch::Apply(&theirs),
+        )
+        .await
+        .unwrap();
+    r.spec.deletion_policy = meridian_crds::DeletionPolicy::Retain;
+    let status = region::apply(&r, &ctx).await.status;
+    assert!(conditions::is_true(&status.conditions, "Ready"), "{status:?}");
+    assert_eq!(status.resources, None, "nothing of its own: {status:?}");
+    assert_eq!(
+        namespaces.get(ns).await.unwrap().metadata.labels.unwrap(),
+        BTreeMap::from([("team".to_string(), "dba".to_string())])
+    );
+    r.status = Some(status);
+    r.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    region::cleanup(&r, &[], &ctx).await.unwrap();
+    assert!(namespaces.get_opt(ns).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_database_built_before_the_roles_is_handed_to_the_owner_partitions_included() {
+    // As earlier releases left it: migrated, with Spain's partitions, all the superuser's.
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    meridian_shared::schema::prepare(&mut connect(&pg).await, &["ES"])
+        .await
+        .unwrap();
+    let mut secrets = StaticSecrets::default();
+    secrets.insert("default", "eu-west-1-db", BTreeMap::from([("url".into(), pg.url())]));
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileSecrets::new(dir.path().to_path_buf());
+    let ctx = Context::new(
+        Providers::new(None, Arc::new(secrets))
+            .with_region_secrets(Arc::new(FileSecrets::new(dir.path().to_path_buf()))),
+    );
+    let status = region::apply(&region("eu-west-1", "shared"), &ctx).await.status;
+    assert!(conditions::is_true(&status.conditions, "Ready"), "{status:?}");
+    let owners: Vec<(String, String)> = sqlx::query_as(
+        "SELECT relname::text, relowner::regrole::text FROM pg_class
+          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')
+         UNION ALL
+         SELECT proname::text, proowner::regrole::text FROM pg_proc
+          WHERE pronamespace = 'public'::regnamespace AND proname = 'audit_is_append_only'
+         ORDER BY 1",
+    )
+    .fetch_all(&mut connect(&pg).await)
+    .await
+    .unwrap();
+    let not_owned: Vec<&(String, String)> = owners
+        .iter()
+        .filter(|(_, owner)| owner != "meridian_eu_west_1_owner")
+        .collect();
+    assert!(not_owned.is_empty(), "{not_owned:?}");
+    assert!(owners.iter().any(|(name, _)| name == "audit_es"), "{owners:?}");
+    let workload = store.read("eu-west-1", "postgres-workload").await.unwrap()["url"].clone();
+    for (sql, expected) in [
+        (
+            "INSERT INTO audit (country_code, actor, action, resource, correlation_id, hash)
+          VALUES ('ES', 'w', 'read', 'Practitioner/1', gen_random_uuid(), '\\x00')",
+            Verdict::Ok,
+        ),
+        ("TRUNCATE audit_es", Verdict::Refused),
+        ("DELETE FROM audit_es", Verdict::Refused),
+    ] {
+        assert_eq!(attempt(&workload, sql).await, expected, "{sql}");
+    }
 }

@@ -154,3 +154,303 @@ fn describe(change: &Change) -> String {
         Change::AddConstraint { constraint, .. } => format!("add constraint {constraint}"),
     }
 }
+
+/// The login roles of a Region's database: `owner` owns the platform schema (migrations and
+/// partitions, used by the operator only); `workload` reads and writes rows, nothing else.
+/// Roles belong to the whole PostgreSQL server, not to one database, so their names carry
+/// the Region's: two Regions sharing a server never share a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleNames {
+    pub owner: String,
+    pub workload: String,
+}
+
+impl RoleNames {
+    /// `meridian_<region>_owner` and `meridian_<region>_workload`, dashes as underscores;
+    /// a name too long for PostgreSQL (63 bytes) keeps its start and a hash of the whole.
+    pub fn of(region: &str) -> Self {
+        let name = |suffix: &str| {
+            let base: String = region
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let full = format!("meridian_{base}_{suffix}");
+            if full.len() <= 63 {
+                return full;
+            }
+            // FNV-1a: short, and the same on every build (the names must never change).
+            let hash = region
+                .bytes()
+                .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            let hash = format!("{hash:08x}");
+            let keep = 63 - suffix.len() - hash.len() - "meridian__".len() - 1;
+            format!("meridian_{}_{hash}_{suffix}", &base[..keep])
+        };
+        Self {
+            owner: name("owner"),
+            workload: name("workload"),
+        }
+    }
+}
+
+/// What [`RegionDb::ensure_login`] did to a role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginChange {
+    Unchanged,
+    Created,
+    /// It existed; its password (and any attribute or membership it should not have) was set.
+    Updated,
+}
+
+/// Relation kinds the platform schema may hold, with the keyword that alters them.
+const RELATION_KINDS: &[(&str, &str)] = &[
+    ("r", "TABLE"),
+    ("p", "TABLE"),
+    ("v", "VIEW"),
+    ("m", "MATERIALIZED VIEW"),
+    ("S", "SEQUENCE"),
+    ("f", "FOREIGN TABLE"),
+];
+
+/// Relations of schema `public` that are not part of an extension and do not follow a
+/// table (identity and serial sequences, whose owner and privileges are the table's).
+const OWN_RELATIONS: &str = "c.relnamespace = 'public'::regnamespace
+   AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                      AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))";
+
+fn role_error(what: String) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Apply { change: what, source }
+}
+
+/// Runs `sql` built by the server from `template` (`format()` quoting, `%I` identifiers and
+/// `%L` literals) with `args`.
+async fn run_formatted(
+    conn: &mut sqlx::PgConnection,
+    template: &str,
+    args: &[&str],
+    what: &str,
+) -> Result<(), DbError> {
+    let select = (1..=args.len()).fold("SELECT format($1".to_string(), |sql, i| format!("{sql}, ${}", i + 1)) + ")";
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(select)).bind(template);
+    for arg in args {
+        query = query.bind(*arg);
+    }
+    let sql = query
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(role_error(what.to_string()))?;
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(role_error(what.to_string()))?;
+    Ok(())
+}
+
+impl RegionDb {
+    /// As an administrator: makes `name` a login role with no other attribute and no
+    /// membership in any role, and gives it `password` when it is created or when
+    /// `set_password` says the password it has is not the one published.
+    pub async fn ensure_login(&self, name: &str, password: &str, set_password: bool) -> Result<LoginChange, DbError> {
+        let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
+        let found: Option<(bool, Vec<String>)> = sqlx::query_as(
+            "SELECT rolcanlogin AND NOT (rolsuper OR rolinherit OR rolcreaterole OR rolcreatedb
+                                         OR rolreplication OR rolbypassrls),
+                    ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                           WHERE m.member = r.oid)
+               FROM pg_roles r WHERE rolname = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(DbError::Unreachable)?;
+        let Some((plain, memberships)) = found else {
+            run_formatted(
+                &mut conn,
+                "CREATE ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L",
+                &[name, password],
+                &format!("create role {name}"),
+            )
+            .await?;
+            return Ok(LoginChange::Created);
+        };
+        let mut change = LoginChange::Unchanged;
+        if !plain {
+            run_formatted(
+                &mut conn,
+                "ALTER ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+                &[name],
+                &format!("reset the attributes of role {name}"),
+            )
+            .await?;
+            change = LoginChange::Updated;
+        }
+        for group in &memberships {
+            run_formatted(
+                &mut conn,
+                "REVOKE %I FROM %I",
+                &[group, name],
+                &format!("revoke role {group} from {name}"),
+            )
+            .await?;
+            change = LoginChange::Updated;
+        }
+        if set_password {
+            run_formatted(
+                &mut conn,
+                "ALTER ROLE %I PASSWORD %L",
+                &[name, password],
+                &format!("set the password of role {name}"),
+            )
+            .await?;
+            change = LoginChange::Updated;
+        }
+        Ok(change)
+    }
+
+    /// As an administrator: lets only `roles` connect to this database (no one through
+    /// PUBLIC), lets the owner create in it and in schema `public` (nobody else may), and
+    /// makes the owner the owner of every table, sequence, view and function already in
+    /// `public` (created before the roles existed), partitions included. Repeating it
+    /// changes nothing.
+    pub async fn hand_over(&self, roles: &RoleNames) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
+        let database: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(DbError::Unreachable)?;
+        let (owner, workload) = (roles.owner.as_str(), roles.workload.as_str());
+        for (template, args) in [
+            ("REVOKE ALL ON DATABASE %I FROM PUBLIC", vec![database.as_str()]),
+            ("GRANT CONNECT, CREATE ON DATABASE %I TO %I", vec![&database, owner]),
+            ("GRANT CONNECT ON DATABASE %I TO %I", vec![&database, workload]),
+            ("REVOKE CREATE ON SCHEMA public FROM PUBLIC", vec![]),
+            ("GRANT USAGE, CREATE ON SCHEMA public TO %I", vec![owner]),
+            ("GRANT USAGE ON SCHEMA public TO %I", vec![workload]),
+        ] {
+            run_formatted(&mut tx, template, &args, "grant the database to its roles").await?;
+        }
+        // Handing objects to the owner takes membership in it, unless one is a superuser
+        // (an RDS master user, or an external Region's administrator, is not).
+        let member: bool = sqlx::query_scalar(
+            "SELECT rolsuper OR pg_has_role(current_user, $1, 'MEMBER') FROM pg_roles WHERE rolname = current_user",
+        )
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(DbError::Unreachable)?;
+        if !member {
+            run_formatted(&mut tx, "GRANT %I TO CURRENT_USER", &[owner], "join the owner role").await?;
+        }
+        let relations: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT c.relkind::text, c.relname::text FROM pg_class c
+              WHERE {OWN_RELATIONS}
+                AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
+              ORDER BY c.relispartition, c.relname"
+        )))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::Unreachable)?;
+        for (kind, relation) in &relations {
+            let keyword = RELATION_KINDS
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or("TABLE", |(_, keyword)| keyword);
+            run_formatted(
+                &mut tx,
+                &format!("ALTER {keyword} %I OWNER TO %I"),
+                &[relation, owner],
+                &format!("give {relation} to {owner}"),
+            )
+            .await?;
+        }
+        let routines: Vec<String> = sqlx::query_scalar(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'public'::regnamespace
+                AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')",
+        )
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::Unreachable)?;
+        for routine in &routines {
+            // regprocedure's text is the routine's quoted name and argument types.
+            sqlx::raw_sql(AssertSqlSafe(format!("ALTER ROUTINE {routine} OWNER TO \"{owner}\"")))
+                .execute(&mut *tx)
+                .await
+                .map_err(role_error(format!("give {routine} to {owner}")))?;
+        }
+        tx.commit().await.map_err(DbError::Unreachable)?;
+        Ok(())
+    }
+
+    /// As the owner: gives `workload` exactly the privileges the schema says on each table
+    /// of `public` ([`schema::workload_privileges`]) and none on anything else: not on the
+    /// partitions (queries through a partitioned table are checked against it alone), not
+    /// on sequences (identity columns need none). Privileges held beyond those are revoked.
+    /// Repeating it changes nothing.
+    pub async fn grant_workload(&self, workload: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
+        let relations: Vec<(String, String, bool, Vec<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT c.relname::text, c.relkind::text, c.relispartition,
+                    ARRAY(SELECT a.privilege_type::text FROM aclexplode(c.relacl) a
+                           WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1))
+               FROM pg_class c
+              WHERE {OWN_RELATIONS}
+              ORDER BY c.relname"
+        )))
+        .bind(workload)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::Unreachable)?;
+        for (relation, kind, partition, held) in relations {
+            let wanted: &[&str] = if (kind == "r" || kind == "p") && !partition {
+                schema::workload_privileges(&relation)
+            } else {
+                &[]
+            };
+            let keyword = if kind == "S" { "SEQUENCE" } else { "TABLE" };
+            let extra: Vec<&str> = held
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !wanted.contains(p))
+                .collect();
+            let missing: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|p| !held.iter().any(|h| h == p))
+                .collect();
+            // Privilege names come from the catalog or the schema's constant lists.
+            if !extra.is_empty() {
+                run_formatted(
+                    &mut tx,
+                    &format!("REVOKE {} ON {keyword} %I FROM %I", extra.join(", ")),
+                    &[&relation, workload],
+                    &format!("revoke {} on {relation} from {workload}", extra.join(", ")),
+                )
+                .await?;
+            }
+            if !missing.is_empty() {
+                run_formatted(
+                    &mut tx,
+                    &format!("GRANT {} ON {keyword} %I TO %I", missing.join(", ")),
+                    &[&relation, workload],
+                    &format!("grant {} on {relation} to {workload}", missing.join(", ")),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(DbError::Unreachable)?;
+        Ok(())
+    }
+}

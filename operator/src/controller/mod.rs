@@ -78,6 +78,7 @@ const WAITING: &[&str] = &[
     "SearchStarting",
     "NamespaceMissing",
     "ConnectionSecretMissing",
+    "RolesNotCreated",
 ];
 
 /// Whether `reason` is a wait rather than a failure.

@@ -1,13 +1,14 @@
 //! Region: provision or adopt the stack, bring its database to the current schema.
 
 use meridian_crds::condition_types::{DATABASE_READY, READY, SEARCH_READY};
-use meridian_crds::{Country, Region, RegionStatus};
+use meridian_crds::{Country, DatabaseRole, Region, RegionResources, RegionStatus};
 use meridian_shared::schema::MIGRATIONS;
 
 use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
+use crate::backends::postgres::{DbError, RoleNames};
 use crate::conditions::{self, Report};
 use crate::plan::{self, Change};
-use crate::providers::Endpoint;
+use crate::providers::{Endpoint, OWNER_SECRET, PASSWORD_SET, ProviderError, SecretData, WORKLOAD_SECRET, with_login};
 use crate::validate;
 
 /// The Region's endpoint and the changes its database needs.
@@ -32,7 +33,7 @@ pub async fn plan(region: &Region, ctx: &Context, provision: bool) -> Result<Pla
     let endpoint = if provision {
         ctx.providers.ensure(region).await
     } else {
-        ctx.providers.locate(region).await
+        ctx.providers.admin(region).await
     };
     let endpoint = endpoint.map_err(|e| {
         Blocked::new(
@@ -68,17 +69,54 @@ pub async fn plan(region: &Region, ctx: &Context, provision: bool) -> Result<Pla
 
 /// Reconciles a Region: provision, migrate, report.
 pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
-    let previous = region.status.clone().unwrap_or_default();
+    let mut previous = region.status.clone().unwrap_or_default();
     let generation = region.metadata.generation;
-    let planned = match plan(region, ctx, true).await {
+    // The Region's home first, whatever state its stores are in: in a cluster its namespace
+    // `meridian-region-<name>`, where its roles' Secrets and its Countries' routes go.
+    let namespace = if validate::region(region).is_empty() {
+        match home(region, ctx).await {
+            Ok(namespace) => namespace,
+            Err(blocked) => return blocked_outcome(previous, generation, blocked),
+        }
+    } else {
+        None
+    };
+    let planned = plan(region, ctx, true).await;
+    // What the Region made or took over, as the providers recorded it, whatever came of
+    // this attempt: a deletion goes by it.
+    match ctx.providers.recorded(region, namespace).await {
+        Ok(resources) => previous.resources = Some(resources).filter(|r| r != &RegionResources::default()),
+        Err(e) => tracing::warn!(error = %e, "cannot read what the Region recorded; keeping the last record"),
+    }
+    let planned = match planned {
         Ok(planned) => planned,
         Err(blocked) => return blocked_outcome(previous, generation, blocked),
     };
-    let db = ctx
-        .databases
-        .get(&planned.endpoint.url)
-        .expect("URL parsed during planning");
-    if let Err(e) = db.apply(&planned.changes).await {
+    let logins = match roles(region, &planned.endpoint, ctx).await {
+        Ok(logins) => logins,
+        Err(blocked) => return blocked_outcome(previous, generation, blocked),
+    };
+    // Migrations run as the owner, who owns what they create; then the workload gets what
+    // the schema says on every table, the new ones included.
+    let db = match ctx.databases.get(&logins.owner.url) {
+        Ok(db) => db,
+        Err(e) => {
+            let message = format!("the owner role's URL: {e}");
+            let blocked = Blocked::new(
+                vec![
+                    Report::failed(DATABASE_READY, "RolesFailed", &message),
+                    Report::failed(READY, "RolesFailed", message),
+                ],
+                Next::Requeue(RETRY),
+            );
+            return blocked_outcome(previous, generation, blocked);
+        }
+    };
+    let migrated = match db.apply(&planned.changes).await {
+        Ok(()) => db.grant_workload(&logins.names.workload).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = migrated {
         let message = format!("{e} ({})", planned.endpoint.display);
         let reason = if matches!(e, crate::backends::postgres::DbError::Unreachable(_)) {
             "DatabaseUnreachable"
@@ -95,15 +133,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         return blocked_outcome(previous, generation, blocked);
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
-    // Search is reported, not required: the Region's database serves without it, and each
-    // Country's SearchIndexReady says whether its index could be built.
-    let (search, search_endpoint) = match ctx.providers.search_store(region).await {
-        Ok((_, display)) => (
-            Report::ok(SEARCH_READY, "SearchConfigured", format!("search on {display}")),
-            Some(display),
-        ),
-        Err(e) => (Report::failed(SEARCH_READY, e.reason, e.message), None),
-    };
+    let (search, search_endpoint) = search_ready(region, ctx).await;
     let reports = [
         Report::ok(
             DATABASE_READY,
@@ -116,16 +146,147 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     let status = RegionStatus {
         conditions: conditions::merge(&previous.conditions, &reports, generation),
         observed_generation: generation,
-        connection_secret: planned.endpoint.secret,
+        connection_secret: logins.workload.secret.clone(),
+        owner_secret: logins.owner.secret.clone(),
+        database_roles: vec![
+            DatabaseRole {
+                name: logins.names.owner.clone(),
+                purpose: "owner".into(),
+                secret: logins.owner.secret.clone().unwrap_or_default(),
+            },
+            DatabaseRole {
+                name: logins.names.workload.clone(),
+                purpose: "workload".into(),
+                secret: logins.workload.secret.clone().unwrap_or_default(),
+            },
+        ],
         database_endpoint: Some(planned.endpoint.display),
         schema_version: Some(version),
         search_endpoint,
+        resources: previous.resources.clone(),
     };
     Outcome {
         status,
         next: Next::Requeue(RESYNC),
         failure: None,
     }
+}
+
+/// `SearchReady`: True only when the search endpoint answered a request (OpenSearch's
+/// cluster health); `SearchUnreachable` with what went wrong when it did not; `NotConfigured`
+/// for a Region without search. Search is reported, not required: the Region's database
+/// serves without it, and each Country's SearchIndexReady says whether its index could be
+/// built. Answers the endpoint too, for status (never credentials).
+pub async fn search_ready(region: &Region, ctx: &Context) -> (Report, Option<String>) {
+    match ctx.providers.search_store(region).await {
+        Ok((backend, display)) => match backend.health().await {
+            Ok(health) => (
+                Report::ok(
+                    SEARCH_READY,
+                    "SearchReachable",
+                    format!("search on {display} answered: {health}"),
+                ),
+                Some(display),
+            ),
+            Err(e) => (
+                Report::failed(SEARCH_READY, "SearchUnreachable", format!("search on {display}: {e}")),
+                Some(display),
+            ),
+        },
+        // Not an error: search is optional.
+        Err(e) if e.reason == "SearchNotConfigured" => (Report::failed(SEARCH_READY, "NotConfigured", e.message), None),
+        Err(e) => (Report::failed(SEARCH_READY, e.reason, e.message), None),
+    }
+}
+
+/// Makes the Region's home exist (its namespace, in a cluster); answers the namespace when
+/// the Region owns it.
+async fn home(region: &Region, ctx: &Context) -> Result<Option<String>, Blocked> {
+    let failed = |e: ProviderError| {
+        Blocked::new(
+            vec![
+                Report::failed(DATABASE_READY, e.reason, &e.message),
+                Report::failed(READY, e.reason, e.message),
+            ],
+            Next::Requeue(RETRY),
+        )
+    };
+    // Nowhere to put it: the provider's own step says why the Region cannot be built here.
+    let Ok(store) = ctx.providers.region_secrets(region) else {
+        return Ok(None);
+    };
+    store
+        .prepare(region.metadata.name.as_deref().unwrap_or_default())
+        .await
+        .map_err(failed)
+}
+
+/// The Region's two database roles, and their endpoints.
+pub struct Logins {
+    pub names: RoleNames,
+    pub owner: Endpoint,
+    pub workload: Endpoint,
+}
+
+/// Creates (or brings back in line) the Region's owner and workload roles through the
+/// administrator's `admin` endpoint, each with a password published in its own Secret
+/// before the role gets it (a crash in between leaves the Secret, and the next reconcile
+/// sets it), and hands the schema to the owner. A Secret that was lost gets a new password,
+/// set on the role. Repeating it changes nothing.
+pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<Logins, Blocked> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let failed = |reason: &'static str, message: String| {
+        Blocked::new(
+            vec![
+                Report::failed(DATABASE_READY, reason, &message),
+                Report::failed(READY, reason, message),
+            ],
+            Next::Requeue(RETRY),
+        )
+    };
+    let provider_failed = |e: ProviderError| failed(e.reason, e.message);
+    let db_failed = |e: DbError| {
+        let reason = if matches!(e, DbError::Unreachable(_)) {
+            "DatabaseUnreachable"
+        } else {
+            "RolesFailed"
+        };
+        failed(reason, format!("{e} ({})", admin.display))
+    };
+    let store = ctx.providers.region_secrets(region).map_err(provider_failed)?;
+    let admin_db = ctx
+        .databases
+        .get(&admin.url)
+        .map_err(|e| failed("DatabaseUnreachable", format!("invalid connection URL: {e}")))?;
+    let names = RoleNames::of(&name);
+    let mut endpoints = Vec::new();
+    for (role, secret) in [(&names.owner, OWNER_SECRET), (&names.workload, WORKLOAD_SECRET)] {
+        let mut stored = store.read(&name, secret).await.map_err(provider_failed)?;
+        if stored.get("username") != Some(role) || !stored.contains_key("password") {
+            stored = SecretData::from([
+                ("username".to_string(), role.clone()),
+                ("password".to_string(), crate::providers::generate_password()),
+            ]);
+            store.write(&name, secret, &stored).await.map_err(provider_failed)?;
+        }
+        let password = stored["password"].clone();
+        let set = !stored.contains_key(PASSWORD_SET);
+        admin_db.ensure_login(role, &password, set).await.map_err(db_failed)?;
+        let url = with_login(&admin.url, role, &password);
+        if set || stored.get("url") != Some(&url) {
+            stored.insert("url".into(), url.clone());
+            stored.insert(PASSWORD_SET.into(), "true".into());
+            store.write(&name, secret, &stored).await.map_err(provider_failed)?;
+        }
+        endpoints.push(Endpoint {
+            secret: Some(store.location(&name, secret)),
+            ..Endpoint::from_url(url)
+        });
+    }
+    admin_db.hand_over(&names).await.map_err(db_failed)?;
+    let workload = endpoints.pop().expect("two roles");
+    let owner = endpoints.pop().expect("two roles");
+    Ok(Logins { names, owner, workload })
 }
 
 fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, blocked: Blocked) -> Outcome<RegionStatus> {
@@ -163,11 +324,23 @@ pub async fn cleanup(region: &Region, countries: &[Country], ctx: &Context) -> R
             Next::Requeue(RETRY),
         ));
     }
-    if let Ok(endpoint) = ctx.providers.locate(region).await {
+    for endpoint in [
+        ctx.providers.locate(region).await,
+        ctx.providers.workload(region).await,
+        ctx.providers.admin(region).await,
+    ]
+    .into_iter()
+    .flatten()
+    {
         ctx.databases.forget(&endpoint.url).await;
     }
+    let recorded = region
+        .status
+        .as_ref()
+        .and_then(|s| s.resources.clone())
+        .unwrap_or_default();
     ctx.providers
-        .release(region)
+        .release(region, &recorded)
         .await
         .map_err(|e| Blocked::new(vec![Report::failed(READY, e.reason, e.message)], Next::Requeue(RETRY)))
 }

@@ -45,7 +45,8 @@ impl Drop for RegionService {
     }
 }
 
-/// The per-Region services and the issuer.
+/// The per-Region services and the issuer. Each service connects as its Region's workload
+/// role (rows only, the audit trail insert-only), never as the owner or the superuser.
 pub struct Workloads {
     issuer: DevIssuer,
     verifier: Arc<Verifier>,
@@ -85,7 +86,7 @@ impl Workloads {
             if !ready && !restarting {
                 continue;
             }
-            match ctx.providers.locate(region).await {
+            match ctx.providers.workload(region).await {
                 Ok(endpoint) if ready => {
                     let search = ctx.providers.search(region).await.ok();
                     wanted.insert(name, (endpoint.url, search));

@@ -9,7 +9,7 @@
 use aws_sdk_rds::config::Credentials;
 use aws_sdk_rds::error::DisplayErrorContext;
 use aws_sdk_rds::types::{DbCluster, DbInstance, Filter, Tag};
-use meridian_crds::{DeletionPolicy, Region};
+use meridian_crds::{CloudResource, DeletionPolicy, Region, RegionResources, ResourceOrigin};
 
 use super::aws_search::{self, AwsSearch, SearchProgress};
 use super::in_cluster::{self, StackConfig};
@@ -38,18 +38,27 @@ pub enum Progress {
 pub enum AwsError {
     #[error("{0}")]
     Api(String),
-    #[error("{kind} {id} exists but is tagged for {owner}, not for Region {region}: refusing to adopt it")]
+    /// A resource with the Region's identifier that is not tagged for it (no tag, or another
+    /// Region's): never adopted, its password never reset, never deleted.
+    #[error(
+        "{kind} {id} exists but {}, not for Region {region}: refusing to adopt it (its password is left alone and Delete never removes it)",
+        match owner { Some(other) => format!("is tagged for Region {other}"), None => format!("has no {REGION_TAG} tag") }
+    )]
     NotOurs {
         kind: &'static str,
         id: String,
-        owner: String,
+        owner: Option<String>,
         region: String,
     },
 }
 
 impl From<AwsError> for ProviderError {
     fn from(e: AwsError) -> Self {
-        ProviderError::new("AwsError", e.to_string())
+        let reason = match e {
+            AwsError::NotOurs { .. } => "AdoptionRefused",
+            AwsError::Api(_) => "AwsError",
+        };
+        ProviderError::new(reason, e.to_string())
     }
 }
 
@@ -137,11 +146,12 @@ impl AwsDatabases {
                 .map_err(|e| api(&format!("create DB cluster {cluster}"), e))?;
             return Ok(Progress::Created(format!("creating DB cluster {cluster}")));
         };
-        if let Some(other) = owner(existing.tag_list()).filter(|o| o != &name) {
+        let tagged = owner(existing.tag_list());
+        if tagged.as_deref() != Some(name.as_str()) {
             return Err(AwsError::NotOurs {
                 kind: "DB cluster",
                 id: cluster,
-                owner: other,
+                owner: tagged,
                 region: name,
             });
         }
@@ -330,6 +340,31 @@ impl AwsDatabases {
         }
         let name = region.metadata.name.clone().unwrap_or_default();
         let cluster = cluster_id(&name);
+        // Only a cluster tagged for this Region: another's, or an untagged one that merely
+        // has the identifier, stays with everything in it.
+        let found = match self
+            .rds
+            .describe_db_clusters()
+            .db_cluster_identifier(&cluster)
+            .send()
+            .await
+        {
+            Ok(out) => out.db_clusters().first().cloned(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => None,
+            Err(e) => return Err(api(&format!("describe DB cluster {cluster}"), e)),
+        };
+        let Some(found) = found else {
+            return Ok(());
+        };
+        let tagged = owner(found.tag_list());
+        if tagged.as_deref() != Some(name.as_str()) {
+            tracing::warn!(
+                cluster,
+                ?tagged,
+                "not deleting a DB cluster that is not tagged for this Region"
+            );
+            return Ok(());
+        }
         self.delete_instances(&self.instances(&name, &cluster).await?).await?;
         // Deletion protection may still be on from before the policy changed.
         let off = self
@@ -389,6 +424,8 @@ type Stored = std::collections::BTreeMap<String, String>;
 
 /// The key of a Secret saying its store (cluster or domain) has the stored master password.
 const PASSWORD_SET: &str = "passwordSet";
+/// The key of a Secret saying whether the Region created its store or adopted it.
+const ORIGIN: &str = "origin";
 
 impl AwsStacks {
     pub fn new(client: kube::Client, config: StackConfig, endpoint: Option<String>) -> Self {
@@ -401,6 +438,10 @@ impl AwsStacks {
             search_address: None,
             configs: Default::default(),
         }
+    }
+
+    pub(super) fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     /// Connects to `address` (`host:port`) instead of the cluster's endpoint: for tests
@@ -435,10 +476,42 @@ impl AwsStacks {
         self.objects.apply(&[secret]).await
     }
 
-    /// Records in Secret `store` that its store has the stored master password.
-    async fn mark_password_set(&self, region: &str, store: &str, stored: &mut Stored) -> Result<(), ProviderError> {
+    /// Records in Secret `store` that its store has the stored master password, and whether
+    /// the Region created the store or adopted it (the record a `Delete` goes by).
+    async fn mark_password_set(
+        &self,
+        region: &str,
+        store: &str,
+        stored: &mut Stored,
+        origin: ResourceOrigin,
+    ) -> Result<(), ProviderError> {
         stored.insert(PASSWORD_SET.into(), "true".into());
+        stored.entry(ORIGIN.into()).or_insert(format!("{origin:?}"));
         self.write(region, store, stored).await
+    }
+
+    /// The cluster and domain as the Secrets record them: created, adopted, or (not yet
+    /// recorded, or recorded before origins were) not listed at all.
+    pub async fn recorded(&self, region: &Region) -> Result<Vec<CloudResource>, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let mut found = Vec::new();
+        for (store, kind, id) in [
+            ("postgres", "DBCluster", cluster_id(&name)),
+            ("search", "OpenSearchDomain", aws_search::domain_name(&name)),
+        ] {
+            let stored = self.objects.secret(&in_cluster::namespace(&name), store).await?;
+            let origin = match stored.get(ORIGIN).map(String::as_str) {
+                Some("Created") => ResourceOrigin::Created,
+                Some(_) => ResourceOrigin::Adopted,
+                None => continue,
+            };
+            found.push(CloudResource {
+                kind: kind.into(),
+                id,
+                origin,
+            });
+        }
+        Ok(found)
     }
 
     /// Secret `store` of `region`, with a master password generated and written first if
@@ -495,13 +568,15 @@ impl AwsStacks {
         let search = self.search(region).await;
         let progress = search.ensure(region, &password).await?;
         if let SearchProgress::Created(why) = progress {
-            self.mark_password_set(&name, "search", &mut stored).await?;
+            self.mark_password_set(&name, "search", &mut stored, ResourceOrigin::Created)
+                .await?;
             return Ok(SearchProgress::Waiting(why));
         }
         // An adopted domain, or one created just before a crash kept us from recording it.
         if !stored.contains_key(PASSWORD_SET) {
             search.set_master_user(region, &password).await?;
-            self.mark_password_set(&name, "search", &mut stored).await?;
+            self.mark_password_set(&name, "search", &mut stored, ResourceOrigin::Adopted)
+                .await?;
             return Ok(SearchProgress::Waiting(format!(
                 "setting the master user of OpenSearch domain {}",
                 aws_search::domain_name(&name)
@@ -532,13 +607,15 @@ impl AwsStacks {
         let databases = self.databases(region).await;
         let database = match databases.ensure(region, &password).await? {
             Progress::Created(why) => {
-                self.mark_password_set(&name, "postgres", &mut stored).await?;
+                self.mark_password_set(&name, "postgres", &mut stored, ResourceOrigin::Created)
+                    .await?;
                 Progress::Waiting(why)
             }
             // An adopted cluster, or one created just before a crash kept us from recording it.
             Progress::Available { .. } if !stored.contains_key(PASSWORD_SET) => {
                 databases.set_master_password(region, &password).await?;
-                self.mark_password_set(&name, "postgres", &mut stored).await?;
+                self.mark_password_set(&name, "postgres", &mut stored, ResourceOrigin::Adopted)
+                    .await?;
                 Progress::Waiting(format!(
                     "setting the master password of DB cluster {}",
                     cluster_id(&name)
@@ -598,24 +675,41 @@ impl AwsStacks {
         self.published(region, "search").await
     }
 
-    /// Stops the Region's workload. `Delete` then removes the domain, the instances, the
-    /// cluster after a final snapshot, and last the namespace with its Secrets (kept if any
-    /// AWS call fails, so the next attempt still has them); `Retain` keeps all of these.
-    pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
+    /// Stops the Region's workload. `Delete` then removes what `recorded` says the Region
+    /// created: the domain, the instances and the cluster after a final snapshot, and last
+    /// the namespace with its Secrets (kept if any AWS call fails, so the next attempt still
+    /// has them). Adopted resources, and a namespace the operator did not make, stay; so
+    /// does everything with `Retain`.
+    pub async fn release(&self, region: &Region, recorded: &RegionResources) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let workload: Vec<_> = in_cluster::workload(&name, &self.config).into_iter().rev().collect();
         self.objects.delete(&workload).await?;
         if region.spec.deletion_policy != DeletionPolicy::Delete {
             return Ok(());
         }
+        let created = |kind: &str| {
+            recorded
+                .cloud
+                .iter()
+                .any(|r| r.kind == kind && r.origin == ResourceOrigin::Created)
+        };
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.search(region).await.release(region).await?;
-        self.databases(region)
-            .await
-            .release(region, &format!("meridian-{name}-final-{stamp}"))
-            .await?;
-        self.objects.delete_namespace(&in_cluster::namespace(&name)).await
+        if created("OpenSearchDomain") {
+            self.search(region).await.release(region).await?;
+        }
+        if created("DBCluster") {
+            self.databases(region)
+                .await
+                .release(region, &format!("meridian-{name}-final-{stamp}"))
+                .await?;
+        }
+        // Adopted stores keep their Secrets (their passwords), hence the namespace.
+        let adopted = recorded.cloud.iter().any(|r| r.origin == ResourceOrigin::Adopted);
+        match &recorded.namespace {
+            Some(ns) if !adopted => self.objects.delete_namespace(ns).await,
+            _ => Ok(()),
+        }
     }
 }

@@ -122,23 +122,12 @@ impl AwsSearch {
                 .map_err(|e| api(&format!("create domain {domain}"), e))?;
             return Ok(SearchProgress::Created(format!("creating OpenSearch domain {domain}")));
         };
-        let tags = self
-            .client
-            .list_tags()
-            .arn(status.arn())
-            .send()
-            .await
-            .map_err(|e| api(&format!("list tags of domain {domain}"), e))?;
-        let owner = tags
-            .tag_list()
-            .iter()
-            .find(|t| t.key() == REGION_TAG)
-            .map(|t| t.value().to_string());
-        if let Some(other) = owner.filter(|o| o != &name) {
+        let owner = self.owner(status.arn(), &domain).await?;
+        if owner.as_deref() != Some(name.as_str()) {
             return Err(AwsError::NotOurs {
                 kind: "OpenSearch domain",
                 id: domain,
-                owner: other,
+                owner,
                 region: name,
             });
         }
@@ -172,6 +161,22 @@ impl AwsSearch {
         Ok(SearchProgress::Available(format!("https://{endpoint}")))
     }
 
+    /// The Region a domain is tagged for.
+    async fn owner(&self, arn: &str, domain: &str) -> Result<Option<String>, AwsError> {
+        let tags = self
+            .client
+            .list_tags()
+            .arn(arn)
+            .send()
+            .await
+            .map_err(|e| api(&format!("list tags of domain {domain}"), e))?;
+        Ok(tags
+            .tag_list()
+            .iter()
+            .find(|t| t.key() == REGION_TAG)
+            .map(|t| t.value().to_string()))
+    }
+
     /// Turns on fine-grained access control with the master user's `password`: for an
     /// adopted domain, or when the password the operator keeps is not the one the domain got.
     pub async fn set_master_user(&self, region: &Region, password: &str) -> Result<(), AwsError> {
@@ -191,7 +196,32 @@ impl AwsSearch {
         if region.spec.deletion_policy != DeletionPolicy::Delete {
             return Ok(());
         }
-        let domain = domain_name(region.metadata.name.as_deref().unwrap_or_default());
+        let name = region.metadata.name.clone().unwrap_or_default();
+        let domain = domain_name(&name);
+        // Only a domain tagged for this Region: another's, or an untagged one that merely
+        // has the name, stays.
+        let status = match self.client.describe_domain().domain_name(&domain).send().await {
+            Ok(out) => out.domain_status,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => return Err(api(&format!("describe domain {domain}"), e)),
+        };
+        let Some(status) = status else {
+            return Ok(());
+        };
+        let owner = self.owner(status.arn(), &domain).await?;
+        if owner.as_deref() != Some(name.as_str()) {
+            tracing::warn!(
+                domain,
+                ?owner,
+                "not deleting an OpenSearch domain that is not tagged for this Region"
+            );
+            return Ok(());
+        }
         match self.client.delete_domain().domain_name(&domain).send().await {
             Err(e)
                 if !e

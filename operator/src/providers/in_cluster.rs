@@ -16,7 +16,7 @@
 //! What goes on deletion is the reconciler's decision, by `deletionPolicy`.
 
 use kube::Client;
-use meridian_crds::Region;
+use meridian_crds::{Region, RegionResources};
 use serde_json::{Value, json};
 
 use super::objects::Objects;
@@ -265,8 +265,9 @@ fn from_namespace(namespace: &str) -> Value {
 }
 
 /// The Region's booking workload (ServiceAccount, Deployment, Service, NetworkPolicy), for
-/// every provider whose workloads run in this cluster: it reads `DATABASE_URL` and
-/// `SEARCH_URL` from the Secrets `postgres` and `search` of the Region's namespace.
+/// every provider whose workloads run in this cluster: it reads `DATABASE_URL` from the
+/// workload role's Secret `postgres-workload` (never the administrator's `postgres` nor the
+/// owner's) and `SEARCH_URL` from `search`, in the Region's namespace.
 pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
     let name = name.to_string();
     vec![
@@ -300,7 +301,7 @@ pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
                             "args": ["booking", "--listen", "0.0.0.0:8080", "--region", name],
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": [
-                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "url"}}},
+                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}},
                                 {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
                                 {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
                                 {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
@@ -345,6 +346,10 @@ impl InClusterStacks {
             objects: Objects::new(client),
             config,
         }
+    }
+
+    pub(super) fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     /// The password in the stack's Secret, if it exists yet.
@@ -403,13 +408,21 @@ impl InClusterStacks {
     /// keeps the namespace, the Secrets and the volume claims (the data, which the
     /// StatefulSets' retention policy keeps); `Delete` removes the namespace and everything
     /// in it.
-    pub async fn release(&self, region: &Region, delete: bool) -> Result<(), ProviderError> {
+    ///
+    /// Only a namespace `recorded` as the Region's goes: with `Delete` but no such record
+    /// (the namespace was someone else's), the stack stops as with `Retain`.
+    pub async fn release(
+        &self,
+        region: &Region,
+        delete: bool,
+        recorded: &RegionResources,
+    ) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        if delete {
+        if let (true, Some(ns)) = (delete, &recorded.namespace) {
             // The namespace takes everything in it; the workload's ClusterRoleBinding is not in it.
             let workload: Vec<Value> = workload(&name, &self.config).into_iter().rev().collect();
             self.objects.delete(&workload).await?;
-            return self.objects.delete_namespace(&namespace(&name)).await;
+            return self.objects.delete_namespace(ns).await;
         }
         let running: Vec<Value> = stack(region, &self.config, "")
             .into_iter()
@@ -561,7 +574,7 @@ mod tests {
         assert_eq!(
             booking["spec"]["template"]["spec"]["containers"][0]["env"],
             json!([
-                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "url"}}},
+                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres-workload", "key": "url"}}},
                 {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
                 {"name": "OIDC_ISSUER", "value": "https://idp.example"},
                 {"name": "OIDC_JWKS_URL", "value": "https://idp.example/.well-known/jwks.json"},

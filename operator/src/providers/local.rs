@@ -67,6 +67,11 @@ impl LocalClusters {
         self.adopted.contains_key(name) || self.dir(name).join("pgdata").join("PG_VERSION").is_file()
     }
 
+    /// The directory every Region's cluster is under.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Where Region `name` keeps its cluster.
     pub fn dir(&self, name: &str) -> PathBuf {
         self.root.join("regions").join(name)

@@ -12,14 +12,14 @@ mod secrets;
 
 use std::sync::Arc;
 
-use meridian_crds::{DeletionPolicy, Region, RegionProvider};
+use meridian_crds::{DeletionPolicy, Region, RegionProvider, RegionResources};
 use meridian_search::Backend;
 use meridian_search::opensearch::OpenSearch;
 
 pub use aws::AwsStacks;
 pub use in_cluster::{InClusterStacks, StackConfig};
 pub use local::{DATABASE_RESTARTING, LocalClusters};
-pub use secrets::{SecretSource, StaticSecrets};
+pub use secrets::{FileSecrets, KubeRegionSecrets, RegionSecrets, SecretData, SecretSource, StaticSecrets};
 
 /// How to reach a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +75,17 @@ pub struct Providers {
     in_cluster: Option<Arc<InClusterStacks>>,
     /// `aws` stacks, when running against a cluster.
     aws: Option<Arc<AwsStacks>>,
+    /// Where Regions publish their database roles' Secrets, when not the default (the
+    /// cluster when running against one, files beside the local clusters in `meridian dev`).
+    region_secrets: Option<Arc<dyn RegionSecrets>>,
 }
+
+/// The Secret of a Region's owner role (in the Region's namespace).
+pub const OWNER_SECRET: &str = "postgres-owner";
+/// The Secret of a Region's workload role: what its workloads connect with.
+pub const WORKLOAD_SECRET: &str = "postgres-workload";
+/// The key of a role's Secret saying the role has the Secret's password.
+pub const PASSWORD_SET: &str = "passwordSet";
 
 impl Providers {
     pub fn new(local: Option<Arc<LocalClusters>>, secrets: Arc<dyn SecretSource>) -> Self {
@@ -85,6 +95,61 @@ impl Providers {
             search: None,
             in_cluster: None,
             aws: None,
+            region_secrets: None,
+        }
+    }
+
+    /// Publishes Regions' role Secrets in `store`.
+    pub fn with_region_secrets(mut self, store: Arc<dyn RegionSecrets>) -> Self {
+        self.region_secrets = Some(store);
+        self
+    }
+
+    /// Where `region` publishes its role Secrets: as set, else the cluster's namespaces when
+    /// the operator runs against a cluster, else files beside `meridian dev`'s clusters.
+    pub fn region_secrets(&self, region: &Region) -> Result<Arc<dyn RegionSecrets>, ProviderError> {
+        if let Some(store) = &self.region_secrets {
+            return Ok(store.clone());
+        }
+        if let Some(objects) = self.kube_objects() {
+            return Ok(Arc::new(KubeRegionSecrets::from_objects(objects.clone())));
+        }
+        if let Some(local) = &self.local {
+            return Ok(Arc::new(FileSecrets::new(local.root().to_path_buf())));
+        }
+        Err(ProviderError::new(
+            "ProviderUnavailable",
+            format!(
+                "nowhere to publish the database roles' Secrets of Region {}",
+                region_name(region)
+            ),
+        ))
+    }
+
+    /// The owner role's endpoint (the operator's, for migrations and partitions), once the
+    /// Region reconcile has published it.
+    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        self.role_endpoint(region, OWNER_SECRET).await
+    }
+
+    /// The workload role's endpoint: what the Region's workloads connect with.
+    pub async fn workload(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        self.role_endpoint(region, WORKLOAD_SECRET).await
+    }
+
+    async fn role_endpoint(&self, region: &Region, secret: &str) -> Result<Endpoint, ProviderError> {
+        let name = region_name(region);
+        let store = self.region_secrets(region)?;
+        let mut stored = store.read(&name, secret).await?;
+        match stored.remove("url") {
+            Some(url) if stored.contains_key(PASSWORD_SET) => Ok(Endpoint {
+                secret: Some(store.location(&name, secret)),
+                ..Endpoint::from_url(url)
+            }),
+            _ => Err(ProviderError::new(
+                "RolesNotCreated",
+                format!("the database roles of Region {name} have not been created yet"),
+            )),
         }
     }
 
@@ -121,12 +186,13 @@ impl Providers {
             RegionProvider::Local => self.local(region)?.ensure(&region_name(region)).await,
             RegionProvider::InCluster => self.in_cluster(region)?.ensure(region).await,
             RegionProvider::Aws => self.aws(region)?.ensure(region).await,
-            RegionProvider::External => self.locate(region).await,
+            RegionProvider::External => self.admin(region).await,
         }
     }
 
-    /// The endpoint of an existing stack, without creating anything.
-    pub async fn locate(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+    /// The endpoint of an existing stack as its administrator (a superuser, the master user
+    /// or an `external` Region's admin URL), without creating anything: for creating roles.
+    pub async fn admin(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         match region.spec.provider {
             RegionProvider::Local => self.local(region)?.locate(&region_name(region)),
             RegionProvider::External => {
@@ -229,21 +295,39 @@ impl Providers {
         }
     }
 
-    /// Lets go of the Region's stack when the Region is deleted: with `Delete`, its data goes too.
-    pub async fn release(&self, region: &Region) -> Result<(), ProviderError> {
+    /// Lets go of the Region's stack when the Region is deleted: with `Delete`, what
+    /// `recorded` (the Region's status) says it created goes too, its data with it.
+    pub async fn release(&self, region: &Region, recorded: &RegionResources) -> Result<(), ProviderError> {
+        let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
         match region.spec.provider {
-            RegionProvider::Local => {
-                let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
-                self.local(region)?.release(&region_name(region), delete).await
-            }
-            RegionProvider::InCluster => {
-                let delete = region.spec.deletion_policy == DeletionPolicy::Delete;
-                self.in_cluster(region)?.release(region, delete).await
-            }
-            RegionProvider::Aws => self.aws(region)?.release(region).await,
-            // External databases are not ours; the Country cleanups already handled their partitions.
-            _ => Ok(()),
+            RegionProvider::Local => self.local(region)?.release(&region_name(region), delete).await,
+            RegionProvider::InCluster => self.in_cluster(region)?.release(region, delete, recorded).await,
+            RegionProvider::Aws => self.aws(region)?.release(region, recorded).await,
+            // External databases are not ours (the Country cleanups already handled their
+            // partitions, and the roles own what is left): only the namespace the Region made
+            // for its roles' Secrets goes, with Delete.
+            RegionProvider::External => match (&recorded.namespace, delete) {
+                (Some(ns), true) => self.region_secrets(region)?.remove(ns).await,
+                _ => Ok(()),
+            },
         }
+    }
+
+    /// What the Region made or took over, from the providers' own records (the namespace
+    /// is `prepare`'s answer).
+    pub async fn recorded(&self, region: &Region, namespace: Option<String>) -> Result<RegionResources, ProviderError> {
+        let cloud = match region.spec.provider {
+            RegionProvider::Aws => self.aws(region)?.recorded(region).await?,
+            _ => Vec::new(),
+        };
+        Ok(RegionResources { namespace, cloud })
+    }
+
+    fn kube_objects(&self) -> Option<&objects::Objects> {
+        self.in_cluster
+            .as_deref()
+            .map(InClusterStacks::objects)
+            .or(self.aws.as_deref().map(AwsStacks::objects))
     }
 
     fn local(&self, region: &Region) -> Result<&LocalClusters, ProviderError> {
@@ -285,7 +369,7 @@ fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
 /// A new password for a stack's store: 32 characters with upper- and lower-case letters,
 /// digits and a special character (as RDS and OpenSearch Service demand), none of which
 /// needs escaping in a URL.
-fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     use rand::Rng;
     use rand::seq::IndexedRandom;
     let mut rng = rand::rng();
@@ -305,6 +389,24 @@ fn generate_password() -> String {
         password.insert(at, *chars.choose(&mut rng).expect("a class has characters"));
     }
     password.into_iter().collect()
+}
+
+/// `url` with `username` and `password` as its user information instead of its own.
+pub fn with_login(url: &str, username: &str, password: &str) -> String {
+    // Percent-encodes all but RFC 3986's unreserved characters.
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{}:{}@{host}{tail}", encode(username), encode(password))
 }
 
 fn region_name(region: &Region) -> String {

@@ -107,11 +107,12 @@ impl Objects {
     }
 
     /// Deletes the objects in namespace `ns` labelled as Region `region`'s that `wanted`
-    /// does not name.
+    /// does not name. Secrets are never orphans: they hold the passwords the stores and the
+    /// database roles were given, and other steps publish some of them.
     pub async fn remove_orphans(&self, region: &str, ns: &str, wanted: &[Value]) -> Result<(), ProviderError> {
         let selector = format!("app.kubernetes.io/instance={region},app.kubernetes.io/managed-by={FIELD_MANAGER}");
         for (api_version, kind, _, namespaced) in KINDS {
-            if !namespaced {
+            if !namespaced || *kind == "Secret" {
                 continue;
             }
             let api = self.api(api_version, kind, ns)?;
@@ -150,6 +151,19 @@ impl Objects {
             ));
         }
         Ok(())
+    }
+
+    /// The labels of namespace `ns`, `None` when it does not exist.
+    pub async fn namespace_labels(
+        &self,
+        ns: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, ProviderError> {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let found = namespaces
+            .get_opt(ns)
+            .await
+            .map_err(|e| ProviderError::new("ClusterUnreachable", format!("cannot read namespace {ns}: {e}")))?;
+        Ok(found.map(|n| n.metadata.labels.unwrap_or_default()))
     }
 
     /// Deletes namespace `ns` and everything in it.

@@ -25,6 +25,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Whether the backend answers: the embedded engine always does; OpenSearch is asked
+    /// for its cluster health.
+    pub async fn health(&self) -> Result<String, SearchError> {
+        match self {
+            Backend::Embedded(_) => Ok("ready".into()),
+            Backend::OpenSearch(o) => o.health().await,
+        }
+    }
+
     /// The versioned index `alias` points to, if any.
     pub async fn resolve(&self, alias: &str) -> Result<Option<Resolved>, SearchError> {
         match self {

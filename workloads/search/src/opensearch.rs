@@ -325,6 +325,23 @@ impl OpenSearch {
         Ok(())
     }
 
+    /// The cluster's health (`GET /_cluster/health`): its name and status (`green`,
+    /// `yellow`, `red`), as `name (status)`. An answer of any kind but a success is an error;
+    /// so is no answer.
+    pub async fn health(&self) -> Result<String, SearchError> {
+        let shown = "GET /_cluster/health";
+        let answer = ok(self.get("/_cluster/health", shown).await?, shown)?;
+        let field = |name: &str| answer.body[name].as_str().map(String::from);
+        match (field("cluster_name"), field("status")) {
+            (Some(name), Some(status)) => Ok(format!("{name} ({status})")),
+            _ => Err(SearchError::Refused {
+                request: shown.into(),
+                status: answer.status.as_u16(),
+                body: cut(&format!("not a cluster health answer: {}", answer.body)),
+            }),
+        }
+    }
+
     /// Documents per country code in every practitioner index (active or not), for the
     /// residency report.
     pub async fn census(&self) -> Result<Vec<Census>, SearchError> {

@@ -358,6 +358,32 @@ async fn refusals_are_errors_that_say_what_was_refused() {
 }
 
 #[tokio::test]
+async fn health_is_the_clusters_answer_and_a_refusal_is_an_error() {
+    let replay = Replay::start("health").await;
+    let client = replay.client();
+    assert_eq!(
+        client.health().await.unwrap(),
+        "123456789012:meridian-eu-central-1 (green)"
+    );
+    let err = client.health().await.unwrap_err();
+    assert!(
+        matches!(err, SearchError::Refused { ref request, status: 403, .. } if request == "GET /_cluster/health"),
+        "{err}"
+    );
+    replay.finish();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = OpenSearch::new(&format!("http://{closed}"), None)
+        .unwrap()
+        .health()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SearchError::Unreachable(_)), "{err}");
+}
+
+#[tokio::test]
 async fn an_unreachable_cluster_or_a_bad_endpoint_is_unreachable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

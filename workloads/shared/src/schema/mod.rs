@@ -2,6 +2,7 @@
 
 mod migrations;
 mod partitions;
+mod privileges;
 
 pub use migrations::{
     MIGRATIONS, MIGRATIONS_TABLE, Migration, MigrationError, applied_versions, check_applied, migrate,
@@ -10,6 +11,7 @@ pub use partitions::{
     PARTITIONED_TABLES, PartitionConstraint, create_partition_sql, fresh_country_sql, partition_constraints,
     partition_name,
 };
+pub use privileges::{APPEND_ONLY, APPEND_ONLY_TABLES, DML, workload_privileges};
 
 /// Brings an empty database to what the control plane leaves for `countries`: migrated,
 /// with each country's partitions and constraints. For tests and benchmarks that start a
