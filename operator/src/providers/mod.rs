@@ -34,17 +34,33 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn from_url(url: String) -> Self {
-        let display = match url.split_once('@') {
-            Some((_, rest)) => rest.to_string(),
-            None => url.split_once("://").map_or(url.clone(), |(_, rest)| rest.to_string()),
-        };
-        let display = display.split('?').next().unwrap_or_default().to_string();
         Self {
+            display: shown(&url),
             url,
-            display,
             secret: None,
         }
     }
+}
+
+/// `host:port/path` of `url`, never its user information or query. What a URL parser
+/// makes of it (the user information ends at the authority's last `@`); a URL it cannot
+/// parse, or whose path holds an `@` (a password with an unescaped `/` ends the authority
+/// early), is not shown at all: any piece of it could be a piece of a password.
+fn shown(url: &str) -> String {
+    const UNSHOWN: &str = "(a connection URL that does not parse; not shown)";
+    let Ok(parsed) = url::Url::parse(url) else {
+        return UNSHOWN.into();
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() || parsed.path().contains('@') {
+        return UNSHOWN.into();
+    }
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = match parsed.path() {
+        "/" => "",
+        path => path,
+    };
+    format!("{host}{port}{path}")
 }
 
 /// Why a provider could not produce an endpoint; `reason` becomes the condition reason.
@@ -309,4 +325,50 @@ fn generate_password() -> String {
 
 fn region_name(region: &Region) -> String {
     region.metadata.name.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_shows_host_port_and_database_and_nothing_of_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://meridian:s3cret@postgres.ns.svc:5432/meridian",
+                "postgres.ns.svc:5432/meridian",
+            ),
+            (
+                "postgres://u:p%40ss%3Aw%2Ford@db.example:5432/meridian?sslmode=verify-full",
+                "db.example:5432/meridian",
+            ),
+            (
+                "postgres://u:p@ss:w@rd@db.example:5432/meridian",
+                "db.example:5432/meridian",
+            ),
+            ("postgres://u:@@@db.example/meridian", "db.example/meridian"),
+            (
+                "postgres://db.example/meridian?user=u&password=p@ss",
+                "db.example/meridian",
+            ),
+            ("https://admin:pa@ss@search.example", "search.example"),
+            ("http://127.0.0.1:9200", "127.0.0.1:9200"),
+            // An unescaped '/' ends the authority: what follows is not shown.
+            (
+                "postgres://admin:12/34@db.example:5432/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            (
+                "postgres://u:pa/ss@db.example/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            (
+                "postgres://u:pa?ss@db.example/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            ("not a url at all", "(a connection URL that does not parse; not shown)"),
+        ] {
+            assert_eq!(Endpoint::from_url(url.into()).display, shown, "{url}");
+        }
+    }
 }
