@@ -19,7 +19,8 @@ pub use country::{
     code_holder,
 };
 pub use region::{
-    DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec, RegionStatus, SearchSizing,
+    DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionSpec, RegionStatus, RegionTls,
+    SearchSizing,
 };
 
 use kube::CustomResourceExt;

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod aws_search;
+pub mod certificates;
 pub mod in_cluster;
 mod local;
 mod objects;
@@ -21,11 +22,46 @@ pub use in_cluster::{InClusterStacks, StackConfig};
 pub use local::LocalClusters;
 pub use secrets::{SecretSource, StaticSecrets};
 
+/// A database connection URL with the CA certificates (PEM) its server's certificate is
+/// verified against, besides the system's roots: the two go together, so that nothing
+/// connects with the URL and forgets the CA. Credentials included: never written to
+/// status or logs (its `Debug` shows neither).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionUrl {
+    url: String,
+    ca: Option<String>,
+}
+
+impl ConnectionUrl {
+    pub fn new(url: String, ca: Option<String>) -> Self {
+        Self { url, ca }
+    }
+
+    /// The URL itself.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The CA certificates the Region names, if any.
+    pub fn ca(&self) -> Option<&str> {
+        self.ca.as_deref()
+    }
+}
+
+impl std::fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionUrl")
+            .field("url", &shown(&self.url))
+            .field("ca", &self.ca.as_ref().map(|_| "PEM"))
+            .finish()
+    }
+}
+
 /// How to reach a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Full connection URL, credentials included: never written to status or logs.
-    pub url: String,
+    /// Connection URL, credentials included, and the CA that its server is verified against.
+    pub url: ConnectionUrl,
     /// `host:port/database`, safe to show.
     pub display: String,
     /// `namespace/name` of the Secret the URL came from, when it came from one.
@@ -36,9 +72,15 @@ impl Endpoint {
     pub fn from_url(url: String) -> Self {
         Self {
             display: shown(&url),
-            url,
+            url: ConnectionUrl::new(url, None),
             secret: None,
         }
+    }
+
+    /// The same endpoint, its server verified against `ca` (PEM) too.
+    pub fn with_ca(mut self, ca: Option<String>) -> Self {
+        self.url.ca = ca;
+        self
     }
 }
 
@@ -167,7 +209,8 @@ impl Providers {
                                 .map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name)),
                         ),
                         ..Endpoint::from_url(url)
-                    }),
+                    }
+                    .with_ca(self.ca_bundle(region).await?)),
                     Ok(None) => Err(ProviderError::new(
                         "ConnectionSecretMissing",
                         format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
@@ -262,6 +305,30 @@ impl Providers {
         }
     }
 
+    /// The CA certificates `spec.tls.caBundleSecretRef` names, if the Region names any.
+    async fn ca_bundle(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        let Some(r) = region.spec.tls.as_ref().map(|t| &t.ca_bundle_secret_ref) else {
+            return Ok(None);
+        };
+        let shown = format!(
+            "{}/{} key {}",
+            r.namespace.as_deref().unwrap_or("(operator namespace)"),
+            r.name,
+            r.key
+        );
+        match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
+            Ok(Some(pem)) => check_ca_bundle(pem, &shown).map(Some),
+            Ok(None) => Err(ProviderError::new(
+                "CaBundleMissing",
+                format!("spec.tls.caBundleSecretRef: Secret {shown} does not exist or lacks the key"),
+            )),
+            Err(e) => Err(ProviderError::new(
+                "CaBundleUnreadable",
+                format!("cannot read Secret {shown}: {e}"),
+            )),
+        }
+    }
+
     fn local(&self, region: &Region) -> Result<&LocalClusters, ProviderError> {
         self.local.as_deref().ok_or_else(|| {
             ProviderError::new(
@@ -286,6 +353,21 @@ fn against_a_cluster<'a, T>(stacks: Option<&'a T>, provider: &str, region: &Regi
             ),
         )
     })
+}
+
+/// `pem` if it holds CA certificates (PEM, at least one, each readable); `shown` names
+/// where it came from.
+pub(crate) fn check_ca_bundle(pem: String, shown: &str) -> Result<String, ProviderError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |why: String| ProviderError::new("InvalidCaBundle", format!("Secret {shown}: {why}"));
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("the CA bundle does not parse as PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("the CA bundle holds no PEM certificate".into()));
+    }
+    Ok(pem)
 }
 
 /// An OpenSearch backend at `url`, and where it is, for status.

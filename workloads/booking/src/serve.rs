@@ -22,9 +22,14 @@ use crate::http::{Countries, CountryEntry, Service, Serving, app};
 #[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks_url", "jwks_file"])))]
 #[command(group(clap::ArgGroup::new("served").required(true).args(["region", "countries"])))]
 pub struct BookingOptions {
-    /// The Region's database (the `url` of its connection Secret).
+    /// The Region's database (the `url` of its connection Secret). Off this machine the
+    /// connection is `sslmode=verify-full`; a URL asking for less is refused.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// CA certificates (a PEM file) the database's certificate is verified against, besides
+    /// the system's roots (the Region's Secret `ca`, mounted).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Address to serve `/{cc}/v1/...` on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -101,10 +106,13 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     };
     let jwks = Jwks::load(source, &options.issuer, &options.audience).await?;
     let _refresh = jwks.refresh_every(Duration::from_secs(options.jwks_refresh_seconds.max(10)));
+    let database_ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file")?;
+    let connect = meridian_shared::tls::pg_options(&options.database_url, database_ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&options.database_url)
+        .connect_with(connect)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to --database-url: {e}"))?;
     let countries = Countries::default();
@@ -143,6 +151,12 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())
+}
+
+/// The PEM file `path` names, if one is named.
+fn read_ca(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())))
+        .transpose()
 }
 
 /// Keeps `countries` in line with the cluster's Country objects bound to `region`: a
