@@ -275,15 +275,17 @@ impl Providers {
                         ));
                     }
                 };
-                opensearch_backend(&url)
+                opensearch_backend(&url, self.ca_bundle(region).await?.as_deref())
             }
             RegionProvider::InCluster => {
-                let url = self.in_cluster(region)?.search_url(region).await?;
-                opensearch_backend(&url)
+                let stacks = self.in_cluster(region)?;
+                let url = stacks.search_url(region).await?;
+                opensearch_backend(&url, stacks.ca(region).await?.as_deref())
             }
             RegionProvider::Aws => {
-                let url = self.aws(region)?.search_url(region).await?;
-                opensearch_backend(&url)
+                let stacks = self.aws(region)?;
+                let url = stacks.search_url(region).await?;
+                opensearch_backend(&url, stacks.ca(region).await?.as_deref())
             }
         }
     }
@@ -370,14 +372,25 @@ pub(crate) fn check_ca_bundle(pem: String, shown: &str) -> Result<String, Provid
     Ok(pem)
 }
 
-/// An OpenSearch backend at `url`, and where it is, for status.
-fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
-    let client = OpenSearch::from_url(url)
+/// An OpenSearch backend at `url`, its certificate verified against the system's roots
+/// and `ca`, and where it is, for status. Plain `http://` off this machine is refused.
+fn opensearch_backend(url: &str, ca: Option<&str>) -> Result<(Backend, String), ProviderError> {
+    let shown = Endpoint::from_url(url.to_string()).display;
+    if let Ok(parsed) = url::Url::parse(url)
+        && parsed.scheme() == "http"
+        && !meridian_shared::tls::is_loopback(parsed.host_str().unwrap_or_default())
+    {
+        return Err(ProviderError::new(
+            "InsecureSearchUrl",
+            format!(
+                "the search URL of {shown} is plain http: search connections that leave this machine need https, \
+                 the server's certificate verified"
+            ),
+        ));
+    }
+    let client = OpenSearch::from_url(url, ca)
         .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
-    Ok((
-        Backend::OpenSearch(Arc::new(client)),
-        Endpoint::from_url(url.to_string()).display,
-    ))
+    Ok((Backend::OpenSearch(Arc::new(client)), shown))
 }
 
 /// A new password for a stack's store: 32 characters with upper- and lower-case letters,

@@ -53,6 +53,10 @@ pub struct BookingOptions {
     /// countries' indexes current from the outbox.
     #[arg(long, env = "SEARCH_URL")]
     pub search_url: Option<String>,
+    /// CA certificates (a PEM file) the search endpoint's certificate is verified against,
+    /// besides the system's roots. Plain `http://` is refused off this machine.
+    #[arg(long, env = "SEARCH_CA_FILE")]
+    pub search_ca_file: Option<PathBuf>,
     /// Serve the countries bound to this Region, as the cluster's Country objects say
     /// (watched through the Kubernetes API, from the in-cluster or kubeconfig credentials).
     #[arg(long, env = "MERIDIAN_REGION")]
@@ -133,7 +137,8 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
     let _indexer = match &options.search_url {
         Some(url) => {
-            let client = OpenSearch::from_url(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+            let ca = read_ca(options.search_ca_file.as_deref(), "--search-ca-file")?;
+            let client = OpenSearch::from_url(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
             // Every replica follows the outbox; their writes are idempotent by version.
