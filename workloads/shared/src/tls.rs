@@ -32,15 +32,14 @@ pub enum DbUrlError {
 fn requested_ssl_mode(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1.split('#').next().unwrap_or_default();
     query
-        .split('&')
+        .rsplit('&')
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(key, _)| matches!(*key, "sslmode" | "ssl-mode"))
+        .find(|(key, _)| matches!(*key, "sslmode" | "ssl-mode"))
         .map(|(_, value)| {
             percent_encoding::percent_decode_str(value)
                 .decode_utf8_lossy()
                 .into_owned()
         })
-        .last()
 }
 
 /// Connection options for `url`. Off this machine the connection is `verify-full`: the
