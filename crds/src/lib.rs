@@ -20,7 +20,7 @@ pub use country::{
 };
 pub use region::{
     CloudResource, DatabaseRole, DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionResources,
-    RegionSpec, RegionStatus, ResourceOrigin, SearchSizing,
+    RegionSpec, RegionStatus, RegionTls, ResourceOrigin, SearchSizing,
 };
 
 use kube::CustomResourceExt;

@@ -63,6 +63,11 @@ pub struct RegionSpec {
     /// Where to find the endpoints of an `external` stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalEndpoints>,
+    /// How the database's and search's certificates are verified. Outside `local`, every
+    /// connection to them verifies the server's certificate and host name (PostgreSQL
+    /// `sslmode=verify-full`, OpenSearch over `https`); a URL asking for less is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RegionTls>,
     /// `Retain` (default) keeps databases and cloud resources when the Region is deleted;
     /// `Delete` removes them.
     #[serde(default)]
@@ -137,6 +142,19 @@ pub struct ExternalEndpoints {
     /// Secret key holding the search endpoint URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_url_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The CA certificates a Region's stores are verified against.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionTls {
+    /// Secret key holding CA certificates (PEM, one or more) that the database's and the
+    /// search endpoint's server certificates are verified against, besides the system's
+    /// roots. `aws`: required; the Amazon RDS CA bundle (`global-bundle.pem` from AWS's
+    /// trust store), whose CAs no system trusts. `external`: the CA of the servers when it
+    /// is not a public one. Not used by `inCluster`, whose stack gets a CA and server
+    /// certificates from the operator, nor by `local`, which stays on this machine.
+    pub ca_bundle_secret_ref: SecretKeyRef,
 }
 
 /// Observed state of a Region.

@@ -586,7 +586,11 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
         "created with the stored passwords, never reset: {waits:?}"
     );
     assert_eq!(secret(&kube, "postgres").await["passwordSet"], "true");
-    assert!(endpoint.url.starts_with("postgres://meridian:"), "{}", endpoint.url);
+    assert!(
+        endpoint.url.as_str().starts_with("postgres://meridian:"),
+        "{}",
+        endpoint.display
+    );
     assert!(
         endpoint.display.contains("meridian-eu-central-1"),
         "{}",

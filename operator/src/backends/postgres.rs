@@ -5,41 +5,50 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use meridian_shared::schema::{self, MigrationError};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+pub use meridian_shared::tls::DbUrlError;
+use meridian_shared::tls::pg_options;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::plan::{Change, Observed, PartitionState};
+use crate::providers::ConnectionUrl;
 
 /// Advisory lock key that serialises partition DDL within one database.
 const PARTITION_LOCK_KEY: i64 = 0x4d45_5250_4152_5449; // "MERPARTI"
 
-/// Pools of the Regions' databases, one per connection URL, created on first use.
+/// Pools of the Regions' databases, one per connection URL and CA, created on first use.
 #[derive(Default)]
 pub struct Databases {
-    pools: Mutex<HashMap<String, PgPool>>,
+    pools: Mutex<HashMap<ConnectionUrl, PgPool>>,
 }
 
 impl Databases {
     /// The database behind `url`. The pool connects lazily; the first query reports an
-    /// unreachable server within a few seconds.
-    pub fn get(&self, url: &str) -> Result<RegionDb, sqlx::Error> {
+    /// unreachable server within a few seconds. Off this machine, every connection
+    /// verifies the server's certificate and host name (against the system's roots and
+    /// the URL's CA); a URL asking for less is refused (see [`meridian_shared::tls`]).
+    pub fn get(&self, url: &ConnectionUrl) -> Result<RegionDb, DbUrlError> {
         let mut pools = self.pools.lock().expect("pool map lock");
         if let Some(pool) = pools.get(url) {
             return Ok(RegionDb { pool: pool.clone() });
         }
-        let options: PgConnectOptions = url.parse()?;
+        let options = pg_options(url.as_str(), url.ca())?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.application_name("meridian-control-plane"));
-        pools.insert(url.to_string(), pool.clone());
+        pools.insert(url.clone(), pool.clone());
         Ok(RegionDb { pool })
     }
 
-    /// Closes and forgets the pool for `url` (a Region that went away).
-    pub async fn forget(&self, url: &str) {
-        let pool = self.pools.lock().expect("pool map lock").remove(url);
-        if let Some(pool) = pool {
+    /// Closes and forgets the pools for `url` (a Region that went away), whatever CA.
+    pub async fn forget(&self, url: &ConnectionUrl) {
+        let pools: Vec<PgPool> = {
+            let mut map = self.pools.lock().expect("pool map lock");
+            let gone: Vec<ConnectionUrl> = map.keys().filter(|k| k.as_str() == url.as_str()).cloned().collect();
+            gone.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for pool in pools {
             pool.close().await;
         }
     }

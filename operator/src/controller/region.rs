@@ -5,7 +5,7 @@ use meridian_crds::{Country, DatabaseRole, Region, RegionResources, RegionStatus
 use meridian_shared::schema::MIGRATIONS;
 
 use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
-use crate::backends::postgres::{DbError, RoleNames};
+use crate::backends::postgres::{DbError, DbUrlError, RoleNames};
 use crate::conditions::{self, Report};
 use crate::plan::{self, Change};
 use crate::providers::{Endpoint, OWNER_SECRET, PASSWORD_SET, ProviderError, SecretData, WORKLOAD_SECRET, with_login};
@@ -53,10 +53,16 @@ pub async fn plan(region: &Region, ctx: &Context, provision: bool) -> Result<Pla
             Next::Requeue(RETRY),
         )
     };
-    let db = ctx
-        .databases
-        .get(&endpoint.url)
-        .map_err(|e| unreachable(format!("invalid connection URL: {e}")))?;
+    let db = ctx.databases.get(&endpoint.url).map_err(|e| match e {
+        DbUrlError::Insecure(message) => Blocked::new(
+            vec![
+                Report::failed(DATABASE_READY, "InsecureDatabaseUrl", &message),
+                Report::failed(READY, "InsecureDatabaseUrl", message),
+            ],
+            Next::Requeue(RETRY),
+        ),
+        invalid => unreachable(invalid.to_string()),
+    })?;
     let applied = db
         .applied_migrations()
         .await

@@ -32,7 +32,7 @@ const INDEXER: &str = "search-indexer";
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 struct RegionService {
-    url: String,
+    url: crate::providers::ConnectionUrl,
     countries: Countries,
     router: Router,
     /// Keeps the Region's search indexes current from its outbox.
@@ -67,7 +67,8 @@ impl Workloads {
     /// Brings the services in line with the reconciled state: a service for every Ready
     /// Region (connected to its database only), each serving the countries bound to it.
     pub async fn sync(&self, regions: &[Region], countries: &[Country], ctx: &Context) {
-        let mut wanted: HashMap<String, (String, Option<meridian_search::Backend>)> = HashMap::new();
+        let mut wanted: HashMap<String, (crate::providers::ConnectionUrl, Option<meridian_search::Backend>)> =
+            HashMap::new();
         // Regions whose database is being restarted: their services stay (answering 503
         // until it is back) rather than vanish (404).
         let mut kept: HashSet<String> = HashSet::new();
@@ -106,9 +107,11 @@ impl Workloads {
             if services.contains_key(&name) {
                 continue;
             }
-            let Ok(pool) = meridian_booking::pool_options(16).connect_lazy(&url) else {
+            // The same TLS rules as the operator's own connections.
+            let Ok(options) = meridian_shared::tls::pg_options(url.as_str(), url.ca()) else {
                 continue;
             };
+            let pool = meridian_booking::pool_options(16).connect_lazy_with(options);
             let countries = Countries::default();
             let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
             let indexer = match search {

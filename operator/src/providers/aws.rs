@@ -597,11 +597,54 @@ impl AwsStacks {
         Ok(SearchProgress::Available(url))
     }
 
+    /// The Region's CA bundle (`spec.tls.caBundleSecretRef`, in the operator's namespace
+    /// unless it names another). Required, before anything is created: Aurora's
+    /// certificates are signed by the Amazon RDS CAs, which no system trusts; only a
+    /// database reached on loopback (tests against moto) needs none.
+    async fn ca_bundle(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        let Some(r) = region.spec.tls.as_ref().map(|t| &t.ca_bundle_secret_ref) else {
+            let local = self
+                .database_address
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .is_some_and(|(host, _)| meridian_shared::tls::is_loopback(host));
+            if local {
+                return Ok(None);
+            }
+            return Err(ProviderError::new(
+                "CaBundleRequired",
+                "spec.tls.caBundleSecretRef is required for aws Regions: put the Amazon RDS CA bundle \
+                 (global-bundle.pem from AWS's trust store) in a Secret and name its key there",
+            ));
+        };
+        let ns = r.namespace.as_deref().unwrap_or(&self.config.operator_namespace);
+        let shown = format!("{ns}/{} key {}", r.name, r.key);
+        let pem = self.objects.secret(ns, &r.name).await?.remove(&r.key).ok_or_else(|| {
+            ProviderError::new(
+                "CaBundleMissing",
+                format!("spec.tls.caBundleSecretRef: Secret {shown} does not exist or lacks the key"),
+            )
+        })?;
+        super::check_ca_bundle(pem, &shown).map(Some)
+    }
+
+    /// The CA bundle published in the Region's namespace (Secret `ca`), for the workload
+    /// and for whoever reads the stores.
+    pub async fn ca(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        Ok(self
+            .objects
+            .secret(&in_cluster::namespace(&name), "ca")
+            .await?
+            .remove(super::certificates::CA_CERT))
+    }
+
     /// Creates or adopts the Region's Aurora cluster and OpenSearch domain; once both are
-    /// available, publishes their URLs, runs the Region's workload, and answers with the
-    /// database.
+    /// available, publishes their URLs and the CA bundle, runs the Region's workload, and
+    /// answers with the database.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
+        let ca = self.ca_bundle(region).await?;
         let mut stored = self.with_password(&name, "postgres", MASTER_USER).await?;
         let password = stored["password"].clone();
         let databases = self.databases(region).await;
@@ -640,11 +683,22 @@ impl AwsStacks {
             stored.insert("url".into(), url.clone());
             self.write(&name, "postgres", &stored).await?;
         }
+        if let Some(ca) = &ca {
+            self.objects
+                .apply(&[serde_json::json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": in_cluster::metadata("ca", &name, "meridian-region"),
+                    "type": "Opaque",
+                    "stringData": {(super::certificates::CA_CERT): ca},
+                })])
+                .await?;
+        }
         self.objects.apply(&in_cluster::workload(&name, &self.config)).await?;
         Ok(Endpoint {
             secret: Some(format!("{}/postgres", in_cluster::namespace(&name))),
             ..Endpoint::from_url(url)
-        })
+        }
+        .with_ca(ca))
     }
 
     /// The published URL in Secret `store` (`postgres` or `search`).
@@ -667,7 +721,8 @@ impl AwsStacks {
         Ok(Endpoint {
             secret: Some(format!("{}/postgres", in_cluster::namespace(&name))),
             ..Endpoint::from_url(url)
-        })
+        }
+        .with_ca(self.ca(region).await?))
     }
 
     /// The domain's URL with the master user's credentials, once published.

@@ -7,9 +7,15 @@
 //! PostgreSQL and OpenSearch only from the workload and the operator. Built here as plain
 //! objects; applied with server-side apply.
 //!
-//! OpenSearch runs without its security plugin: the NetworkPolicy is what keeps others
-//! out, and the index holds the practitioner directory, not patient data. Its URL still
-//! reaches the workload through a Secret (`search`), as the `aws` provider's does.
+//! Both stores speak TLS only, with certificates from the operator: a CA per Region (Secret
+//! `tls-ca`, made once and kept), and a server certificate per store for its Service's
+//! names (`postgres-tls`, `opensearch-tls`). The operator and the workload verify them
+//! against the CA (Secret `ca`, the certificate alone, mounted into the workload).
+//! PostgreSQL takes no connection without TLS; OpenSearch runs its security plugin in
+//! TLS-only mode (`plugins.security.ssl_only`): HTTPS and encrypted transport, no users.
+//! The NetworkPolicy is what keeps others out, and the index holds the practitioner
+//! directory, not patient data. Its URL reaches the workload through a Secret (`search`),
+//! as the `aws` provider's does.
 //!
 //! No object that holds data (the namespace, the StatefulSet's volume claims, the Secret)
 //! has an owner reference to the Region: garbage collection must never delete patient data.
@@ -19,6 +25,7 @@ use kube::Client;
 use meridian_crds::{Region, RegionResources};
 use serde_json::{Value, json};
 
+use super::certificates::{self, Ca, ServerCert};
 use super::objects::Objects;
 use super::{Endpoint, ProviderError};
 use crate::FIELD_MANAGER;
@@ -68,17 +75,74 @@ pub fn namespace(region: &str) -> String {
     format!("meridian-region-{region}")
 }
 
-/// The connection URL the stack's Secret publishes, for the operator and the workload.
+/// The connection URL the stack's Secret publishes, for the operator and the workload:
+/// TLS, the server's certificate and name verified.
 pub fn database_url(region: &str, password: &str) -> String {
     format!(
-        "postgres://{DATABASE}:{password}@postgres.{}.svc:5432/{DATABASE}",
+        "postgres://{DATABASE}:{password}@postgres.{}.svc:5432/{DATABASE}?sslmode=verify-full",
         namespace(region)
     )
 }
 
 /// Where the stack's OpenSearch answers, inside the cluster.
 pub fn search_url(region: &str) -> String {
-    format!("http://opensearch.{}.svc:9200", namespace(region))
+    format!("https://opensearch.{}.svc:9200", namespace(region))
+}
+
+/// The names a store's Service answers to, the one the URLs use first.
+pub fn service_names(region: &str, component: &str) -> Vec<String> {
+    let ns = namespace(region);
+    vec![
+        format!("{component}.{ns}.svc"),
+        format!("{component}.{ns}.svc.cluster.local"),
+        format!("{component}.{ns}"),
+        component.to_string(),
+    ]
+}
+
+/// Where the workload finds the CA certificate of its Region's stores (Secret `ca`).
+pub const CA_FILE: &str = "/etc/meridian/ca/ca.crt";
+/// Where PostgreSQL reads its certificate, key and client rules (copied there, owned by
+/// the server's account with mode 0600, by an init container: PostgreSQL refuses a key
+/// that others can read, and Secret volumes belong to root).
+const POSTGRES_TLS_DIR: &str = "/tls";
+/// Where OpenSearch reads its certificate and key: under its configuration directory, the
+/// only place its security plugin reads from.
+const OPENSEARCH_TLS_DIR: &str = "/usr/share/opensearch/config/tls";
+/// Annotation on the stores' pod templates naming their certificate: a new certificate
+/// rolls the pod, which reads it at start.
+const CERTIFICATE_ANNOTATION: &str = "platform.meridian.dev/certificate";
+
+/// The certificates of a stack: made (or read back) by [`InClusterStacks::ensure`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackTls {
+    pub ca: Ca,
+    pub postgres: ServerCert,
+    pub opensearch: ServerCert,
+}
+
+/// A short fingerprint of `pem`, for the pod template annotation.
+fn fingerprint(pem: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(pem.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Secret holding `component`'s server certificate, with the CA that signed it and
+/// the names it was made for (so that a changed CA or name list makes a new one).
+fn server_secret(region: &str, component: &str, cert: &ServerCert, ca: &Ca) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": metadata(&format!("{component}-tls"), region, component),
+        "type": "kubernetes.io/tls",
+        "stringData": {
+            (certificates::TLS_CERT): cert.cert_pem,
+            (certificates::TLS_KEY): cert.key_pem,
+            (certificates::CA_CERT): ca.cert_pem,
+            (certificates::EXPIRES): cert.expires,
+            "names": service_names(region, component).join(","),
+        },
+    })
 }
 
 fn labels(region: &str, component: &str) -> Value {
@@ -99,8 +163,9 @@ pub(super) fn metadata(name: &str, region: &str, component: &str) -> Value {
 }
 
 /// Every object of `region`'s stack, in the order they are applied. `password` is the
-/// database password: generated once, then read back from the Secret.
-pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value> {
+/// database password and `tls` the certificates: generated once, then read back from the
+/// Secrets.
+pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackTls) -> Vec<Value> {
     let name = region.metadata.name.clone().unwrap_or_default();
     let storage = region
         .spec
@@ -114,65 +179,134 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str) -> Vec<Value
         .as_ref()
         .and_then(|s| s.volume_gib)
         .unwrap_or(DEFAULT_SEARCH_GIB);
+    let postgres_tls_files = format!(
+        "install -m 0600 -o postgres -g postgres -t {POSTGRES_TLS_DIR} /tls-secret/{crt} /tls-secret/{key} && \
+         printf '%s\\n' 'local all all trust' 'hostssl all all all scram-sha-256' > {POSTGRES_TLS_DIR}/pg_hba.conf && \
+         chown postgres:postgres {POSTGRES_TLS_DIR}/pg_hba.conf",
+        crt = certificates::TLS_CERT,
+        key = certificates::TLS_KEY,
+    );
+    let tls_file = |file: &str| format!("{POSTGRES_TLS_DIR}/{file}");
+    let opensearch_file = |key: &str| format!("tls/{key}");
+    let mut postgres = statefulset(
+        &name,
+        "postgres",
+        json!({
+            "initContainers": [{
+                "name": "tls",
+                "image": config.postgres_image,
+                "command": ["sh", "-c", postgres_tls_files],
+                "volumeMounts": [
+                    {"name": "tls-secret", "mountPath": "/tls-secret", "readOnly": true},
+                    {"name": "tls", "mountPath": POSTGRES_TLS_DIR},
+                ],
+            }],
+            "volumes": [
+                {"name": "tls-secret", "secret": {"secretName": "postgres-tls", "defaultMode": 0o400}},
+                {"name": "tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            ],
+        }),
+        json!({
+            "image": config.postgres_image,
+            // TLS only: `hostssl` is the one rule for TCP clients, so a client without TLS
+            // is turned away by the server too.
+            "args": [
+                "-c", "ssl=on",
+                "-c", format!("ssl_cert_file={}", tls_file(certificates::TLS_CERT)),
+                "-c", format!("ssl_key_file={}", tls_file(certificates::TLS_KEY)),
+                "-c", format!("hba_file={}", tls_file("pg_hba.conf")),
+            ],
+            "ports": [{"name": "postgres", "containerPort": 5432}],
+            "env": [
+                {"name": "POSTGRES_USER", "value": DATABASE},
+                {"name": "POSTGRES_DB", "value": DATABASE},
+                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
+                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+            ],
+            "volumeMounts": [{"name": "tls", "mountPath": POSTGRES_TLS_DIR, "readOnly": true}],
+            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
+        }),
+        "/var/lib/postgresql/data",
+        storage,
+    );
+    postgres["spec"]["template"]["metadata"]["annotations"] =
+        json!({CERTIFICATE_ANNOTATION: fingerprint(&tls.postgres.cert_pem)});
+    let mut opensearch = statefulset(
+        &name,
+        "opensearch",
+        // The image runs as uid 1000 (group 1000): the volume must be writable for it, and
+        // the key readable by its group only.
+        json!({
+            "securityContext": {"fsGroup": 1000},
+            "volumes": [{"name": "tls", "secret": {"secretName": "opensearch-tls", "defaultMode": 0o440}}],
+        }),
+        json!({
+            "image": config.opensearch_image,
+            "ports": [{"name": "https", "containerPort": 9200}],
+            "env": [
+                // One node: no cluster formation, and no bootstrap checks
+                // (vm.max_map_count) that kind nodes would fail.
+                {"name": "discovery.type", "value": "single-node"},
+                // The security plugin for TLS only (no users, no demo certificates):
+                // HTTPS for clients, TLS between nodes, with the operator's certificate.
+                {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
+                {"name": "plugins.security.ssl_only", "value": "true"},
+                {"name": "plugins.security.ssl.http.enabled", "value": "true"},
+                {"name": "plugins.security.ssl.http.pemcert_filepath", "value": opensearch_file(certificates::TLS_CERT)},
+                {"name": "plugins.security.ssl.http.pemkey_filepath", "value": opensearch_file(certificates::TLS_KEY)},
+                {"name": "plugins.security.ssl.http.pemtrustedcas_filepath", "value": opensearch_file(certificates::CA_CERT)},
+                {"name": "plugins.security.ssl.transport.pemcert_filepath", "value": opensearch_file(certificates::TLS_CERT)},
+                {"name": "plugins.security.ssl.transport.pemkey_filepath", "value": opensearch_file(certificates::TLS_KEY)},
+                {"name": "plugins.security.ssl.transport.pemtrustedcas_filepath", "value": opensearch_file(certificates::CA_CERT)},
+                {"name": "plugins.security.ssl.transport.enforce_hostname_verification", "value": "false"},
+                {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
+            ],
+            "volumeMounts": [{"name": "tls", "mountPath": OPENSEARCH_TLS_DIR, "readOnly": true}],
+            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
+            "readinessProbe": {
+                "httpGet": {"path": "/_cluster/health?local=true", "port": 9200, "scheme": "HTTPS"},
+                "periodSeconds": 10,
+            },
+        }),
+        "/usr/share/opensearch/data",
+        search_storage,
+    );
+    opensearch["spec"]["template"]["metadata"]["annotations"] =
+        json!({CERTIFICATE_ANNOTATION: fingerprint(&tls.opensearch.cert_pem)});
     vec![
         namespace_object(&name),
+        // The CA with its key, for the operator only; nothing mounts it.
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata("tls-ca", &name, "meridian-region"),
+            "type": "Opaque",
+            "stringData": {(certificates::CA_CERT): tls.ca.cert_pem, (certificates::CA_KEY): tls.ca.key_pem},
+        }),
+        // The CA certificate alone, for the workload.
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata("ca", &name, "meridian-region"),
+            "type": "Opaque",
+            "stringData": {(certificates::CA_CERT): tls.ca.cert_pem},
+        }),
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": metadata("postgres", &name, "postgres"),
             "type": "Opaque",
             "stringData": {"username": DATABASE, "password": password, "url": database_url(&name, password)},
         }),
+        server_secret(&name, "postgres", &tls.postgres, &tls.ca),
         service(&name, "postgres", "postgres", 5432),
-        statefulset(
-            &name,
-            "postgres",
-            json!({}),
-            json!({
-                "image": config.postgres_image,
-                "ports": [{"name": "postgres", "containerPort": 5432}],
-                "env": [
-                    {"name": "POSTGRES_USER", "value": DATABASE},
-                    {"name": "POSTGRES_DB", "value": DATABASE},
-                    {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
-                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                ],
-                "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
-            }),
-            "/var/lib/postgresql/data",
-            storage,
-        ),
+        postgres,
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": metadata("search", &name, "opensearch"),
             "type": "Opaque",
             "stringData": {"url": search_url(&name)},
         }),
-        service(&name, "opensearch", "http", 9200),
-        statefulset(
-            &name,
-            "opensearch",
-            // The image runs as uid 1000; the volume must be writable for it.
-            json!({"securityContext": {"fsGroup": 1000}}),
-            json!({
-                "image": config.opensearch_image,
-                "ports": [{"name": "http", "containerPort": 9200}],
-                "env": [
-                    // One node: no cluster formation, and no bootstrap checks
-                    // (vm.max_map_count) that kind nodes would fail.
-                    {"name": "discovery.type", "value": "single-node"},
-                    {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
-                    {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
-                    {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
-                ],
-                "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
-                "readinessProbe": {
-                    "httpGet": {"path": "/_cluster/health?local=true", "port": 9200},
-                    "periodSeconds": 10,
-                },
-            }),
-            "/usr/share/opensearch/data",
-            search_storage,
-        ),
+        server_secret(&name, "opensearch", &tls.opensearch, &tls.ca),
+        service(&name, "opensearch", "https", 9200),
+        opensearch,
     ]
     .into_iter()
     .chain(workload(&name, config))
@@ -195,7 +329,11 @@ fn statefulset(
     storage_gib: i32,
 ) -> Value {
     container["name"] = component.into();
-    container["volumeMounts"] = json!([{"name": "data", "mountPath": mount}]);
+    let mut mounts = vec![json!({"name": "data", "mountPath": mount})];
+    if let Some(more) = container["volumeMounts"].as_array() {
+        mounts.extend(more.iter().cloned());
+    }
+    container["volumeMounts"] = Value::Array(mounts);
     let mut pod = pod;
     pod["containers"] = json!([container]);
     json!({
@@ -267,7 +405,9 @@ fn from_namespace(namespace: &str) -> Value {
 /// The Region's booking workload (ServiceAccount, Deployment, Service, NetworkPolicy), for
 /// every provider whose workloads run in this cluster: it reads `DATABASE_URL` from the
 /// workload role's Secret `postgres-workload` (never the administrator's `postgres` nor the
-/// owner's) and `SEARCH_URL` from `search`, in the Region's namespace.
+/// owner's) and `SEARCH_URL` from `search`, in the Region's namespace, and verifies both
+/// stores against the CA certificates of Secret `ca` (the operator's CA for `inCluster`, the
+/// Region's CA bundle for `aws`), mounted at [`CA_FILE`].
 pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
     let name = name.to_string();
     vec![
@@ -302,11 +442,16 @@ pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": [
                                 {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}},
+                                {"name": "DATABASE_CA_FILE", "value": CA_FILE},
                                 {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
+                                {"name": "SEARCH_CA_FILE", "value": CA_FILE},
                                 {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
                                 {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
                             ],
+                            "volumeMounts": [{"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true}],
                         }],
+                        // Optional: an `aws` Region reached on loopback (tests) has none.
+                        "volumes": [{"name": "ca", "secret": {"secretName": "ca", "optional": true}}],
                     },
                 },
             },
@@ -361,15 +506,54 @@ impl InClusterStacks {
             .remove("password"))
     }
 
-    /// Applies the Region's stack (a password is generated the first time and kept after),
-    /// removes objects of the stack it no longer has, and answers once PostgreSQL is ready.
+    /// The stack's certificates: the CA kept in Secret `tls-ca` (made the first time), and
+    /// each store's server certificate kept in its Secret while it was signed by that CA
+    /// for the same names and is not near its end (made again otherwise).
+    pub async fn certificates(&self, region: &str) -> Result<StackTls, ProviderError> {
+        let ns = namespace(region);
+        let ca = match Ca::from_secret(&self.objects.secret(&ns, "tls-ca").await?) {
+            Some(ca) => ca,
+            None => Ca::generate(region)?,
+        };
+        let mut servers = Vec::new();
+        for component in ["postgres", "opensearch"] {
+            let names = service_names(region, component);
+            let stored = self.objects.secret(&ns, &format!("{component}-tls")).await?;
+            servers.push(match ServerCert::reusable(&stored, &ca, &names) {
+                Some(cert) => cert,
+                None => ca.issue(region, &names)?,
+            });
+        }
+        let opensearch = servers.pop().expect("two server certificates");
+        let postgres = servers.pop().expect("two server certificates");
+        Ok(StackTls {
+            ca,
+            postgres,
+            opensearch,
+        })
+    }
+
+    /// The CA certificate the stack's stores are verified against (Secret `ca`), once made.
+    pub async fn ca(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        let name = region.metadata.name.clone().unwrap_or_default();
+        Ok(self
+            .objects
+            .secret(&namespace(&name), "ca")
+            .await?
+            .remove(certificates::CA_CERT))
+    }
+
+    /// Applies the Region's stack (a password and certificates are made the first time and
+    /// kept after), removes objects of the stack it no longer has, and answers once
+    /// PostgreSQL is ready.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
         let password = match self.password(&name).await? {
             Some(password) => password,
             None => super::generate_password(),
         };
-        let wanted = stack(region, &self.config, &password);
+        let tls = self.certificates(&name).await?;
+        let wanted = stack(region, &self.config, &password, &tls);
         let ns = namespace(&name);
         self.objects.apply(&wanted).await?;
         self.objects.remove_orphans(&name, &ns, &wanted).await?;
@@ -377,7 +561,8 @@ impl InClusterStacks {
         Ok(Endpoint {
             secret: Some(format!("{ns}/postgres")),
             ..Endpoint::from_url(database_url(&name, &password))
-        })
+        }
+        .with_ca(Some(tls.ca.cert_pem)))
     }
 
     /// The stack's OpenSearch, once it answers.
@@ -401,7 +586,8 @@ impl InClusterStacks {
         Ok(Endpoint {
             secret: Some(format!("{}/postgres", namespace(&name))),
             ..Endpoint::from_url(database_url(&name, &password))
-        })
+        }
+        .with_ca(self.ca(region).await?))
     }
 
     /// Takes the stack down. `Retain` stops the database, search and the workload but
@@ -424,7 +610,7 @@ impl InClusterStacks {
             self.objects.delete(&workload).await?;
             return self.objects.delete_namespace(ns).await;
         }
-        let running: Vec<Value> = stack(region, &self.config, "")
+        let running: Vec<Value> = stack(region, &self.config, "", &StackTls::default())
             .into_iter()
             .filter(|o| o["kind"] != "Namespace" && o["kind"] != "Secret")
             .rev()
@@ -456,7 +642,7 @@ mod tests {
 
     #[test]
     fn the_stack_holds_a_database_the_workload_and_the_policies_in_the_regions_namespace() {
-        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
         let kinds: Vec<String> = objects
             .iter()
             .map(|o| {
@@ -471,10 +657,14 @@ mod tests {
             kinds,
             [
                 "Namespace/meridian-region-eu-central-1",
+                "Secret/tls-ca",
+                "Secret/ca",
                 "Secret/postgres",
+                "Secret/postgres-tls",
                 "Service/postgres",
                 "StatefulSet/postgres",
                 "Secret/search",
+                "Secret/opensearch-tls",
                 "Service/opensearch",
                 "StatefulSet/opensearch",
                 "ServiceAccount/booking",
@@ -502,13 +692,13 @@ mod tests {
         }
         assert_eq!(
             find(&objects, "Secret", "postgres")["stringData"]["url"],
-            "postgres://meridian:s3cret@postgres.meridian-region-eu-central-1.svc:5432/meridian"
+            "postgres://meridian:s3cret@postgres.meridian-region-eu-central-1.svc:5432/meridian?sslmode=verify-full"
         );
     }
 
     #[test]
     fn the_workload_may_watch_countries_through_the_operators_cluster_role() {
-        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
         let binding = find(&objects, "ClusterRoleBinding", "meridian-region-eu-central-1-booking");
         assert_eq!(
             (&binding["roleRef"], &binding["subjects"]),
@@ -521,7 +711,7 @@ mod tests {
 
     #[test]
     fn postgres_keeps_its_volume_and_takes_its_size_from_the_region() {
-        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
         let statefulset = find(&objects, "StatefulSet", "postgres");
         assert_eq!(
             statefulset["spec"]["volumeClaimTemplates"][0],
@@ -545,22 +735,17 @@ mod tests {
             volume_gib: Some(20),
             ..Default::default()
         });
-        let objects = stack(&region, &StackConfig::default(), "s3cret");
+        let objects = stack(&region, &StackConfig::default(), "s3cret", &StackTls::default());
         assert_eq!(
             find(&objects, "Secret", "search")["stringData"],
-            json!({"url": "http://opensearch.meridian-region-eu-central-1.svc:9200"})
+            json!({"url": "https://opensearch.meridian-region-eu-central-1.svc:9200"})
         );
         let opensearch = find(&objects, "StatefulSet", "opensearch");
         let container = &opensearch["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], "opensearchproject/opensearch:2.13.0");
         assert_eq!(
-            container["env"],
-            json!([
-                {"name": "discovery.type", "value": "single-node"},
-                {"name": "DISABLE_SECURITY_PLUGIN", "value": "true"},
-                {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
-                {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
-            ])
+            container["env"][0],
+            json!({"name": "discovery.type", "value": "single-node"})
         );
         assert_eq!(
             opensearch["spec"]["volumeClaimTemplates"][0]["spec"]["resources"],
@@ -575,7 +760,9 @@ mod tests {
             booking["spec"]["template"]["spec"]["containers"][0]["env"],
             json!([
                 {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres-workload", "key": "url"}}},
+                {"name": "DATABASE_CA_FILE", "value": "/etc/meridian/ca/ca.crt"},
                 {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
+                {"name": "SEARCH_CA_FILE", "value": "/etc/meridian/ca/ca.crt"},
                 {"name": "OIDC_ISSUER", "value": "https://idp.example"},
                 {"name": "OIDC_JWKS_URL", "value": "https://idp.example/.well-known/jwks.json"},
             ])
@@ -595,7 +782,7 @@ mod tests {
 
     #[test]
     fn only_the_gateway_and_the_operator_reach_the_workload_and_only_it_and_the_operator_the_database() {
-        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret");
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
         assert_eq!(
             find(&objects, "NetworkPolicy", "booking"),
             &json!({

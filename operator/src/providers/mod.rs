@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod aws_search;
+pub mod certificates;
 pub mod in_cluster;
 mod local;
 mod objects;
@@ -21,11 +22,46 @@ pub use in_cluster::{InClusterStacks, StackConfig};
 pub use local::{DATABASE_RESTARTING, LocalClusters};
 pub use secrets::{FileSecrets, KubeRegionSecrets, RegionSecrets, SecretData, SecretSource, StaticSecrets};
 
+/// A database connection URL with the CA certificates (PEM) its server's certificate is
+/// verified against, besides the system's roots: the two go together, so that nothing
+/// connects with the URL and forgets the CA. Credentials included: never written to
+/// status or logs (its `Debug` shows neither).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConnectionUrl {
+    url: String,
+    ca: Option<String>,
+}
+
+impl ConnectionUrl {
+    pub fn new(url: String, ca: Option<String>) -> Self {
+        Self { url, ca }
+    }
+
+    /// The URL itself.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The CA certificates the Region names, if any.
+    pub fn ca(&self) -> Option<&str> {
+        self.ca.as_deref()
+    }
+}
+
+impl std::fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionUrl")
+            .field("url", &shown(&self.url))
+            .field("ca", &self.ca.as_ref().map(|_| "PEM"))
+            .finish()
+    }
+}
+
 /// How to reach a Region's database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Full connection URL, credentials included: never written to status or logs.
-    pub url: String,
+    /// Connection URL, credentials included, and the CA that its server is verified against.
+    pub url: ConnectionUrl,
     /// `host:port/database`, safe to show.
     pub display: String,
     /// `namespace/name` of the Secret the URL came from, when it came from one.
@@ -34,17 +70,39 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn from_url(url: String) -> Self {
-        let display = match url.split_once('@') {
-            Some((_, rest)) => rest.to_string(),
-            None => url.split_once("://").map_or(url.clone(), |(_, rest)| rest.to_string()),
-        };
-        let display = display.split('?').next().unwrap_or_default().to_string();
         Self {
-            url,
-            display,
+            display: shown(&url),
+            url: ConnectionUrl::new(url, None),
             secret: None,
         }
     }
+
+    /// The same endpoint, its server verified against `ca` (PEM) too.
+    pub fn with_ca(mut self, ca: Option<String>) -> Self {
+        self.url.ca = ca;
+        self
+    }
+}
+
+/// `host:port/path` of `url`, never its user information or query. What a URL parser
+/// makes of it (the user information ends at the authority's last `@`); a URL it cannot
+/// parse, or whose path holds an `@` (a password with an unescaped `/` ends the authority
+/// early), is not shown at all: any piece of it could be a piece of a password.
+fn shown(url: &str) -> String {
+    const UNSHOWN: &str = "(a connection URL that does not parse; not shown)";
+    let Ok(parsed) = url::Url::parse(url) else {
+        return UNSHOWN.into();
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() || parsed.path().contains('@') {
+        return UNSHOWN.into();
+    }
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = match parsed.path() {
+        "/" => "",
+        path => path,
+    };
+    format!("{host}{port}{path}")
 }
 
 /// Why a provider could not produce an endpoint; `reason` becomes the condition reason.
@@ -217,7 +275,8 @@ impl Providers {
                                 .map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name)),
                         ),
                         ..Endpoint::from_url(url)
-                    }),
+                    }
+                    .with_ca(self.ca_bundle(region).await?)),
                     Ok(None) => Err(ProviderError::new(
                         "ConnectionSecretMissing",
                         format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
@@ -282,15 +341,17 @@ impl Providers {
                         ));
                     }
                 };
-                opensearch_backend(&url)
+                opensearch_backend(&url, self.ca_bundle(region).await?.as_deref())
             }
             RegionProvider::InCluster => {
-                let url = self.in_cluster(region)?.search_url(region).await?;
-                opensearch_backend(&url)
+                let stacks = self.in_cluster(region)?;
+                let url = stacks.search_url(region).await?;
+                opensearch_backend(&url, stacks.ca(region).await?.as_deref())
             }
             RegionProvider::Aws => {
-                let url = self.aws(region)?.search_url(region).await?;
-                opensearch_backend(&url)
+                let stacks = self.aws(region)?;
+                let url = stacks.search_url(region).await?;
+                opensearch_backend(&url, stacks.ca(region).await?.as_deref())
             }
         }
     }
@@ -330,6 +391,30 @@ impl Providers {
             .or(self.aws.as_deref().map(AwsStacks::objects))
     }
 
+    /// The CA certificates `spec.tls.caBundleSecretRef` names, if the Region names any.
+    async fn ca_bundle(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        let Some(r) = region.spec.tls.as_ref().map(|t| &t.ca_bundle_secret_ref) else {
+            return Ok(None);
+        };
+        let shown = format!(
+            "{}/{} key {}",
+            r.namespace.as_deref().unwrap_or("(operator namespace)"),
+            r.name,
+            r.key
+        );
+        match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
+            Ok(Some(pem)) => check_ca_bundle(pem, &shown).map(Some),
+            Ok(None) => Err(ProviderError::new(
+                "CaBundleMissing",
+                format!("spec.tls.caBundleSecretRef: Secret {shown} does not exist or lacks the key"),
+            )),
+            Err(e) => Err(ProviderError::new(
+                "CaBundleUnreadable",
+                format!("cannot read Secret {shown}: {e}"),
+            )),
+        }
+    }
+
     fn local(&self, region: &Region) -> Result<&LocalClusters, ProviderError> {
         self.local.as_deref().ok_or_else(|| {
             ProviderError::new(
@@ -356,14 +441,40 @@ fn against_a_cluster<'a, T>(stacks: Option<&'a T>, provider: &str, region: &Regi
     })
 }
 
-/// An OpenSearch backend at `url`, and where it is, for status.
-fn opensearch_backend(url: &str) -> Result<(Backend, String), ProviderError> {
-    let client = OpenSearch::from_url(url)
+/// `pem` if it holds CA certificates (PEM, at least one, each readable); `shown` names
+/// where it came from.
+pub(crate) fn check_ca_bundle(pem: String, shown: &str) -> Result<String, ProviderError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |why: String| ProviderError::new("InvalidCaBundle", format!("Secret {shown}: {why}"));
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("the CA bundle does not parse as PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("the CA bundle holds no PEM certificate".into()));
+    }
+    Ok(pem)
+}
+
+/// An OpenSearch backend at `url`, its certificate verified against the system's roots
+/// and `ca`, and where it is, for status. Plain `http://` off this machine is refused.
+fn opensearch_backend(url: &str, ca: Option<&str>) -> Result<(Backend, String), ProviderError> {
+    let shown = Endpoint::from_url(url.to_string()).display;
+    if let Ok(parsed) = url::Url::parse(url)
+        && parsed.scheme() == "http"
+        && !meridian_shared::tls::is_loopback(parsed.host_str().unwrap_or_default())
+    {
+        return Err(ProviderError::new(
+            "InsecureSearchUrl",
+            format!(
+                "the search URL of {shown} is plain http: search connections that leave this machine need https, \
+                 the server's certificate verified"
+            ),
+        ));
+    }
+    let client = OpenSearch::from_url(url, ca)
         .map_err(|e| ProviderError::new("SearchUnavailable", format!("search endpoint: {e}")))?;
-    Ok((
-        Backend::OpenSearch(Arc::new(client)),
-        Endpoint::from_url(url.to_string()).display,
-    ))
+    Ok((Backend::OpenSearch(Arc::new(client)), shown))
 }
 
 /// A new password for a stack's store: 32 characters with upper- and lower-case letters,
@@ -411,4 +522,50 @@ pub fn with_login(url: &str, username: &str, password: &str) -> String {
 
 fn region_name(region: &Region) -> String {
     region.metadata.name.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_shows_host_port_and_database_and_nothing_of_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://meridian:s3cret@postgres.ns.svc:5432/meridian",
+                "postgres.ns.svc:5432/meridian",
+            ),
+            (
+                "postgres://u:p%40ss%3Aw%2Ford@db.example:5432/meridian?sslmode=verify-full",
+                "db.example:5432/meridian",
+            ),
+            (
+                "postgres://u:p@ss:w@rd@db.example:5432/meridian",
+                "db.example:5432/meridian",
+            ),
+            ("postgres://u:@@@db.example/meridian", "db.example/meridian"),
+            (
+                "postgres://db.example/meridian?user=u&password=p@ss",
+                "db.example/meridian",
+            ),
+            ("https://admin:pa@ss@search.example", "search.example"),
+            ("http://127.0.0.1:9200", "127.0.0.1:9200"),
+            // An unescaped '/' ends the authority: what follows is not shown.
+            (
+                "postgres://admin:12/34@db.example:5432/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            (
+                "postgres://u:pa/ss@db.example/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            (
+                "postgres://u:pa?ss@db.example/meridian",
+                "(a connection URL that does not parse; not shown)",
+            ),
+            ("not a url at all", "(a connection URL that does not parse; not shown)"),
+        ] {
+            assert_eq!(Endpoint::from_url(url.into()).display, shown, "{url}");
+        }
+    }
 }

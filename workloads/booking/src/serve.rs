@@ -22,9 +22,14 @@ use crate::http::{Countries, CountryEntry, Service, Serving, app};
 #[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks_url", "jwks_file"])))]
 #[command(group(clap::ArgGroup::new("served").required(true).args(["region", "countries"])))]
 pub struct BookingOptions {
-    /// The Region's database (the `url` of its connection Secret).
+    /// The Region's database (the `url` of its connection Secret). Off this machine the
+    /// connection is `sslmode=verify-full`; a URL asking for less is refused.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// CA certificates (a PEM file) the database's certificate is verified against, besides
+    /// the system's roots (the Region's Secret `ca`, mounted).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Address to serve `/{cc}/v1/...` on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -48,6 +53,10 @@ pub struct BookingOptions {
     /// countries' indexes current from the outbox.
     #[arg(long, env = "SEARCH_URL")]
     pub search_url: Option<String>,
+    /// CA certificates (a PEM file) the search endpoint's certificate is verified against,
+    /// besides the system's roots. Plain `http://` is refused off this machine.
+    #[arg(long, env = "SEARCH_CA_FILE")]
+    pub search_ca_file: Option<PathBuf>,
     /// Serve the countries bound to this Region, as the cluster's Country objects say
     /// (watched through the Kubernetes API, from the in-cluster or kubeconfig credentials).
     #[arg(long, env = "MERIDIAN_REGION")]
@@ -101,8 +110,11 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     };
     let jwks = Jwks::load(source, &options.issuer, &options.audience).await?;
     let _refresh = jwks.refresh_every(Duration::from_secs(options.jwks_refresh_seconds.max(10)));
+    let database_ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file")?;
+    let connect = meridian_shared::tls::pg_options(&options.database_url, database_ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     let pool = crate::pool_options(32)
-        .connect(&options.database_url)
+        .connect_with(connect)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to --database-url: {e}"))?;
     let countries = Countries::default();
@@ -123,7 +135,8 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
     let _indexer = match &options.search_url {
         Some(url) => {
-            let client = OpenSearch::from_url(url).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+            let ca = read_ca(options.search_ca_file.as_deref(), "--search-ca-file")?;
+            let client = OpenSearch::from_url(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
             // Every replica follows the outbox; their writes are idempotent by version.
@@ -141,6 +154,12 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())
+}
+
+/// The PEM file `path` names, if one is named.
+fn read_ca(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())))
+        .transpose()
 }
 
 /// Keeps `countries` in line with the cluster's Country objects bound to `region`: a

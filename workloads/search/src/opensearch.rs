@@ -53,6 +53,38 @@ pub struct OpenSearch {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
+/// TLS with ring, verifying against the system's roots plus `ca` (PEM).
+fn tls_config(ca: Option<&str>) -> Result<rustls::ClientConfig, SearchError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // Certificates the system cannot parse are skipped, as the system's own clients do.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_slice_iter(ca.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SearchError::Unreachable(format!("the search CA certificates do not parse: {e}")))?;
+        if certs.is_empty() {
+            return Err(SearchError::Unreachable(
+                "the search CA holds no PEM certificate".into(),
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| SearchError::Unreachable(format!("a search CA certificate is not usable: {e}")))?;
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SearchError::Unreachable(format!("TLS set-up: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// What one request answered.
 struct Answer {
     status: StatusCode,
@@ -60,21 +92,34 @@ struct Answer {
 }
 
 impl OpenSearch {
-    /// A client for `endpoint` (`https://host[:port]`, or `http://` on a trusted network),
-    /// sending `credentials` as basic auth when given.
+    /// A client for `endpoint` (`https://host[:port]`, or `http://` on this machine),
+    /// sending `credentials` as basic auth when given; the server's certificate and name
+    /// are verified against the system's roots.
     pub fn new(endpoint: &str, credentials: Option<Credentials>) -> Result<Self, SearchError> {
+        Self::with_ca(endpoint, credentials, None)
+    }
+
+    /// [`OpenSearch::new`], the server's certificate verified against the system's roots
+    /// and the certificates of `ca` (PEM). Plain `http://` is refused for a server off this
+    /// machine (see [`meridian_shared::tls`]).
+    pub fn with_ca(endpoint: &str, credentials: Option<Credentials>, ca: Option<&str>) -> Result<Self, SearchError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        endpoint
+        let uri = endpoint
             .parse::<http::Uri>()
             .ok()
             .filter(|uri| uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")))
             .ok_or_else(|| SearchError::Unreachable(format!("{endpoint:?} is not an http(s) URL")))?;
+        let host = uri.host().unwrap_or_default();
+        if uri.scheme_str() == Some("http") && !meridian_shared::tls::is_loopback(host) {
+            return Err(SearchError::Unreachable(format!(
+                "http://{host} is plain HTTP to a server off this machine: search connections must use https"
+            )));
+        }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| SearchError::Unreachable(format!("no TLS root certificates: {e}")))?
+            .with_tls_config(tls_config(ca)?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -86,22 +131,24 @@ impl OpenSearch {
     }
 
     /// An OpenSearch client for `url`, taking credentials from its (percent-encoded) user
-    /// information, `https://user:password@host`, so that they never show up in logs or status.
-    pub fn from_url(url: &str) -> Result<Self, SearchError> {
+    /// information, `https://user:password@host`, so that they never show up in logs or
+    /// status; the server is verified against the system's roots and `ca` (PEM).
+    pub fn from_url(url: &str, ca: Option<&str>) -> Result<Self, SearchError> {
         let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
         match url.split_once("://").and_then(|(scheme, rest)| {
             let (userinfo, host) = rest.rsplit_once('@')?;
             let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
             Some((format!("{scheme}://{host}"), username, password))
         }) {
-            Some((endpoint, username, password)) => Self::new(
+            Some((endpoint, username, password)) => Self::with_ca(
                 &endpoint,
                 Some(Credentials {
                     username: decode(username),
                     password: decode(password),
                 }),
+                ca,
             ),
-            None => Self::new(url, None),
+            None => Self::with_ca(url, None, ca),
         }
     }
 

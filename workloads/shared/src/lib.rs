@@ -5,7 +5,8 @@
 //! partitions. The audit trail and the transactional outbox every change writes to. And
 //! authentication: bearer tokens checked against an identity provider's JWKS, read from a
 //! URL or a file and kept current through key rotations. And what every long-running
-//! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]).
+//! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]). And the TLS rules of every
+//! connection to a Region's stores ([`tls`]).
 
 pub mod audit;
 pub mod auth;
@@ -14,3 +15,4 @@ pub mod jwks;
 pub mod outbox;
 pub mod schema;
 pub mod shutdown;
+pub mod tls;
