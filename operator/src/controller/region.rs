@@ -278,16 +278,19 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
         let password = stored["password"].clone();
         let set = !stored.contains_key(PASSWORD_SET);
         admin_db.ensure_login(role, &password, set).await.map_err(db_failed)?;
-        let url = with_login(&admin.url, role, &password);
+        let url = with_login(admin.url.as_str(), role, &password);
         if set || stored.get("url") != Some(&url) {
             stored.insert("url".into(), url.clone());
             stored.insert(PASSWORD_SET.into(), "true".into());
             store.write(&name, secret, &stored).await.map_err(provider_failed)?;
         }
-        endpoints.push(Endpoint {
-            secret: Some(store.location(&name, secret)),
-            ..Endpoint::from_url(url)
-        });
+        endpoints.push(
+            Endpoint {
+                secret: Some(store.location(&name, secret)),
+                ..Endpoint::from_url(url)
+            }
+            .with_ca(admin.url.ca().map(String::from)),
+        );
     }
     admin_db.hand_over(&names).await.map_err(db_failed)?;
     let workload = endpoints.pop().expect("two roles");

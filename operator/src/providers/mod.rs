@@ -203,7 +203,9 @@ impl Providers {
             Some(url) if stored.contains_key(PASSWORD_SET) => Ok(Endpoint {
                 secret: Some(store.location(&name, secret)),
                 ..Endpoint::from_url(url)
-            }),
+            }
+            // The roles reach the same server as the administrator: verified against its CA.
+            .with_ca(self.database_ca(region).await?)),
             _ => Err(ProviderError::new(
                 "RolesNotCreated",
                 format!("the database roles of Region {name} have not been created yet"),
@@ -389,6 +391,16 @@ impl Providers {
             .as_deref()
             .map(InClusterStacks::objects)
             .or(self.aws.as_deref().map(AwsStacks::objects))
+    }
+
+    /// The CA certificates a Region's database is verified against, besides the system's
+    /// roots: the stack's own CA for `inCluster`, the Region's bundle for `aws` and `external`.
+    async fn database_ca(&self, region: &Region) -> Result<Option<String>, ProviderError> {
+        match region.spec.provider {
+            RegionProvider::Local => Ok(None),
+            RegionProvider::InCluster => self.in_cluster(region)?.ca(region).await,
+            RegionProvider::Aws | RegionProvider::External => self.ca_bundle(region).await,
+        }
     }
 
     /// The CA certificates `spec.tls.caBundleSecretRef` names, if the Region names any.
