@@ -15,7 +15,7 @@ use meridian_localpg::TempCluster;
 use meridian_operator::conditions;
 use meridian_operator::controller::{Context, region};
 use meridian_operator::providers::certificates::Ca;
-use meridian_operator::providers::{Providers, StaticSecrets};
+use meridian_operator::providers::{FileSecrets, Providers, StaticSecrets};
 use sqlx::{Connection, PgConnection};
 
 /// A local PostgreSQL serving TLS with a certificate for `names`, signed by the returned CA.
@@ -65,7 +65,9 @@ async fn tls_postgres(names: &[&str]) -> (TempCluster, Ca) {
 
 /// An `external` Region whose database URL is `url` and, with `ca`, whose CA bundle is `ca`
 /// (both in Secrets); `search_url` its search endpoint, if any.
-fn external(url: &str, ca: Option<&str>, search_url: Option<&str>) -> (Region, Context) {
+/// An external Region reached at `url`, and a context whose role Secrets live in the
+/// returned directory (kept as long as the test holds it).
+fn external(url: &str, ca: Option<&str>, search_url: Option<&str>) -> (Region, Context, tempfile::TempDir) {
     let tls = if ca.is_some() {
         "\n  tls:\n    caBundleSecretRef: {name: frankfurt-ca, key: ca.crt}"
     } else {
@@ -104,7 +106,10 @@ spec:
             BTreeMap::from([("url".into(), search.into())]),
         );
     }
-    (region, Context::new(Providers::new(None, Arc::new(secrets))))
+    let dir = tempfile::tempdir().unwrap();
+    let roles = Arc::new(FileSecrets::new(dir.path().to_path_buf()));
+    let ctx = Context::new(Providers::new(None, Arc::new(secrets)).with_region_secrets(roles));
+    (region, ctx, dir)
 }
 
 fn verify_full(pg: &TempCluster, host: &str) -> String {
@@ -119,7 +124,7 @@ async fn verify_full_with_the_regions_ca_connects_and_a_wrong_ca_or_host_name_is
     let (pg, ca) = tls_postgres(&["127.0.0.1"]).await;
 
     // The right CA: Ready, over TLS.
-    let (region, ctx) = external(&verify_full(&pg, "127.0.0.1"), Some(&ca.cert_pem), None);
+    let (region, ctx, _roles) = external(&verify_full(&pg, "127.0.0.1"), Some(&ca.cert_pem), None);
     let outcome = region::apply(&region, &ctx).await;
     let db = conditions::find(&outcome.status.conditions, "DatabaseReady").unwrap();
     assert_eq!(
@@ -139,7 +144,7 @@ async fn verify_full_with_the_regions_ca_connects_and_a_wrong_ca_or_host_name_is
 
     // Another CA: the server's certificate is not one it vouches for.
     let other = Ca::generate("other").unwrap();
-    let (region, ctx) = external(&verify_full(&pg, "127.0.0.1"), Some(&other.cert_pem), None);
+    let (region, ctx, _roles) = external(&verify_full(&pg, "127.0.0.1"), Some(&other.cert_pem), None);
     let outcome = region::apply(&region, &ctx).await;
     let db = conditions::find(&outcome.status.conditions, "DatabaseReady").unwrap();
     assert_eq!(
@@ -150,13 +155,13 @@ async fn verify_full_with_the_regions_ca_connects_and_a_wrong_ca_or_host_name_is
     assert!(!conditions::is_true(&outcome.status.conditions, "Ready"));
 
     // No CA at all: the system's roots do not vouch for it either.
-    let (region, ctx) = external(&verify_full(&pg, "127.0.0.1"), None, None);
+    let (region, ctx, _roles) = external(&verify_full(&pg, "127.0.0.1"), None, None);
     let outcome = region::apply(&region, &ctx).await;
     let db = conditions::find(&outcome.status.conditions, "DatabaseReady").unwrap();
     assert_eq!(db.reason, "DatabaseUnreachable", "{}", db.message);
 
     // The right CA, another name: the certificate names 127.0.0.1, not localhost.
-    let (region, ctx) = external(&verify_full(&pg, "localhost"), Some(&ca.cert_pem), None);
+    let (region, ctx, _roles) = external(&verify_full(&pg, "localhost"), Some(&ca.cert_pem), None);
     let outcome = region::apply(&region, &ctx).await;
     let db = conditions::find(&outcome.status.conditions, "DatabaseReady").unwrap();
     assert_eq!(
@@ -170,7 +175,7 @@ async fn verify_full_with_the_regions_ca_connects_and_a_wrong_ca_or_host_name_is
 async fn a_url_asking_for_less_than_verify_full_off_this_machine_is_refused_with_a_condition() {
     for mode in ["disable", "prefer", "require", "verify-ca"] {
         let url = format!("postgres://meridian:s3cret@db.eu-central-1.example:5432/meridian?sslmode={mode}");
-        let (region, ctx) = external(&url, None, None);
+        let (region, ctx, _roles) = external(&url, None, None);
         let outcome = region::apply(&region, &ctx).await;
         for type_ in ["DatabaseReady", "Ready"] {
             let condition = conditions::find(&outcome.status.conditions, type_).unwrap();
@@ -194,13 +199,13 @@ async fn a_url_asking_for_less_than_verify_full_off_this_machine_is_refused_with
 #[tokio::test]
 async fn a_ca_bundle_that_is_missing_or_not_pem_is_a_condition_of_its_own() {
     let url = "postgres://meridian@db.eu-central-1.example:5432/meridian";
-    let (region, ctx) = external(url, Some("not a certificate"), None);
+    let (region, ctx, _roles) = external(url, Some("not a certificate"), None);
     let outcome = region::apply(&region, &ctx).await;
     let db = conditions::find(&outcome.status.conditions, "DatabaseReady").unwrap();
     assert_eq!(db.reason, "InvalidCaBundle", "{}", db.message);
     assert!(db.message.contains("frankfurt-ca"), "{}", db.message);
 
-    let (mut region, ctx) = external(url, None, None);
+    let (mut region, ctx, _roles) = external(url, None, None);
     region.spec.tls = Some(meridian_crds::RegionTls {
         ca_bundle_secret_ref: meridian_crds::SecretKeyRef {
             name: "nowhere".into(),
@@ -217,7 +222,7 @@ async fn a_ca_bundle_that_is_missing_or_not_pem_is_a_condition_of_its_own() {
 async fn plain_http_search_off_this_machine_is_refused_with_a_condition() {
     // The database on loopback, without TLS: it never leaves this machine.
     let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let (region, ctx) = external(
+    let (region, ctx, _roles) = external(
         &pg.url(),
         None,
         Some("http://admin:s3cret@search.eu-central-1.example:9200"),

@@ -603,11 +603,18 @@ impl AwsStacks {
     /// database reached on loopback (tests against moto) needs none.
     async fn ca_bundle(&self, region: &Region) -> Result<Option<String>, ProviderError> {
         let Some(r) = region.spec.tls.as_ref().map(|t| &t.ca_bundle_secret_ref) else {
-            let local = self
-                .database_address
-                .as_deref()
-                .and_then(|a| a.rsplit_once(':'))
-                .is_some_and(|(host, _)| meridian_shared::tls::is_loopback(host));
+            // An AWS emulated on this machine (moto) runs no database with Amazon's
+            // certificates. Connections are verified all the same: without the bundle, a
+            // real Aurora endpoint would fail its handshake, never connect unverified.
+            let loopback = |address: &str| {
+                url::Url::parse(address)
+                    .ok()
+                    .and_then(|u| u.host_str().map(String::from))
+                    .or_else(|| address.rsplit_once(':').map(|(host, _)| host.to_string()))
+                    .is_some_and(|host| meridian_shared::tls::is_loopback(&host))
+            };
+            let local = self.database_address.as_deref().is_some_and(loopback)
+                || self.endpoint.as_deref().is_some_and(loopback);
             if local {
                 return Ok(None);
             }

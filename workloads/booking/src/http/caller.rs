@@ -117,7 +117,9 @@ impl FromRequestParts<Arc<Service>> for Caller {
             }) => {
                 tracing::warn!(country = %code, %correlation_id, "refused a request: the country's database is out of reach");
                 return Err(Problem::unavailable(
-                    format!("country {code} cannot be served at the moment: its database is out of reach; try again shortly"),
+                    format!(
+                        "country {code} cannot be served at the moment: its database is out of reach; try again shortly"
+                    ),
                     correlation_id,
                 ));
             }
