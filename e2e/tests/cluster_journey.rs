@@ -226,7 +226,10 @@ async fn ensure_http_routes(client: &Client) {
     let crd = json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+        // A group under k8s.io needs the approval annotation; the Gateway API's own CRDs
+        // carry this one.
+        "metadata": {"name": "httproutes.gateway.networking.k8s.io",
+                     "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}},
         "spec": {
             "group": "gateway.networking.k8s.io",
             "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes", "singular": "httproute"},
