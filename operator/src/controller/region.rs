@@ -140,12 +140,12 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
     let (search, search_endpoint) = search_ready(region, ctx).await;
+    let mut database = format!("schema at version {version} on {}", planned.endpoint.display);
+    if let Some(restart) = ctx.providers.last_restart(region) {
+        database.push_str(&format!("; the server was {restart}"));
+    }
     let reports = [
-        Report::ok(
-            DATABASE_READY,
-            "SchemaCurrent",
-            format!("schema at version {version} on {}", planned.endpoint.display),
-        ),
+        Report::ok(DATABASE_READY, "SchemaCurrent", database),
         search,
         Report::ok(READY, "Reconciled", "the Region's database is ready"),
     ];

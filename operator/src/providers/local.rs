@@ -135,6 +135,12 @@ impl LocalClusters {
         Ok(engine)
     }
 
+    /// How Region `name`'s server was last restarted by the supervisor, if it ever was
+    /// since this process started it.
+    pub fn last_restart(&self, name: &str) -> Option<String> {
+        self.health.restarted.lock().expect("health lock").get(name).cloned()
+    }
+
     /// Regions whose server died or came back since the last call: the caller reconciles
     /// them now rather than at their next resync, so that their status shows it.
     pub fn take_changed(&self) -> BTreeSet<String> {
@@ -160,6 +166,7 @@ impl LocalClusters {
             return Err(ProviderError::new(DATABASE_RESTARTING, restarting.describe(name)));
         }
         self.engines.lock().expect("engine map lock").remove(name);
+        self.health.restarted.lock().expect("health lock").remove(name);
         let cluster = self.clusters.lock().expect("cluster map lock").remove(name);
         let dir = self.dir(name);
         tokio::task::spawn_blocking(move || {
@@ -207,10 +214,14 @@ impl LocalClusters {
 /// The reason a Region's database gives while its server is being restarted.
 pub const DATABASE_RESTARTING: &str = "DatabaseRestarting";
 
-/// Servers that died and are being restarted, and which Regions' health changed.
+/// Servers that died and are being restarted, the last restart of each, and which
+/// Regions' health changed.
 #[derive(Default)]
 struct Health {
     restarting: Mutex<HashMap<String, Restarting>>,
+    /// What the last completed restart of each Region's server was, for its status: a
+    /// restart can be over before the Region is next reconciled, and must still show.
+    restarted: Mutex<HashMap<String, String>>,
     changed: Mutex<BTreeSet<String>>,
 }
 
@@ -328,6 +339,16 @@ async fn restart(
             }
         };
         let Some(e) = failed else {
+            let done = health.restarting.lock().expect("health lock").get(&name).map(|r| {
+                format!(
+                    "restarted at {} after it was {}",
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.how
+                )
+            });
+            if let Some(done) = done {
+                health.restarted.lock().expect("health lock").insert(name.clone(), done);
+            }
             health.set(&name, None);
             return;
         };

@@ -240,6 +240,15 @@ impl Providers {
         self
     }
 
+    /// How the Region's database server was last brought back after it died, where this
+    /// process supervises it (`local`); for the Region's status.
+    pub fn last_restart(&self, region: &Region) -> Option<String> {
+        match region.spec.provider {
+            RegionProvider::Local => self.local.as_deref()?.last_restart(&region_name(region)),
+            _ => None,
+        }
+    }
+
     /// Provisions the Region's stack if this provider creates one, and returns its endpoint.
     pub async fn ensure(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         match region.spec.provider {
