@@ -1126,12 +1126,14 @@ async fn search_ready_means_the_search_endpoint_answered() {
         r
     };
     let mut seen = Vec::new();
+    let mut last = None;
     for r in [
         with_search("refusing"),
         region("eu-west-1", "shared"),
         with_search("answering"),
     ] {
         let status = region::apply(&r, &ctx).await.status;
+        last = Some((r, status.clone()));
         assert!(
             conditions::is_true(&status.conditions, "Ready"),
             "search never blocks Ready: {status:?}"
@@ -1156,6 +1158,18 @@ async fn search_ready_means_the_search_endpoint_answered() {
         "{seen:?}"
     );
     assert!(seen[2].2.contains("meridian-eu-west-1 (green)"), "{seen:?}");
+
+    // The database's Secret goes away: the reconcile stops before it looks at search, and the
+    // True it reported last time is not repeated as if checked.
+    let (mut r, status) = last.unwrap();
+    r.status = Some(status);
+    r.spec.external.as_mut().unwrap().database_url_secret_ref.name = "gone".into();
+    let status = region::apply(&r, &ctx).await.status;
+    let database = conditions::find(&status.conditions, "DatabaseReady").unwrap();
+    assert_eq!(database.status, "False", "{status:?}");
+    let search = conditions::find(&status.conditions, "SearchReady").unwrap();
+    assert_eq!((search.status.as_str(), search.reason.as_str()), ("Unknown", "Blocked"), "{status:?}");
+    assert!(search.message.contains(&database.reason), "{status:?}");
 }
 
 // ---- External Regions in a cluster ----

@@ -298,7 +298,15 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
     Ok(Logins { names, owner, workload })
 }
 
-fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, blocked: Blocked) -> Outcome<RegionStatus> {
+/// The Region's status when the reconcile stopped early. `SearchReady` was not checked this
+/// time: it turns Unknown rather than keep a True nobody verified.
+fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, mut blocked: Blocked) -> Outcome<RegionStatus> {
+    if !blocked.reports.iter().any(|r| r.type_ == SEARCH_READY)
+        && let Some(stop) = blocked.reports.iter().find(|r| r.type_ == DATABASE_READY)
+    {
+        let message = format!("not checked: {DATABASE_READY} is {}", stop.reason);
+        blocked.reports.push(Report::unknown(SEARCH_READY, "Blocked", message));
+    }
     let status = RegionStatus {
         conditions: conditions::merge(&previous.conditions, &blocked.reports, generation),
         ..previous
