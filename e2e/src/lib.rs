@@ -151,6 +151,22 @@ impl Dev {
         created
     }
 
+    /// Opens German practitioner `id`'s mornings (09:00 to 12:00, 30-minute slots) on every
+    /// weekday, and answers tomorrow's slots as `token` sees them.
+    pub fn open_mornings(&self, admin: &str, id: &str, token: &str) -> Value {
+        for weekday in 1..=7 {
+            let rule = serde_json::json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
+            let path = format!("/de/v1/practitioners/{id}/availability");
+            let (status, body) = http(self.addr, "POST", &path, &[("Authorization", admin)], Some(&rule));
+            assert_eq!(status, 201, "{body}");
+        }
+        let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+        let path = format!("/de/v1/practitioners/{id}/slots?from={day}&to={day}");
+        let (status, slots) = http(self.addr, "GET", &path, &[("Authorization", token)], None);
+        assert_eq!(status, 200, "{slots}");
+        slots
+    }
+
     /// The PostgreSQL port of each local Region, as published in `state.json`.
     pub fn region_ports(&self) -> Vec<(String, u16)> {
         let state: Value = serde_json::from_slice(&std::fs::read(self.data_dir.join("state.json")).unwrap()).unwrap();

@@ -26,24 +26,7 @@ async fn a_german_booking_lands_in_the_german_region_only() {
     let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());
     let created = dev.create_anna(&admin);
     let id = created["id"].as_str().unwrap();
-    for weekday in 1..=7 {
-        let rule =
-            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
-        let path = format!("/de/v1/practitioners/{id}/availability");
-        assert_eq!(
-            http(dev.addr, "POST", &path, &[("Authorization", &admin)], Some(&rule)).0,
-            201
-        );
-    }
-    let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
-    let (status, slots) = http(
-        dev.addr,
-        "GET",
-        &format!("/de/v1/practitioners/{id}/slots?from={day}&to={day}"),
-        &[("Authorization", &patient)],
-        None,
-    );
-    assert_eq!(status, 200, "{slots}");
+    let slots = dev.open_mornings(&admin, id, &patient);
     let start = slots["slots"][0]["start"].as_str().unwrap();
     let booking = json!({"practitionerId": id, "start": start, "reason": "Kontrolle"});
     let headers = [("Authorization", patient.as_str()), ("Idempotency-Key", "e2e-1")];

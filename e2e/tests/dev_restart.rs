@@ -3,21 +3,13 @@
 //! (`DatabaseRestarting` while it lasts, then `DatabaseReady=True` with the restart on
 //! record), and bookings work again within seconds without restarting `meridian dev`.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_e2e::{Dev, http, http_get, http_typed};
+use meridian_localpg::{kill_postmaster, postmaster};
 use serde_json::{Value, json};
-
-/// The postmaster's pid and port, as its `postmaster.pid` says (lines 1 and 4).
-fn postmaster(pgdata: &Path) -> (u32, u16) {
-    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    (lines[0].trim().parse().unwrap(), lines[3].trim().parse().unwrap())
-}
 
 /// `DatabaseReady`'s status and reason in a Region's JSON.
 fn database_ready(region: &Value) -> Option<(String, String)> {
@@ -37,19 +29,7 @@ fn a_killed_region_database_is_restarted_and_bookings_recover_by_themselves() {
     let (admin, patient) = (bearers["clinic-admin"].clone(), bearers["patient"].clone());
     let anna = dev.create_anna(&admin);
     let id = anna["id"].as_str().unwrap().to_string();
-    for weekday in 1..=7 {
-        let rule =
-            json!({"kind": "weekly", "weekday": weekday, "start": "09:00:00", "end": "12:00:00", "slotMinutes": 30});
-        let path = format!("/de/v1/practitioners/{id}/availability");
-        assert_eq!(
-            http(dev.addr, "POST", &path, &[("Authorization", &admin)], Some(&rule)).0,
-            201
-        );
-    }
-    let day = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
-    let slots_path = format!("/de/v1/practitioners/{id}/slots?from={day}&to={day}");
-    let (status, slots) = http(dev.addr, "GET", &slots_path, &[("Authorization", &patient)], None);
-    assert_eq!(status, 200, "{slots}");
+    let slots = dev.open_mornings(&admin, &id, &patient);
     let booking = |start: &str| json!({"practitionerId": id, "start": start, "reason": "Kontrolle"});
     let first = booking(slots["slots"][0]["start"].as_str().unwrap());
     let headers = [("Authorization", patient.as_str()), ("Idempotency-Key", "restart-1")];
@@ -60,7 +40,7 @@ fn a_killed_region_database_is_restarted_and_bookings_recover_by_themselves() {
     let region = de["spec"]["region"].as_str().unwrap().to_string();
     let region_path = format!("/apis/platform.meridian.dev/v1alpha1/regions/{region}");
     let pgdata = dev.data_dir.join("regions").join(&region).join("pgdata");
-    let (pid, port) = postmaster(&pgdata);
+    let (pid, port) = postmaster(&pgdata).unwrap();
     let before = database_ready(&dev.get(&region_path).1);
     assert!(before.as_ref().is_some_and(|(s, _)| s == "True"), "{before:?}");
 
@@ -89,13 +69,7 @@ fn a_killed_region_database_is_restarted_and_bookings_recover_by_themselves() {
         })
     };
 
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert_eq!(kill_postmaster(&pgdata).unwrap(), pid);
     let killed = Instant::now();
 
     // While it is down: a booking fails fast, as a 503 problem that tells nothing internal.
@@ -145,16 +119,23 @@ fn a_killed_region_database_is_restarted_and_bookings_recover_by_themselves() {
     // the DatabaseReady message keeps it), and DatabaseRestarting while it lasted if a
     // poll caught it.
     let mut ready = String::new();
-    dev.wait_for("Region ready again, with the restart on record", Duration::from_secs(10), |d| {
-        let region = d.get(&region_path).1;
-        ready = region["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "DatabaseReady" && c["status"] == "True"))
-            .and_then(|c| c["message"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        ready.contains("restarted at")
-    });
+    dev.wait_for(
+        "Region ready again, with the restart on record",
+        Duration::from_secs(10),
+        |d| {
+            let region = d.get(&region_path).1;
+            ready = region["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["type"] == "DatabaseReady" && c["status"] == "True")
+                })
+                .and_then(|c| c["message"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            ready.contains("restarted at")
+        },
+    );
     watching.store(false, Ordering::SeqCst);
     watcher.join().unwrap();
     let seen = seen.lock().unwrap().clone();
@@ -174,7 +155,7 @@ fn a_killed_region_database_is_restarted_and_bookings_recover_by_themselves() {
     // The same data directory and port, a new server; the data from before is there (once
     // the Country, reconciled after its Region, is Ready again).
     dev.await_ready("de", Duration::from_secs(10));
-    let (new_pid, new_port) = postmaster(&pgdata);
+    let (new_pid, new_port) = postmaster(&pgdata).unwrap();
     assert_ne!(new_pid, pid);
     assert_eq!(new_port, port);
     let (status, mine) = http(

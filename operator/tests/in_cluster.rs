@@ -241,24 +241,40 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
     );
 }
 
+/// What stopping the stack deletes, in order: the booking workload, then each store's
+/// StatefulSet and Service (their volumes stay).
+fn stopped_stack() -> Vec<String> {
+    let mut paths = vec![
+        format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
+        format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
+    ];
+    paths.extend(booking_workload());
+    paths.extend([
+        format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
+        format!("/api/v1/namespaces/{NS}/services/opensearch"),
+        format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
+        format!("/api/v1/namespaces/{NS}/services/postgres"),
+    ]);
+    paths
+}
+
+/// The booking workload's objects, as they are deleted.
+fn booking_workload() -> Vec<String> {
+    vec![
+        format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
+        format!("/api/v1/namespaces/{NS}/services/booking"),
+        format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
+        BINDING.to_string(),
+        format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
+    ]
+}
+
 #[tokio::test]
 async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namespace() {
     let (stacks, mut server) = stacks();
     let mut region = frankfurt();
     let scenario = async {
-        for path in [
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
-            format!("/api/v1/namespaces/{NS}/services/booking"),
-            format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
-            BINDING.to_string(),
-            format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
-            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
-            format!("/api/v1/namespaces/{NS}/services/opensearch"),
-            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
-            format!("/api/v1/namespaces/{NS}/services/postgres"),
-        ] {
+        for path in stopped_stack() {
             // Already gone is fine.
             expect(&mut server, Method::DELETE, &path, &[], 404, not_found("not found")).await;
         }
@@ -273,13 +289,7 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
     region.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
     let scenario = async {
         // The workload first: its ClusterRoleBinding is not inside the namespace.
-        for path in [
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
-            format!("/api/v1/namespaces/{NS}/services/booking"),
-            format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
-            BINDING.to_string(),
-            format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
-        ] {
+        for path in booking_workload() {
             expect(&mut server, Method::DELETE, &path, &[], 200, json!({})).await;
         }
         expect(
@@ -298,19 +308,7 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
     // A namespace the Region did not record as its own stays, even with Delete: the stack
     // stops as with Retain.
     let scenario = async {
-        for path in [
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
-            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
-            format!("/api/v1/namespaces/{NS}/services/booking"),
-            format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
-            BINDING.to_string(),
-            format!("/api/v1/namespaces/{NS}/serviceaccounts/booking"),
-            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/opensearch"),
-            format!("/api/v1/namespaces/{NS}/services/opensearch"),
-            format!("/apis/apps/v1/namespaces/{NS}/statefulsets/postgres"),
-            format!("/api/v1/namespaces/{NS}/services/postgres"),
-        ] {
+        for path in stopped_stack() {
             expect(&mut server, Method::DELETE, &path, &[], 200, json!({})).await;
         }
     };

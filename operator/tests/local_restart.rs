@@ -3,7 +3,6 @@
 //! `DatabaseRestarting` (and the provider starts no second server meanwhile), and once the
 //! server is back on the same port the Region is Ready again, with its data.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,9 +59,7 @@ async fn a_killed_local_database_is_restarted_and_its_region_says_so() {
     assert!(local.take_changed().is_empty(), "nothing died yet");
 
     let pgdata = local.dir("eu-test-1").join("pgdata");
-    let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
-    let pid = pid_file.lines().next().unwrap().trim().to_string();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let pid = meridian_localpg::kill_postmaster(&pgdata).unwrap();
     let killed = Instant::now();
 
     // Noticed within a second: the provider says so, and names the Region to reconcile.
@@ -94,10 +91,7 @@ async fn a_killed_local_database_is_restarted_and_its_region_says_so() {
     println!("Ready again {back:?} after the kill: {ready}");
     // The restart stays on record once it is over: a restart faster than the next reconcile
     // still shows in the Region's status.
-    assert!(
-        ready.contains("restarted at") && ready.contains("signal 9"),
-        "{ready}"
-    );
+    assert!(ready.contains("restarted at") && ready.contains("signal 9"), "{ready}");
     assert!(
         local.take_changed().contains("eu-test-1"),
         "the recovery is announced too"
@@ -109,8 +103,7 @@ async fn a_killed_local_database_is_restarted_and_its_region_says_so() {
         .await
         .unwrap();
     assert_eq!(v, 7);
-    let new_pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
-    assert_ne!(new_pid.lines().next().unwrap().trim(), pid);
+    assert_ne!(meridian_localpg::postmaster(&pgdata).unwrap().0, pid);
     drop(conn);
     local.stop_all();
 }

@@ -1168,7 +1168,11 @@ async fn search_ready_means_the_search_endpoint_answered() {
     let database = conditions::find(&status.conditions, "DatabaseReady").unwrap();
     assert_eq!(database.status, "False", "{status:?}");
     let search = conditions::find(&status.conditions, "SearchReady").unwrap();
-    assert_eq!((search.status.as_str(), search.reason.as_str()), ("Unknown", "Blocked"), "{status:?}");
+    assert_eq!(
+        (search.status.as_str(), search.reason.as_str()),
+        ("Unknown", "Blocked"),
+        "{status:?}"
+    );
     assert!(search.message.contains(&database.reason), "{status:?}");
 }
 

@@ -11,8 +11,9 @@
 
 use aws_sdk_opensearch::error::DisplayErrorContext;
 use aws_sdk_opensearch::types::{
-    AdvancedSecurityOptionsInput, ClusterConfig, DomainEndpointOptions, EbsOptions, EncryptionAtRestOptions,
-    MasterUserOptions, NodeToNodeEncryptionOptions, OpenSearchPartitionInstanceType, Tag, VolumeType,
+    AdvancedSecurityOptionsInput, ClusterConfig, DomainEndpointOptions, DomainStatus, EbsOptions,
+    EncryptionAtRestOptions, MasterUserOptions, NodeToNodeEncryptionOptions, OpenSearchPartitionInstanceType, Tag,
+    VolumeType,
 };
 use meridian_crds::{DeletionPolicy, Region};
 
@@ -93,17 +94,7 @@ impl AwsSearch {
             .volume_type(VolumeType::Gp3)
             .volume_size(volume)
             .build();
-        let found = self.client.describe_domain().domain_name(&domain).send().await;
-        let status = match found {
-            Ok(out) => out.domain_status,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                None
-            }
-            Err(e) => return Err(api(&format!("describe domain {domain}"), e)),
-        };
+        let status = self.describe(&domain).await?;
         let Some(status) = status else {
             self.client
                 .create_domain()
@@ -191,6 +182,20 @@ impl AwsSearch {
         Ok(())
     }
 
+    /// The domain's status, or None when there is no domain of that name.
+    async fn describe(&self, domain: &str) -> Result<Option<DomainStatus>, AwsError> {
+        match self.client.describe_domain().domain_name(domain).send().await {
+            Ok(out) => Ok(out.domain_status),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(api(&format!("describe domain {domain}"), e)),
+        }
+    }
+
     /// `Retain` leaves the domain; `Delete` deletes it.
     pub async fn release(&self, region: &Region) -> Result<(), AwsError> {
         if region.spec.deletion_policy != DeletionPolicy::Delete {
@@ -200,16 +205,7 @@ impl AwsSearch {
         let domain = domain_name(&name);
         // Only a domain tagged for this Region: another's, or an untagged one that merely
         // has the name, stays.
-        let status = match self.client.describe_domain().domain_name(&domain).send().await {
-            Ok(out) => out.domain_status,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                None
-            }
-            Err(e) => return Err(api(&format!("describe domain {domain}"), e)),
-        };
+        let status = self.describe(&domain).await?;
         let Some(status) = status else {
             return Ok(());
         };

@@ -13,7 +13,7 @@ mod secrets;
 
 use std::sync::Arc;
 
-use meridian_crds::{DeletionPolicy, Region, RegionProvider, RegionResources};
+use meridian_crds::{DeletionPolicy, Region, RegionProvider, RegionResources, SecretKeyRef};
 use meridian_search::Backend;
 use meridian_search::opensearch::OpenSearch;
 
@@ -136,6 +136,38 @@ pub struct Providers {
     /// Where Regions publish their database roles' Secrets, when not the default (the
     /// cluster when running against one, files beside the local clusters in `meridian dev`).
     region_secrets: Option<Arc<dyn RegionSecrets>>,
+}
+
+/// The condition reasons for a Secret a spec names that is missing, or cannot be read.
+#[derive(Clone, Copy)]
+struct SecretReasons {
+    missing: &'static str,
+    unreadable: &'static str,
+}
+
+impl SecretReasons {
+    const CONNECTION: Self = Self {
+        missing: "ConnectionSecretMissing",
+        unreadable: "ConnectionSecretUnreadable",
+    };
+    const SEARCH: Self = Self {
+        missing: "SearchSecretMissing",
+        unreadable: "SearchSecretUnreadable",
+    };
+    const CA_BUNDLE: Self = Self {
+        missing: "CaBundleMissing",
+        unreadable: "CaBundleUnreadable",
+    };
+}
+
+/// A Secret reference as a message shows it: `namespace/name key k`.
+fn shown_ref(r: &SecretKeyRef) -> String {
+    format!(
+        "{}/{} key {}",
+        r.namespace.as_deref().unwrap_or("(operator namespace)"),
+        r.name,
+        r.key
+    )
 }
 
 /// The Secret of a Region's owner role (in the Region's namespace).
@@ -272,31 +304,18 @@ impl Providers {
                     ));
                 };
                 let r = &external.database_url_secret_ref;
-                let shown = format!(
-                    "{}/{} key {}",
-                    r.namespace.as_deref().unwrap_or("(operator namespace)"),
-                    r.name,
-                    r.key
-                );
-                match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
-                    Ok(Some(url)) => Ok(Endpoint {
-                        secret: Some(
-                            r.namespace
-                                .as_ref()
-                                .map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name)),
-                        ),
-                        ..Endpoint::from_url(url)
-                    }
-                    .with_ca(self.ca_bundle(region).await?)),
-                    Ok(None) => Err(ProviderError::new(
-                        "ConnectionSecretMissing",
-                        format!("spec.external.databaseUrlSecretRef: Secret {shown} does not exist or lacks the key"),
-                    )),
-                    Err(e) => Err(ProviderError::new(
-                        "ConnectionSecretUnreadable",
-                        format!("cannot read Secret {shown}: {e}"),
-                    )),
+                let url = self
+                    .read_secret_ref(r, "spec.external.databaseUrlSecretRef", SecretReasons::CONNECTION)
+                    .await?;
+                Ok(Endpoint {
+                    secret: Some(
+                        r.namespace
+                            .as_ref()
+                            .map_or(r.name.clone(), |ns| format!("{ns}/{}", r.name)),
+                    ),
+                    ..Endpoint::from_url(url)
                 }
+                .with_ca(self.ca_bundle(region).await?))
             }
             RegionProvider::InCluster => self.in_cluster(region)?.locate(region).await,
             RegionProvider::Aws => self.aws(region)?.locate(region).await,
@@ -334,24 +353,9 @@ impl Providers {
                         "spec.external.searchUrlSecretRef is not set: the Region has no search endpoint",
                     ));
                 };
-                let url = match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
-                    Ok(Some(url)) => url,
-                    Ok(None) => {
-                        return Err(ProviderError::new(
-                            "SearchSecretMissing",
-                            format!(
-                                "spec.external.searchUrlSecretRef: Secret {} does not exist or lacks key {}",
-                                r.name, r.key
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(ProviderError::new(
-                            "SearchSecretUnreadable",
-                            format!("cannot read Secret {}: {e}", r.name),
-                        ));
-                    }
-                };
+                let url = self
+                    .read_secret_ref(r, "spec.external.searchUrlSecretRef", SecretReasons::SEARCH)
+                    .await?;
                 opensearch_backend(&url, self.ca_bundle(region).await?.as_deref())
             }
             RegionProvider::InCluster => {
@@ -417,21 +421,29 @@ impl Providers {
         let Some(r) = region.spec.tls.as_ref().map(|t| &t.ca_bundle_secret_ref) else {
             return Ok(None);
         };
-        let shown = format!(
-            "{}/{} key {}",
-            r.namespace.as_deref().unwrap_or("(operator namespace)"),
-            r.name,
-            r.key
-        );
+        let pem = self
+            .read_secret_ref(r, "spec.tls.caBundleSecretRef", SecretReasons::CA_BUNDLE)
+            .await?;
+        check_ca_bundle(pem, &shown_ref(r)).map(Some)
+    }
+
+    /// The value a spec's `field` (a [`SecretKeyRef`]) names; a missing Secret or key, or
+    /// one that cannot be read, is an error that names the field.
+    async fn read_secret_ref(
+        &self,
+        r: &SecretKeyRef,
+        field: &str,
+        reasons: SecretReasons,
+    ) -> Result<String, ProviderError> {
         match self.secrets.get(r.namespace.as_deref(), &r.name, &r.key).await {
-            Ok(Some(pem)) => check_ca_bundle(pem, &shown).map(Some),
+            Ok(Some(value)) => Ok(value),
             Ok(None) => Err(ProviderError::new(
-                "CaBundleMissing",
-                format!("spec.tls.caBundleSecretRef: Secret {shown} does not exist or lacks the key"),
+                reasons.missing,
+                format!("{field}: Secret {} does not exist or lacks the key", shown_ref(r)),
             )),
             Err(e) => Err(ProviderError::new(
-                "CaBundleUnreadable",
-                format!("cannot read Secret {shown}: {e}"),
+                reasons.unreadable,
+                format!("{field}: cannot read Secret {}: {e}", shown_ref(r)),
             )),
         }
     }

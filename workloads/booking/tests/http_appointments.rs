@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
+use meridian_booking::http::{Countries, CountryEntry, Service, app};
 use meridian_localpg::TempCluster;
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::schema::prepare;
@@ -31,12 +31,7 @@ impl Api {
         prepare(&mut conn, &["DE"]).await.unwrap();
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
         let countries = Countries::default();
-        countries.set([CountryEntry {
-            code: "DE".into(),
-            timezone: chrono_tz::Europe::Berlin,
-            serving: Serving::Ready,
-            reassignment: true,
-        }]);
+        countries.set([CountryEntry::ready("DE", chrono_tz::Europe::Berlin)]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
             .connect(&pg.url())
@@ -210,32 +205,55 @@ async fn a_patient_books_and_a_replay_returns_the_first_result() {
     assert_eq!(api.tomorrow_first_slot(&patient).await, start);
 }
 
+/// What two replicas leave behind: the patient's first-slot booking made through `api`'s
+/// replica (which now caches the practitioner's schedule), then time off from 09:30 to 10:30
+/// recorded through another replica.
+struct StaleReplica {
+    patient: String,
+    first_at: chrono::DateTime<chrono::Utc>,
+    booked: Value,
+}
+
+impl StaleReplica {
+    async fn set_up(api: &Api) -> Self {
+        let other = api.replica();
+        let admin = api.token("admin", &[Role::ClinicAdmin]);
+        let patient = api.token("patient-1", &[Role::Patient]);
+        let first = api.tomorrow_first_slot(&patient).await;
+        let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
+        let (status, booked, _) = api
+            .call(
+                "POST",
+                "/de/v1/appointments",
+                &patient,
+                Some("a"),
+                Some(api.booking(&first)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{booked}");
+        let stale = Self {
+            patient,
+            first_at,
+            booked,
+        };
+        let off = json!({"kind": "timeOff", "startsAt": stale.slot(30), "endsAt": stale.slot(90)});
+        let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
+        let (status, _, _) = api.call_on(&other, "POST", &path, &admin, None, Some(off)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        stale
+    }
+
+    /// The slot `minutes` after the first one, as RFC 3339.
+    fn slot(&self, minutes: i64) -> String {
+        (self.first_at + chrono::Duration::minutes(minutes)).to_rfc3339()
+    }
+}
+
 #[tokio::test]
 async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_through_another() {
     let api = Api::start().await;
-    let other = api.replica();
-    let admin = api.token("admin", &[Role::ClinicAdmin]);
-    let patient = api.token("patient-1", &[Role::Patient]);
-    let first = api.tomorrow_first_slot(&patient).await;
-    let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
-    let slot = |minutes: i64| (first_at + chrono::Duration::minutes(minutes)).to_rfc3339();
-    // This replica now holds the practitioner's schedule in its cache.
-    let (status, body, _) = api
-        .call(
-            "POST",
-            "/de/v1/appointments",
-            &patient,
-            Some("a"),
-            Some(api.booking(&first)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-
-    // The other replica records time off from 09:30 to 10:30.
-    let off = json!({"kind": "timeOff", "startsAt": slot(30), "endsAt": slot(90)});
-    let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
-    let (status, _, _) = api.call_on(&other, "POST", &path, &admin, None, Some(off)).await;
-    assert_eq!(status, StatusCode::CREATED);
+    let stale = StaleReplica::set_up(&api).await;
+    let patient = &stale.patient;
 
     // The first replica's cached schedule still offers 10:00; the database refuses it, the
     // replica reloads the schedule and answers that 10:00 is not a slot any more.
@@ -243,9 +261,9 @@ async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_throu
         .call(
             "POST",
             "/de/v1/appointments",
-            &patient,
+            patient,
             Some("b"),
-            Some(api.booking(&slot(60))),
+            Some(api.booking(&stale.slot(60))),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -255,9 +273,9 @@ async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_throu
         .call(
             "POST",
             "/de/v1/appointments",
-            &patient,
+            patient,
             Some("c"),
-            Some(api.booking(&slot(90))),
+            Some(api.booking(&stale.slot(90))),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -271,35 +289,14 @@ async fn a_replica_with_a_stale_schedule_does_not_book_into_time_off_taken_throu
 #[tokio::test]
 async fn a_replica_with_a_stale_schedule_does_not_reschedule_into_time_off_taken_through_another() {
     let api = Api::start().await;
-    let other = api.replica();
-    let admin = api.token("admin", &[Role::ClinicAdmin]);
-    let patient = api.token("patient-1", &[Role::Patient]);
-    let first = api.tomorrow_first_slot(&patient).await;
-    let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
-    let slot = |minutes: i64| (first_at + chrono::Duration::minutes(minutes)).to_rfc3339();
-    // Booking through this replica leaves the practitioner's schedule in its cache.
-    let (status, booked, _) = api
-        .call(
-            "POST",
-            "/de/v1/appointments",
-            &patient,
-            Some("a"),
-            Some(api.booking(&first)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    let stale = StaleReplica::set_up(&api).await;
+    let (patient, booked) = (&stale.patient, &stale.booked);
     let moves = format!("/de/v1/appointments/{}/reschedule", booked["id"].as_str().unwrap());
-
-    // The other replica records time off from 09:30 to 10:30.
-    let off = json!({"kind": "timeOff", "startsAt": slot(30), "endsAt": slot(90)});
-    let path = format!("/de/v1/practitioners/{}/availability", api.practitioner);
-    let (status, _, _) = api.call_on(&other, "POST", &path, &admin, None, Some(off)).await;
-    assert_eq!(status, StatusCode::CREATED);
 
     // This replica's cached schedule still offers 10:00: the database refuses the move, the
     // replica reloads the schedule and answers that 10:00 is not a slot any more.
     let (status, body, _) = api
-        .call("POST", &moves, &patient, None, Some(json!({"start": slot(60)})))
+        .call("POST", &moves, patient, None, Some(json!({"start": stale.slot(60)})))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["errors"][0]["field"], "start", "{body}");
@@ -307,7 +304,7 @@ async fn a_replica_with_a_stale_schedule_does_not_reschedule_into_time_off_taken
         .call(
             "GET",
             &format!("/de/v1/appointments/{}", booked["id"].as_str().unwrap()),
-            &patient,
+            patient,
             None,
             None,
         )
@@ -315,11 +312,11 @@ async fn a_replica_with_a_stale_schedule_does_not_reschedule_into_time_off_taken
     assert_eq!(still["startsAt"], booked["startsAt"], "not moved into the time off");
     // 10:30 is still a slot, on the fresh schedule.
     let (status, moved, _) = api
-        .call("POST", &moves, &patient, None, Some(json!({"start": slot(90)})))
+        .call("POST", &moves, patient, None, Some(json!({"start": stale.slot(90)})))
         .await;
     assert_eq!(status, StatusCode::OK, "{moved}");
     let moved_at = chrono::DateTime::parse_from_rfc3339(moved["startsAt"].as_str().unwrap()).unwrap();
-    assert_eq!(moved_at, first_at + chrono::Duration::minutes(90));
+    assert_eq!(moved_at, stale.first_at + chrono::Duration::minutes(90));
 }
 
 #[tokio::test]
@@ -734,10 +731,8 @@ async fn when_a_practitioner_becomes_unavailable_appointments_move_to_a_free_col
 async fn where_reassignment_is_switched_off_patients_are_asked_to_rebook() {
     let api = Api::start().await;
     api.countries.set([CountryEntry {
-        code: "DE".into(),
-        timezone: chrono_tz::Europe::Berlin,
-        serving: Serving::Ready,
         reassignment: false,
+        ..CountryEntry::ready("DE", chrono_tz::Europe::Berlin)
     }]);
     let admin = api.token("admin", &[Role::ClinicAdmin]);
     let patient = api.token("patient-1", &[Role::Patient]);

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
 use meridian_localpg::TempCluster;
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::schema::prepare;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
-use tower::ServiceExt;
+
+mod support;
 
 struct Api {
     _pg: TempCluster,
@@ -29,18 +29,8 @@ async fn api() -> Api {
     let issuer = DevIssuer::new("http://issuer.test", "meridian");
     let countries = Countries::default();
     countries.set([
-        CountryEntry {
-            code: "DE".into(),
-            timezone: chrono_tz::Europe::Berlin,
-            serving: Serving::Ready,
-            reassignment: true,
-        },
-        CountryEntry {
-            code: "AT".into(),
-            timezone: chrono_tz::Europe::Vienna,
-            serving: Serving::Ready,
-            reassignment: true,
-        },
+        CountryEntry::ready("DE", chrono_tz::Europe::Berlin),
+        CountryEntry::ready("AT", chrono_tz::Europe::Vienna),
     ]);
     let pool = PgPool::connect(&pg.url()).await.unwrap();
     let service = Service::new(pool, Arc::new(issuer.verifier()), countries.clone());
@@ -79,19 +69,7 @@ impl Api {
     }
 
     async fn raw(&self, request: Request<Body>) -> (StatusCode, Value, String) {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            content_type,
-        )
+        support::send(&self.app, request).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
+use meridian_booking::http::{Countries, CountryEntry, Service, app};
 use meridian_localpg::TempCluster;
 use meridian_search::embedded::Engine;
 use meridian_search::indexer::Indexer;
@@ -51,12 +51,7 @@ impl Api {
             .spawn();
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
         let countries = Countries::default();
-        countries.set(["DE", "FR"].map(|code| CountryEntry {
-            code: code.into(),
-            timezone: chrono_tz::Europe::Berlin,
-            serving: Serving::Ready,
-            reassignment: true,
-        }));
+        countries.set(["DE", "FR"].map(|code| CountryEntry::ready(code, chrono_tz::Europe::Berlin)));
         let service = Service::new(pool, Arc::new(issuer.verifier()), countries).with_search(backend);
         Api {
             _pg: pg,

@@ -2,21 +2,19 @@
 //! that tells nothing internal, and it recovers by itself once the database is back: the
 //! pool (`pool_options`) drops the connections the crash broke and connects anew.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use meridian_booking::http::{Countries, CountryEntry, Service, Serving, app};
-use meridian_localpg::{Cluster, Durability};
+use meridian_booking::http::{Countries, CountryEntry, Service, app};
+use meridian_localpg::{Cluster, Durability, kill_postmaster};
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::schema::prepare;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use tower::ServiceExt;
+
+mod support;
 
 async fn get(app: &axum::Router, uri: &str, token: &str) -> (StatusCode, String, Value) {
     let request = Request::builder()
@@ -24,25 +22,8 @@ async fn get(app: &axum::Router, uri: &str, token: &str) -> (StatusCode, String,
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())
         .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        content_type,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn kill_postmaster(root: &Path) {
-    let pid_file = std::fs::read_to_string(root.join("pgdata/postmaster.pid")).unwrap();
-    let pid = pid_file.lines().next().unwrap().trim();
-    assert!(Command::new("kill").args(["-9", pid]).status().unwrap().success());
+    let (status, body, content_type) = support::send(app, request).await;
+    (status, content_type, body)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,12 +37,7 @@ async fn a_database_that_is_down_is_a_fast_503_and_its_return_needs_no_restart()
     drop(conn);
     let issuer = DevIssuer::new("http://issuer.test", "meridian");
     let countries = Countries::default();
-    countries.set([CountryEntry {
-        code: "DE".into(),
-        timezone: chrono_tz::Europe::Berlin,
-        serving: Serving::Ready,
-        reassignment: true,
-    }]);
+    countries.set([CountryEntry::ready("DE", chrono_tz::Europe::Berlin)]);
     let pool = meridian_booking::pool_options(4).connect_lazy(&url).unwrap();
     let app = app(Arc::new(Service::new(pool, Arc::new(issuer.verifier()), countries)));
     let token = issuer.token("admin", &[Role::ClinicAdmin], &["DE"], Duration::from_secs(300));
@@ -71,7 +47,7 @@ async fn a_database_that_is_down_is_a_fast_503_and_its_return_needs_no_restart()
     }
 
     let (root, port) = (cluster.root().to_path_buf(), cluster.port());
-    kill_postmaster(&root);
+    kill_postmaster(&root.join("pgdata")).unwrap();
     while cluster.exited().is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

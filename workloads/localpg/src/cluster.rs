@@ -53,25 +53,7 @@ impl Cluster {
         stop_orphan(&pgdata);
         // Another process may take the port between our probe and the server's bind;
         // the server then exits at once and we try again with a new port.
-        let mut last_error = None;
-        for _ in 0..3 {
-            let port = free_port().map_err(|e| io_error(&root, e))?;
-            let child = spawn_postgres(&binaries, &root, port, account, durability)?;
-            let mut cluster = Self {
-                root: root.clone(),
-                port,
-                durability,
-                child: Some(child),
-            };
-            match cluster.wait_ready().await {
-                Ok(()) => return Ok(cluster),
-                Err(err @ Error::StartupExited { .. }) if err.to_string().contains("could not bind") => {
-                    last_error = Some(err);
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_error.expect("three attempts recorded an error"))
+        Self::launch(&binaries, root, account, durability, 3, |_| free_port(), Duration::ZERO).await
     }
 
     /// Starts the cluster under `root` again after its server died, on `port` if it can be
@@ -102,15 +84,36 @@ impl Cluster {
             // Without /proc the file stays: the server itself ignores it when its pid is gone.
             (false, _) => {}
         }
+        // The port first (a few times: its last owner may be releasing it), then any.
+        let port_for = |attempt| if attempt < 4 { Ok(port) } else { free_port() };
+        Self::launch(
+            &binaries,
+            root,
+            account,
+            durability,
+            6,
+            port_for,
+            Duration::from_millis(250),
+        )
+        .await
+    }
+
+    /// Starts the server on `port_for(attempt)` until one attempt binds its port (a server
+    /// that cannot bind exits at once: another process took the port), pausing `pause`
+    /// between attempts; any other failure ends it.
+    async fn launch(
+        binaries: &Binaries,
+        root: PathBuf,
+        account: Option<ServerAccount>,
+        durability: Durability,
+        attempts: usize,
+        port_for: impl Fn(usize) -> std::io::Result<u16>,
+        pause: Duration,
+    ) -> Result<Self> {
         let mut last_error = None;
-        for attempt in 0..6 {
-            // The port first (a few times: its last owner may be releasing it), then any.
-            let port = if attempt < 4 {
-                port
-            } else {
-                free_port().map_err(|e| io_error(&root, e))?
-            };
-            let child = spawn_postgres(&binaries, &root, port, account, durability)?;
+        for attempt in 0..attempts {
+            let port = port_for(attempt).map_err(|e| io_error(&root, e))?;
+            let child = spawn_postgres(binaries, &root, port, account, durability)?;
             let mut cluster = Self {
                 root: root.clone(),
                 port,
@@ -121,12 +124,12 @@ impl Cluster {
                 Ok(()) => return Ok(cluster),
                 Err(err @ Error::StartupExited { .. }) if err.to_string().contains("could not bind") => {
                     last_error = Some(err);
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(pause).await;
                 }
                 Err(err) => return Err(err),
             }
         }
-        Err(last_error.expect("six attempts recorded an error"))
+        Err(last_error.expect("every attempt recorded an error"))
     }
 
     /// Whether the server has exited since the last call, and how (reaps it): `None` while
@@ -366,18 +369,33 @@ fn run_as(cmd: &mut Command, account: Option<ServerAccount>) {
     }
 }
 
+/// The pid and port of the server `pgdata`'s `postmaster.pid` names (its lines 1 and 4),
+/// while the file is there.
+pub fn postmaster(pgdata: &Path) -> Option<(libc::pid_t, u16)> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let port = lines.nth(2)?.trim().parse().ok()?;
+    Some((pid, port))
+}
+
+/// Kills the server of `pgdata` with SIGKILL, as a crash or the OOM killer would: for tests
+/// of what survives one. Answers the killed postmaster's pid.
+pub fn kill_postmaster(pgdata: &Path) -> std::io::Result<libc::pid_t> {
+    let (pid, _) =
+        postmaster(pgdata).ok_or_else(|| std::io::Error::other(format!("no server runs in {}", pgdata.display())))?;
+    // SAFETY: kill(2) with a pid read from the server's own pid file; no memory is involved.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
 /// A server left running by an earlier process that was killed before it could stop it.
 /// Callers own `pgdata` (`meridian dev` holds a lock on its data directory), so a live
 /// postmaster there is an orphan: ask it to shut down so this start can proceed.
 fn stop_orphan(pgdata: &Path) {
-    let Ok(pid_file) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
-        return;
-    };
-    let Some(pid) = pid_file
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<libc::pid_t>().ok())
-    else {
+    let Some((pid, _)) = postmaster(pgdata) else {
         return;
     };
     let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");

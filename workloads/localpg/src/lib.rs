@@ -11,7 +11,7 @@ mod binaries;
 mod cluster;
 mod user;
 
-pub use cluster::{Cluster, Durability, TempCluster, url};
+pub use cluster::{Cluster, Durability, TempCluster, kill_postmaster, postmaster, url};
 pub use user::{ServerAccount, ensure_system_account};
 
 /// Account that runs the server when this process is root.

@@ -1,17 +1,11 @@
 //! A server killed with SIGKILL is noticed and started again on the same data directory and
 //! port, with its committed data, even when its `postmaster.pid` names a live process.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meridian_localpg::{Cluster, Durability, Error};
+use meridian_localpg::{Cluster, Durability, Error, kill_postmaster};
 use sqlx::{Connection, PgConnection};
-
-fn postmaster_pid(root: &Path) -> i32 {
-    let text = std::fs::read_to_string(root.join("pgdata/postmaster.pid")).unwrap();
-    text.lines().next().unwrap().trim().parse().unwrap()
-}
 
 #[tokio::test]
 async fn a_killed_server_restarts_on_its_port_with_its_data() {
@@ -27,14 +21,7 @@ async fn a_killed_server_restarts_on_its_port_with_its_data() {
     assert_eq!(cluster.exited(), None, "a running server has not exited");
 
     // SIGKILL the postmaster while a client is connected (its backend is orphaned).
-    let pid = postmaster_pid(&root);
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = kill_postmaster(&root.join("pgdata")).unwrap();
     let killed = Instant::now();
     let how = loop {
         if let Some(how) = cluster.exited() {
@@ -66,7 +53,7 @@ async fn a_killed_server_restarts_on_its_port_with_its_data() {
         .await
         .unwrap();
     assert_eq!(v, 42);
-    assert_ne!(postmaster_pid(&root), pid);
+    assert_ne!(meridian_localpg::postmaster(&root.join("pgdata")).unwrap().0, pid);
     drop(cluster); // the dead one: dropping it must not touch the new server
     assert!(sqlx::query("SELECT 1").execute(&mut conn).await.is_ok());
     restarted.stop();

@@ -52,6 +52,18 @@ pub struct CountryEntry {
     pub reassignment: bool,
 }
 
+impl CountryEntry {
+    /// A country served in `timezone`, with the Country spec's defaults (reassignment on).
+    pub fn ready(code: &str, timezone: Tz) -> Self {
+        Self {
+            code: code.to_ascii_uppercase(),
+            timezone,
+            serving: Serving::Ready,
+            reassignment: true,
+        }
+    }
+}
+
 /// The countries of this service's Region, kept current by whoever runs the service (the
 /// reconciled state in `meridian dev`).
 #[derive(Clone, Default)]
