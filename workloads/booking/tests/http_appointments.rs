@@ -120,6 +120,20 @@ impl Api {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), replayed)
     }
 
+    /// Opens the practitioner's slot event stream as `token`, resuming after `last`.
+    async fn watch_slots(&self, token: &str, last: Option<&str>) -> axum::response::Response {
+        let mut request = Request::get(format!("/de/v1/practitioners/{}/slots/events", self.practitioner))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last);
+        }
+        self.app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
     /// A second cardiologist, available the same hours as the first; returns their ID.
     async fn colleague(&self, admin: &str) -> String {
         let profile =
@@ -529,15 +543,7 @@ async fn next_event(body: &mut axum::body::Body, buffer: &mut String) -> (String
 async fn watchers_see_slots_taken_and_freed_live_and_catch_up_after_a_reconnect() {
     let api = Api::start().await;
     let patient = api.token("patient-1", &[Role::Patient]);
-    let watch = |last: Option<&str>| {
-        let mut request = Request::get(format!("/de/v1/practitioners/{}/slots/events", api.practitioner))
-            .header(header::AUTHORIZATION, format!("Bearer {patient}"));
-        if let Some(last) = last {
-            request = request.header("Last-Event-ID", last);
-        }
-        api.app.clone().oneshot(request.body(Body::empty()).unwrap())
-    };
-    let response = watch(None).await.unwrap();
+    let response = api.watch_slots(&patient, None).await;
     assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
     let mut stream = response.into_body();
     let mut buffer = String::new();
@@ -605,7 +611,7 @@ async fn watchers_see_slots_taken_and_freed_live_and_catch_up_after_a_reconnect(
     // A client that saw only the first events gets the rest replayed on reconnect, even
     // from between the two halves of the reschedule.
     for (last_seen, first_missed) in [(&taken_id, ("slot.freed", &start)), (&freed_id, ("slot.taken", &later))] {
-        let mut resumed = watch(Some(last_seen)).await.unwrap().into_body();
+        let mut resumed = api.watch_slots(&patient, Some(last_seen)).await.into_body();
         let mut buffer = String::new();
         let (_, kind, data) = next_event(&mut resumed, &mut buffer).await;
         assert_eq!(
@@ -829,15 +835,7 @@ const HOLD: Duration = Duration::from_secs(30);
 async fn a_slot_change_whose_transaction_commits_30_s_late_is_streamed_once_and_replayed_after_a_reconnect() {
     let api = Api::start().await;
     let patient = api.token("patient-1", &[Role::Patient]);
-    let watch = |last: Option<&str>| {
-        let mut request = Request::get(format!("/de/v1/practitioners/{}/slots/events", api.practitioner))
-            .header(header::AUTHORIZATION, format!("Bearer {patient}"));
-        if let Some(last) = last {
-            request = request.header("Last-Event-ID", last);
-        }
-        api.app.clone().oneshot(request.body(Body::empty()).unwrap())
-    };
-    let mut stream = watch(None).await.unwrap().into_body();
+    let mut stream = api.watch_slots(&patient, None).await.into_body();
     let mut buffer = String::new();
     let first = api.tomorrow_first_slot(&patient).await;
     let first_at = chrono::DateTime::parse_from_rfc3339(&first).unwrap().to_utc();
@@ -914,7 +912,7 @@ async fn a_slot_change_whose_transaction_commits_30_s_late_is_streamed_once_and_
     // after it on reconnect, the late change included, once each. (Replays come in the
     // order the rows were written: writers of one practitioner take turns, so that is the
     // order they committed in; this test's late writer did not take a turn.)
-    let mut resumed = watch(Some(&seen)).await.unwrap().into_body();
+    let mut resumed = api.watch_slots(&patient, Some(&seen)).await.into_body();
     let mut buffer = String::new();
     let mut replayed = Vec::new();
     for _ in 0..3 {

@@ -142,20 +142,7 @@ fn an_audience_array_is_accepted_when_it_names_us_and_refused_otherwise() {
     assert_eq!(payload["aud"], serde_json::json!(["billing", AUDIENCE]));
 
     // A token without an audience is for nobody, even signed by the right key.
-    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
-    use rsa::traits::PublicKeyParts;
-    let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
-    let jwks = serde_json::json!({"keys": [{
-        "kty": "RSA", "kid": "idp-1", "use": "sig", "alg": "RS256",
-        "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
-        "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
-    }]});
-    let verifier = Verifier::from_jwks(ISSUER, AUDIENCE, &jwks.to_string()).unwrap();
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(private.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("idp-1".into());
-    let sign = |payload: &serde_json::Value| jsonwebtoken::encode(&header, payload, &key).unwrap();
+    let (verifier, sign) = rsa_identity_provider();
     let mut addressed = serde_json::to_value(claims(60)).unwrap();
     addressed["aud"] = serde_json::json!(["billing", AUDIENCE]);
     assert!(verifier.verify(&sign(&addressed)).is_ok());
@@ -182,8 +169,9 @@ fn a_token_cannot_choose_its_own_algorithm() {
     );
 }
 
-#[test]
-fn rs256_tokens_verify_against_an_rsa_jwks() {
+/// An identity provider signing with RS256 (key `idp-1`): a verifier that knows it only
+/// through its JWKS, and its signing function.
+fn rsa_identity_provider() -> (Verifier, impl Fn(&serde_json::Value) -> String) {
     use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
     use rsa::traits::PublicKeyParts;
     let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
@@ -197,7 +185,15 @@ fn rs256_tokens_verify_against_an_rsa_jwks() {
         jsonwebtoken::EncodingKey::from_rsa_pem(private.to_pkcs1_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("idp-1".into());
-    let token = jsonwebtoken::encode(&header, &claims(60), &key).unwrap();
+    (verifier, move |payload: &serde_json::Value| {
+        jsonwebtoken::encode(&header, payload, &key).unwrap()
+    })
+}
+
+#[test]
+fn rs256_tokens_verify_against_an_rsa_jwks() {
+    let (verifier, sign) = rsa_identity_provider();
+    let token = sign(&serde_json::to_value(claims(60)).unwrap());
     let who = verifier.verify(&token).unwrap();
     assert!(who.has_role(Role::Patient) && who.may_act_in("DE"));
 }
