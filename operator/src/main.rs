@@ -64,7 +64,7 @@ enum ResidencyCommand {
 enum Bench {
     /// Booking throughput over HTTP and against the bare database, and a double-booking check.
     Booking(meridian_booking::bench::BookingBench),
-    /// Indexing and query speed of the embedded search engine, against SQL ILIKE.
+    /// Query speed and recall of the embedded search engine, against PostgreSQL full-text search, trigrams and ILIKE.
     Search(meridian_search::bench::SearchBench),
 }
 

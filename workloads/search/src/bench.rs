@@ -147,8 +147,13 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
     let kinds = Kind::ALL
         .map(|k| format!("{} {}", CASES.iter().filter(|c| c.kind == k).count(), k.label()))
         .join(", ");
+    // Other work on the machine shows in every method's latency.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(|one| format!("; load average {one}")))
+        .unwrap_or_default();
     let mut out = format!(
-        "search benchmark: {} practitioners, {} queries ({kinds}); PostgreSQL {version} (database ctype {ctype})\n",
+        "search benchmark: {} practitioners, {} queries ({kinds}); PostgreSQL {version} (database ctype {ctype}){load}\n",
         options.docs,
         CASES.len(),
     );
@@ -175,8 +180,13 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
     let indexing = started.elapsed().as_secs_f64();
     engine.point_alias(&alias("DE"), &index).await?;
     let index_rate = docs.len() as f64 / indexing;
+    // Read-only: how many segments a search goes through (each one more term dictionary
+    // and posting list per word and field).
+    let segments = tantivy::Index::open_in_dir(work.join("search").join("indexes").join(&index))
+        .and_then(|i| i.searchable_segment_ids())
+        .map_or_else(|e| format!("unknown ({e})"), |ids| ids.len().to_string());
     out += &format!(
-        "indexed {} documents into the embedded engine in {indexing:.2} s ({index_rate:.0} docs/s)\n",
+        "indexed {} documents into the embedded engine in {indexing:.2} s ({index_rate:.0} docs/s, in batches of 10000 as an index version is built; {segments} segments)\n",
         docs.len()
     );
 
@@ -201,6 +211,7 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
 
     let mut figures = Vec::new();
     let mut found_table: Vec<Vec<usize>> = vec![Vec::new(); CASES.len()];
+    let mut median_table: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
     for method in Method::ALL {
         let requested = match method {
             Method::Embedded => options.queries,
@@ -227,15 +238,22 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
             first_page(&engine, &pool, method, case.text).await?;
         }
         let mut ms = Vec::new();
+        let mut by_case = vec![Vec::new(); CASES.len()];
         for _ in 0..passes(requested) {
-            for case in CASES {
+            for (i, case) in CASES.iter().enumerate() {
                 let t = Instant::now();
                 first_page(&engine, &pool, method, case.text).await?;
-                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+                ms.push(elapsed);
+                by_case[i].push(elapsed);
             }
         }
-        ms.sort_by(f64::total_cmp);
         let p = meridian_shared::bench::percentile;
+        for (i, mut times) in by_case.into_iter().enumerate() {
+            times.sort_by(f64::total_cmp);
+            median_table[i].push(p(&times, 50.0));
+        }
+        ms.sort_by(f64::total_cmp);
         let per_kind = Kind::ALL.map(|k| CASES.iter().filter(|c| c.kind == k).count() as f64);
         let recall_by_kind = [0, 1, 2].map(|k| recall_sum[k] / per_kind[k]);
         figures.push(Figures {
@@ -255,16 +273,16 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
         });
     }
 
-    out += "expected matches found per query\n";
+    out += "expected matches found per query, and the median time of its first page\n";
     out += &format!("{:<29} {:<10} {:>8}", "query", "kind", "expected");
     for method in Method::ALL {
-        out += &format!(" {:>9}", method.name());
+        out += &format!("  {:>8} {:>8}", method.name(), "ms");
     }
     out += "\n";
     for (i, case) in CASES.iter().enumerate() {
         out += &format!("{:<29} {:<10} {:>8}", case.text, case.kind.label(), expected[i].len());
-        for found in &found_table[i] {
-            out += &format!(" {found:>9}");
+        for (found, ms) in found_table[i].iter().zip(&median_table[i]) {
+            out += &format!("  {found:>8} {ms:>8.2}");
         }
         out += "\n";
     }
