@@ -2,6 +2,11 @@
 //! of kind `Country`, `Region` or `Secret` (for `external` Regions). A document with a field
 //! the CRD's schema (or a core Secret's) does not know is refused, as an API server with
 //! strict field validation refuses it.
+//!
+//! A `.meridianignore` file in the folder lists sub-folders (or files) to leave out, one
+//! path relative to the folder per line (`#` starts a comment): `examples/` holds the
+//! 249 countries of `examples/world/` for `meridian dev --manifests examples/world`
+//! without `meridian dev` on `examples/` launching them too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +39,8 @@ pub struct Manifests {
 /// Reads `dir` recursively.
 pub fn load(dir: &Path) -> std::io::Result<Manifests> {
     let mut files = Vec::new();
-    collect(dir, &mut files)?;
+    let ignored = ignored(dir)?;
+    collect(dir, &ignored, &mut files)?;
     files.sort();
     let mut out = Manifests::default();
     for path in files {
@@ -159,11 +165,32 @@ fn secret_data(value: &serde_json::Value) -> Result<BTreeMap<String, String>, St
     Ok(data)
 }
 
-fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The paths `dir/.meridianignore` names, below `dir`.
+fn ignored(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let text = match std::fs::read_to_string(dir.join(IGNORE_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default().trim().trim_matches('/'))
+        .filter(|line| !line.is_empty())
+        .map(|line| dir.join(line))
+        .collect())
+}
+
+/// The file in a manifest folder that lists what to leave out.
+pub const IGNORE_FILE: &str = ".meridianignore";
+
+fn collect(dir: &Path, ignored: &[PathBuf], files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if ignored.contains(&path) {
+            continue;
+        }
         if path.is_dir() {
-            collect(&path, files)?;
+            collect(&path, ignored, files)?;
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             files.push(path);
         }
@@ -180,6 +207,41 @@ mod tests {
     use super::*;
 
     const REGION: &str = include_str!("../../../examples/regions/eu-central-1.yaml");
+
+    #[test]
+    fn the_examples_folder_leaves_out_what_its_ignore_file_names() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let loaded = load(&examples).unwrap();
+        assert_eq!(loaded.errors, Vec::<String>::new());
+        let countries: Vec<&str> = loaded.countries.keys().map(String::as_str).collect();
+        assert_eq!(countries, ["de", "es", "fr", "gb", "it"]);
+        assert_eq!(loaded.regions.len(), 4);
+        let world = load(&examples.join("world")).unwrap();
+        assert_eq!(world.errors, Vec::<String>::new());
+        assert_eq!((world.countries.len(), world.regions.len()), (249, 6));
+
+        // Comments, blank lines and a trailing slash; a file as well as a folder.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("more")).unwrap();
+        std::fs::write(dir.path().join("more/a.yaml"), REGION).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), REGION.replace("eu-central-1\n", "b\n")).unwrap();
+        std::fs::write(
+            dir.path().join(IGNORE_FILE),
+            "# sets of their own\n\nmore/  # a folder\nb.yaml\n",
+        )
+        .unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert!(
+            loaded.regions.is_empty() && loaded.errors.is_empty(),
+            "{:?}",
+            loaded.errors
+        );
+        std::fs::write(dir.path().join(IGNORE_FILE), "b.yaml\n").unwrap();
+        assert_eq!(
+            load(dir.path()).unwrap().regions.keys().collect::<Vec<_>>(),
+            ["eu-central-1"]
+        );
+    }
 
     #[test]
     fn an_unknown_field_is_a_manifest_error_naming_its_path_and_keeps_the_previous_object() {
