@@ -26,12 +26,64 @@ struct FailureLabels {
 /// announced as such.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Reconcile counters and the duration histogram, by kind (`Country`, `Region`).
+/// What a write changed, for `meridian_writes_total{kind}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteKind {
+    /// A statement that changes a database's schema, roles or privileges (DDL, GRANT,
+    /// REVOKE, CREATE/ALTER ROLE, a migration).
+    Ddl,
+    /// An object's status written with a change.
+    Status,
+    /// A change to a search index: created, filled, written, deleted, or an alias moved.
+    Index,
+}
+
+impl WriteKind {
+    pub const ALL: [WriteKind; 3] = [WriteKind::Ddl, WriteKind::Status, WriteKind::Index];
+
+    fn label(self) -> &'static str {
+        match self {
+            WriteKind::Ddl => "ddl",
+            WriteKind::Status => "status",
+            WriteKind::Index => "index",
+        }
+    }
+}
+
+/// Writes of each kind, as counted so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Writes {
+    pub ddl: u64,
+    pub status: u64,
+    pub index: u64,
+}
+
+impl Writes {
+    pub fn total(&self) -> u64 {
+        self.ddl + self.status + self.index
+    }
+
+    /// What was written since `earlier`.
+    pub fn since(&self, earlier: &Writes) -> Writes {
+        Writes {
+            ddl: self.ddl.saturating_sub(earlier.ddl),
+            status: self.status.saturating_sub(earlier.status),
+            index: self.index.saturating_sub(earlier.index),
+        }
+    }
+}
+
+/// Reconcile counters and the duration histogram, by kind (`Country`, `Region`), and the
+/// writes the reconcilers make, by [`WriteKind`]: a resync with nothing changed adds none.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabel, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: Family<KindLabel, Histogram>,
+    writes: Family<KindLabel, Counter>,
+    /// Index writes already added to `writes` from the search crate's own count.
+    index_seen: std::sync::Mutex<u64>,
 }
 
 impl Default for Metrics {
@@ -53,11 +105,22 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             duration.clone(),
         );
+        let writes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "writes",
+            "Writes: schema, role and privilege statements (ddl), status changes (status), search index changes (index)",
+            writes.clone(),
+        );
+        for kind in WriteKind::ALL {
+            drop(writes.get_or_create(&KindLabel { kind: kind.label() }));
+        }
         Self {
             registry,
             reconciles,
             failures,
             duration,
+            writes,
+            index_seen: std::sync::Mutex::new(meridian_search::index_writes()),
         }
     }
 }
@@ -79,8 +142,40 @@ impl Metrics {
         }
     }
 
+    /// The counter of `kind`'s writes; [`crate::backends::postgres::Databases`] counts DDL
+    /// through it.
+    pub fn write_counter(&self, kind: WriteKind) -> Counter {
+        self.writes.get_or_create(&KindLabel { kind: kind.label() }).clone()
+    }
+
+    /// Counts `n` writes of `kind`.
+    pub fn wrote(&self, kind: WriteKind, n: u64) {
+        if n > 0 {
+            self.write_counter(kind).inc_by(n);
+        }
+    }
+
+    /// The writes counted since this process started (index writes: since these metrics
+    /// were made).
+    pub fn writes(&self) -> Writes {
+        // The search crate counts index changes whichever engine makes them.
+        {
+            let mut seen = self.index_seen.lock().expect("index count lock");
+            let now = meridian_search::index_writes();
+            self.wrote(WriteKind::Index, now.saturating_sub(*seen));
+            *seen = now.max(*seen);
+        }
+        let get = |kind| self.write_counter(kind).get();
+        Writes {
+            ddl: get(WriteKind::Ddl),
+            status: get(WriteKind::Status),
+            index: get(WriteKind::Index),
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        self.writes();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -111,6 +206,21 @@ mod tests {
             text.contains("meridian_reconcile_duration_seconds_count{kind=\"Country\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn writes_are_counted_by_kind_and_from_zero() {
+        let metrics = Metrics::default();
+        let start = metrics.writes();
+        assert_eq!((start.ddl, start.status), (0, 0));
+        let text = metrics.render();
+        assert!(text.contains("meridian_writes_total{kind=\"ddl\"} 0"), "{text}");
+        let before = metrics.writes();
+        metrics.write_counter(WriteKind::Ddl).inc_by(6);
+        metrics.wrote(WriteKind::Status, 2);
+        let since = metrics.writes().since(&before);
+        assert_eq!((since.ddl, since.status, since.total()), (6, 2, 8));
+        assert!(metrics.render().contains("meridian_writes_total{kind=\"status\"} 2"));
     }
 
     #[tokio::test]

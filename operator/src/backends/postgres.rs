@@ -7,6 +7,7 @@ use std::time::Duration;
 use meridian_shared::schema::{self, MigrationError};
 pub use meridian_shared::tls::DbUrlError;
 use meridian_shared::tls::pg_options;
+use prometheus_client::metrics::counter::Counter;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -20,9 +21,19 @@ const PARTITION_LOCK_KEY: i64 = 0x4d45_5250_4152_5449; // "MERPARTI"
 #[derive(Default)]
 pub struct Databases {
     pools: Mutex<HashMap<ConnectionUrl, PgPool>>,
+    /// Counts every statement that changes a schema, a role or a privilege.
+    ddl: Counter,
 }
 
 impl Databases {
+    /// Pools that count their schema, role and privilege statements in `ddl`.
+    pub fn counting(ddl: Counter) -> Self {
+        Self {
+            pools: Mutex::default(),
+            ddl,
+        }
+    }
+
     /// The database behind `url`. The pool connects lazily; the first query reports an
     /// unreachable server within a few seconds. Off this machine, every connection
     /// verifies the server's certificate and host name (against the system's roots and
@@ -30,7 +41,10 @@ impl Databases {
     pub fn get(&self, url: &ConnectionUrl) -> Result<RegionDb, DbUrlError> {
         let mut pools = self.pools.lock().expect("pool map lock");
         if let Some(pool) = pools.get(url) {
-            return Ok(RegionDb { pool: pool.clone() });
+            return Ok(RegionDb {
+                pool: pool.clone(),
+                ddl: self.ddl.clone(),
+            });
         }
         let options = pg_options(url.as_str(), url.ca())?;
         let pool = PgPoolOptions::new()
@@ -38,7 +52,10 @@ impl Databases {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.application_name("meridian-control-plane"));
         pools.insert(url.clone(), pool.clone());
-        Ok(RegionDb { pool })
+        Ok(RegionDb {
+            pool,
+            ddl: self.ddl.clone(),
+        })
     }
 
     /// Closes and forgets the pools for `url` (a Region that went away), whatever CA.
@@ -69,6 +86,8 @@ pub enum DbError {
 #[derive(Clone)]
 pub struct RegionDb {
     pool: PgPool,
+    /// See [`Databases::counting`].
+    ddl: Counter,
 }
 
 impl RegionDb {
@@ -79,7 +98,9 @@ impl RegionDb {
     /// Applies pending migrations; returns the versions applied.
     pub async fn migrate(&self) -> Result<Vec<i64>, DbError> {
         let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
-        Ok(schema::migrate(&mut conn).await?)
+        let applied = schema::migrate(&mut conn).await?;
+        self.ddl.inc_by(applied.len() as u64);
+        Ok(applied)
     }
 
     /// Versions of the migrations already applied.
@@ -139,6 +160,7 @@ impl RegionDb {
             .execute(&mut *tx)
             .await
             .map_err(DbError::Unreachable)?;
+        let statements = ddl.len() as u64;
         for change in ddl {
             sqlx::raw_sql(AssertSqlSafe(change.sql()))
                 .execute(&mut *tx)
@@ -149,6 +171,7 @@ impl RegionDb {
                 })?;
         }
         tx.commit().await.map_err(DbError::Unreachable)?;
+        self.ddl.inc_by(statements);
         Ok(())
     }
 }
@@ -242,6 +265,7 @@ fn role_error(what: String) -> impl FnOnce(sqlx::Error) -> DbError {
 /// Runs `sql` built by the server from `template` (`format()` quoting, `%I` identifiers and
 /// `%L` literals) with `args`.
 async fn run_formatted(
+    ddl: &Counter,
     conn: &mut sqlx::PgConnection,
     template: &str,
     args: &[&str],
@@ -260,6 +284,7 @@ async fn run_formatted(
         .execute(&mut *conn)
         .await
         .map_err(role_error(what.to_string()))?;
+    ddl.inc();
     Ok(())
 }
 
@@ -282,6 +307,7 @@ impl RegionDb {
         .map_err(DbError::Unreachable)?;
         let Some((plain, memberships)) = found else {
             run_formatted(
+                &self.ddl,
                 &mut conn,
                 "CREATE ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L",
                 &[name, password],
@@ -293,6 +319,7 @@ impl RegionDb {
         let mut change = LoginChange::Unchanged;
         if !plain {
             run_formatted(
+                &self.ddl,
                 &mut conn,
                 "ALTER ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
                 &[name],
@@ -303,6 +330,7 @@ impl RegionDb {
         }
         for group in &memberships {
             run_formatted(
+                &self.ddl,
                 &mut conn,
                 "REVOKE %I FROM %I",
                 &[group, name],
@@ -313,6 +341,7 @@ impl RegionDb {
         }
         if set_password {
             run_formatted(
+                &self.ddl,
                 &mut conn,
                 "ALTER ROLE %I PASSWORD %L",
                 &[name, password],
@@ -336,15 +365,81 @@ impl RegionDb {
             .await
             .map_err(DbError::Unreachable)?;
         let (owner, workload) = (roles.owner.as_str(), roles.workload.as_str());
-        for (template, args) in [
-            ("REVOKE ALL ON DATABASE %I FROM PUBLIC", vec![database.as_str()]),
-            ("GRANT CONNECT, CREATE ON DATABASE %I TO %I", vec![&database, owner]),
-            ("GRANT CONNECT ON DATABASE %I TO %I", vec![&database, workload]),
-            ("REVOKE CREATE ON SCHEMA public FROM PUBLIC", vec![]),
-            ("GRANT USAGE, CREATE ON SCHEMA public TO %I", vec![owner]),
-            ("GRANT USAGE ON SCHEMA public TO %I", vec![workload]),
-        ] {
-            run_formatted(&mut tx, template, &args, "grant the database to its roles").await?;
+        // Each statement only when the privileges held differ from what it makes them: a
+        // GRANT that changes nothing still rewrites the catalog row.
+        let on_database = "SELECT COALESCE(d.datacl, acldefault('d', d.datdba)) FROM pg_database d
+                            WHERE d.datname = current_database()";
+        let on_schema = "SELECT COALESCE(n.nspacl, acldefault('n', n.nspowner)) FROM pg_namespace n
+                          WHERE n.nspname = 'public'";
+        let statements: [(&str, Vec<&str>, &str, &str, &[&str], bool); 6] = [
+            (
+                "REVOKE ALL ON DATABASE %I FROM PUBLIC",
+                vec![database.as_str()],
+                on_database,
+                "",
+                &["CONNECT", "CREATE", "TEMPORARY"],
+                false,
+            ),
+            (
+                "GRANT CONNECT, CREATE ON DATABASE %I TO %I",
+                vec![&database, owner],
+                on_database,
+                owner,
+                &["CONNECT", "CREATE"],
+                true,
+            ),
+            (
+                "GRANT CONNECT ON DATABASE %I TO %I",
+                vec![&database, workload],
+                on_database,
+                workload,
+                &["CONNECT"],
+                true,
+            ),
+            (
+                "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                vec![],
+                on_schema,
+                "",
+                &["CREATE"],
+                false,
+            ),
+            (
+                "GRANT USAGE, CREATE ON SCHEMA public TO %I",
+                vec![owner],
+                on_schema,
+                owner,
+                &["USAGE", "CREATE"],
+                true,
+            ),
+            (
+                "GRANT USAGE ON SCHEMA public TO %I",
+                vec![workload],
+                on_schema,
+                workload,
+                &["USAGE"],
+                true,
+            ),
+        ];
+        for (template, args, acl, grantee, privileges, grant) in statements {
+            // The privileges `grantee` (PUBLIC when empty) holds directly.
+            let held: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT a.privilege_type::text FROM ({acl}) o(acl), aclexplode(o.acl) a
+                  WHERE a.grantee = CASE WHEN $1 = '' THEN 0::oid
+                                         ELSE (SELECT oid FROM pg_roles WHERE rolname = $1) END"
+            )))
+            .bind(grantee)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DbError::Unreachable)?;
+            let needed = if grant {
+                privileges.iter().any(|p| !held.iter().any(|h| h == p))
+            } else {
+                privileges.iter().any(|p| held.iter().any(|h| h == p))
+            };
+            if needed {
+                run_formatted(&self.ddl, &mut tx, template, &args, "grant the database to its roles").await?;
+            }
         }
         // Handing objects to the owner takes membership in it, unless one is a superuser
         // (an RDS master user, or an external Region's administrator, is not).
@@ -356,7 +451,14 @@ impl RegionDb {
         .await
         .map_err(DbError::Unreachable)?;
         if !member {
-            run_formatted(&mut tx, "GRANT %I TO CURRENT_USER", &[owner], "join the owner role").await?;
+            run_formatted(
+                &self.ddl,
+                &mut tx,
+                "GRANT %I TO CURRENT_USER",
+                &[owner],
+                "join the owner role",
+            )
+            .await?;
         }
         let relations: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT c.relkind::text, c.relname::text FROM pg_class c
@@ -374,6 +476,7 @@ impl RegionDb {
                 .find(|(k, _)| k == kind)
                 .map_or("TABLE", |(_, keyword)| keyword);
             run_formatted(
+                &self.ddl,
                 &mut tx,
                 &format!("ALTER {keyword} %I OWNER TO %I"),
                 &[relation, owner],
@@ -398,6 +501,7 @@ impl RegionDb {
                 .execute(&mut *tx)
                 .await
                 .map_err(role_error(format!("give {routine} to {owner}")))?;
+            self.ddl.inc();
         }
         tx.commit().await.map_err(DbError::Unreachable)?;
         Ok(())
@@ -442,6 +546,7 @@ impl RegionDb {
             // Privilege names come from the catalog or the schema's constant lists.
             if !extra.is_empty() {
                 run_formatted(
+                    &self.ddl,
                     &mut tx,
                     &format!("REVOKE {} ON {keyword} %I FROM %I", extra.join(", ")),
                     &[&relation, workload],
@@ -451,6 +556,7 @@ impl RegionDb {
             }
             if !missing.is_empty() {
                 run_formatted(
+                    &self.ddl,
                     &mut tx,
                     &format!("GRANT {} ON {keyword} %I TO %I", missing.join(", ")),
                     &[&relation, workload],

@@ -335,9 +335,21 @@ impl Run<'_> {
         let index = search::versions::ensure(&backend, db.pool(), code, &index_settings(self.country))
             .await
             .map_err(|e| Stop::retry("SearchIndexFailed", e.to_string()))?;
+        // The version built earlier and still current: its condition stays as it was, so
+        // that a resync with nothing changed writes no status.
+        let kept = conditions::find(&self.status.conditions, SEARCH_INDEX_READY).filter(|c| {
+            !index.built
+                && c.status == "True"
+                && c.reason == "IndexBuilt"
+                && self.status.index.as_deref() == Some(index.index.as_str())
+        });
+        let report = match kept {
+            Some(built) => Report::ok(SEARCH_INDEX_READY, "IndexBuilt", built.message.clone()),
+            None => index_ready(self.country, &index),
+        };
         self.status.index_alias = Some(search::alias(code));
         self.status.index = Some(index.index.clone());
-        Ok(index_ready(self.country, &index))
+        Ok(report)
     }
 
     async fn routes(&mut self) -> Result<Report, Stop> {

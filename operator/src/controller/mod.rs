@@ -27,10 +27,11 @@ pub struct Context {
 
 impl Context {
     pub fn new(providers: Providers) -> Self {
+        let metrics = Metrics::default();
         Self {
-            databases: Databases::default(),
+            databases: Databases::counting(metrics.write_counter(crate::metrics::WriteKind::Ddl)),
             providers,
-            metrics: Metrics::default(),
+            metrics,
             gateway: Gateway::Embedded,
         }
     }

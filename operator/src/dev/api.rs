@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use meridian_crds::{GROUP, VERSION};
 use serde_json::json;
@@ -18,14 +18,21 @@ use crate::controller::Context;
 struct AppState {
     store: Arc<RwLock<Store>>,
     ctx: Arc<Context>,
+    resync: Arc<super::Resync>,
 }
 
 /// Routes for the dev entry point.
-pub fn router(store: Arc<RwLock<Store>>, ctx: Arc<Context>) -> Router {
+pub fn router(store: Arc<RwLock<Store>>, ctx: Arc<Context>, resync: Arc<super::Resync>) -> Router {
     let base = format!("/apis/{GROUP}/{VERSION}");
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        // Every object reconciled once more, now; answers what that pass did (`meridian
+        // bench world` checks that a resync with nothing changed writes nothing).
+        .route(
+            "/dev/resync",
+            post(|State(s): State<AppState>| async move { Json(s.resync.run().await) }),
+        )
         .route(
             &format!("{base}/countries"),
             get(|State(s): State<AppState>| async move { list(&read(&s).countries, "CountryList") }),
@@ -42,7 +49,7 @@ pub fn router(store: Arc<RwLock<Store>>, ctx: Arc<Context>) -> Router {
             &format!("{base}/regions/{{name}}"),
             get(|State(s): State<AppState>, Path(name): Path<String>| async move { one(&read(&s).regions, &name) }),
         )
-        .with_state(AppState { store, ctx })
+        .with_state(AppState { store, ctx, resync })
 }
 
 fn read(state: &AppState) -> std::sync::RwLockReadGuard<'_, Store> {

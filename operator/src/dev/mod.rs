@@ -22,12 +22,58 @@ use meridian_localpg::Durability;
 pub use lock::{DataDirLock, LockError, RunningState};
 use store::Store;
 
+use futures::StreamExt;
+
 use crate::conditions;
 use crate::controller::{Context, country, region};
+use crate::metrics::WriteKind;
 use crate::providers::{LocalClusters, Providers, StaticSecrets};
 
 /// How often the folder is scanned for changes.
 const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// Countries of one Region reconciled at once: as many as the control plane's pool of that
+/// Region's database holds connections, so that a wave of launches queues here rather than
+/// timing out on the pool and retrying.
+const COUNTRIES_AT_ONCE_PER_REGION: usize = 4;
+
+/// Asks the loop to reconcile every object once more (`POST /dev/resync`) and answers what
+/// that pass did: with nothing changed it writes nothing.
+#[derive(Default)]
+pub struct Resync {
+    requested: std::sync::atomic::AtomicU64,
+    done: tokio::sync::watch::Sender<(u64, ResyncReport)>,
+}
+
+/// What one requested resync pass did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ResyncReport {
+    /// Objects reconciled in the pass.
+    pub regions: usize,
+    pub countries: usize,
+    /// Countries Ready after it.
+    pub ready: usize,
+    /// Writes made during the pass, by kind.
+    pub writes: crate::metrics::Writes,
+    pub seconds: f64,
+}
+
+impl Resync {
+    /// Requests a pass and waits for it.
+    pub async fn run(&self) -> ResyncReport {
+        let ticket = self.requested.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut done = self.done.subscribe();
+        match done.wait_for(|(pass, _)| *pass >= ticket).await {
+            Ok(answer) => answer.1.clone(),
+            Err(_) => ResyncReport::default(),
+        }
+    }
+
+    /// The pass the loop owes, if any.
+    fn wanted(&self) -> Option<u64> {
+        let requested = self.requested.load(std::sync::atomic::Ordering::SeqCst);
+        (requested > self.done.borrow().0).then_some(requested)
+    }
+}
 
 /// Options of `meridian dev`.
 #[derive(Clone, Debug)]
@@ -48,13 +94,14 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let secrets = Arc::new(DevSecrets::default());
     let ctx = Arc::new(Context::new(Providers::new(Some(local.clone()), secrets.clone())));
     let store = Arc::new(RwLock::new(Store::default()));
+    let resync = Arc::new(Resync::default());
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let workloads = Arc::new(workloads::Workloads::new(options.listen));
-    let app = api::router(store.clone(), ctx.clone()).merge(workloads.clone().router());
+    let app = api::router(store.clone(), ctx.clone(), resync.clone()).merge(workloads.clone().router());
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -85,6 +132,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         lock,
         timings: Timings::default(),
         last_table: String::new(),
+        resync,
     };
     let result = tokio::select! {
         result = dev.run_loop() => result,
@@ -136,6 +184,7 @@ struct Dev {
     lock: DataDirLock,
     timings: Timings,
     last_table: String,
+    resync: Arc<Resync>,
 }
 
 impl Dev {
@@ -192,6 +241,19 @@ impl Dev {
                 }
             }
 
+            // A requested resync: everything is due now, and the pass's writes are counted.
+            let pass = self.resync.wanted().map(|ticket| {
+                let now = Instant::now();
+                let mut store = self.store.write().expect("store lock");
+                for entry in store.regions.entries.values_mut() {
+                    entry.due = Some(now);
+                }
+                for entry in store.countries.entries.values_mut() {
+                    entry.due = Some(now);
+                }
+                let counts = (store.regions.entries.len(), store.countries.entries.len());
+                (ticket, counts, self.ctx.metrics.writes(), now)
+            });
             let regions_changed = self.reconcile_regions().await;
             if first {
                 self.timings.databases_up = Some(Instant::now());
@@ -207,6 +269,34 @@ impl Dev {
                 })?;
             }
             self.reconcile_countries().await;
+            if let Some((ticket, (regions, countries), before, started)) = pass {
+                let ready = self
+                    .store
+                    .read()
+                    .expect("store lock")
+                    .countries
+                    .entries
+                    .values()
+                    .filter(|e| ready(e.object.status.as_ref().map(|s| s.conditions.as_slice())))
+                    .count();
+                let report = ResyncReport {
+                    regions,
+                    countries,
+                    ready,
+                    writes: self.ctx.metrics.writes().since(&before),
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                println!(
+                    "resync: {regions} region(s) and {countries} country(ies) reconciled in {:.2}s, {} write(s) \
+                     ({} ddl, {} status, {} index)",
+                    report.seconds,
+                    report.writes.total(),
+                    report.writes.ddl,
+                    report.writes.status,
+                    report.writes.index
+                );
+                self.resync.done.send_replace((ticket, report));
+            }
             let (regions, countries) = {
                 let store = self.store.read().expect("store lock");
                 (store.regions.objects(), store.countries.objects())
@@ -265,6 +355,7 @@ impl Dev {
                     let was_ready = ready(region.status.as_ref().map(|s| s.conditions.as_slice()));
                     let is_ready = conditions::is_true(&outcome.status.conditions, READY);
                     if store.set_region_status(&name, outcome.status) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
                         changed = true;
                     }
                     store.regions.schedule(&name, outcome.next);
@@ -283,7 +374,10 @@ impl Dev {
                     ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
                     let previous = region.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, region.metadata.generation);
-                    changed |= store.set_region_status(&name, meridian_crds::RegionStatus { conditions, ..previous });
+                    if store.set_region_status(&name, meridian_crds::RegionStatus { conditions, ..previous }) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
+                        changed = true;
+                    }
                     store.regions.schedule(&name, blocked.next);
                 }
             }
@@ -291,7 +385,8 @@ impl Dev {
         changed
     }
 
-    /// Reconciles the due Countries concurrently.
+    /// Reconciles the due Countries: the Regions' concurrently, at most
+    /// [`COUNTRIES_AT_ONCE_PER_REGION`] of one Region at a time.
     async fn reconcile_countries(&mut self) {
         let now = Instant::now();
         let (due, countries, regions) = {
@@ -311,21 +406,30 @@ impl Dev {
             (due, store.countries.objects(), regions)
         };
         let ctx = &self.ctx;
-        let results = futures::future::join_all(due.iter().map(|c| {
+        let mut by_region: BTreeMap<&str, Vec<&Country>> = BTreeMap::new();
+        for c in &due {
+            by_region.entry(c.spec.region.as_str()).or_default().push(c);
+        }
+        let results = futures::future::join_all(by_region.into_values().map(|group| {
             let (countries, regions) = (&countries, &regions);
-            async move {
-                let started = Instant::now();
-                let region = regions.get(&c.spec.region);
-                let world = country::World { region, countries };
-                let result = if c.metadata.deletion_timestamp.is_some() {
-                    Err(country::cleanup(c, world, ctx).await)
-                } else {
-                    Ok(country::apply(c, world, ctx).await)
-                };
-                (c, result, started.elapsed())
-            }
+            futures::stream::iter(group)
+                .map(move |c| async move {
+                    let started = Instant::now();
+                    let region = regions.get(&c.spec.region);
+                    let world = country::World { region, countries };
+                    let result = if c.metadata.deletion_timestamp.is_some() {
+                        Err(country::cleanup(c, world, ctx).await)
+                    } else {
+                        Ok(country::apply(c, world, ctx).await)
+                    };
+                    (c, result, started.elapsed())
+                })
+                .buffer_unordered(COUNTRIES_AT_ONCE_PER_REGION)
+                .collect::<Vec<_>>()
         }))
-        .await;
+        .await
+        .into_iter()
+        .flatten();
         let mut store = self.store.write().expect("store lock");
         for (country, result, elapsed) in results {
             let name = country.metadata.name.clone().unwrap_or_default();
@@ -335,7 +439,9 @@ impl Dev {
                     if conditions::is_true(&outcome.status.conditions, READY) {
                         self.timings.country_ready(&name);
                     }
-                    store.set_country_status(&name, outcome.status);
+                    if store.set_country_status(&name, outcome.status) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
+                    }
                     store.countries.schedule(&name, outcome.next);
                 }
                 Err(Ok(changes)) => {
@@ -359,7 +465,9 @@ impl Dev {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
                     let previous = country.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, country.metadata.generation);
-                    store.set_country_status(&name, meridian_crds::CountryStatus { conditions, ..previous });
+                    if store.set_country_status(&name, meridian_crds::CountryStatus { conditions, ..previous }) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
+                    }
                     store.countries.schedule(&name, blocked.next);
                 }
             }

@@ -27,8 +27,10 @@ const ANALYZER: &str = "meridian";
 /// The settings an index was built with, inside its directory.
 const SETTINGS_FILE: &str = "meridian.json";
 const ALIASES_FILE: &str = "aliases.json";
-/// Indexing memory per index (tantivy's minimum is 15 MB).
-const WRITER_MEMORY: usize = 20_000_000;
+/// Indexing memory of a writer (tantivy's minimum is 15 MB). A writer exists only while
+/// a batch is written: a country's index holds no arena and no threads between writes, so
+/// `meridian dev` holds all 249 countries' indexes in little memory.
+const WRITER_MEMORY: usize = 15_000_000;
 
 /// The engine: every index under one directory.
 pub struct Engine {
@@ -46,7 +48,8 @@ struct OpenIndex {
     fields: Fields,
     index: Index,
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// Held while a batch is written: one writer at a time per index, opened for the batch.
+    writing: Mutex<()>,
 }
 
 #[derive(Clone, Copy)]
@@ -214,14 +217,13 @@ impl OpenIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(engine_error)?;
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(engine_error)?;
         Ok(Self {
             synonyms: Synonyms::new(&settings.synonyms),
             settings,
             fields,
             index,
             reader,
-            writer: Mutex::new(writer),
+            writing: Mutex::new(()),
         })
     }
 
@@ -259,22 +261,32 @@ impl OpenIndex {
                 *entry = doc;
             }
         }
+        let _writing = self.writing.lock().expect("index writer lock");
         let searcher = self.reader.searcher();
-        let mut writer = self.writer.lock().expect("index writer lock");
-        let mut written = 0;
+        let mut fresh = Vec::new();
         for doc in newest.values() {
-            let id = doc.id.to_string();
-            if self.stored_version(&searcher, &id)?.is_some_and(|v| v >= doc.version) {
-                continue;
+            if !self
+                .stored_version(&searcher, &doc.id.to_string())?
+                .is_some_and(|v| v >= doc.version)
+            {
+                fresh.push(*doc);
             }
-            writer.delete_term(Term::from_field_text(self.fields.id, &id));
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        // Opened for this batch and closed after it (its threads ended, its arena freed).
+        let mut writer: IndexWriter = self
+            .index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(engine_error)?;
+        for doc in fresh {
+            writer.delete_term(Term::from_field_text(self.fields.id, &doc.id.to_string()));
             writer.add_document(self.document(doc)?).map_err(engine_error)?;
-            written += 1;
         }
-        if written > 0 {
-            writer.commit().map_err(engine_error)?;
-            self.reader.reload().map_err(engine_error)?;
-        }
+        writer.commit().map_err(engine_error)?;
+        writer.wait_merging_threads().map_err(engine_error)?;
+        self.reader.reload().map_err(engine_error)?;
         Ok(())
     }
 

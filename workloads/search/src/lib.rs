@@ -14,8 +14,22 @@ pub mod opensearch;
 pub mod versions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use model::{Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError, alias, versioned};
+
+/// Calls that change an index (create, fill, upsert, delete, alias moves), through any
+/// backend, since the process started: a resync with nothing changed makes none.
+static INDEX_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// How many index-changing calls this process has made ([`INDEX_WRITES`]).
+pub fn index_writes() -> u64 {
+    INDEX_WRITES.load(Ordering::Relaxed)
+}
+
+fn wrote() {
+    INDEX_WRITES.fetch_add(1, Ordering::Relaxed);
+}
 
 /// A search backend: the same calls whichever engine holds the indexes.
 #[derive(Clone)]
@@ -44,6 +58,7 @@ impl Backend {
 
     /// Creates `index` with `settings`; an existing index of that name is left as it is.
     pub async fn create_index(&self, index: &str, settings: &IndexSettings) -> Result<(), SearchError> {
+        wrote();
         match self {
             Backend::Embedded(e) => e.create_index(index, settings).await,
             Backend::OpenSearch(o) => o.create_index(index, settings).await,
@@ -52,6 +67,7 @@ impl Backend {
 
     /// Points `alias` at `index` and away from any other index, in one atomic step.
     pub async fn point_alias(&self, alias: &str, index: &str) -> Result<(), SearchError> {
+        wrote();
         match self {
             Backend::Embedded(e) => e.point_alias(alias, index).await,
             Backend::OpenSearch(o) => o.point_alias(alias, index).await,
@@ -60,6 +76,7 @@ impl Backend {
 
     /// Deletes `index`; one that does not exist is not an error.
     pub async fn delete_index(&self, index: &str) -> Result<(), SearchError> {
+        wrote();
         match self {
             Backend::Embedded(e) => e.delete_index(index).await,
             Backend::OpenSearch(o) => o.delete_index(index).await,
@@ -78,6 +95,7 @@ impl Backend {
     /// does not exist, never creating an index); a document whose stored version is as new
     /// or newer is left alone.
     pub async fn upsert(&self, alias: &str, docs: &[Document]) -> Result<(), SearchError> {
+        wrote();
         match self {
             Backend::Embedded(e) => e.upsert(alias, docs).await,
             Backend::OpenSearch(o) => o.upsert(alias, docs).await,
@@ -87,6 +105,7 @@ impl Backend {
     /// [`Backend::upsert`] into the named versioned index (which must exist), while it is
     /// being built.
     pub async fn fill(&self, index: &str, docs: &[Document]) -> Result<(), SearchError> {
+        wrote();
         match self {
             Backend::Embedded(e) => e.fill(index, docs).await,
             Backend::OpenSearch(o) => o.fill(index, docs).await,
