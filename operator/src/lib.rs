@@ -1,8 +1,9 @@
 //! Meridian's control plane: the Country and Region reconcilers and the two drivers that
 //! run them — the Kubernetes operator ([`k8s`]) and the embedded stack ([`dev`]) — plus
-//! `meridian plan` ([`plan_cmd`]).
+//! `meridian plan` ([`plan_cmd`]) and `meridian bench world` ([`bench_world`]).
 
 pub mod backends;
+pub mod bench_world;
 pub mod conditions;
 pub mod controller;
 pub mod dev;

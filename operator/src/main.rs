@@ -66,6 +66,9 @@ enum Bench {
     Booking(meridian_booking::bench::BookingBench),
     /// Query speed and recall of the embedded search engine, against PostgreSQL full-text search, trigrams and ILIKE.
     Search(meridian_search::bench::SearchBench),
+    /// `meridian dev` holding every country (examples/world): seconds to all Ready, peak
+    /// memory, and the writes of a resync with nothing changed.
+    World(meridian_operator::bench_world::WorldBench),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +113,10 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Search(options)) => {
                 print!("{}", meridian_search::bench::run(options).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::World(options)) => {
+                print!("{}", meridian_operator::bench_world::run(options).await?.text());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Residency(ResidencyCommand::Report(options)) => {

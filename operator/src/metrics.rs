@@ -52,7 +52,7 @@ impl WriteKind {
 }
 
 /// Writes of each kind, as counted so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Writes {
     pub ddl: u64,
     pub status: u64,

@@ -45,7 +45,7 @@ pub struct Resync {
 }
 
 /// What one requested resync pass did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ResyncReport {
     /// Objects reconciled in the pass.
     pub regions: usize,
