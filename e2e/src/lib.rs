@@ -75,6 +75,11 @@ impl Dev {
         }
     }
 
+    /// The process ID of `meridian dev`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it printed so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
