@@ -371,13 +371,13 @@ impl RegionDb {
                             WHERE d.datname = current_database()";
         let on_schema = "SELECT COALESCE(n.nspacl, acldefault('n', n.nspowner)) FROM pg_namespace n
                           WHERE n.nspname = 'public'";
-        let statements: [(&str, Vec<&str>, &str, &str, &[&str], bool); 6] = [
+        let statements = [
             (
                 "REVOKE ALL ON DATABASE %I FROM PUBLIC",
                 vec![database.as_str()],
                 on_database,
                 "",
-                &["CONNECT", "CREATE", "TEMPORARY"],
+                &["CONNECT", "CREATE", "TEMPORARY"][..],
                 false,
             ),
             (
@@ -385,7 +385,7 @@ impl RegionDb {
                 vec![&database, owner],
                 on_database,
                 owner,
-                &["CONNECT", "CREATE"],
+                &["CONNECT", "CREATE"][..],
                 true,
             ),
             (
@@ -393,7 +393,7 @@ impl RegionDb {
                 vec![&database, workload],
                 on_database,
                 workload,
-                &["CONNECT"],
+                &["CONNECT"][..],
                 true,
             ),
             (
@@ -401,7 +401,7 @@ impl RegionDb {
                 vec![],
                 on_schema,
                 "",
-                &["CREATE"],
+                &["CREATE"][..],
                 false,
             ),
             (
@@ -409,7 +409,7 @@ impl RegionDb {
                 vec![owner],
                 on_schema,
                 owner,
-                &["USAGE", "CREATE"],
+                &["USAGE", "CREATE"][..],
                 true,
             ),
             (
@@ -417,7 +417,7 @@ impl RegionDb {
                 vec![workload],
                 on_schema,
                 workload,
-                &["USAGE"],
+                &["USAGE"][..],
                 true,
             ),
         ];

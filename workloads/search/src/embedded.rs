@@ -265,10 +265,9 @@ impl OpenIndex {
         let searcher = self.reader.searcher();
         let mut fresh = Vec::new();
         for doc in newest.values() {
-            if !self
-                .stored_version(&searcher, &doc.id.to_string())?
-                .is_some_and(|v| v >= doc.version)
-            {
+            // Written unless the index holds this version or a newer one.
+            let stored = self.stored_version(&searcher, &doc.id.to_string())?;
+            if stored.is_none_or(|v| v < doc.version) {
                 fresh.push(*doc);
             }
         }
