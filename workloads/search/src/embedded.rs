@@ -30,7 +30,7 @@ const ALIASES_FILE: &str = "aliases.json";
 /// Indexing memory of a writer (tantivy's minimum is 15 MB). A writer exists only while
 /// a batch is written: a country's index holds no arena and no threads between writes, so
 /// `meridian dev` holds all 249 countries' indexes in little memory.
-const WRITER_MEMORY: usize = 15_000_000;
+const WRITER_MEMORY: usize = 20_000_000;
 
 /// The engine: every index under one directory.
 pub struct Engine {
@@ -586,5 +586,64 @@ impl Engine {
             .map(str::to_ascii_uppercase)
             .ok_or_else(|| SearchError::BadQuery(format!("{alias} is not a practitioner index")))?;
         open.search(&country, query)
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    fn doc(version: i64) -> Document {
+        Document {
+            id: uuid::Uuid::from_u128(7),
+            country_code: "EG".into(),
+            given_name: "Mona".into(),
+            family_name: "Hassan".into(),
+            specialty: "Cardiology".into(),
+            city: "Cairo".into(),
+            languages: vec!["ar".into()],
+            active: true,
+            version,
+        }
+    }
+
+    /// Whether a writer of its own could be opened on the index now: only when the engine
+    /// holds none (tantivy allows one writer per index).
+    fn free(dir: &Path) -> bool {
+        let index = Index::open_in_dir(dir.join("indexes/practitioners_eg_v1")).unwrap();
+        index
+            .writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY)
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_index_holds_no_writer_between_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let settings = IndexSettings {
+            language: Language::Standard,
+            synonyms: Vec::new(),
+        };
+        engine.create_index("practitioners_eg_v1", &settings).await.unwrap();
+        engine
+            .point_alias("practitioners_eg", "practitioners_eg_v1")
+            .await
+            .unwrap();
+        assert!(free(dir.path()), "none after creation");
+        engine.upsert("practitioners_eg", &[doc(1)]).await.unwrap();
+        assert!(free(dir.path()), "none after a write");
+        engine.upsert("practitioners_eg", &[doc(2)]).await.unwrap();
+        let hits = engine
+            .search(
+                "practitioners_eg",
+                &Query {
+                    text: Some("Hassan".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((hits.total, hits.hits[0].document.version), (1, 2));
     }
 }
