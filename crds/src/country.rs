@@ -186,29 +186,56 @@ impl Default for Features {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchSettings {
-    /// Language analyzer (stemming and stop words).
+    /// Language analyzer: the language's tokenisation, normalisation, stop words and
+    /// stemmer, as OpenSearch's analyzer of that name. Without `search`, the analyzer
+    /// follows the Country's `locale`.
     pub analyzer: SearchAnalyzer,
     /// Synonym rules in Solr format, e.g. `GP, Hausarzt => Allgemeinmedizin`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synonyms: Vec<String>,
 }
 
-/// Supported language analyzers.
+/// Supported language analyzers: every language analyzer of OpenSearch 2.x, and `standard`
+/// (no stop words, no stemming).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SearchAnalyzer {
     Standard,
-    English,
-    German,
-    French,
-    Spanish,
-    Italian,
-    Dutch,
-    Portuguese,
-    Swedish,
+    Arabic,
+    Armenian,
+    Basque,
+    Bengali,
+    Brazilian,
+    Bulgarian,
+    Catalan,
+    Cjk,
+    Czech,
     Danish,
-    Norwegian,
+    Dutch,
+    English,
+    Estonian,
     Finnish,
+    French,
+    Galician,
+    German,
+    Greek,
+    Hindi,
+    Hungarian,
+    Indonesian,
+    Irish,
+    Italian,
+    Latvian,
+    Lithuanian,
+    Norwegian,
+    Persian,
+    Portuguese,
+    Romanian,
+    Russian,
+    Sorani,
+    Spanish,
+    Swedish,
+    Turkish,
+    Thai,
 }
 
 /// Observed state of a Country.

@@ -495,53 +495,25 @@ fn index_ready(country: &Country, index: &search::versions::Ensured) -> Report {
 /// What the country's search index is built with: its `spec.search`, or the language of
 /// its locale without synonyms.
 pub fn index_settings(country: &Country) -> search::IndexSettings {
-    let language = |analyzer: SearchAnalyzer| match analyzer {
-        SearchAnalyzer::Standard => Language::Standard,
-        SearchAnalyzer::English => Language::English,
-        SearchAnalyzer::German => Language::German,
-        SearchAnalyzer::French => Language::French,
-        SearchAnalyzer::Spanish => Language::Spanish,
-        SearchAnalyzer::Italian => Language::Italian,
-        SearchAnalyzer::Dutch => Language::Dutch,
-        SearchAnalyzer::Portuguese => Language::Portuguese,
-        SearchAnalyzer::Swedish => Language::Swedish,
-        SearchAnalyzer::Danish => Language::Danish,
-        SearchAnalyzer::Norwegian => Language::Norwegian,
-        SearchAnalyzer::Finnish => Language::Finnish,
-    };
     match &country.spec.search {
         Some(settings) => search::IndexSettings {
             language: language(settings.analyzer),
             synonyms: settings.synonyms.clone(),
         },
-        None => {
-            let primary = country
-                .spec
-                .locale
-                .split('-')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            let language = match primary.as_str() {
-                "en" => Language::English,
-                "de" => Language::German,
-                "fr" => Language::French,
-                "es" => Language::Spanish,
-                "it" => Language::Italian,
-                "nl" => Language::Dutch,
-                "pt" => Language::Portuguese,
-                "sv" => Language::Swedish,
-                "da" => Language::Danish,
-                "nb" | "nn" | "no" => Language::Norwegian,
-                "fi" => Language::Finnish,
-                _ => Language::Standard,
-            };
-            search::IndexSettings {
-                language,
-                synonyms: Vec::new(),
-            }
-        }
+        None => search::IndexSettings {
+            language: Language::for_locale(&country.spec.locale),
+            synonyms: Vec::new(),
+        },
     }
+}
+
+/// The search crate's analyzer of the same name (both enums spell their variants as
+/// OpenSearch names its analyzers).
+fn language(analyzer: SearchAnalyzer) -> Language {
+    serde_json::to_value(analyzer)
+        .ok()
+        .and_then(|name| Language::from_name(name.as_str()?))
+        .unwrap_or(Language::Standard)
 }
 
 /// What a Country created and therefore may clean up: what its status records, and only
@@ -675,6 +647,49 @@ spec:
   allowedCloudRegions: [eu-central-1]
   regulatory: {retentionYears: 10, minimumAge: 16}
 ";
+
+    #[test]
+    fn every_analyzer_of_the_crd_is_the_search_language_of_the_same_name() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Country::crd()).unwrap();
+        let names: Vec<String> = serde_json::from_value(
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["search"]
+                ["properties"]["analyzer"]["enum"]
+                .clone(),
+        )
+        .unwrap();
+        let mut known: Vec<&str> = Language::all().map(Language::name).collect();
+        let mut offered: Vec<&str> = names.iter().map(String::as_str).collect();
+        known.sort();
+        offered.sort();
+        assert_eq!(offered, known);
+        for name in names {
+            let analyzer: SearchAnalyzer = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(language(analyzer).name(), name);
+        }
+    }
+
+    #[test]
+    fn without_search_the_locale_chooses_the_analyzer() {
+        for (locale, language) in [
+            ("de-DE", Language::German),
+            ("ar-EG", Language::Arabic),
+            ("ja-JP", Language::Cjk),
+            ("th-TH", Language::Thai),
+            ("pt-BR", Language::Brazilian),
+            ("sw-KE", Language::Standard),
+        ] {
+            let settings = index_settings(&country(&DE.replace("de-DE", locale)));
+            assert_eq!(settings.language, language, "{locale}");
+            assert!(settings.synonyms.is_empty());
+        }
+        let chosen = country(&format!(
+            "{DE}  search: {{analyzer: arabic, synonyms: [\"طبيب, دكتور\"]}}\n"
+        ));
+        let settings = index_settings(&chosen);
+        assert_eq!(settings.language, Language::Arabic);
+        assert_eq!(settings.synonyms, ["طبيب, دكتور"]);
+    }
 
     #[test]
     fn strict_country_on_its_dedicated_region_is_compliant() {

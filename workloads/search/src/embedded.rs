@@ -4,9 +4,9 @@
 //! nothing and survives restarts. A search holds the index it started on (an `Arc`), so
 //! swapping the alias and deleting the old version never fails a search in flight.
 //!
-//! Text is analysed per index from its settings: synonyms first (at the word level, the
-//! same way for documents and queries), then lower-casing, the language's stop words, its
-//! stemmer, and ASCII folding. Query words match the stems with a typo allowance.
+//! Text is analysed per index from its settings by [`crate::analysis`] (the language's
+//! word segmentation, normalisation, synonyms, stop words, stemmer or CJK bigrams, the same
+//! for documents and queries). Query terms match the indexed terms with a typo allowance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,12 +15,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query as TantivyQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
-use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
-};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use crate::model::{Census, Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError, parse_synonym};
+use crate::model::{Census, Document, Hit, Hits, IndexSettings, Query, Resolved, SearchError};
 
 /// The name each index registers its analyzer under.
 const ANALYZER: &str = "meridian";
@@ -44,7 +41,6 @@ pub struct Engine {
 /// One open index.
 struct OpenIndex {
     settings: IndexSettings,
-    synonyms: Synonyms,
     fields: Fields,
     index: Index,
     reader: IndexReader,
@@ -112,82 +108,6 @@ fn key(value: &str) -> String {
     value.trim().to_lowercase()
 }
 
-fn analyzer(language: Language) -> TextAnalyzer {
-    let builder = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(40))
-        .filter(LowerCaser)
-        .dynamic();
-    let builder = match tantivy_language(language) {
-        // Stop words and stems are spelled with their diacritics: fold afterwards.
-        Some(lang) => match StopWordFilter::new(lang) {
-            Some(stop) => builder.filter_dynamic(stop).filter_dynamic(Stemmer::new(lang)),
-            None => builder.filter_dynamic(Stemmer::new(lang)),
-        },
-        None => builder,
-    };
-    builder.filter_dynamic(AsciiFoldingFilter).build()
-}
-
-fn tantivy_language(language: Language) -> Option<tantivy::tokenizer::Language> {
-    use tantivy::tokenizer::Language as T;
-    Some(match language {
-        Language::Standard => return None,
-        Language::English => T::English,
-        Language::German => T::German,
-        Language::French => T::French,
-        Language::Spanish => T::Spanish,
-        Language::Italian => T::Italian,
-        Language::Dutch => T::Dutch,
-        Language::Portuguese => T::Portuguese,
-        Language::Swedish => T::Swedish,
-        Language::Danish => T::Danish,
-        Language::Norwegian => T::Norwegian,
-        Language::Finnish => T::Finnish,
-    })
-}
-
-/// Synonym rules applied to words before analysis.
-struct Synonyms(Vec<(Vec<Vec<String>>, Vec<String>)>);
-
-impl Synonyms {
-    fn new(rules: &[String]) -> Self {
-        let words = |phrase: &String| phrase.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        Self(
-            rules
-                .iter()
-                .filter_map(|rule| parse_synonym(rule))
-                .map(|(from, to)| (from.iter().map(words).collect(), to))
-                .collect(),
-        )
-    }
-
-    /// `text` with every phrase a rule reads replaced by what it stands for.
-    fn apply(&self, text: &str) -> String {
-        if self.0.is_empty() {
-            return text.to_string();
-        }
-        let words: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
-        let mut out: Vec<&str> = Vec::new();
-        let mut i = 0;
-        'words: while i < words.len() {
-            for (from, to) in &self.0 {
-                if let Some(phrase) = from.iter().find(|p| words[i..].starts_with(p)) {
-                    out.extend(to.iter().map(String::as_str));
-                    i += phrase.len();
-                    continue 'words;
-                }
-            }
-            out.push(&words[i]);
-            i += 1;
-        }
-        out.join(" ")
-    }
-}
-
 impl OpenIndex {
     fn create(dir: &Path, settings: &IndexSettings) -> Result<Self, SearchError> {
         std::fs::create_dir_all(dir).map_err(engine_error)?;
@@ -211,14 +131,15 @@ impl OpenIndex {
     }
 
     fn with(index: Index, fields: Fields, settings: IndexSettings) -> Result<Self, SearchError> {
-        index.tokenizers().register(ANALYZER, analyzer(settings.language));
+        index
+            .tokenizers()
+            .register(ANALYZER, crate::analysis::text_analyzer(&settings));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(engine_error)?;
         Ok(Self {
-            synonyms: Synonyms::new(&settings.synonyms),
             settings,
             fields,
             index,
@@ -294,10 +215,10 @@ impl OpenIndex {
         let mut out = TantivyDocument::default();
         out.add_text(f.id, doc.id.to_string());
         out.add_text(f.country_code, &doc.country_code);
-        out.add_text(f.given_name, self.synonyms.apply(&doc.given_name));
-        out.add_text(f.family_name, self.synonyms.apply(&doc.family_name));
-        out.add_text(f.specialty, self.synonyms.apply(&doc.specialty));
-        out.add_text(f.city, self.synonyms.apply(&doc.city));
+        out.add_text(f.given_name, &doc.given_name);
+        out.add_text(f.family_name, &doc.family_name);
+        out.add_text(f.specialty, &doc.specialty);
+        out.add_text(f.city, &doc.city);
         out.add_text(f.specialty_key, key(&doc.specialty));
         out.add_text(f.city_key, key(&doc.city));
         for language in &doc.languages {
@@ -329,17 +250,13 @@ impl OpenIndex {
         if let Some(language) = &query.language {
             must.push((Occur::Must, term(f.languages, &key(language))));
         }
-        let text = query
-            .text
-            .as_deref()
-            .map(|t| self.synonyms.apply(t))
-            .unwrap_or_default();
+        let text = query.text.as_deref().unwrap_or_default();
         let mut analyzer = self
             .index
             .tokenizers()
             .get(ANALYZER)
             .ok_or_else(|| engine_error("analyzer not registered"))?;
-        let mut stream = analyzer.token_stream(&text);
+        let mut stream = analyzer.token_stream(text);
         let mut words: Vec<String> = Vec::new();
         while let Some(token) = stream.next() {
             if !words.contains(&token.text) {

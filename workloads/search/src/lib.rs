@@ -6,6 +6,7 @@
 //! from PostgreSQL, the source of truth; [`indexer`] keeps them current from the outbox.
 //! [`bench`] is its benchmark (`meridian bench search`).
 
+pub mod analysis;
 pub mod bench;
 pub mod embedded;
 pub mod indexer;

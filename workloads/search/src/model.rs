@@ -21,45 +21,145 @@ pub fn version_of(code: &str, index: &str) -> Option<u32> {
     index.strip_prefix(&format!("{}_v", alias(code)))?.parse().ok()
 }
 
-/// A language analyzer: tokens are lower-cased, folded to ASCII, stop words dropped and
-/// words reduced to their stem in this language.
+/// A language analyzer, named as OpenSearch names its built-in one: the language's
+/// tokenisation, normalisation, stop words and stemmer (see [`crate::opensearch`] and
+/// [`crate::embedded`] for what each backend does with it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Language {
     /// No stemming or stop words.
     Standard,
-    English,
-    German,
-    French,
-    Spanish,
-    Italian,
-    Dutch,
-    Portuguese,
-    Swedish,
+    Arabic,
+    Armenian,
+    Basque,
+    Bengali,
+    /// Brazilian Portuguese.
+    Brazilian,
+    Bulgarian,
+    Catalan,
+    /// Chinese, Japanese and Korean: overlapping bigrams of their characters.
+    Cjk,
+    Czech,
     Danish,
-    Norwegian,
+    Dutch,
+    English,
+    Estonian,
     Finnish,
+    French,
+    Galician,
+    German,
+    Greek,
+    Hindi,
+    Hungarian,
+    Indonesian,
+    Irish,
+    Italian,
+    Latvian,
+    Lithuanian,
+    Norwegian,
+    Persian,
+    Portuguese,
+    Romanian,
+    Russian,
+    /// Central Kurdish.
+    Sorani,
+    Spanish,
+    Swedish,
+    Turkish,
+    Thai,
 }
 
+/// Every language with its analyzer name and the BCP 47 locales that choose it when a
+/// Country has no `spec.search`: a `language-REGION` entry is matched before a bare
+/// language.
+const LANGUAGES: [(Language, &str, &[&str]); 36] = [
+    (Language::Standard, "standard", &[]),
+    (Language::Arabic, "arabic", &["ar"]),
+    (Language::Armenian, "armenian", &["hy"]),
+    (Language::Basque, "basque", &["eu"]),
+    (Language::Bengali, "bengali", &["bn"]),
+    (Language::Brazilian, "brazilian", &["pt-br"]),
+    (Language::Bulgarian, "bulgarian", &["bg"]),
+    (Language::Catalan, "catalan", &["ca"]),
+    (Language::Cjk, "cjk", &["zh", "ja", "ko"]),
+    (Language::Czech, "czech", &["cs"]),
+    (Language::Danish, "danish", &["da"]),
+    (Language::Dutch, "dutch", &["nl"]),
+    (Language::English, "english", &["en"]),
+    (Language::Estonian, "estonian", &["et"]),
+    (Language::Finnish, "finnish", &["fi"]),
+    (Language::French, "french", &["fr"]),
+    (Language::Galician, "galician", &["gl"]),
+    (Language::German, "german", &["de"]),
+    (Language::Greek, "greek", &["el"]),
+    (Language::Hindi, "hindi", &["hi"]),
+    (Language::Hungarian, "hungarian", &["hu"]),
+    (Language::Indonesian, "indonesian", &["id"]),
+    (Language::Irish, "irish", &["ga"]),
+    (Language::Italian, "italian", &["it"]),
+    (Language::Latvian, "latvian", &["lv"]),
+    (Language::Lithuanian, "lithuanian", &["lt"]),
+    (Language::Norwegian, "norwegian", &["nb", "nn", "no"]),
+    (Language::Persian, "persian", &["fa"]),
+    (Language::Portuguese, "portuguese", &["pt"]),
+    (Language::Romanian, "romanian", &["ro"]),
+    (Language::Russian, "russian", &["ru"]),
+    (Language::Sorani, "sorani", &["ckb"]),
+    (Language::Spanish, "spanish", &["es"]),
+    (Language::Swedish, "swedish", &["sv"]),
+    (Language::Turkish, "turkish", &["tr"]),
+    (Language::Thai, "thai", &["th"]),
+];
+
 impl Language {
-    /// The name OpenSearch's built-in stemmer and stop-word filters use, if any.
-    pub fn opensearch_name(self) -> Option<&'static str> {
-        Some(match self {
-            Language::Standard => return None,
-            Language::English => "english",
-            Language::German => "german",
-            Language::French => "french",
-            Language::Spanish => "spanish",
-            Language::Italian => "italian",
-            Language::Dutch => "dutch",
-            Language::Portuguese => "portuguese",
-            Language::Swedish => "swedish",
-            Language::Danish => "danish",
-            Language::Norwegian => "norwegian",
-            Language::Finnish => "finnish",
-        })
+    /// Every language, `Standard` first.
+    pub fn all() -> impl Iterator<Item = Language> {
+        LANGUAGES.iter().map(|(language, _, _)| *language)
+    }
+
+    /// The analyzer's name (`arabic`), as `spec.search.analyzer` and OpenSearch spell it.
+    pub fn name(self) -> &'static str {
+        LANGUAGES
+            .iter()
+            .find(|(language, _, _)| *language == self)
+            .map(|(_, name, _)| *name)
+            .expect("every language is in the table")
+    }
+
+    /// The language called `name` (`arabic`), if any.
+    pub fn from_name(name: &str) -> Option<Language> {
+        LANGUAGES
+            .iter()
+            .find(|(_, known, _)| *known == name)
+            .map(|(language, _, _)| *language)
+    }
+
+    /// The analyzer a BCP 47 `locale` chooses: `ar-EG` is Arabic, `pt-BR` Brazilian,
+    /// `pt-PT` Portuguese, `ja-JP` CJK; a language without an analyzer gets `Standard`.
+    pub fn for_locale(locale: &str) -> Language {
+        let mut subtags = locale.split(['-', '_']).map(str::to_ascii_lowercase);
+        let primary = subtags.next().unwrap_or_default();
+        // The region is the first two-letter (or three-digit) subtag after the language,
+        // past any script or extended language subtag.
+        let region = subtags.find(|s| s.len() == 2 || (s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit())));
+        let with_region = region.map(|region| format!("{primary}-{region}"));
+        let find = |wanted: &str| {
+            LANGUAGES
+                .iter()
+                .find(|(_, _, locales)| locales.contains(&wanted))
+                .map(|(language, _, _)| *language)
+        };
+        with_region
+            .as_deref()
+            .and_then(find)
+            .or_else(|| find(&primary))
+            .unwrap_or(Language::Standard)
     }
 }
+
+/// Changes whenever what an analyzer does to text changes (in either backend), so that an
+/// index analysed the old way is rebuilt rather than searched with the new analysis.
+const ANALYSIS_REVISION: u32 = 2;
 
 /// What a country's index is built with, from its Country `spec.search`. A change means a
 /// new index version.
@@ -74,10 +174,11 @@ pub struct IndexSettings {
 }
 
 impl IndexSettings {
-    /// A short stable hash of the settings, stored with each index version so that a
-    /// reconcile can tell whether the current version still matches the spec.
+    /// A short stable hash of the settings and of the analysis revision, stored with each
+    /// index version so that a reconcile can tell whether the current version still
+    /// matches the spec (and rebuilds indexes analysed by an older revision).
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::to_vec(self).expect("settings serialize");
+        let canonical = serde_json::to_vec(&(ANALYSIS_REVISION, self)).expect("settings serialize");
         let digest = Sha256::digest(&canonical);
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
@@ -213,6 +314,71 @@ mod tests {
         other.language = Language::Standard;
         assert_ne!(de.fingerprint(), other.fingerprint());
         assert_eq!(de.fingerprint().len(), 16);
+    }
+
+    #[test]
+    fn every_language_has_one_name_the_same_as_its_serde_name() {
+        let all: Vec<Language> = Language::all().collect();
+        assert_eq!(all.len(), 36);
+        for language in all {
+            let name = language.name();
+            assert_eq!(serde_json::to_value(language).unwrap(), serde_json::json!(name));
+            assert_eq!(Language::from_name(name), Some(language));
+        }
+        assert_eq!(Language::from_name("klingon"), None);
+    }
+
+    #[test]
+    fn the_locale_chooses_the_analyzer() {
+        for (locale, language) in [
+            ("ar-EG", Language::Arabic),
+            ("ar", Language::Arabic),
+            ("hy-AM", Language::Armenian),
+            ("eu-ES", Language::Basque),
+            ("bn-BD", Language::Bengali),
+            ("pt-BR", Language::Brazilian),
+            ("pt-br", Language::Brazilian),
+            ("pt-PT", Language::Portuguese),
+            ("pt", Language::Portuguese),
+            ("bg-BG", Language::Bulgarian),
+            ("ca-ES", Language::Catalan),
+            ("zh-CN", Language::Cjk),
+            ("zh-Hant-TW", Language::Cjk),
+            ("ja-JP", Language::Cjk),
+            ("ko-KR", Language::Cjk),
+            ("cs-CZ", Language::Czech),
+            ("da-DK", Language::Danish),
+            ("nl-BE", Language::Dutch),
+            ("en-GB", Language::English),
+            ("et-EE", Language::Estonian),
+            ("fi-FI", Language::Finnish),
+            ("fr-CA", Language::French),
+            ("gl-ES", Language::Galician),
+            ("de-AT", Language::German),
+            ("el-GR", Language::Greek),
+            ("hi-IN", Language::Hindi),
+            ("hu-HU", Language::Hungarian),
+            ("id-ID", Language::Indonesian),
+            ("ga-IE", Language::Irish),
+            ("it-CH", Language::Italian),
+            ("lv-LV", Language::Latvian),
+            ("lt-LT", Language::Lithuanian),
+            ("nb-NO", Language::Norwegian),
+            ("nn-NO", Language::Norwegian),
+            ("no", Language::Norwegian),
+            ("fa-IR", Language::Persian),
+            ("ro-RO", Language::Romanian),
+            ("ru-RU", Language::Russian),
+            ("ckb-IQ", Language::Sorani),
+            ("es-419", Language::Spanish),
+            ("sv-SE", Language::Swedish),
+            ("tr-TR", Language::Turkish),
+            ("th-TH", Language::Thai),
+            ("sw-KE", Language::Standard),
+            ("", Language::Standard),
+        ] {
+            assert_eq!(Language::for_locale(locale), language, "{locale}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value, json};
 
-use crate::model::{Census, Document, Hit, Hits, IndexSettings, Query, Resolved, SearchError};
+use crate::model::{Census, Document, Hit, Hits, IndexSettings, Language, Query, Resolved, SearchError};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -468,14 +468,207 @@ impl OpenSearch {
     }
 }
 
+/// OpenSearch's built-in analyzer of a language rebuilt from its parts (as OpenSearch's
+/// documentation of each language analyzer lists them), so that synonyms can go in:
+/// `before` runs up to lower-casing, the synonym filter follows, then `after`.
+struct Chain {
+    tokenizer: &'static str,
+    /// A character filter and its definition (Persian: zero-width non-joiners are spaces).
+    char_filter: Option<(&'static str, Value)>,
+    before: Vec<(&'static str, Option<Value>)>,
+    after: Vec<(&'static str, Option<Value>)>,
+}
+
+/// The parts of OpenSearch's `language` analyzer: its tokenizer, lower-casing, digit and
+/// script normalisation, stop words (`_arabic_`, ...) and stemmer (without the keyword
+/// marker, which only serves `stem_exclusion`).
+fn language_chain(language: Language) -> Chain {
+    use Language as L;
+    let builtin = |name: &'static str| (name, None);
+    let stop = |words: &str| ("meridian_stop", Some(json!({"type": "stop", "stopwords": words})));
+    let stem = |name: &str| ("meridian_stemmer", Some(json!({"type": "stemmer", "language": name})));
+    let lowercase = |name: &str| ("meridian_lowercase", Some(json!({"type": "lowercase", "language": name})));
+    let elision = |articles: &[&str]| {
+        (
+            "meridian_elision",
+            Some(json!({"type": "elision", "articles": articles, "articles_case": true})),
+        )
+    };
+    // Most languages: lower-case, then the language's stop words and stemmer.
+    let plain = |stopwords: &str, stemmer: &str| Chain {
+        tokenizer: "standard",
+        char_filter: None,
+        before: vec![builtin("lowercase")],
+        after: vec![stop(stopwords), stem(stemmer)],
+    };
+    match language {
+        L::Standard => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("lowercase")],
+            after: Vec::new(),
+        },
+        L::Arabic => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("lowercase"), builtin("decimal_digit")],
+            after: vec![stop("_arabic_"), builtin("arabic_normalization"), stem("arabic")],
+        },
+        L::Armenian => plain("_armenian_", "armenian"),
+        L::Basque => plain("_basque_", "basque"),
+        L::Bengali => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("lowercase"), builtin("decimal_digit")],
+            after: vec![
+                builtin("indic_normalization"),
+                builtin("bengali_normalization"),
+                stop("_bengali_"),
+                stem("bengali"),
+            ],
+        },
+        L::Brazilian => plain("_brazilian_", "brazilian"),
+        L::Bulgarian => plain("_bulgarian_", "bulgarian"),
+        L::Catalan => Chain {
+            before: vec![elision(&["d", "l", "m", "n", "s", "t"]), builtin("lowercase")],
+            ..plain("_catalan_", "catalan")
+        },
+        L::Cjk => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("cjk_width"), builtin("lowercase")],
+            // OpenSearch's cjk analyzer drops English stop words.
+            after: vec![builtin("cjk_bigram"), stop("_english_")],
+        },
+        L::Czech => plain("_czech_", "czech"),
+        L::Danish => plain("_danish_", "danish"),
+        L::Dutch => plain("_dutch_", "dutch"),
+        L::English => Chain {
+            before: vec![
+                ("meridian_possessive", Some(json!({"type": "stemmer", "language": "possessive_english"}))),
+                builtin("lowercase"),
+            ],
+            ..plain("_english_", "english")
+        },
+        L::Estonian => plain("_estonian_", "estonian"),
+        L::Finnish => plain("_finnish_", "finnish"),
+        L::French => Chain {
+            before: vec![
+                elision(&[
+                    "l", "m", "t", "qu", "n", "s", "j", "d", "c", "jusqu", "quoiqu", "lorsqu", "puisqu",
+                ]),
+                builtin("lowercase"),
+            ],
+            ..plain("_french_", "light_french")
+        },
+        L::Galician => plain("_galician_", "galician"),
+        L::German => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("lowercase")],
+            after: vec![stop("_german_"), builtin("german_normalization"), stem("light_german")],
+        },
+        L::Greek => Chain {
+            before: vec![lowercase("greek")],
+            ..plain("_greek_", "greek")
+        },
+        L::Hindi => Chain {
+            tokenizer: "standard",
+            char_filter: None,
+            before: vec![builtin("lowercase"), builtin("decimal_digit")],
+            after: vec![
+                builtin("indic_normalization"),
+                builtin("hindi_normalization"),
+                stop("_hindi_"),
+                stem("hindi"),
+            ],
+        },
+        L::Hungarian => plain("_hungarian_", "light_hungarian"),
+        L::Indonesian => plain("_indonesian_", "indonesian"),
+        L::Irish => Chain {
+            before: vec![
+                (
+                    "meridian_hyphenation",
+                    Some(json!({"type": "stop", "stopwords": ["h", "n", "t"], "ignore_case": true})),
+                ),
+                elision(&["d", "m", "b"]),
+                lowercase("irish"),
+            ],
+            ..plain("_irish_", "irish")
+        },
+        L::Italian => Chain {
+            before: vec![
+                elision(&[
+                    "c", "l", "all", "dall", "dell", "nell", "sull", "coll", "pell", "gl", "agl", "dagl", "degl",
+                    "negl", "sugl", "un", "m", "t", "s", "v", "d",
+                ]),
+                builtin("lowercase"),
+            ],
+            ..plain("_italian_", "light_italian")
+        },
+        L::Latvian => plain("_latvian_", "latvian"),
+        L::Lithuanian => plain("_lithuanian_", "lithuanian"),
+        L::Norwegian => plain("_norwegian_", "norwegian"),
+        // OpenSearch's persian analyzer has no stemmer.
+        L::Persian => Chain {
+            tokenizer: "standard",
+            char_filter: Some((
+                "meridian_zero_width_spaces",
+                json!({"type": "mapping", "mappings": ["\\u200C=>\\u0020"]}),
+            )),
+            before: vec![builtin("lowercase"), builtin("decimal_digit")],
+            after: vec![
+                builtin("arabic_normalization"),
+                builtin("persian_normalization"),
+                stop("_persian_"),
+            ],
+        },
+        L::Portuguese => plain("_portuguese_", "light_portuguese"),
+        L::Romanian => plain("_romanian_", "romanian"),
+        L::Russian => plain("_russian_", "russian"),
+        L::Sorani => Chain {
+            before: vec![
+                builtin("sorani_normalization"),
+                builtin("lowercase"),
+                builtin("decimal_digit"),
+            ],
+            ..plain("_sorani_", "sorani")
+        },
+        L::Spanish => plain("_spanish_", "light_spanish"),
+        L::Swedish => plain("_swedish_", "swedish"),
+        L::Turkish => Chain {
+            before: vec![builtin("apostrophe"), lowercase("turkish")],
+            ..plain("_turkish_", "turkish")
+        },
+        // Thai is written without spaces between words: the thai tokenizer finds them.
+        L::Thai => Chain {
+            tokenizer: "thai",
+            char_filter: None,
+            before: vec![builtin("lowercase"), builtin("decimal_digit")],
+            after: vec![stop("_thai_")],
+        },
+    }
+}
+
 /// Settings and mappings of a versioned index.
 fn index_body(settings: &IndexSettings) -> Value {
+    let chain = language_chain(settings.language);
     let mut filters = Map::new();
-    let mut index_chain = vec![json!("lowercase")];
-    let mut search_chain = vec![json!("lowercase")];
+    let mut index_chain = Vec::new();
+    let mut search_chain = Vec::new();
+    let mut add = |(name, definition): (&str, Option<Value>), filters: &mut Map<String, Value>| {
+        if let Some(definition) = definition {
+            filters.insert(name.into(), definition);
+        }
+        index_chain.push(json!(name));
+        search_chain.push(json!(name));
+    };
+    for filter in chain.before {
+        add(filter, &mut filters);
+    }
     if !settings.synonyms.is_empty() {
-        // Rules go through the filters before them (tokenizer and lower-casing only, so
-        // stop words in a rule are kept). `lenient` skips a rule OpenSearch cannot read, as
+        // Rules go through the filters before them (tokenizer and lower-casing, so stop
+        // words in a rule are kept). `lenient` skips a rule OpenSearch cannot read, as
         // the embedded engine does, rather than failing every build of the country's index.
         // A graph is right for queries only: at index time its multi-word paths flatten, so
         // documents get the plain filter with the same rules.
@@ -490,23 +683,39 @@ fn index_body(settings: &IndexSettings) -> Value {
         index_chain.push(json!("meridian_synonyms"));
         search_chain.push(json!("meridian_synonym_graph"));
     }
-    if let Some(language) = settings.language.opensearch_name() {
-        filters.insert(
-            "meridian_stop".into(),
-            json!({"type": "stop", "stopwords": format!("_{language}_")}),
-        );
-        filters.insert(
-            "meridian_stemmer".into(),
-            json!({"type": "stemmer", "language": language}),
-        );
-        for chain in [&mut index_chain, &mut search_chain] {
-            chain.push(json!("meridian_stop"));
-            chain.push(json!("meridian_stemmer"));
+    let mut add = |(name, definition): (&str, Option<Value>), filters: &mut Map<String, Value>| {
+        if let Some(definition) = definition {
+            filters.insert(name.into(), definition);
         }
+        index_chain.push(json!(name));
+        search_chain.push(json!(name));
+    };
+    for filter in chain.after {
+        add(filter, &mut filters);
     }
     // Stop words and stems are spelled with their diacritics: fold afterwards.
     index_chain.push(json!("asciifolding"));
     search_chain.push(json!("asciifolding"));
+    let analyzer = |filters: Vec<Value>| {
+        let mut analyzer = json!({"type": "custom", "tokenizer": chain.tokenizer, "filter": filters});
+        if let Some((name, _)) = &chain.char_filter {
+            analyzer["char_filter"] = json!([name]);
+        }
+        analyzer
+    };
+    let mut analysis = json!({
+        "filter": filters,
+        "analyzer": {
+            INDEX_ANALYZER: analyzer(index_chain),
+            SEARCH_ANALYZER: analyzer(search_chain)
+        },
+        "normalizer": {
+            NORMALIZER: {"type": "custom", "filter": ["lowercase", "asciifolding", "trim"]}
+        }
+    });
+    if let Some((name, definition)) = &chain.char_filter {
+        analysis["char_filter"] = json!({ *name: definition });
+    }
     let text = json!({"type": "text", "analyzer": INDEX_ANALYZER, "search_analyzer": SEARCH_ANALYZER});
     let mut text_and_key = text.clone();
     text_and_key["fields"] = json!({"keyword": {"type": "keyword", "normalizer": NORMALIZER}});
@@ -515,16 +724,7 @@ fn index_body(settings: &IndexSettings) -> Value {
             // A country's practitioners fit one shard; replicas are left to the domain's
             // default, which follows its availability zones.
             "index": {"number_of_shards": 1},
-            "analysis": {
-                "filter": filters,
-                "analyzer": {
-                    INDEX_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": index_chain},
-                    SEARCH_ANALYZER: {"type": "custom", "tokenizer": "standard", "filter": search_chain}
-                },
-                "normalizer": {
-                    NORMALIZER: {"type": "custom", "filter": ["lowercase", "asciifolding", "trim"]}
-                }
-            }
+            "analysis": analysis
         },
         "mappings": {
             "dynamic": "strict",
