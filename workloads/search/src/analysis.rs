@@ -329,6 +329,8 @@ impl Analyzer {
             L::Sorani => sorani_normalise(&word),
             L::Hindi => hindi_normalise(&word),
             L::Bengali => bengali_normalise(&word),
+            // The comma-below letters, whichever Romanian keyboards type (as the stemmer).
+            L::Romanian => word.replace('ş', "ș").replace('ţ', "ț"),
             L::Irish if ["h", "n", "t"].contains(&word.as_str()) => String::new(),
             _ => word,
         }

@@ -487,7 +487,12 @@ fn language_chain(language: Language) -> Chain {
     let builtin = |name: &'static str| (name, None);
     let stop = |words: &str| ("meridian_stop", Some(json!({"type": "stop", "stopwords": words})));
     let stem = |name: &str| ("meridian_stemmer", Some(json!({"type": "stemmer", "language": name})));
-    let lowercase = |name: &str| ("meridian_lowercase", Some(json!({"type": "lowercase", "language": name})));
+    let lowercase = |name: &str| {
+        (
+            "meridian_lowercase",
+            Some(json!({"type": "lowercase", "language": name})),
+        )
+    };
     let elision = |articles: &[&str]| {
         (
             "meridian_elision",
@@ -545,7 +550,10 @@ fn language_chain(language: Language) -> Chain {
         L::Dutch => plain("_dutch_", "dutch"),
         L::English => Chain {
             before: vec![
-                ("meridian_possessive", Some(json!({"type": "stemmer", "language": "possessive_english"}))),
+                (
+                    "meridian_possessive",
+                    Some(json!({"type": "stemmer", "language": "possessive_english"})),
+                ),
                 builtin("lowercase"),
             ],
             ..plain("_english_", "english")
@@ -956,6 +964,413 @@ mod tests {
         assert_eq!(
             analysis["analyzer"][SEARCH_ANALYZER]["filter"],
             json!(["lowercase", "asciifolding"])
+        );
+    }
+
+    /// OpenSearch's built-in token filters the chains name without defining them.
+    const BUILT_IN: [&str; 13] = [
+        "lowercase",
+        "asciifolding",
+        "decimal_digit",
+        "arabic_normalization",
+        "persian_normalization",
+        "sorani_normalization",
+        "indic_normalization",
+        "hindi_normalization",
+        "bengali_normalization",
+        "german_normalization",
+        "cjk_width",
+        "cjk_bigram",
+        "apostrophe",
+    ];
+
+    #[test]
+    fn each_language_gets_the_parts_of_opensearchs_own_analyzer() {
+        use crate::Language as L;
+        // Language, tokenizer, the index analyzer's filters, the stop words, the stemmer.
+        let table: [(L, &str, &[&str], Option<&str>, Option<&str>); 36] = [
+            (L::Standard, "standard", &["lowercase"], None, None),
+            (
+                L::Arabic,
+                "standard",
+                &[
+                    "lowercase",
+                    "decimal_digit",
+                    "meridian_stop",
+                    "arabic_normalization",
+                    "meridian_stemmer",
+                ],
+                Some("_arabic_"),
+                Some("arabic"),
+            ),
+            (
+                L::Armenian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_armenian_"),
+                Some("armenian"),
+            ),
+            (
+                L::Basque,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_basque_"),
+                Some("basque"),
+            ),
+            (
+                L::Bengali,
+                "standard",
+                &[
+                    "lowercase",
+                    "decimal_digit",
+                    "indic_normalization",
+                    "bengali_normalization",
+                    "meridian_stop",
+                    "meridian_stemmer",
+                ],
+                Some("_bengali_"),
+                Some("bengali"),
+            ),
+            (
+                L::Brazilian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_brazilian_"),
+                Some("brazilian"),
+            ),
+            (
+                L::Bulgarian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_bulgarian_"),
+                Some("bulgarian"),
+            ),
+            (
+                L::Catalan,
+                "standard",
+                &["meridian_elision", "lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_catalan_"),
+                Some("catalan"),
+            ),
+            (
+                L::Cjk,
+                "standard",
+                &["cjk_width", "lowercase", "cjk_bigram", "meridian_stop"],
+                Some("_english_"),
+                None,
+            ),
+            (
+                L::Czech,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_czech_"),
+                Some("czech"),
+            ),
+            (
+                L::Danish,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_danish_"),
+                Some("danish"),
+            ),
+            (
+                L::Dutch,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_dutch_"),
+                Some("dutch"),
+            ),
+            (
+                L::English,
+                "standard",
+                &["meridian_possessive", "lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_english_"),
+                Some("english"),
+            ),
+            (
+                L::Estonian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_estonian_"),
+                Some("estonian"),
+            ),
+            (
+                L::Finnish,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_finnish_"),
+                Some("finnish"),
+            ),
+            (
+                L::French,
+                "standard",
+                &["meridian_elision", "lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_french_"),
+                Some("light_french"),
+            ),
+            (
+                L::Galician,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_galician_"),
+                Some("galician"),
+            ),
+            (
+                L::German,
+                "standard",
+                &["lowercase", "meridian_stop", "german_normalization", "meridian_stemmer"],
+                Some("_german_"),
+                Some("light_german"),
+            ),
+            (
+                L::Greek,
+                "standard",
+                &["meridian_lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_greek_"),
+                Some("greek"),
+            ),
+            (
+                L::Hindi,
+                "standard",
+                &[
+                    "lowercase",
+                    "decimal_digit",
+                    "indic_normalization",
+                    "hindi_normalization",
+                    "meridian_stop",
+                    "meridian_stemmer",
+                ],
+                Some("_hindi_"),
+                Some("hindi"),
+            ),
+            (
+                L::Hungarian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_hungarian_"),
+                Some("light_hungarian"),
+            ),
+            (
+                L::Indonesian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_indonesian_"),
+                Some("indonesian"),
+            ),
+            (
+                L::Irish,
+                "standard",
+                &[
+                    "meridian_hyphenation",
+                    "meridian_elision",
+                    "meridian_lowercase",
+                    "meridian_stop",
+                    "meridian_stemmer",
+                ],
+                Some("_irish_"),
+                Some("irish"),
+            ),
+            (
+                L::Italian,
+                "standard",
+                &["meridian_elision", "lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_italian_"),
+                Some("light_italian"),
+            ),
+            (
+                L::Latvian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_latvian_"),
+                Some("latvian"),
+            ),
+            (
+                L::Lithuanian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_lithuanian_"),
+                Some("lithuanian"),
+            ),
+            (
+                L::Norwegian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_norwegian_"),
+                Some("norwegian"),
+            ),
+            (
+                L::Persian,
+                "standard",
+                &[
+                    "lowercase",
+                    "decimal_digit",
+                    "arabic_normalization",
+                    "persian_normalization",
+                    "meridian_stop",
+                ],
+                Some("_persian_"),
+                None,
+            ),
+            (
+                L::Portuguese,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_portuguese_"),
+                Some("light_portuguese"),
+            ),
+            (
+                L::Romanian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_romanian_"),
+                Some("romanian"),
+            ),
+            (
+                L::Russian,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_russian_"),
+                Some("russian"),
+            ),
+            (
+                L::Sorani,
+                "standard",
+                &[
+                    "sorani_normalization",
+                    "lowercase",
+                    "decimal_digit",
+                    "meridian_stop",
+                    "meridian_stemmer",
+                ],
+                Some("_sorani_"),
+                Some("sorani"),
+            ),
+            (
+                L::Spanish,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_spanish_"),
+                Some("light_spanish"),
+            ),
+            (
+                L::Swedish,
+                "standard",
+                &["lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_swedish_"),
+                Some("swedish"),
+            ),
+            (
+                L::Turkish,
+                "standard",
+                &["apostrophe", "meridian_lowercase", "meridian_stop", "meridian_stemmer"],
+                Some("_turkish_"),
+                Some("turkish"),
+            ),
+            (
+                L::Thai,
+                "thai",
+                &["lowercase", "decimal_digit", "meridian_stop"],
+                Some("_thai_"),
+                None,
+            ),
+        ];
+        let mut covered: Vec<&str> = table.iter().map(|row| row.0.name()).collect();
+        covered.sort();
+        covered.dedup();
+        assert_eq!(covered.len(), crate::Language::all().count());
+        for (language, tokenizer, filters, stopwords, stemmer) in table {
+            let body = index_body(&IndexSettings {
+                language,
+                synonyms: Vec::new(),
+            });
+            let analysis = &body["settings"]["analysis"];
+            let mut expected: Vec<&str> = filters.to_vec();
+            expected.push("asciifolding");
+            for analyzer in [INDEX_ANALYZER, SEARCH_ANALYZER] {
+                assert_eq!(analysis["analyzer"][analyzer]["tokenizer"], tokenizer, "{language:?}");
+                assert_eq!(
+                    analysis["analyzer"][analyzer]["filter"],
+                    json!(expected),
+                    "{language:?}"
+                );
+            }
+            assert_eq!(
+                analysis["filter"]["meridian_stop"]["stopwords"].as_str(),
+                stopwords,
+                "{language:?}"
+            );
+            assert_eq!(
+                analysis["filter"]["meridian_stemmer"]["language"].as_str(),
+                stemmer,
+                "{language:?}"
+            );
+            // Every filter is defined here or built into OpenSearch, and every definition is used.
+            let defined = analysis["filter"].as_object().unwrap();
+            for name in &expected {
+                assert!(
+                    defined.contains_key(*name) || BUILT_IN.contains(name),
+                    "{language:?}: {name} is neither defined nor built in"
+                );
+            }
+            assert!(
+                defined.keys().all(|name| expected.contains(&name.as_str())),
+                "{language:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn synonyms_follow_the_lower_casing_and_persian_maps_zero_width_non_joiners() {
+        let body = index_body(&IndexSettings {
+            language: crate::Language::Arabic,
+            synonyms: vec!["دكتور => طبيب".into()],
+        });
+        let analysis = &body["settings"]["analysis"];
+        assert_eq!(
+            analysis["analyzer"][INDEX_ANALYZER]["filter"],
+            json!([
+                "lowercase",
+                "decimal_digit",
+                "meridian_synonyms",
+                "meridian_stop",
+                "arabic_normalization",
+                "meridian_stemmer",
+                "asciifolding"
+            ])
+        );
+        assert_eq!(
+            analysis["analyzer"][SEARCH_ANALYZER]["filter"][2],
+            "meridian_synonym_graph"
+        );
+        assert_eq!(
+            analysis["filter"]["meridian_synonyms"]["synonyms"],
+            json!(["دكتور => طبيب"])
+        );
+
+        let persian = index_body(&IndexSettings {
+            language: crate::Language::Persian,
+            synonyms: Vec::new(),
+        });
+        let analysis = &persian["settings"]["analysis"];
+        assert_eq!(
+            analysis["char_filter"]["meridian_zero_width_spaces"],
+            json!({"type": "mapping", "mappings": ["\\u200C=>\\u0020"]})
+        );
+        assert_eq!(
+            analysis["analyzer"][INDEX_ANALYZER]["char_filter"],
+            json!(["meridian_zero_width_spaces"])
+        );
+        let french = index_body(&IndexSettings {
+            language: crate::Language::French,
+            synonyms: Vec::new(),
+        });
+        assert_eq!(
+            french["settings"]["analysis"]["filter"]["meridian_elision"]["articles"][0],
+            "l"
+        );
+        assert_eq!(
+            french["settings"]["analysis"]["filter"]["meridian_elision"]["articles_case"],
+            true
         );
     }
 
