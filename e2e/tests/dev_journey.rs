@@ -1,5 +1,5 @@
-//! A platform engineer's first hour with `meridian dev`: start it, watch the five example
-//! countries become Ready on their own PostgreSQL clusters, launch a sixth country by
+//! A platform engineer's first hour with `meridian dev`: start it, watch the eight example
+//! countries become Ready on their own PostgreSQL clusters, launch a ninth country by
 //! writing a manifest, remove it again (Retain keeps its data), restart, stop.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use meridian_e2e::{Dev, condition, copy_dir, examples, http};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-const COUNTRIES: [&str; 5] = ["de", "es", "fr", "gb", "it"];
+const COUNTRIES: [&str; 8] = ["de", "eg", "es", "fr", "gb", "it", "jp", "th"];
 /// Partitioned tables, hence partitions per country.
 const TABLES: usize = meridian_shared::schema::PARTITIONED_TABLES.len();
 
@@ -90,7 +90,7 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
     let (code, list) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries");
     assert_eq!(code, 200);
     assert_eq!(list["kind"], "CountryList");
-    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+    assert_eq!(list["items"].as_array().unwrap().len(), COUNTRIES.len());
     let (code, region) = dev.get("/apis/platform.meridian.dev/v1alpha1/regions/eu-central-1");
     assert_eq!((code, condition(&region, "Ready")), (200, Some("True")));
     let (code, missing) = dev.get("/apis/platform.meridian.dev/v1alpha1/countries/xx");
@@ -98,10 +98,12 @@ async fn dev_brings_countries_up_launches_and_retires_one_and_restarts_with_its_
 
     // Each country's partitions exist in its Region's cluster and nowhere else.
     let expected = [
+        ("ap-southeast-1", vec!["jp", "th"]),
         ("eu-central-1", vec!["de"]),
         ("eu-west-1", vec!["es", "it"]),
         ("eu-west-2", vec!["gb"]),
         ("eu-west-3", vec!["fr"]),
+        ("me-central-1", vec!["eg"]),
     ];
     let ports = dev.region_ports();
     assert_eq!(

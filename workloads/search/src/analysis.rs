@@ -19,15 +19,19 @@
 //! document word whenever both reduce to the same term.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use frostem::{Algorithm, Stemmer};
-use icu_segmenter::WordSegmenter;
 use icu_segmenter::options::WordBreakInvariantOptions;
+use icu_segmenter::{WordSegmenter, WordSegmenterBorrowed};
 use tantivy::tokenizer::{AsciiFoldingFilter, RemoveLongFilter, TextAnalyzer, Token, TokenStream, Tokenizer};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::model::{IndexSettings, Language, parse_synonym};
+
+/// ICU4X's word segmenter with its compiled-in data (rules, dictionaries, LSTM models).
+static SEGMENTER: LazyLock<WordSegmenterBorrowed<'static>> =
+    LazyLock::new(|| WordSegmenter::new_auto(WordBreakInvariantOptions::default()));
 
 /// Terms longer than this many bytes are dropped (40 characters of a four-byte script).
 const MAX_TERM_BYTES: usize = 160;
@@ -382,8 +386,7 @@ fn word_segments(text: &str, offset: usize, out: &mut Vec<(usize, usize, bool)>)
     if text.is_empty() {
         return;
     }
-    let segmenter = WordSegmenter::new_auto(WordBreakInvariantOptions::default());
-    let mut breaks = segmenter.segment_str(text);
+    let mut breaks = SEGMENTER.segment_str(text);
     let mut last = 0;
     while let Some(at) = breaks.next() {
         if at > last && breaks.is_word_like() {
