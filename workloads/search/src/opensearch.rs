@@ -988,7 +988,14 @@ mod tests {
     fn each_language_gets_the_parts_of_opensearchs_own_analyzer() {
         use crate::Language as L;
         // Language, tokenizer, the index analyzer's filters, the stop words, the stemmer.
-        let table: [(L, &str, &[&str], Option<&str>, Option<&str>); 36] = [
+        type Row = (
+            L,
+            &'static str,
+            &'static [&'static str],
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let table: [Row; 36] = [
             (L::Standard, "standard", &["lowercase"], None, None),
             (
                 L::Arabic,
