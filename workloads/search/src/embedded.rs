@@ -509,6 +509,7 @@ impl Engine {
 #[cfg(test)]
 mod writer_tests {
     use super::*;
+    use crate::model::Language;
 
     fn doc(version: i64) -> Document {
         Document {
