@@ -43,8 +43,8 @@ fn plan_on_a_fresh_machine_lists_every_migration_and_partition_and_changes_nothi
         ),
         "{text}"
     );
-    // 4 Regions x every migration + 5 Countries x (6 partitions + 2 booking constraints).
-    let changes = 4 * meridian_shared::schema::MIGRATIONS.len() + 5 * 8;
+    // 6 Regions x every migration + 8 Countries x (6 partitions + 2 booking constraints).
+    let changes = 6 * meridian_shared::schema::MIGRATIONS.len() + 8 * 8;
     assert!(
         text.contains(&format!("{changes} change(s), 0 invalid manifest(s)")),
         "{text}"

@@ -214,8 +214,8 @@ mod tests {
         let loaded = load(&examples).unwrap();
         assert_eq!(loaded.errors, Vec::<String>::new());
         let countries: Vec<&str> = loaded.countries.keys().map(String::as_str).collect();
-        assert_eq!(countries, ["de", "es", "fr", "gb", "it"]);
-        assert_eq!(loaded.regions.len(), 4);
+        assert_eq!(countries, ["de", "eg", "es", "fr", "gb", "it", "jp", "th"]);
+        assert_eq!(loaded.regions.len(), 6);
         let world = load(&examples.join("world")).unwrap();
         assert_eq!(world.errors, Vec::<String>::new());
         assert_eq!((world.countries.len(), world.regions.len()), (249, 6));

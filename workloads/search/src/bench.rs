@@ -178,7 +178,9 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
         engine.fill(&index, batch).await?;
     }
     let indexing = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     engine.point_alias(&alias("DE"), &index).await?;
+    let live = started.elapsed().as_secs_f64();
     let index_rate = docs.len() as f64 / indexing;
     // Read-only: how many segments a search goes through (each one more term dictionary
     // and posting list per word and field).
@@ -186,7 +188,7 @@ pub async fn measure(cluster: &Cluster, work: &Path, options: &SearchBench) -> a
         .and_then(|i| i.searchable_segment_ids())
         .map_or_else(|e| format!("unknown ({e})"), |ids| ids.len().to_string());
     out += &format!(
-        "indexed {} documents into the embedded engine in {indexing:.2} s ({index_rate:.0} docs/s, in batches of 10000 as an index version is built; {segments} segments)\n",
+        "indexed {} documents into the embedded engine in {indexing:.2} s ({index_rate:.0} docs/s, in batches of 10000 as an index version is built), live in {live:.2} s more (merged to {segments} segment(s))\n",
         docs.len()
     );
 
