@@ -556,6 +556,16 @@ mod writer_tests {
             .is_ok()
     }
 
+    /// Who the engine finds for "Hassan" in Egypt's index.
+    async fn hassan(engine: &Engine) -> Hits {
+        let query = Query {
+            text: Some("Hassan".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        engine.search("practitioners_eg", &query).await.unwrap()
+    }
+
     #[tokio::test]
     async fn an_index_holds_no_writer_between_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -573,17 +583,7 @@ mod writer_tests {
         engine.upsert("practitioners_eg", &[doc(1)]).await.unwrap();
         assert!(free(dir.path()), "none after a write");
         engine.upsert("practitioners_eg", &[doc(2)]).await.unwrap();
-        let hits = engine
-            .search(
-                "practitioners_eg",
-                &Query {
-                    text: Some("Hassan".into()),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let hits = hassan(&engine).await;
         assert_eq!((hits.total, hits.hits[0].document.version), (1, 2));
     }
 
@@ -617,17 +617,7 @@ mod writer_tests {
             .unwrap();
         assert_eq!(segments(), 1, "merged before it went live");
         assert!(free(dir.path()), "no writer held after the merge");
-        let hits = engine
-            .search(
-                "practitioners_eg",
-                &Query {
-                    text: Some("Hassan".into()),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let hits = hassan(&engine).await;
         assert_eq!(hits.total, 3);
     }
 }
