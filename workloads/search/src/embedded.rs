@@ -556,6 +556,18 @@ mod writer_tests {
             .is_ok()
     }
 
+    /// An engine in a directory of its own, holding Egypt's empty index version 1.
+    async fn egypt_v1() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let settings = IndexSettings {
+            language: Language::Standard,
+            synonyms: Vec::new(),
+        };
+        engine.create_index("practitioners_eg_v1", &settings).await.unwrap();
+        (dir, engine)
+    }
+
     /// Who the engine finds for "Hassan" in Egypt's index.
     async fn hassan(engine: &Engine) -> Hits {
         let query = Query {
@@ -568,13 +580,7 @@ mod writer_tests {
 
     #[tokio::test]
     async fn an_index_holds_no_writer_between_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        let settings = IndexSettings {
-            language: Language::Standard,
-            synonyms: Vec::new(),
-        };
-        engine.create_index("practitioners_eg_v1", &settings).await.unwrap();
+        let (dir, engine) = egypt_v1().await;
         engine
             .point_alias("practitioners_eg", "practitioners_eg_v1")
             .await
@@ -589,13 +595,7 @@ mod writer_tests {
 
     #[tokio::test]
     async fn a_version_built_in_batches_goes_live_as_one_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        let settings = IndexSettings {
-            language: Language::Standard,
-            synonyms: Vec::new(),
-        };
-        engine.create_index("practitioners_eg_v1", &settings).await.unwrap();
+        let (dir, engine) = egypt_v1().await;
         for n in 0..3u128 {
             let batch = Document {
                 id: uuid::Uuid::from_u128(100 + n),
