@@ -17,6 +17,9 @@ use crate::providers::ConnectionUrl;
 /// Advisory lock key that serialises partition DDL within one database.
 const PARTITION_LOCK_KEY: i64 = 0x4d45_5250_4152_5449; // "MERPARTI"
 
+/// Connections the control plane holds to each Region's database.
+pub const POOL_CONNECTIONS: u32 = 4;
+
 /// Pools of the Regions' databases, one per connection URL and CA, created on first use.
 #[derive(Default)]
 pub struct Databases {
@@ -48,7 +51,7 @@ impl Databases {
         }
         let options = pg_options(url.as_str(), url.ca())?;
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.application_name("meridian-control-plane"));
         pools.insert(url.clone(), pool.clone());

@@ -34,7 +34,7 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(250);
 /// Countries of one Region reconciled at once: as many as the control plane's pool of that
 /// Region's database holds connections, so that a wave of launches queues here rather than
 /// timing out on the pool and retrying.
-const COUNTRIES_AT_ONCE_PER_REGION: usize = 4;
+const COUNTRIES_AT_ONCE_PER_REGION: usize = crate::backends::postgres::POOL_CONNECTIONS as usize;
 
 /// Asks the loop to reconcile every object once more (`POST /dev/resync`) and answers what
 /// that pass did: with nothing changed it writes nothing.
