@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_xid",
         sql: include_str!("../../migrations/0006_outbox_xid.sql"),
     },
+    Migration {
+        version: 7,
+        name: "records",
+        sql: include_str!("../../migrations/0007_records.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

@@ -9,9 +9,11 @@ pub use migrations::{
 };
 pub use partitions::{
     PARTITIONED_TABLES, PartitionConstraint, create_partition_sql, fresh_country_sql, partition_constraints,
-    partition_name,
+    partition_name, quoted, split_name,
 };
-pub use privileges::{APPEND_ONLY, APPEND_ONLY_TABLES, DML, workload_privileges};
+pub use privileges::{
+    APPEND_ONLY, APPEND_ONLY_TABLES, DML, VAULT_ROLE_TABLES, VAULT_SCHEMA, vault_privileges, workload_privileges,
+};
 
 /// Brings an empty database to what the control plane leaves for `countries`: migrated,
 /// with each country's partitions and constraints. For tests and benchmarks that start a

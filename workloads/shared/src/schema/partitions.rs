@@ -7,18 +7,35 @@ pub const PARTITIONED_TABLES: &[&str] = &[
     "outbox",
     "audit",
     "audit_heads",
+    "patients",
+    "fhir_resources",
+    "fhir_history",
+    "vault.patients",
+    "vault.patient_history",
 ];
 
-/// Name of `table`'s partition for country `code`: `partition_name("appointments", "DE")`
-/// is `appointments_de`.
+/// Name of `table`'s partition for country `code`, in the table's schema:
+/// `partition_name("appointments", "DE")` is `appointments_de`, and
+/// `partition_name("vault.patients", "DE")` is `vault.patients_de`.
 pub fn partition_name(table: &str, code: &str) -> String {
     format!("{table}_{}", code.to_ascii_lowercase())
 }
 
+/// `name` (`table` or `schema.table`) quoted for SQL: `"vault"."patients_de"`.
+pub fn quoted(name: &str) -> String {
+    name.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".")
+}
+
+/// The schema and the bare name of `name` (`public` when it names none).
+pub fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('.').unwrap_or(("public", name))
+}
+
 /// The DDL that creates `table`'s partition for country `code` (safe to repeat).
 pub fn create_partition_sql(table: &str, code: &str) -> String {
-    let partition = partition_name(table, code);
-    format!("CREATE TABLE IF NOT EXISTS \"{partition}\" PARTITION OF \"{table}\" FOR VALUES IN ('{code}');")
+    let partition = quoted(&partition_name(table, code));
+    let table = quoted(table);
+    format!("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF {table} FOR VALUES IN ('{code}');")
 }
 
 /// Everything a migrated, empty database needs for country `code`, in order: what the
@@ -47,10 +64,11 @@ pub struct PartitionConstraint {
 /// The constraints `table`'s partition for country `code` must carry.
 pub fn partition_constraints(table: &str, code: &str) -> Vec<PartitionConstraint> {
     let partition = partition_name(table, code);
+    let quoted_partition = quoted(&partition);
     let exclude = |suffix: &str, column: &str| {
         let name = format!("{partition}_{suffix}");
         let sql = format!(
-            "ALTER TABLE \"{partition}\" ADD CONSTRAINT \"{name}\" EXCLUDE USING gist \
+            "ALTER TABLE {quoted_partition} ADD CONSTRAINT \"{name}\" EXCLUDE USING gist \
              ({column} WITH =, tstzrange(starts_at, ends_at, '[)') WITH &&) WHERE (status = 'booked');"
         );
         PartitionConstraint { name, sql }

@@ -1,0 +1,7 @@
+//! The records domain, served per Region by `meridian records` (and inside `meridian dev`):
+//! FHIR R4 (4.0.1) `Patient`, `Encounter`, `Observation` and `MedicationRequest` under
+//! `/{cc}/v1/fhir`, stored in the home Region's database. A Patient's identifying elements
+//! are kept only in the vault schema, sealed under the country's data key; clinical rows
+//! refer to the patient by a random client ID, which is also the Patient's id.
+
+pub mod codes;
