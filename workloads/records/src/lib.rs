@@ -5,3 +5,4 @@
 //! refer to the patient by a random client ID, which is also the Patient's id.
 
 pub mod codes;
+pub mod keys;

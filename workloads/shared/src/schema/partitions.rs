@@ -23,7 +23,10 @@ pub fn partition_name(table: &str, code: &str) -> String {
 
 /// `name` (`table` or `schema.table`) quoted for SQL: `"vault"."patients_de"`.
 pub fn quoted(name: &str) -> String {
-    name.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(|part| format!("\"{part}\""))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The schema and the bare name of `name` (`public` when it names none).
