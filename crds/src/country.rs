@@ -126,6 +126,12 @@ pub struct Regulatory {
     /// Regular expression a national identifier must match (anchored by the workloads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub national_id_pattern: Option<String>,
+    /// FHIR identifier system (a URI) of the national identifier, e.g.
+    /// `http://fhir.de/sid/gkv/kvid-10`. The records service checks Patient identifiers of
+    /// this system against `nationalIdPattern` and normalises them before they are stored
+    /// or searched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub national_id_system: Option<String>,
     /// Consents the workloads must collect before processing.
     #[serde(default)]
     pub consent: Consent,

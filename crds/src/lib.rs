@@ -12,6 +12,7 @@ mod common;
 mod country;
 #[allow(clippy::duplicated_attributes)]
 mod region;
+pub mod serving;
 
 pub use common::{DeletionPolicy, SecretKeyRef, condition_types};
 pub use country::{

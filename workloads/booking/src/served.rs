@@ -3,52 +3,22 @@
 //! --region`, watching the API server).
 
 use meridian_crds::Country;
-use meridian_crds::condition_types::READY;
+use meridian_crds::serving::{bound_to, serving};
 
-use crate::http::{CountryEntry, Serving};
-
-/// `Ready=False` reasons that mean the country's database is out of reach for now (its
-/// Region's server is down or restarting), not that the country cannot be served.
-const STORE_DOWN: [&str; 2] = ["RegionNotReady", "DatabaseUnreachable"];
+use crate::http::CountryEntry;
 
 /// The countries bound to `region`, except those being deleted and those refused because
 /// an older Country holds their code (they must never answer for it).
 pub fn entries<'a>(countries: impl IntoIterator<Item = &'a Country>, region: &str) -> Vec<CountryEntry> {
-    let all: Vec<&Country> = countries.into_iter().collect();
-    all.iter()
-        .filter(|c| c.spec.region == region)
-        .filter(|c| std::ptr::eq(meridian_crds::code_holder(c, all.iter().copied()), **c))
-        .filter_map(|c| entry(c))
-        .collect()
+    bound_to(countries, region).into_iter().filter_map(entry).collect()
 }
 
-/// A country's entry in its Region's service table: Ready ones serve; suspended ones, and
-/// those whose Region's database is out of reach for now (waiting for their Region, or
-/// their database unreachable), answer 503; the others 404 with the reason their `Ready`
-/// condition gives.
+/// A country's entry in its Region's service table, served as [`serving`] says.
 fn entry(country: &Country) -> Option<CountryEntry> {
-    if country.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let timezone = country.spec.timezone.parse().ok()?;
-    let ready = country
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-    let serving = if country.spec.suspend {
-        Serving::Suspended
-    } else if ready.is_some_and(|c| c.status == "True") {
-        Serving::Ready
-    } else if ready.is_some_and(|c| STORE_DOWN.contains(&c.reason.as_str())) {
-        Serving::Unavailable
-    } else {
-        let why = ready.map_or("not reconciled yet".into(), |c| format!("{}: {}", c.reason, c.message));
-        Serving::NotReady(why)
-    };
     Some(CountryEntry {
         code: country.spec.code.clone(),
-        timezone,
-        serving,
+        timezone: country.spec.timezone.parse().ok()?,
+        serving: serving(country),
         reassignment: country.spec.features.reassignment,
     })
 }
@@ -56,8 +26,10 @@ fn entry(country: &Country) -> Option<CountryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Serving;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use meridian_crds::CountryStatus;
+    use meridian_crds::condition_types::READY;
 
     fn example(code: &str) -> Country {
         let path = format!("{}/../../examples/countries/{code}.yaml", env!("CARGO_MANIFEST_DIR"));

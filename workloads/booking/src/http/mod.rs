@@ -28,17 +28,7 @@ pub use caller::Caller;
 pub use openapi::OPERATIONS;
 pub use problem::{InvalidField, Problem};
 
-/// Whether a country answers requests.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Serving {
-    Ready,
-    /// Known but not Ready: the reason, as its `Ready` condition says.
-    NotReady(String),
-    /// Known, but its stores cannot be reached now (its Region's database is down or
-    /// restarting): `503`, to be tried again shortly.
-    Unavailable,
-    Suspended,
-}
+pub use meridian_crds::serving::Serving;
 
 /// One country this service holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
