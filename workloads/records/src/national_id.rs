@@ -107,10 +107,16 @@ mod tests {
         assert_eq!(normalise("A12/345"), "A12/345");
     }
 
+    /// A country, valid IDs as people type them with their normalised form, invalid IDs.
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+    );
+
     #[test]
     fn the_example_countries_national_ids() {
-        // (country, valid IDs as people type them and their normalised form, invalid IDs)
-        let cases: [(&str, &[(&str, &str)], &[&str]); 8] = [
+        let cases: [Case; 8] = [
             (
                 "de",
                 &[("A123456780", "A123456780"), ("a 123 456 780", "A123456780")],
