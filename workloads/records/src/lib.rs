@@ -6,3 +6,4 @@
 
 pub mod codes;
 pub mod keys;
+pub mod national_id;
