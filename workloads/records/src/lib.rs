@@ -5,5 +5,6 @@
 //! refer to the patient by a random client ID, which is also the Patient's id.
 
 pub mod codes;
+pub mod fhir;
 pub mod keys;
 pub mod national_id;
