@@ -5,6 +5,8 @@
 //! refer to the patient by a random client ID, which is also the Patient's id.
 
 pub mod codes;
+pub mod dates;
 pub mod fhir;
 pub mod keys;
 pub mod national_id;
+pub mod validate;
