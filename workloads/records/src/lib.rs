@@ -10,3 +10,4 @@ pub mod fhir;
 pub mod keys;
 pub mod national_id;
 pub mod validate;
+pub mod vault;
