@@ -9,5 +9,6 @@ pub mod dates;
 pub mod fhir;
 pub mod keys;
 pub mod national_id;
+pub mod store;
 pub mod validate;
 pub mod vault;

@@ -29,6 +29,9 @@ use uuid::Uuid;
 pub const PRACTITIONER_EVENTS: &str = "practitioner-events";
 /// Topic of appointment events (`appointment.*`).
 pub const APPOINTMENT_EVENTS: &str = "appointment-events";
+/// Topic of records events (`patient.*`, `observation.*`, ...), keyed by the patient's client
+/// ID. Payloads name resources by id and version only: never a personal detail.
+pub const PATIENT_EVENTS: &str = "patient-events";
 
 /// One domain event. `key` orders events: the Kafka partition key (the practitioner ID).
 #[derive(Clone, Debug)]

@@ -1,0 +1,688 @@
+//! Where resources are kept: clinical resources in `fhir_resources` (current version, with
+//! the values search matches on) and `fhir_history` (every version), Patients only in the
+//! vault, sealed. Every function works inside the caller's transaction, and every write
+//! adds its outbox event and its audit record in the same statement, so the three commit
+//! or roll back together. Reads of personal data are audited too.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::dates;
+use crate::fhir::{Issue, IssueType, ResourceType};
+use crate::keys::Keyring;
+use crate::validate::{Checked, Rules, Target};
+use crate::vault;
+
+/// Who acts, in which country, under which rules and keys.
+pub struct Scope<'a> {
+    pub rules: &'a Rules,
+    pub ring: &'a Keyring,
+    /// The token's subject (for the audit trail).
+    pub actor: &'a str,
+    pub correlation_id: Uuid,
+}
+
+impl Scope<'_> {
+    pub fn country(&self) -> &str {
+        &self.rules.code
+    }
+}
+
+/// A version of a resource as served.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub resource_type: ResourceType,
+    pub id: Uuid,
+    pub version: i64,
+    pub last_updated: DateTime<Utc>,
+    /// The resource with `id` and `meta`; None for a deletion.
+    pub body: Option<Value>,
+}
+
+impl Stored {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    pub fn location(&self) -> String {
+        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
+    }
+}
+
+/// A store failure: the database's errors are for the log, under the correlation ID.
+#[derive(Debug)]
+pub enum StoreError {
+    Refused(Issue),
+    Database(sqlx::Error),
+}
+
+impl From<Issue> for StoreError {
+    fn from(issue: Issue) -> Self {
+        StoreError::Refused(issue)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<vault::VaultError> for StoreError {
+    fn from(e: vault::VaultError) -> Self {
+        // A row that does not open is never served half-read.
+        tracing::error!(error = %e, "a vault row does not open");
+        StoreError::Refused(Issue::new(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            IssueType::Exception,
+            "this patient's record cannot be opened; the operators have been told",
+        ))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Sets `id` and `meta.versionId`/`meta.lastUpdated` on a resource about to be stored.
+fn stamp(body: &mut Value, id: Uuid, version: i64, at: DateTime<Utc>) {
+    let object = body.as_object_mut().expect("resources are objects");
+    object.insert("id".into(), json!(id.to_string()));
+    let meta = object.entry("meta").or_insert_with(|| json!({}));
+    meta["versionId"] = json!(version.to_string());
+    meta["lastUpdated"] = json!(dates::instant(at));
+}
+
+/// Now, in microseconds: what timestamptz keeps, so that the stamped body and the column agree.
+fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(3)
+}
+
+/// The audit action of `what` on a resource type: `observation.create`.
+fn action(resource_type: ResourceType, what: &str) -> String {
+    format!("{}.{what}", resource_type.as_str().to_ascii_lowercase())
+}
+
+/// Checks that every reference names a live resource of the same country.
+pub async fn resolve(conn: &mut PgConnection, country: &str, targets: &[Target]) -> Result<()> {
+    for target in targets {
+        let found: bool = if target.resource_type == ResourceType::Patient {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM patients WHERE country_code = $1 AND client_id = $2
+                                   AND version IS NOT NULL AND deleted_at IS NULL)",
+            )
+            .bind(country)
+            .bind(target.id)
+            .fetch_one(&mut *conn)
+            .await?
+        } else {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM fhir_resources WHERE country_code = $1 AND resource_type = $2
+                                   AND id = $3 AND deleted_at IS NULL)",
+            )
+            .bind(country)
+            .bind(target.resource_type.as_str())
+            .bind(target.id)
+            .fetch_one(&mut *conn)
+            .await?
+        };
+        if !found {
+            return Err(Issue::invalid(
+                IssueType::NotFound,
+                format!(
+                    "{}/{} is not a {} of {}",
+                    target.resource_type,
+                    target.id,
+                    target.resource_type.as_str().to_ascii_lowercase(),
+                    country
+                ),
+                Some(target.expression.clone()),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The SQL tail every write shares: its outbox event and its audit record, chained after
+/// the common table expression `from` (which yields one row when the write happened).
+/// Placeholders from `$first` on: country, event type, key, payload, then the audit's.
+fn event_and_audit(from: &str, first: usize) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    let audit = meridian_shared::audit::chain_ctes(
+        from,
+        [&p(0), &p(4), &p(5), &p(6), &p(7), &p(8), &p(9), &p(10)],
+    );
+    format!(
+        "event AS (
+             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+             SELECT {}, '{}', {}, {}, {} FROM {from}
+         ),
+         {audit}",
+        p(0),
+        meridian_shared::outbox::PATIENT_EVENTS,
+        p(1),
+        p(2),
+        p(3),
+    )
+}
+
+/// Binds what [`event_and_audit`] needs, in its order.
+fn bind_event_and_audit<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    scope: &'q Scope<'q>,
+    event_type: String,
+    key: Uuid,
+    payload: Value,
+    action: String,
+    resource: String,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let record = meridian_shared::audit::Record {
+        country_code: scope.country(),
+        actor: scope.actor,
+        action: &action,
+        resource: &resource,
+        correlation_id: scope.correlation_id,
+    };
+    let prepared = meridian_shared::audit::prepare(&record);
+    query
+        .bind(scope.country())
+        .bind(event_type)
+        .bind(key)
+        .bind(payload)
+        .bind(prepared.chain)
+        .bind(prepared.payload)
+        .bind(prepared.at)
+        .bind(scope.actor)
+        .bind(action)
+        .bind(resource)
+        .bind(scope.correlation_id)
+}
+
+/// The event's payload: which resource, which version, whose. No content.
+fn event_payload(resource_type: ResourceType, id: Uuid, version: i64, patient: Option<Uuid>) -> Value {
+    json!({"resourceType": resource_type.as_str(), "id": id, "versionId": version, "patient": patient})
+}
+
+/// Writes version `version` of `checked` as resource `id` (a create when `version` is 1).
+async fn write(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    checked: Checked,
+    id: Uuid,
+    version: i64,
+    method: &str,
+) -> Result<Stored> {
+    resolve(conn, scope.country(), &checked.references).await?;
+    let at = now();
+    let mut body = checked.body;
+    stamp(&mut body, id, version, at);
+    let resource_type = checked.resource_type;
+    let verb = if version == 1 { "create" } else { "update" };
+    let event_type = format!("{}.{}", resource_type.as_str().to_ascii_lowercase(), if version == 1 { "created" } else { "updated" });
+    if resource_type == ResourceType::Patient {
+        let (terms, account) = checked.patient.expect("a Patient's terms");
+        let plaintext = serde_json::to_vec(&body).expect("serializes");
+        let (key_id, sealed) = vault::seal(scope.ring, id, &plaintext);
+        let search = vault::index(scope.ring, &terms);
+        let tail = event_and_audit("written", 10);
+        let sql = format!(
+            "WITH written AS (
+                 INSERT INTO vault.patients AS p (country_code, client_id, version, last_updated, key_id, sealed, search)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (country_code, client_id) DO UPDATE
+                    SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated, key_id = EXCLUDED.key_id,
+                        sealed = EXCLUDED.sealed, search = EXCLUDED.search, deleted_at = NULL, retain_until = NULL
+                  WHERE p.version = EXCLUDED.version - 1
+                 RETURNING 1
+             ),
+             history AS (
+                 INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method, key_id, sealed)
+                 SELECT $1, $2, $3, $4, $8, $5, $6 FROM written
+             ),
+             registry AS (
+                 INSERT INTO patients AS r (country_code, client_id, subject, version)
+                 SELECT $1, $2, $9::text, $3 FROM written
+                 ON CONFLICT (country_code, client_id) DO UPDATE
+                    SET version = EXCLUDED.version, deleted_at = NULL,
+                        subject = COALESCE(EXCLUDED.subject, r.subject)
+             ),
+             {tail}
+             SELECT count(*) FROM written"
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.country())
+            .bind(id)
+            .bind(version)
+            .bind(at)
+            .bind(key_id)
+            .bind(sealed)
+            .bind(search)
+            .bind(method)
+            .bind(account);
+        // $10.. : the event and the audit record.
+        let query = bind_event_and_audit(
+            query,
+            scope,
+            event_type,
+            id,
+            event_payload(resource_type, id, version, Some(id)),
+            action(resource_type, verb),
+            format!("Patient/{id}"),
+        );
+        let written = query.execute(&mut *conn).await.map_err(account_conflict)?;
+        if written.rows_affected() == 0 {
+            return Err(conflict(resource_type, id));
+        }
+    } else {
+        let ix = &checked.indexed;
+        let tail = event_and_audit("written", 20);
+        let sql = format!(
+            "WITH written AS (
+                 INSERT INTO fhir_resources AS f (country_code, resource_type, id, version, last_updated, patient,
+                        identifiers, status, class, intent, codes, categories, date_start, date_end, quantity, content)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::numeric, $16)
+                 ON CONFLICT (country_code, resource_type, id) DO UPDATE
+                    SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated, patient = EXCLUDED.patient,
+                        identifiers = EXCLUDED.identifiers, status = EXCLUDED.status, class = EXCLUDED.class,
+                        intent = EXCLUDED.intent, codes = EXCLUDED.codes, categories = EXCLUDED.categories,
+                        date_start = EXCLUDED.date_start, date_end = EXCLUDED.date_end, quantity = EXCLUDED.quantity,
+                        content = EXCLUDED.content, deleted_at = NULL, retain_until = NULL
+                  WHERE f.version = EXCLUDED.version - 1
+                 RETURNING 1
+             ),
+             history AS (
+                 INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
+                 SELECT $1, $2, $3, $4, $5, $17, $16 FROM written
+             ),
+             {tail}
+             SELECT count(*) FROM written"
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.country())
+            .bind(resource_type.as_str())
+            .bind(id)
+            .bind(version)
+            .bind(at)
+            .bind(ix.patient)
+            .bind(&ix.identifiers)
+            .bind(&ix.status)
+            .bind(&ix.class)
+            .bind(&ix.intent)
+            .bind(&ix.codes)
+            .bind(&ix.categories)
+            .bind(ix.date_start)
+            .bind(ix.date_end)
+            .bind(&ix.quantity)
+            .bind(&body)
+            .bind(method)
+            // $18, $19: unused slots keep the tail's numbering simple.
+            .bind(0i32)
+            .bind(0i32);
+        let key = ix.patient.unwrap_or(id);
+        let query = bind_event_and_audit(
+            query,
+            scope,
+            event_type,
+            key,
+            event_payload(resource_type, id, version, ix.patient),
+            action(resource_type, verb),
+            format!("{resource_type}/{id}"),
+        );
+        let written = query.execute(&mut *conn).await?;
+        if written.rows_affected() == 0 {
+            return Err(conflict(resource_type, id));
+        }
+    }
+    Ok(Stored {
+        resource_type,
+        id,
+        version,
+        last_updated: at,
+        body: Some(body),
+    })
+}
+
+fn conflict(resource_type: ResourceType, id: Uuid) -> StoreError {
+    Issue::new(
+        http::StatusCode::CONFLICT,
+        IssueType::Conflict,
+        format!("{resource_type}/{id} was changed at the same time; read it again and retry"),
+    )
+    .into()
+}
+
+/// The registry's unique subject: one account, one patient.
+fn account_conflict(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.constraint().is_some_and(|c| c.contains("subject"))
+    {
+        return Issue::invalid(
+            IssueType::Duplicate,
+            "this account already belongs to another patient",
+            Some(format!("Patient.extension('{}')", crate::validate::ACCOUNT_EXTENSION)),
+        )
+        .into();
+    }
+    e.into()
+}
+
+/// Creates `checked` with a new random id (for a Patient: its client ID, or the one its
+/// account already has from booking).
+pub async fn create(conn: &mut PgConnection, scope: &Scope<'_>, checked: Checked, id: Option<Uuid>) -> Result<Stored> {
+    let mut id = id.unwrap_or_else(Uuid::new_v4);
+    if let Some((_, Some(subject))) = &checked.patient {
+        // A patient who booked before a clinic recorded them already has a client ID.
+        let known: Option<(Uuid, Option<i64>)> =
+            sqlx::query_as("SELECT client_id, version FROM patients WHERE country_code = $1 AND subject = $2")
+                .bind(scope.country())
+                .bind(subject)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match known {
+            Some((existing, None)) => id = existing,
+            Some((_, Some(_))) => return Err(account_conflict_issue()),
+            None => {}
+        }
+    }
+    write(conn, scope, checked, id, 1, "POST").await
+}
+
+fn account_conflict_issue() -> StoreError {
+    Issue::invalid(
+        IssueType::Duplicate,
+        "this account already belongs to another patient",
+        Some("Patient.extension".into()),
+    )
+    .into()
+}
+
+/// The current version number of a resource, locked for the rest of the transaction, and
+/// whether it is deleted; None when it never existed.
+async fn current_version(
+    conn: &mut PgConnection,
+    country: &str,
+    resource_type: ResourceType,
+    id: Uuid,
+) -> Result<Option<(i64, bool)>> {
+    let row: Option<(i64, bool)> = if resource_type == ResourceType::Patient {
+        sqlx::query_as(
+            "SELECT version, deleted_at IS NOT NULL FROM vault.patients
+              WHERE country_code = $1 AND client_id = $2 FOR UPDATE",
+        )
+        .bind(country)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    } else {
+        sqlx::query_as(
+            "SELECT version, deleted_at IS NOT NULL FROM fhir_resources
+              WHERE country_code = $1 AND resource_type = $2 AND id = $3 FOR UPDATE",
+        )
+        .bind(country)
+        .bind(resource_type.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    };
+    Ok(row)
+}
+
+/// Updates resource `id` if its current version is `if_match` (412 otherwise).
+pub async fn update(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    checked: Checked,
+    id: Uuid,
+    if_match: i64,
+) -> Result<Stored> {
+    let resource_type = checked.resource_type;
+    let Some((version, _)) = current_version(conn, scope.country(), resource_type, id).await? else {
+        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here; create it with POST")).into());
+    };
+    if version != if_match {
+        return Err(Issue::new(
+            http::StatusCode::PRECONDITION_FAILED,
+            IssueType::Conflict,
+            format!("{resource_type}/{id} is at version {version}, not {if_match}: read it again and retry"),
+        )
+        .into());
+    }
+    if let Some((_, Some(subject))) = &checked.patient {
+        let holder: Option<Uuid> =
+            sqlx::query_scalar("SELECT client_id FROM patients WHERE country_code = $1 AND subject = $2")
+                .bind(scope.country())
+                .bind(subject)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if holder.is_some_and(|h| h != id) {
+            return Err(account_conflict_issue());
+        }
+    }
+    write(conn, scope, checked, id, version + 1, "PUT").await
+}
+
+/// Deletes resource `id` logically: reads answer 410 from now on; the rows are kept until the
+/// Country's retention period has passed. Deleting what is deleted changes nothing.
+pub async fn delete(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: ResourceType, id: Uuid) -> Result<()> {
+    let Some((version, deleted)) = current_version(conn, scope.country(), resource_type, id).await? else {
+        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")).into());
+    };
+    if deleted {
+        return Ok(());
+    }
+    let at = now();
+    let years = i32::try_from(scope.rules.retention_years).unwrap_or(100);
+    let next = version + 1;
+    let tail = event_and_audit("deleted", 6);
+    let sql = if resource_type == ResourceType::Patient {
+        format!(
+            "WITH deleted AS (
+                 UPDATE vault.patients SET version = $3, last_updated = $4, deleted_at = $4,
+                        retain_until = $4 + make_interval(years => $5)
+                  WHERE country_code = $1 AND client_id = $2 RETURNING 1
+             ),
+             history AS (
+                 INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method)
+                 SELECT $1, $2, $3, $4, 'DELETE' FROM deleted
+             ),
+             registry AS (
+                 UPDATE patients SET deleted_at = $4, version = $3 WHERE country_code = $1 AND client_id = $2
+             ),
+             {tail}
+             SELECT count(*) FROM deleted"
+        )
+    } else {
+        format!(
+            "WITH deleted AS (
+                 UPDATE fhir_resources SET version = $3, last_updated = $4, deleted_at = $4,
+                        retain_until = $4 + make_interval(years => $5)
+                  WHERE country_code = $1 AND resource_type = $6::text AND id = $2 RETURNING 1
+             ),
+             history AS (
+                 INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method)
+                 SELECT $1, $6::text, $2, $3, $4, 'DELETE' FROM deleted
+             ),
+             {tail}
+             SELECT count(*) FROM deleted"
+        )
+    };
+    // $6 is the resource type for clinical rows and the first of the tail's for a Patient:
+    // the tail starts at $6 either way, so clinical rows bind the type in the tail's slot.
+    let sql = if resource_type == ResourceType::Patient {
+        sql
+    } else {
+        sql.replace("$6::text", "$17::text")
+    };
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(scope.country())
+        .bind(id)
+        .bind(next)
+        .bind(at)
+        .bind(years);
+    let query = bind_event_and_audit(
+        query,
+        scope,
+        format!("{}.deleted", resource_type.as_str().to_ascii_lowercase()),
+        id,
+        event_payload(resource_type, id, next, None),
+        action(resource_type, "delete"),
+        format!("{resource_type}/{id}"),
+    );
+    let query = if resource_type == ResourceType::Patient {
+        query
+    } else {
+        query.bind(resource_type.as_str())
+    };
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Appends the audit record of a read.
+pub async fn audit_read(conn: &mut PgConnection, scope: &Scope<'_>, action: &str, resource: &str) -> Result<()> {
+    let record = meridian_shared::audit::Record {
+        country_code: scope.country(),
+        actor: scope.actor,
+        action,
+        resource,
+        correlation_id: scope.correlation_id,
+    };
+    meridian_shared::audit::append(conn, &record).await?;
+    Ok(())
+}
+
+/// Opens a vault row.
+pub fn unseal(ring: &Keyring, id: Uuid, key_id: &str, sealed: &[u8]) -> Result<Value> {
+    let plaintext = vault::open(ring, id, key_id, sealed)?;
+    Ok(serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+}
+
+/// The current version of a resource: 404 when unknown, 410 when deleted. Audited.
+pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: ResourceType, id: Uuid) -> Result<Stored> {
+    let stored = if resource_type == ResourceType::Patient {
+        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, last_updated, deleted_at, key_id, sealed FROM vault.patients
+              WHERE country_code = $1 AND client_id = $2",
+        )
+        .bind(scope.country())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|(version, last_updated, deleted, key_id, sealed)| {
+            let body = if deleted.is_some() { None } else { Some(unseal(scope.ring, id, &key_id, &sealed)?) };
+            Ok::<_, StoreError>(Stored {
+                resource_type,
+                id,
+                version,
+                last_updated,
+                body,
+            })
+        })
+        .transpose()?
+    } else {
+        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, Value)> = sqlx::query_as(
+            "SELECT version, last_updated, deleted_at, content FROM fhir_resources
+              WHERE country_code = $1 AND resource_type = $2 AND id = $3",
+        )
+        .bind(scope.country())
+        .bind(resource_type.as_str())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|(version, last_updated, deleted, content)| Stored {
+            resource_type,
+            id,
+            version,
+            last_updated,
+            body: deleted.is_none().then_some(content),
+        })
+    };
+    let Some(stored) = stored else {
+        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")).into());
+    };
+    if stored.body.is_none() {
+        return Err(Issue::new(
+            http::StatusCode::GONE,
+            IssueType::Deleted,
+            format!("{resource_type}/{id} was deleted"),
+        )
+        .into());
+    }
+    audit_read(conn, scope, &action(resource_type, "read"), &format!("{resource_type}/{id}")).await?;
+    Ok(stored)
+}
+
+/// Every version of a resource, newest first (deletions without a body). Audited.
+pub async fn history(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    resource_type: ResourceType,
+    id: Uuid,
+    only: Option<i64>,
+) -> Result<Vec<Stored>> {
+    let mut versions = Vec::new();
+    if resource_type == ResourceType::Patient {
+        let rows: Vec<(i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT version, last_updated, key_id, sealed FROM vault.patient_history
+              WHERE country_code = $1 AND client_id = $2 AND ($3::bigint IS NULL OR version = $3)
+              ORDER BY version DESC",
+        )
+        .bind(scope.country())
+        .bind(id)
+        .bind(only)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (version, last_updated, key_id, sealed) in rows {
+            let body = match (key_id, sealed) {
+                (Some(key_id), Some(sealed)) => Some(unseal(scope.ring, id, &key_id, &sealed)?),
+                _ => None,
+            };
+            versions.push(Stored {
+                resource_type,
+                id,
+                version,
+                last_updated,
+                body,
+            });
+        }
+    } else {
+        let rows: Vec<(i64, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
+            "SELECT version, last_updated, content FROM fhir_history
+              WHERE country_code = $1 AND resource_type = $2 AND id = $3 AND ($4::bigint IS NULL OR version = $4)
+              ORDER BY version DESC",
+        )
+        .bind(scope.country())
+        .bind(resource_type.as_str())
+        .bind(id)
+        .bind(only)
+        .fetch_all(&mut *conn)
+        .await?;
+        versions.extend(rows.into_iter().map(|(version, last_updated, body)| Stored {
+            resource_type,
+            id,
+            version,
+            last_updated,
+            body,
+        }));
+    }
+    if versions.is_empty() {
+        let what = match only {
+            Some(v) => format!("{resource_type}/{id} has no version {v}"),
+            None => format!("{resource_type}/{id} is not known here"),
+        };
+        return Err(Issue::not_found(what).into());
+    }
+    audit_read(conn, scope, &action(resource_type, "history"), &format!("{resource_type}/{id}")).await?;
+    Ok(versions)
+}
+
+/// Serialises conditional creates of the same condition in a country: the second waits for
+/// the first to commit, then finds what it created.
+pub async fn lock_condition(conn: &mut PgConnection, country: &str, resource_type: ResourceType, condition: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("conditional-create/{country}/{resource_type}/{condition}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
