@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn dates_are_ranges_at_their_precision() {
         let (s, e) = range("2024").unwrap();
-        assert_eq!((s.to_rfc3339(), e.to_rfc3339()), ("2024-01-01T00:00:00+00:00".into(), "2025-01-01T00:00:00+00:00".into()));
+        assert_eq!(
+            (s.to_rfc3339(), e.to_rfc3339()),
+            ("2024-01-01T00:00:00+00:00".into(), "2025-01-01T00:00:00+00:00".into())
+        );
         let (s, e) = range("2024-02").unwrap();
         assert_eq!((s.day(), e.month()), (1, 3));
         assert!(range("2024-02-30").is_none());

@@ -9,6 +9,7 @@ pub mod dates;
 pub mod fhir;
 pub mod keys;
 pub mod national_id;
+pub mod search;
 pub mod store;
 pub mod validate;
 pub mod vault;

@@ -150,10 +150,7 @@ pub async fn resolve(conn: &mut PgConnection, country: &str, targets: &[Target])
 /// Placeholders from `$first` on: country, event type, key, payload, then the audit's.
 fn event_and_audit(from: &str, first: usize) -> String {
     let p = |n: usize| format!("${}", first + n);
-    let audit = meridian_shared::audit::chain_ctes(
-        from,
-        [&p(0), &p(4), &p(5), &p(6), &p(7), &p(8), &p(9), &p(10)],
-    );
+    let audit = meridian_shared::audit::chain_ctes(from, [&p(0), &p(4), &p(5), &p(6), &p(7), &p(8), &p(9), &p(10)]);
     format!(
         "event AS (
              INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
@@ -220,7 +217,11 @@ async fn write(
     stamp(&mut body, id, version, at);
     let resource_type = checked.resource_type;
     let verb = if version == 1 { "create" } else { "update" };
-    let event_type = format!("{}.{}", resource_type.as_str().to_ascii_lowercase(), if version == 1 { "created" } else { "updated" });
+    let event_type = format!(
+        "{}.{}",
+        resource_type.as_str().to_ascii_lowercase(),
+        if version == 1 { "created" } else { "updated" }
+    );
     if resource_type == ResourceType::Patient {
         let (terms, account) = checked.patient.expect("a Patient's terms");
         let plaintext = serde_json::to_vec(&body).expect("serializes");
@@ -570,7 +571,11 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         .fetch_optional(&mut *conn)
         .await?;
         row.map(|(version, last_updated, deleted, key_id, sealed)| {
-            let body = if deleted.is_some() { None } else { Some(unseal(scope.ring, id, &key_id, &sealed)?) };
+            let body = if deleted.is_some() {
+                None
+            } else {
+                Some(unseal(scope.ring, id, &key_id, &sealed)?)
+            };
             Ok::<_, StoreError>(Stored {
                 resource_type,
                 id,
@@ -609,7 +614,13 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         )
         .into());
     }
-    audit_read(conn, scope, &action(resource_type, "read"), &format!("{resource_type}/{id}")).await?;
+    audit_read(
+        conn,
+        scope,
+        &action(resource_type, "read"),
+        &format!("{resource_type}/{id}"),
+    )
+    .await?;
     Ok(stored)
 }
 
@@ -673,13 +684,24 @@ pub async fn history(
         };
         return Err(Issue::not_found(what).into());
     }
-    audit_read(conn, scope, &action(resource_type, "history"), &format!("{resource_type}/{id}")).await?;
+    audit_read(
+        conn,
+        scope,
+        &action(resource_type, "history"),
+        &format!("{resource_type}/{id}"),
+    )
+    .await?;
     Ok(versions)
 }
 
 /// Serialises conditional creates of the same condition in a country: the second waits for
 /// the first to commit, then finds what it created.
-pub async fn lock_condition(conn: &mut PgConnection, country: &str, resource_type: ResourceType, condition: &str) -> Result<()> {
+pub async fn lock_condition(
+    conn: &mut PgConnection,
+    country: &str,
+    resource_type: ResourceType,
+    condition: &str,
+) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("conditional-create/{country}/{resource_type}/{condition}"))
         .execute(&mut *conn)

@@ -128,11 +128,19 @@ fn one_of(present: &[(&str, bool)], required: bool, base: &str) -> Result<(), Is
 
 fn check_date(value: Option<&String>, expression: &str, date_only: bool) -> Result<(), Issue> {
     let Some(value) = value else { return Ok(()) };
-    let ok = if date_only { dates::is_date(value) } else { dates::is_date_time(value) };
+    let ok = if date_only {
+        dates::is_date(value)
+    } else {
+        dates::is_date_time(value)
+    };
     if ok {
         return Ok(());
     }
-    let kind = if date_only { "date (YYYY, YYYY-MM or YYYY-MM-DD)" } else { "dateTime" };
+    let kind = if date_only {
+        "date (YYYY, YYYY-MM or YYYY-MM-DD)"
+    } else {
+        "dateTime"
+    };
     Err(Issue::invalid(
         IssueType::Value,
         format!("{value:?} is not a valid FHIR {kind}"),
@@ -178,9 +186,8 @@ fn codeable_tokens(concept: &CodeableConcept, out: &mut Vec<String>) {
 fn check_codings(concept: &CodeableConcept, expression: &str) -> Result<(), Issue> {
     for (i, coding) in concept.coding.iter().enumerate() {
         if let (Some(system), Some(code)) = (&coding.system, &coding.code) {
-            codes::check_coding(system, code).map_err(|why| {
-                Issue::invalid(IssueType::Value, why, Some(format!("{expression}.coding[{i}].code")))
-            })?;
+            codes::check_coding(system, code)
+                .map_err(|why| Issue::invalid(IssueType::Value, why, Some(format!("{expression}.coding[{i}].code"))))?;
         }
     }
     Ok(())
@@ -239,7 +246,10 @@ pub fn check(
             check_date(p.birth_date.as_ref(), "Patient.birthDate", true)?;
             check_date(p.deceased_date_time.as_ref(), "Patient.deceasedDateTime", false)?;
             one_of(
-                &[("deceasedBoolean", p.deceased_boolean.is_some()), ("deceasedDateTime", p.deceased_date_time.is_some())],
+                &[
+                    ("deceasedBoolean", p.deceased_boolean.is_some()),
+                    ("deceasedDateTime", p.deceased_date_time.is_some()),
+                ],
                 false,
                 base,
             )?;
@@ -287,7 +297,10 @@ pub fn check(
                     continue;
                 }
                 let expression = format!("Patient.extension[{i}]");
-                let subject = extension.get("valueString").and_then(Value::as_str).filter(|s| !s.is_empty());
+                let subject = extension
+                    .get("valueString")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty());
                 let Some(subject) = subject else {
                     return Err(Issue::invalid(
                         IssueType::Required,
@@ -335,13 +348,24 @@ pub fn check(
             required_code(
                 &e.status,
                 &[
-                    "planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
-                    "entered-in-error", "unknown",
+                    "planned",
+                    "arrived",
+                    "triaged",
+                    "in-progress",
+                    "onleave",
+                    "finished",
+                    "cancelled",
+                    "entered-in-error",
+                    "unknown",
                 ],
                 "Encounter.status",
             )?;
             if e.class.code.is_none() {
-                return Err(Issue::invalid(IssueType::Required, "the class needs a code", Some("Encounter.class.code".into())));
+                return Err(Issue::invalid(
+                    IssueType::Required,
+                    "the class needs a code",
+                    Some("Encounter.class.code".into()),
+                ));
             }
             if let Some(period) = &e.period {
                 check_date(period.start.as_ref(), "Encounter.period.start", false)?;
@@ -365,7 +389,16 @@ pub fn check(
             let o: Observation = read(resource_type, body)?;
             required_code(
                 &o.status,
-                &["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"],
+                &[
+                    "registered",
+                    "preliminary",
+                    "final",
+                    "amended",
+                    "corrected",
+                    "cancelled",
+                    "entered-in-error",
+                    "unknown",
+                ],
                 "Observation.status",
             )?;
             if o.code.coding.is_empty() && o.code.text.is_none() {
@@ -448,7 +481,11 @@ pub fn check(
                 push(target(encounter, "Observation.encounter", &[ResourceType::Encounter])?);
             }
             for (i, member) in o.has_member.iter().enumerate() {
-                push(target(member, &format!("Observation.hasMember[{i}]"), &[ResourceType::Observation])?);
+                push(target(
+                    member,
+                    &format!("Observation.hasMember[{i}]"),
+                    &[ResourceType::Observation],
+                )?);
             }
             indexed.status = Some(o.status.clone());
             codeable_tokens(&o.code, &mut indexed.codes);
@@ -462,19 +499,38 @@ pub fn check(
             let m: MedicationRequest = read(resource_type, body)?;
             required_code(
                 &m.status,
-                &["active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"],
+                &[
+                    "active",
+                    "on-hold",
+                    "cancelled",
+                    "completed",
+                    "entered-in-error",
+                    "stopped",
+                    "draft",
+                    "unknown",
+                ],
                 "MedicationRequest.status",
             )?;
             required_code(
                 &m.intent,
                 &[
-                    "proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order",
+                    "proposal",
+                    "plan",
+                    "order",
+                    "original-order",
+                    "reflex-order",
+                    "filler-order",
+                    "instance-order",
                     "option",
                 ],
                 "MedicationRequest.intent",
             )?;
             if let Some(priority) = &m.priority {
-                required_code(priority, &["routine", "urgent", "asap", "stat"], "MedicationRequest.priority")?;
+                required_code(
+                    priority,
+                    &["routine", "urgent", "asap", "stat"],
+                    "MedicationRequest.priority",
+                )?;
             }
             one_of(
                 &[
@@ -492,7 +548,10 @@ pub fn check(
                 ));
             }
             one_of(
-                &[("reportedBoolean", m.reported_boolean.is_some()), ("reportedReference", m.reported_reference.is_some())],
+                &[
+                    ("reportedBoolean", m.reported_boolean.is_some()),
+                    ("reportedReference", m.reported_reference.is_some()),
+                ],
                 false,
                 base,
             )?;
@@ -511,7 +570,11 @@ pub fn check(
             indexed.patient = t.as_ref().map(|t| t.id);
             push(t);
             if let Some(encounter) = &m.encounter {
-                push(target(encounter, "MedicationRequest.encounter", &[ResourceType::Encounter])?);
+                push(target(
+                    encounter,
+                    "MedicationRequest.encounter",
+                    &[ResourceType::Encounter],
+                )?);
             }
             if let Some(at) = &m.authored_on {
                 let (s, e) = dates::range(at).expect("checked above");
@@ -617,7 +680,10 @@ mod tests {
             json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
                    "subject": {"reference": "Patient/0b7f2c1e-8a2b-4b8e-9b1c-5c7a8d9e0f11"}}),
         );
-        assert_eq!(e.expression.as_deref(), Some("MedicationRequest.medicationCodeableConcept"));
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("MedicationRequest.medicationCodeableConcept")
+        );
         let e = refused(
             ResourceType::Encounter,
             json!({"resourceType": "Encounter", "status": "done", "class": {"code": "AMB"}}),

@@ -24,9 +24,17 @@ const PREFIX_CHARS: usize = 40;
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error("the vault row of {country}/{client_id} is sealed under key {key_id}, which the vault keys do not hold")]
-    UnknownKey { country: String, client_id: Uuid, key_id: String },
+    UnknownKey {
+        country: String,
+        client_id: Uuid,
+        key_id: String,
+    },
     #[error("the vault row of {country}/{client_id} does not open under key {key_id}: it was changed or moved")]
-    Tampered { country: String, client_id: Uuid, key_id: String },
+    Tampered {
+        country: String,
+        client_id: Uuid,
+        key_id: String,
+    },
 }
 
 /// What the ciphertext is bound to.
@@ -42,7 +50,13 @@ pub fn seal(ring: &Keyring, client_id: Uuid, plaintext: &[u8]) -> (String, Vec<u
     rand::rng().fill_bytes(&mut nonce);
     let aad = associated(&ring.country, client_id);
     let sealed = cipher
-        .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: aad.as_bytes(),
+            },
+        )
         .expect("AES-GCM encrypts any message this size");
     let mut out = Vec::with_capacity(NONCE + sealed.len());
     out.extend_from_slice(&nonce);
@@ -70,7 +84,10 @@ pub fn open(ring: &Keyring, client_id: Uuid, key_id: &str, sealed: &[u8]) -> Res
     cipher
         .decrypt(
             &Nonce::from(nonce),
-            Payload { msg: &sealed[NONCE..], aad: aad.as_bytes() },
+            Payload {
+                msg: &sealed[NONCE..],
+                aad: aad.as_bytes(),
+            },
         )
         .map_err(|_| tampered())
 }
@@ -149,7 +166,10 @@ pub fn index(ring: &Keyring, patient: &PatientTerms) -> Vec<String> {
 /// The hashes a search for `kind` = `value` looks for: one under each key of the ring, so
 /// rows not yet moved to a new key are still found.
 pub fn lookup(ring: &Keyring, kind: &str, value: &str) -> Vec<String> {
-    ring.keys.iter().map(|key| token(&index_key(key), kind, value)).collect()
+    ring.keys
+        .iter()
+        .map(|key| token(&index_key(key), kind, value))
+        .collect()
 }
 
 #[cfg(test)]
@@ -169,9 +189,18 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let (key_id, sealed) = seal(&ring, a, b"{\"family\":\"M\xc3\xbcller\"}");
         assert!(!sealed.windows(6).any(|w| w == b"family"));
-        assert_eq!(open(&ring, a, &key_id, &sealed).unwrap(), b"{\"family\":\"M\xc3\xbcller\"}");
-        assert!(matches!(open(&ring, b, &key_id, &sealed), Err(VaultError::Tampered { .. })));
-        assert!(matches!(open(&ring, a, "k7", &sealed), Err(VaultError::UnknownKey { .. })));
+        assert_eq!(
+            open(&ring, a, &key_id, &sealed).unwrap(),
+            b"{\"family\":\"M\xc3\xbcller\"}"
+        );
+        assert!(matches!(
+            open(&ring, b, &key_id, &sealed),
+            Err(VaultError::Tampered { .. })
+        ));
+        assert!(matches!(
+            open(&ring, a, "k7", &sealed),
+            Err(VaultError::UnknownKey { .. })
+        ));
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(open(&ring, a, &key_id, &flipped).is_err());
@@ -190,6 +219,9 @@ mod tests {
             assert!(wanted.iter().any(|w| stored.contains(w)), "{query}");
         }
         assert!(!lookup(&ring, "family", "mulx").iter().any(|w| stored.contains(w)));
-        assert!(!lookup(&ring, "given", "mu").iter().any(|w| stored.contains(w)), "kinds are apart");
+        assert!(
+            !lookup(&ring, "given", "mu").iter().any(|w| stored.contains(w)),
+            "kinds are apart"
+        );
     }
 }

@@ -62,7 +62,11 @@ impl std::fmt::Display for ResourceType {
 /// it says one.
 pub fn resource_type_of(body: &Value, expected: Option<ResourceType>) -> Result<ResourceType, Issue> {
     let Some(object) = body.as_object() else {
-        return Err(Issue::invalid(IssueType::Structure, "the body is not a JSON object", None));
+        return Err(Issue::invalid(
+            IssueType::Structure,
+            "the body is not a JSON object",
+            None,
+        ));
     };
     let Some(name) = object.get("resourceType").and_then(Value::as_str) else {
         return Err(Issue::invalid(
@@ -109,7 +113,11 @@ pub fn read<T: DeserializeOwned>(resource_type: ResourceType, body: Value) -> Re
         } else {
             (base, IssueType::Structure)
         };
-        let message = message.split(", expected one of").next().unwrap_or_default().to_string();
+        let message = message
+            .split(", expected one of")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         Issue::invalid(code, message, Some(expression))
     })
 }

@@ -120,7 +120,11 @@ impl Issue {
 
     /// The `OperationOutcome` resource.
     pub fn outcome(&self) -> Value {
-        let severity = if self.status.is_server_error() { "fatal" } else { "error" };
+        let severity = if self.status.is_server_error() {
+            "fatal"
+        } else {
+            "error"
+        };
         let mut issue = json!({
             "severity": severity,
             "code": self.code.as_str(),
