@@ -7,6 +7,7 @@
 pub mod codes;
 pub mod dates;
 pub mod fhir;
+pub mod http;
 pub mod keys;
 pub mod national_id;
 pub mod search;

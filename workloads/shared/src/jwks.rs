@@ -181,3 +181,22 @@ async fn read(client: &HttpsClient, source: &JwksSource) -> Result<String, JwksE
         }
     }
 }
+
+/// Checks the `Authorization` header with `verifier`; when the token names a key the
+/// verifier does not know and `jwks` can change, reads the provider's keys once more (it may
+/// have rotated them) and checks again.
+pub async fn verify_following_rotation(
+    verifier: &crate::auth::Verifier,
+    jwks: Option<&Jwks>,
+    header: Option<&str>,
+) -> Result<crate::auth::Principal, crate::auth::AuthError> {
+    match (verifier.verify_header(header), jwks) {
+        (Err(crate::auth::AuthError::UnknownKey), Some(jwks)) => {
+            if let Err(e) = jwks.refresh().await {
+                tracing::warn!(error = %e, "cannot read the identity provider's keys");
+            }
+            verifier.verify_header(header)
+        }
+        (verified, _) => verified,
+    }
+}

@@ -1,0 +1,124 @@
+//! The records service's HTTP API: FHIR R4 under `/{cc}/v1/fhir` for every country its
+//! Region holds. Every answer is FHIR JSON; every refusal an `OperationOutcome`.
+
+mod bundle;
+mod caller;
+mod capability;
+mod interactions;
+mod response;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use meridian_crds::serving::Serving;
+use meridian_shared::auth::Verifier;
+use meridian_shared::jwks::Jwks;
+use sqlx::PgPool;
+
+use crate::keys::Keyring;
+use crate::validate::Rules;
+
+pub use caller::{Access, Caller};
+
+/// Largest request body accepted (a transaction Bundle of [`bundle::MAX_ENTRIES`] entries
+/// fits); beyond, `413` with an OperationOutcome.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// One country the service holds: its rules, whether it serves, and its data keys (or why
+/// they cannot be read: then it answers 503 rather than write what it could not read back).
+#[derive(Clone, Debug)]
+pub struct CountryEntry {
+    pub rules: Rules,
+    pub serving: Serving,
+    pub keys: Result<Keyring, String>,
+}
+
+/// The countries of the service's Region, kept current by whoever runs it.
+#[derive(Clone, Default)]
+pub struct Countries(Arc<RwLock<BTreeMap<String, Arc<CountryEntry>>>>);
+
+impl Countries {
+    pub fn set(&self, entries: impl IntoIterator<Item = CountryEntry>) {
+        let table = entries
+            .into_iter()
+            .map(|e| (e.rules.code.to_ascii_lowercase(), Arc::new(e)))
+            .collect();
+        *self.0.write().expect("countries lock") = table;
+    }
+
+    /// The entry for path segment `cc` (lower case in URLs).
+    pub fn get(&self, cc: &str) -> Option<Arc<CountryEntry>> {
+        self.0.read().expect("countries lock").get(cc).cloned()
+    }
+}
+
+/// What every handler shares.
+pub struct Service {
+    /// As the Region's workload role: clinical resources only.
+    pub clinical: PgPool,
+    /// As the Region's vault role: Patients, and transactions that write both.
+    pub vault: PgPool,
+    pub verifier: Arc<Verifier>,
+    pub jwks: Option<Arc<Jwks>>,
+    pub countries: Countries,
+}
+
+impl Service {
+    pub fn new(clinical: PgPool, vault: PgPool, verifier: Arc<Verifier>, countries: Countries) -> Self {
+        Self {
+            clinical,
+            vault,
+            verifier,
+            jwks: None,
+            countries,
+        }
+    }
+
+    /// Checks tokens against the keys of `jwks`, following its rotations.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.verifier = jwks.verifier();
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// The pool for work on `resource_type` (Patients are the vault's).
+    pub fn pool(&self, resource_type: crate::fhir::ResourceType) -> &PgPool {
+        if resource_type.is_clinical() {
+            &self.clinical
+        } else {
+            &self.vault
+        }
+    }
+}
+
+/// The routes of the records service.
+pub fn app(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/{cc}/v1/fhir/metadata", get(capability::metadata))
+        .route("/{cc}/v1/fhir", post(bundle::transaction))
+        .route(
+            "/{cc}/v1/fhir/{resource_type}",
+            get(interactions::search_get).post(interactions::create),
+        )
+        .route("/{cc}/v1/fhir/{resource_type}/_search", post(interactions::search_post))
+        .route(
+            "/{cc}/v1/fhir/{resource_type}/{id}",
+            get(interactions::read)
+                .put(interactions::update)
+                .delete(interactions::delete),
+        )
+        .route(
+            "/{cc}/v1/fhir/{resource_type}/{id}/{operation}",
+            get(interactions::instance_operation),
+        )
+        .route(
+            "/{cc}/v1/fhir/{resource_type}/{id}/_history/{version}",
+            get(interactions::vread),
+        )
+        .fallback(response::unknown_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(service)
+}
