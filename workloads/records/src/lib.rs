@@ -14,3 +14,17 @@ pub mod search;
 pub mod store;
 pub mod validate;
 pub mod vault;
+
+use std::time::Duration;
+
+/// How long a request waits for a database connection before it is answered 503.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The pool settings of the records service: a short acquire timeout, and connections
+/// checked before use so that a database restart costs no failed request.
+pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(true)
+}
