@@ -65,6 +65,19 @@ async fn a_german_booking_lands_in_the_german_region_only() {
         .1;
     let superuser = format!("postgres://meridian@127.0.0.1:{port}/meridian");
     let mut conn = PgConnection::connect(&superuser).await.unwrap();
+    // The appointment names the patient by the client ID that the Region's registry maps
+    // the demo patient's token subject to, never by the subject.
+    let (subject, client_id): (String, String) =
+        sqlx::query_as("SELECT subject, client_id::text FROM patients WHERE country_code = 'DE'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(booked["patientId"], client_id.as_str(), "{booked}");
+    let stored: String = sqlx::query_scalar("SELECT patient_id FROM appointments")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((stored.as_str(), subject == client_id), (client_id.as_str(), false));
     let users: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT usename::text FROM pg_stat_activity
           WHERE datname = 'meridian' AND backend_type = 'client backend'

@@ -1,9 +1,12 @@
 //! Booking an appointment: one transaction that inserts it (the database refuses a double
 //! booking), writes `appointment.booked` to the outbox and an audit record. Replaying the
 //! same idempotency key returns the first result instead of booking again.
+//!
+//! Appointments name their patient by client ID (see [`meridian_shared::patients`]), never by
+//! the token subject the patient signs in with: `patient_id` holds the client ID's text.
 
 use chrono::{DateTime, Utc};
-use meridian_shared::{audit, outbox};
+use meridian_shared::{audit, outbox, patients};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -15,7 +18,13 @@ pub use crate::Actor;
 pub struct BookRequest {
     pub country_code: String,
     pub practitioner_id: Uuid,
-    pub patient_id: String,
+    /// The patient's client ID: a registered patient of the country, else the booking is
+    /// refused ([`BookingError::UnknownPatient`]).
+    pub patient_id: Uuid,
+    /// The patient books for themselves (their client ID mapped from their token): then a
+    /// Patient record deleted in the records service does not stop them; staff can only
+    /// name a patient whose record is not deleted.
+    pub by_patient: bool,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// Reason for visit only: clinical notes belong to the records service.
@@ -36,6 +45,7 @@ pub struct Appointment {
     pub id: Uuid,
     pub country_code: String,
     pub practitioner_id: Uuid,
+    /// The patient's client ID.
     pub patient_id: String,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
@@ -64,6 +74,8 @@ pub enum BookingError {
     Conflict(Clash),
     #[error("practitioner {0} does not exist, takes no appointments, or changed schedule since it was read")]
     NotBookable(Uuid),
+    #[error("no patient with client ID {0} is registered in this country")]
+    UnknownPatient(Uuid),
     #[error("the Idempotency-Key was already used for a different booking")]
     KeyReused,
     #[error("database error: {0}")]
@@ -80,14 +92,15 @@ pub struct Booked {
 /// Books, or replays an earlier booking with the same idempotency key.
 pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
     // The appointment, its event and its audit record go in together, in one statement
-    // (one round trip, atomic): the practitioner must be active and on the schedule the
-    // caller checked the slot against, the idempotency key new,
+    // (one round trip, atomic): the patient must be registered in the country, the
+    // practitioner active and on the schedule the caller checked the slot against, the
+    // idempotency key new,
     // and the exclusion constraints decide whether the time is still free.
     let appointment = Appointment {
         id: Uuid::new_v4(),
         country_code: request.country_code.clone(),
         practitioner_id: request.practitioner_id,
-        patient_id: request.patient_id.clone(),
+        patient_id: request.patient_id.to_string(),
         starts_at: request.starts_at,
         ends_at: request.ends_at,
         status: "booked".into(),
@@ -122,8 +135,9 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
             appointment,
             replayed: false,
         }),
-        // Nothing written: the key was used before, or the practitioner takes no bookings
-        // (or not on the schedule the slot was checked against).
+        // Nothing written: the key was used before, the patient is not registered, or the
+        // practitioner takes no bookings (or not on the schedule the slot was checked
+        // against).
         None => replay(pool, request).await,
     }
 }
@@ -139,14 +153,18 @@ static BOOK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "WITH turn AS (
              SELECT pg_advisory_xact_lock(hashtextextended($3::text, 0))
          ),
+         patient AS (
+             SELECT 1 FROM patients
+              WHERE country_code = $1 AND client_id = $4 AND (deleted_at IS NULL OR $20)
+         ),
          practitioner AS (
-             SELECT 1 FROM practitioners, turn
+             SELECT 1 FROM practitioners, turn, patient
               WHERE country_code = $1 AND id = $3 AND active AND schedule_version = $19
          ),
          booked AS (
              INSERT INTO appointments
                  (country_code, id, practitioner_id, patient_id, starts_at, ends_at, status, reason, idempotency_key)
-             SELECT $1, $2, $3, $4, $5, $6, 'booked', $7, $8 FROM practitioner
+             SELECT $1, $2, $3, $4::text, $5, $6, 'booked', $7, $8 FROM practitioner
              ON CONFLICT (country_code, idempotency_key) DO NOTHING
              RETURNING {COLUMNS}
          ),
@@ -172,7 +190,7 @@ async fn insert_booking(
         .bind(&request.country_code)
         .bind(appointment.id)
         .bind(request.practitioner_id)
-        .bind(&request.patient_id)
+        .bind(request.patient_id)
         .bind(request.starts_at)
         .bind(request.ends_at)
         .bind(&request.reason)
@@ -188,6 +206,7 @@ async fn insert_booking(
         .bind(record.correlation_id)
         .bind(payload)
         .bind(request.schedule_version)
+        .bind(request.by_patient)
         .fetch_optional(pool)
         .await
 }
@@ -217,7 +236,8 @@ pub async fn booked(
         .collect())
 }
 
-/// The first booking made with this key, if it asked for the same thing.
+/// The first booking made with this key, if it asked for the same thing; else why nothing
+/// was booked.
 async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingError> {
     let first: Option<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM appointments WHERE country_code = $1 AND idempotency_key = $2"
@@ -227,10 +247,24 @@ async fn replay(pool: &PgPool, request: &BookRequest) -> Result<Booked, BookingE
     .fetch_optional(pool)
     .await?;
     let Some(first) = first else {
-        return Err(BookingError::NotBookable(request.practitioner_id));
+        let mut conn = pool.acquire().await?;
+        let registered = if request.by_patient {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM patients WHERE country_code = $1 AND client_id = $2)")
+                .bind(&request.country_code)
+                .bind(request.patient_id)
+                .fetch_one(&mut *conn)
+                .await?
+        } else {
+            patients::is_registered(&mut conn, &request.country_code, request.patient_id).await?
+        };
+        return Err(if registered {
+            BookingError::NotBookable(request.practitioner_id)
+        } else {
+            BookingError::UnknownPatient(request.patient_id)
+        });
     };
     let same = first.practitioner_id == request.practitioner_id
-        && first.patient_id == request.patient_id
+        && first.patient_id == request.patient_id.to_string()
         && first.starts_at == request.starts_at
         && first.ends_at == request.ends_at;
     if !same {
@@ -262,7 +296,8 @@ const COLUMNS: &str = "id, country_code, practitioner_id, patient_id, starts_at,
 /// Whose appointments a caller may see.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
-    Patient(String),
+    /// A patient's, by client ID.
+    Patient(Uuid),
     Practitioner(Uuid),
     /// Staff of the country: all of them.
     Country,
@@ -271,7 +306,7 @@ pub enum Scope {
 impl Scope {
     fn admits(&self, appointment: &Appointment) -> bool {
         match self {
-            Scope::Patient(patient) => &appointment.patient_id == patient,
+            Scope::Patient(patient) => appointment.patient_id == patient.to_string(),
             Scope::Practitioner(id) => &appointment.practitioner_id == id,
             Scope::Country => true,
         }
@@ -358,7 +393,7 @@ pub async fn list(
     actor: Actor<'_>,
 ) -> Result<Vec<Appointment>, BookingError> {
     let (patient, practitioner) = match scope {
-        Scope::Patient(p) => (Some(p.clone()), None),
+        Scope::Patient(p) => (Some(p.to_string()), None),
         Scope::Practitioner(id) => (None, Some(*id)),
         Scope::Country => (None, None),
     };

@@ -81,6 +81,8 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     let tz = chrono_tz::Europe::Berlin;
     let de = seed(&pool, "DE", tz, options.practitioners).await?;
     let at = seed(&pool, "AT", tz, options.practitioners).await?;
+    let de_patients = Arc::new(patients(&pool, "DE", options.clients).await?);
+    let at_patients = Arc::new(patients(&pool, "AT", options.clients).await?);
     let mut out = format!(
         "booking benchmark: {} clients, {} s per phase, {} practitioners x {} slots per country, PostgreSQL {}\n",
         options.clients,
@@ -110,8 +112,9 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(options.clients)
         .build_http();
-    // Front-desk staff book for patients: every attempt is a different patient, so the
-    // races are between patients for a practitioner's slot, not a patient with themselves.
+    // Front-desk staff book for patients, by client ID: every attempt is a different patient
+    // (until a client's share of patients comes round again), so the races are between
+    // patients for a practitioner's slot, not a patient with themselves.
     let token = Arc::new(issuer.token(
         "bench-front-desk",
         &[Role::PracticeManager],
@@ -120,12 +123,12 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     ));
     let de = Arc::new(de);
     let http = phase(options.clients, options.seconds, {
-        let (client, token, de) = (client.clone(), token.clone(), de.clone());
+        let (client, token, de, patients) = (client.clone(), token.clone(), de.clone(), de_patients.clone());
         move |worker, n| {
             let (client, token, de) = (client.clone(), token.clone(), de.clone());
+            let patient = patient_of(&patients, worker, n);
             async move {
                 let target = de[rand::rng().random_range(0..de.len())];
-                let patient = format!("patient-{worker}-{n}");
                 let body = serde_json::json!({"practitionerId": target.practitioner, "start": target.start, "patientId": patient});
                 let request = http::Request::post(format!("http://{addr}/de/v1/appointments"))
                     .header("authorization", format!("Bearer {token}"))
@@ -154,15 +157,17 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     // The database alone: the same transaction, no HTTP, no token, no slot lookup.
     let at = Arc::new(at);
     let db = phase(options.clients, options.seconds, {
-        let (pool, at) = (pool.clone(), at.clone());
+        let (pool, at, patients) = (pool.clone(), at.clone(), at_patients.clone());
         move |worker, n| {
             let (pool, at) = (pool.clone(), at.clone());
+            let patient = patient_of(&patients, worker, n);
             async move {
                 let target = at[rand::rng().random_range(0..at.len())];
                 let request = BookRequest {
                     country_code: "AT".into(),
                     practitioner_id: target.practitioner,
-                    patient_id: format!("patient-{worker}-{n}"),
+                    patient_id: patient,
+                    by_patient: false,
                     starts_at: target.start,
                     ends_at: target.start + chrono::Duration::minutes(30),
                     reason: None,
@@ -223,6 +228,29 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
     pool.close().await;
     tokio::task::spawn_blocking(move || cluster.stop()).await?;
     Ok(out)
+}
+
+/// Patients each client books for in turn.
+const PATIENTS_PER_CLIENT: usize = 1024;
+
+/// The client IDs of registered patients of country `code`, [`PATIENTS_PER_CLIENT`] for each
+/// of `clients` (patients the clinic recorded, without an account of their own).
+async fn patients(pool: &PgPool, code: &str, clients: usize) -> anyhow::Result<Vec<Uuid>> {
+    let count = i64::try_from(clients.max(1) * PATIENTS_PER_CLIENT)?;
+    Ok(sqlx::query_scalar(
+        "INSERT INTO patients (country_code, client_id) SELECT $1, gen_random_uuid() FROM generate_series(1, $2)
+         RETURNING client_id",
+    )
+    .bind(code)
+    .bind(count)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The patient client `worker` books for in its attempt `n`.
+fn patient_of(patients: &[Uuid], worker: usize, n: u64) -> Uuid {
+    let turn = usize::try_from(n).unwrap_or(usize::MAX) % PATIENTS_PER_CLIENT;
+    patients[(worker * PATIENTS_PER_CLIENT + turn) % patients.len()]
 }
 
 /// Practitioners with a weekly rule for every day, 09:00–17:00 in 30-minute slots, and the

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use meridian_booking::Actor;
 use meridian_booking::appointments::{BookRequest, BookingError, Clash, NewSlot, Scope, book, reschedule};
 use meridian_localpg::TempCluster;
+use meridian_shared::patients::client_id_for_subject;
 use meridian_shared::schema::prepare;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -36,12 +37,16 @@ fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
-fn request(practitioner: Uuid, patient: &str, start: &str, key: &str) -> BookRequest {
+/// Patient `patient` (their token subject) books for themselves, by their client ID.
+async fn request(pool: &PgPool, practitioner: Uuid, patient: &str, start: &str, key: &str) -> BookRequest {
+    let mut conn = pool.acquire().await.unwrap();
+    let client_id = client_id_for_subject(&mut conn, "DE", patient).await.unwrap();
     let starts_at = at(start);
     BookRequest {
         country_code: "DE".into(),
         practitioner_id: practitioner,
-        patient_id: patient.into(),
+        patient_id: client_id,
+        by_patient: true,
         starts_at,
         ends_at: starts_at + Duration::minutes(30),
         reason: Some("Kontrolle".into()),
@@ -65,11 +70,13 @@ async fn many_patients_racing_for_one_slot_exactly_one_wins() {
             let pool = pool.clone();
             tokio::spawn(async move {
                 let r = request(
+                    &pool,
                     practitioner,
                     &format!("patient-{i}"),
                     "2026-12-01T09:00:00Z",
                     &format!("key-{i}"),
-                );
+                )
+                .await;
                 book(&pool, &r).await
             })
         })
@@ -116,7 +123,14 @@ async fn reschedules_and_bookings_racing_for_one_slot_exactly_one_wins() {
         let start = (at("2026-12-01T10:00:00Z") + Duration::minutes(30 * i)).to_rfc3339();
         let booked = book(
             &pool,
-            &request(practitioner, &format!("holder-{i}"), &start, &format!("hold-{i}")),
+            &request(
+                &pool,
+                practitioner,
+                &format!("holder-{i}"),
+                &start,
+                &format!("hold-{i}"),
+            )
+            .await,
         )
         .await
         .unwrap();
@@ -144,11 +158,13 @@ async fn reschedules_and_bookings_racing_for_one_slot_exactly_one_wins() {
         let pool = pool.clone();
         tokio::spawn(async move {
             let r = request(
+                &pool,
                 practitioner,
                 &format!("newcomer-{i}"),
                 "2026-12-01T09:00:00Z",
                 &format!("new-{i}"),
-            );
+            )
+            .await;
             book(&pool, &r).await.map(|_| ())
         })
     });
@@ -177,19 +193,28 @@ async fn reschedules_and_bookings_racing_for_one_slot_exactly_one_wins() {
 #[tokio::test]
 async fn a_replayed_idempotency_key_returns_the_first_booking_and_books_nothing_more() {
     let (_pg, pool, practitioner) = database().await;
-    let first = book(&pool, &request(practitioner, "p1", "2026-12-01T10:00:00Z", "k1"))
-        .await
-        .unwrap();
-    let again = book(&pool, &request(practitioner, "p1", "2026-12-01T10:00:00Z", "k1"))
-        .await
-        .unwrap();
+    let first = book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T10:00:00Z", "k1").await,
+    )
+    .await
+    .unwrap();
+    let again = book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T10:00:00Z", "k1").await,
+    )
+    .await
+    .unwrap();
     assert!(again.replayed);
     assert_eq!(again.appointment, first.appointment);
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
 
-    let other = book(&pool, &request(practitioner, "p1", "2026-12-01T11:00:00Z", "k1"))
-        .await
-        .unwrap_err();
+    let other = book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T11:00:00Z", "k1").await,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(other, BookingError::KeyReused), "{other}");
 }
 
@@ -206,27 +231,36 @@ async fn a_patient_cannot_hold_two_overlapping_appointments() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "a"))
-        .await
-        .unwrap();
-    let overlap = book(&pool, &request(colleague, "p1", "2026-12-01T09:15:00Z", "b"))
-        .await
-        .unwrap_err();
+    book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T09:00:00Z", "a").await,
+    )
+    .await
+    .unwrap();
+    let overlap = book(
+        &pool,
+        &request(&pool, colleague, "p1", "2026-12-01T09:15:00Z", "b").await,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(overlap, BookingError::Conflict(Clash::PatientBusy)),
         "{overlap}"
     );
     // Back to back is fine.
-    book(&pool, &request(colleague, "p1", "2026-12-01T09:30:00Z", "c"))
-        .await
-        .unwrap();
+    book(
+        &pool,
+        &request(&pool, colleague, "p1", "2026-12-01T09:30:00Z", "c").await,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_written() {
     let (_pg, pool, practitioner) = database().await;
     let unknown = Uuid::new_v4();
-    let err = book(&pool, &request(unknown, "p1", "2026-12-01T09:00:00Z", "a"))
+    let err = book(&pool, &request(&pool, unknown, "p1", "2026-12-01T09:00:00Z", "a").await)
         .await
         .unwrap_err();
     assert!(matches!(err, BookingError::NotBookable(id) if id == unknown));
@@ -234,9 +268,12 @@ async fn unknown_or_inactive_practitioners_take_no_bookings_and_nothing_is_half_
         .execute(&pool)
         .await
         .unwrap();
-    let err = book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "b"))
-        .await
-        .unwrap_err();
+    let err = book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T09:00:00Z", "b").await,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, BookingError::NotBookable(_)));
     for table in ["appointments", "outbox", "audit"] {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -265,10 +302,13 @@ fn slot(start: &str, schedule_version: i64) -> NewSlot {
 #[tokio::test]
 async fn a_reschedule_checked_against_a_schedule_that_changes_meanwhile_is_refused() {
     let (_pg, pool, practitioner) = database().await;
-    let booked = book(&pool, &request(practitioner, "p1", "2026-12-01T09:00:00Z", "a"))
-        .await
-        .unwrap()
-        .appointment;
+    let booked = book(
+        &pool,
+        &request(&pool, practitioner, "p1", "2026-12-01T09:00:00Z", "a").await,
+    )
+    .await
+    .unwrap()
+    .appointment;
     // Time off from 10:00 is being recorded (schedule version 1 -> 2) and not committed yet,
     // while the patient moves to 10:00 on the schedule as it was (version 1).
     let mut time_off = pool.begin().await.unwrap();
@@ -350,4 +390,72 @@ async fn a_reschedule_checked_against_a_schedule_that_changes_meanwhile_is_refus
     .await
     .unwrap_err();
     assert!(matches!(stale, BookingError::NotBookable(_)), "{stale}");
+}
+
+#[tokio::test]
+async fn staff_book_only_for_registered_patients_and_a_refusal_writes_nothing() {
+    let (_pg, pool, practitioner) = database().await;
+    let staff_books_for = |patient: Uuid, key: &str| BookRequest {
+        country_code: "DE".into(),
+        practitioner_id: practitioner,
+        patient_id: patient,
+        by_patient: false,
+        starts_at: at("2026-12-01T09:00:00Z"),
+        ends_at: at("2026-12-01T09:30:00Z"),
+        reason: None,
+        idempotency_key: key.into(),
+        schedule_version: 1,
+        actor: "front-desk".into(),
+        correlation_id: Uuid::new_v4(),
+    };
+    let nobody = Uuid::new_v4();
+    let refused = book(&pool, &staff_books_for(nobody, "a")).await.unwrap_err();
+    assert!(
+        matches!(refused, BookingError::UnknownPatient(id) if id == nobody),
+        "{refused}"
+    );
+
+    // A patient whose record was deleted cannot be named by staff any more...
+    let mut conn = pool.acquire().await.unwrap();
+    let deleted = client_id_for_subject(&mut conn, "DE", "kc|deleted").await.unwrap();
+    sqlx::query("UPDATE patients SET deleted_at = now() WHERE client_id = $1")
+        .bind(deleted)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let refused = book(&pool, &staff_books_for(deleted, "b")).await.unwrap_err();
+    assert!(
+        matches!(refused, BookingError::UnknownPatient(id) if id == deleted),
+        "{refused}"
+    );
+    for table in ["appointments", "outbox", "audit"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    // ...but still signs in and books for themselves.
+    let own = book(
+        &pool,
+        &request(&pool, practitioner, "kc|deleted", "2026-12-01T09:00:00Z", "c").await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.appointment.patient_id, deleted.to_string());
+
+    // A registered patient (recorded by the clinic, no account) is booked by client ID.
+    let recorded = Uuid::new_v4();
+    sqlx::query("INSERT INTO patients (country_code, client_id, version) VALUES ('DE', $1, 1)")
+        .bind(recorded)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut later = staff_books_for(recorded, "d");
+    later.starts_at = at("2026-12-01T10:00:00Z");
+    later.ends_at = at("2026-12-01T10:30:00Z");
+    let booked = book(&pool, &later).await.unwrap();
+    assert_eq!(booked.appointment.patient_id, recorded.to_string());
+    // The replay of that key is recognised as the same booking.
+    assert!(book(&pool, &later).await.unwrap().replayed);
 }

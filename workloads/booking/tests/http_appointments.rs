@@ -28,7 +28,8 @@ impl Api {
     async fn start() -> Self {
         let pg = TempCluster::start().await.expect("start PostgreSQL");
         let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-        prepare(&mut conn, &["DE"]).await.unwrap();
+        // AT is there only to hold another country's patients.
+        prepare(&mut conn, &["DE", "AT"]).await.unwrap();
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
         let countries = Countries::default();
         countries.set([CountryEntry::ready("DE", chrono_tz::Europe::Berlin)]);
@@ -167,6 +168,15 @@ impl Api {
         body["slots"][0]["start"].as_str().unwrap().to_string()
     }
 
+    /// The client ID the registry maps DE patient `subject` to, if any.
+    async fn client_id(&self, subject: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT client_id::text FROM patients WHERE country_code = 'DE' AND subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
     fn booking(&self, start: &str) -> Value {
         json!({"practitionerId": self.practitioner, "start": start, "reason": "Kontrolle"})
     }
@@ -187,7 +197,12 @@ async fn a_patient_books_and_a_replay_returns_the_first_result() {
         )
         .await;
     assert_eq!((status, replayed), (StatusCode::CREATED, None), "{first}");
-    assert_eq!(first["patientId"], "patient-1");
+    let client_id = api.client_id("patient-1").await.expect("registered on first use");
+    assert_eq!(
+        first["patientId"],
+        client_id.as_str(),
+        "the patient's client ID, not the subject"
+    );
     let (status, again, replayed) = api
         .call(
             "POST",
@@ -395,6 +410,18 @@ async fn patients_see_their_own_appointments_only() {
         )
         .await;
     let id = booked["id"].as_str().unwrap();
+    let bobs_start = api.tomorrow_first_slot(&bob).await;
+    let (status, bobs, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &bob,
+            Some("b"),
+            Some(api.booking(&bobs_start)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bobs}");
+    assert_ne!(bobs["patientId"], booked["patientId"], "two patients, two client IDs");
     let (status, _, _) = api
         .call("GET", &format!("/de/v1/appointments/{id}"), &alice, None, None)
         .await;
@@ -411,29 +438,233 @@ async fn patients_see_their_own_appointments_only() {
         .call("POST", &format!("/de/v1/appointments/{id}/cancel"), &bob, None, None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let later = api.tomorrow_first_slot(&bob).await;
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{id}/reschedule"),
+            &bob,
+            None,
+            Some(json!({"start": later})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let bobs_id = bobs["id"].as_str().unwrap();
+    let (status, _, _) = api
+        .call("GET", &format!("/de/v1/appointments/{bobs_id}"), &alice, None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor bob's for alice");
+    let ids = |list: &Value| -> Vec<Value> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].clone())
+            .collect()
+    };
     let (_, mine, _) = api.call("GET", "/de/v1/appointments", &bob, None, None).await;
-    assert_eq!(mine["items"].as_array().unwrap().len(), 0);
+    assert_eq!(ids(&mine), [bobs["id"].clone()]);
+    let (_, mine, _) = api.call("GET", "/de/v1/appointments", &alice, None, None).await;
+    assert_eq!(ids(&mine), [booked["id"].clone()]);
     let doctor = api.token(&api.practitioner, &[Role::Practitioner]);
     let (_, theirs, _) = api.call("GET", "/de/v1/appointments", &doctor, None, None).await;
-    assert_eq!(theirs["items"][0]["id"], booked["id"]);
+    assert_eq!(ids(&theirs), [booked["id"].clone(), bobs["id"].clone()]);
     let trail: Vec<(String, String)> =
         sqlx::query_as("SELECT action, actor FROM audit WHERE action LIKE 'appointment.%' ORDER BY at, action")
             .fetch_all(&api.pool)
             .await
             .unwrap();
-    let trail: Vec<(&str, &str)> = trail.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    // Every read and write of an appointment, and bob's refused attempts on alice's.
-    for expected in [
+    let mut trail: Vec<(&str, &str)> = trail.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    // Every read and write of an appointment, and the refused attempts on another's (a move
+    // reads the appointment first).
+    let mut expected = vec![
         ("appointment.book", "alice"),
+        ("appointment.book", "bob"),
         ("appointment.read", "alice"),
         ("appointment.read.denied", "bob"),
         ("appointment.cancel.denied", "bob"),
+        ("appointment.read.denied", "bob"),
+        ("appointment.read.denied", "alice"),
         ("appointment.list", "bob"),
+        ("appointment.list", "alice"),
         ("appointment.list", api.practitioner.as_str()),
+    ];
+    trail.sort();
+    expected.sort();
+    assert_eq!(trail, expected);
+}
+
+#[tokio::test]
+async fn a_patients_appointment_holds_their_client_id_and_their_subject_appears_nowhere_but_as_actor() {
+    let api = Api::start().await;
+    // A subject as an identity provider issues it: opaque, and distinctive enough to find.
+    let subject = "f:1e9c52d4-idp:alice.meyer@example.org";
+    let patient = api.token(subject, &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&patient).await;
+    let (status, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &patient,
+            Some("k"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    let id = booked["id"].as_str().unwrap();
+    let later = api.tomorrow_first_slot(&patient).await;
+    for (path, body) in [
+        (
+            format!("/de/v1/appointments/{id}/reschedule"),
+            Some(json!({"start": later})),
+        ),
+        (format!("/de/v1/appointments/{id}/cancel"), None),
     ] {
-        assert!(trail.contains(&expected), "{expected:?} missing from {trail:?}");
+        let (status, body, _) = api.call("POST", &path, &patient, None, body).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
-    assert_eq!(trail.len(), 6, "{trail:?}");
+    let (status, _, _) = api.call("GET", "/de/v1/appointments", &patient, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let client_id = api.client_id(subject).await.expect("registered");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT patient_id FROM appointments")
+        .fetch_all(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, std::slice::from_ref(&client_id));
+    let mentions = |sql: &'static str| {
+        let pool = api.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(format!("%{subject}%"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // The whole row as text: no column of appointments or the outbox holds the subject.
+    assert_eq!(
+        mentions("SELECT count(*) FROM appointments a WHERE a::text LIKE $1").await,
+        0
+    );
+    assert_eq!(mentions("SELECT count(*) FROM outbox o WHERE o::text LIKE $1").await, 0);
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, payload->>'patientId' FROM outbox WHERE event_type LIKE 'appointment.%' ORDER BY id",
+    )
+    .fetch_all(&api.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, String)> = ["appointment.booked", "appointment.rescheduled", "appointment.cancelled"]
+        .into_iter()
+        .map(|e| (e.to_string(), client_id.clone()))
+        .collect();
+    assert_eq!(events, expected);
+    // The audit trail says who acted (the subject) and on what (never the subject).
+    assert_eq!(mentions("SELECT count(*) FROM audit WHERE resource LIKE $1").await, 0);
+    let resources: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, resource FROM audit WHERE actor = $1 AND action LIKE 'appointment.%' ORDER BY at, action",
+    )
+    .bind(subject)
+    .fetch_all(&api.pool)
+    .await
+    .unwrap();
+    assert!(
+        resources.contains(&("appointment.list".into(), format!("patient/{client_id}/appointments"))),
+        "{resources:?}"
+    );
+    // book, read and move (a move reads first), cancel, list.
+    assert_eq!(resources.len(), 5, "{resources:?}");
+    // The subject is in the registry, once.
+    assert_eq!(
+        mentions("SELECT count(*) FROM patients p WHERE p::text LIKE $1").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn staff_book_for_a_patient_by_client_id_and_the_patient_sees_it() {
+    let api = Api::start().await;
+    let desk = api.token("front-desk", &[Role::PracticeManager]);
+    let patient = api.token("kc|carla", &[Role::Patient]);
+    let start = api.tomorrow_first_slot(&desk).await;
+    let field = |body: &Value| body["errors"][0]["field"].as_str().map(String::from);
+    let booking = |patient_id: &str| {
+        let mut b = api.booking(&start);
+        b["patientId"] = patient_id.into();
+        b
+    };
+    // Named by anything but a registered DE patient's client ID: refused, naming the field.
+    let austrian: String = sqlx::query_scalar(
+        "INSERT INTO patients (country_code, client_id, subject) VALUES ('AT', gen_random_uuid(), 'kc|carla')
+         RETURNING client_id::text",
+    )
+    .fetch_one(&api.pool)
+    .await
+    .unwrap();
+    let nobody = uuid::Uuid::new_v4().to_string();
+    for named in ["kc|carla", nobody.as_str(), austrian.as_str()] {
+        let (status, body, _) = api
+            .call("POST", "/de/v1/appointments", &desk, Some(named), Some(booking(named)))
+            .await;
+        assert_eq!(
+            (status, field(&body).as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("patientId")),
+            "{named}: {body}"
+        );
+    }
+    let (status, body, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &desk,
+            Some("none"),
+            Some(api.booking(&start)),
+        )
+        .await;
+    assert_eq!(
+        (status, field(&body).as_deref()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("patientId")),
+        "staff must name the patient: {body}"
+    );
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+    assert_eq!(
+        api.client_id("kc|carla").await,
+        None,
+        "staff naming a subject registers nobody"
+    );
+
+    // Carla signs in once (her client ID is what the clinic knows her by), then the desk books
+    // for her, and she sees the appointment as hers.
+    let (status, _, _) = api.call("GET", "/de/v1/appointments", &patient, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let carla = api.client_id("kc|carla").await.expect("registered");
+    assert_ne!(carla, austrian, "her Austrian record is another client ID");
+    let (status, booked, _) = api
+        .call(
+            "POST",
+            "/de/v1/appointments",
+            &desk,
+            Some("carla"),
+            Some(booking(&carla)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    assert_eq!(booked["patientId"], carla.as_str());
+    let (_, mine, _) = api.call("GET", "/de/v1/appointments", &patient, None, None).await;
+    assert_eq!(mine["items"][0]["id"], booked["id"], "{mine}");
+    // And she cannot hold another appointment at that time, whoever books it.
+    let colleague = api.colleague(&api.token("admin", &[Role::ClinicAdmin])).await;
+    let mut overlapping = api.booking(&start);
+    overlapping["practitionerId"] = colleague.into();
+    let (status, clash, _) = api
+        .call("POST", "/de/v1/appointments", &patient, Some("own"), Some(overlapping))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{clash}");
+    assert_eq!(clash["conflict"], "patientBusy", "{clash}");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bench;
 pub mod jwks;
 pub mod outbox;
+pub mod patients;
 pub mod schema;
 pub mod shutdown;
 pub mod tls;

@@ -44,7 +44,8 @@ struct NewAppointment {
     start: DateTime<Utc>,
     #[serde(default)]
     reason: Option<String>,
-    /// Only staff book for someone else; a patient books for themselves.
+    /// Only staff book for someone else, naming the patient's client ID (the id of their
+    /// Patient resource in the records service); a patient books for themselves.
     #[serde(default)]
     patient_id: Option<String>,
 }
@@ -65,16 +66,6 @@ async fn book(
                 "the header is required (1 to 200 characters) on every booking",
             )
         })?;
-    let patient_id = match (&new.patient_id, caller.principal.has_role(Role::Patient)) {
-        (Some(patient), _) => {
-            caller
-                .require(STAFF)
-                .map_err(|_| invalid("patientId", "only staff book for another patient"))?;
-            patient.clone()
-        }
-        (None, true) => caller.principal.subject.clone(),
-        (None, false) => return Err(invalid("patientId", "staff must name the patient")),
-    };
     if new.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
         return Err(invalid(
             "reason",
@@ -84,6 +75,19 @@ async fn book(
     if new.start <= Utc::now() {
         return Err(invalid("start", "must be in the future"));
     }
+    let (patient_id, by_patient) = match (&new.patient_id, caller.principal.has_role(Role::Patient)) {
+        (Some(patient), _) => {
+            caller
+                .require(STAFF)
+                .map_err(|_| invalid("patientId", "only staff book for another patient"))?;
+            let client_id = patient
+                .parse::<Uuid>()
+                .map_err(|_| invalid("patientId", "must be the patient's client ID (a UUID)"))?;
+            (client_id, false)
+        }
+        (None, true) => (caller.client_id(&s.pool).await?, true),
+        (None, false) => return Err(invalid("patientId", "staff must name the patient")),
+    };
     let code = &caller.country.code;
     // The slot is checked against the cached schedule; if the database says that schedule
     // is no longer current, check again against a fresh one, once.
@@ -93,7 +97,8 @@ async fn book(
         let request = BookRequest {
             country_code: code.clone(),
             practitioner_id: new.practitioner_id,
-            patient_id: patient_id.clone(),
+            patient_id,
+            by_patient,
             starts_at: new.start,
             ends_at: slot_end(&schedule, &caller, new.start)?,
             reason: new.reason.clone(),
@@ -145,7 +150,7 @@ fn slot_end(schedule: &Schedule, caller: &Caller, start: DateTime<Utc>) -> Resul
 }
 
 async fn read(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Response, Problem> {
-    let scope = caller.scope()?;
+    let scope = caller.scope(&s.pool).await?;
     Ok(Json(appointments::get(&s.pool, &caller.country.code, id, &scope, caller.actor()).await?).into_response())
 }
 
@@ -161,7 +166,7 @@ async fn mine(
     caller: Caller,
     Params(window): Params<Window>,
 ) -> Result<Response, Problem> {
-    let scope = caller.scope()?;
+    let scope = caller.scope(&s.pool).await?;
     let limit = window.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(invalid("limit", "must be between 1 and 500"));
@@ -172,7 +177,7 @@ async fn mine(
 }
 
 async fn cancel(State(s): State<Arc<Service>>, caller: Caller, PathId(id): PathId) -> Result<Response, Problem> {
-    let scope = caller.scope()?;
+    let scope = caller.scope(&s.pool).await?;
     if matches!(scope, Scope::Practitioner(_)) {
         return Err(Problem::forbidden(
             "practitioners do not cancel appointments here; mark time off instead",
@@ -194,7 +199,7 @@ async fn reschedule(
     PathId(id): PathId,
     Body(new): Body<NewTime>,
 ) -> Result<Response, Problem> {
-    let scope = caller.scope()?;
+    let scope = caller.scope(&s.pool).await?;
     if matches!(scope, Scope::Practitioner(_)) {
         return Err(Problem::forbidden(
             "practitioners do not move appointments here; mark time off instead",

@@ -7,6 +7,7 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use meridian_shared::auth::{AuthError, Principal, Role};
+use meridian_shared::patients;
 use uuid::Uuid;
 
 use super::{CountryEntry, Problem, Service, Serving};
@@ -32,6 +33,13 @@ impl Caller {
         )))
     }
 
+    /// The client ID of the patient this caller signs in as: appointments name patients by
+    /// it, never by the token subject (see [`meridian_shared::patients`]).
+    pub async fn client_id(&self, pool: &sqlx::PgPool) -> Result<Uuid, Problem> {
+        let mut conn = pool.acquire().await?;
+        Ok(patients::client_id_for_subject(&mut conn, &self.country.code, &self.principal.subject).await?)
+    }
+
     pub fn actor(&self) -> crate::Actor<'_> {
         crate::Actor {
             subject: &self.principal.subject,
@@ -40,8 +48,9 @@ impl Caller {
     }
 
     /// Whose appointments this caller may see: staff see the country's, a practitioner
-    /// (whose token subject is their practitioner ID) theirs, a patient their own.
-    pub fn scope(&self) -> Result<crate::appointments::Scope, Problem> {
+    /// (whose token subject is their practitioner ID) theirs, a patient their own, by the
+    /// client ID their token subject maps to (registered on first use).
+    pub async fn scope(&self, pool: &sqlx::PgPool) -> Result<crate::appointments::Scope, Problem> {
         use crate::appointments::Scope;
         let p = &self.principal;
         if [Role::SystemAdmin, Role::ClinicAdmin, Role::PracticeManager]
@@ -55,7 +64,7 @@ impl Caller {
                 .map(Scope::Practitioner)
                 .map_err(|_| Problem::forbidden("a practitioner's token must name the practitioner ID as its subject"))
         } else if p.has_role(Role::Patient) {
-            Ok(Scope::Patient(p.subject.clone()))
+            Ok(Scope::Patient(self.client_id(pool).await?))
         } else {
             Err(Problem::forbidden("the token holds no role that sees appointments"))
         }

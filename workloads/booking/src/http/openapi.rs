@@ -193,11 +193,13 @@ fn document(cc: &str) -> Value {
                     "slots": {"$ref": "#/components/schemas/Slots/properties/slots"}}}}}},
                 "SlotChange": {"type": "object", "properties": {"practitionerId": string, "start": time, "end": time}},
                 "NewAppointment": {"type": "object", "required": ["practitionerId", "start"], "properties": {
-                    "practitionerId": {"type": "string", "format": "uuid"}, "start": time, "reason": string, "patientId": string}},
+                    "practitionerId": {"type": "string", "format": "uuid"}, "start": time, "reason": string,
+                    "patientId": {"type": "string", "format": "uuid", "description": "staff only: the patient's client ID (their Patient id in the records service)"}}},
                 "NewTime": {"type": "object", "required": ["start"], "properties": {"start": time}},
                 "Appointment": {"type": "object", "properties": {
                     "id": {"type": "string", "format": "uuid"}, "countryCode": string, "practitionerId": {"type": "string", "format": "uuid"},
-                    "patientId": string, "startsAt": time, "endsAt": time,
+                    "patientId": {"type": "string", "description": "the patient's client ID, never their sign-in subject"},
+                    "startsAt": time, "endsAt": time,
                     "status": {"enum": ["booked", "cancelled", "needs_rebooking", "completed"]}, "reason": string}},
                 "AppointmentPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Appointment"}}}}
             }

@@ -183,6 +183,10 @@ impl From<BookingError> for Problem {
                 field: "practitionerId".into(),
                 message: "no such practitioner takes appointments in this country".into(),
             }]),
+            BookingError::UnknownPatient(_) => Problem::invalid(vec![InvalidField {
+                field: "patientId".into(),
+                message: "no patient with this client ID is registered in this country".into(),
+            }]),
             BookingError::NotFound(_) => Problem::not_found(e.to_string()),
             BookingError::NotBooked(_) => Problem::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             BookingError::KeyReused => Problem::new(
