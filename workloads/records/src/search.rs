@@ -568,7 +568,8 @@ pub async fn run(
             .push_bind(*after_id)
             .push(")");
     }
-    q.push(format!(" ORDER BY {key} {order}, {id_column} {order} LIMIT "))
+    // By position: the sort key's expression and the id column share a name.
+    q.push(format!(" ORDER BY 1 {order}, 2 {order} LIMIT "))
         .push_bind(search.count + 1);
     type Row = (
         String,
