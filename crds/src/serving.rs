@@ -50,3 +50,27 @@ pub fn serving(country: &Country) -> Serving {
         Serving::NotReady(why)
     }
 }
+
+/// Watches the cluster's Country objects and calls `changed` with all of them after every
+/// change, until the watch ends (never, in practice: it retries with backoff). A workload
+/// deployed in a Region follows its countries this way: one starts answering when it
+/// becomes Ready and stops when it is suspended or deleted.
+pub async fn follow_countries(client: kube::Client, mut changed: impl FnMut(&[&Country])) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store::<Country>();
+    let stream = watcher(kube::Api::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => {
+                let state = reader.state();
+                let countries: Vec<&Country> = state.iter().map(|c| &**c).collect();
+                changed(&countries);
+            }
+            Err(e) => tracing::warn!(error = %e, "watching Country objects"),
+        }
+    }
+}

@@ -33,6 +33,8 @@ enum Command {
     Operator(meridian_operator::k8s::OperatorOptions),
     /// Run the booking workload for one Region: its database, its countries.
     Booking(meridian_booking::serve::BookingOptions),
+    /// Run the records workload (FHIR R4, the PII vault) for one Region.
+    Records(meridian_records::serve::RecordsOptions),
     /// Measure a hot path and print its figures; the last line is `key=value` pairs.
     #[command(subcommand)]
     Bench(Bench),
@@ -105,6 +107,10 @@ fn main() -> ExitCode {
             }
             Command::Booking(options) => {
                 meridian_booking::serve::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Records(options) => {
+                meridian_records::serve::run(options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {

@@ -5,21 +5,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use meridian_crds::Country;
 use meridian_search::Backend;
 use meridian_search::indexer::Indexer;
 use meridian_search::opensearch::OpenSearch;
-use meridian_shared::jwks::{Jwks, JwksSource};
+use meridian_shared::serve::{OidcOptions, read_ca};
 
 use crate::http::{Countries, CountryEntry, Service, Serving, app};
 
 /// Options of `meridian booking`.
 #[derive(clap::Args, Clone, Debug)]
-#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks_url", "jwks_file"])))]
 #[command(group(clap::ArgGroup::new("served").required(true).args(["region", "countries"])))]
 pub struct BookingOptions {
     /// The Region's database (the `url` of its connection Secret). Off this machine the
@@ -33,21 +28,8 @@ pub struct BookingOptions {
     /// Address to serve `/{cc}/v1/...` on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// The identity provider's `jwks_uri` (https, or http on a trusted network).
-    #[arg(long, env = "OIDC_JWKS_URL")]
-    pub jwks_url: Option<http::Uri>,
-    /// The identity provider's JWKS document as a file (mounted from a ConfigMap or Secret).
-    #[arg(long, env = "OIDC_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Seconds between reads of the JWKS; a token naming an unknown key triggers one sooner.
-    #[arg(long, default_value_t = 300)]
-    pub jwks_refresh_seconds: u64,
-    /// Expected `iss` of tokens.
-    #[arg(long, env = "OIDC_ISSUER")]
-    pub issuer: String,
-    /// Expected `aud` of tokens.
-    #[arg(long, env = "OIDC_AUDIENCE", default_value = "meridian")]
-    pub audience: String,
+    #[command(flatten)]
+    pub oidc: OidcOptions,
     /// The Region's OpenSearch endpoint (the URL of its search Secret, credentials as user
     /// information). With it the service answers practitioner search and keeps the
     /// countries' indexes current from the outbox.
@@ -103,14 +85,8 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
         .map(|c| country(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let source = match (&options.jwks_url, &options.jwks_file) {
-        (Some(url), _) => JwksSource::Url(url.clone()),
-        (None, Some(file)) => JwksSource::File(file.clone()),
-        (None, None) => anyhow::bail!("--jwks-url or --jwks-file is required"),
-    };
-    let jwks = Jwks::load(source, &options.issuer, &options.audience).await?;
-    let _refresh = jwks.refresh_every(Duration::from_secs(options.jwks_refresh_seconds.max(10)));
-    let database_ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file")?;
+    let (jwks, _refresh) = options.oidc.load().await.map_err(anyhow::Error::msg)?;
+    let database_ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file").map_err(anyhow::Error::msg)?;
     let connect = meridian_shared::tls::pg_options(&options.database_url, database_ca.as_deref())
         .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     let pool = crate::pool_options(32)
@@ -135,7 +111,7 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     let mut service = Service::new(pool.clone(), jwks.verifier(), countries).with_jwks(jwks);
     let _indexer = match &options.search_url {
         Some(url) => {
-            let ca = read_ca(options.search_ca_file.as_deref(), "--search-ca-file")?;
+            let ca = read_ca(options.search_ca_file.as_deref(), "--search-ca-file").map_err(anyhow::Error::msg)?;
             let client = OpenSearch::from_url(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
@@ -156,26 +132,12 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The PEM file `path` names, if one is named.
-fn read_ca(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<String>> {
-    path.map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display())))
-        .transpose()
-}
-
-/// Keeps `countries` in line with the cluster's Country objects bound to `region`: a
-/// country starts answering when it becomes Ready and stops when it is suspended or deleted.
+/// Keeps `countries` in line with the cluster's Country objects bound to `region`.
 async fn follow_region(client: kube::Client, region: String, countries: Countries) {
-    let (reader, writer) = reflector::store::<Country>();
-    let stream = watcher(kube::Api::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => countries.set(crate::served::entries(reader.state().iter().map(|c| &**c), &region)),
-            Err(e) => tracing::warn!(error = %e, "watching Country objects"),
-        }
-    }
+    meridian_crds::serving::follow_countries(client, |all| {
+        countries.set(crate::served::entries(all.iter().copied(), &region))
+    })
+    .await
 }
 
 #[cfg(test)]

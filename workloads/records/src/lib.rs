@@ -28,3 +28,5 @@ pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(true)
 }
+pub mod serve;
+pub mod served;

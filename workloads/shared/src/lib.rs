@@ -15,5 +15,6 @@ pub mod jwks;
 pub mod outbox;
 pub mod patients;
 pub mod schema;
+pub mod serve;
 pub mod shutdown;
 pub mod tls;

@@ -49,10 +49,12 @@ pub fn example(cc: &str) -> Country {
 /// A login role holding exactly `privileges(table)` on every platform table, and USAGE on
 /// the vault schema only when it holds something there.
 async fn role(admin: &PgPool, name: &str, privileges: fn(&str) -> &'static [&'static str]) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE ROLE {name} LOGIN PASSWORD 'secret'")))
-        .execute(admin)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN PASSWORD 'secret'"
+    )))
+    .execute(admin)
+    .await
+    .unwrap();
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.oid::regclass::text FROM pg_class c
           WHERE c.relnamespace IN ('public'::regnamespace, 'vault'::regnamespace)
@@ -64,10 +66,13 @@ async fn role(admin: &PgPool, name: &str, privileges: fn(&str) -> &'static [&'st
     for table in tables {
         let wanted = privileges(&table);
         if !wanted.is_empty() {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT {} ON {table} TO {name}", wanted.join(", "))))
-                .execute(admin)
-                .await
-                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "GRANT {} ON {table} TO {name}",
+                wanted.join(", ")
+            )))
+            .execute(admin)
+            .await
+            .unwrap();
             if table.starts_with("vault.") {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT USAGE ON SCHEMA vault TO {name}")))
                     .execute(admin)
@@ -79,7 +84,8 @@ async fn role(admin: &PgPool, name: &str, privileges: fn(&str) -> &'static [&'st
 }
 
 fn role_url(pg: &TempCluster, role: &str) -> String {
-    pg.url().replacen("postgres://meridian@", &format!("postgres://{role}:secret@"), 1)
+    pg.url()
+        .replacen("postgres://meridian@", &format!("postgres://{role}:secret@"), 1)
 }
 
 impl Harness {
@@ -99,7 +105,10 @@ impl Harness {
             .connect(&role_url(&pg, CLINICAL))
             .await
             .unwrap();
-        let vault = meridian_records::pool_options(8).connect(&role_url(&pg, VAULT)).await.unwrap();
+        let vault = meridian_records::pool_options(8)
+            .connect(&role_url(&pg, VAULT))
+            .await
+            .unwrap();
         let mut keys = BTreeMap::new();
         for code in codes {
             keys::ensure_country(&mut keys, code);
@@ -107,7 +116,12 @@ impl Harness {
         let countries = Countries::default();
         countries.set(codes.iter().map(|code| entry(code, &keys)));
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
-        let service = Service::new(clinical.clone(), vault.clone(), Arc::new(issuer.verifier()), countries.clone());
+        let service = Service::new(
+            clinical.clone(),
+            vault.clone(),
+            Arc::new(issuer.verifier()),
+            countries.clone(),
+        );
         Self {
             pg,
             app: app(Arc::new(service)),
@@ -130,7 +144,14 @@ impl Harness {
     }
 
     /// Sends a request and checks that every FHIR resource answered is valid R4.
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -172,7 +193,15 @@ impl Harness {
     /// Rows of every records table, for checking that a refused request wrote nothing.
     pub async fn counts(&self) -> Vec<(String, i64)> {
         let mut counts = Vec::new();
-        for table in ["patients", "fhir_resources", "fhir_history", "vault.patients", "vault.patient_history", "outbox", "audit"] {
+        for table in [
+            "patients",
+            "fhir_resources",
+            "fhir_history",
+            "vault.patients",
+            "vault.patient_history",
+            "outbox",
+            "audit",
+        ] {
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(&self.admin)
                 .await
@@ -206,7 +235,10 @@ impl Reply {
 
     /// The id of a created resource.
     pub fn id(&self) -> String {
-        self.body["id"].as_str().unwrap_or_else(|| panic!("no id in {:#}", self.body)).to_string()
+        self.body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {:#}", self.body))
+            .to_string()
     }
 
     /// `issue[0].expression[0]` of an OperationOutcome.
@@ -219,7 +251,10 @@ impl Reply {
     }
 
     pub fn entries(&self) -> Vec<&Value> {
-        self.body["entry"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+        self.body["entry"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -1,0 +1,140 @@
+//! `meridian records`: the records workload on its own, as a Region's deployment runs it —
+//! its Region's database as two roles (clinical rows; the vault), the countries the Region
+//! holds, their data keys from the mounted `vault-keys` Secret, tokens checked against the
+//! identity provider's key set.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_crds::Country;
+use meridian_shared::serve::{OidcOptions, read_ca};
+
+use crate::http::{Countries, Service, app};
+
+/// Options of `meridian records`.
+#[derive(clap::Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("served").required(true).args(["region", "country_manifests"])))]
+pub struct RecordsOptions {
+    /// The Region's database as its workload (clinical) role: the `url` of the
+    /// `postgres-workload` Secret. Off this machine the connection is `sslmode=verify-full`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The Region's database as its vault role: the `url` of the `postgres-vault` Secret.
+    #[arg(long, env = "VAULT_DATABASE_URL")]
+    pub vault_database_url: String,
+    /// CA certificates (a PEM file) the database's certificate is verified against.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+    /// The Region's `vault-keys` Secret, mounted: one file per entry (`DE.k1`, `DE.active`).
+    /// Read again every minute, so a rotation reaches the service without a restart.
+    #[arg(long, env = "VAULT_KEYS_DIR")]
+    pub vault_keys_dir: PathBuf,
+    /// Address to serve `/{cc}/v1/fhir` on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub oidc: OidcOptions,
+    /// Serve the countries bound to this Region, as the cluster's Country objects say.
+    #[arg(long, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+    /// Without a cluster: Country manifests (YAML files) to serve, all as Ready.
+    #[arg(long = "country-manifest", value_name = "FILE")]
+    pub country_manifests: Vec<PathBuf>,
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
+    let (jwks, _refresh) = options.oidc.load().await.map_err(anyhow::Error::msg)?;
+    let ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file").map_err(anyhow::Error::msg)?;
+    let connect = |url: &str, flag: &str| {
+        meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    };
+    let clinical = crate::pool_options(16).connect_lazy_with(connect(&options.database_url, "--database-url")?);
+    let vault =
+        crate::pool_options(16).connect_lazy_with(connect(&options.vault_database_url, "--vault-database-url")?);
+    let keys_dir = options.vault_keys_dir.clone();
+    let read_keys = move || {
+        crate::served::read_keys_dir(&keys_dir)
+            .map_err(|e| anyhow::anyhow!("--vault-keys-dir {}: {e}", keys_dir.display()))
+    };
+    let keys = Arc::new(Mutex::new(read_keys()?));
+    let countries = Countries::default();
+    let (serving, region) = match &options.region {
+        Some(region) => (format!("the countries of Region {region}"), region.clone()),
+        None => ("the countries of --country-manifest".to_string(), String::new()),
+    };
+    // The Country objects the service serves, kept for when the keys change.
+    let known: Arc<Mutex<Vec<Country>>> = Arc::default();
+    if options.region.is_some() {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("--region needs the Kubernetes API: {e}"))?;
+        let (countries, keys, known, region) = (countries.clone(), keys.clone(), known.clone(), region.clone());
+        tokio::spawn(meridian_crds::serving::follow_countries(client, move |all| {
+            *known.lock().expect("lock") = all.iter().map(|c| (*c).clone()).collect();
+            countries.set(crate::served::entries(
+                all.iter().copied(),
+                &region,
+                &keys.lock().expect("lock"),
+            ));
+        }));
+    } else {
+        let mut manifests = Vec::new();
+        for path in &options.country_manifests {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut country: Country =
+                serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            // Outside a cluster nobody reconciles them: served as the files say.
+            country.spec.region = String::new();
+            country.status = Some(ready_status());
+            manifests.push(country);
+        }
+        countries.set(crate::served::entries(&manifests, "", &keys.lock().expect("lock")));
+        *known.lock().expect("lock") = manifests;
+    }
+    // Rotations reach the service through the mounted Secret.
+    {
+        let (countries, keys, known) = (countries.clone(), keys.clone(), known.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                match read_keys() {
+                    Ok(fresh) => {
+                        *keys.lock().expect("lock") = fresh;
+                        let known = known.lock().expect("lock").clone();
+                        countries.set(crate::served::entries(&known, &region, &keys.lock().expect("lock")));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the vault keys; keeping the last ones"),
+                }
+            }
+        });
+    }
+    let service = Arc::new(Service::new(clinical, vault, jwks.verifier(), countries).with_jwks(jwks));
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    println!(
+        "meridian records: serving {serving} on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app(service))
+        .with_graceful_shutdown(meridian_shared::shutdown::signal())
+        .await?;
+    Ok(())
+}
+
+/// A `Ready=True` status for a Country served from a file.
+fn ready_status() -> meridian_crds::CountryStatus {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    meridian_crds::CountryStatus {
+        conditions: vec![Condition {
+            type_: meridian_crds::condition_types::READY.into(),
+            status: "True".into(),
+            reason: "Manifest".into(),
+            message: "served from --country-manifest".into(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }],
+        ..Default::default()
+    }
+}

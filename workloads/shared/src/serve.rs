@@ -1,0 +1,52 @@
+//! What every workload's entry point (`meridian booking`, `meridian records`) takes the same
+//! way: the identity provider whose tokens it accepts, and the CA its stores' certificates
+//! are checked against.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::jwks::{Jwks, JwksSource};
+
+/// The identity provider's options.
+#[derive(clap::Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks_url", "jwks_file"])))]
+pub struct OidcOptions {
+    /// The identity provider's `jwks_uri` (https, or http on a trusted network).
+    #[arg(long, env = "OIDC_JWKS_URL")]
+    pub jwks_url: Option<http::Uri>,
+    /// The identity provider's JWKS document as a file (mounted from a ConfigMap or Secret).
+    #[arg(long, env = "OIDC_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Seconds between reads of the JWKS; a token naming an unknown key triggers one sooner.
+    #[arg(long, default_value_t = 300)]
+    pub jwks_refresh_seconds: u64,
+    /// Expected `iss` of tokens.
+    #[arg(long, env = "OIDC_ISSUER")]
+    pub issuer: String,
+    /// Expected `aud` of tokens.
+    #[arg(long, env = "OIDC_AUDIENCE", default_value = "meridian")]
+    pub audience: String,
+}
+
+impl OidcOptions {
+    /// Reads the key set and keeps it current in the background.
+    pub async fn load(&self) -> Result<(Arc<Jwks>, tokio::task::JoinHandle<()>), String> {
+        let source = match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), _) => JwksSource::Url(url.clone()),
+            (None, Some(file)) => JwksSource::File(file.clone()),
+            (None, None) => return Err("--jwks-url or --jwks-file is required".into()),
+        };
+        let jwks = Jwks::load(source, &self.issuer, &self.audience)
+            .await
+            .map_err(|e| e.to_string())?;
+        let refresh = jwks.refresh_every(Duration::from_secs(self.jwks_refresh_seconds.max(10)));
+        Ok((jwks, refresh))
+    }
+}
+
+/// The PEM file `path` names, if one is named; `flag` names it in the error.
+pub fn read_ca(path: Option<&Path>, flag: &str) -> Result<Option<String>, String> {
+    path.map(|p| std::fs::read_to_string(p).map_err(|e| format!("{flag} {}: {e}", p.display())))
+        .transpose()
+}
