@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod http;
 pub mod keys;
 pub mod national_id;
+pub mod roles;
 pub mod search;
 pub mod store;
 pub mod validate;

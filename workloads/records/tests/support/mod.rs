@@ -19,6 +19,7 @@ use meridian_crds::serving::Serving;
 use meridian_localpg::TempCluster;
 use meridian_records::http::{Countries, CountryEntry, Service, app};
 use meridian_records::keys::{self, Keyring};
+use meridian_records::roles::{as_login, create_login};
 use meridian_records::validate::Rules;
 use meridian_shared::auth::{DevIssuer, Role};
 use serde_json::Value;
@@ -46,48 +47,6 @@ pub fn example(cc: &str) -> Country {
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A login role holding exactly `privileges(table)` on every platform table, and USAGE on
-/// the vault schema only when it holds something there.
-async fn role(admin: &PgPool, name: &str, privileges: fn(&str) -> &'static [&'static str]) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE {name} LOGIN PASSWORD 'secret'"
-    )))
-    .execute(admin)
-    .await
-    .unwrap();
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT c.oid::regclass::text FROM pg_class c
-          WHERE c.relnamespace IN ('public'::regnamespace, 'vault'::regnamespace)
-            AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
-    )
-    .fetch_all(admin)
-    .await
-    .unwrap();
-    for table in tables {
-        let wanted = privileges(&table);
-        if !wanted.is_empty() {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "GRANT {} ON {table} TO {name}",
-                wanted.join(", ")
-            )))
-            .execute(admin)
-            .await
-            .unwrap();
-            if table.starts_with("vault.") {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT USAGE ON SCHEMA vault TO {name}")))
-                    .execute(admin)
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
-
-fn role_url(pg: &TempCluster, role: &str) -> String {
-    pg.url()
-        .replacen("postgres://meridian@", &format!("postgres://{role}:secret@"), 1)
-}
-
 impl Harness {
     /// Records for `codes` (examples), all Ready.
     pub async fn start(codes: &[&str]) -> Self {
@@ -99,14 +58,18 @@ impl Harness {
             let refs: Vec<&str> = upper.iter().map(String::as_str).collect();
             meridian_shared::schema::prepare(&mut conn, &refs).await.unwrap();
         }
-        role(&admin, CLINICAL, meridian_shared::schema::workload_privileges).await;
-        role(&admin, VAULT, meridian_shared::schema::vault_privileges).await;
+        create_login(&admin, CLINICAL, "secret", meridian_shared::schema::workload_privileges)
+            .await
+            .unwrap();
+        create_login(&admin, VAULT, "secret", meridian_shared::schema::vault_privileges)
+            .await
+            .unwrap();
         let clinical = meridian_records::pool_options(8)
-            .connect(&role_url(&pg, CLINICAL))
+            .connect(&as_login(&pg.url(), CLINICAL, "secret"))
             .await
             .unwrap();
         let vault = meridian_records::pool_options(8)
-            .connect(&role_url(&pg, VAULT))
+            .connect(&as_login(&pg.url(), VAULT, "secret"))
             .await
             .unwrap();
         let mut keys = BTreeMap::new();
