@@ -66,6 +66,9 @@ enum ResidencyCommand {
 enum Bench {
     /// Booking throughput over HTTP and against the bare database, and a double-booking check.
     Booking(meridian_booking::bench::BookingBench),
+    /// FHIR create/read/update/search over HTTP against bare SQL on the same tables, and a
+    /// 100-entry transaction Bundle.
+    Records(meridian_records::bench::RecordsBench),
     /// Query speed and recall of the embedded search engine, against PostgreSQL full-text search, trigrams and ILIKE.
     Search(meridian_search::bench::SearchBench),
     /// `meridian dev` holding every country (examples/world): seconds to all Ready, peak
@@ -115,6 +118,10 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Booking(options)) => {
                 print!("{}", meridian_booking::bench::run(options).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::Records(options)) => {
+                print!("{}", meridian_records::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Search(options)) => {

@@ -4,6 +4,7 @@
 //! are kept only in the vault schema, sealed under the country's data key; clinical rows
 //! refer to the patient by a random client ID, which is also the Patient's id.
 
+pub mod bench;
 pub mod codes;
 pub mod dates;
 pub mod fhir;

@@ -34,13 +34,20 @@ pub async fn create_login(
         if wanted.is_empty() {
             continue;
         }
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT {} ON {table} TO {}", wanted.join(", "), ident(name))))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "GRANT {} ON {table} TO {}",
+            wanted.join(", "),
+            ident(name)
+        )))
+        .execute(admin)
+        .await?;
+        if table.starts_with("vault.") {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "GRANT USAGE ON SCHEMA vault TO {}",
+                ident(name)
+            )))
             .execute(admin)
             .await?;
-        if table.starts_with("vault.") {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT USAGE ON SCHEMA vault TO {}", ident(name))))
-                .execute(admin)
-                .await?;
         }
     }
     Ok(())
@@ -48,7 +55,10 @@ pub async fn create_login(
 
 /// `url` (a superuser's, without a password) as login `role` with `password`.
 pub fn as_login(url: &str, role: &str, password: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?.1))) {
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?.1)))
+    {
         Some((scheme, host)) => format!("{scheme}://{role}:{password}@{host}"),
         None => url.to_string(),
     }

@@ -1,0 +1,512 @@
+//! `meridian bench records`: a mix of FHIR creates, reads, updates and searches over HTTP
+//! against the real service (token checks, validation, the vault, audit and outbox in every
+//! write), then the same operations as bare SQL on the same tables, and a 100-entry
+//! transaction Bundle. Starts its own PostgreSQL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meridian_localpg::{Cluster, Durability};
+use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::bench::percentile;
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::http::{Countries, CountryEntry, Service, app};
+use crate::keys::{self, Keyring};
+use crate::validate::Rules;
+
+/// Options of `meridian bench records`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RecordsBench {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Seconds each phase (HTTP, bare SQL) runs.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Patients seeded, each with a few observations.
+    #[arg(long, default_value_t = 500)]
+    pub patients: usize,
+    /// Run PostgreSQL with fsync off (faster, not what production does).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+/// The operations of the mix, in the share each takes: reads 40%, creates 20%, updates 20%,
+/// searches 20%.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Create,
+    Read,
+    Update,
+    Search,
+}
+
+const OPS: [Op; 4] = [Op::Create, Op::Read, Op::Update, Op::Search];
+
+fn pick() -> Op {
+    match rand::rng().random_range(0..10) {
+        0 | 1 => Op::Create,
+        2..=5 => Op::Read,
+        6 | 7 => Op::Update,
+        _ => Op::Search,
+    }
+}
+
+/// Per operation: latencies in ms, and failures.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<(Op, f64)>,
+    errors: u64,
+}
+
+struct Phase {
+    elapsed: Duration,
+    latencies: Vec<(Op, f64)>,
+    errors: u64,
+}
+
+impl Phase {
+    fn sorted(&self, op: Option<Op>) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .latencies
+            .iter()
+            .filter(|(o, _)| op.is_none_or(|op| *o == op))
+            .map(|(_, l)| *l)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    fn rate(&self, op: Option<Op>) -> f64 {
+        self.sorted(op).len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `clients` workers calling `attempt(worker)` until `seconds` pass.
+async fn phase<F, Fut>(clients: usize, seconds: u64, attempt: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (Op, bool)> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..clients)
+        .map(|worker| {
+            let attempt = attempt.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let (op, ok) = attempt(worker).await;
+                    if ok {
+                        tally.latencies.push((op, t.elapsed().as_secs_f64() * 1000.0));
+                    } else {
+                        tally.errors += 1;
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut all = Tally::default();
+    for w in workers {
+        if let Ok(t) = w.await {
+            all.latencies.extend(t.latencies);
+            all.errors += t.errors;
+        }
+    }
+    Phase {
+        elapsed: started.elapsed(),
+        latencies: all.latencies,
+        errors: all.errors,
+    }
+}
+
+fn observation(patient: Uuid, value: f64) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": "2026-11-02T09:10:00+01:00",
+        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+    })
+}
+
+/// A created resource the workers read and update: its id and last version seen.
+type Known = Arc<std::sync::Mutex<Vec<(Uuid, i64)>>>;
+
+pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
+    let dir = tempfile::Builder::new().prefix("meridian-bench-").tempdir()?;
+    let durability = if options.no_fsync {
+        Durability::Throwaway
+    } else {
+        Durability::Durable
+    };
+    let cluster = Cluster::start(dir.path(), durability).await?;
+    cluster.ensure_database("meridian").await?;
+    let url = cluster.url("meridian");
+    let admin = PgPool::connect(&url).await?;
+    {
+        let mut conn = admin.acquire().await?;
+        // DE is used over HTTP, AT by bare SQL: same tables, separate partitions.
+        meridian_shared::schema::prepare(&mut conn, &["DE", "AT"]).await?;
+    }
+    crate::roles::create_login(
+        &admin,
+        "bench_clinical",
+        "bench",
+        meridian_shared::schema::workload_privileges,
+    )
+    .await?;
+    crate::roles::create_login(
+        &admin,
+        "bench_vault",
+        "bench",
+        meridian_shared::schema::vault_privileges,
+    )
+    .await?;
+    let connections = options.clients.min(40) as u32;
+    let clinical = crate::pool_options(connections)
+        .connect(&crate::roles::as_login(&url, "bench_clinical", "bench"))
+        .await?;
+    let vault = crate::pool_options(connections / 2 + 1)
+        .connect(&crate::roles::as_login(&url, "bench_vault", "bench"))
+        .await?;
+    let mut secret = std::collections::BTreeMap::new();
+    keys::ensure_country(&mut secret, "DE");
+    let de = meridian_crds::CountrySpec {
+        code: "DE".into(),
+        ..serde_yaml_ng::from_str::<meridian_crds::Country>(include_str!("../../../examples/countries/de.yaml"))?.spec
+    };
+    let countries = Countries::default();
+    countries.set([CountryEntry {
+        rules: Rules::of(&de),
+        serving: meridian_crds::serving::Serving::Ready,
+        keys: Keyring::from_secret(&secret, "DE").map_err(|e| e.to_string()),
+    }]);
+    let issuer = DevIssuer::new("http://bench", "meridian");
+    let service = Arc::new(Service::new(
+        clinical.clone(),
+        vault.clone(),
+        Arc::new(issuer.verifier()),
+        countries,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app(service)).await });
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(options.clients)
+        .build_http();
+    let token = Arc::new(issuer.token(
+        "bench-clinician",
+        &[Role::Practitioner],
+        &["DE"],
+        Duration::from_secs(3600),
+    ));
+    let send = {
+        let (client, token) = (client.clone(), token.clone());
+        move |method: &str, path: String, headers: Vec<(&'static str, String)>, body: Option<Value>| {
+            let (client, token) = (client.clone(), token.clone());
+            let method: http::Method = method.parse().expect("a method");
+            async move {
+                let mut request = http::Request::builder()
+                    .method(method)
+                    .uri(format!("http://{addr}{path}"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/fhir+json");
+                for (k, v) in headers {
+                    request = request.header(k, v);
+                }
+                let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+                let response = client.request(request.body(body).expect("a request")).await.ok()?;
+                let status = response.status();
+                let bytes = response.into_body().collect().await.ok()?.to_bytes();
+                Some((status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null)))
+            }
+        }
+    };
+
+    // Patients through the API (sealed in the vault), one observation each to start from.
+    let mut patients = Vec::with_capacity(options.patients);
+    let known: Known = Arc::default();
+    for i in 0..options.patients {
+        let patient = json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "http://fhir.de/sid/gkv/kvid-10", "value": format!("B{:09}", i)}],
+            "name": [{"family": format!("Bench{i}"), "given": ["Anna"]}],
+            "gender": "female",
+            "birthDate": "1980-01-01",
+        });
+        let (_, body) = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
+        let id: Uuid = body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no patient created: {body}"))?;
+        patients.push(id);
+        let (_, body) = send(
+            "POST",
+            "/de/v1/fhir/Observation".into(),
+            vec![],
+            Some(observation(id, 70.0)),
+        )
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
+        let obs: Uuid = body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no observation: {body}"))?;
+        known.lock().expect("lock").push((obs, 1));
+    }
+    let patients = Arc::new(patients);
+    let mut out = format!(
+        "records benchmark: {} clients, {} s per phase, {} patients, PostgreSQL {}\n",
+        options.clients,
+        options.seconds,
+        options.patients,
+        if options.no_fsync {
+            "with fsync off"
+        } else {
+            "durable (fsync on)"
+        }
+    );
+
+    let http = phase(options.clients, options.seconds, {
+        let (send, patients, known) = (send.clone(), patients.clone(), known.clone());
+        move |_| {
+            let (send, patients, known) = (send.clone(), patients.clone(), known.clone());
+            async move {
+                let op = pick();
+                let patient = patients[rand::rng().random_range(0..patients.len())];
+                let some_known = || {
+                    let known = known.lock().expect("lock");
+                    known[rand::rng().random_range(0..known.len())]
+                };
+                let ok = match op {
+                    Op::Create => {
+                        let r = send("POST", "/de/v1/fhir/Observation".into(), vec![], Some(observation(patient, 72.0))).await;
+                        match r {
+                            Some((s, body)) if s.as_u16() == 201 => {
+                                if let Some(id) = body["id"].as_str().and_then(|s| s.parse().ok()) {
+                                    known.lock().expect("lock").push((id, 1));
+                                }
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
+                    Op::Read => {
+                        let (id, _) = some_known();
+                        matches!(send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await, Some((s, _)) if s.is_success())
+                    }
+                    Op::Update => {
+                        let (id, _) = some_known();
+                        let r = send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await;
+                        match r {
+                            Some((s, mut body)) if s.is_success() => {
+                                let version = body["meta"]["versionId"].as_str().unwrap_or("1").to_string();
+                                body["valueQuantity"]["value"] = json!(rand::rng().random_range(50..120));
+                                let r = send("PUT", format!("/de/v1/fhir/Observation/{id}"), vec![("if-match", format!("W/\"{version}\""))], Some(body)).await;
+                                // A concurrent update of the same resource is a 412, as it should be.
+                                matches!(r, Some((s, _)) if s.is_success() || s.as_u16() == 412)
+                            }
+                            _ => false,
+                        }
+                    }
+                    Op::Search => {
+                        let path = format!("/de/v1/fhir/Observation?patient={patient}&code=http://loinc.org%7C8867-4&_count=10");
+                        matches!(send("GET", path, vec![], None).await, Some((s, _)) if s.is_success())
+                    }
+                };
+                (op, ok)
+            }
+        }
+    })
+    .await;
+
+    // The same operations as bare SQL on the same tables: no token, no validation, no
+    // vault, no audit, no outbox.
+    let at_patients: Vec<Uuid> = (0..options.patients).map(|_| Uuid::new_v4()).collect();
+    let at_known: Known = Arc::default();
+    for p in &at_patients {
+        let id = Uuid::new_v4();
+        sql_insert(&admin, id, *p).await?;
+        at_known.lock().expect("lock").push((id, 1));
+    }
+    let at_patients = Arc::new(at_patients);
+    let db = phase(options.clients, options.seconds, {
+        let (pool, patients, known) = (clinical.clone(), at_patients.clone(), at_known.clone());
+        move |_| {
+            let (pool, patients, known) = (pool.clone(), patients.clone(), known.clone());
+            async move {
+                let op = pick();
+                let patient = patients[rand::rng().random_range(0..patients.len())];
+                let some_known = || {
+                    let known = known.lock().expect("lock");
+                    known[rand::rng().random_range(0..known.len())].0
+                };
+                let ok = match op {
+                    Op::Create => {
+                        let id = Uuid::new_v4();
+                        let ok = sql_insert(&pool, id, patient).await.is_ok();
+                        known.lock().expect("lock").push((id, 1));
+                        ok
+                    }
+                    Op::Read => sqlx::query_scalar::<_, Value>(
+                        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
+                    )
+                    .bind(some_known())
+                    .fetch_optional(&pool)
+                    .await
+                    .is_ok(),
+                    Op::Update => sql_update(&pool, some_known()).await.is_ok(),
+                    Op::Search => sqlx::query_scalar::<_, Value>(
+                        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation'
+                            AND patient = $1 AND codes && ARRAY['http://loinc.org|8867-4'] AND deleted_at IS NULL
+                          ORDER BY id LIMIT 11",
+                    )
+                    .bind(patient)
+                    .fetch_all(&pool)
+                    .await
+                    .is_ok(),
+                };
+                (op, ok)
+            }
+        }
+    })
+    .await;
+
+    // A transaction Bundle: a new patient and 99 observations referring to it by urn:uuid.
+    let mut bundle_ms = Vec::new();
+    for round in 0..5 {
+        let mut entries = vec![json!({
+            "fullUrl": "urn:uuid:11111111-2222-4333-8444-555555555555",
+            "resource": {"resourceType": "Patient", "name": [{"family": format!("Bundle{round}")}], "birthDate": "1970-01-01"},
+            "request": {"method": "POST", "url": "Patient"},
+        })];
+        for i in 0..99 {
+            let mut o = observation(Uuid::nil(), 60.0 + i as f64);
+            o["subject"]["reference"] = json!("urn:uuid:11111111-2222-4333-8444-555555555555");
+            entries.push(json!({"resource": o, "request": {"method": "POST", "url": "Observation"}}));
+        }
+        let t = Instant::now();
+        let r = send(
+            "POST",
+            "/de/v1/fhir".into(),
+            vec![],
+            Some(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})),
+        )
+        .await;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        match r {
+            Some((s, _)) if s.is_success() => bundle_ms.push(ms),
+            other => anyhow::bail!("the 100-entry Bundle failed: {other:?}"),
+        }
+    }
+    bundle_ms.sort_by(f64::total_cmp);
+    let bundle100 = percentile(&bundle_ms, 50.0);
+    server.abort();
+
+    for (name, p) in [("http", &http), ("bare-sql", &db)] {
+        out += &format!("{name:<9} {:>8.1} ops/s  errors {:>4}\n", p.rate(None), p.errors);
+        for op in OPS {
+            let l = p.sorted(Some(op));
+            out += &format!(
+                "  {:<7} {:>8.1}/s  p50 {:>6.2} ms  p99 {:>6.2} ms\n",
+                format!("{op:?}").to_lowercase(),
+                p.rate(Some(op)),
+                percentile(&l, 50.0),
+                percentile(&l, 99.0)
+            );
+        }
+    }
+    out += &format!("transaction Bundle of 100 entries: median {bundle100:.1} ms of 5\n");
+    let all = http.sorted(None);
+    let ratio = if db.rate(None) > 0.0 {
+        http.rate(None) / db.rate(None)
+    } else {
+        0.0
+    };
+    out += &format!(
+        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} ratio_to_db={ratio:.2} bundle100_ms={bundle100:.1} errors={}\n",
+        http.rate(None),
+        percentile(&all, 50.0),
+        percentile(&all, 99.0),
+        percentile(&http.sorted(Some(Op::Search)), 99.0),
+        db.rate(None),
+        http.errors
+    );
+    clinical.close().await;
+    vault.close().await;
+    admin.close().await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    Ok(out)
+}
+
+async fn sql_insert(pool: &PgPool, id: Uuid, patient: Uuid) -> Result<(), sqlx::Error> {
+    let body = observation(patient, 72.0);
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO fhir_resources (country_code, resource_type, id, version, last_updated, patient, status, codes, categories, date_start, date_end, quantity, content)
+         VALUES ('AT', 'Observation', $1, 1, now(), $2, 'final', ARRAY['http://loinc.org|8867-4', '8867-4'], ARRAY['vital-signs'], now(), now(), 72, $3)",
+    )
+    .bind(id)
+    .bind(patient)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
+         VALUES ('AT', 'Observation', $1, 1, now(), 'POST', $2)",
+    )
+    .bind(id)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn sql_update(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(i64, Value)> = sqlx::query_as(
+        "SELECT version, content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((version, mut body)) = row else {
+        return tx.commit().await;
+    };
+    body["valueQuantity"]["value"] = json!(rand::rng().random_range(50..120));
+    sqlx::query(
+        "UPDATE fhir_resources SET version = $2, last_updated = now(), content = $3
+          WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
+    )
+    .bind(id)
+    .bind(version + 1)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
+         VALUES ('AT', 'Observation', $1, $2, now(), 'PUT', $3)",
+    )
+    .bind(id)
+    .bind(version + 1)
+    .bind(&body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
