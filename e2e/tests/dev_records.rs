@@ -75,7 +75,10 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
     let encounter = json!({"resourceType": "Encounter", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": subject, "period": {"start": "2026-11-02T09:00:00+01:00"}});
-    assert_eq!(fhir(&dev, "POST", "/de/v1/fhir/Encounter", &dr, Some(&encounter)).0, 201);
+    assert_eq!(
+        fhir(&dev, "POST", "/de/v1/fhir/Encounter", &dr, Some(&encounter)).0,
+        201
+    );
     for (code, value, unit) in [("8867-4", 72, "/min"), ("29463-7", 64, "kg")] {
         let observation = json!({"resourceType": "Observation", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
@@ -87,17 +90,35 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
     let prescription = json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
         "medicationCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "387517004"}]},
         "subject": subject, "authoredOn": "2026-11-02"});
-    assert_eq!(fhir(&dev, "POST", "/de/v1/fhir/MedicationRequest", &dr, Some(&prescription)).0, 201);
+    assert_eq!(
+        fhir(&dev, "POST", "/de/v1/fhir/MedicationRequest", &dr, Some(&prescription)).0,
+        201
+    );
 
-    let (_, found) = fhir(&dev, "GET", "/de/v1/fhir/Patient?identifier=http://fhir.de/sid/gkv/kvid-10|Q271828182", &dr, None);
+    let (_, found) = fhir(
+        &dev,
+        "GET",
+        "/de/v1/fhir/Patient?identifier=http://fhir.de/sid/gkv/kvid-10|Q271828182",
+        &dr,
+        None,
+    );
     assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found:#}");
-    let (_, found) = fhir(&dev, "GET", &format!("/de/v1/fhir/Observation?patient={id}&code=http://loinc.org|8867-4"), &dr, None);
+    let (_, found) = fhir(
+        &dev,
+        "GET",
+        &format!("/de/v1/fhir/Observation?patient={id}&code=http://loinc.org|8867-4"),
+        &dr,
+        None,
+    );
     assert_eq!(found["entry"].as_array().map(Vec::len), Some(1));
     let (status, everything) = fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}/$everything"), &dr, None);
     assert_eq!((status, everything["entry"].as_array().map(Vec::len)), (200, Some(5)));
 
     // The patient reads their own, and nothing of another patient.
-    assert_eq!(fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}"), &anna, None).0, 200);
+    assert_eq!(
+        fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}"), &anna, None).0,
+        200
+    );
     let (_, own) = fhir(&dev, "GET", "/de/v1/fhir/Observation", &anna, None);
     assert_eq!(own["entry"].as_array().map(Vec::len), Some(2));
     let mut other = patient.clone();
@@ -105,10 +126,16 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
     other["identifier"][0]["value"] = json!("R314159265");
     let (_, other) = fhir(&dev, "POST", "/de/v1/fhir/Patient", &dr, Some(&other));
     let other_id = other["id"].as_str().unwrap();
-    assert_eq!(fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{other_id}"), &anna, None).0, 404);
+    assert_eq!(
+        fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{other_id}"), &anna, None).0,
+        404
+    );
     // Other roles see no clinical data.
     let admin = token(&dev, "admin", "ClinicAdmin", "DE");
-    assert_eq!(fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}"), &admin, None).0, 403);
+    assert_eq!(
+        fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}"), &admin, None).0,
+        403
+    );
 
     // In Germany's Region only, and never in plaintext.
     for (region, port) in dev.region_ports() {
@@ -116,7 +143,15 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
         let patients = count(port, "SELECT count(*) FROM vault.patients").await;
         if region == "eu-central-1" {
             assert_eq!((records, patients), (4, 2), "{region}");
-            for table in ["vault.patients", "vault.patient_history", "patients", "fhir_resources", "fhir_history", "outbox", "audit"] {
+            for table in [
+                "vault.patients",
+                "vault.patient_history",
+                "patients",
+                "fhir_resources",
+                "fhir_history",
+                "outbox",
+                "audit",
+            ] {
                 let plain = count(
                     port,
                     &format!("SELECT count(*) FROM {table} t WHERE t::text ILIKE '%Zwiebelhuber%' OR t::text LIKE '%Q271828182%'"),

@@ -18,22 +18,7 @@ pub mod serve;
 pub mod served;
 pub mod slots;
 
-use std::time::Duration;
-
-/// How long a request waits for a database connection before it is answered `503`: short,
-/// so that while the Region's database is down (or restarting) requests fail at once instead
-/// of hanging, and the service recovers by itself when it is back.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The pool settings of the booking service (`meridian booking` and `meridian dev`): a short
-/// [`ACQUIRE_TIMEOUT`], and every pooled connection checked before use, so that connections
-/// broken by a database restart are dropped and replaced rather than handed to a request.
-pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(true)
-}
+pub use meridian_shared::serve::{ACQUIRE_TIMEOUT, pool_options};
 
 /// Who reads or changes personal data, for the audit trail.
 #[derive(Clone, Copy, Debug)]

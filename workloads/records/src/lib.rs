@@ -3,6 +3,12 @@
 //! `/{cc}/v1/fhir`, stored in the home Region's database. A Patient's identifying elements
 //! are kept only in the vault schema, sealed under the country's data key; clinical rows
 //! refer to the patient by a random client ID, which is also the Patient's id.
+//!
+//! [`http`] is its API; [`serve`] its entry point (`meridian records`), [`served`] which
+//! countries a Region's deployment serves, and [`bench`] its benchmark (`meridian bench
+//! records`). Underneath: [`fhir`] (the resources as serde types, OperationOutcome),
+//! [`validate`] (the content rules), [`store`] and [`search`] (PostgreSQL), [`vault`] and
+//! [`keys`] (the PII vault's cryptography and keys).
 
 pub mod bench;
 pub mod codes;
@@ -13,22 +19,10 @@ pub mod keys;
 pub mod national_id;
 pub mod roles;
 pub mod search;
+pub mod serve;
+pub mod served;
 pub mod store;
 pub mod validate;
 pub mod vault;
 
-use std::time::Duration;
-
-/// How long a request waits for a database connection before it is answered 503.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The pool settings of the records service: a short acquire timeout, and connections
-/// checked before use so that a database restart costs no failed request.
-pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(true)
-}
-pub mod serve;
-pub mod served;
+pub use meridian_shared::serve::{ACQUIRE_TIMEOUT, pool_options};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use meridian_shared::auth::{AuthError, Principal, Role};
+use meridian_shared::auth::{Principal, Role};
 use meridian_shared::patients;
 use uuid::Uuid;
 
@@ -89,15 +89,9 @@ impl FromRequestParts<Arc<Service>> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = match (service.verifier.verify_header(header), &service.jwks) {
-            (Err(AuthError::UnknownKey), Some(jwks)) => {
-                if let Err(e) = jwks.refresh().await {
-                    tracing::warn!(error = %e, "cannot read the identity provider's keys");
-                }
-                service.verifier.verify_header(header)?
-            }
-            (verified, _) => verified?,
-        };
+        let principal =
+            meridian_shared::jwks::verify_following_rotation(&service.verifier, service.jwks.as_deref(), header)
+                .await?;
         let correlation_id = parts
             .headers
             .get("x-correlation-id")
