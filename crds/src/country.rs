@@ -261,6 +261,11 @@ pub struct CountryStatus {
     /// The list partitions that hold the country's rows, e.g. `appointments_de`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<String>,
+    /// The vault data keys the Country added to its Region's `vault-keys` Secret, by id
+    /// (e.g. `k1`; never key material): with `deletionPolicy: Delete` they go with the
+    /// partitions, otherwise they stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_keys: Vec<String>,
     /// Name of the search alias, e.g. `practitioners_de`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_alias: Option<String>,

@@ -2,6 +2,7 @@
 //! run them — the Kubernetes operator ([`k8s`]) and the embedded stack ([`dev`]) — plus
 //! `meridian plan` ([`plan_cmd`]) and `meridian bench world` ([`bench_world`]).
 
+pub mod audit_cmd;
 pub mod backends;
 pub mod bench_world;
 pub mod conditions;

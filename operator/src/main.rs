@@ -43,6 +43,9 @@ enum Command {
     /// Data residency: where each country's data is, proven from the stores.
     #[command(subcommand)]
     Residency(ResidencyCommand),
+    /// The audit trail of personal data.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
     /// Exits 1 on invalid manifests, 2 when a store cannot be read.
     Plan {
@@ -60,6 +63,13 @@ enum ResidencyCommand {
     /// Where each Country's data lives, with evidence read from every store; exits 1 when a
     /// store holds rows of a country it should not, 2 when a store could not be read.
     Report(meridian_operator::residency::ReportOptions),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chains of every country in a Region's database: one line per
+    /// country; exits 1 when a chain is broken, 2 when the database cannot be read.
+    Verify(meridian_operator::audit_cmd::VerifyOptions),
 }
 
 #[derive(Subcommand)]
@@ -140,6 +150,14 @@ fn main() -> ExitCode {
                     print!("{}", report.text());
                 }
                 Ok(ExitCode::from(report.exit_code()))
+            }
+            Command::Audit(AuditCommand::Verify(options)) => {
+                let verification = meridian_operator::audit_cmd::run(&options).await;
+                print!("{}", verification.text());
+                if let Some(why) = &verification.unreadable {
+                    eprintln!("error: {why}");
+                }
+                Ok(ExitCode::from(verification.exit_code()))
             }
             Command::Crds => {
                 print!("{}", meridian_crds::crds_yaml());

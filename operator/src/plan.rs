@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use meridian_shared::schema::{
-    MIGRATIONS, PARTITIONED_TABLES, create_partition_sql, partition_constraints, partition_name,
+    MIGRATIONS, PARTITIONED_TABLES, create_partition_sql, partition_constraints, partition_name, quoted,
 };
 
 /// One change to a Region's database.
@@ -41,18 +41,23 @@ pub enum Change {
 
 impl Change {
     /// The SQL that makes the change. Codes and names come from validated specs and the
-    /// schema's own table list, so they are safe to splice into DDL.
+    /// schema's own table list, so they are safe to splice into DDL; a name in another
+    /// schema than `public` (`vault.patients_de`) is quoted part by part.
     pub fn sql(&self) -> String {
         match self {
             Change::ApplyMigration { version, name } => format!("-- migration {version:04}_{name}.sql"),
             Change::CreatePartition { table, code, .. } => create_partition_sql(table, code),
             Change::AttachPartition { table, partition, code } => {
-                format!("ALTER TABLE \"{table}\" ATTACH PARTITION \"{partition}\" FOR VALUES IN ('{code}');")
+                format!(
+                    "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ('{code}');",
+                    quoted(table),
+                    quoted(partition)
+                )
             }
             Change::DetachPartition { table, partition } => {
-                format!("ALTER TABLE \"{table}\" DETACH PARTITION \"{partition}\";")
+                format!("ALTER TABLE {} DETACH PARTITION {};", quoted(table), quoted(partition))
             }
-            Change::DropPartition { partition } => format!("DROP TABLE IF EXISTS \"{partition}\";"),
+            Change::DropPartition { partition } => format!("DROP TABLE IF EXISTS {};", quoted(partition)),
             Change::AddConstraint { sql, .. } => sql.clone(),
         }
     }
@@ -218,6 +223,12 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"outbox_de\" PARTITION OF \"outbox\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"audit_de\" PARTITION OF \"audit\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"audit_heads_de\" PARTITION OF \"audit_heads\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"patients_de\" PARTITION OF \"patients\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"fhir_resources_de\" PARTITION OF \"fhir_resources\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"fhir_history_de\" PARTITION OF \"fhir_history\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"vault\".\"patients_de\" PARTITION OF \"vault\".\"patients\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"vault\".\"patient_history_de\" PARTITION OF \"vault\".\"patient_history\" \
+                 FOR VALUES IN ('DE');",
             ]
         );
     }
@@ -252,6 +263,7 @@ mod tests {
         let seen = observed(&[
             ("practitioners_es", PartitionState::Detached),
             ("audit_es", PartitionState::Attached),
+            ("vault.patients_es", PartitionState::Detached),
         ]);
         let changes = partitions("ES", PartitionGoal::Present, &seen);
         assert_eq!(
@@ -262,8 +274,20 @@ mod tests {
                 code: "ES".into()
             }
         );
-        // One attached, one already there, the rest created, and the two booking constraints.
-        assert_eq!(changes.len(), PARTITIONED_TABLES.len() - 2 + 1 + 2, "{changes:?}");
+        let attach: Vec<String> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::AttachPartition { .. }))
+            .map(Change::sql)
+            .collect();
+        assert_eq!(
+            attach,
+            [
+                "ALTER TABLE \"practitioners\" ATTACH PARTITION \"practitioners_es\" FOR VALUES IN ('ES');",
+                "ALTER TABLE \"vault\".\"patients\" ATTACH PARTITION \"vault\".\"patients_es\" FOR VALUES IN ('ES');",
+            ]
+        );
+        // Two attached, one already there, the rest created, and the two booking constraints.
+        assert_eq!(changes.len(), PARTITIONED_TABLES.len() - 3 + 2 + 2, "{changes:?}");
     }
 
     #[test]
@@ -273,18 +297,26 @@ mod tests {
         assert_eq!(
             detach[0],
             Change::DetachPartition {
-                table: "audit_heads",
-                partition: "audit_heads_it".into()
+                table: "vault.patient_history",
+                partition: "vault.patient_history_it".into()
             }
+        );
+        assert_eq!(
+            detach[0].sql(),
+            "ALTER TABLE \"vault\".\"patient_history\" DETACH PARTITION \"vault\".\"patient_history_it\";"
         );
         let mixed = observed(&[
             ("practitioners_it", PartitionState::Detached),
             ("audit_it", PartitionState::Attached),
+            ("vault.patients_it", PartitionState::Detached),
         ]);
         let drop = partitions("IT", PartitionGoal::Dropped, &mixed);
         assert_eq!(
             drop,
             [
+                Change::DropPartition {
+                    partition: "vault.patients_it".into()
+                },
                 Change::DropPartition {
                     partition: "audit_it".into()
                 },
@@ -293,6 +325,7 @@ mod tests {
                 }
             ]
         );
+        assert_eq!(drop[0].sql(), "DROP TABLE IF EXISTS \"vault\".\"patients_it\";");
         assert!(partitions("IT", PartitionGoal::Detached, &Observed::default()).is_empty());
     }
 

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use meridian_crds::{Country, Region, RegionProvider, Residency};
-use meridian_shared::schema::PARTITIONED_TABLES;
+use meridian_shared::schema::{PARTITIONED_TABLES, VAULT_SCHEMA, quoted};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::backends::postgres::RoleNames;
 use crate::controller::Context;
 use crate::providers::LocalClusters;
 
@@ -42,7 +43,19 @@ pub struct CountryPlacement {
     /// The country's partitions found in its Region's database.
     pub partitions: Vec<String>,
     pub index: Option<String>,
+    /// Rows of the country in each records table and in the vault ([`RECORDS_TABLES`]), as
+    /// its Region's database counts them.
+    pub records: BTreeMap<String, i64>,
 }
+
+/// The records service's tables and the PII vault's, whose rows the report counts per country.
+pub const RECORDS_TABLES: &[&str] = &[
+    "patients",
+    "fhir_resources",
+    "fhir_history",
+    "vault.patients",
+    "vault.patient_history",
+];
 
 /// One store, what was asked of it, and what it answered.
 #[derive(Debug, Serialize)]
@@ -53,6 +66,19 @@ pub struct Store {
     pub kind: &'static str,
     pub endpoint: String,
     pub evidence: Vec<Evidence>,
+    /// What the store shows about the PII vault (databases only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+}
+
+/// A claim about a store and whether the store bears it out; one that does not is a violation.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub claim: String,
+    pub holds: bool,
+    /// What was found, for people.
+    pub found: String,
 }
 
 /// One query and its answer: rows per country code.
@@ -105,6 +131,25 @@ impl Report {
             ]);
         }
         out += &crate::dev::table::align(&rows);
+        out += "\nRecords and the PII vault (rows per country, in its Region's database):\n";
+        let mut records = vec![
+            std::iter::once("COUNTRY")
+                .chain(RECORDS_TABLES.iter().copied())
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        ];
+        for c in &self.countries {
+            records.push(
+                std::iter::once(c.code.clone())
+                    .chain(
+                        RECORDS_TABLES
+                            .iter()
+                            .map(|t| c.records.get(*t).map_or("-".into(), i64::to_string)),
+                    )
+                    .collect(),
+            );
+        }
+        out += &crate::dev::table::align(&records);
         out += "\nEvidence (rows per country code, read from each store):\n";
         for store in &self.stores {
             let _ = writeln!(out, "  {} {} ({}):", store.region, store.kind, store.endpoint);
@@ -116,6 +161,10 @@ impl Report {
                     counts.join(" ")
                 };
                 let _ = writeln!(out, "    {:<60} {shown}", e.query);
+            }
+            for c in &store.checks {
+                let verdict = if c.holds { "yes" } else { "NO" };
+                let _ = writeln!(out, "    {}: {verdict} ({})", c.claim, c.found);
             }
         }
         for u in &self.unreachable {
@@ -146,6 +195,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
     let mut endpoints: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
     let mut partitions: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut indexes: BTreeMap<String, String> = BTreeMap::new();
+    let mut records: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for region in regions {
         let name = region.metadata.name.clone().unwrap_or_default();
         let endpoint = match ctx.providers.locate(region).await {
@@ -162,6 +212,15 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                 continue;
             }
         };
+        let vault = match vault_checks(db.pool(), &RoleNames::of(&name)).await {
+            Ok(checks) => checks,
+            Err(e) => {
+                report
+                    .unreachable
+                    .push(format!("Region {name} database {} (the vault): {e}", endpoint.display));
+                Vec::new()
+            }
+        };
         match database_evidence(db.pool()).await {
             Ok((evidence, found)) => {
                 check(&mut report, &name, "database", &evidence, &home);
@@ -170,11 +229,31 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                         partitions.entry(code).or_default().extend(names);
                     }
                 }
+                for e in &evidence {
+                    let Some(table) = RECORDS_TABLES.iter().find(|t| e.query == count_query(t)) else {
+                        continue;
+                    };
+                    for (code, rows) in &e.rows {
+                        if home.get(code) == Some(&name) {
+                            records
+                                .entry(code.clone())
+                                .or_default()
+                                .insert(table.to_string(), *rows);
+                        }
+                    }
+                }
+                for c in vault.iter().filter(|c| !c.holds) {
+                    report.violations.push(format!(
+                        "Region {name} database: {} does not hold: {}",
+                        c.claim, c.found
+                    ));
+                }
                 report.stores.push(Store {
                     region: name.clone(),
                     kind: "database",
                     endpoint: endpoint.display.clone(),
                     evidence,
+                    checks: vault,
                 });
             }
             Err(e) => report
@@ -195,6 +274,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                             kind: "search",
                             endpoint: dir.display().to_string(),
                             evidence,
+                            checks: Vec::new(),
                         });
                     }
                     Err(e) => report.unreachable.push(format!("Region {name} search: {e}")),
@@ -213,6 +293,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                                     kind: "search",
                                     endpoint: display.clone(),
                                     evidence,
+                                    checks: Vec::new(),
                                 });
                             }
                             Err(e) => report.unreachable.push(format!("Region {name} search {display}: {e}")),
@@ -250,6 +331,13 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
         let (database, search) = endpoints.get(&c.spec.region).cloned().unwrap_or_default();
         let mut found = partitions.remove(&code).unwrap_or_default();
         found.sort();
+        // A table without the country's rows counts none, once its Region's database answered.
+        let mut counted = records.remove(&code).unwrap_or_default();
+        if !found.is_empty() {
+            for table in RECORDS_TABLES {
+                counted.entry(table.to_string()).or_insert(0);
+            }
+        }
         report.countries.push(CountryPlacement {
             country: c.metadata.name.clone().unwrap_or_default(),
             code: code.clone(),
@@ -264,6 +352,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
             search,
             partitions: found,
             index: indexes.get(&meridian_search::alias(&code)).cloned(),
+            records: counted,
         });
     }
     report
@@ -284,21 +373,29 @@ fn check(report: &mut Report, region: &str, kind: &str, evidence: &[Evidence], h
     }
 }
 
+/// The query counting `table`'s rows per country code.
+fn count_query(table: &str) -> String {
+    format!("SELECT country_code, count(*) FROM {table} GROUP BY country_code")
+}
+
 /// Rows per country code in every partitioned table (attached partitions, through the
 /// parent) and in every detached partition; and the partitions by country code.
 async fn database_evidence(pool: &PgPool) -> Result<(Vec<Evidence>, BTreeMap<String, Vec<String>>), sqlx::Error> {
     let mut evidence = Vec::new();
     for table in PARTITIONED_TABLES {
-        let query = format!("SELECT country_code, count(*) FROM {table} GROUP BY country_code");
-        evidence.push(counted(pool, query).await?);
+        evidence.push(counted(pool, count_query(table)).await?);
     }
     // Every table named like a partition, attached or not (a detached one is invisible
-    // through its parent, yet holds data).
+    // through its parent, yet holds data), in the platform's schema and in the vault's.
     let relations: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT c.relname, c.relispartition FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname ~ '^[a-z_]+_[a-z]{2}$'
-          ORDER BY c.relname",
+        "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname::text
+                     ELSE n.nspname || '.' || c.relname END,
+                c.relispartition
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname IN (current_schema(), $1) AND c.relkind = 'r' AND c.relname ~ '^[a-z_]+_[a-z]{2}$'
+          ORDER BY 1",
     )
+    .bind(VAULT_SCHEMA)
     .fetch_all(pool)
     .await?;
     let mut partitions: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -314,11 +411,99 @@ async fn database_evidence(pool: &PgPool) -> Result<(Vec<Evidence>, BTreeMap<Str
             .or_default()
             .push(relation.clone());
         if !attached {
-            let query = format!("SELECT country_code, count(*) FROM \"{relation}\" GROUP BY country_code");
+            let query = format!(
+                "SELECT country_code, count(*) FROM {} GROUP BY country_code",
+                quoted(&relation)
+            );
             evidence.push(counted(pool, query).await?);
         }
     }
     Ok((evidence, partitions))
+}
+
+/// A `sealed` value that reads as plaintext JSON: it begins with `{` or `[` and ends with
+/// `}` or `]`, and every byte between is printable text (ASCII from space, tab, line feed,
+/// carriage return, or a byte of a multi-byte UTF-8 sequence). Checked on the hex form, so
+/// that no binary value can make the query fail; AES-GCM output (a random nonce, then
+/// ciphertext and tag) almost never passes: 200 random bytes all printable is about 1 in 10^11.
+const PLAINTEXT_JSON: &str = "encode(sealed, 'hex') ~ '^(7b|5b)([2-7][0-9a-f]|0[9ad]|[89a-f][0-9a-f])*(7d|5d)$'";
+
+/// What the database shows about the PII vault: the workload (clinical) role holds no
+/// privilege on schema `vault` or on anything in it, and no `sealed` value in the vault
+/// reads as plaintext JSON. Empty when the database has no vault yet.
+async fn vault_checks(pool: &PgPool, roles: &RoleNames) -> Result<Vec<Check>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+        .bind(VAULT_SCHEMA)
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut checks = Vec::new();
+    let workload = &roles.workload;
+    let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(workload)
+        .fetch_one(pool)
+        .await?;
+    let (on_schema, on_relations) = if role_exists {
+        let on_schema: bool = sqlx::query_scalar(
+            "SELECT has_schema_privilege($1, $2, 'USAGE') OR has_schema_privilege($1, $2, 'CREATE')",
+        )
+        .bind(workload)
+        .bind(VAULT_SCHEMA)
+        .fetch_one(pool)
+        .await?;
+        let on_relations: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c
+              WHERE c.relnamespace = to_regnamespace($2)
+                AND has_table_privilege($1, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+              ORDER BY 1",
+        )
+        .bind(workload)
+        .bind(VAULT_SCHEMA)
+        .fetch_all(pool)
+        .await?;
+        (on_schema, on_relations)
+    } else {
+        (false, Vec::new())
+    };
+    checks.push(Check {
+        claim: format!("the workload role {workload} holds no privilege on schema {VAULT_SCHEMA}"),
+        holds: !on_schema,
+        found: if on_schema {
+            format!("has_schema_privilege({workload}, {VAULT_SCHEMA}) is true")
+        } else if role_exists {
+            format!("has_schema_privilege({workload}, {VAULT_SCHEMA}) is false for USAGE and CREATE")
+        } else {
+            format!("no role {workload} in this database")
+        },
+    });
+    checks.push(Check {
+        claim: format!("the workload role {workload} holds no privilege on a table of schema {VAULT_SCHEMA}"),
+        holds: on_relations.is_empty(),
+        found: if on_relations.is_empty() {
+            "none".into()
+        } else {
+            on_relations.join(", ")
+        },
+    });
+    for table in ["vault.patients", "vault.patient_history"] {
+        let query =
+            format!("SELECT country_code, count(*) FILTER (WHERE {PLAINTEXT_JSON}) FROM {table} GROUP BY country_code");
+        let plain = counted(pool, query).await?;
+        let total: i64 = plain.rows.values().sum();
+        let per_country: Vec<String> = plain.rows.iter().map(|(cc, n)| format!("{cc}={n}")).collect();
+        checks.push(Check {
+            claim: format!("no sealed value of {table} reads as plaintext JSON"),
+            holds: total == 0,
+            found: if per_country.is_empty() {
+                "no rows".into()
+            } else {
+                format!("rows reading as plaintext JSON: {}", per_country.join(" "))
+            },
+        });
+    }
+    Ok(checks)
 }
 
 async fn counted(pool: &PgPool, query: String) -> Result<Evidence, sqlx::Error> {

@@ -117,14 +117,16 @@ impl RegionDb {
     /// What the database holds of country `code`: its partitions and their constraints.
     pub async fn observe(&self, code: &str) -> Result<Observed, DbError> {
         let names = crate::plan::partition_names(code);
-        let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(
-            "SELECT c.relname::text, c.relispartition, k.conname::text
+        // Names as the schema module spells them: bare in `public`, `vault.name` in the vault.
+        let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {QUALIFIED_NAME}, c.relispartition, k.conname::text
                FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
                LEFT JOIN pg_constraint k ON k.conrelid = c.oid
-              WHERE c.relnamespace = 'public'::regnamespace
+              WHERE n.nspname IN ('public', 'vault')
                 AND c.relkind IN ('r', 'p')
-                AND c.relname = ANY($1)",
-        )
+                AND {QUALIFIED_NAME} = ANY($1)"
+        )))
         .bind(&names)
         .fetch_all(&self.pool)
         .await
@@ -191,17 +193,20 @@ fn describe(change: &Change) -> String {
 }
 
 /// The login roles of a Region's database: `owner` owns the platform schema (migrations and
-/// partitions, used by the operator only); `workload` reads and writes rows, nothing else.
+/// partitions, used by the operator only); `workload` reads and writes rows, nothing else;
+/// `vault` reads and writes the PII vault and the records tables, nothing of booking.
 /// Roles belong to the whole PostgreSQL server, not to one database, so their names carry
 /// the Region's: two Regions sharing a server never share a role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleNames {
     pub owner: String,
     pub workload: String,
+    pub vault: String,
 }
 
 impl RoleNames {
-    /// `meridian_<region>_owner` and `meridian_<region>_workload`, dashes as underscores;
+    /// `meridian_<region>_owner`, `meridian_<region>_workload` and `meridian_<region>_vault`,
+    /// dashes as underscores;
     /// a name too long for PostgreSQL (63 bytes) keeps its start and a hash of the whole.
     pub fn of(region: &str) -> Self {
         let name = |suffix: &str| {
@@ -230,6 +235,7 @@ impl RoleNames {
         Self {
             owner: name("owner"),
             workload: name("workload"),
+            vault: name("vault"),
         }
     }
 }
@@ -253,13 +259,21 @@ const RELATION_KINDS: &[(&str, &str)] = &[
     ("f", "FOREIGN TABLE"),
 ];
 
-/// Relations of schema `public` that are not part of an extension and do not follow a
-/// table (identity and serial sequences, whose owner and privileges are the table's).
-const OWN_RELATIONS: &str = "c.relnamespace = 'public'::regnamespace
+/// Schemas of the platform: `public` and the PII vault ([`schema::VAULT_SCHEMA`]).
+const SCHEMAS: &str = "(SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'vault'))";
+
+/// Relations of the platform's schemas that are not part of an extension and do not follow
+/// a table (identity and serial sequences, whose owner and privileges are the table's).
+const OWN_RELATIONS: &str = "c.relnamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'vault'))
    AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
    AND NOT EXISTS (SELECT 1 FROM pg_depend d
                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                       AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))";
+
+/// A relation's name as the schema module names tables: bare in `public`,
+/// `schema.name` elsewhere.
+const QUALIFIED_NAME: &str = "CASE WHEN n.nspname = 'public' THEN c.relname::text
+                                  ELSE n.nspname || '.' || c.relname END";
 
 fn role_error(what: String) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Apply { change: what, source }
@@ -358,16 +372,16 @@ impl RegionDb {
 
     /// As an administrator: lets only `roles` connect to this database (no one through
     /// PUBLIC), lets the owner create in it and in schema `public` (nobody else may), and
-    /// makes the owner the owner of every table, sequence, view and function already in
-    /// `public` (created before the roles existed), partitions included. Repeating it
-    /// changes nothing.
+    /// makes the owner the owner of schema `vault` and of every table, sequence, view and
+    /// function already in `public` or `vault` (created before the roles existed),
+    /// partitions included. Repeating it changes nothing.
     pub async fn hand_over(&self, roles: &RoleNames) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
         let database: String = sqlx::query_scalar("SELECT current_database()::text")
             .fetch_one(&mut *tx)
             .await
             .map_err(DbError::Unreachable)?;
-        let (owner, workload) = (roles.owner.as_str(), roles.workload.as_str());
+        let (owner, workload, vault) = (roles.owner.as_str(), roles.workload.as_str(), roles.vault.as_str());
         // Each statement only when the privileges held differ from what it makes them: a
         // GRANT that changes nothing still rewrites the catalog row.
         let on_database = "SELECT COALESCE(d.datacl, acldefault('d', d.datdba)) FROM pg_database d
@@ -400,6 +414,14 @@ impl RegionDb {
                 true,
             ),
             (
+                "GRANT CONNECT ON DATABASE %I TO %I",
+                vec![&database, vault],
+                on_database,
+                vault,
+                &["CONNECT"][..],
+                true,
+            ),
+            (
                 "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
                 vec![],
                 on_schema,
@@ -420,6 +442,14 @@ impl RegionDb {
                 vec![workload],
                 on_schema,
                 workload,
+                &["USAGE"][..],
+                true,
+            ),
+            (
+                "GRANT USAGE ON SCHEMA public TO %I",
+                vec![vault],
+                on_schema,
+                vault,
                 &["USAGE"][..],
                 true,
             ),
@@ -463,17 +493,37 @@ impl RegionDb {
             )
             .await?;
         }
-        let relations: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT c.relkind::text, c.relname::text FROM pg_class c
+        // The vault's schema, made by a migration that ran before the owner existed.
+        let vault_schema_owned: Option<bool> = sqlx::query_scalar(
+            "SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = $1) FROM pg_namespace WHERE nspname = $2",
+        )
+        .bind(owner)
+        .bind(schema::VAULT_SCHEMA)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(DbError::Unreachable)?;
+        if vault_schema_owned == Some(false) {
+            run_formatted(
+                &self.ddl,
+                &mut tx,
+                "ALTER SCHEMA %I OWNER TO %I",
+                &[schema::VAULT_SCHEMA, owner],
+                &format!("give schema {} to {owner}", schema::VAULT_SCHEMA),
+            )
+            .await?;
+        }
+        let relations: Vec<(String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT c.relkind::text, n.nspname::text, c.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE {OWN_RELATIONS}
                 AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
-              ORDER BY c.relispartition, c.relname"
+              ORDER BY c.relispartition, n.nspname, c.relname"
         )))
         .bind(owner)
         .fetch_all(&mut *tx)
         .await
         .map_err(DbError::Unreachable)?;
-        for (kind, relation) in &relations {
+        for (kind, namespace, relation) in &relations {
             let keyword = RELATION_KINDS
                 .iter()
                 .find(|(k, _)| k == kind)
@@ -481,19 +531,19 @@ impl RegionDb {
             run_formatted(
                 &self.ddl,
                 &mut tx,
-                &format!("ALTER {keyword} %I OWNER TO %I"),
-                &[relation, owner],
-                &format!("give {relation} to {owner}"),
+                &format!("ALTER {keyword} %I.%I OWNER TO %I"),
+                &[namespace, relation, owner],
+                &format!("give {namespace}.{relation} to {owner}"),
             )
             .await?;
         }
-        let routines: Vec<String> = sqlx::query_scalar(
+        let routines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
-              WHERE p.pronamespace = 'public'::regnamespace
+              WHERE p.pronamespace IN {SCHEMAS}
                 AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
                 AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')",
-        )
+                                 WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')"
+        )))
         .bind(owner)
         .fetch_all(&mut *tx)
         .await
@@ -510,65 +560,136 @@ impl RegionDb {
         Ok(())
     }
 
-    /// As the owner: gives `workload` exactly the privileges the schema says on each table
-    /// of `public` ([`schema::workload_privileges`]) and none on anything else: not on the
-    /// partitions (queries through a partitioned table are checked against it alone), not
-    /// on sequences (identity columns need none). Privileges held beyond those are revoked.
-    /// Repeating it changes nothing.
-    pub async fn grant_workload(&self, workload: &str) -> Result<(), DbError> {
+    /// As the owner: gives the workload role exactly the privileges the schema says on each
+    /// table ([`schema::workload_privileges`]) and the vault role its own
+    /// ([`schema::vault_privileges`]), over the tables of `public` and of the vault, and none
+    /// on anything else: not on the partitions (queries through a partitioned table are
+    /// checked against it alone), not on sequences (identity columns need none). Of schema
+    /// `vault`, only the vault role gets `USAGE`: the workload role, and PUBLIC, hold nothing
+    /// there. Privileges held beyond those are revoked. Repeating it changes nothing.
+    pub async fn grant_roles(&self, roles: &RoleNames) -> Result<(), DbError> {
+        type Privileges = fn(&str) -> &'static [&'static str];
         let mut tx = self.pool.begin().await.map_err(DbError::Unreachable)?;
-        let relations: Vec<(String, String, bool, Vec<String>)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT c.relname::text, c.relkind::text, c.relispartition,
-                    ARRAY(SELECT a.privilege_type::text FROM aclexplode(c.relacl) a
-                           WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1))
-               FROM pg_class c
-              WHERE {OWN_RELATIONS}
-              ORDER BY c.relname"
-        )))
-        .bind(workload)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(DbError::Unreachable)?;
-        for (relation, kind, partition, held) in relations {
-            let wanted: &[&str] = if (kind == "r" || kind == "p") && !partition {
-                schema::workload_privileges(&relation)
-            } else {
-                &[]
-            };
-            let keyword = if kind == "S" { "SEQUENCE" } else { "TABLE" };
-            let extra: Vec<&str> = held
-                .iter()
-                .map(String::as_str)
-                .filter(|p| !wanted.contains(p))
-                .collect();
-            let missing: Vec<&str> = wanted
-                .iter()
-                .copied()
-                .filter(|p| !held.iter().any(|h| h == p))
-                .collect();
-            // Privilege names come from the catalog or the schema's constant lists.
-            if !extra.is_empty() {
-                run_formatted(
-                    &self.ddl,
-                    &mut tx,
-                    &format!("REVOKE {} ON {keyword} %I FROM %I", extra.join(", ")),
-                    &[&relation, workload],
-                    &format!("revoke {} on {relation} from {workload}", extra.join(", ")),
-                )
-                .await?;
+        let grantees: [(&str, Privileges, &[&str]); 2] = [
+            (&roles.workload, schema::workload_privileges, &[]),
+            (&roles.vault, schema::vault_privileges, &["USAGE"]),
+        ];
+        for (role, privileges, on_vault) in grantees {
+            let relations: Vec<(String, String, String, String, bool, Vec<String>)> =
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT n.nspname::text, c.relname::text, {QUALIFIED_NAME}, c.relkind::text, c.relispartition,
+                            ARRAY(SELECT a.privilege_type::text FROM aclexplode(c.relacl) a
+                                   WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1))
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE {OWN_RELATIONS}
+                      ORDER BY n.nspname, c.relname"
+                )))
+                .bind(role)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(DbError::Unreachable)?;
+            for (namespace, relation, qualified, kind, partition, held) in relations {
+                let wanted: &[&str] = if (kind == "r" || kind == "p") && !partition {
+                    privileges(&qualified)
+                } else {
+                    &[]
+                };
+                let keyword = if kind == "S" { "SEQUENCE" } else { "TABLE" };
+                let (extra, missing) = difference(&held, wanted);
+                // Privilege names come from the catalog or the schema's constant lists.
+                if !extra.is_empty() {
+                    run_formatted(
+                        &self.ddl,
+                        &mut tx,
+                        &format!("REVOKE {} ON {keyword} %I.%I FROM %I", extra.join(", ")),
+                        &[&namespace, &relation, role],
+                        &format!("revoke {} on {qualified} from {role}", extra.join(", ")),
+                    )
+                    .await?;
+                }
+                if !missing.is_empty() {
+                    run_formatted(
+                        &self.ddl,
+                        &mut tx,
+                        &format!("GRANT {} ON {keyword} %I.%I TO %I", missing.join(", ")),
+                        &[&namespace, &relation, role],
+                        &format!("grant {} on {qualified} to {role}", missing.join(", ")),
+                    )
+                    .await?;
+                }
             }
-            if !missing.is_empty() {
-                run_formatted(
-                    &self.ddl,
-                    &mut tx,
-                    &format!("GRANT {} ON {keyword} %I TO %I", missing.join(", ")),
-                    &[&relation, workload],
-                    &format!("grant {} on {relation} to {workload}", missing.join(", ")),
-                )
-                .await?;
-            }
+            self.grant_on_vault_schema(&mut tx, role, on_vault).await?;
         }
+        // Nobody else reaches the vault's schema through PUBLIC.
+        self.grant_on_vault_schema(&mut tx, "", &[]).await?;
         tx.commit().await.map_err(DbError::Unreachable)?;
         Ok(())
     }
+
+    /// Brings what `role` (PUBLIC when empty) holds on schema `vault` to exactly `wanted`;
+    /// nothing when the schema does not exist (yet).
+    async fn grant_on_vault_schema(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        role: &str,
+        wanted: &[&str],
+    ) -> Result<(), DbError> {
+        let held: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT ARRAY(SELECT a.privilege_type::text
+                            FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a
+                           WHERE a.grantee = CASE WHEN $1 = '' THEN 0::oid
+                                                  ELSE (SELECT oid FROM pg_roles WHERE rolname = $1) END)
+               FROM pg_namespace n WHERE n.nspname = $2",
+        )
+        .bind(role)
+        .bind(schema::VAULT_SCHEMA)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(DbError::Unreachable)?;
+        let Some(held) = held else {
+            return Ok(());
+        };
+        let (extra, missing) = difference(&held, wanted);
+        let grantee = if role.is_empty() { "PUBLIC" } else { "%I" };
+        let args: Vec<&str> = std::iter::once(schema::VAULT_SCHEMA)
+            .chain((!role.is_empty()).then_some(role))
+            .collect();
+        let shown = if role.is_empty() { "PUBLIC" } else { role };
+        if !extra.is_empty() {
+            run_formatted(
+                &self.ddl,
+                conn,
+                &format!("REVOKE {} ON SCHEMA %I FROM {grantee}", extra.join(", ")),
+                &args,
+                &format!("revoke {} on schema vault from {shown}", extra.join(", ")),
+            )
+            .await?;
+        }
+        if !missing.is_empty() {
+            run_formatted(
+                &self.ddl,
+                conn,
+                &format!("GRANT {} ON SCHEMA %I TO {grantee}", missing.join(", ")),
+                &args,
+                &format!("grant {} on schema vault to {shown}", missing.join(", ")),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The privileges of `held` not in `wanted`, and those of `wanted` not held.
+fn difference<'a>(held: &'a [String], wanted: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let extra = held
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !wanted.contains(p))
+        .collect();
+    let missing = wanted
+        .iter()
+        .copied()
+        .filter(|p| !held.iter().any(|h| h == p))
+        .collect();
+    (extra, missing)
 }

@@ -8,13 +8,14 @@ use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT,
 use meridian_crds::{
     Country, CountryStatus, DeletionPolicy, Isolation, Region, Residency, SearchAnalyzer, code_holder,
 };
+use meridian_records::keys::{self, VAULT_KEYS_SECRET};
 use meridian_search::{self as search, Language};
 
 use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
 use crate::backends::postgres::{DbError, RegionDb};
 use crate::conditions::{self, Report};
 use crate::plan::{self, Change, PartitionGoal};
-use crate::providers::Endpoint;
+use crate::providers::{Endpoint, ProviderError};
 use crate::validate;
 
 /// What a Country's reconcile reads about other objects.
@@ -312,10 +313,21 @@ impl Run<'_> {
         self.status.region = Some(region_name.clone());
         self.status.partitions = partitions.clone();
         self.db = Some(db);
+        let created = ensure_data_key(self.ctx, self.region, &self.country.spec.code)
+            .await
+            .map_err(|e| Stop::retry("DataKeysFailed", format!("Region {region_name}: {e}")))?;
+        for id in created {
+            if !self.status.data_keys.contains(&id) {
+                self.status.data_keys.push(id);
+            }
+        }
         Ok(Report::ok(
             DATABASE_READY,
             "PartitionsReady",
-            format!("{} partitions in Region {region_name}", partitions.len()),
+            format!(
+                "{} partitions and the vault's data key in Region {region_name}",
+                partitions.len()
+            ),
         ))
     }
 
@@ -516,6 +528,46 @@ fn language(analyzer: SearchAnalyzer) -> Language {
         .unwrap_or(Language::Standard)
 }
 
+/// Gives country `code` its first vault data key in the Region's `vault-keys` Secret unless
+/// it has keys already (an existing key is never replaced: the rows sealed under it could not
+/// be opened again). Answers the ids of the keys it added, none when they were there.
+async fn ensure_data_key(ctx: &Context, region: &Region, code: &str) -> Result<Vec<String>, ProviderError> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let store = ctx.providers.region_secrets(region)?;
+    let _one_at_a_time = ctx.vault_keys.lock().await;
+    let mut data = store.read(&name, VAULT_KEYS_SECRET).await?;
+    let before = data.clone();
+    if !keys::ensure_country(&mut data, code) {
+        return Ok(Vec::new());
+    }
+    store.write(&name, VAULT_KEYS_SECRET, &data).await?;
+    let prefix = format!("{}.", code.to_ascii_uppercase());
+    Ok(data
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .filter(|id| *id != "active")
+        .map(String::from)
+        .collect())
+}
+
+/// Removes country `code`'s entries (every key, and which one is active) from the Region's
+/// `vault-keys` Secret; answers whether there were any.
+async fn remove_data_keys(ctx: &Context, region: &Region, code: &str) -> Result<bool, ProviderError> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let store = ctx.providers.region_secrets(region)?;
+    let _one_at_a_time = ctx.vault_keys.lock().await;
+    let mut data = store.read(&name, VAULT_KEYS_SECRET).await?;
+    let prefix = format!("{}.", code.to_ascii_uppercase());
+    let before = data.len();
+    data.retain(|k, _| !k.starts_with(&prefix));
+    if data.len() == before {
+        return Ok(false);
+    }
+    store.write(&name, VAULT_KEYS_SECRET, &data).await?;
+    Ok(true)
+}
+
 /// What a Country created and therefore may clean up: what its status records, and only
 /// while it holds its code (a refused duplicate owns nothing, whatever its status says).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -525,6 +577,8 @@ pub struct Owned {
     pub partitions: Vec<String>,
     /// The versioned search index behind its alias.
     pub index: Option<String>,
+    /// Ids of the vault data keys it added to its Region's `vault-keys` Secret.
+    pub data_keys: Vec<String>,
 }
 
 impl Owned {
@@ -540,11 +594,12 @@ impl Owned {
             region: status.region,
             partitions: status.partitions.into_iter().filter(|p| names.contains(p)).collect(),
             index: status.index.filter(|i| search::model::version_of(code, i).is_some()),
+            data_keys: status.data_keys,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.partitions.is_empty() && self.index.is_none()
+        self.partitions.is_empty() && self.index.is_none() && self.data_keys.is_empty()
     }
 }
 
@@ -600,6 +655,20 @@ pub async fn cleanup(country: &Country, world: World<'_>, ctx: &Context) -> Resu
     db.apply(&changes)
         .await
         .map_err(|e| blocked("CleanupFailed", e.to_string()))?;
+    // `Delete` takes the country's data keys once no partition of its code is left to hold a
+    // row sealed under them (a partition it did not create keeps them); `Retain` keeps them
+    // with the partitions, so that a returning country reads its rows again.
+    if country.spec.deletion_policy == DeletionPolicy::Delete && !owned.data_keys.is_empty() {
+        let left = db
+            .observe(&country.spec.code)
+            .await
+            .map_err(|e| blocked("DatabaseUnreachable", e.to_string()))?;
+        if left.partitions.is_empty() {
+            remove_data_keys(ctx, region, &country.spec.code)
+                .await
+                .map_err(|e| blocked("CleanupFailed", format!("cannot remove the vault's data keys: {e}")))?;
+        }
+    }
     // `Retain` keeps the index as it keeps the partitions: a returning country finds both.
     if country.spec.deletion_policy == DeletionPolicy::Delete
         && let Some(index) = &owned.index

@@ -23,6 +23,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Where Countries' routes are published.
     pub gateway: Gateway,
+    /// Held while a Region's vault keys Secret is read, changed and written: Countries of one
+    /// Region are reconciled at once, and a lost update would replace a country's data key.
+    pub vault_keys: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -33,6 +36,7 @@ impl Context {
             providers,
             metrics,
             gateway: Gateway::Embedded,
+            vault_keys: tokio::sync::Mutex::new(()),
         }
     }
 

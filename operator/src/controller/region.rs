@@ -8,7 +8,9 @@ use super::{Blocked, Context, Next, Outcome, RESYNC, RETRY, abandoned};
 use crate::backends::postgres::{DbError, DbUrlError, RoleNames};
 use crate::conditions::{self, Report};
 use crate::plan::{self, Change};
-use crate::providers::{Endpoint, OWNER_SECRET, PASSWORD_SET, ProviderError, SecretData, WORKLOAD_SECRET, with_login};
+use crate::providers::{
+    Endpoint, OWNER_SECRET, PASSWORD_SET, ProviderError, SecretData, VAULT_SECRET, WORKLOAD_SECRET, with_login,
+};
 use crate::validate;
 
 /// The Region's endpoint and the changes its database needs.
@@ -102,8 +104,8 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         Ok(logins) => logins,
         Err(blocked) => return blocked_outcome(previous, generation, blocked),
     };
-    // Migrations run as the owner, who owns what they create; then the workload gets what
-    // the schema says on every table, the new ones included.
+    // Migrations run as the owner, who owns what they create; then the workload and vault
+    // roles get what the schema says on every table, the new ones included.
     let db = match ctx.databases.get(&logins.owner.url) {
         Ok(db) => db,
         Err(e) => {
@@ -119,7 +121,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
         }
     };
     let migrated = match db.apply(&planned.changes).await {
-        Ok(()) => db.grant_workload(&logins.names.workload).await,
+        Ok(()) => db.grant_roles(&logins.names).await,
         Err(e) => Err(e),
     };
     if let Err(e) = migrated {
@@ -164,6 +166,11 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
                 name: logins.names.workload.clone(),
                 purpose: "workload".into(),
                 secret: logins.workload.secret.clone().unwrap_or_default(),
+            },
+            DatabaseRole {
+                name: logins.names.vault.clone(),
+                purpose: "vault".into(),
+                secret: logins.vault.secret.clone().unwrap_or_default(),
             },
         ],
         database_endpoint: Some(planned.endpoint.display),
@@ -227,14 +234,16 @@ async fn home(region: &Region, ctx: &Context) -> Result<Option<String>, Blocked>
         .map_err(failed)
 }
 
-/// The Region's two database roles, and their endpoints.
+/// The Region's three database roles, and their endpoints.
 pub struct Logins {
     pub names: RoleNames,
     pub owner: Endpoint,
     pub workload: Endpoint,
+    /// What the records service reaches the PII vault with.
+    pub vault: Endpoint,
 }
 
-/// Creates (or brings back in line) the Region's owner and workload roles through the
+/// Creates (or brings back in line) the Region's owner, workload and vault roles through the
 /// administrator's `admin` endpoint, each with a password published in its own Secret
 /// before the role gets it (a crash in between leaves the Secret, and the next reconcile
 /// sets it), and hands the schema to the owner. A Secret that was lost gets a new password,
@@ -266,7 +275,11 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
         .map_err(|e| failed("DatabaseUnreachable", format!("invalid connection URL: {e}")))?;
     let names = RoleNames::of(&name);
     let mut endpoints = Vec::new();
-    for (role, secret) in [(&names.owner, OWNER_SECRET), (&names.workload, WORKLOAD_SECRET)] {
+    for (role, secret) in [
+        (&names.owner, OWNER_SECRET),
+        (&names.workload, WORKLOAD_SECRET),
+        (&names.vault, VAULT_SECRET),
+    ] {
         let mut stored = store.read(&name, secret).await.map_err(provider_failed)?;
         if stored.get("username") != Some(role) || !stored.contains_key("password") {
             stored = SecretData::from([
@@ -293,9 +306,15 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
         );
     }
     admin_db.hand_over(&names).await.map_err(db_failed)?;
-    let workload = endpoints.pop().expect("two roles");
-    let owner = endpoints.pop().expect("two roles");
-    Ok(Logins { names, owner, workload })
+    let vault = endpoints.pop().expect("three roles");
+    let workload = endpoints.pop().expect("three roles");
+    let owner = endpoints.pop().expect("three roles");
+    Ok(Logins {
+        names,
+        owner,
+        workload,
+        vault,
+    })
 }
 
 /// The Region's status when the reconcile stopped early. `SearchReady` was not checked this
@@ -344,6 +363,7 @@ pub async fn cleanup(region: &Region, countries: &[Country], ctx: &Context) -> R
     for endpoint in [
         ctx.providers.locate(region).await,
         ctx.providers.workload(region).await,
+        ctx.providers.vault(region).await,
         ctx.providers.admin(region).await,
     ]
     .into_iter()

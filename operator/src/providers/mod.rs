@@ -174,6 +174,8 @@ fn shown_ref(r: &SecretKeyRef) -> String {
 pub const OWNER_SECRET: &str = "postgres-owner";
 /// The Secret of a Region's workload role: what its workloads connect with.
 pub const WORKLOAD_SECRET: &str = "postgres-workload";
+/// The Secret of a Region's vault role: what the records service reaches the PII vault with.
+pub const VAULT_SECRET: &str = "postgres-vault";
 /// The key of a role's Secret saying the role has the Secret's password.
 pub const PASSWORD_SET: &str = "passwordSet";
 
@@ -225,6 +227,11 @@ impl Providers {
     /// The workload role's endpoint: what the Region's workloads connect with.
     pub async fn workload(&self, region: &Region) -> Result<Endpoint, ProviderError> {
         self.role_endpoint(region, WORKLOAD_SECRET).await
+    }
+
+    /// The vault role's endpoint: what the Region's records service reaches the PII vault with.
+    pub async fn vault(&self, region: &Region) -> Result<Endpoint, ProviderError> {
+        self.role_endpoint(region, VAULT_SECRET).await
     }
 
     async fn role_endpoint(&self, region: &Region, secret: &str) -> Result<Endpoint, ProviderError> {
