@@ -579,6 +579,25 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
             ("SEARCH_URL".to_string(), "search/url".to_string())
         ]
     );
+    // Beside it the records service, which reaches the PII vault as the vault role.
+    let records = deployments.get("records").await.unwrap();
+    let container = &records.spec.template.spec.unwrap().containers[0];
+    let from_secret: Vec<(String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), format!("{}/{}", r.name, r.key)))
+        })
+        .collect();
+    assert_eq!(
+        from_secret,
+        [
+            ("DATABASE_URL".to_string(), "postgres-workload/url".to_string()),
+            ("VAULT_DATABASE_URL".to_string(), "postgres-vault/url".to_string())
+        ]
+    );
     assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
     assert!(waits.iter().any(|w| w.contains("OpenSearch domain")), "{waits:?}");
     assert!(
@@ -847,8 +866,10 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     assert_eq!(region.spec.deletion_policy, DeletionPolicy::Retain);
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(kube.clone(), NS);
     assert!(deployments.get_opt("booking").await.unwrap().is_some());
+    assert!(deployments.get_opt("records").await.unwrap().is_some());
     reconcile::cleanup(&region, &[], &ctx).await.unwrap();
     assert!(deployments.get_opt("booking").await.unwrap().is_none());
+    assert!(deployments.get_opt("records").await.unwrap().is_none());
     assert!(secret(&kube, "postgres").await.contains_key("url"));
     assert!(secret(&kube, "search").await.contains_key("password"));
     let clusters = moto.clusters().await;

@@ -51,10 +51,16 @@ fn expected_route() -> Value {
                 "name": "meridian",
                 "namespace": "meridian-system"
             }],
-            "rules": [{
-                "matches": [{"path": {"type": "PathPrefix", "value": "/de/v1"}}],
-                "backendRefs": [{"name": "booking", "port": 8080}]
-            }]
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/de/v1/fhir"}}],
+                    "backendRefs": [{"name": "records", "port": 8080}]
+                },
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/de/v1"}}],
+                    "backendRefs": [{"name": "booking", "port": 8080}]
+                }
+            ]
         }
     })
 }

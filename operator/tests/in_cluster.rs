@@ -17,6 +17,8 @@ use scripted::{ApiServer, expect, not_found};
 
 const NS: &str = "meridian-region-eu-central-1";
 const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/meridian-region-eu-central-1-booking";
+const RECORDS_BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/meridian-region-eu-central-1-records";
 
 fn frankfurt() -> Region {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
@@ -116,6 +118,11 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
             format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),
             format!("/api/v1/namespaces/{NS}/services/booking"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
+            format!("/api/v1/namespaces/{NS}/serviceaccounts/records"),
+            RECORDS_BINDING.to_string(),
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/records"),
+            format!("/api/v1/namespaces/{NS}/services/records"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/records"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/postgres"),
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/opensearch"),
         ];
@@ -241,7 +248,7 @@ async fn the_stack_is_applied_an_orphan_removed_and_postgres_awaited() {
     );
 }
 
-/// What stopping the stack deletes, in order: the booking workload, then each store's
+/// What stopping the stack deletes, in order: the workloads (records, booking), then each store's
 /// StatefulSet and Service (their volumes stay).
 fn stopped_stack() -> Vec<String> {
     let mut paths = vec![
@@ -258,9 +265,14 @@ fn stopped_stack() -> Vec<String> {
     paths
 }
 
-/// The booking workload's objects, as they are deleted.
+/// The workloads' objects (records, then booking), as they are deleted.
 fn booking_workload() -> Vec<String> {
     vec![
+        format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/records"),
+        format!("/api/v1/namespaces/{NS}/services/records"),
+        format!("/apis/apps/v1/namespaces/{NS}/deployments/records"),
+        RECORDS_BINDING.to_string(),
+        format!("/api/v1/namespaces/{NS}/serviceaccounts/records"),
         format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/booking"),
         format!("/api/v1/namespaces/{NS}/services/booking"),
         format!("/apis/apps/v1/namespaces/{NS}/deployments/booking"),

@@ -1,7 +1,7 @@
 //! Gateway routes: each Country answers under its own prefix, `/{cc}/v1`. In a cluster that
 //! is one Gateway API `HTTPRoute` per country, in the namespace of its Region's workloads,
 //! attached to the Gateway named in the operator's configuration and backed by the
-//! Region's booking Service; in `meridian dev` the entry point's route table is the
+//! Region's records Service for `/{cc}/v1/fhir` and its booking Service for the rest; in `meridian dev` the entry point's route table is the
 //! reconciled state itself, so there is nothing to write.
 
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
@@ -11,13 +11,17 @@ use serde_json::json;
 
 use crate::FIELD_MANAGER;
 
-/// The Gateway routes attach to, and the workload Service they send traffic to in each
-/// Region's namespace.
+/// The Gateway routes attach to, and the workload Services they send traffic to in each
+/// Region's namespace: `/{cc}/v1/fhir` to the records service, the rest of `/{cc}/v1` to
+/// booking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayConfig {
     pub name: String,
     pub namespace: String,
+    /// The booking Service.
     pub service: String,
+    /// The records Service (FHIR).
+    pub records_service: String,
     pub port: u16,
 }
 
@@ -27,6 +31,7 @@ impl Default for GatewayConfig {
             name: "meridian".into(),
             namespace: "meridian-system".into(),
             service: "booking".into(),
+            records_service: "records".into(),
             port: 8080,
         }
     }
@@ -69,6 +74,11 @@ pub fn route_namespace(region: &str) -> String {
 /// The path prefix of a country's API.
 pub fn prefix(country: &Country) -> String {
     format!("/{}/v1", country.spec.code.to_ascii_lowercase())
+}
+
+/// The path prefix of a country's FHIR API, served by the records service.
+pub fn fhir_prefix(country: &Country) -> String {
+    format!("{}/fhir", prefix(country))
 }
 
 fn route_name(country: &Country) -> String {
@@ -118,10 +128,18 @@ pub fn http_route(country: &Country, config: &GatewayConfig) -> Result<DynamicOb
                 "name": config.name,
                 "namespace": config.namespace,
             }],
-            "rules": [{
-                "matches": [{"path": {"type": "PathPrefix", "value": prefix(country)}}],
-                "backendRefs": [{"name": config.service, "port": config.port}],
-            }],
+            // The longest matching prefix wins (path segment by segment): FHIR to records,
+            // everything else of the country to booking.
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": fhir_prefix(country)}}],
+                    "backendRefs": [{"name": config.records_service, "port": config.port}],
+                },
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": prefix(country)}}],
+                    "backendRefs": [{"name": config.service, "port": config.port}],
+                },
+            ],
         },
     });
     Ok(serde_json::from_value(route).expect("an HTTPRoute is a valid object"))

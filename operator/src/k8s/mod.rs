@@ -94,6 +94,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
             namespace: options.gateway_namespace.clone(),
             service: options.workload_service.clone(),
             port: options.workload_port,
+            ..GatewayConfig::default()
         },
     };
     let stack_config = StackConfig {

@@ -2,7 +2,7 @@
 //! namespace per Region, `meridian-region-<name>`, holding PostgreSQL as a StatefulSet with
 //! a PersistentVolumeClaim, its Service and generated password Secret; a single-node
 //! OpenSearch for the countries' search indexes, also a StatefulSet with its own volume;
-//! the Region's booking workload (Deployment, Service, ServiceAccount); and NetworkPolicies
+//! the Region's booking and records workloads (Deployment, Service, ServiceAccount each); and NetworkPolicies
 //! that admit traffic to the workload only from the gateway and the operator, and to
 //! PostgreSQL and OpenSearch only from the workload and the operator. Built here as plain
 //! objects; applied with server-side apply.
@@ -311,8 +311,14 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
     .into_iter()
     .chain(workload(&name, config))
     .chain([
-        store_policy(&name, "postgres", 5432, config),
-        store_policy(&name, "opensearch", 9200, config),
+        store_policy(
+            &name,
+            "postgres",
+            5432,
+            &["meridian-booking", "meridian-records"],
+            config,
+        ),
+        store_policy(&name, "opensearch", 9200, &["meridian-booking"], config),
     ])
     .collect()
 }
@@ -371,8 +377,14 @@ fn service(region: &str, component: &str, port_name: &str, port: u16) -> Value {
     })
 }
 
-/// Admits to store `component`'s `port` only the Region's workload and the operator.
-fn store_policy(region: &str, component: &str, port: u16, config: &StackConfig) -> Value {
+/// Admits to store `component`'s `port` only the Region's workloads named in `clients` and
+/// the operator.
+fn store_policy(region: &str, component: &str, port: u16, clients: &[&str], config: &StackConfig) -> Value {
+    let from: Vec<Value> = clients
+        .iter()
+        .map(|client| json!({"podSelector": {"matchLabels": selector(region, client)}}))
+        .chain([from_namespace(&config.operator_namespace)])
+        .collect();
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": metadata(component, region, component),
@@ -380,10 +392,7 @@ fn store_policy(region: &str, component: &str, port: u16, config: &StackConfig) 
             "podSelector": {"matchLabels": selector(region, component)},
             "policyTypes": ["Ingress"],
             "ingress": [{
-                "from": [
-                    {"podSelector": {"matchLabels": selector(region, "meridian-booking")}},
-                    from_namespace(&config.operator_namespace),
-                ],
+                "from": from,
                 "ports": [{"protocol": "TCP", "port": port}],
             }],
         },
@@ -402,13 +411,110 @@ fn from_namespace(namespace: &str) -> Value {
     json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}})
 }
 
-/// The Region's booking workload (ServiceAccount, Deployment, Service, NetworkPolicy), for
-/// every provider whose workloads run in this cluster: it reads `DATABASE_URL` from the
-/// workload role's Secret `postgres-workload` (never the administrator's `postgres` nor the
-/// owner's) and `SEARCH_URL` from `search`, in the Region's namespace, and verifies both
-/// stores against the CA certificates of Secret `ca` (the operator's CA for `inCluster`, the
-/// Region's CA bundle for `aws`), mounted at [`CA_FILE`].
+/// Where the records service finds the vault's data keys: Secret `vault-keys`, one file per
+/// entry.
+pub const VAULT_KEYS_DIR: &str = "/var/run/meridian/vault-keys";
+
+/// The Region's workloads, for every provider whose workloads run in this cluster: booking
+/// and records, each a ServiceAccount, a Deployment, a Service and a NetworkPolicy. Booking
+/// reads `DATABASE_URL` from the workload role's Secret `postgres-workload` (never the
+/// administrator's `postgres` nor the owner's) and `SEARCH_URL` from `search`, in the
+/// Region's namespace, and verifies both stores against the CA certificates of Secret `ca`
+/// (the operator's CA for `inCluster`, the Region's CA bundle for `aws`), mounted at
+/// [`CA_FILE`]. Records reads the clinical tables as the workload role and the PII vault as
+/// the vault role (`VAULT_DATABASE_URL` from `postgres-vault`), with the countries' data keys
+/// from Secret `vault-keys` mounted read-only at [`VAULT_KEYS_DIR`].
 pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
+    let mut objects = booking(name, config);
+    objects.extend(records(name, config));
+    objects
+}
+
+/// The records service (FHIR R4 under `/{cc}/v1/fhir`): see [`workload`].
+fn records(name: &str, config: &StackConfig) -> Vec<Value> {
+    let name = name.to_string();
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": metadata("records", &name, "meridian-records"),
+        }),
+        // It serves the Countries bound to its Region (their regulatory rules), which it watches.
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {
+                "name": format!("{}-records", namespace(&name)),
+                "labels": labels(&name, "meridian-records"),
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": "records", "namespace": namespace(&name)}],
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata("records", &name, "meridian-records"),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": selector(&name, "meridian-records")},
+                "template": {
+                    "metadata": {"labels": labels(&name, "meridian-records")},
+                    "spec": {
+                        "serviceAccountName": "records",
+                        "containers": [{
+                            "name": "records",
+                            "image": config.workload_image,
+                            "args": ["records", "--listen", "0.0.0.0:8080", "--region", name],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "env": [
+                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}},
+                                {"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::VAULT_SECRET, "key": "url"}}},
+                                {"name": "DATABASE_CA_FILE", "value": CA_FILE},
+                                {"name": "VAULT_KEYS_DIR", "value": VAULT_KEYS_DIR},
+                                {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
+                                {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
+                            ],
+                            "volumeMounts": [
+                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+                                {"name": "vault-keys", "mountPath": VAULT_KEYS_DIR, "readOnly": true},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
+                            // Made by the first Country's reconcile; the kubelet updates the
+                            // files as Countries add keys and rotations add more.
+                            {"name": "vault-keys", "secret": {
+                                "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
+                                "optional": true,
+                                "defaultMode": 0o400,
+                            }},
+                        ],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": metadata("records", &name, "meridian-records"),
+            "spec": {
+                "selector": selector(&name, "meridian-records"),
+                "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("records", &name, "meridian-records"),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, "meridian-records")},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [from_namespace(&config.gateway_namespace), from_namespace(&config.operator_namespace)],
+                    "ports": [{"protocol": "TCP", "port": 8080}],
+                }],
+            },
+        }),
+    ]
+}
+
+/// The booking service: see [`workload`].
+fn booking(name: &str, config: &StackConfig) -> Vec<Value> {
     let name = name.to_string();
     vec![
         json!({
@@ -672,6 +778,11 @@ mod tests {
                 "Deployment/booking",
                 "Service/booking",
                 "NetworkPolicy/booking",
+                "ServiceAccount/records",
+                "ClusterRoleBinding/meridian-region-eu-central-1-records",
+                "Deployment/records",
+                "Service/records",
+                "NetworkPolicy/records",
                 "NetworkPolicy/postgres",
                 "NetworkPolicy/opensearch",
             ]
@@ -706,6 +817,53 @@ mod tests {
                 &json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "meridian-workload"}),
                 &json!([{"kind": "ServiceAccount", "name": "booking", "namespace": "meridian-region-eu-central-1"}])
             )
+        );
+    }
+
+    #[test]
+    fn the_records_service_reaches_the_vault_as_the_vault_role_with_the_keys_mounted_read_only() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
+        let records = find(&objects, "Deployment", "records");
+        let pod = &records["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["args"],
+            json!(["records", "--listen", "0.0.0.0:8080", "--region", "eu-central-1"])
+        );
+        assert_eq!(pod["serviceAccountName"], "records");
+        assert_eq!(
+            container["env"],
+            json!([
+                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres-workload", "key": "url"}}},
+                {"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres-vault", "key": "url"}}},
+                {"name": "DATABASE_CA_FILE", "value": "/etc/meridian/ca/ca.crt"},
+                {"name": "VAULT_KEYS_DIR", "value": "/var/run/meridian/vault-keys"},
+                {"name": "OIDC_ISSUER", "value": "https://idp.example"},
+                {"name": "OIDC_JWKS_URL", "value": "https://idp.example/.well-known/jwks.json"},
+            ])
+        );
+        assert_eq!(
+            container["volumeMounts"][1],
+            json!({"name": "vault-keys", "mountPath": "/var/run/meridian/vault-keys", "readOnly": true})
+        );
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "vault-keys", "secret": {"secretName": "vault-keys", "optional": true, "defaultMode": 256}})
+        );
+        // Booking never sees the vault: neither its role's URL nor the keys.
+        let booking = find(&objects, "Deployment", "booking").to_string();
+        assert!(
+            !booking.contains("postgres-vault") && !booking.contains("vault-keys"),
+            "{booking}"
+        );
+        let binding = find(&objects, "ClusterRoleBinding", "meridian-region-eu-central-1-records");
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "records", "namespace": "meridian-region-eu-central-1"}])
+        );
+        assert_eq!(
+            find(&objects, "Service", "records")["spec"]["ports"],
+            json!([{"name": "http", "port": 8080, "targetPort": 8080}])
         );
     }
 
@@ -805,8 +963,18 @@ mod tests {
         );
         let postgres = find(&objects, "NetworkPolicy", "postgres");
         assert_eq!(
-            postgres["spec"]["ingress"][0]["from"][0],
-            json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1"}}})
+            postgres["spec"]["ingress"][0]["from"],
+            json!([
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-booking", "app.kubernetes.io/instance": "eu-central-1"}}},
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-records", "app.kubernetes.io/instance": "eu-central-1"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "meridian-system"}}}
+            ])
+        );
+        let records = find(&objects, "NetworkPolicy", "records");
+        assert_eq!(
+            records["spec"]["ingress"],
+            find(&objects, "NetworkPolicy", "booking")["spec"]["ingress"],
+            "the records service is reached as booking is: from the gateway and the operator"
         );
         assert_eq!(
             postgres["spec"]["ingress"][0]["ports"],
