@@ -1,4 +1,5 @@
-//! The `meridian` binary's `crds` and `plan` subcommands, run as a user would.
+//! The `meridian` binary's subcommands (`crds`, `plan`, `booking`, `audit verify`), run as a
+//! user would.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,8 +44,16 @@ fn plan_on_a_fresh_machine_lists_every_migration_and_partition_and_changes_nothi
         ),
         "{text}"
     );
-    // 6 Regions x every migration + 8 Countries x (6 partitions + 2 booking constraints).
-    let changes = 6 * meridian_shared::schema::MIGRATIONS.len() + 8 * 8;
+    // The vault's partitions, quoted part by part.
+    assert!(
+        text.contains(
+            "+ CREATE TABLE IF NOT EXISTS \"vault\".\"patients_de\" PARTITION OF \"vault\".\"patients\" FOR VALUES IN ('DE');"
+        ),
+        "{text}"
+    );
+    // 6 Regions x every migration + 8 Countries x (a partition per table + 2 booking constraints).
+    let tables = meridian_shared::schema::PARTITIONED_TABLES.len();
+    let changes = 6 * meridian_shared::schema::MIGRATIONS.len() + 8 * (tables + 2);
     assert!(
         text.contains(&format!("{changes} change(s), 0 invalid manifest(s)")),
         "{text}"
@@ -279,4 +288,119 @@ async fn booking_follows_its_identity_providers_key_rotation() {
     let (status, body) = http(&addr, &list(admin(&old)));
     assert_eq!(status, 401, "{body}");
     stop(child);
+}
+
+/// `meridian audit verify --database-url URL`: its lines, and its exit code.
+fn audit_verify(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = meridian().args(["audit", "verify"]).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_says_each_countrys_chains_are_intact_and_where_one_was_tampered_with() {
+    use meridian_shared::audit::{Record, append};
+    use sqlx::Connection;
+    let pg = meridian_localpg::TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    meridian_shared::schema::prepare(&mut conn, &["DE", "FR", "JP"])
+        .await
+        .unwrap();
+    for (code, records) in [("DE", 40), ("FR", 3)] {
+        for i in 0..records {
+            let resource = format!("patient/{}", i % 13);
+            append(
+                &mut conn,
+                &Record {
+                    country_code: code,
+                    actor: "practitioner-1",
+                    action: "patient.read",
+                    resource: &resource,
+                    correlation_id: uuid::Uuid::new_v4(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let chains = |code: &'static str| {
+        let url = pg.url();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT chain) FROM audit WHERE country_code = $1")
+                .bind(code)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let (de_chains, fr_chains) = (chains("DE").await, chains("FR").await);
+    assert!(de_chains > 1, "records of several resources spread over chains");
+    let url = pg.url();
+    let (code, out, err) = audit_verify(&["--database-url", &url]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "DE: 40 records in {de_chains} chains, intact\nFR: 3 records in {fr_chains} chains, intact\n\
+             JP: 0 records in 0 chains, intact\n"
+        )
+    );
+
+    // A superuser rewrites who read a record, past the append-only trigger.
+    let (chain, seq): (i16, i64) = sqlx::query_as(
+        "SELECT chain, seq FROM audit WHERE country_code = 'DE' ORDER BY chain DESC, seq LIMIT 1 OFFSET 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let changed =
+        sqlx::query("UPDATE audit SET actor = 'someone else' WHERE country_code = 'DE' AND chain = $1 AND seq = $2")
+            .bind(chain)
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected();
+    assert_eq!(changed, 1);
+    let (code, out, err) = audit_verify(&["--database-url", &url]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("DE: chain {chain} is broken at record {seq}"),
+            format!("FR: 3 records in {fr_chains} chains, intact"),
+            "JP: 0 records in 0 chains, intact".to_string(),
+        ]
+    );
+
+    // A database that does not answer, or a Region that has none yet: 2, and why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, out, err) = audit_verify(&["--database-url", &format!("postgres://meridian@{closed}/meridian")]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) = audit_verify(&[
+        "--region",
+        "eu-central-1",
+        "--manifests",
+        examples().to_str().unwrap(),
+        "--data-dir",
+        data.path().join("none").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("Region eu-central-1 has no database"), "{err}");
+    let (code, _, err) = audit_verify(&["--region", "eu-nowhere-1", "--manifests", examples().to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no Region eu-nowhere-1"), "{err}");
 }

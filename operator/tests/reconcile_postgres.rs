@@ -143,12 +143,15 @@ async fn connect(pg: &TempCluster) -> PgConnection {
     PgConnection::connect(&pg.url()).await.unwrap()
 }
 
-/// `(partition, attached)` for every table whose name ends in `_<code>`, sorted.
+/// `(partition, attached)` for every table whose name ends in `_<code>`, sorted; those of
+/// the vault named `vault.<name>`.
 async fn partitions(pg: &TempCluster) -> Vec<(String, bool)> {
     sqlx::query_as(
-        "SELECT relname::text, relispartition FROM pg_class
-          WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname ~ '_[a-z]{2}$'
-          ORDER BY relname",
+        "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END,
+                c.relispartition
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname IN ('public', 'vault') AND c.relkind = 'r' AND c.relname ~ '_[a-z]{2}$'
+          ORDER BY 1 COLLATE \"C\"",
     )
     .fetch_all(&mut connect(pg).await)
     .await
@@ -219,10 +222,20 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
             "audit_it",
             "availability_es",
             "availability_it",
+            "fhir_history_es",
+            "fhir_history_it",
+            "fhir_resources_es",
+            "fhir_resources_it",
             "outbox_es",
             "outbox_it",
+            "patients_es",
+            "patients_it",
             "practitioners_es",
-            "practitioners_it"
+            "practitioners_it",
+            "vault.patient_history_es",
+            "vault.patient_history_it",
+            "vault.patients_es",
+            "vault.patients_it"
         ]
     );
     assert!(shared.iter().all(|(_, attached)| *attached));
@@ -234,8 +247,13 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
             "audit_de",
             "audit_heads_de",
             "availability_de",
+            "fhir_history_de",
+            "fhir_resources_de",
             "outbox_de",
-            "practitioners_de"
+            "patients_de",
+            "practitioners_de",
+            "vault.patient_history_de",
+            "vault.patients_de"
         ]
     );
 
@@ -573,7 +591,8 @@ async fn the_residency_report_places_each_country_in_its_regions_database_and_in
     f.apply(&de, &f.dedicated.1, std::slice::from_ref(&de)).await;
     f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
     let regions = [f.shared.1.clone(), f.dedicated.1.clone()];
-    let report = residency::report(&regions, &[de, es], &f.ctx, None).await;
+    let countries = [de, es];
+    let report = residency::report(&regions, &countries, &f.ctx, None).await;
     assert!(report.violations.is_empty(), "{report:#?}");
     assert!(report.unreachable.is_empty(), "{report:#?}");
     let placed: Vec<(&str, &str, usize, Option<&str>)> = report
@@ -595,6 +614,81 @@ async fn the_residency_report_places_each_country_in_its_regions_database_and_in
             ("ES", "eu-west-1", TABLES, Some("practitioners_es_v1")),
         ]
     );
+    let database = report
+        .stores
+        .iter()
+        .find(|s| s.region == "eu-west-1" && s.kind == "database")
+        .unwrap();
+    let claims: Vec<(&str, bool)> = database.checks.iter().map(|c| (c.claim.as_str(), c.holds)).collect();
+    assert_eq!(
+        claims,
+        [
+            (
+                "the workload role meridian_eu_west_1_workload holds no privilege on schema vault",
+                true
+            ),
+            (
+                "the workload role meridian_eu_west_1_workload holds no privilege on a table of schema vault",
+                true
+            ),
+            ("no sealed value of vault.patients reads as plaintext JSON", true),
+            ("no sealed value of vault.patient_history reads as plaintext JSON", true),
+        ]
+    );
+
+    // Rows in the records tables and the vault are counted per country: a sealed one (random
+    // bytes, one that is not UTF-8, one that starts like JSON) passes.
+    sqlx::raw_sql(
+        "INSERT INTO patients (country_code, client_id) VALUES ('ES', gen_random_uuid()), ('ES', gen_random_uuid());
+         INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed) VALUES
+           ('ES', gen_random_uuid(), 1, now(), 'k1', decode(md5(random()::text) || md5(random()::text), 'hex')),
+           ('ES', gen_random_uuid(), 1, now(), 'k1', '\\xff00fe7b'),
+           ('ES', gen_random_uuid(), 1, now(), 'k1', '\\x7b2200ff7d');
+         INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method)
+           VALUES ('ES', gen_random_uuid(), 1, now(), 'DELETE');",
+    )
+    .execute(&mut connect(&f.shared.0).await)
+    .await
+    .unwrap();
+    let report = residency::report(&regions, &countries, &f.ctx, None).await;
+    assert!(report.violations.is_empty(), "{report:#?}");
+    let es = report.countries.iter().find(|c| c.code == "ES").unwrap();
+    assert_eq!(
+        es.records,
+        BTreeMap::from([
+            ("fhir_history".to_string(), 0),
+            ("fhir_resources".to_string(), 0),
+            ("patients".to_string(), 2),
+            ("vault.patient_history".to_string(), 1),
+            ("vault.patients".to_string(), 3),
+        ])
+    );
+    let text = report.text();
+    assert!(text.contains("vault.patients"), "{text}");
+
+    // A name stored in the clear, and the clinical role given the vault: both are violations.
+    sqlx::raw_sql(
+        "INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed) VALUES
+           ('ES', gen_random_uuid(), 1, now(), 'k1', convert_to('{\"name\": [{\"family\": \"García\"}]}', 'UTF8'));
+         GRANT USAGE ON SCHEMA vault TO meridian_eu_west_1_workload;",
+    )
+    .execute(&mut connect(&f.shared.0).await)
+    .await
+    .unwrap();
+    let report = residency::report(&regions, &countries, &f.ctx, None).await;
+    assert_eq!(report.violations.len(), 2, "{:#?}", report.violations);
+    assert!(
+        report.violations[0].contains("holds no privilege on schema vault does not hold"),
+        "{:#?}",
+        report.violations
+    );
+    assert!(
+        report.violations[1]
+            .contains("vault.patients reads as plaintext JSON does not hold: rows reading as plaintext JSON: ES=1"),
+        "{:#?}",
+        report.violations
+    );
+    assert_eq!(report.exit_code(), 1);
 }
 
 fn created_at(mut c: Country, at: &str) -> Country {
@@ -868,12 +962,14 @@ async fn grants_and_roles(pg: &TempCluster, secrets: &Fixture) -> Vec<String> {
                        ARRAY(SELECT roleid::regrole::text FROM pg_auth_members WHERE member = a.oid))
            FROM pg_authid a WHERE rolname LIKE 'meridian\\_%'
          UNION ALL
-         SELECT format('relation %s owner=%s acl=%s', relname, relowner::regrole, relacl)
-           FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S', 'v')
+         SELECT format('relation %s.%s owner=%s acl=%s', relnamespace::regnamespace, relname, relowner::regrole, relacl)
+           FROM pg_class
+          WHERE relnamespace IN ('public'::regnamespace, 'vault'::regnamespace) AND relkind IN ('r', 'p', 'S', 'v')
          UNION ALL
          SELECT format('database %s acl=%s', datname, datacl) FROM pg_database WHERE datname = 'meridian'
          UNION ALL
-         SELECT format('schema %s acl=%s', nspname, nspacl) FROM pg_namespace WHERE nspname = 'public'
+         SELECT format('schema %s owner=%s acl=%s', nspname, nspowner::regrole, nspacl)
+           FROM pg_namespace WHERE nspname IN ('public', 'vault')
          UNION ALL
          SELECT format('default acl %s', defaclacl) FROM pg_default_acl",
     )
@@ -881,7 +977,7 @@ async fn grants_and_roles(pg: &TempCluster, secrets: &Fixture) -> Vec<String> {
     .await
     .unwrap();
     for region in ["eu-west-1", "eu-central-1"] {
-        for role in ["owner", "workload"] {
+        for role in ["owner", "workload", "vault"] {
             lines.push(format!(
                 "{region} {role} {:?}",
                 role_secret(secrets, region, role).await
@@ -908,11 +1004,14 @@ async fn each_role_may_do_exactly_what_it_is_for() {
         roles,
         [
             ("meridian_eu_west_1_owner", "owner"),
-            ("meridian_eu_west_1_workload", "workload")
+            ("meridian_eu_west_1_workload", "workload"),
+            ("meridian_eu_west_1_vault", "vault")
         ]
     );
     let workload = role_secret(&f, "eu-west-1", "workload").await["url"].clone();
     let owner = role_secret(&f, "eu-west-1", "owner").await["url"].clone();
+    let vault = role_secret(&f, "eu-west-1", "vault").await["url"].clone();
+    assert!(vault.starts_with("postgres://meridian_eu_west_1_vault:"), "{vault}");
     assert!(
         workload.starts_with("postgres://meridian_eu_west_1_workload:"),
         "{workload}"
@@ -987,6 +1086,63 @@ async fn each_role_may_do_exactly_what_it_is_for() {
             "CREATE TABLE practitioners_xx PARTITION OF practitioners FOR VALUES IN ('XX')",
             Refused,
         ),
+        // The PII vault is out of the workload role's reach, through the parents or not.
+        ("workload", "SELECT * FROM vault.patients", Refused),
+        ("workload", "SELECT * FROM vault.patient_history", Refused),
+        ("workload", "SELECT * FROM vault.patients_es", Refused),
+        (
+            "workload",
+            "INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed)
+             VALUES ('ES', gen_random_uuid(), 1, now(), 'k1', '\\x00')",
+            Refused,
+        ),
+        ("workload", "CREATE TABLE vault.mine (i int)", Refused),
+        // The vault role: the vault and the records tables, nothing of booking.
+        ("vault", "SELECT count(*) FROM vault.patients", Allowed),
+        ("vault", "SELECT count(*) FROM vault.patient_history", Allowed),
+        (
+            "vault",
+            "INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed)
+             VALUES ('ES', gen_random_uuid(), 1, now(), 'k1', '\\x00')",
+            Allowed,
+        ),
+        ("vault", "UPDATE vault.patients SET version = version + 1", Allowed),
+        ("vault", "DELETE FROM vault.patient_history", Allowed),
+        (
+            "vault",
+            "INSERT INTO patients (country_code, client_id) VALUES ('ES', gen_random_uuid())",
+            Allowed,
+        ),
+        ("vault", "SELECT count(*) FROM fhir_resources", Allowed),
+        ("vault", "SELECT count(*) FROM fhir_history", Allowed),
+        (
+            "vault",
+            "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
+             VALUES ('ES', 't', 'e', gen_random_uuid(), '{}')",
+            Allowed,
+        ),
+        ("vault", "SELECT count(*) FROM appointments", Refused),
+        ("vault", "SELECT count(*) FROM practitioners", Refused),
+        ("vault", "SELECT count(*) FROM availability", Refused),
+        ("vault", "SELECT count(*) FROM meridian_schema_migrations", Refused),
+        ("vault", "SELECT count(*) FROM vault.patients_es", Refused),
+        ("vault", "TRUNCATE vault.patients", Refused),
+        ("vault", "CREATE TABLE vault.mine (i int)", Refused),
+        ("vault", "CREATE TABLE mine (i int)", Refused),
+        ("vault", "ALTER TABLE vault.patients ADD COLUMN note text", Refused),
+        (
+            "vault",
+            "INSERT INTO audit (country_code, actor, action, resource, correlation_id, hash)
+             VALUES ('ES', 'v', 'read', 'Patient/1', gen_random_uuid(), '\\x00')",
+            Allowed,
+        ),
+        ("vault", "SELECT count(*) FROM audit", Allowed),
+        ("vault", "UPDATE audit SET actor = 'someone else'", Refused),
+        ("vault", "DELETE FROM audit", Refused),
+        ("vault", "TRUNCATE audit", Refused),
+        ("vault", "DELETE FROM audit_es", Refused),
+        ("vault", "TRUNCATE audit_es", Refused),
+        ("vault", "SET ROLE meridian_eu_west_1_owner", Refused),
         // The owner: the schema is its own.
         ("owner", "CREATE TABLE scratch (i int); DROP TABLE scratch", Allowed),
         ("owner", "ALTER TABLE practitioners ADD COLUMN note text", Allowed),
@@ -999,7 +1155,11 @@ async fn each_role_may_do_exactly_what_it_is_for() {
     ];
     let mut wrong = Vec::new();
     for (role, sql, expected) in table {
-        let url = if *role == "owner" { &owner } else { &workload };
+        let url = match *role {
+            "owner" => &owner,
+            "vault" => &vault,
+            _ => &workload,
+        };
         let got = attempt(url, sql).await;
         if &got != expected {
             wrong.push(format!("{role}: {sql}: expected {expected:?}, got {got:?}"));
@@ -1009,7 +1169,9 @@ async fn each_role_may_do_exactly_what_it_is_for() {
     // The owner owns everything in the schema, partitions included; the workload nothing.
     let owners: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT relowner::regrole::text FROM pg_class
-          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')",
+          WHERE relnamespace IN ('public'::regnamespace, 'vault'::regnamespace) AND relkind IN ('r', 'p', 'S')
+         UNION
+         SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'vault'",
     )
     .fetch_all(&mut connect(&f.shared.0).await)
     .await
@@ -1026,13 +1188,127 @@ async fn a_repeat_reconcile_changes_no_role_grant_or_secret() {
     assert!(
         before
             .iter()
-            .any(|l| l.starts_with("relation audit_es owner=meridian_eu_west_1_owner acl=")),
+            .any(|l| l.starts_with("relation public.audit_es owner=meridian_eu_west_1_owner acl=")),
         "{before:#?}"
     );
+    assert!(
+        before.iter().any(|l| l
+            == "schema vault owner=meridian_eu_west_1_owner acl={meridian_eu_west_1_owner=UC/meridian_eu_west_1_owner,\
+                meridian_eu_west_1_vault=U/meridian_eu_west_1_owner}"),
+        "only the owner and the vault role on schema vault: {before:#?}"
+    );
+    let ddl = f.ctx.metrics.writes().ddl;
     let again = region::apply(&f.shared.1, &f.ctx).await;
     assert_eq!(Some(&again.status), f.shared.1.status.as_ref());
     f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
     assert_eq!(grants_and_roles(&f.shared.0, &f).await, before);
+    assert_eq!(
+        f.ctx.metrics.writes().ddl,
+        ddl,
+        "no statement changed a schema, role or privilege"
+    );
+    assert_eq!(
+        role_secret(&f, "eu-west-1", "vault-keys").await.len(),
+        2,
+        "Spain's first key and which is active, once"
+    );
+}
+
+#[tokio::test]
+async fn extra_privileges_on_the_vault_are_taken_back_and_missing_ones_given() {
+    let f = Fixture::new().await;
+    let es = country("es", "ES", "eu-west-1", "shared");
+    f.apply(&es, &f.shared.1, std::slice::from_ref(&es)).await;
+    let before = grants_and_roles(&f.shared.0, &f).await;
+    // Someone gives the clinical role the vault, and takes a privilege from the vault role.
+    sqlx::raw_sql(
+        "GRANT USAGE ON SCHEMA vault TO meridian_eu_west_1_workload;
+         GRANT SELECT ON vault.patients TO meridian_eu_west_1_workload;
+         GRANT USAGE ON SCHEMA vault TO PUBLIC;
+         GRANT SELECT ON appointments TO meridian_eu_west_1_vault;
+         REVOKE INSERT ON vault.patient_history FROM meridian_eu_west_1_vault;",
+    )
+    .execute(&mut connect(&f.shared.0).await)
+    .await
+    .unwrap();
+    let workload = role_secret(&f, "eu-west-1", "workload").await["url"].clone();
+    assert_eq!(attempt(&workload, "SELECT * FROM vault.patients").await, Verdict::Ok);
+    let again = region::apply(&f.shared.1, &f.ctx).await;
+    assert!(conditions::is_true(&again.status.conditions, "Ready"), "{again:?}");
+    assert_eq!(grants_and_roles(&f.shared.0, &f).await, before);
+    assert_eq!(
+        attempt(&workload, "SELECT * FROM vault.patients").await,
+        Verdict::Refused
+    );
+}
+
+#[tokio::test]
+async fn a_country_gets_one_data_key_that_retain_keeps_and_delete_removes() {
+    let f = Fixture::new().await;
+    let keys = || async { role_secret(&f, "eu-west-1", "vault-keys").await };
+    let es = country("es", "ES", "eu-west-1", "shared");
+    let mut it = country("it", "IT", "eu-west-1", "shared");
+    it.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    let all = [es.clone(), it.clone()];
+    let es = f.reconciled(&es, &f.shared.1, &all).await;
+    let it = f.reconciled(&it, &f.shared.1, &all).await;
+    let status = es.status.clone().unwrap();
+    assert_eq!(status.data_keys, ["k1"], "{status:?}");
+    let first = keys().await;
+    assert_eq!(
+        first.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ES.active", "ES.k1", "IT.active", "IT.k1"]
+    );
+    let ring = meridian_records::keys::Keyring::from_secret(&first, "ES").unwrap();
+    assert_eq!(ring.active().id, "k1");
+    let shown = serde_json::to_string(&status).unwrap();
+    assert!(!shown.contains(&first["ES.k1"]), "no key material in status: {shown}");
+
+    // A repeat, and a changed spec, keep the key as it is.
+    let mut changed = es.clone();
+    changed.spec.display_name = "España".into();
+    let again = f.apply(&changed, &f.shared.1, &all).await;
+    assert_eq!(again.status.data_keys, ["k1"]);
+    assert_eq!(keys().await, first);
+
+    // A rotation's key is kept by the reconcile, and the key it replaced too.
+    let mut rotated = first.clone();
+    assert_eq!(meridian_records::keys::rotate(&mut rotated, "ES").unwrap(), "k2");
+    FileSecrets::new(f.secrets_dir.path().to_path_buf())
+        .write("eu-west-1", "vault-keys", &rotated)
+        .await
+        .unwrap();
+    f.apply(&es, &f.shared.1, &all).await;
+    assert_eq!(keys().await, rotated);
+
+    // Retain keeps the keys with the partitions; the country comes back to the same keys.
+    f.cleanup(&es, &f.shared.1, &[it.clone()]).await.unwrap();
+    assert_eq!(keys().await, rotated);
+    let back = f.apply(&es, &f.shared.1, &all).await;
+    assert!(conditions::is_true(&back.status.conditions, "Ready"));
+    assert_eq!(keys().await, rotated);
+
+    // Delete drops Italy's partitions and then its keys, and nothing of Spain's.
+    f.cleanup(&it, &f.shared.1, &[es.clone()]).await.unwrap();
+    let left = keys().await;
+    assert!(!left.keys().any(|k| k.starts_with("IT.")), "{left:?}");
+    assert_eq!(
+        left,
+        rotated
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ES."))
+            .collect::<BTreeMap<_, _>>()
+    );
+
+    // A refused duplicate of Spain owns no key, and its Delete removes none.
+    let mut dupe = country("spain", "ES", "eu-west-1", "shared");
+    dupe.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    dupe.status = es.status.clone();
+    let both = [es.clone(), dupe.clone()];
+    let refused = f.apply(&dupe, &f.shared.1, &both).await;
+    assert!(refused.status.data_keys.is_empty(), "{:?}", refused.status);
+    assert_eq!(f.cleanup(&dupe, &f.shared.1, &both).await.unwrap(), []);
+    assert_eq!(keys().await, left);
 }
 
 #[tokio::test]
@@ -1279,8 +1555,10 @@ async fn a_database_built_before_the_roles_is_handed_to_the_owner_partitions_inc
     let status = region::apply(&region("eu-west-1", "shared"), &ctx).await.status;
     assert!(conditions::is_true(&status.conditions, "Ready"), "{status:?}");
     let owners: Vec<(String, String)> = sqlx::query_as(
-        "SELECT relname::text, relowner::regrole::text FROM pg_class
-          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'S')
+        "SELECT relnamespace::regnamespace || '.' || relname, relowner::regrole::text FROM pg_class
+          WHERE relnamespace IN ('public'::regnamespace, 'vault'::regnamespace) AND relkind IN ('r', 'p', 'S')
+         UNION ALL
+         SELECT 'schema ' || nspname, nspowner::regrole::text FROM pg_namespace WHERE nspname = 'vault'
          UNION ALL
          SELECT proname::text, proowner::regrole::text FROM pg_proc
           WHERE pronamespace = 'public'::regnamespace AND proname = 'audit_is_append_only'
@@ -1294,7 +1572,14 @@ async fn a_database_built_before_the_roles_is_handed_to_the_owner_partitions_inc
         .filter(|(_, owner)| owner != "meridian_eu_west_1_owner")
         .collect();
     assert!(not_owned.is_empty(), "{not_owned:?}");
-    assert!(owners.iter().any(|(name, _)| name == "audit_es"), "{owners:?}");
+    for name in [
+        "public.audit_es",
+        "vault.patients_es",
+        "vault.patient_history",
+        "schema vault",
+    ] {
+        assert!(owners.iter().any(|(n, _)| n == name), "{name}: {owners:?}");
+    }
     let workload = store.read("eu-west-1", "postgres-workload").await.unwrap()["url"].clone();
     for (sql, expected) in [
         (
@@ -1304,7 +1589,16 @@ async fn a_database_built_before_the_roles_is_handed_to_the_owner_partitions_inc
         ),
         ("TRUNCATE audit_es", Verdict::Refused),
         ("DELETE FROM audit_es", Verdict::Refused),
+        ("SELECT * FROM vault.patients", Verdict::Refused),
     ] {
         assert_eq!(attempt(&workload, sql).await, expected, "{sql}");
+    }
+    let vault = store.read("eu-west-1", "postgres-vault").await.unwrap()["url"].clone();
+    for (sql, expected) in [
+        ("SELECT count(*) FROM vault.patients", Verdict::Ok),
+        ("SELECT count(*) FROM appointments", Verdict::Refused),
+        ("TRUNCATE audit_es", Verdict::Refused),
+    ] {
+        assert_eq!(attempt(&vault, sql).await, expected, "{sql}");
     }
 }
