@@ -1292,14 +1292,14 @@ async fn a_country_gets_one_data_key_that_retain_keeps_and_delete_removes() {
     assert_eq!(keys().await, rotated);
 
     // Retain keeps the keys with the partitions; the country comes back to the same keys.
-    f.cleanup(&es, &f.shared.1, &[it.clone()]).await.unwrap();
+    f.cleanup(&es, &f.shared.1, std::slice::from_ref(&it)).await.unwrap();
     assert_eq!(keys().await, rotated);
     let back = f.apply(&es, &f.shared.1, &all).await;
     assert!(conditions::is_true(&back.status.conditions, "Ready"));
     assert_eq!(keys().await, rotated);
 
     // Delete drops Italy's partitions and then its keys, and nothing of Spain's.
-    f.cleanup(&it, &f.shared.1, &[es.clone()]).await.unwrap();
+    f.cleanup(&it, &f.shared.1, std::slice::from_ref(&es)).await.unwrap();
     let left = keys().await;
     assert!(!left.keys().any(|k| k.starts_with("IT.")), "{left:?}");
     assert_eq!(
