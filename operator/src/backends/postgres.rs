@@ -693,3 +693,30 @@ fn difference<'a>(held: &'a [String], wanted: &[&'a str]) -> (Vec<&'a str>, Vec<
         .collect();
     (extra, missing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_region_has_three_roles_whose_names_fit_postgres_and_never_collide() {
+        let roles = RoleNames::of("eu-central-1");
+        assert_eq!(
+            (roles.owner.as_str(), roles.workload.as_str(), roles.vault.as_str()),
+            (
+                "meridian_eu_central_1_owner",
+                "meridian_eu_central_1_workload",
+                "meridian_eu_central_1_vault"
+            )
+        );
+        let long = "a-region-whose-name-is-far-too-long-for-a-postgresql-role-name-of-its-own";
+        let roles = RoleNames::of(long);
+        for name in [&roles.owner, &roles.workload, &roles.vault] {
+            assert!(name.len() <= 63, "{name}");
+        }
+        assert!(roles.vault.ends_with("_vault") && roles.workload.ends_with("_workload"));
+        assert_eq!(roles.vault.len(), 63, "{}", roles.vault);
+        let other = RoleNames::of(&format!("{long}-2"));
+        assert_ne!(roles.vault, other.vault, "the hash of the whole name tells them apart");
+    }
+}
