@@ -94,8 +94,9 @@ pub async fn run(options: &VerifyOptions) -> Verification {
     }
 }
 
-/// A Region of `meridian dev`: its database reached as the owner role it published, the
-/// cluster started for the check (and stopped after) when no `meridian dev` runs.
+/// A Region of `meridian dev`: its database reached as `meridian plan` and the residency
+/// report reach it ([`crate::plan_cmd::reading_endpoint`]), the cluster started for the
+/// check (and stopped after) when no `meridian dev` runs.
 async fn verify_dev_region(options: &VerifyOptions) -> anyhow::Result<Verification> {
     let name = options.region.clone().unwrap_or_default();
     let loaded = crate::dev::manifests::load(&options.manifests)?;
@@ -118,7 +119,7 @@ async fn verify_dev_region(options: &VerifyOptions) -> anyhow::Result<Verificati
         }
     }
     let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(loaded.secrets.clone())));
-    let verification = match ctx.providers.locate(&region).await {
+    let verification = match crate::plan_cmd::reading_endpoint(&ctx, &region).await {
         Ok(endpoint) => verify_url(&endpoint.url).await,
         Err(e) => Verification {
             countries: Vec::new(),

@@ -54,6 +54,20 @@ pub fn local_clusters(data_dir: &Path) -> anyhow::Result<(LocalClusters, Option<
     })
 }
 
+/// Where a command that only reads reaches `region`'s database: a `local` Region's own
+/// cluster as its administrator (the roles' Secrets name the port the cluster had when
+/// `meridian dev` last reconciled it, and a cluster started for reading gets a new one);
+/// any other Region as the owner role it published.
+pub async fn reading_endpoint(
+    ctx: &Context,
+    region: &Region,
+) -> Result<crate::providers::Endpoint, crate::providers::ProviderError> {
+    match region.spec.provider {
+        RegionProvider::Local => ctx.providers.admin(region).await,
+        _ => ctx.providers.locate(region).await,
+    }
+}
+
 /// Plans `manifests_dir` against the stores. Local Regions are read from the `meridian dev`
 /// running on `data_dir`, or, when none runs, from their clusters on disk, started for
 /// the duration of the plan.

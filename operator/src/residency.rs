@@ -198,7 +198,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
     let mut records: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for region in regions {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let endpoint = match ctx.providers.locate(region).await {
+        let endpoint = match crate::plan_cmd::reading_endpoint(ctx, region).await {
             Ok(endpoint) => endpoint,
             Err(e) => {
                 report.unreachable.push(format!("Region {name} database: {e}"));

@@ -404,3 +404,72 @@ async fn audit_verify_says_each_countrys_chains_are_intact_and_where_one_was_tam
     assert_eq!(code, Some(2));
     assert!(err.contains("no Region eu-nowhere-1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_reaches_a_stopped_dev_regions_database_through_its_manifests_and_data_dir() {
+    use meridian_operator::controller::{Context, region};
+    use meridian_operator::providers::{LocalClusters, Providers, StaticSecrets};
+    use meridian_shared::audit::{Record, append};
+    use sqlx::Connection;
+    use std::sync::Arc;
+    // What `meridian dev` leaves on disk: the Region's cluster, migrated, with its roles'
+    // Secrets, and Germany's partitions and audit records.
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples().join("regions/eu-central-1.yaml"),
+        manifests.path().join("eu-central-1.yaml"),
+    )
+    .unwrap();
+    let data = tempfile::Builder::new().prefix("meridian-audit-").tempdir().unwrap();
+    let local = Arc::new(LocalClusters::new(
+        data.path().to_path_buf(),
+        meridian_localpg::Durability::Durable,
+    ));
+    let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(StaticSecrets::default())));
+    let frankfurt: meridian_crds::Region =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(examples().join("regions/eu-central-1.yaml")).unwrap())
+            .unwrap();
+    let outcome = region::apply(&frankfurt, &ctx).await;
+    assert!(
+        meridian_operator::conditions::is_true(&outcome.status.conditions, "Ready"),
+        "{:?}",
+        outcome.status
+    );
+    let owner = ctx.providers.locate(&frankfurt).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(owner.url.as_str()).await.unwrap();
+    for sql in meridian_shared::schema::fresh_country_sql("DE") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        let resource = format!("patient/{i}");
+        let record = Record {
+            country_code: "DE",
+            actor: "practitioner-1",
+            action: "patient.read",
+            resource: &resource,
+            correlation_id: uuid::Uuid::new_v4(),
+        };
+        append(&mut conn, &record).await.unwrap();
+    }
+    let chains: i64 = sqlx::query_scalar("SELECT count(DISTINCT chain) FROM audit WHERE country_code = 'DE'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let stopping = local.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_all()).await.unwrap();
+
+    let (code, out, err) = audit_verify(&[
+        "--region",
+        "eu-central-1",
+        "--manifests",
+        manifests.path().to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, format!("DE: 5 records in {chains} chains, intact\n"));
+}
