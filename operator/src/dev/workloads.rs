@@ -1,6 +1,7 @@
-//! The workloads inside `meridian dev`: one booking service per Ready Region, holding only
-//! that Region's database connections, behind one entry point that routes `/{cc}/v1/...`
-//! to the Region holding country `cc`. A local token issuer stands in for the OIDC provider.
+//! The workloads inside `meridian dev`: one booking and one records service per Ready
+//! Region, holding only that Region's database connections, behind one entry point that
+//! routes `/{cc}/v1/...` to the Region holding country `cc` (`/{cc}/v1/fhir/...` to its
+//! records service). A local token issuer stands in for the OIDC provider.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ struct RegionService {
     url: crate::providers::ConnectionUrl,
     countries: Countries,
     router: Router,
+    /// The records service, connected as the workload role and the vault role.
+    records_countries: meridian_records::http::Countries,
+    records: Router,
     /// Keeps the Region's search indexes current from its outbox.
     indexer: tokio::task::JoinHandle<()>,
 }
@@ -46,7 +50,8 @@ impl Drop for RegionService {
 }
 
 /// The per-Region services and the issuer. Each service connects as its Region's workload
-/// role (rows only, the audit trail insert-only), never as the owner or the superuser.
+/// role (rows only, the audit trail insert-only), the records service also as its vault
+/// role, never as the owner or the superuser.
 pub struct Workloads {
     issuer: DevIssuer,
     verifier: Arc<Verifier>,
@@ -67,8 +72,10 @@ impl Workloads {
     /// Brings the services in line with the reconciled state: a service for every Ready
     /// Region (connected to its database only), each serving the countries bound to it.
     pub async fn sync(&self, regions: &[Region], countries: &[Country], ctx: &Context) {
-        let mut wanted: HashMap<String, (crate::providers::ConnectionUrl, Option<meridian_search::Backend>)> =
-            HashMap::new();
+        let mut wanted: HashMap<String, Wanted> = HashMap::new();
+        // Each Region's data keys, read at every sync: a rotation or a new country reaches
+        // the records service without a restart.
+        let mut keys: HashMap<String, crate::providers::SecretData> = HashMap::new();
         // Regions whose database is being restarted: their services stay (answering 503
         // until it is back) rather than vanish (404).
         let mut kept: HashSet<String> = HashSet::new();
@@ -87,10 +94,26 @@ impl Workloads {
             if !ready && !restarting {
                 continue;
             }
+            if let Ok(store) = ctx.providers.region_secrets(region) {
+                match store.read(&name, meridian_records::keys::VAULT_KEYS_SECRET).await {
+                    Ok(data) => {
+                        keys.insert(name.clone(), data);
+                    }
+                    Err(e) => tracing::warn!(region = %name, error = %e.message, "cannot read the vault keys"),
+                }
+            }
             match ctx.providers.workload(region).await {
                 Ok(endpoint) if ready => {
                     let search = ctx.providers.search(region).await.ok();
-                    wanted.insert(name, (endpoint.url, search));
+                    let vault = ctx.providers.vault(region).await.ok().map(|e| e.url);
+                    wanted.insert(
+                        name,
+                        Wanted {
+                            url: endpoint.url,
+                            vault,
+                            search,
+                        },
+                    );
                 }
                 Err(e) if e.reason != DATABASE_RESTARTING => {}
                 // Down, or back but its Region not reconciled yet.
@@ -101,9 +124,9 @@ impl Workloads {
         }
         let mut services = self.regions.write().expect("workloads lock");
         services.retain(|name, service| {
-            kept.contains(name) || wanted.get(name).is_some_and(|(url, _)| url == &service.url)
+            kept.contains(name) || wanted.get(name).is_some_and(|w| w.url == service.url)
         });
-        for (name, (url, search)) in wanted {
+        for (name, Wanted { url, vault, search }) in wanted {
             if services.contains_key(&name) {
                 continue;
             }
@@ -111,7 +134,20 @@ impl Workloads {
             let Ok(options) = meridian_shared::tls::pg_options(url.as_str(), url.ca()) else {
                 continue;
             };
-            let pool = meridian_booking::pool_options(16).connect_lazy_with(options);
+            let pool = meridian_booking::pool_options(16).connect_lazy_with(options.clone());
+            // Without its vault role (a Region reconciled by an older Meridian) the records
+            // service still answers, and says the store is out of reach.
+            let vault_options = vault
+                .and_then(|v| meridian_shared::tls::pg_options(v.as_str(), v.ca()).ok())
+                .unwrap_or(options);
+            let vault_pool = meridian_records::pool_options(8).connect_lazy_with(vault_options);
+            let records_countries = meridian_records::http::Countries::default();
+            let records = meridian_records::http::Service::new(
+                pool.clone(),
+                vault_pool,
+                self.verifier.clone(),
+                records_countries.clone(),
+            );
             let countries = Countries::default();
             let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
             let indexer = match search {
@@ -127,14 +163,21 @@ impl Workloads {
                     url,
                     countries,
                     router: app(Arc::new(service)),
+                    records_countries,
+                    records: meridian_records::http::app(Arc::new(records)),
                     indexer,
                 },
             );
         }
+        let none = crate::providers::SecretData::new();
         for (name, service) in services.iter() {
             service
                 .countries
                 .set(meridian_booking::served::entries(countries, name));
+            let keys = keys.get(name).unwrap_or(&none);
+            service
+                .records_countries
+                .set(meridian_records::served::entries(countries, name, keys));
         }
     }
 
@@ -188,17 +231,25 @@ async fn follow_outbox(pool: sqlx::PgPool, backend: meridian_search::Backend) {
     }
 }
 
+/// What a Ready Region's services connect to.
+struct Wanted {
+    url: crate::providers::ConnectionUrl,
+    vault: Option<crate::providers::ConnectionUrl>,
+    search: Option<meridian_search::Backend>,
+}
+
 async fn dispatch(
     State(w): State<Arc<Workloads>>,
-    Path((cc, _)): Path<(String, String)>,
+    Path((cc, rest)): Path<(String, String)>,
     request: Request,
 ) -> Response {
+    let records = rest == "fhir" || rest.starts_with("fhir/");
     let router = {
         let services = w.regions.read().expect("workloads lock");
         services
             .values()
             .find(|s| s.countries.get(&cc).is_some())
-            .map(|s| s.router.clone())
+            .map(|s| if records { s.records.clone() } else { s.router.clone() })
     };
     match router {
         Some(router) => {
