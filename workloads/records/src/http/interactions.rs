@@ -55,6 +55,30 @@ fn is_own(stored: &Stored, own: Option<Uuid>) -> bool {
     subject == Some(&format!("Patient/{own}"))
 }
 
+/// Whether resource `id` is about the patient `own`, whether or not it is deleted: a
+/// Patient caller learns nothing, not even a deletion, of what is not theirs.
+async fn is_theirs(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    resource_type: ResourceType,
+    id: Uuid,
+    own: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let Some(own) = own else { return Ok(false) };
+    if resource_type == ResourceType::Patient {
+        return Ok(id == own);
+    }
+    let patient: Option<Option<Uuid>> = sqlx::query_scalar(
+        "SELECT patient FROM fhir_resources WHERE country_code = $1 AND resource_type = $2 AND id = $3",
+    )
+    .bind(&caller.country.rules.code)
+    .bind(resource_type.as_str())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(patient.flatten() == Some(own))
+}
+
 /// `POST /{cc}/v1/fhir/{type}`: create, or with `If-None-Exist` a conditional create.
 pub async fn create(
     State(service): State<Arc<Service>>,
@@ -158,6 +182,13 @@ async fn read_allowed(
         Access::Clinician => None,
         Access::Patient => Some(caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?),
     };
+    if let Some(own) = own
+        && !is_theirs(&mut tx, caller, resource_type, id, own)
+            .await
+            .map_err(|e| fail(e.into()))?
+    {
+        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
+    }
     let stored = match version {
         None => store::read(&mut tx, &scope, resource_type, id).await,
         Some(v) => store::history(&mut tx, &scope, resource_type, id, Some(v))
@@ -166,6 +197,7 @@ async fn read_allowed(
     };
     let stored = stored.map_err(fail)?;
     if let Some(own) = own
+        && stored.body.is_some()
         && !is_own(&stored, own)
     {
         return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
@@ -313,10 +345,12 @@ async fn history(service: &Service, caller: &Caller, resource_type: ResourceType
     let fail = |e| store_failure(e, caller.correlation_id);
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
-        // A patient sees the history of what is theirs now.
+        // A patient sees the history of what is theirs now (deleted or not).
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
-        let current = store::read(&mut tx, &scope, resource_type, id).await;
-        if !current.as_ref().is_ok_and(|s| is_own(s, own)) {
+        if !is_theirs(&mut tx, caller, resource_type, id, own)
+            .await
+            .map_err(|e| fail(e.into()))?
+        {
             return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
         }
     }
