@@ -66,6 +66,24 @@ fn entry_issue(i: usize, issue: Issue) -> Issue {
     issue.within(&format!("Bundle.entry[{i}]"))
 }
 
+/// An issue with entry `i`'s resource: `Observation.code` becomes
+/// `Bundle.entry[i].resource.code`; an issue naming no element names the entry.
+fn resource_issue(i: usize, mut issue: Issue) -> Issue {
+    let Some(expression) = issue.expression.take() else {
+        return entry_issue(i, issue);
+    };
+    let inner = match expression.split_once('.') {
+        Some((head, rest)) if ResourceType::parse(head).is_some() => Some(rest.to_string()),
+        None if ResourceType::parse(&expression).is_some() => None,
+        _ => Some(expression),
+    };
+    issue.expression = Some(match inner {
+        Some(inner) => format!("Bundle.entry[{i}].resource.{inner}"),
+        None => format!("Bundle.entry[{i}].resource"),
+    });
+    issue
+}
+
 fn bad_entry(i: usize, what: &str, message: String) -> Issue {
     Issue::invalid(IssueType::Invalid, message, None).within(&format!("Bundle.entry[{i}].{what}"))
 }
@@ -157,10 +175,8 @@ fn plan(bundle: &Value, caller: &Caller) -> Result<Vec<Work>, Issue> {
         }
         let checked = |body: Option<Value>| -> Result<Checked, Issue> {
             let body = body.ok_or_else(|| bad_entry(i, "resource", "this entry needs its resource".into()))?;
-            resource_type_of(&body, Some(resource_type))
-                .map_err(|e| e.within(&format!("Bundle.entry[{i}].resource")))?;
-            validate::check(resource_type, body, &caller.country.rules, today)
-                .map_err(|e| entry_issue(i, e.within("resource")))
+            resource_type_of(&body, Some(resource_type)).map_err(|e| resource_issue(i, e))?;
+            validate::check(resource_type, body, &caller.country.rules, today).map_err(|e| resource_issue(i, e))
         };
         let existing_id = |part: Option<String>| -> Result<Uuid, Issue> {
             part.and_then(|p| p.parse().ok()).ok_or_else(|| {
@@ -255,7 +271,7 @@ pub async fn transaction(
     let scope = caller.scope();
     let fail = |i: usize| {
         let correlation_id = caller.correlation_id;
-        move |e| entry_issue(i, store_failure(e, correlation_id))
+        move |e| resource_issue(i, store_failure(e, correlation_id))
     };
     // The vault role: a transaction may create a Patient and what refers to it.
     let mut tx = service
