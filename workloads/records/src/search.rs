@@ -267,6 +267,8 @@ pub fn parse(
             ("_include", _) => {
                 if !includes(resource_type).contains(&value.as_str()) {
                     if lenient {
+                        // The self link names only what was applied.
+                        search.echo.pop();
                         search.ignored.push(format!("_include={value}"));
                         continue;
                     }
@@ -281,6 +283,7 @@ pub fn parse(
             ("_id", _) => Condition::Ids(values.iter().filter_map(|v| v.parse().ok()).collect()),
             (_, None) => {
                 if lenient {
+                    search.echo.pop();
                     search.ignored.push(name.clone());
                     continue;
                 }
