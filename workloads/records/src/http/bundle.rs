@@ -62,6 +62,27 @@ fn resolve_references(value: &mut Value, assigned: &HashMap<String, String>) {
     }
 }
 
+/// Points what the Bundle still has to write at `found` instead of `planned`: a conditional
+/// create matched an existing resource, so the references to its entry's full URL (already
+/// replaced by the id planned for it) name the resource it matched.
+fn retarget(work: &mut [Option<Work>], resource_type: ResourceType, planned: Uuid, found: Uuid) {
+    let moved = HashMap::from([(format!("{resource_type}/{planned}"), format!("{resource_type}/{found}"))]);
+    for item in work.iter_mut().flatten() {
+        let (Work::Create { checked, .. } | Work::Update { checked, .. }) = item else {
+            continue;
+        };
+        resolve_references(&mut checked.body, &moved);
+        for target in &mut checked.references {
+            if target.resource_type == resource_type && target.id == planned {
+                target.id = found;
+            }
+        }
+        if resource_type == ResourceType::Patient && checked.indexed.patient == Some(planned) {
+            checked.indexed.patient = Some(found);
+        }
+    }
+}
+
 fn entry_issue(i: usize, issue: Issue) -> Issue {
     issue.within(&format!("Bundle.entry[{i}]"))
 }
@@ -305,6 +326,9 @@ pub async fn transaction(
                         ));
                     }
                     existing = found.first().copied();
+                    if let Some(found) = existing {
+                        retarget(&mut work, resource_type, id, found);
+                    }
                 }
                 match existing {
                     Some(found) => (
