@@ -595,7 +595,7 @@ pub async fn run(
     for (_, id, version, last_updated, content, key_id, sealed) in rows {
         let body = match (content, key_id, sealed) {
             (Some(content), _, _) => content,
-            (None, Some(key_id), Some(sealed)) => store::unseal(scope.ring, id, &key_id, &sealed)?,
+            (None, Some(key_id), Some(sealed)) => store::unseal(scope.ring, id, version, &key_id, &sealed)?,
             _ => continue,
         };
         matches.push(Stored {
@@ -656,7 +656,7 @@ pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) 
                 id,
                 version,
                 last_updated,
-                body: Some(store::unseal(scope.ring, id, &key_id, &sealed)?),
+                body: Some(store::unseal(scope.ring, id, version, &key_id, &sealed)?),
             })
         })
         .collect()

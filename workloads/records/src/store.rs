@@ -553,10 +553,24 @@ pub async fn audit_read(conn: &mut PgConnection, scope: &Scope<'_>, action: &str
     Ok(())
 }
 
-/// Opens a vault row.
-pub fn unseal(ring: &Keyring, id: Uuid, key_id: &str, sealed: &[u8]) -> Result<Value> {
+/// Opens a vault row: version `version` of Patient `id`. The sealed resource names its id
+/// and version, so an older version of the same patient's row put back in place of the
+/// current one (which the cipher alone would open) is refused like any tampered row.
+pub fn unseal(ring: &Keyring, id: Uuid, version: i64, key_id: &str, sealed: &[u8]) -> Result<Value> {
     let plaintext = vault::open(ring, id, key_id, sealed)?;
-    Ok(serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+    let body: Value = serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let id_text = id.to_string();
+    if body.get("id").and_then(Value::as_str) != Some(id_text.as_str())
+        || body.pointer("/meta/versionId").and_then(Value::as_str) != Some(version.to_string().as_str())
+    {
+        return Err(vault::VaultError::Tampered {
+            country: ring.country.clone(),
+            client_id: id,
+            key_id: key_id.into(),
+        }
+        .into());
+    }
+    Ok(body)
 }
 
 /// The current version of a resource: 404 when unknown, 410 when deleted. Audited.
@@ -574,7 +588,7 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
             let body = if deleted.is_some() {
                 None
             } else {
-                Some(unseal(scope.ring, id, &key_id, &sealed)?)
+                Some(unseal(scope.ring, id, version, &key_id, &sealed)?)
             };
             Ok::<_, StoreError>(Stored {
                 resource_type,
@@ -646,7 +660,7 @@ pub async fn history(
         .await?;
         for (version, last_updated, key_id, sealed) in rows {
             let body = match (key_id, sealed) {
-                (Some(key_id), Some(sealed)) => Some(unseal(scope.ring, id, &key_id, &sealed)?),
+                (Some(key_id), Some(sealed)) => Some(unseal(scope.ring, id, version, &key_id, &sealed)?),
                 _ => None,
             };
             versions.push(Stored {
