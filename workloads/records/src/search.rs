@@ -641,7 +641,8 @@ pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) 
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i64, DateTime<Utc>, String, Vec<u8>)> = sqlx::query_as(
+    type Row = (Uuid, i64, DateTime<Utc>, String, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT client_id, version, last_updated, key_id, sealed FROM vault.patients
           WHERE country_code = $1 AND client_id = ANY($2) AND deleted_at IS NULL ORDER BY client_id",
     )

@@ -573,10 +573,17 @@ pub fn unseal(ring: &Keyring, id: Uuid, version: i64, key_id: &str, sealed: &[u8
     Ok(body)
 }
 
+/// A vault row as read: version, last update, deletion, key id, sealed bytes.
+type VaultRow = (i64, DateTime<Utc>, Option<DateTime<Utc>>, String, Vec<u8>);
+/// A clinical row as read: version, last update, deletion, content.
+type ClinicalRow = (i64, DateTime<Utc>, Option<DateTime<Utc>>, Value);
+/// A vault history row: version, last update, key id and sealed bytes (none for a deletion).
+type VaultVersionRow = (i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>);
+
 /// The current version of a resource: 404 when unknown, 410 when deleted. Audited.
 pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: ResourceType, id: Uuid) -> Result<Stored> {
     let stored = if resource_type == ResourceType::Patient {
-        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, String, Vec<u8>)> = sqlx::query_as(
+        let row: Option<VaultRow> = sqlx::query_as(
             "SELECT version, last_updated, deleted_at, key_id, sealed FROM vault.patients
               WHERE country_code = $1 AND client_id = $2",
         )
@@ -600,7 +607,7 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         })
         .transpose()?
     } else {
-        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, Value)> = sqlx::query_as(
+        let row: Option<ClinicalRow> = sqlx::query_as(
             "SELECT version, last_updated, deleted_at, content FROM fhir_resources
               WHERE country_code = $1 AND resource_type = $2 AND id = $3",
         )
@@ -648,7 +655,7 @@ pub async fn history(
 ) -> Result<Vec<Stored>> {
     let mut versions = Vec::new();
     if resource_type == ResourceType::Patient {
-        let rows: Vec<(i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<VaultVersionRow> = sqlx::query_as(
             "SELECT version, last_updated, key_id, sealed FROM vault.patient_history
               WHERE country_code = $1 AND client_id = $2 AND ($3::bigint IS NULL OR version = $3)
               ORDER BY version DESC",

@@ -16,7 +16,7 @@ pub fn statement(cc: &str) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|&t| {
-            let mut interactions = vec![
+            let mut interactions = [
                 "create",
                 "read",
                 "vread",
