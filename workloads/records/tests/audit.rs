@@ -20,6 +20,8 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Sends under a new correlation ID, wanting `status` and the audit `actions`.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         method: Method,
