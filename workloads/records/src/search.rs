@@ -688,6 +688,22 @@ pub async fn everything(conn: &mut PgConnection, scope: &Scope<'_>, id: Uuid) ->
         .collect())
 }
 
+/// What a conditional create on `condition` locks ([`store::lock_condition`]): a Patient's
+/// national ID (or an identifier without a system) normalised as [`by_identifier`] matches
+/// it, so that requests spelling one ID differently wait for each other too.
+pub fn condition_key(scope: &Scope<'_>, resource_type: ResourceType, condition: &str) -> String {
+    if resource_type != ResourceType::Patient {
+        return condition.to_string();
+    }
+    match condition.split_once('|') {
+        Some((system, value)) if Some(system) == scope.rules.national_id_system.as_deref() => {
+            format!("{system}|{}", crate::national_id::normalise(value))
+        }
+        Some(_) => condition.to_string(),
+        None => crate::national_id::normalise(condition),
+    }
+}
+
 /// Resources of `resource_type` whose identifier is `condition` (`system|value`), for a
 /// conditional create.
 pub async fn by_identifier(

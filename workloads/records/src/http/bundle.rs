@@ -309,9 +309,14 @@ pub async fn transaction(
                 let resource_type = checked.resource_type;
                 let mut existing = None;
                 if let Some(condition) = &condition {
-                    store::lock_condition(&mut tx, scope.country(), resource_type, condition)
-                        .await
-                        .map_err(fail(i))?;
+                    store::lock_condition(
+                        &mut tx,
+                        scope.country(),
+                        resource_type,
+                        &search::condition_key(&scope, resource_type, condition),
+                    )
+                    .await
+                    .map_err(fail(i))?;
                     let found = search::by_identifier(&mut tx, &scope, resource_type, condition)
                         .await
                         .map_err(fail(i))?;

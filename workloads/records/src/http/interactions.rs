@@ -110,9 +110,14 @@ pub async fn create(
     let fail = |e| store_failure(e, caller.correlation_id);
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
     if let Some(condition) = &condition {
-        store::lock_condition(&mut tx, scope.country(), resource_type, condition)
-            .await
-            .map_err(fail)?;
+        store::lock_condition(
+            &mut tx,
+            scope.country(),
+            resource_type,
+            &search::condition_key(&scope, resource_type, condition),
+        )
+        .await
+        .map_err(fail)?;
         let found = search::by_identifier(&mut tx, &scope, resource_type, condition)
             .await
             .map_err(fail)?;
