@@ -207,3 +207,40 @@ async fn pages_stay_correct_while_data_changes() {
         }
     }
 }
+
+/// The same Krankenversichertennummer written two ways is one condition: concurrent
+/// conditional creates that spell it differently still create one Patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_national_id_written_two_ways_is_one_condition() {
+    let h = Harness::start(&["DE"]).await;
+    let dr = h.clinician("DE");
+    let patient = resources::patient("K123456789", "Krüger");
+    let spellings = [
+        format!("identifier={KVNR_SYSTEM}|K123456789"),
+        format!("identifier={KVNR_SYSTEM}|K%20123%20456%20789"),
+        format!("identifier={KVNR_SYSTEM}|k123456789"),
+    ];
+    let headers: Vec<[(&str, &str); 1]> = spellings.iter().map(|s| [("if-none-exist", s.as_str())]).collect();
+    let replies = join_all((0..48).map(|i| {
+        h.send(
+            Method::POST,
+            "/de/v1/fhir/Patient",
+            Some(&dr),
+            &headers[i % 3],
+            Some(&patient),
+        )
+    }))
+    .await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert!(
+        replies.iter().all(|r| r.status.is_success()),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let ids: BTreeSet<String> = replies.iter().map(|r| r.id()).collect();
+    assert_eq!(
+        (created, ids.len()),
+        (1, 1),
+        "one Patient, whichever way the ID is written"
+    );
+}
