@@ -375,6 +375,22 @@ async fn every_interaction_by_every_role() {
     assert!(failures.is_empty(), "\n{out}\n{}", failures.join("\n"));
 }
 
+/// The CapabilityStatement is open to all, for the countries served here only.
+#[tokio::test]
+async fn metadata_is_served_for_the_countries_here_only() {
+    let h = Harness::start(&["DE"]).await;
+    let reply = h.send(Method::GET, "/de/v1/fhir/metadata", None, &[], None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["resourceType"], "CapabilityStatement");
+    for cc in ["fr", "xx", "DE"] {
+        let reply = h
+            .send(Method::GET, &format!("/{cc}/v1/fhir/metadata"), None, &[], None)
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{cc}: {:#}", reply.body);
+        assert_eq!(reply.body["issue"][0]["code"], "not-found");
+    }
+}
+
 /// A patient asking for another's deleted record learns nothing: 404 as for any record not
 /// theirs, not 410; their own deleted record is 410.
 #[tokio::test]
