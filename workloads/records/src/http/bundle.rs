@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::Service;
 use super::caller::Caller;
-use super::interactions::type_named;
+use super::interactions::{if_none_exist, type_named};
 use super::response::{self, read_body, store_failure};
 use crate::fhir::{Issue, IssueType, ResourceType, resource_type_of};
 use crate::search;
@@ -214,11 +214,11 @@ fn plan(bundle: &Value, caller: &Caller) -> Result<Vec<Work>, Issue> {
                     .pointer("/request/ifNoneExist")
                     .and_then(Value::as_str)
                     .map(|c| {
-                        c.strip_prefix("identifier=").map(String::from).ok_or_else(|| {
+                        if_none_exist(c).ok_or_else(|| {
                             bad_entry(
                                 i,
                                 "request.ifNoneExist",
-                                "only identifier=system|value is supported".into(),
+                                format!("{c:?}: only identifier=system|value is supported"),
                             )
                         })
                     })

@@ -94,16 +94,11 @@ pub async fn create(
     let checked = validate::check(resource_type, body, &caller.country.rules, today())?;
     let condition = match headers.get("if-none-exist").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(v)) => Some(
-            v.strip_prefix("identifier=")
-                .filter(|c| c.contains('|') && !c.ends_with('|'))
-                .map(percent_decode)
-                .ok_or_else(|| {
-                    Issue::bad_request(format!(
-                        "If-None-Exist {v:?}: only identifier=system|value is supported"
-                    ))
-                })?,
-        ),
+        Some(Ok(v)) => Some(if_none_exist(v).ok_or_else(|| {
+            Issue::bad_request(format!(
+                "If-None-Exist {v:?}: only identifier=system|value is supported"
+            ))
+        })?),
         Some(Err(_)) => return Err(Issue::bad_request("If-None-Exist is not text")),
     };
     let scope = caller.scope();
@@ -150,6 +145,16 @@ pub async fn create(
         &caller.base,
         wants_minimal(&headers),
     ))
+}
+
+/// The `system|value` of a conditional create's `identifier=system|value` (as a URL query:
+/// percent-encoded), or None when it is not one: a condition that names no identifier would
+/// match any resource.
+pub fn if_none_exist(value: &str) -> Option<String> {
+    value
+        .strip_prefix("identifier=")
+        .map(percent_decode)
+        .filter(|c| c.contains('|') && !c.ends_with('|'))
 }
 
 fn percent_decode(value: &str) -> String {
