@@ -271,3 +271,52 @@ async fn conditional_creates_in_a_transaction() {
         "the patient and both observations of them"
     );
 }
+
+/// `ifNoneExist` is a URL query: percent-encoded values are decoded, and a condition that
+/// names no identifier (which would match any resource) is refused.
+#[tokio::test]
+async fn if_none_exist_is_read_as_a_query() {
+    let h = Harness::start(&["DE"]).await;
+    let dr = h.clinician("DE");
+    let existing = h
+        .post(
+            "/de/v1/fhir/Patient",
+            &dr,
+            &resources::patient("V123456789", "Vorhanden"),
+        )
+        .await;
+    let existing_id = existing.id();
+    let conditional = |condition: &str| {
+        transaction(vec![json!({
+            "fullUrl": urn(),
+            "resource": resources::patient("W123456789", "Woanders"),
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition},
+        })])
+    };
+    let encoded = conditional("identifier=http%3A%2F%2Ffhir.de%2Fsid%2Fgkv%2Fkvid-10%7CV%20123%20456%20789");
+    let reply = commit(&h, &encoded).await;
+    assert_eq!(
+        answers(&reply),
+        [("200 OK".to_string(), Some(format!("Patient/{existing_id}/_history/1")))]
+    );
+    let before = h.counts().await;
+    for condition in [
+        "identifier=",
+        "identifier=http://fhir.de/sid/gkv/kvid-10|",
+        "family=Vorhanden",
+    ] {
+        let reply = h.post("/de/v1/fhir", &dr, &conditional(condition)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{condition}: {:#}",
+            reply.body
+        );
+        assert_eq!(
+            reply.expression(),
+            Some("Bundle.entry[0].request.ifNoneExist"),
+            "{condition}"
+        );
+    }
+    assert_eq!(before, h.counts().await, "nothing written");
+}
