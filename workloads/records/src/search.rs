@@ -267,6 +267,8 @@ pub fn parse(
             ("_include", _) => {
                 if !includes(resource_type).contains(&value.as_str()) {
                     if lenient {
+                        // The self link names only what was applied.
+                        search.echo.pop();
                         search.ignored.push(format!("_include={value}"));
                         continue;
                     }
@@ -281,6 +283,7 @@ pub fn parse(
             ("_id", _) => Condition::Ids(values.iter().filter_map(|v| v.parse().ok()).collect()),
             (_, None) => {
                 if lenient {
+                    search.echo.pop();
                     search.ignored.push(name.clone());
                     continue;
                 }
@@ -592,7 +595,7 @@ pub async fn run(
     for (_, id, version, last_updated, content, key_id, sealed) in rows {
         let body = match (content, key_id, sealed) {
             (Some(content), _, _) => content,
-            (None, Some(key_id), Some(sealed)) => store::unseal(scope.ring, id, &key_id, &sealed)?,
+            (None, Some(key_id), Some(sealed)) => store::unseal(scope.ring, id, version, &key_id, &sealed)?,
             _ => continue,
         };
         matches.push(Stored {
@@ -638,7 +641,8 @@ pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) 
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i64, DateTime<Utc>, String, Vec<u8>)> = sqlx::query_as(
+    type Row = (Uuid, i64, DateTime<Utc>, String, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT client_id, version, last_updated, key_id, sealed FROM vault.patients
           WHERE country_code = $1 AND client_id = ANY($2) AND deleted_at IS NULL ORDER BY client_id",
     )
@@ -653,7 +657,7 @@ pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) 
                 id,
                 version,
                 last_updated,
-                body: Some(store::unseal(scope.ring, id, &key_id, &sealed)?),
+                body: Some(store::unseal(scope.ring, id, version, &key_id, &sealed)?),
             })
         })
         .collect()
@@ -682,6 +686,22 @@ pub async fn everything(conn: &mut PgConnection, scope: &Scope<'_>, id: Uuid) ->
             })
         })
         .collect())
+}
+
+/// What a conditional create on `condition` locks ([`store::lock_condition`]): a Patient's
+/// national ID (or an identifier without a system) normalised as [`by_identifier`] matches
+/// it, so that requests spelling one ID differently wait for each other too.
+pub fn condition_key(scope: &Scope<'_>, resource_type: ResourceType, condition: &str) -> String {
+    if resource_type != ResourceType::Patient {
+        return condition.to_string();
+    }
+    match condition.split_once('|') {
+        Some((system, value)) if Some(system) == scope.rules.national_id_system.as_deref() => {
+            format!("{system}|{}", crate::national_id::normalise(value))
+        }
+        Some(_) => condition.to_string(),
+        None => crate::national_id::normalise(condition),
+    }
 }
 
 /// Resources of `resource_type` whose identifier is `condition` (`system|value`), for a

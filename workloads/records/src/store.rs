@@ -553,16 +553,37 @@ pub async fn audit_read(conn: &mut PgConnection, scope: &Scope<'_>, action: &str
     Ok(())
 }
 
-/// Opens a vault row.
-pub fn unseal(ring: &Keyring, id: Uuid, key_id: &str, sealed: &[u8]) -> Result<Value> {
+/// Opens a vault row: version `version` of Patient `id`. The sealed resource names its id
+/// and version, so an older version of the same patient's row put back in place of the
+/// current one (which the cipher alone would open) is refused like any tampered row.
+pub fn unseal(ring: &Keyring, id: Uuid, version: i64, key_id: &str, sealed: &[u8]) -> Result<Value> {
     let plaintext = vault::open(ring, id, key_id, sealed)?;
-    Ok(serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+    let body: Value = serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let id_text = id.to_string();
+    if body.get("id").and_then(Value::as_str) != Some(id_text.as_str())
+        || body.pointer("/meta/versionId").and_then(Value::as_str) != Some(version.to_string().as_str())
+    {
+        return Err(vault::VaultError::Tampered {
+            country: ring.country.clone(),
+            client_id: id,
+            key_id: key_id.into(),
+        }
+        .into());
+    }
+    Ok(body)
 }
+
+/// A vault row as read: version, last update, deletion, key id, sealed bytes.
+type VaultRow = (i64, DateTime<Utc>, Option<DateTime<Utc>>, String, Vec<u8>);
+/// A clinical row as read: version, last update, deletion, content.
+type ClinicalRow = (i64, DateTime<Utc>, Option<DateTime<Utc>>, Value);
+/// A vault history row: version, last update, key id and sealed bytes (none for a deletion).
+type VaultVersionRow = (i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>);
 
 /// The current version of a resource: 404 when unknown, 410 when deleted. Audited.
 pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: ResourceType, id: Uuid) -> Result<Stored> {
     let stored = if resource_type == ResourceType::Patient {
-        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, String, Vec<u8>)> = sqlx::query_as(
+        let row: Option<VaultRow> = sqlx::query_as(
             "SELECT version, last_updated, deleted_at, key_id, sealed FROM vault.patients
               WHERE country_code = $1 AND client_id = $2",
         )
@@ -574,7 +595,7 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
             let body = if deleted.is_some() {
                 None
             } else {
-                Some(unseal(scope.ring, id, &key_id, &sealed)?)
+                Some(unseal(scope.ring, id, version, &key_id, &sealed)?)
             };
             Ok::<_, StoreError>(Stored {
                 resource_type,
@@ -586,7 +607,7 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         })
         .transpose()?
     } else {
-        let row: Option<(i64, DateTime<Utc>, Option<DateTime<Utc>>, Value)> = sqlx::query_as(
+        let row: Option<ClinicalRow> = sqlx::query_as(
             "SELECT version, last_updated, deleted_at, content FROM fhir_resources
               WHERE country_code = $1 AND resource_type = $2 AND id = $3",
         )
@@ -634,7 +655,7 @@ pub async fn history(
 ) -> Result<Vec<Stored>> {
     let mut versions = Vec::new();
     if resource_type == ResourceType::Patient {
-        let rows: Vec<(i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<VaultVersionRow> = sqlx::query_as(
             "SELECT version, last_updated, key_id, sealed FROM vault.patient_history
               WHERE country_code = $1 AND client_id = $2 AND ($3::bigint IS NULL OR version = $3)
               ORDER BY version DESC",
@@ -646,7 +667,7 @@ pub async fn history(
         .await?;
         for (version, last_updated, key_id, sealed) in rows {
             let body = match (key_id, sealed) {
-                (Some(key_id), Some(sealed)) => Some(unseal(scope.ring, id, &key_id, &sealed)?),
+                (Some(key_id), Some(sealed)) => Some(unseal(scope.ring, id, version, &key_id, &sealed)?),
                 _ => None,
             };
             versions.push(Stored {

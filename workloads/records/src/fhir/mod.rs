@@ -68,12 +68,15 @@ pub fn resource_type_of(body: &Value, expected: Option<ResourceType>) -> Result<
             None,
         ));
     };
+    // What the body is cannot be read: 400, as for an unknown type (not 422, which is
+    // for a resource read but not accepted).
     let Some(name) = object.get("resourceType").and_then(Value::as_str) else {
-        return Err(Issue::invalid(
+        return Err(Issue::new(
+            http::StatusCode::BAD_REQUEST,
             IssueType::Required,
             "the resource has no resourceType",
-            Some("resourceType".into()),
-        ));
+        )
+        .at("resourceType"));
     };
     let Some(found) = ResourceType::parse(name) else {
         return Err(Issue::invalid(
@@ -83,11 +86,12 @@ pub fn resource_type_of(body: &Value, expected: Option<ResourceType>) -> Result<
         ));
     };
     match expected {
-        Some(expected) if expected != found => Err(Issue::invalid(
+        Some(expected) if expected != found => Err(Issue::new(
+            http::StatusCode::BAD_REQUEST,
             IssueType::Invalid,
             format!("the body is a {found} but the URL names {expected}"),
-            Some("resourceType".into()),
-        )),
+        )
+        .at("resourceType")),
         _ => Ok(found),
     }
 }
@@ -156,6 +160,7 @@ mod tests {
         assert_eq!(resource_type_of(&body, None).unwrap(), ResourceType::Patient);
         let e = resource_type_of(&body, Some(ResourceType::Observation)).unwrap_err();
         assert!(e.diagnostics.contains("URL names Observation"), "{}", e.diagnostics);
+        assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
         let e = resource_type_of(&json!({"resourceType": "Claim"}), None).unwrap_err();
         assert_eq!(e.code, IssueType::NotSupported);
     }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::Service;
 use super::caller::Caller;
-use super::interactions::type_named;
+use super::interactions::{if_none_exist, type_named};
 use super::response::{self, read_body, store_failure};
 use crate::fhir::{Issue, IssueType, ResourceType, resource_type_of};
 use crate::search;
@@ -62,8 +62,47 @@ fn resolve_references(value: &mut Value, assigned: &HashMap<String, String>) {
     }
 }
 
+/// Points what the Bundle still has to write at `found` instead of `planned`: a conditional
+/// create matched an existing resource, so the references to its entry's full URL (already
+/// replaced by the id planned for it) name the resource it matched.
+fn retarget(work: &mut [Option<Work>], resource_type: ResourceType, planned: Uuid, found: Uuid) {
+    let moved = HashMap::from([(format!("{resource_type}/{planned}"), format!("{resource_type}/{found}"))]);
+    for item in work.iter_mut().flatten() {
+        let (Work::Create { checked, .. } | Work::Update { checked, .. }) = item else {
+            continue;
+        };
+        resolve_references(&mut checked.body, &moved);
+        for target in &mut checked.references {
+            if target.resource_type == resource_type && target.id == planned {
+                target.id = found;
+            }
+        }
+        if resource_type == ResourceType::Patient && checked.indexed.patient == Some(planned) {
+            checked.indexed.patient = Some(found);
+        }
+    }
+}
+
 fn entry_issue(i: usize, issue: Issue) -> Issue {
     issue.within(&format!("Bundle.entry[{i}]"))
+}
+
+/// An issue with entry `i`'s resource: `Observation.code` becomes
+/// `Bundle.entry[i].resource.code`; an issue naming no element names the entry.
+fn resource_issue(i: usize, mut issue: Issue) -> Issue {
+    let Some(expression) = issue.expression.take() else {
+        return entry_issue(i, issue);
+    };
+    let inner = match expression.split_once('.') {
+        Some((head, rest)) if ResourceType::parse(head).is_some() => Some(rest.to_string()),
+        None if ResourceType::parse(&expression).is_some() => None,
+        _ => Some(expression),
+    };
+    issue.expression = Some(match inner {
+        Some(inner) => format!("Bundle.entry[{i}].resource.{inner}"),
+        None => format!("Bundle.entry[{i}].resource"),
+    });
+    issue
 }
 
 fn bad_entry(i: usize, what: &str, message: String) -> Issue {
@@ -157,10 +196,8 @@ fn plan(bundle: &Value, caller: &Caller) -> Result<Vec<Work>, Issue> {
         }
         let checked = |body: Option<Value>| -> Result<Checked, Issue> {
             let body = body.ok_or_else(|| bad_entry(i, "resource", "this entry needs its resource".into()))?;
-            resource_type_of(&body, Some(resource_type))
-                .map_err(|e| e.within(&format!("Bundle.entry[{i}].resource")))?;
-            validate::check(resource_type, body, &caller.country.rules, today)
-                .map_err(|e| entry_issue(i, e.within("resource")))
+            resource_type_of(&body, Some(resource_type)).map_err(|e| resource_issue(i, e))?;
+            validate::check(resource_type, body, &caller.country.rules, today).map_err(|e| resource_issue(i, e))
         };
         let existing_id = |part: Option<String>| -> Result<Uuid, Issue> {
             part.and_then(|p| p.parse().ok()).ok_or_else(|| {
@@ -177,11 +214,11 @@ fn plan(bundle: &Value, caller: &Caller) -> Result<Vec<Work>, Issue> {
                     .pointer("/request/ifNoneExist")
                     .and_then(Value::as_str)
                     .map(|c| {
-                        c.strip_prefix("identifier=").map(String::from).ok_or_else(|| {
+                        if_none_exist(c).ok_or_else(|| {
                             bad_entry(
                                 i,
                                 "request.ifNoneExist",
-                                "only identifier=system|value is supported".into(),
+                                format!("{c:?}: only identifier=system|value is supported"),
                             )
                         })
                     })
@@ -255,7 +292,7 @@ pub async fn transaction(
     let scope = caller.scope();
     let fail = |i: usize| {
         let correlation_id = caller.correlation_id;
-        move |e| entry_issue(i, store_failure(e, correlation_id))
+        move |e| resource_issue(i, store_failure(e, correlation_id))
     };
     // The vault role: a transaction may create a Patient and what refers to it.
     let mut tx = service
@@ -272,9 +309,14 @@ pub async fn transaction(
                 let resource_type = checked.resource_type;
                 let mut existing = None;
                 if let Some(condition) = &condition {
-                    store::lock_condition(&mut tx, scope.country(), resource_type, condition)
-                        .await
-                        .map_err(fail(i))?;
+                    store::lock_condition(
+                        &mut tx,
+                        scope.country(),
+                        resource_type,
+                        &search::condition_key(&scope, resource_type, condition),
+                    )
+                    .await
+                    .map_err(fail(i))?;
                     let found = search::by_identifier(&mut tx, &scope, resource_type, condition)
                         .await
                         .map_err(fail(i))?;
@@ -289,6 +331,9 @@ pub async fn transaction(
                         ));
                     }
                     existing = found.first().copied();
+                    if let Some(found) = existing {
+                        retarget(&mut work, resource_type, id, found);
+                    }
                 }
                 match existing {
                     Some(found) => (

@@ -2,13 +2,16 @@
 //! service works from (resource types, search parameters, includes, sorts), so it lists
 //! exactly what is implemented. Served without a token, as FHIR clients expect.
 
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::Service;
 use super::response::fhir;
-use crate::fhir::{FHIR_VERSION, ResourceType};
+use crate::fhir::{FHIR_VERSION, Issue, ResourceType};
 use crate::search;
 
 /// The CapabilityStatement of the records service for country `cc`.
@@ -16,7 +19,7 @@ pub fn statement(cc: &str) -> Value {
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|&t| {
-            let mut interactions = vec![
+            let mut interactions = [
                 "create",
                 "read",
                 "vread",
@@ -79,6 +82,10 @@ pub fn statement(cc: &str) -> Value {
     })
 }
 
-pub async fn metadata(Path(cc): Path<String>) -> Response {
-    fhir(StatusCode::OK, &statement(&cc))
+/// The statement of a country served here; 404 for any other, which nothing here serves.
+pub async fn metadata(State(service): State<Arc<Service>>, Path(cc): Path<String>) -> Result<Response, Issue> {
+    if service.countries.get(&cc).is_none() {
+        return Err(Issue::not_found(format!("no country {cc:?} is served here")));
+    }
+    Ok(fhir(StatusCode::OK, &statement(&cc)))
 }

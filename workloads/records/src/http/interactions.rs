@@ -55,6 +55,30 @@ fn is_own(stored: &Stored, own: Option<Uuid>) -> bool {
     subject == Some(&format!("Patient/{own}"))
 }
 
+/// Whether resource `id` is about the patient `own`, whether or not it is deleted: a
+/// Patient caller learns nothing, not even a deletion, of what is not theirs.
+async fn is_theirs(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    resource_type: ResourceType,
+    id: Uuid,
+    own: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let Some(own) = own else { return Ok(false) };
+    if resource_type == ResourceType::Patient {
+        return Ok(id == own);
+    }
+    let patient: Option<Option<Uuid>> = sqlx::query_scalar(
+        "SELECT patient FROM fhir_resources WHERE country_code = $1 AND resource_type = $2 AND id = $3",
+    )
+    .bind(&caller.country.rules.code)
+    .bind(resource_type.as_str())
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(patient.flatten() == Some(own))
+}
+
 /// `POST /{cc}/v1/fhir/{type}`: create, or with `If-None-Exist` a conditional create.
 pub async fn create(
     State(service): State<Arc<Service>>,
@@ -70,25 +94,25 @@ pub async fn create(
     let checked = validate::check(resource_type, body, &caller.country.rules, today())?;
     let condition = match headers.get("if-none-exist").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(v)) => Some(
-            v.strip_prefix("identifier=")
-                .filter(|c| c.contains('|') && !c.ends_with('|'))
-                .map(percent_decode)
-                .ok_or_else(|| {
-                    Issue::bad_request(format!(
-                        "If-None-Exist {v:?}: only identifier=system|value is supported"
-                    ))
-                })?,
-        ),
+        Some(Ok(v)) => Some(if_none_exist(v).ok_or_else(|| {
+            Issue::bad_request(format!(
+                "If-None-Exist {v:?}: only identifier=system|value is supported"
+            ))
+        })?),
         Some(Err(_)) => return Err(Issue::bad_request("If-None-Exist is not text")),
     };
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
     if let Some(condition) = &condition {
-        store::lock_condition(&mut tx, scope.country(), resource_type, condition)
-            .await
-            .map_err(fail)?;
+        store::lock_condition(
+            &mut tx,
+            scope.country(),
+            resource_type,
+            &search::condition_key(&scope, resource_type, condition),
+        )
+        .await
+        .map_err(fail)?;
         let found = search::by_identifier(&mut tx, &scope, resource_type, condition)
             .await
             .map_err(fail)?;
@@ -121,6 +145,16 @@ pub async fn create(
         &caller.base,
         wants_minimal(&headers),
     ))
+}
+
+/// The `system|value` of a conditional create's `identifier=system|value` (as a URL query:
+/// percent-encoded), or None when it is not one: a condition that names no identifier would
+/// match any resource.
+pub fn if_none_exist(value: &str) -> Option<String> {
+    value
+        .strip_prefix("identifier=")
+        .map(percent_decode)
+        .filter(|c| c.contains('|') && !c.ends_with('|'))
 }
 
 fn percent_decode(value: &str) -> String {
@@ -158,6 +192,13 @@ async fn read_allowed(
         Access::Clinician => None,
         Access::Patient => Some(caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?),
     };
+    if let Some(own) = own
+        && !is_theirs(&mut tx, caller, resource_type, id, own)
+            .await
+            .map_err(|e| fail(e.into()))?
+    {
+        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
+    }
     let stored = match version {
         None => store::read(&mut tx, &scope, resource_type, id).await,
         Some(v) => store::history(&mut tx, &scope, resource_type, id, Some(v))
@@ -166,6 +207,7 @@ async fn read_allowed(
     };
     let stored = stored.map_err(fail)?;
     if let Some(own) = own
+        && stored.body.is_some()
         && !is_own(&stored, own)
     {
         return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
@@ -313,10 +355,12 @@ async fn history(service: &Service, caller: &Caller, resource_type: ResourceType
     let fail = |e| store_failure(e, caller.correlation_id);
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
-        // A patient sees the history of what is theirs now.
+        // A patient sees the history of what is theirs now (deleted or not).
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
-        let current = store::read(&mut tx, &scope, resource_type, id).await;
-        if !current.as_ref().is_ok_and(|s| is_own(s, own)) {
+        if !is_theirs(&mut tx, caller, resource_type, id, own)
+            .await
+            .map_err(|e| fail(e.into()))?
+        {
             return Err(Issue::not_found(format!("{resource_type}/{id} is not known here")));
         }
     }

@@ -115,6 +115,20 @@ impl Harness {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Reply {
+        let body = body.map(|b| serde_json::to_vec(b).unwrap());
+        self.send_bytes(method, path, token, headers, body).await
+    }
+
+    /// [`Harness::send`] with the body as given (not JSON, or broken JSON): FHIR JSON unless
+    /// `headers` name a Content-Type.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -125,7 +139,7 @@ impl Harness {
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let body = body.map_or(Body::empty(), |b| Body::from(serde_json::to_vec(b).unwrap()));
+        let body = body.map_or(Body::empty(), Body::from);
         let response = self.app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
