@@ -35,10 +35,10 @@ fn token(dev: &Dev, sub: &str, roles: &str, countries: &str) -> String {
 /// Sends a request and checks the FHIR answer against the R4 schema.
 fn fhir(dev: &Dev, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
     let (status, body) = http(dev.addr, method, path, &[("Authorization", token)], body);
-    if !body.is_null() {
-        if let Err(errors) = fhir_schema::validate(&body) {
-            panic!("{method} {path}: not valid FHIR R4: {errors:?}\n{body:#}");
-        }
+    if !body.is_null()
+        && let Err(errors) = fhir_schema::validate(&body)
+    {
+        panic!("{method} {path}: not valid FHIR R4: {errors:?}\n{body:#}");
     }
     (status, body)
 }

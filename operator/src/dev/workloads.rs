@@ -123,9 +123,7 @@ impl Workloads {
             }
         }
         let mut services = self.regions.write().expect("workloads lock");
-        services.retain(|name, service| {
-            kept.contains(name) || wanted.get(name).is_some_and(|w| w.url == service.url)
-        });
+        services.retain(|name, service| kept.contains(name) || wanted.get(name).is_some_and(|w| w.url == service.url));
         for (name, Wanted { url, vault, search }) in wanted {
             if services.contains_key(&name) {
                 continue;
