@@ -432,149 +432,109 @@ pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
 
 /// The records service (FHIR R4 under `/{cc}/v1/fhir`): see [`workload`].
 fn records(name: &str, config: &StackConfig) -> Vec<Value> {
-    let name = name.to_string();
-    vec![
-        json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": metadata("records", &name, "meridian-records"),
-        }),
-        // It serves the Countries bound to its Region (their regulatory rules), which it watches.
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {
-                "name": format!("{}-records", namespace(&name)),
-                "labels": labels(&name, "meridian-records"),
-            },
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
-            "subjects": [{"kind": "ServiceAccount", "name": "records", "namespace": namespace(&name)}],
-        }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": metadata("records", &name, "meridian-records"),
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": selector(&name, "meridian-records")},
-                "template": {
-                    "metadata": {"labels": labels(&name, "meridian-records")},
-                    "spec": {
-                        "serviceAccountName": "records",
-                        "containers": [{
-                            "name": "records",
-                            "image": config.workload_image,
-                            "args": ["records", "--listen", "0.0.0.0:8080", "--region", name],
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [
-                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}},
-                                {"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::VAULT_SECRET, "key": "url"}}},
-                                {"name": "DATABASE_CA_FILE", "value": CA_FILE},
-                                {"name": "VAULT_KEYS_DIR", "value": VAULT_KEYS_DIR},
-                                {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
-                                {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
-                            ],
-                            "volumeMounts": [
-                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
-                                {"name": "vault-keys", "mountPath": VAULT_KEYS_DIR, "readOnly": true},
-                            ],
-                        }],
-                        "volumes": [
-                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
-                            // Made by the first Country's reconcile; the kubelet updates the
-                            // files as Countries add keys and rotations add more.
-                            {"name": "vault-keys", "secret": {
-                                "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
-                                "optional": true,
-                                "defaultMode": 0o400,
-                            }},
-                        ],
-                    },
-                },
-            },
-        }),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("records", &name, "meridian-records"),
-            "spec": {
-                "selector": selector(&name, "meridian-records"),
-                "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-            },
-        }),
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("records", &name, "meridian-records"),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, "meridian-records")},
-                "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [from_namespace(&config.gateway_namespace), from_namespace(&config.operator_namespace)],
-                    "ports": [{"protocol": "TCP", "port": 8080}],
-                }],
-            },
-        }),
-    ]
+    let env = vec![
+        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}}),
+        json!({"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::VAULT_SECRET, "key": "url"}}}),
+        json!({"name": "DATABASE_CA_FILE", "value": CA_FILE}),
+        json!({"name": "VAULT_KEYS_DIR", "value": VAULT_KEYS_DIR}),
+    ];
+    let mounts = vec![
+        json!({"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true}),
+        json!({"name": "vault-keys", "mountPath": VAULT_KEYS_DIR, "readOnly": true}),
+    ];
+    let volumes = vec![
+        json!({"name": "ca", "secret": {"secretName": "ca", "optional": true}}),
+        // Made by the first Country's reconcile; the kubelet updates the files as Countries
+        // add keys and rotations add more.
+        json!({"name": "vault-keys", "secret": {
+            "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
+            "optional": true,
+            "defaultMode": 0o400,
+        }}),
+    ];
+    workload_service(name, "records", config, env, mounts, volumes)
 }
 
 /// The booking service: see [`workload`].
 fn booking(name: &str, config: &StackConfig) -> Vec<Value> {
+    let env = vec![
+        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}}),
+        json!({"name": "DATABASE_CA_FILE", "value": CA_FILE}),
+        json!({"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}}),
+        json!({"name": "SEARCH_CA_FILE", "value": CA_FILE}),
+    ];
+    let mounts = vec![json!({"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true})];
+    // Optional: an `aws` Region reached on loopback (tests) has none.
+    let volumes = vec![json!({"name": "ca", "secret": {"secretName": "ca", "optional": true}})];
+    workload_service(name, "booking", config, env, mounts, volumes)
+}
+
+/// A workload `service` of Region `name` (`meridian <service> --region <name>`): its
+/// ServiceAccount, bound to the ClusterRole that lets it watch the Countries it serves; two
+/// replicas with `env` (the OIDC settings added), `mounts` and `volumes`; its Service; and a
+/// NetworkPolicy that admits the gateway and the operator only.
+fn workload_service(
+    name: &str,
+    service: &str,
+    config: &StackConfig,
+    mut env: Vec<Value>,
+    mounts: Vec<Value>,
+    volumes: Vec<Value>,
+) -> Vec<Value> {
     let name = name.to_string();
+    let app = format!("meridian-{service}");
+    env.push(json!({"name": "OIDC_ISSUER", "value": config.oidc_issuer}));
+    env.push(json!({"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url}));
     vec![
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": metadata("booking", &name, "meridian-booking"),
+            "metadata": metadata(service, &name, &app),
         }),
-        // The workload serves the Countries bound to its Region, which it watches.
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {
-                "name": format!("{}-booking", namespace(&name)),
-                "labels": labels(&name, "meridian-booking"),
+                "name": format!("{}-{service}", namespace(&name)),
+                "labels": labels(&name, &app),
             },
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
-            "subjects": [{"kind": "ServiceAccount", "name": "booking", "namespace": namespace(&name)}],
+            "subjects": [{"kind": "ServiceAccount", "name": service, "namespace": namespace(&name)}],
         }),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": metadata("booking", &name, "meridian-booking"),
+            "metadata": metadata(service, &name, &app),
             "spec": {
                 "replicas": 2,
-                "selector": {"matchLabels": selector(&name, "meridian-booking")},
+                "selector": {"matchLabels": selector(&name, &app)},
                 "template": {
-                    "metadata": {"labels": labels(&name, "meridian-booking")},
+                    "metadata": {"labels": labels(&name, &app)},
                     "spec": {
-                        "serviceAccountName": "booking",
+                        "serviceAccountName": service,
                         "containers": [{
-                            "name": "booking",
+                            "name": service,
                             "image": config.workload_image,
-                            "args": ["booking", "--listen", "0.0.0.0:8080", "--region", name],
+                            "args": [service, "--listen", "0.0.0.0:8080", "--region", name],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [
-                                {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}},
-                                {"name": "DATABASE_CA_FILE", "value": CA_FILE},
-                                {"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}},
-                                {"name": "SEARCH_CA_FILE", "value": CA_FILE},
-                                {"name": "OIDC_ISSUER", "value": config.oidc_issuer},
-                                {"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url},
-                            ],
-                            "volumeMounts": [{"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true}],
+                            "env": env,
+                            "volumeMounts": mounts,
                         }],
-                        // Optional: an `aws` Region reached on loopback (tests) has none.
-                        "volumes": [{"name": "ca", "secret": {"secretName": "ca", "optional": true}}],
+                        "volumes": volumes,
                     },
                 },
             },
         }),
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": metadata("booking", &name, "meridian-booking"),
+            "metadata": metadata(service, &name, &app),
             "spec": {
-                "selector": selector(&name, "meridian-booking"),
+                "selector": selector(&name, &app),
                 "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
             },
         }),
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("booking", &name, "meridian-booking"),
+            "metadata": metadata(service, &name, &app),
             "spec": {
-                "podSelector": {"matchLabels": selector(&name, "meridian-booking")},
+                "podSelector": {"matchLabels": selector(&name, &app)},
                 "policyTypes": ["Ingress"],
                 "ingress": [{
                     "from": [from_namespace(&config.gateway_namespace), from_namespace(&config.operator_namespace)],

@@ -65,3 +65,18 @@ pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(true)
 }
+
+/// The request's correlation ID: its `X-Correlation-ID` when that is a UUID, else a new one.
+/// It ties the audit records and the log lines of one request together.
+pub fn correlation_id(headers: &http::HeaderMap) -> uuid::Uuid {
+    headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(uuid::Uuid::new_v4)
+}
+
+/// The `Authorization` header, when it is text.
+pub fn authorization(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}

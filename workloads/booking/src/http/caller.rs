@@ -85,19 +85,11 @@ impl FromRequestParts<Arc<Service>> for Caller {
             .unwrap_or_default();
         // The token first: a caller who cannot say who they are learns nothing of the
         // countries here, not even whether one exists or why it does not serve.
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let header = meridian_shared::serve::authorization(&parts.headers);
         let principal =
             meridian_shared::jwks::verify_following_rotation(&service.verifier, service.jwks.as_deref(), header)
                 .await?;
-        let correlation_id = parts
-            .headers
-            .get("x-correlation-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(Uuid::new_v4);
+        let correlation_id = meridian_shared::serve::correlation_id(&parts.headers);
         let country = match service.countries.get(cc) {
             None => return Err(Problem::not_found(format!("no country {cc:?} is served here"))),
             Some(CountryEntry {

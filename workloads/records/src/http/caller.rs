@@ -91,15 +91,6 @@ pub fn base_url(parts: &Parts, cc: &str) -> String {
     format!("{scheme}://{host}/{cc}/v1/fhir")
 }
 
-pub fn correlation_id(parts: &Parts) -> Uuid {
-    parts
-        .headers
-        .get("x-correlation-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Uuid::new_v4)
-}
-
 impl FromRequestParts<Arc<Service>> for Caller {
     type Rejection = Issue;
 
@@ -114,15 +105,12 @@ impl FromRequestParts<Arc<Service>> for Caller {
             .unwrap_or_default();
         // The token first: a caller who cannot say who they are learns nothing of the
         // countries here.
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let header = meridian_shared::serve::authorization(&parts.headers);
         let principal =
             meridian_shared::jwks::verify_following_rotation(&service.verifier, service.jwks.as_deref(), header)
                 .await
                 .map_err(|e| Issue::new(StatusCode::UNAUTHORIZED, IssueType::Login, e.to_string()))?;
-        let correlation_id = correlation_id(parts);
+        let correlation_id = meridian_shared::serve::correlation_id(&parts.headers);
         let Some(country) = service.countries.get(&cc) else {
             return Err(Issue::not_found(format!("no country {cc:?} is served here")));
         };
