@@ -359,12 +359,7 @@ fn account_conflict(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e
         && db.constraint().is_some_and(|c| c.contains("subject"))
     {
-        return Issue::invalid(
-            IssueType::Duplicate,
-            "this account already belongs to another patient",
-            Some(format!("Patient.extension('{}')", crate::validate::ACCOUNT_EXTENSION)),
-        )
-        .into();
+        return account_conflict_issue();
     }
     e.into()
 }
@@ -394,7 +389,7 @@ fn account_conflict_issue() -> StoreError {
     Issue::invalid(
         IssueType::Duplicate,
         "this account already belongs to another patient",
-        Some("Patient.extension".into()),
+        Some(format!("Patient.extension('{}')", crate::validate::ACCOUNT_EXTENSION)),
     )
     .into()
 }
