@@ -473,3 +473,83 @@ async fn audit_verify_reaches_a_stopped_dev_regions_database_through_its_manifes
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out, format!("DE: 5 records in {chains} chains, intact\n"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_runs_on_its_own_with_two_roles_and_mounted_keys() {
+    use meridian_records::roles::{as_login, create_login};
+    use meridian_shared::auth::{DevIssuer, Role};
+    let pg = region_database().await;
+    let admin = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    create_login(
+        &admin,
+        "cli_clinical",
+        "pw",
+        meridian_shared::schema::workload_privileges,
+    )
+    .await
+    .unwrap();
+    create_login(&admin, "cli_vault", "pw", meridian_shared::schema::vault_privileges)
+        .await
+        .unwrap();
+    let issuer = DevIssuer::new("https://idp.example", "meridian");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), issuer.jwks()).unwrap();
+    // The vault-keys Secret as Kubernetes mounts it: one file per entry.
+    let keys = dir.path().join("vault-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    meridian_records::keys::ensure_country(&mut entries, "DE");
+    for (name, value) in &entries {
+        std::fs::write(keys.join(name), value).unwrap();
+    }
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = meridian()
+        .args(["records", "--listen", &addr, "--issuer", "https://idp.example"])
+        .arg("--database-url")
+        .arg(as_login(&pg.url(), "cli_clinical", "pw"))
+        .arg("--vault-database-url")
+        .arg(as_login(&pg.url(), "cli_vault", "pw"))
+        .arg("--vault-keys-dir")
+        .arg(&keys)
+        .arg("--jwks-file")
+        .arg(dir.path().join("jwks.json"))
+        .arg("--country-manifest")
+        .arg(examples().join("countries/de.yaml"))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "meridian records exited");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "meridian records did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, metadata) = http(
+        &addr,
+        "GET /de/v1/fhir/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{metadata}");
+    let token = issuer.token("dr", &[Role::Practitioner], &["DE"], std::time::Duration::from_secs(60));
+    let body = r#"{"resourceType":"Patient","name":[{"family":"Zwiebelhuber"}],"identifier":[{"system":"http://fhir.de/sid/gkv/kvid-10","value":"Z123456789"}]}"#;
+    let request = format!(
+        "POST /de/v1/fhir/Patient HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, created) = http(&addr, &request);
+    assert_eq!(status, 201, "{created}");
+    // Sealed under the mounted key, nothing in plaintext.
+    let (key_id, plain): (String, bool) =
+        sqlx::query_as("SELECT key_id, p::text LIKE '%Zwiebelhuber%' FROM vault.patients p")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!((key_id.as_str(), plain), ("k1", false));
+    stop(child);
+}
