@@ -83,6 +83,42 @@ pub struct PatientTerms {
     pub identifiers: Vec<(String, String)>,
 }
 
+/// What a (checked, normalised) Patient is searched by: its names, birth date, gender and
+/// identifiers. The store derives the search hashes from this when it writes a Patient, and
+/// a key rotation from the stored Patient when it re-hashes them under the new key.
+pub fn patient_terms(p: &Patient) -> PatientTerms {
+    let mut terms = PatientTerms {
+        birthdate: p.birth_date.clone(),
+        gender: p.gender.clone(),
+        ..Default::default()
+    };
+    for identifier in &p.identifier {
+        if let (Some(system), Some(value)) = (&identifier.system, &identifier.value) {
+            terms.identifiers.push((system.clone(), value.clone()));
+        } else if let Some(value) = &identifier.value {
+            terms.identifiers.push((String::new(), value.clone()));
+        }
+    }
+    for name in &p.name {
+        terms.family.extend(name.family.iter().cloned());
+        terms.given.extend(name.given.iter().cloned());
+        terms.name.extend(name.family.iter().cloned());
+        terms.name.extend(name.given.iter().cloned());
+        terms.name.extend(name.prefix.iter().cloned());
+        terms.name.extend(name.suffix.iter().cloned());
+        if let Some(text) = &name.text {
+            terms.name.extend(text.split_whitespace().map(String::from));
+        }
+    }
+    terms
+}
+
+/// [`patient_terms`] of a stored Patient (as the vault holds it: checked, with `id` and `meta`).
+pub fn stored_patient_terms(body: &Value) -> Result<PatientTerms, serde_json::Error> {
+    let p: Patient = serde_json::from_value(body.clone())?;
+    Ok(patient_terms(&p))
+}
+
 /// A resource ready to store.
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -261,11 +297,6 @@ pub fn check(
                 false,
                 base,
             )?;
-            let mut terms = PatientTerms {
-                birthdate: p.birth_date.clone(),
-                gender: p.gender.clone(),
-                ..Default::default()
-            };
             for (i, identifier) in p.identifier.iter_mut().enumerate() {
                 let expression = format!("Patient.identifier[{i}].value");
                 let national = identifier.system.is_some() && identifier.system == rules.national_id_system;
@@ -274,23 +305,8 @@ pub fn check(
                         .map_err(|why| Issue::invalid(IssueType::Value, why, Some(expression.clone())))?;
                     identifier.value = Some(normal);
                 }
-                if let (Some(system), Some(value)) = (&identifier.system, &identifier.value) {
-                    terms.identifiers.push((system.clone(), value.clone()));
-                } else if let Some(value) = &identifier.value {
-                    terms.identifiers.push((String::new(), value.clone()));
-                }
             }
-            for name in &p.name {
-                terms.family.extend(name.family.iter().cloned());
-                terms.given.extend(name.given.iter().cloned());
-                terms.name.extend(name.family.iter().cloned());
-                terms.name.extend(name.given.iter().cloned());
-                terms.name.extend(name.prefix.iter().cloned());
-                terms.name.extend(name.suffix.iter().cloned());
-                if let Some(text) = &name.text {
-                    terms.name.extend(text.split_whitespace().map(String::from));
-                }
-            }
+            let terms = self::patient_terms(&p);
             let mut account = None;
             for (i, extension) in p.extension.iter().enumerate() {
                 if extension.get("url").and_then(Value::as_str) != Some(ACCOUNT_EXTENSION) {
