@@ -8,7 +8,8 @@
 //! countries a Region's deployment serves, and [`bench`] its benchmark (`meridian bench
 //! records`). Underneath: [`fhir`] (the resources as serde types, OperationOutcome),
 //! [`validate`] (the content rules), [`store`] and [`search`] (PostgreSQL), [`vault`] and
-//! [`keys`] (the PII vault's cryptography and keys).
+//! [`keys`] (the PII vault's cryptography and keys), [`vault_rotation`] (moving the vault
+//! onto a new key).
 
 pub mod bench;
 pub mod codes;
@@ -24,5 +25,6 @@ pub mod served;
 pub mod store;
 pub mod validate;
 pub mod vault;
+pub mod vault_rotation;
 
 pub use meridian_shared::serve::{ACQUIRE_TIMEOUT, pool_options};
