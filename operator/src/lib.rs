@@ -16,6 +16,7 @@ pub mod providers;
 pub mod residency;
 pub mod schema;
 pub mod validate;
+pub mod vault_cmd;
 
 /// Field manager for everything the operator writes with server-side apply, and the
 /// `app.kubernetes.io/managed-by` label and cloud tag value of what it creates.

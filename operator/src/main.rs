@@ -46,6 +46,9 @@ enum Command {
     /// The audit trail of personal data.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The PII vault's data keys.
+    #[command(subcommand)]
+    Vault(VaultCommand),
     /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
     /// Exits 1 on invalid manifests, 2 when a store cannot be read.
     Plan {
@@ -70,6 +73,17 @@ enum AuditCommand {
     /// Recompute the hash chains of every country in a Region's database: one line per
     /// country; exits 1 when a chain is broken, 2 when the database cannot be read.
     Verify(meridian_operator::audit_cmd::VerifyOptions),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Add a country's next data key to its Region's `vault-keys` Secret, make it active, and
+    /// re-encrypt the country's vault rows under it; exits 1 when rows could not be moved,
+    /// 2 when the Region, its keys or its database cannot be reached.
+    Rotate(meridian_operator::vault_cmd::VaultOptions),
+    /// Re-encrypt a country's vault rows still under an older key onto the active key
+    /// (finishes an interrupted rotation); exit codes as `rotate`.
+    Rekey(meridian_operator::vault_cmd::VaultOptions),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +172,18 @@ fn main() -> ExitCode {
                     eprintln!("error: {why}");
                 }
                 Ok(ExitCode::from(verification.exit_code()))
+            }
+            Command::Vault(command) => {
+                let (options, rotate) = match command {
+                    VaultCommand::Rotate(options) => (options, true),
+                    VaultCommand::Rekey(options) => (options, false),
+                };
+                let outcome = meridian_operator::vault_cmd::run(&options, rotate).await;
+                print!("{}", outcome.text);
+                if let Some(why) = &outcome.error {
+                    eprintln!("error: {why}");
+                }
+                Ok(ExitCode::from(outcome.exit_code()))
             }
             Command::Crds => {
                 print!("{}", meridian_crds::crds_yaml());

@@ -553,3 +553,161 @@ async fn records_runs_on_its_own_with_two_roles_and_mounted_keys() {
     assert_eq!((key_id.as_str(), plain), ("k1", false));
     stop(child);
 }
+
+/// `meridian vault <rotate|rekey>`: its exit code, stdout and stderr.
+fn vault(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = meridian().arg("vault").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it() {
+    use meridian_operator::controller::{Context, region};
+    use meridian_operator::providers::{LocalClusters, Providers, StaticSecrets};
+    use meridian_records::keys::{self, Keyring, VAULT_KEYS_SECRET};
+    use meridian_records::vault;
+    use sqlx::Connection;
+    use std::sync::Arc;
+    // What `meridian dev` leaves on disk: the Region's cluster with its roles' Secrets and
+    // Germany's first data key, and three patients sealed under it (each with a history row).
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples().join("regions/eu-central-1.yaml"),
+        manifests.path().join("eu-central-1.yaml"),
+    )
+    .unwrap();
+    let data = tempfile::Builder::new().prefix("meridian-vault-").tempdir().unwrap();
+    let local = Arc::new(LocalClusters::new(
+        data.path().to_path_buf(),
+        meridian_localpg::Durability::Durable,
+    ));
+    let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(StaticSecrets::default())));
+    let frankfurt: meridian_crds::Region =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(examples().join("regions/eu-central-1.yaml")).unwrap())
+            .unwrap();
+    let outcome = region::apply(&frankfurt, &ctx).await;
+    assert!(
+        meridian_operator::conditions::is_true(&outcome.status.conditions, "Ready"),
+        "{:?}",
+        outcome.status
+    );
+    let store = ctx.providers.region_secrets(&frankfurt).unwrap();
+    let mut secret = store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap();
+    keys::ensure_country(&mut secret, "DE");
+    store.write("eu-central-1", VAULT_KEYS_SECRET, &secret).await.unwrap();
+    let first = Keyring::from_secret(&secret, "DE").unwrap();
+    let owner = ctx.providers.locate(&frankfurt).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(owner.url.as_str()).await.unwrap();
+    for sql in meridian_shared::schema::fresh_country_sql("DE") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = uuid::Uuid::new_v4();
+        let body = serde_json::json!({
+            "resourceType": "Patient", "id": id.to_string(), "meta": {"versionId": "1"},
+            "name": [{"family": format!("Kranich{n}")}],
+        });
+        let (key_id, sealed) = vault::seal(&first, id, &serde_json::to_vec(&body).unwrap());
+        let terms = meridian_records::validate::stored_patient_terms(&body).unwrap();
+        sqlx::query(
+            "WITH p AS (INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed, search)
+                        VALUES ('DE', $1, 1, now(), $2, $3, $4))
+             INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method, key_id, sealed)
+             VALUES ('DE', $1, 1, now(), 'POST', $2, $3)",
+        )
+        .bind(id)
+        .bind(&key_id)
+        .bind(&sealed)
+        .bind(vault::index(&first, &terms))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    conn.close().await.unwrap();
+    let stopping = local.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_all()).await.unwrap();
+
+    let place = [
+        "--region",
+        "eu-central-1",
+        "--country",
+        "de",
+        "--manifests",
+        manifests.path().to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ];
+    let (code, out, err) = vault(&[&["rotate"], &place[..]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("DE: key k2 added to ") && lines[0].ends_with(" and made active"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["DE: key k2 is active; 3 patients and 3 history versions moved from k1, 0 left"]
+    );
+    // The Secret holds both keys, k2 active; a rerun has nothing to move.
+    let secret = store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap();
+    let ring = Keyring::from_secret(&secret, "DE").unwrap();
+    assert_eq!(ring.active, "k2");
+    assert_eq!(ring.get("k1"), first.get("k1"), "the old key is kept");
+    let (code, out, err) = vault(&[&["rekey"], &place[..]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        "DE: key k2 is active; 0 patients and 0 history versions moved, 0 left\n"
+    );
+
+    // Every row is under k2 and opens with k2 alone.
+    let mut only_k2 = secret.clone();
+    only_k2.remove("DE.k1");
+    let only_k2 = Keyring::from_secret(&only_k2, "DE").unwrap();
+    local.ensure("eu-central-1").await.unwrap();
+    let admin = ctx.providers.admin(&frankfurt).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(admin.url.as_str()).await.unwrap();
+    let rows: Vec<(uuid::Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT client_id, key_id, sealed FROM vault.patients
+         UNION ALL SELECT client_id, key_id, sealed FROM vault.patient_history",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 6);
+    for (id, key_id, sealed) in rows {
+        assert_eq!(key_id, "k2");
+        assert!(ids.contains(&id));
+        vault::open(&only_k2, id, &key_id, &sealed).unwrap();
+    }
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit WHERE actor = 'system:vault-rotation'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(audited, 2, "one batch of current versions, one of history versions");
+    conn.close().await.unwrap();
+    let stopping = local.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_all()).await.unwrap();
+
+    // A country without keys, a Region not in the manifests: exit 2, nothing changed.
+    let mut fr = place;
+    fr[3] = "FR";
+    let (code, _, err) = vault(&[&["rotate"], &fr[..]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no key for country FR"), "{err}");
+    let mut nowhere = place;
+    nowhere[1] = "eu-nowhere-1";
+    let (code, _, err) = vault(&[&["rekey"], &nowhere[..]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no Region eu-nowhere-1"), "{err}");
+    assert_eq!(store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap(), secret);
+}
