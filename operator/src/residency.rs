@@ -551,6 +551,19 @@ pub enum Output {
     Json,
 }
 
+/// The providers of a command run against the cluster of `client` (the current kubeconfig):
+/// Regions' published Secrets in their namespaces, their stacks' readiness. Commands use
+/// only this reading side (and writing the Region's own Secrets), never a stack's creation.
+pub fn cluster_context(client: kube::Client) -> Context {
+    let namespace = client.default_namespace().to_string();
+    let secrets = std::sync::Arc::new(crate::k8s::KubeSecrets::new(client.clone(), namespace));
+    use crate::providers::{AwsStacks, InClusterStacks, StackConfig};
+    let providers = crate::providers::Providers::new(None, secrets)
+        .with_in_cluster(InClusterStacks::new(client.clone(), StackConfig::default()))
+        .with_aws(AwsStacks::new(client, StackConfig::default(), None));
+    Context::new(providers)
+}
+
 /// Runs the report as the options say.
 pub async fn run(options: &ReportOptions) -> anyhow::Result<Report> {
     if options.cluster {
@@ -565,14 +578,7 @@ pub async fn run(options: &ReportOptions) -> anyhow::Result<Report> {
             .list(&Default::default())
             .await?
             .items;
-        let namespace = client.default_namespace().to_string();
-        let secrets = std::sync::Arc::new(crate::k8s::KubeSecrets::new(client.clone(), namespace));
-        // Only the providers' reading side is used: published Secrets and readiness.
-        use crate::providers::{AwsStacks, InClusterStacks, StackConfig};
-        let providers = crate::providers::Providers::new(None, secrets)
-            .with_in_cluster(InClusterStacks::new(client.clone(), StackConfig::default()))
-            .with_aws(AwsStacks::new(client, StackConfig::default(), None));
-        let ctx = Context::new(providers);
+        let ctx = cluster_context(client);
         return Ok(report(&regions, &countries, &ctx, None).await);
     }
     let loaded = crate::dev::manifests::load(&options.manifests)?;
