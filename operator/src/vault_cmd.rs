@@ -11,7 +11,8 @@
 //! `meridian audit verify`): its Secrets are `meridian dev`'s files, its database reached as
 //! the vault role while `meridian dev` runs, or as the cluster's administrator when the
 //! command starts the stopped cluster itself (the vault role's Secret then names a port the
-//! cluster no longer has). Regions in a Kubernetes cluster are not reached from here yet.
+//! cluster no longer has). With `--cluster`, the Region and its Secrets are the cluster's
+//! (the current kubeconfig's), and its database is reached as the vault role.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,12 @@ pub struct VaultOptions {
     /// Rows moved per transaction (each batch leaves one audit record).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub batch: i64,
+    /// Read the Region and write its `vault-keys` Secret in the cluster of the current
+    /// kubeconfig instead of `meridian dev`'s files; the Region's database is reached as its
+    /// vault role at the URL of its `postgres-vault` Secret, which must be reachable from
+    /// here (inside the cluster for an `inCluster` Region).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// What a run came to.
@@ -90,10 +97,28 @@ pub async fn run(options: &VaultOptions, rotate: bool) -> Outcome {
             ),
         );
     }
-    match run_dev(options, &country, rotate).await {
+    let run = if options.cluster {
+        run_cluster(options, &country, rotate).await
+    } else {
+        run_dev(options, &country, rotate).await
+    };
+    match run {
         Ok(outcome) => outcome,
         Err(e) => Outcome::failed(String::new(), format!("{e:#}")),
     }
+}
+
+async fn run_cluster(options: &VaultOptions, country: &str, rotate: bool) -> anyhow::Result<Outcome> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))?;
+    let name = &options.region;
+    let region = kube::Api::<Region>::all(client.clone())
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no Region {name} in the cluster"))?;
+    let ctx = crate::residency::cluster_context(client);
+    Ok(with_region(&ctx, &region, country, rotate, false, options.batch).await)
 }
 
 async fn run_dev(options: &VaultOptions, country: &str, rotate: bool) -> anyhow::Result<Outcome> {
@@ -127,9 +152,17 @@ async fn run_dev(options: &VaultOptions, country: &str, rotate: bool) -> anyhow:
     Ok(outcome)
 }
 
-/// The steps, once the Region is known: reach the database, read the keys, rotate and
-/// write them back, move the rows.
-async fn with_region(ctx: &Context, region: &Region, country: &str, rotate: bool, admin: bool, batch: i64) -> Outcome {
+/// The steps, once the Region is known: reach the database (as the Region's administrator
+/// when `admin` and the Region is `local`, else as its vault role), read the keys, rotate
+/// them and write them back (when `rotate`), move the rows.
+pub async fn with_region(
+    ctx: &Context,
+    region: &Region,
+    country: &str,
+    rotate: bool,
+    admin: bool,
+    batch: i64,
+) -> Outcome {
     let name = region.metadata.name.clone().unwrap_or_default();
     let mut text = String::new();
     // The database first: a rotation nobody can carry out is not started.
