@@ -1,4 +1,4 @@
-//! The `meridian` binary's subcommands (`crds`, `plan`, `booking`, `audit verify`), run as a
+//! The `meridian` binary's subcommands (`crds`, `plan`, `booking`, `records`, `audit verify`, `vault`), run as a
 //! user would.
 
 use std::path::Path;
