@@ -36,9 +36,10 @@ async fn partitions(port: u16) -> Vec<(String, bool)> {
     let url = format!("postgres://meridian@127.0.0.1:{port}/meridian");
     let mut conn = PgConnection::connect(&url).await.expect("connect to a Region database");
     sqlx::query_as(
-        "SELECT relname::text, relispartition FROM pg_class
-          WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname ~ '_[a-z]{2}$'
-          ORDER BY relname",
+        "SELECT oid::regclass::text, relispartition FROM pg_class
+          WHERE relnamespace IN ('public'::regnamespace, 'vault'::regnamespace)
+            AND relkind = 'r' AND relname ~ '_[a-z]{2}$'
+          ORDER BY 1",
     )
     .fetch_all(&mut conn)
     .await
