@@ -191,7 +191,11 @@ async fn read_allowed(
         // The hot path: the read and its audit record as two statements on one connection,
         // no transaction to open and commit. The record is written before the resource is
         // served, and a clinician's read is never taken back.
-        let mut conn = service.pool(resource_type).acquire().await.map_err(|e| fail(e.into()))?;
+        let mut conn = service
+            .pool(resource_type)
+            .acquire()
+            .await
+            .map_err(|e| fail(e.into()))?;
         return store::read(&mut conn, &scope, resource_type, id).await.map_err(fail);
     }
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
