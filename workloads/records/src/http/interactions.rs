@@ -103,6 +103,24 @@ pub async fn create(
     };
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
+    if condition.is_none() {
+        // A plain create is one write statement (the resource, its history, its outbox
+        // event and its audit record together) after the reference check: a transaction
+        // around them would add two round trips and no guarantee (the check takes no lock
+        // either way; the registry's unique account subject guards a Patient's account).
+        let mut conn = service
+            .pool(resource_type)
+            .acquire()
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let stored = store::create(&mut conn, &scope, checked, None).await.map_err(fail)?;
+        return Ok(response::resource(
+            &stored,
+            StatusCode::CREATED,
+            &caller.base,
+            wants_minimal(&headers),
+        ));
+    }
     let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
     if let Some(condition) = &condition {
         store::lock_condition(
