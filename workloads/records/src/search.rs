@@ -185,12 +185,11 @@ fn prefixed(value: &str) -> (&str, &str) {
     ("eq", value)
 }
 
-fn reference_ids(name: &str, values: &[&str]) -> Condition {
+fn reference_ids(values: &[&str]) -> Condition {
     let ids: Vec<Uuid> = values
         .iter()
         .filter_map(|v| v.strip_prefix("Patient/").unwrap_or(v).parse().ok())
         .collect();
-    let _ = name;
     if ids.is_empty() {
         Condition::Nothing
     } else {
@@ -298,7 +297,7 @@ pub fn parse(
                 ));
             }
             (_, Some(p)) if resource_type == ResourceType::Patient => patient_condition(p.name, &values, scope)?,
-            ("patient" | "subject", _) => reference_ids(name, &values),
+            ("patient" | "subject", _) => reference_ids(&values),
             ("status", _) => Condition::Equals("status", values.iter().map(|v| v.to_string()).collect()),
             ("intent", _) => Condition::Equals("intent", values.iter().map(|v| v.to_string()).collect()),
             ("class", _) => Condition::Equals(

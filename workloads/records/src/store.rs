@@ -278,7 +278,7 @@ async fn write(
         }
     } else {
         let ix = &checked.indexed;
-        let tail = event_and_audit("written", 20);
+        let tail = event_and_audit("written", 18);
         let sql = format!(
             "WITH written AS (
                  INSERT INTO fhir_resources AS f (country_code, resource_type, id, version, last_updated, patient,
@@ -317,10 +317,7 @@ async fn write(
             .bind(ix.date_end)
             .bind(&ix.quantity)
             .bind(&body)
-            .bind(method)
-            // $18, $19: unused slots keep the tail's numbering simple.
-            .bind(0i32)
-            .bind(0i32);
+            .bind(method);
         let key = ix.patient.unwrap_or(id);
         let query = bind_event_and_audit(
             query,
@@ -471,7 +468,8 @@ pub async fn delete(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: R
     let at = now();
     let years = i32::try_from(scope.rules.retention_years).unwrap_or(100);
     let next = version + 1;
-    let tail = event_and_audit("deleted", 6);
+    // $6, the resource type, only clinical rows use; the tail starts at $7 for both.
+    let tail = event_and_audit("deleted", 7);
     let sql = if resource_type == ResourceType::Patient {
         format!(
             "WITH deleted AS (
@@ -504,19 +502,13 @@ pub async fn delete(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: R
              SELECT count(*) FROM deleted"
         )
     };
-    // $6 is the resource type for clinical rows and the first of the tail's for a Patient:
-    // the tail starts at $6 either way, so clinical rows bind the type in the tail's slot.
-    let sql = if resource_type == ResourceType::Patient {
-        sql
-    } else {
-        sql.replace("$6::text", "$17::text")
-    };
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(scope.country())
         .bind(id)
         .bind(next)
         .bind(at)
-        .bind(years);
+        .bind(years)
+        .bind(resource_type.as_str());
     let query = bind_event_and_audit(
         query,
         scope,
@@ -526,11 +518,6 @@ pub async fn delete(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: R
         action(resource_type, "delete"),
         format!("{resource_type}/{id}"),
     );
-    let query = if resource_type == ResourceType::Patient {
-        query
-    } else {
-        query.bind(resource_type.as_str())
-    };
     query.execute(&mut *conn).await?;
     Ok(())
 }

@@ -302,20 +302,20 @@ pub async fn update(
     match body.get("id").and_then(Value::as_str) {
         Some(given) if given == id_text => {}
         Some(given) => {
-            return Err(Issue::invalid(
+            return Err(Issue::new(
+                StatusCode::BAD_REQUEST,
                 IssueType::Invalid,
                 format!("the body's id {given:?} is not the URL's {id_text:?}"),
-                Some(format!("{resource_type}.id")),
             )
-            .tap_status(StatusCode::BAD_REQUEST));
+            .at(format!("{resource_type}.id")));
         }
         None => {
-            return Err(Issue::invalid(
+            return Err(Issue::new(
+                StatusCode::BAD_REQUEST,
                 IssueType::Required,
                 "an update carries the resource's id",
-                Some(format!("{resource_type}.id")),
             )
-            .tap_status(StatusCode::BAD_REQUEST));
+            .at(format!("{resource_type}.id")));
         }
     }
     let checked = validate::check(resource_type, body, &caller.country.rules, today())?;
@@ -332,17 +332,6 @@ pub async fn update(
         &caller.base,
         wants_minimal(&headers),
     ))
-}
-
-trait TapStatus {
-    fn tap_status(self, status: StatusCode) -> Self;
-}
-
-impl TapStatus for Issue {
-    fn tap_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
-        self
-    }
 }
 
 /// `DELETE /{cc}/v1/fhir/{type}/{id}`: logical; the rows are kept for the retention period.
