@@ -407,34 +407,17 @@ async fn audit_verify_says_each_countrys_chains_are_intact_and_where_one_was_tam
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_verify_reaches_a_stopped_dev_regions_database_through_its_manifests_and_data_dir() {
-    use meridian_operator::controller::{Context, region};
-    use meridian_operator::providers::{LocalClusters, Providers, StaticSecrets};
     use meridian_shared::audit::{Record, append};
     use sqlx::Connection;
-    use std::sync::Arc;
     // What `meridian dev` leaves on disk: the Region's cluster, migrated, with its roles'
     // Secrets, and Germany's partitions and audit records.
-    let manifests = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        examples().join("regions/eu-central-1.yaml"),
-        manifests.path().join("eu-central-1.yaml"),
-    )
-    .unwrap();
-    let data = tempfile::Builder::new().prefix("meridian-audit-").tempdir().unwrap();
-    let local = Arc::new(LocalClusters::new(
-        data.path().to_path_buf(),
-        meridian_localpg::Durability::Durable,
-    ));
-    let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(StaticSecrets::default())));
-    let frankfurt: meridian_crds::Region =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(examples().join("regions/eu-central-1.yaml")).unwrap())
-            .unwrap();
-    let outcome = region::apply(&frankfurt, &ctx).await;
-    assert!(
-        meridian_operator::conditions::is_true(&outcome.status.conditions, "Ready"),
-        "{:?}",
-        outcome.status
-    );
+    let DevRegion {
+        manifests,
+        data,
+        local,
+        ctx,
+        frankfurt,
+    } = dev_region("meridian-audit-").await;
     let owner = ctx.providers.locate(&frankfurt).await.unwrap();
     let mut conn = sqlx::PgConnection::connect(owner.url.as_str()).await.unwrap();
     for sql in meridian_shared::schema::fresh_country_sql("DE") {
@@ -566,35 +549,18 @@ fn vault(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it() {
-    use meridian_operator::controller::{Context, region};
-    use meridian_operator::providers::{LocalClusters, Providers, StaticSecrets};
     use meridian_records::keys::{self, Keyring, VAULT_KEYS_SECRET};
     use meridian_records::vault;
     use sqlx::Connection;
-    use std::sync::Arc;
     // What `meridian dev` leaves on disk: the Region's cluster with its roles' Secrets and
     // Germany's first data key, and three patients sealed under it (each with a history row).
-    let manifests = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        examples().join("regions/eu-central-1.yaml"),
-        manifests.path().join("eu-central-1.yaml"),
-    )
-    .unwrap();
-    let data = tempfile::Builder::new().prefix("meridian-vault-").tempdir().unwrap();
-    let local = Arc::new(LocalClusters::new(
-        data.path().to_path_buf(),
-        meridian_localpg::Durability::Durable,
-    ));
-    let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(StaticSecrets::default())));
-    let frankfurt: meridian_crds::Region =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(examples().join("regions/eu-central-1.yaml")).unwrap())
-            .unwrap();
-    let outcome = region::apply(&frankfurt, &ctx).await;
-    assert!(
-        meridian_operator::conditions::is_true(&outcome.status.conditions, "Ready"),
-        "{:?}",
-        outcome.status
-    );
+    let DevRegion {
+        manifests,
+        data,
+        local,
+        ctx,
+        frankfurt,
+    } = dev_region("meridian-vault-").await;
     let store = ctx.providers.region_secrets(&frankfurt).unwrap();
     let mut secret = store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap();
     keys::ensure_country(&mut secret, "DE");
@@ -710,4 +676,48 @@ async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it()
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no Region eu-nowhere-1"), "{err}");
     assert_eq!(store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap(), secret);
+}
+
+/// What `meridian dev` leaves for Region eu-central-1: its manifest in a folder, its local
+/// cluster under a data directory, reconciled (migrated, with its roles' Secrets).
+struct DevRegion {
+    manifests: tempfile::TempDir,
+    data: tempfile::TempDir,
+    local: std::sync::Arc<meridian_operator::providers::LocalClusters>,
+    ctx: meridian_operator::controller::Context,
+    frankfurt: meridian_crds::Region,
+}
+
+async fn dev_region(prefix: &str) -> DevRegion {
+    use meridian_operator::controller::{Context, region};
+    use meridian_operator::providers::{LocalClusters, Providers, StaticSecrets};
+    use std::sync::Arc;
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples().join("regions/eu-central-1.yaml"),
+        manifests.path().join("eu-central-1.yaml"),
+    )
+    .unwrap();
+    let data = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let local = Arc::new(LocalClusters::new(
+        data.path().to_path_buf(),
+        meridian_localpg::Durability::Durable,
+    ));
+    let ctx = Context::new(Providers::new(Some(local.clone()), Arc::new(StaticSecrets::default())));
+    let frankfurt: meridian_crds::Region =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(examples().join("regions/eu-central-1.yaml")).unwrap())
+            .unwrap();
+    let outcome = region::apply(&frankfurt, &ctx).await;
+    assert!(
+        meridian_operator::conditions::is_true(&outcome.status.conditions, "Ready"),
+        "{:?}",
+        outcome.status
+    );
+    DevRegion {
+        manifests,
+        data,
+        local,
+        ctx,
+        frankfurt,
+    }
 }
