@@ -627,7 +627,7 @@ pub async fn run(
         .map(|m| format!("{}/{}", m.resource_type, m.id))
         .collect();
     let action = format!("{}.search", search.resource_type.as_str().to_ascii_lowercase());
-    store::audit_read(conn, scope, &action, &returned.join(",")).await?;
+    store::audit_read(scope, &action, &returned.join(",")).await?;
     Ok(Page {
         matches,
         included,

@@ -22,6 +22,8 @@ pub struct Scope<'a> {
     /// The token's subject (for the audit trail).
     pub actor: &'a str,
     pub correlation_id: Uuid,
+    /// Where reads are audited.
+    pub reads: &'a meridian_shared::audit::ReadLog,
 }
 
 impl Scope<'_> {
@@ -145,6 +147,37 @@ pub async fn resolve(conn: &mut PgConnection, country: &str, targets: &[Target])
     Ok(())
 }
 
+/// The condition a write's statement carries so that it writes only when every reference
+/// names a live resource of the country: one index probe per reference, the referenced id
+/// bound from placeholder `$first` on, in the order of `targets`. [`resolve`] says which
+/// one failed.
+fn references_live(targets: &[Target], first: usize) -> String {
+    let probes: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let id = format!("${}", first + i);
+            if t.resource_type == ResourceType::Patient {
+                format!(
+                    "EXISTS (SELECT 1 FROM patients WHERE country_code = $1 AND client_id = {id}
+                                AND version IS NOT NULL AND deleted_at IS NULL)"
+                )
+            } else {
+                format!(
+                    "EXISTS (SELECT 1 FROM fhir_resources WHERE country_code = $1 AND resource_type = '{}'
+                                AND id = {id} AND deleted_at IS NULL)",
+                    t.resource_type.as_str()
+                )
+            }
+        })
+        .collect();
+    if probes.is_empty() {
+        "TRUE".into()
+    } else {
+        probes.join(" AND ")
+    }
+}
+
 /// The SQL tail every write shares: its outbox event and its audit record, chained after
 /// the common table expression `from` (which yields one row when the write happened).
 /// Placeholders from `$first` on: country, event type, key, payload, then the audit's.
@@ -165,16 +198,18 @@ fn event_and_audit(from: &str, first: usize) -> String {
     )
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 /// Binds what [`event_and_audit`] needs, in its order.
 fn bind_event_and_audit<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    query: Query<'q>,
     scope: &'q Scope<'q>,
     event_type: String,
     key: Uuid,
     payload: Value,
     action: String,
     resource: String,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+) -> Query<'q> {
     let record = meridian_shared::audit::Record {
         country_code: scope.country(),
         actor: scope.actor,
@@ -202,42 +237,51 @@ fn event_payload(resource_type: ResourceType, id: Uuid, version: i64, patient: O
     json!({"resourceType": resource_type.as_str(), "id": id, "versionId": version, "patient": patient})
 }
 
-/// Writes version `version` of `checked` as resource `id` (a create when `version` is 1).
-async fn write(
-    conn: &mut PgConnection,
-    scope: &Scope<'_>,
-    checked: Checked,
-    id: Uuid,
-    version: i64,
-    method: &str,
-) -> Result<Stored> {
-    resolve(conn, scope.country(), &checked.references).await?;
+/// What a write does: adds a resource, or replaces version `previous` of it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Write {
+    Create,
+    Update { previous: i64 },
+}
+
+/// Writes `checked` as resource `id`: as its version 1, or as the version after `previous`.
+/// With its history row, its outbox event and its audit record, in one statement that
+/// writes only if every reference resolves and (for an update) the stored version is still
+/// `previous`. When it writes nothing, the slower [`why_not_written`] says why.
+async fn write(conn: &mut PgConnection, scope: &Scope<'_>, checked: Checked, id: Uuid, how: Write) -> Result<Stored> {
+    let (version, method, verb, happened) = match how {
+        Write::Create => (1, "POST", "create", "created"),
+        Write::Update { previous } => (previous + 1, "PUT", "update", "updated"),
+    };
     let at = now();
     let mut body = checked.body;
     stamp(&mut body, id, version, at);
     let resource_type = checked.resource_type;
-    let verb = if version == 1 { "create" } else { "update" };
-    let event_type = format!(
-        "{}.{}",
-        resource_type.as_str().to_ascii_lowercase(),
-        if version == 1 { "created" } else { "updated" }
-    );
-    if resource_type == ResourceType::Patient {
-        let (terms, account) = checked.patient.expect("a Patient's terms");
+    let event_type = format!("{}.{happened}", resource_type.as_str().to_ascii_lowercase());
+    let written = if resource_type == ResourceType::Patient {
+        let (terms, account) = checked.patient.as_ref().expect("a Patient's terms");
         let plaintext = serde_json::to_vec(&body).expect("serializes");
         let (key_id, sealed) = vault::seal(scope.ring, id, &plaintext);
-        let search = vault::index(scope.ring, &terms);
+        let search = vault::index(scope.ring, terms);
+        // $10..$20: the event and the audit record; the references after them.
+        let live = references_live(&checked.references, 21);
+        let row = match how {
+            Write::Create => format!(
+                "INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed, search)
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE {live}
+                 ON CONFLICT (country_code, client_id) DO NOTHING
+                 RETURNING 1"
+            ),
+            Write::Update { .. } => format!(
+                "UPDATE vault.patients SET version = $3, last_updated = $4, key_id = $5, sealed = $6, search = $7,
+                        deleted_at = NULL, retain_until = NULL
+                  WHERE country_code = $1 AND client_id = $2 AND version = $3 - 1 AND {live}
+                 RETURNING 1"
+            ),
+        };
         let tail = event_and_audit("written", 10);
         let sql = format!(
-            "WITH written AS (
-                 INSERT INTO vault.patients AS p (country_code, client_id, version, last_updated, key_id, sealed, search)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (country_code, client_id) DO UPDATE
-                    SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated, key_id = EXCLUDED.key_id,
-                        sealed = EXCLUDED.sealed, search = EXCLUDED.search, deleted_at = NULL, retain_until = NULL
-                  WHERE p.version = EXCLUDED.version - 1
-                 RETURNING 1
-             ),
+            "WITH written AS ({row}),
              history AS (
                  INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method, key_id, sealed)
                  SELECT $1, $2, $3, $4, $8, $5, $6 FROM written
@@ -261,9 +305,8 @@ async fn write(
             .bind(sealed)
             .bind(search)
             .bind(method)
-            .bind(account);
-        // $10.. : the event and the audit record.
-        let query = bind_event_and_audit(
+            .bind(account.as_deref());
+        let mut query = bind_event_and_audit(
             query,
             scope,
             event_type,
@@ -272,27 +315,33 @@ async fn write(
             action(resource_type, verb),
             format!("Patient/{id}"),
         );
-        let written = query.execute(&mut *conn).await.map_err(account_conflict)?;
-        if written.rows_affected() == 0 {
-            return Err(conflict(resource_type, id));
+        for target in &checked.references {
+            query = query.bind(target.id);
         }
+        query.fetch_one(&mut *conn).await.map_err(account_conflict)?
     } else {
         let ix = &checked.indexed;
+        // $18..$28: the event and the audit record; the references after them.
+        let live = references_live(&checked.references, 29);
+        let row = match how {
+            Write::Create => format!(
+                "INSERT INTO fhir_resources (country_code, resource_type, id, version, last_updated, patient,
+                        identifiers, status, class, intent, codes, categories, date_start, date_end, quantity, content)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::numeric, $16 WHERE {live}
+                 ON CONFLICT (country_code, resource_type, id) DO NOTHING
+                 RETURNING 1"
+            ),
+            Write::Update { .. } => format!(
+                "UPDATE fhir_resources SET version = $4, last_updated = $5, patient = $6, identifiers = $7,
+                        status = $8, class = $9, intent = $10, codes = $11, categories = $12, date_start = $13,
+                        date_end = $14, quantity = $15::numeric, content = $16, deleted_at = NULL, retain_until = NULL
+                  WHERE country_code = $1 AND resource_type = $2 AND id = $3 AND version = $4 - 1 AND {live}
+                 RETURNING 1"
+            ),
+        };
         let tail = event_and_audit("written", 18);
         let sql = format!(
-            "WITH written AS (
-                 INSERT INTO fhir_resources AS f (country_code, resource_type, id, version, last_updated, patient,
-                        identifiers, status, class, intent, codes, categories, date_start, date_end, quantity, content)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::numeric, $16)
-                 ON CONFLICT (country_code, resource_type, id) DO UPDATE
-                    SET version = EXCLUDED.version, last_updated = EXCLUDED.last_updated, patient = EXCLUDED.patient,
-                        identifiers = EXCLUDED.identifiers, status = EXCLUDED.status, class = EXCLUDED.class,
-                        intent = EXCLUDED.intent, codes = EXCLUDED.codes, categories = EXCLUDED.categories,
-                        date_start = EXCLUDED.date_start, date_end = EXCLUDED.date_end, quantity = EXCLUDED.quantity,
-                        content = EXCLUDED.content, deleted_at = NULL, retain_until = NULL
-                  WHERE f.version = EXCLUDED.version - 1
-                 RETURNING 1
-             ),
+            "WITH written AS ({row}),
              history AS (
                  INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
                  SELECT $1, $2, $3, $4, $5, $17, $16 FROM written
@@ -319,7 +368,7 @@ async fn write(
             .bind(&body)
             .bind(method);
         let key = ix.patient.unwrap_or(id);
-        let query = bind_event_and_audit(
+        let mut query = bind_event_and_audit(
             query,
             scope,
             event_type,
@@ -328,10 +377,14 @@ async fn write(
             action(resource_type, verb),
             format!("{resource_type}/{id}"),
         );
-        let written = query.execute(&mut *conn).await?;
-        if written.rows_affected() == 0 {
-            return Err(conflict(resource_type, id));
+        for target in &checked.references {
+            query = query.bind(target.id);
         }
+        query.fetch_one(&mut *conn).await?
+    };
+    let written: i64 = sqlx::Row::try_get(&written, 0)?;
+    if written == 0 {
+        return Err(why_not_written(conn, scope, &checked.references, resource_type, id, how).await);
     }
     Ok(Stored {
         resource_type,
@@ -340,6 +393,42 @@ async fn write(
         last_updated: at,
         body: Some(body),
     })
+}
+
+/// Why a write wrote nothing: the resource to update is unknown (404) or at another version
+/// than `previous` (412), a reference does not resolve (with the element that names it), or
+/// a concurrent write got there first (409).
+async fn why_not_written(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    references: &[Target],
+    resource_type: ResourceType,
+    id: Uuid,
+    how: Write,
+) -> StoreError {
+    if let Write::Update { previous } = how {
+        match current_version(conn, scope.country(), resource_type, id).await {
+            Err(e) => return e,
+            Ok(None) => {
+                return Issue::not_found(format!("{resource_type}/{id} is not known here; create it with POST")).into();
+            }
+            Ok(Some((version, _))) if version != previous => return stale(resource_type, id, version, previous),
+            Ok(Some(_)) => {}
+        }
+    }
+    match resolve(conn, scope.country(), references).await {
+        Err(e) => e,
+        Ok(()) => conflict(resource_type, id),
+    }
+}
+
+fn stale(resource_type: ResourceType, id: Uuid, version: i64, expected: i64) -> StoreError {
+    Issue::new(
+        http::StatusCode::PRECONDITION_FAILED,
+        IssueType::Conflict,
+        format!("{resource_type}/{id} is at version {version}, not {expected}: read it again and retry"),
+    )
+    .into()
 }
 
 fn conflict(resource_type: ResourceType, id: Uuid) -> StoreError {
@@ -379,7 +468,7 @@ pub async fn create(conn: &mut PgConnection, scope: &Scope<'_>, checked: Checked
             None => {}
         }
     }
-    write(conn, scope, checked, id, 1, "POST").await
+    write(conn, scope, checked, id, Write::Create).await
 }
 
 fn account_conflict_issue() -> StoreError {
@@ -422,7 +511,8 @@ async fn current_version(
     Ok(row)
 }
 
-/// Updates resource `id` if its current version is `if_match` (412 otherwise).
+/// Updates resource `id` if its current version is `if_match` (412 otherwise, 404 when it
+/// never existed). One statement: the write's version guard is what serialises updates.
 pub async fn update(
     conn: &mut PgConnection,
     scope: &Scope<'_>,
@@ -430,18 +520,6 @@ pub async fn update(
     id: Uuid,
     if_match: i64,
 ) -> Result<Stored> {
-    let resource_type = checked.resource_type;
-    let Some((version, _)) = current_version(conn, scope.country(), resource_type, id).await? else {
-        return Err(Issue::not_found(format!("{resource_type}/{id} is not known here; create it with POST")).into());
-    };
-    if version != if_match {
-        return Err(Issue::new(
-            http::StatusCode::PRECONDITION_FAILED,
-            IssueType::Conflict,
-            format!("{resource_type}/{id} is at version {version}, not {if_match}: read it again and retry"),
-        )
-        .into());
-    }
     if let Some((_, Some(subject))) = &checked.patient {
         let holder: Option<Uuid> =
             sqlx::query_scalar("SELECT client_id FROM patients WHERE country_code = $1 AND subject = $2")
@@ -453,7 +531,7 @@ pub async fn update(
             return Err(account_conflict_issue());
         }
     }
-    write(conn, scope, checked, id, version + 1, "PUT").await
+    write(conn, scope, checked, id, Write::Update { previous: if_match }).await
 }
 
 /// Deletes resource `id` logically: reads answer 410 from now on; the rows are kept until the
@@ -522,8 +600,9 @@ pub async fn delete(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: R
     Ok(())
 }
 
-/// Appends the audit record of a read.
-pub async fn audit_read(conn: &mut PgConnection, scope: &Scope<'_>, action: &str, resource: &str) -> Result<()> {
+/// Appends the audit record of a read; returns once it has committed (see
+/// [`meridian_shared::audit::ReadLog`]).
+pub async fn audit_read(scope: &Scope<'_>, action: &str, resource: &str) -> Result<()> {
     let record = meridian_shared::audit::Record {
         country_code: scope.country(),
         actor: scope.actor,
@@ -531,7 +610,7 @@ pub async fn audit_read(conn: &mut PgConnection, scope: &Scope<'_>, action: &str
         resource,
         correlation_id: scope.correlation_id,
     };
-    meridian_shared::audit::append(conn, &record).await?;
+    scope.reads.append(&record).await?;
     Ok(())
 }
 
@@ -617,13 +696,7 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         )
         .into());
     }
-    audit_read(
-        conn,
-        scope,
-        &action(resource_type, "read"),
-        &format!("{resource_type}/{id}"),
-    )
-    .await?;
+    audit_read(scope, &action(resource_type, "read"), &format!("{resource_type}/{id}")).await?;
     Ok(stored)
 }
 
@@ -688,7 +761,6 @@ pub async fn history(
         return Err(Issue::not_found(what).into());
     }
     audit_read(
-        conn,
         scope,
         &action(resource_type, "history"),
         &format!("{resource_type}/{id}"),

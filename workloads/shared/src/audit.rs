@@ -3,8 +3,11 @@
 //!
 //! A record's hash is `sha256(previous hash || payload)`, where the payload is the record's
 //! fields as a JSON array; the first record of a chain hashes its payload alone. A country's
-//! records are spread over [`CHAINS`] chains by resource, so appends to different resources
-//! do not wait for each other; each chain verifies on its own.
+//! records of writes are spread over [`CHAINS`] chains by resource, so appends to different
+//! resources do not wait for each other, and commit with the write they describe. Records
+//! of reads go to one more chain, [`READS_CHAIN`], in batches ([`ReadLog`]): a read changes
+//! nothing for its record to commit with, and one transaction for many reads is what lets
+//! reads that are all audited run at the speed of reads. Each chain verifies on its own.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +17,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Chains per country.
-pub const CHAINS: i16 = 8;
+pub const CHAINS: i16 = 64;
 
 /// One audit record, before it is chained.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +100,145 @@ pub async fn append(conn: &mut PgConnection, record: &Record<'_>) -> Result<(), 
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The chain of the records a [`ReadLog`] writes, in every country: reads are appended in
+/// batches, and one batch holds the one head it extends.
+pub const READS_CHAIN: i16 = 1000;
+
+/// A record as the [`ReadLog`] keeps it until it is written.
+struct Queued {
+    country_code: String,
+    prepared: Prepared,
+    actor: String,
+    action: String,
+    resource: String,
+    correlation_id: Uuid,
+    written: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The audit records of reads, written in batches: every record a request hands over while
+/// the previous batch is being written goes into the next one, so that many concurrent
+/// reads cost one transaction between them instead of one each. [`ReadLog::append`] returns
+/// once its record has committed, so that nothing is served before its audit record is
+/// durable. Records of writes do not come here: they commit with the write they describe.
+#[derive(Clone)]
+pub struct ReadLog {
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+}
+
+/// Records written in one transaction at most.
+const BATCH: usize = 512;
+
+impl ReadLog {
+    /// Starts the task that writes the batches, on a connection of its own to the database
+    /// and as the role of `pool` (so that a request holding one of `pool`'s connections
+    /// while it waits for its record cannot starve the log); it ends when the last handle
+    /// is dropped.
+    pub fn start(pool: &sqlx::PgPool) -> Self {
+        let pool = crate::serve::pool_options(1).connect_lazy_with(pool.connect_options().as_ref().clone());
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while waiting.recv_many(&mut batch, BATCH).await > 0 {
+                // One country at a time: each batch extends one head.
+                batch.sort_by(|a, b| a.country_code.cmp(&b.country_code));
+                while !batch.is_empty() {
+                    let country = batch[0].country_code.clone();
+                    let split = batch
+                        .iter()
+                        .position(|q| q.country_code != country)
+                        .unwrap_or(batch.len());
+                    let rest = batch.split_off(split);
+                    let result = write_batch(&pool, &country, &batch).await.map_err(|e| e.to_string());
+                    for queued in batch.drain(..) {
+                        let _ = queued.written.send(result.clone());
+                    }
+                    batch = rest;
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Appends `record` to its country's reads chain; returns once it has committed.
+    pub async fn append(&self, record: &Record<'_>) -> Result<(), sqlx::Error> {
+        let mut prepared = prepare(record);
+        prepared.chain = READS_CHAIN;
+        let (written, done) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            country_code: record.country_code.into(),
+            prepared,
+            actor: record.actor.into(),
+            action: record.action.into(),
+            resource: record.resource.into(),
+            correlation_id: record.correlation_id,
+            written,
+        };
+        let failed = |why: String| sqlx::Error::Protocol(format!("the audit record was not written: {why}"));
+        self.queue
+            .send(queued)
+            .map_err(|_| failed("the audit log has stopped".into()))?;
+        done.await
+            .map_err(|_| failed("the audit log has stopped".into()))?
+            .map_err(failed)
+    }
+}
+
+/// Appends `batch` (records of `country`) to the country's reads chain in one transaction:
+/// the chain is locked, its head read, the hashes computed here, the records and the new
+/// head written. Only this function writes the reads chain, so a lock of its own (rather
+/// than the head's row, which the first batch has yet to create) is enough.
+async fn write_batch(pool: &sqlx::PgPool, country: &str, batch: &[Queued]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("audit/{country}/{READS_CHAIN}"))
+        .execute(&mut *tx)
+        .await?;
+    // A statement of its own, after the lock: its snapshot sees the previous batch.
+    let mut previous: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2")
+            .bind(country)
+            .bind(READS_CHAIN)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (mut prev_hashes, mut hashes) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    for queued in batch {
+        let mut hasher = Sha256::new();
+        if let Some(previous) = &previous {
+            hasher.update(previous);
+        }
+        hasher.update(&queued.prepared.payload);
+        let hash = hasher.finalize().to_vec();
+        prev_hashes.push(previous.replace(hash.clone()));
+        hashes.push(hash);
+    }
+    let column = |f: fn(&Queued) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+    sqlx::query(
+        "WITH records AS (
+             INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
+             SELECT $1, $2, at, actor, action, resource, correlation_id, prev_hash, hash
+               FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bytea[], $9::bytea[])
+                    WITH ORDINALITY AS r(at, actor, action, resource, correlation_id, prev_hash, hash, n)
+              ORDER BY n
+         )
+         INSERT INTO audit_heads (country_code, chain, prev_hash, hash) VALUES ($1, $2, $10, $11)
+         ON CONFLICT (country_code, chain) DO UPDATE SET prev_hash = EXCLUDED.prev_hash, hash = EXCLUDED.hash",
+    )
+    .bind(country)
+    .bind(READS_CHAIN)
+    .bind(batch.iter().map(|q| q.prepared.at).collect::<Vec<_>>())
+    .bind(column(|q| &q.actor))
+    .bind(column(|q| &q.action))
+    .bind(column(|q| &q.resource))
+    .bind(batch.iter().map(|q| q.correlation_id).collect::<Vec<_>>())
+    .bind(&prev_hashes)
+    .bind(&hashes)
+    .bind(prev_hashes.last().cloned().flatten())
+    .bind(hashes.last())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// A chain whose records do not add up.

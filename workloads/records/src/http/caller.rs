@@ -34,6 +34,8 @@ pub struct Caller {
     pub correlation_id: Uuid,
     /// `http://host/{cc}/v1/fhir`, for links and `fullUrl`s.
     pub base: String,
+    /// Where the audit records of this caller's reads go.
+    pub reads: meridian_shared::audit::ReadLog,
 }
 
 impl Caller {
@@ -50,6 +52,7 @@ impl Caller {
             ring: self.keys(),
             actor: &self.principal.subject,
             correlation_id: self.correlation_id,
+            reads: &self.reads,
         }
     }
 
@@ -157,6 +160,7 @@ impl FromRequestParts<Arc<Service>> for Caller {
             access,
             correlation_id,
             base,
+            reads: service.reads.clone(),
         })
     }
 }

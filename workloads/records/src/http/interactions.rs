@@ -105,9 +105,9 @@ pub async fn create(
     let fail = |e| store_failure(e, caller.correlation_id);
     if condition.is_none() {
         // A plain create is one write statement (the resource, its history, its outbox
-        // event and its audit record together) after the reference check: a transaction
-        // around them would add two round trips and no guarantee (the check takes no lock
-        // either way; the registry's unique account subject guards a Patient's account).
+        // event, its audit record and the reference check together): a transaction around
+        // it would add two round trips and no guarantee (the registry's unique account
+        // subject guards a Patient's account).
         let mut conn = service
             .pool(resource_type)
             .acquire()
@@ -206,9 +206,9 @@ async fn read_allowed(
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     if caller.access == Access::Clinician && version.is_none() {
-        // The hot path: the read and its audit record as two statements on one connection,
-        // no transaction to open and commit. The record is written before the resource is
-        // served, and a clinician's read is never taken back.
+        // The hot path: the read and its audit record are one statement, no transaction to
+        // open and commit. The record is written before the resource is served, and a
+        // clinician's read is never taken back.
         let mut conn = service
             .pool(resource_type)
             .acquire()
@@ -321,11 +321,15 @@ pub async fn update(
     let checked = validate::check(resource_type, body, &caller.country.rules, today())?;
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
-    let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
-    let stored = store::update(&mut tx, &scope, checked, id, expected)
+    // One statement whose version guard serialises concurrent updates: no transaction.
+    let mut conn = service
+        .pool(resource_type)
+        .acquire()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let stored = store::update(&mut conn, &scope, checked, id, expected)
         .await
         .map_err(fail)?;
-    tx.commit().await.map_err(|e| fail(e.into()))?;
     Ok(response::resource(
         &stored,
         StatusCode::OK,
@@ -427,7 +431,7 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid) -> Result<Resp
         .await
         .map_err(fail)?;
     let records = search::everything(&mut tx, &scope, id).await.map_err(fail)?;
-    store::audit_read(&mut tx, &scope, "patient.everything", &format!("Patient/{id}"))
+    store::audit_read(&scope, "patient.everything", &format!("Patient/{id}"))
         .await
         .map_err(fail)?;
     tx.commit().await.map_err(|e| fail(e.into()))?;

@@ -64,11 +64,14 @@ pub struct Service {
     pub verifier: Arc<Verifier>,
     pub jwks: Option<Arc<Jwks>>,
     pub countries: Countries,
+    /// The audit records of reads, written in batches on connections of their own.
+    pub reads: meridian_shared::audit::ReadLog,
 }
 
 impl Service {
     pub fn new(clinical: PgPool, vault: PgPool, verifier: Arc<Verifier>, countries: Countries) -> Self {
         Self {
+            reads: meridian_shared::audit::ReadLog::start(&clinical),
             clinical,
             vault,
             verifier,
