@@ -5,7 +5,7 @@
 //! fields as a JSON array; the first record of a chain hashes its payload alone. A country's
 //! records of writes are spread over [`CHAINS`] chains by resource, so appends to different
 //! resources do not wait for each other, and commit with the write they describe. Records
-//! of reads go to one more chain, [`READS_CHAIN`], in batches ([`ReadLog`]): a read changes
+//! of reads go to chains of their own from [`READS_CHAIN`] on, in batches ([`ReadLog`]): a read changes
 //! nothing for its record to commit with, and one transaction for many reads is what lets
 //! reads that are all audited run at the speed of reads. Each chain verifies on its own.
 
@@ -102,9 +102,14 @@ pub async fn append(conn: &mut PgConnection, record: &Record<'_>) -> Result<(), 
     Ok(())
 }
 
-/// The chain of the records a [`ReadLog`] writes, in every country: reads are appended in
-/// batches, and one batch holds the one head it extends.
+/// The first chain of the records a [`ReadLog`] writes, in every country; its writers use
+/// [`READ_WRITERS`] chains from this one on. Reads are appended in batches, and one batch
+/// holds the one head it extends.
 pub const READS_CHAIN: i16 = 1000;
+
+/// Batches of reads written at the same time, each to a chain of its own (a process's
+/// writers have chains of their own; writers of several processes share them).
+const READ_WRITERS: i16 = 2;
 
 /// A record as the [`ReadLog`] keeps it until it is written.
 struct Queued {
@@ -136,35 +141,45 @@ impl ReadLog {
     /// while it waits for its record cannot starve the log); it ends when the last handle
     /// is dropped.
     pub fn start(pool: &sqlx::PgPool) -> Self {
-        let pool = crate::serve::pool_options(1).connect_lazy_with(pool.connect_options().as_ref().clone());
-        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Queued>();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            while waiting.recv_many(&mut batch, BATCH).await > 0 {
-                // One country at a time: each batch extends one head.
-                batch.sort_by(|a, b| a.country_code.cmp(&b.country_code));
-                while !batch.is_empty() {
-                    let country = batch[0].country_code.clone();
-                    let split = batch
-                        .iter()
-                        .position(|q| q.country_code != country)
-                        .unwrap_or(batch.len());
-                    let rest = batch.split_off(split);
-                    let result = write_batch(&pool, &country, &batch).await.map_err(|e| e.to_string());
-                    for queued in batch.drain(..) {
-                        let _ = queued.written.send(result.clone());
+        let pool =
+            crate::serve::pool_options(READ_WRITERS as u32).connect_lazy_with(pool.connect_options().as_ref().clone());
+        let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+        let waiting = std::sync::Arc::new(tokio::sync::Mutex::new(waiting));
+        for writer in 0..READ_WRITERS {
+            let (pool, waiting) = (pool.clone(), waiting.clone());
+            tokio::spawn(async move {
+                let chain = READS_CHAIN + writer;
+                let mut batch = Vec::with_capacity(BATCH);
+                // The head of this chain in each country, as this writer last wrote it.
+                let mut heads = BTreeMap::new();
+                // While one writer writes its batch, the other gathers the next.
+                while waiting.lock().await.recv_many(&mut batch, BATCH).await > 0 {
+                    // One country at a time: each batch extends one head.
+                    batch.sort_by(|a, b| a.country_code.cmp(&b.country_code));
+                    while !batch.is_empty() {
+                        let country = batch[0].country_code.clone();
+                        let split = batch
+                            .iter()
+                            .position(|q| q.country_code != country)
+                            .unwrap_or(batch.len());
+                        let rest = batch.split_off(split);
+                        let result = write_batch(&pool, &country, chain, &mut heads, &batch)
+                            .await
+                            .map_err(|e| e.to_string());
+                        for queued in batch.drain(..) {
+                            let _ = queued.written.send(result.clone());
+                        }
+                        batch = rest;
                     }
-                    batch = rest;
                 }
-            }
-        });
+            });
+        }
         Self { queue }
     }
 
-    /// Appends `record` to its country's reads chain; returns once it has committed.
+    /// Appends `record` to one of its country's reads chains; returns once it has committed.
     pub async fn append(&self, record: &Record<'_>) -> Result<(), sqlx::Error> {
-        let mut prepared = prepare(record);
-        prepared.chain = READS_CHAIN;
+        let prepared = prepare(record);
         let (written, done) = tokio::sync::oneshot::channel();
         let queued = Queued {
             country_code: record.country_code.into(),
@@ -185,60 +200,89 @@ impl ReadLog {
     }
 }
 
-/// Appends `batch` (records of `country`) to the country's reads chain in one transaction:
-/// the chain is locked, its head read, the hashes computed here, the records and the new
-/// head written. Only this function writes the reads chain, so a lock of its own (rather
-/// than the head's row, which the first batch has yet to create) is enough.
-async fn write_batch(pool: &sqlx::PgPool, country: &str, batch: &[Queued]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("audit/{country}/{READS_CHAIN}"))
-        .execute(&mut *tx)
-        .await?;
-    // A statement of its own, after the lock: its snapshot sees the previous batch.
-    let mut previous: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2")
-            .bind(country)
-            .bind(READS_CHAIN)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (mut prev_hashes, mut hashes) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
-    for queued in batch {
-        let mut hasher = Sha256::new();
-        if let Some(previous) = &previous {
-            hasher.update(previous);
+/// Appends `batch` (records of `country`) to the country's reads chain `chain`: one
+/// statement that moves the chain's head from the hash this writer last wrote (kept in
+/// `heads`; read when unknown) to the batch's last, and inserts the records only if it
+/// did. Another process writing the same chain in between makes it write nothing; the
+/// head is then read again and the batch chained anew.
+async fn write_batch(
+    pool: &sqlx::PgPool,
+    country: &str,
+    chain: i16,
+    heads: &mut BTreeMap<String, Option<Vec<u8>>>,
+    batch: &[Queued],
+) -> Result<(), sqlx::Error> {
+    for _ in 0..8 {
+        let previous = match heads.get(country) {
+            Some(head) => head.clone(),
+            None => {
+                sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2")
+                    .bind(country)
+                    .bind(chain)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        let mut last = previous.clone();
+        let (mut prev_hashes, mut hashes) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+        for queued in batch {
+            let mut hasher = Sha256::new();
+            if let Some(last) = &last {
+                hasher.update(last);
+            }
+            hasher.update(&queued.prepared.payload);
+            let hash = hasher.finalize().to_vec();
+            prev_hashes.push(last.replace(hash.clone()));
+            hashes.push(hash);
         }
-        hasher.update(&queued.prepared.payload);
-        let hash = hasher.finalize().to_vec();
-        prev_hashes.push(previous.replace(hash.clone()));
-        hashes.push(hash);
+        let column = |f: fn(&Queued) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+        // The head moves first (its row lock orders the chain), the records follow it.
+        let moved: i64 = sqlx::query_scalar(
+            "WITH moved_head AS (
+                 UPDATE audit_heads SET prev_hash = $10, hash = $11
+                  WHERE country_code = $1 AND chain = $2 AND hash = $12
+                 RETURNING 1
+             ),
+             first_head AS (
+                 INSERT INTO audit_heads (country_code, chain, prev_hash, hash)
+                 SELECT $1, $2, $10, $11 WHERE $12::bytea IS NULL
+                 ON CONFLICT (country_code, chain) DO NOTHING
+                 RETURNING 1
+             ),
+             moved AS (SELECT 1 FROM moved_head UNION ALL SELECT 1 FROM first_head),
+             records AS (
+                 INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
+                 SELECT $1, $2, at, actor, action, resource, correlation_id, prev_hash, hash
+                   FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bytea[], $9::bytea[])
+                        WITH ORDINALITY AS r(at, actor, action, resource, correlation_id, prev_hash, hash, n)
+                  WHERE EXISTS (SELECT 1 FROM moved)
+                  ORDER BY n
+             )
+             SELECT count(*) FROM moved",
+        )
+        .bind(country)
+        .bind(chain)
+        .bind(batch.iter().map(|q| q.prepared.at).collect::<Vec<_>>())
+        .bind(column(|q| &q.actor))
+        .bind(column(|q| &q.action))
+        .bind(column(|q| &q.resource))
+        .bind(batch.iter().map(|q| q.correlation_id).collect::<Vec<_>>())
+        .bind(&prev_hashes)
+        .bind(&hashes)
+        .bind(prev_hashes.last().cloned().flatten())
+        .bind(hashes.last())
+        .bind(&previous)
+        .fetch_one(pool)
+        .await?;
+        if moved == 1 {
+            heads.insert(country.to_string(), last);
+            return Ok(());
+        }
+        heads.remove(country);
     }
-    let column = |f: fn(&Queued) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
-    sqlx::query(
-        "WITH records AS (
-             INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
-             SELECT $1, $2, at, actor, action, resource, correlation_id, prev_hash, hash
-               FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bytea[], $9::bytea[])
-                    WITH ORDINALITY AS r(at, actor, action, resource, correlation_id, prev_hash, hash, n)
-              ORDER BY n
-         )
-         INSERT INTO audit_heads (country_code, chain, prev_hash, hash) VALUES ($1, $2, $10, $11)
-         ON CONFLICT (country_code, chain) DO UPDATE SET prev_hash = EXCLUDED.prev_hash, hash = EXCLUDED.hash",
-    )
-    .bind(country)
-    .bind(READS_CHAIN)
-    .bind(batch.iter().map(|q| q.prepared.at).collect::<Vec<_>>())
-    .bind(column(|q| &q.actor))
-    .bind(column(|q| &q.action))
-    .bind(column(|q| &q.resource))
-    .bind(batch.iter().map(|q| q.correlation_id).collect::<Vec<_>>())
-    .bind(&prev_hashes)
-    .bind(&hashes)
-    .bind(prev_hashes.last().cloned().flatten())
-    .bind(hashes.last())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    Err(sqlx::Error::Protocol(format!(
+        "audit chain {chain} of {country} kept moving under this writer"
+    )))
 }
 
 /// A chain whose records do not add up.

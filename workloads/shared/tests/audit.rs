@@ -117,3 +117,43 @@ async fn records_cannot_be_changed_and_tampering_is_detected() {
         newest.0
     );
 }
+
+/// Two read logs stand for two processes (replicas) writing the same reads chains: each
+/// moves a chain's head only from the hash it last saw, so when the other process moved it
+/// in between, it reads the head again and chains its batch after the other's.
+#[tokio::test]
+async fn batched_reads_from_two_processes_form_intact_chains() {
+    let (_pg, pool) = database().await;
+    prepare(&mut pool.acquire().await.unwrap(), &["FR"]).await.unwrap();
+    let logs = [audit::ReadLog::start(&pool), audit::ReadLog::start(&pool)];
+    let readers = (0..32).map(|r| {
+        let log = logs[r % 2].clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let resource = format!("Observation/{r}-{i}");
+                let mut read = record(&resource);
+                read.action = "observation.read";
+                read.country_code = if i % 4 == 0 { "FR" } else { "DE" };
+                log.append(&read).await.unwrap();
+            }
+        })
+    });
+    for reader in readers.collect::<Vec<_>>() {
+        reader.await.unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(audit::verify(&mut conn, "DE").await.unwrap(), Ok(480));
+    assert_eq!(audit::verify(&mut conn, "FR").await.unwrap(), Ok(160));
+    let chains: Vec<i16> =
+        sqlx::query_scalar("SELECT DISTINCT chain FROM audit WHERE country_code = 'DE' ORDER BY chain")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert!(chains.iter().all(|c| *c >= audit::READS_CHAIN), "{chains:?}");
+    // Every record a read was answered after has committed: none is missing.
+    let recorded: i64 = sqlx::query_scalar("SELECT count(DISTINCT correlation_id) FROM audit")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 640);
+}

@@ -45,7 +45,6 @@ pub fn store_failure(e: StoreError, correlation_id: uuid::Uuid) -> Issue {
 
 /// A stored version with `ETag`, `Last-Modified` and (when created) `Location`.
 pub fn resource(stored: &Stored, status: StatusCode, base: &str, minimal: bool) -> Response {
-    let body = stored.body.clone().unwrap_or(Value::Null);
     let mut response = if minimal {
         let mut r = status.into_response();
         r.headers_mut().insert(
@@ -54,7 +53,7 @@ pub fn resource(stored: &Stored, status: StatusCode, base: &str, minimal: bool) 
         );
         r
     } else {
-        fhir(status, &body)
+        fhir(status, stored.body.as_ref().unwrap_or(&Value::Null))
     };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&stored.etag()) {
