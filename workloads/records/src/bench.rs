@@ -233,8 +233,13 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                 let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
                 let response = client.request(request.body(body).expect("a request")).await.ok()?;
                 let status = response.status();
+                let location = response
+                    .headers()
+                    .get(http::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
                 let bytes = response.into_body().collect().await.ok()?.to_bytes();
-                Some((status, bytes))
+                Some((status, location, bytes))
             }
         }
     };
@@ -250,7 +255,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             "gender": "female",
             "birthDate": "1980-01-01",
         });
-        let (_, body) = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
+        let (_, _, body) = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
             .await
             .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
         let body = json(&body);
@@ -259,7 +264,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no patient created: {body}"))?;
         patients.push(id);
-        let (_, body) = send(
+        let (_, _, body) = send(
             "POST",
             "/de/v1/fhir/Observation".into(),
             vec![],
@@ -303,10 +308,13 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                 };
                 let ok = match op {
                     Op::Create => {
-                        let r = send("POST", "/de/v1/fhir/Observation".into(), vec![], Some(observation(patient, 72.0))).await;
+                        // Like a client that keeps what it sent: no copy back, the id from Location.
+                        let minimal = vec![("prefer", "return=minimal".to_string())];
+                        let r = send("POST", "/de/v1/fhir/Observation".into(), minimal, Some(observation(patient, 72.0))).await;
                         match r {
-                            Some((s, body)) if s.as_u16() == 201 => {
-                                if let Some(id) = json(&body)["id"].as_str().and_then(|s| s.parse().ok()) {
+                            Some((s, location, _)) if s.as_u16() == 201 => {
+                                // Observation/{id}/_history/1
+                                if let Some(id) = location.as_deref().and_then(|l| l.split('/').nth_back(2)).and_then(|s| s.parse().ok()) {
                                     known.lock().expect("lock").push((id, 1));
                                 }
                                 true
@@ -316,26 +324,27 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                     }
                     Op::Read => {
                         let (id, _) = some_known();
-                        matches!(send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await, Some((s, _)) if s.is_success())
+                        matches!(send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await, Some((s, ..)) if s.is_success())
                     }
                     Op::Update => {
                         let (id, _) = some_known();
                         let r = send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await;
                         match r {
-                            Some((s, body)) if s.is_success() => {
+                            Some((s, _, body)) if s.is_success() => {
                                 let mut body = json(&body);
                                 let version = body["meta"]["versionId"].as_str().unwrap_or("1").to_string();
                                 body["valueQuantity"]["value"] = json!(rand::rng().random_range(50..120));
-                                let r = send("PUT", format!("/de/v1/fhir/Observation/{id}"), vec![("if-match", format!("W/\"{version}\""))], Some(body)).await;
+                                let headers = vec![("if-match", format!("W/\"{version}\"")), ("prefer", "return=minimal".to_string())];
+                                let r = send("PUT", format!("/de/v1/fhir/Observation/{id}"), headers, Some(body)).await;
                                 // A concurrent update of the same resource is a 412, as it should be.
-                                matches!(r, Some((s, _)) if s.is_success() || s.as_u16() == 412)
+                                matches!(r, Some((s, ..)) if s.is_success() || s.as_u16() == 412)
                             }
                             _ => false,
                         }
                     }
                     Op::Search => {
                         let path = format!("/de/v1/fhir/Observation?patient={patient}&code=http://loinc.org%7C8867-4&_count=10");
-                        matches!(send("GET", path, vec![], None).await, Some((s, _)) if s.is_success())
+                        matches!(send("GET", path, vec![], None).await, Some((s, ..)) if s.is_success())
                     }
                 };
                 (op, ok)
@@ -420,7 +429,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         .await;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         match r {
-            Some((s, _)) if s.is_success() => bundle_ms.push(ms),
+            Some((s, ..)) if s.is_success() => bundle_ms.push(ms),
             other => anyhow::bail!("the 100-entry Bundle failed: {other:?}"),
         }
     }
