@@ -139,7 +139,7 @@ pub fn rotate(data: &mut BTreeMap<String, String>, country: &str) -> Result<Stri
     Ok(id)
 }
 
-fn new_key() -> String {
+pub(crate) fn new_key() -> String {
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     STANDARD.encode(key)

@@ -17,6 +17,7 @@ pub mod dates;
 pub mod fhir;
 pub mod http;
 pub mod keys;
+pub mod mpi;
 pub mod national_id;
 pub mod roles;
 pub mod search;

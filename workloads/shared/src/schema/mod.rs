@@ -1,6 +1,7 @@
 //! The platform schema: migrations and per-country partitions.
 
 mod migrations;
+pub mod mpi;
 mod partitions;
 mod privileges;
 
