@@ -429,6 +429,9 @@ fn patient_condition(name: &str, values: &[&str], scope: &Scope<'_>) -> Result<C
 pub struct Page {
     pub matches: Vec<Stored>,
     pub included: Vec<Stored>,
+    /// Patients that matched (or were to be included) whose vault rows do not open: left
+    /// out, and named in the Bundle's outcome.
+    pub unreadable: Vec<Uuid>,
     /// The cursor of the next page, when there is one.
     pub next: Option<String>,
 }
@@ -591,10 +594,18 @@ pub async fn run(
         None
     };
     let mut matches = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
     for (_, id, version, last_updated, content, key_id, sealed) in rows {
         let body = match (content, key_id, sealed) {
             (Some(content), _, _) => content,
-            (None, Some(key_id), Some(sealed)) => store::unseal(scope.ring, id, version, &key_id, &sealed)?,
+            (None, Some(key_id), Some(sealed)) => match store::open_row(scope.ring, id, version, &key_id, &sealed) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(error = %e, correlation_id = %scope.correlation_id, "a vault row does not open: left out of a search");
+                    unreadable.push(id);
+                    continue;
+                }
+            },
             _ => continue,
         };
         matches.push(Stored {
@@ -619,7 +630,9 @@ pub async fn run(
             .collect();
         ids.sort();
         ids.dedup();
-        included = patients(conn, scope, &ids).await?;
+        let (opened, not_opened) = patients(conn, scope, &ids).await?;
+        included = opened;
+        unreadable.extend(not_opened);
     }
     let returned: Vec<String> = matches
         .iter()
@@ -631,14 +644,19 @@ pub async fn run(
     Ok(Page {
         matches,
         included,
+        unreadable,
         next,
     })
 }
 
-/// The live Patients among `ids`, opened.
-pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) -> store::Result<Vec<Stored>> {
+/// The live Patients among `ids`, opened, and those whose vault rows do not open.
+pub async fn patients(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    ids: &[Uuid],
+) -> store::Result<(Vec<Stored>, Vec<Uuid>)> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     type Row = (Uuid, i64, DateTime<Utc>, String, Vec<u8>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -649,17 +667,23 @@ pub async fn patients(conn: &mut PgConnection, scope: &Scope<'_>, ids: &[Uuid]) 
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|(id, version, last_updated, key_id, sealed)| {
-            Ok(Stored {
+    let (mut opened, mut unreadable) = (Vec::new(), Vec::new());
+    for (id, version, last_updated, key_id, sealed) in rows {
+        match store::open_row(scope.ring, id, version, &key_id, &sealed) {
+            Ok(body) => opened.push(Stored {
                 resource_type: ResourceType::Patient,
                 id,
                 version,
                 last_updated,
-                body: Some(store::unseal(scope.ring, id, version, &key_id, &sealed)?),
-            })
-        })
-        .collect()
+                body: Some(body),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, correlation_id = %scope.correlation_id, "a vault row does not open: left out of a search");
+                unreadable.push(id);
+            }
+        }
+    }
+    Ok((opened, unreadable))
 }
 
 /// Every live clinical resource of patient `id`, oldest first by date.

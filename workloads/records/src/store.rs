@@ -618,18 +618,30 @@ pub async fn audit_read(scope: &Scope<'_>, action: &str, resource: &str) -> Resu
 /// and version, so an older version of the same patient's row put back in place of the
 /// current one (which the cipher alone would open) is refused like any tampered row.
 pub fn unseal(ring: &Keyring, id: Uuid, version: i64, key_id: &str, sealed: &[u8]) -> Result<Value> {
+    Ok(open_row(ring, id, version, key_id, sealed)?)
+}
+
+/// [`unseal`], with a row that does not open as the vault's error rather than an answer:
+/// for a search, which leaves such a row out and says so instead of failing whole.
+pub fn open_row(
+    ring: &Keyring,
+    id: Uuid,
+    version: i64,
+    key_id: &str,
+    sealed: &[u8],
+) -> std::result::Result<Value, vault::VaultError> {
     let plaintext = vault::open(ring, id, key_id, sealed)?;
-    let body: Value = serde_json::from_slice(&plaintext).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let tampered = || vault::VaultError::Tampered {
+        country: ring.country.clone(),
+        client_id: id,
+        key_id: key_id.into(),
+    };
+    let body: Value = serde_json::from_slice(&plaintext).map_err(|_| tampered())?;
     let id_text = id.to_string();
     if body.get("id").and_then(Value::as_str) != Some(id_text.as_str())
         || body.pointer("/meta/versionId").and_then(Value::as_str) != Some(version.to_string().as_str())
     {
-        return Err(vault::VaultError::Tampered {
-            country: ring.country.clone(),
-            client_id: id,
-            key_id: key_id.into(),
-        }
-        .into());
+        return Err(tampered());
     }
     Ok(body)
 }

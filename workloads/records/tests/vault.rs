@@ -194,6 +194,30 @@ fn refused(what: &str, reply: &Reply, needles: &[String]) {
     }
 }
 
+/// A searchset that left Patient `id` out: `served` entries besides the outcome, an
+/// outcome entry naming the patient, and none of `needles`.
+fn left_out(what: &str, reply: &Reply, id: &str, served: usize, needles: &[String]) {
+    assert_eq!(reply.status, StatusCode::OK, "{what}: {:#}", reply.body);
+    let entries = reply.body["entry"].as_array().expect("entries");
+    let outcomes: Vec<&Value> = entries.iter().filter(|e| e["search"]["mode"] == "outcome").collect();
+    assert_eq!(entries.len() - outcomes.len(), served, "{what}: {:#}", reply.body);
+    assert_eq!(outcomes.len(), 1, "{what}");
+    let issue = &outcomes[0]["resource"]["issue"][0];
+    assert_eq!(issue["code"], "exception", "{what}");
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Patient/{id}")),
+        "{what}: {issue}"
+    );
+    assert!(entries.iter().all(|e| e["resource"]["id"] != id), "{what}");
+    let text = reply.body.to_string();
+    for needle in needles {
+        assert!(!text.contains(needle.as_str()), "{what}: {needle} in {text}");
+    }
+}
+
 #[tokio::test]
 async fn tampered_rows_are_refused_not_served() {
     let h = Harness::start(&["DE"]).await;
@@ -238,20 +262,17 @@ async fn tampered_rows_are_refused_not_served() {
             &h.get(&format!("/de/v1/fhir/Patient/{id}/$everything"), &dr).await,
             &needles,
         );
-        refused(
-            "search by id",
-            &h.get(&format!("/de/v1/fhir/Patient?_id={id}"), &dr).await,
-            &needles,
-        );
-        refused(
-            "_include",
-            &h.get(
+        // A search leaves the broken record out and names it; the rest is served.
+        let search = h.get(&format!("/de/v1/fhir/Patient?_id={id},{b}"), &dr).await;
+        left_out("search", &search, id, 1, &needles[..0]);
+        assert_eq!(search.body["entry"][0]["resource"]["id"], b.as_str());
+        let include = h
+            .get(
                 &format!("/de/v1/fhir/Observation?patient={id}&_include=Observation:patient"),
                 &dr,
             )
-            .await,
-            &needles,
-        );
+            .await;
+        left_out("_include", &include, id, 1, &needles);
         let mut update = patient(9).0;
         update["id"] = json!(id);
         update.as_object_mut().unwrap().remove("extension");

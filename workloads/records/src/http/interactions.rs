@@ -539,6 +539,21 @@ async fn search(
         outcome["issue"][0]["severity"] = json!("warning");
         entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
     }
+    if !page.unreadable.is_empty() {
+        // One broken record does not hide the others: it is left out and named, so that a
+        // clinician can replace it (an update does not need to open it).
+        let names: Vec<String> = page.unreadable.iter().map(|id| format!("Patient/{id}")).collect();
+        let outcome = Issue::new(
+            StatusCode::OK,
+            IssueType::Exception,
+            format!(
+                "left out: {} cannot be opened (changed or moved in the vault); the operators have been told",
+                names.join(", ")
+            ),
+        )
+        .outcome();
+        entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
+    }
     Ok(response::fhir(StatusCode::OK, &bundle("searchset", links, entries)))
 }
 
