@@ -15,6 +15,7 @@
 //! deletion with `Delete` leaves the first one's partitions and route alone; the leader's
 //! death hands over to the standby, which goes on reconciling; `Retain` keeps the data.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -432,6 +433,42 @@ spec:
     );
     let route = routes.get("country-xa").await.expect("HTTPRoute country-xa");
     assert_eq!(route.owner_references()[0].uid, xa.metadata.uid.clone().unwrap());
+
+    // The Country's first data key is in the Region's `vault-keys` Secret, and a rotation
+    // from the command line (as an administrator would run it) adds the next one there with
+    // a write conditional on the version it read, keeping the first.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &region_ns);
+    let keys = |s: Secret| -> BTreeMap<String, String> {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect()
+    };
+    let first = keys(secrets.get("vault-keys").await.expect("Secret vault-keys"));
+    assert_eq!(
+        first.get("XA.active").map(String::as_str),
+        Some("k1"),
+        "{:?}",
+        first.keys()
+    );
+    assert_eq!(xa_status.data_keys, ["k1"]);
+    let rotate = Command::new(meridian_bin())
+        .args(["vault", "rotate", "--cluster", "--region", &region, "--country", "XA"])
+        .env("KUBECONFIG", &admin_kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&rotate.stdout);
+    assert!(
+        rotate.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    assert!(stdout.contains("XA: key k2 added to"), "{stdout}");
+    let rotated = keys(secrets.get("vault-keys").await.unwrap());
+    assert_eq!(rotated["XA.active"], "k2");
+    assert_eq!(rotated["XA.k1"], first["XA.k1"], "the first key is kept");
+    say("the Country's data key in its Region's Secret, rotated by `meridian vault rotate --cluster`");
 
     // A second Country with the held code is refused, and deleting it with Delete drops
     // nothing of the first one.

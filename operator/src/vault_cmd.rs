@@ -192,13 +192,24 @@ pub async fn with_region(
         return Outcome::failed(text, format!("{location}: {e}"));
     }
     if rotate {
-        let id = match keys::rotate(&mut data, country) {
-            Ok(id) => id,
-            Err(e) => return Outcome::failed(text, format!("{location}: {e}")),
+        // Read and changed again if the operator writes the Secret meanwhile (it adds the
+        // first keys of countries being launched): neither write undoes the other.
+        let added = std::sync::Mutex::new(None);
+        let change = |data: &mut std::collections::BTreeMap<String, String>| {
+            let result = keys::rotate(data, country);
+            let changed = result.is_ok();
+            *added.lock().expect("not poisoned") = Some(result);
+            changed
         };
-        if let Err(e) = store.write(&name, VAULT_KEYS_SECRET, &data).await {
-            return Outcome::failed(text, format!("{location}: {}", e.message));
-        }
+        data = match store.update(&name, VAULT_KEYS_SECRET, &change).await {
+            Ok(data) => data,
+            Err(e) => return Outcome::failed(text, format!("{location}: {}", e.message)),
+        };
+        let id = match added.into_inner().expect("not poisoned") {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => return Outcome::failed(text, format!("{location}: {e}")),
+            None => return Outcome::failed(text, format!("{location}: not changed")),
+        };
         text += &format!("{country}: key {id} added to {location} and made active\n");
     }
     let ring = match Keyring::from_secret(&data, country) {

@@ -191,6 +191,9 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
         }
     }
     assert!(may("platform.meridian.dev", "regions/status", "patch"));
+    // The vault's data keys are replaced only if unchanged since read.
+    assert!(may("", "secrets", "update"));
+    assert!(may("", "secrets", "create"));
 
     // Leader election: the Lease the operator uses, read and renewed by name.
     assert_eq!(

@@ -2,7 +2,8 @@
 //! Secrets (kube's `tower-test` mock plays the API server) and whose database is a real
 //! PostgreSQL reached as the vault role: the vault role's URL read from `postgres-vault`,
 //! the keys read from `vault-keys`, written back with the next key active before any row
-//! moves, then every row moved onto it.
+//! moves (only if the Secret is still as read: a write of the operator's in between is
+//! kept, and the rotation made again on top of it), then every row moved onto it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,36 @@ fn secret(name: &str, data: &BTreeMap<String, String>) -> Value {
     let data: BTreeMap<&String, String> = data.iter().map(|(k, v)| (k, STANDARD.encode(v))).collect();
     json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
            "metadata": {"name": name, "namespace": "meridian-region-eu-central-1"}, "data": data})
+}
+
+fn versioned(mut secret: Value, version: &str) -> Value {
+    secret["metadata"]["resourceVersion"] = json!(version);
+    secret
+}
+
+/// A `PUT` of Secret `vault-keys`: the version it is conditional on, and its data.
+async fn put(request: Request<Body>) -> (String, BTreeMap<String, String>) {
+    assert_eq!(
+        (request.method(), request.uri().path()),
+        (&Method::PUT, format!("{NS}/vault-keys").as_str())
+    );
+    assert!(
+        request.uri().query().unwrap_or_default().contains("fieldManager="),
+        "{:?}",
+        request.uri()
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    let data = body["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let bytes = STANDARD.decode(v.as_str().unwrap()).unwrap();
+            (k.clone(), String::from_utf8(bytes).unwrap())
+        })
+        .collect();
+    (body["metadata"]["resourceVersion"].as_str().unwrap().to_string(), data)
 }
 
 async fn next(
@@ -118,21 +149,42 @@ async fn a_cluster_regions_keys_are_rotated_in_its_secret_before_its_rows_move()
             (&Method::GET, format!("{NS}/vault-keys").as_str())
         );
         respond(reply, StatusCode::OK, &secret("vault-keys", &before));
-        // Written whole, by server-side apply, with the next key active and every old key kept.
+        // Read again with its version, to be written only if still at that version.
         let (request, reply) = next(&mut handle).await;
         assert_eq!(
             (request.method(), request.uri().path()),
-            (&Method::PATCH, format!("{NS}/vault-keys").as_str())
+            (&Method::GET, format!("{NS}/vault-keys").as_str())
         );
-        assert!(
-            request.uri().query().unwrap().contains("fieldManager="),
-            "{:?}",
-            request.uri()
+        respond(reply, StatusCode::OK, &versioned(secret("vault-keys", &before), "1"));
+        let (request, reply) = next(&mut handle).await;
+        let (version, first_try) = put(request).await;
+        assert_eq!(version, "1");
+        assert_eq!(first_try["DE.active"], "k2");
+        // Meanwhile the operator gave a new country its first key: the write is refused...
+        respond(
+            reply,
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                    "message": "the object has been modified; please apply your changes to the latest version and try again"}),
         );
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let applied: Value = serde_json::from_slice(&bytes).unwrap();
-        let written: BTreeMap<String, String> = serde_json::from_value(applied["stringData"].clone()).unwrap();
-        respond(reply, StatusCode::OK, &secret("vault-keys", &written));
+        // ... and the rotation is made again on what the Secret holds now.
+        let mut now = before.clone();
+        keys::ensure_country(&mut now, "FR");
+        let (request, reply) = next(&mut handle).await;
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::GET, format!("{NS}/vault-keys").as_str())
+        );
+        respond(reply, StatusCode::OK, &versioned(secret("vault-keys", &now), "2"));
+        let (request, reply) = next(&mut handle).await;
+        let (version, written) = put(request).await;
+        assert_eq!(version, "2");
+        respond(reply, StatusCode::OK, &versioned(secret("vault-keys", &written), "3"));
+        for (entry, value) in &now {
+            if entry != "DE.active" {
+                assert_eq!(&written[entry], value, "{entry}: the operator's write is kept");
+            }
+        }
         written
     });
 

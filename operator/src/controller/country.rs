@@ -535,12 +535,14 @@ async fn ensure_data_key(ctx: &Context, region: &Region, code: &str) -> Result<V
     let name = region.metadata.name.clone().unwrap_or_default();
     let store = ctx.providers.region_secrets(region)?;
     let _one_at_a_time = ctx.vault_keys.lock().await;
-    let mut data = store.read(&name, VAULT_KEYS_SECRET).await?;
-    let before = data.clone();
-    if !keys::ensure_country(&mut data, code) {
-        return Ok(Vec::new());
-    }
-    store.write(&name, VAULT_KEYS_SECRET, &data).await?;
+    // What the Secret held when the change was made (the last read, if it was read again).
+    let before = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let change = |data: &mut std::collections::BTreeMap<String, String>| {
+        *before.lock().expect("not poisoned") = data.clone();
+        keys::ensure_country(data, code)
+    };
+    let data = store.update(&name, VAULT_KEYS_SECRET, &change).await?;
+    let before = before.into_inner().expect("not poisoned");
     let prefix = format!("{}.", code.to_ascii_uppercase());
     Ok(data
         .keys()
@@ -557,15 +559,16 @@ async fn remove_data_keys(ctx: &Context, region: &Region, code: &str) -> Result<
     let name = region.metadata.name.clone().unwrap_or_default();
     let store = ctx.providers.region_secrets(region)?;
     let _one_at_a_time = ctx.vault_keys.lock().await;
-    let mut data = store.read(&name, VAULT_KEYS_SECRET).await?;
     let prefix = format!("{}.", code.to_ascii_uppercase());
-    let before = data.len();
-    data.retain(|k, _| !k.starts_with(&prefix));
-    if data.len() == before {
-        return Ok(false);
-    }
-    store.write(&name, VAULT_KEYS_SECRET, &data).await?;
-    Ok(true)
+    let removed = std::sync::atomic::AtomicBool::new(false);
+    let change = |data: &mut std::collections::BTreeMap<String, String>| {
+        let before = data.len();
+        data.retain(|k, _| !k.starts_with(&prefix));
+        removed.store(data.len() != before, std::sync::atomic::Ordering::Relaxed);
+        data.len() != before
+    };
+    store.update(&name, VAULT_KEYS_SECRET, &change).await?;
+    Ok(removed.into_inner())
 }
 
 /// What a Country created and therefore may clean up: what its status records, and only

@@ -182,6 +182,61 @@ impl Objects {
     }
 
     /// The string values of Secret `ns/name`, empty when it does not exist.
+    /// Secret `ns/name`'s data and resourceVersion, None when it does not exist.
+    pub async fn secret_versioned(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<(std::collections::BTreeMap<String, String>, String)>, ProviderError> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| ProviderError::new("ClusterUnreachable", format!("cannot read Secret {ns}/{name}: {e}")))?;
+        Ok(secret.map(|s| {
+            let version = s.metadata.resource_version.clone().unwrap_or_default();
+            let data = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+                .collect();
+            (data, version)
+        }))
+    }
+
+    /// Writes `secret` (a whole Secret) if Secret `ns/name` is still at `version` (None: if it
+    /// does not exist yet). Answers false when someone else wrote it in between.
+    pub async fn put_secret_if_unchanged(
+        &self,
+        ns: &str,
+        name: &str,
+        version: Option<&str>,
+        mut secret: k8s_openapi::api::core::v1::Secret,
+    ) -> Result<bool, ProviderError> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        let params = kube::api::PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let written = match version {
+            Some(version) => {
+                secret.metadata.resource_version = Some(version.to_string());
+                secrets.replace(name, &params, &secret).await.map(|_| ())
+            }
+            None => secrets.create(&params, &secret).await.map(|_| ()),
+        };
+        match written {
+            Ok(()) => Ok(true),
+            // 409: changed since it was read (or created meanwhile).
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(ProviderError::new(
+                "SecretUnwritable",
+                format!("cannot write Secret {ns}/{name}: {e}"),
+            )),
+        }
+    }
+
     pub async fn secret(
         &self,
         ns: &str,

@@ -67,6 +67,16 @@ pub trait RegionSecrets: Send + Sync {
         name: &'a str,
         values: &'a SecretData,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Changes Secret `name` of `region` with `change` (which answers whether it changed
+    /// anything) and answers what it holds then. When someone else writes the Secret
+    /// between this read and this write, it reads and changes it again: one writer never
+    /// undoes another's change (a data key lost that way would leave rows no one can open).
+    fn update<'a>(
+        &'a self,
+        region: &'a str,
+        name: &'a str,
+        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<SecretData, ProviderError>>;
     /// How status names the Secret: `namespace/name`, or the file's path.
     fn location(&self, region: &str, name: &str) -> String;
     /// Removes namespace `ns` (one [`RegionSecrets::prepare`] answered) with its Secrets.
@@ -150,6 +160,23 @@ impl RegionSecrets for FileSecrets {
         })
     }
 
+    fn update<'a>(
+        &'a self,
+        region: &'a str,
+        name: &'a str,
+        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<SecretData, ProviderError>> {
+        // One process writes a dev Region's files: `meridian dev`, or a command that holds
+        // the stopped Region's lock.
+        Box::pin(async move {
+            let mut data = self.read(region, name).await?;
+            if change(&mut data) {
+                self.write(region, name, &data).await?;
+            }
+            Ok(data)
+        })
+    }
+
     fn location(&self, region: &str, name: &str) -> String {
         self.path(region, name).display().to_string()
     }
@@ -159,6 +186,9 @@ impl RegionSecrets for FileSecrets {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// How often [`RegionSecrets::update`] reads and changes a Secret that others keep writing.
+const UPDATE_ATTEMPTS: usize = 8;
 
 /// Region Secrets in the cluster, in the Region's namespace `meridian-region-<name>`
 /// (created here, labelled as the stacks' namespaces are).
@@ -215,6 +245,50 @@ impl RegionSecrets for KubeRegionSecrets {
                 "stringData": values,
             });
             self.objects.apply(&[secret]).await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        region: &'a str,
+        name: &'a str,
+        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<SecretData, ProviderError>> {
+        Box::pin(async move {
+            let ns = in_cluster::namespace(region);
+            for _ in 0..UPDATE_ATTEMPTS {
+                let (mut data, version) = match self.objects.secret_versioned(&ns, name).await? {
+                    Some((data, version)) => (data, Some(version)),
+                    None => (SecretData::new(), None),
+                };
+                if !change(&mut data) {
+                    return Ok(data);
+                }
+                // `data` whole (not `stringData`, which is merged into what is there): the
+                // Secret becomes exactly what was read plus the change.
+                let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": in_cluster::metadata(name, region, "postgres"),
+                    "type": "Opaque",
+                }))
+                .expect("a Secret");
+                secret.data = Some(
+                    data.iter()
+                        .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone().into_bytes())))
+                        .collect(),
+                );
+                if self
+                    .objects
+                    .put_secret_if_unchanged(&ns, name, version.as_deref(), secret)
+                    .await?
+                {
+                    return Ok(data);
+                }
+            }
+            Err(ProviderError::new(
+                "SecretContended",
+                format!("Secret {ns}/{name} kept changing while it was being updated; try again"),
+            ))
         })
     }
 
