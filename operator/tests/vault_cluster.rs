@@ -30,6 +30,19 @@ fn secret(name: &str, data: &BTreeMap<String, String>) -> Value {
            "metadata": {"name": name, "namespace": "meridian-region-eu-central-1"}, "data": data})
 }
 
+/// The next request, which must read Secret `name`; its reply.
+async fn get(
+    handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    name: &str,
+) -> tower_test::mock::SendResponse<Response<Body>> {
+    let (request, reply) = next(handle).await;
+    assert_eq!(
+        (request.method(), request.uri().path()),
+        (&Method::GET, format!("{NS}/{name}").as_str())
+    );
+    reply
+}
+
 fn versioned(mut secret: Value, version: &str) -> Value {
     secret["metadata"]["resourceVersion"] = json!(version);
     secret
@@ -133,28 +146,16 @@ async fn a_cluster_regions_keys_are_rotated_in_its_secret_before_its_rows_move()
     let before = stored.clone();
     let server = tokio::spawn(async move {
         // The vault role's connection first: nothing is rotated before the database is reached.
-        let (request, reply) = next(&mut handle).await;
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&Method::GET, format!("{NS}/postgres-vault").as_str())
-        );
+        let reply = get(&mut handle, "postgres-vault").await;
         let role = BTreeMap::from([
             ("url".to_string(), vault_url),
             ("passwordSet".to_string(), "true".to_string()),
         ]);
         respond(reply, StatusCode::OK, &secret("postgres-vault", &role));
-        let (request, reply) = next(&mut handle).await;
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&Method::GET, format!("{NS}/vault-keys").as_str())
-        );
+        let reply = get(&mut handle, "vault-keys").await;
         respond(reply, StatusCode::OK, &secret("vault-keys", &before));
         // Read again with its version, to be written only if still at that version.
-        let (request, reply) = next(&mut handle).await;
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&Method::GET, format!("{NS}/vault-keys").as_str())
-        );
+        let reply = get(&mut handle, "vault-keys").await;
         respond(reply, StatusCode::OK, &versioned(secret("vault-keys", &before), "1"));
         let (request, reply) = next(&mut handle).await;
         let (version, first_try) = put(request).await;
@@ -170,11 +171,7 @@ async fn a_cluster_regions_keys_are_rotated_in_its_secret_before_its_rows_move()
         // ... and the rotation is made again on what the Secret holds now.
         let mut now = before.clone();
         keys::ensure_country(&mut now, "FR");
-        let (request, reply) = next(&mut handle).await;
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&Method::GET, format!("{NS}/vault-keys").as_str())
-        );
+        let reply = get(&mut handle, "vault-keys").await;
         respond(reply, StatusCode::OK, &versioned(secret("vault-keys", &now), "2"));
         let (request, reply) = next(&mut handle).await;
         let (version, written) = put(request).await;

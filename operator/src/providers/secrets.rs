@@ -50,6 +50,9 @@ impl SecretSource for StaticSecrets {
 /// The keys of a Secret a Region publishes.
 pub type SecretData = BTreeMap<String, String>;
 
+/// A change to a Secret's keys: answers whether it changed anything.
+pub type SecretChange<'a> = &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync);
+
 /// Where a Region publishes the Secrets it creates (one per database role): in a cluster,
 /// the Region's namespace `meridian-region-<name>`; in `meridian dev`, files beside the
 /// Region's cluster.
@@ -75,7 +78,7 @@ pub trait RegionSecrets: Send + Sync {
         &'a self,
         region: &'a str,
         name: &'a str,
-        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+        change: SecretChange<'a>,
     ) -> BoxFuture<'a, Result<SecretData, ProviderError>>;
     /// How status names the Secret: `namespace/name`, or the file's path.
     fn location(&self, region: &str, name: &str) -> String;
@@ -164,7 +167,7 @@ impl RegionSecrets for FileSecrets {
         &'a self,
         region: &'a str,
         name: &'a str,
-        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+        change: SecretChange<'a>,
     ) -> BoxFuture<'a, Result<SecretData, ProviderError>> {
         // One process writes a dev Region's files: `meridian dev`, or a command that holds
         // the stopped Region's lock.
@@ -252,7 +255,7 @@ impl RegionSecrets for KubeRegionSecrets {
         &'a self,
         region: &'a str,
         name: &'a str,
-        change: &'a (dyn Fn(&mut SecretData) -> bool + Send + Sync),
+        change: SecretChange<'a>,
     ) -> BoxFuture<'a, Result<SecretData, ProviderError>> {
         Box::pin(async move {
             let ns = in_cluster::namespace(region);
