@@ -56,26 +56,16 @@ pub fn read_ca(path: Option<&Path>, flag: &str) -> Result<Option<String>, String
 /// of hanging, and the service recovers by itself when it is back.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a pooled connection may sit unused before it is checked (a ping) when taken.
-const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// The pool settings of every workload: a short [`ACQUIRE_TIMEOUT`], and pooled connections
-/// that sat unused for a while checked before use, so that connections broken by a database
-/// restart are dropped and replaced rather than handed to a request. A connection in steady
-/// use is not pinged: that would be a round trip more on every request.
+/// The pool settings of every workload: a short [`ACQUIRE_TIMEOUT`], and every pooled
+/// connection checked before use, so that connections broken by a database restart are
+/// dropped and replaced rather than handed to a request. (Checking only connections unused
+/// for a second saved a round trip per request, but then a request right after a restart
+/// could get a broken connection: `e2e/tests/dev_restart.rs` caught it.)
 pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= CHECK_AFTER_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
+        .test_before_acquire(true)
 }
 
 /// The request's correlation ID: its `X-Correlation-ID` when that is a UUID, else a new one.
