@@ -599,7 +599,7 @@ pub async fn run(
         let body = match (content, key_id, sealed) {
             (Some(content), _, _) => content,
             (None, Some(key_id), Some(sealed)) => match store::open_row(scope.ring, id, version, &key_id, &sealed) {
-                Ok(body) => body,
+                Ok((_, body)) => body,
                 Err(e) => {
                     tracing::error!(error = %e, correlation_id = %scope.correlation_id, "a vault row does not open: left out of a search");
                     unreadable.push(id);
@@ -670,7 +670,7 @@ pub async fn patients(
     let (mut opened, mut unreadable) = (Vec::new(), Vec::new());
     for (id, version, last_updated, key_id, sealed) in rows {
         match store::open_row(scope.ring, id, version, &key_id, &sealed) {
-            Ok(body) => opened.push(Stored {
+            Ok((_, body)) => opened.push(Stored {
                 resource_type: ResourceType::Patient,
                 id,
                 version,

@@ -618,18 +618,20 @@ pub async fn audit_read(scope: &Scope<'_>, action: &str, resource: &str) -> Resu
 /// and version, so an older version of the same patient's row put back in place of the
 /// current one (which the cipher alone would open) is refused like any tampered row.
 pub fn unseal(ring: &Keyring, id: Uuid, version: i64, key_id: &str, sealed: &[u8]) -> Result<Value> {
-    Ok(open_row(ring, id, version, key_id, sealed)?)
+    Ok(open_row(ring, id, version, key_id, sealed)?.1)
 }
 
-/// [`unseal`], with a row that does not open as the vault's error rather than an answer:
-/// for a search, which leaves such a row out and says so instead of failing whole.
+/// [`unseal`], with a row that does not open as the vault's error rather than an answer
+/// (for a search, which leaves such a row out and says so, and a key rotation, which leaves
+/// it where it is), and the plaintext beside the resource (a rotation seals those bytes
+/// again).
 pub fn open_row(
     ring: &Keyring,
     id: Uuid,
     version: i64,
     key_id: &str,
     sealed: &[u8],
-) -> std::result::Result<Value, vault::VaultError> {
+) -> std::result::Result<(Vec<u8>, Value), vault::VaultError> {
     let plaintext = vault::open(ring, id, key_id, sealed)?;
     let tampered = || vault::VaultError::Tampered {
         country: ring.country.clone(),
@@ -643,7 +645,7 @@ pub fn open_row(
     {
         return Err(tampered());
     }
-    Ok(body)
+    Ok((plaintext, body))
 }
 
 /// A vault row as read: version, last update, deletion, key id, sealed bytes.

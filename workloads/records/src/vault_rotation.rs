@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -161,7 +160,9 @@ async fn patients_batch(
     for (client_id, version, deleted, key_id, sealed) in rows {
         // A deleted Patient keeps the sealed body of its last live version.
         let sealed_version = if deleted { version - 1 } else { version };
-        let body = match open_checked(ring, client_id, sealed_version, &key_id, &sealed) {
+        let body = match crate::store::open_row(ring, client_id, sealed_version, &key_id, &sealed)
+            .map_err(|e| e.to_string())
+        {
             Ok(body) => body,
             Err(reason) => {
                 done.unmoved
@@ -234,14 +235,15 @@ async fn history_batch(
     };
     let mut moved = Vec::new();
     for (client_id, version, key_id, sealed) in rows {
-        let plaintext = match open_checked(ring, client_id, version, &key_id, &sealed) {
-            Ok((plaintext, _)) => plaintext,
-            Err(reason) => {
-                done.unmoved
-                    .push(unmoved("vault.patient_history", client_id, version, &key_id, reason));
-                continue;
-            }
-        };
+        let plaintext =
+            match crate::store::open_row(ring, client_id, version, &key_id, &sealed).map_err(|e| e.to_string()) {
+                Ok((plaintext, _)) => plaintext,
+                Err(reason) => {
+                    done.unmoved
+                        .push(unmoved("vault.patient_history", client_id, version, &key_id, reason));
+                    continue;
+                }
+            };
         let Some((new_key, resealed)) = reseal(ring, client_id, &plaintext) else {
             let reason = "sealed again, it did not open: left under its key".to_string();
             done.unmoved
@@ -282,29 +284,6 @@ fn unmoved(table: &'static str, client_id: Uuid, version: i64, key_id: &str, rea
     };
     tracing::warn!(row = %unmoved, "a vault row does not open and stays under its key");
     unmoved
-}
-
-/// Opens a sealed Patient and checks it is version `version` of Patient `client_id` (as
-/// [`crate::store::unseal`] does): the plaintext and the resource, or why not.
-fn open_checked(
-    ring: &Keyring,
-    client_id: Uuid,
-    version: i64,
-    key_id: &str,
-    sealed: &[u8],
-) -> Result<(Vec<u8>, Value), String> {
-    let plaintext = vault::open(ring, client_id, key_id, sealed).map_err(|e| e.to_string())?;
-    let body: Value = serde_json::from_slice(&plaintext)
-        .map_err(|_| format!("under key {key_id} it opens to something that is not a resource"))?;
-    let id = client_id.to_string();
-    if body.get("id").and_then(Value::as_str) != Some(id.as_str())
-        || body.pointer("/meta/versionId").and_then(Value::as_str) != Some(version.to_string().as_str())
-    {
-        return Err(format!(
-            "under key {key_id} it opens to another patient or version: it was moved"
-        ));
-    }
-    Ok((plaintext, body))
 }
 
 /// Seals `plaintext` under the active key and opens the result again: the key id and the
