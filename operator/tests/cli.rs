@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod sealed;
+
 fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
@@ -146,33 +148,39 @@ fn http(addr: &str, request: &str) -> (u16, String) {
     )
 }
 
-/// Starts `meridian booking` on a free port of 127.0.0.1 against `pg`, with `args` on top
-/// of the address, the database and the issuer; returns once it answers.
-fn start_booking(pg: &meridian_localpg::TempCluster, args: &[std::ffi::OsString]) -> (std::process::Child, String) {
+/// Starts `meridian <workload>` on a free port of 127.0.0.1 with the issuer and `args`;
+/// returns once it answers.
+fn start_serving(workload: &str, args: &[std::ffi::OsString]) -> (std::process::Child, String) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .to_string();
     let mut child = meridian()
-        .args(["booking", "--listen", &addr, "--issuer", "https://idp.example"])
-        .arg("--database-url")
-        .arg(pg.url())
+        .args([workload, "--listen", &addr, "--issuer", "https://idp.example"])
         .args(args)
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("meridian booking exited: {status}");
+            panic!("meridian {workload} exited: {status}");
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(20),
-            "meridian booking did not start"
+            "meridian {workload} did not start"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     (child, addr)
+}
+
+/// Starts `meridian booking` against `pg`, with `args` on top of the address, the database
+/// and the issuer; returns once it answers.
+fn start_booking(pg: &meridian_localpg::TempCluster, args: &[std::ffi::OsString]) -> (std::process::Child, String) {
+    let mut all = vec!["--database-url".into(), pg.url().into()];
+    all.extend_from_slice(args);
+    start_serving("booking", &all)
 }
 
 /// A Region's database holding DE.
@@ -485,34 +493,21 @@ async fn records_runs_on_its_own_with_two_roles_and_mounted_keys() {
     for (name, value) in &entries {
         std::fs::write(keys.join(name), value).unwrap();
     }
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let mut child = meridian()
-        .args(["records", "--listen", &addr, "--issuer", "https://idp.example"])
-        .arg("--database-url")
-        .arg(as_login(&pg.url(), "cli_clinical", "pw"))
-        .arg("--vault-database-url")
-        .arg(as_login(&pg.url(), "cli_vault", "pw"))
-        .arg("--vault-keys-dir")
-        .arg(&keys)
-        .arg("--jwks-file")
-        .arg(dir.path().join("jwks.json"))
-        .arg("--country-manifest")
-        .arg(examples().join("countries/de.yaml"))
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "meridian records exited");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "meridian records did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (child, addr) = start_serving(
+        "records",
+        &[
+            "--database-url".into(),
+            as_login(&pg.url(), "cli_clinical", "pw").into(),
+            "--vault-database-url".into(),
+            as_login(&pg.url(), "cli_vault", "pw").into(),
+            "--vault-keys-dir".into(),
+            keys.clone().into(),
+            "--jwks-file".into(),
+            dir.path().join("jwks.json").into(),
+            "--country-manifest".into(),
+            examples().join("countries/de.yaml").into(),
+        ],
+    );
     let (status, metadata) = http(
         &addr,
         "GET /de/v1/fhir/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -574,30 +569,7 @@ async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it()
             .await
             .unwrap();
     }
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let id = uuid::Uuid::new_v4();
-        let body = serde_json::json!({
-            "resourceType": "Patient", "id": id.to_string(), "meta": {"versionId": "1"},
-            "name": [{"family": format!("Kranich{n}")}],
-        });
-        let (key_id, sealed) = vault::seal(&first, id, &serde_json::to_vec(&body).unwrap());
-        let terms = meridian_records::validate::stored_patient_terms(&body).unwrap();
-        sqlx::query(
-            "WITH p AS (INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed, search)
-                        VALUES ('DE', $1, 1, now(), $2, $3, $4))
-             INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method, key_id, sealed)
-             VALUES ('DE', $1, 1, now(), 'POST', $2, $3)",
-        )
-        .bind(id)
-        .bind(&key_id)
-        .bind(&sealed)
-        .bind(vault::index(&first, &terms))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        ids.push(id);
-    }
+    let ids = sealed::seal_patients(&mut conn, &first, 3).await;
     conn.close().await.unwrap();
     let stopping = local.clone();
     tokio::task::spawn_blocking(move || stopping.stop_all()).await.unwrap();

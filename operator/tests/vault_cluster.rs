@@ -22,6 +22,8 @@ use meridian_records::vault;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+mod sealed;
+
 const NS: &str = "/api/v1/namespaces/meridian-region-eu-central-1/secrets";
 
 fn secret(name: &str, data: &BTreeMap<String, String>) -> Value {
@@ -114,26 +116,7 @@ async fn a_cluster_regions_keys_are_rotated_in_its_secret_before_its_rows_move()
     keys::ensure_country(&mut stored, "DE");
     keys::ensure_country(&mut stored, "AT");
     let first = Keyring::from_secret(&stored, "DE").unwrap();
-    for n in 0..2 {
-        let id = uuid::Uuid::new_v4();
-        let body = json!({"resourceType": "Patient", "id": id.to_string(), "meta": {"versionId": "1"},
-                          "name": [{"family": format!("Kranich{n}")}]});
-        let (key_id, sealed) = vault::seal(&first, id, &serde_json::to_vec(&body).unwrap());
-        let terms = meridian_records::validate::stored_patient_terms(&body).unwrap();
-        sqlx::query(
-            "WITH p AS (INSERT INTO vault.patients (country_code, client_id, version, last_updated, key_id, sealed, search)
-                        VALUES ('DE', $1, 1, now(), $2, $3, $4))
-             INSERT INTO vault.patient_history (country_code, client_id, version, last_updated, method, key_id, sealed)
-             VALUES ('DE', $1, 1, now(), 'POST', $2, $3)",
-        )
-        .bind(id)
-        .bind(&key_id)
-        .bind(&sealed)
-        .bind(vault::index(&first, &terms))
-        .execute(&admin)
-        .await
-        .unwrap();
-    }
+    sealed::seal_patients(&mut admin.acquire().await.unwrap(), &first, 2).await;
 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
