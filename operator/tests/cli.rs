@@ -423,17 +423,10 @@ async fn audit_verify_reaches_a_stopped_dev_regions_database_through_its_manifes
         manifests,
         data,
         local,
-        ctx,
-        frankfurt,
+        ctx: _ctx,
+        frankfurt: _frankfurt,
+        owner: mut conn,
     } = dev_region("meridian-audit-").await;
-    let owner = ctx.providers.locate(&frankfurt).await.unwrap();
-    let mut conn = sqlx::PgConnection::connect(owner.url.as_str()).await.unwrap();
-    for sql in meridian_shared::schema::fresh_country_sql("DE") {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
     for i in 0..5 {
         let resource = format!("patient/{i}");
         let record = Record {
@@ -555,20 +548,13 @@ async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it()
         local,
         ctx,
         frankfurt,
+        owner: mut conn,
     } = dev_region("meridian-vault-").await;
     let store = ctx.providers.region_secrets(&frankfurt).unwrap();
     let mut secret = store.read("eu-central-1", VAULT_KEYS_SECRET).await.unwrap();
     keys::ensure_country(&mut secret, "DE");
     store.write("eu-central-1", VAULT_KEYS_SECRET, &secret).await.unwrap();
     let first = Keyring::from_secret(&secret, "DE").unwrap();
-    let owner = ctx.providers.locate(&frankfurt).await.unwrap();
-    let mut conn = sqlx::PgConnection::connect(owner.url.as_str()).await.unwrap();
-    for sql in meridian_shared::schema::fresh_country_sql("DE") {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
     let ids = sealed::seal_patients(&mut conn, &first, 3).await;
     conn.close().await.unwrap();
     let stopping = local.clone();
@@ -651,13 +637,15 @@ async fn vault_rotate_adds_a_key_and_moves_a_stopped_dev_regions_vault_onto_it()
 }
 
 /// What `meridian dev` leaves for Region eu-central-1: its manifest in a folder, its local
-/// cluster under a data directory, reconciled (migrated, with its roles' Secrets).
+/// cluster under a data directory, reconciled (migrated, with its roles' Secrets), and a
+/// connection to its database as the owner, with Germany's partitions.
 struct DevRegion {
     manifests: tempfile::TempDir,
     data: tempfile::TempDir,
     local: std::sync::Arc<meridian_operator::providers::LocalClusters>,
     ctx: meridian_operator::controller::Context,
     frankfurt: meridian_crds::Region,
+    owner: sqlx::PgConnection,
 }
 
 async fn dev_region(prefix: &str) -> DevRegion {
@@ -685,11 +673,22 @@ async fn dev_region(prefix: &str) -> DevRegion {
         "{:?}",
         outcome.status
     );
+    let url = ctx.providers.locate(&frankfurt).await.unwrap().url;
+    let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(url.as_str())
+        .await
+        .unwrap();
+    for sql in meridian_shared::schema::fresh_country_sql("DE") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut owner)
+            .await
+            .unwrap();
+    }
     DevRegion {
         manifests,
         data,
         local,
         ctx,
         frankfurt,
+        owner,
     }
 }
