@@ -200,15 +200,7 @@ async fn bad_requests_are_refused_precisely_and_write_nothing() {
         wanted(StatusCode::PRECONDITION_FAILED, "conflict", None),
     )
     .await;
-    let updated =
-        w.h.send(
-            Method::PUT,
-            &obs_path,
-            Some(&w.dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
-        .await;
+    let updated = w.h.put(&obs_path, &w.dr, "W/\"1\"", &changed).await;
     assert_eq!(
         updated.status,
         StatusCode::OK,

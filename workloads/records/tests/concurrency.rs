@@ -144,15 +144,7 @@ async fn walk(h: &Harness, patient: &str, query: &str) -> Vec<(String, String)> 
             alive.push(created.id());
             if n % 2 == 0 {
                 let doomed = alive.remove(0);
-                let gone = h
-                    .send(
-                        Method::DELETE,
-                        &format!("/de/v1/fhir/Observation/{doomed}"),
-                        Some(&dr),
-                        &[],
-                        None,
-                    )
-                    .await;
+                let gone = h.delete(&format!("/de/v1/fhir/Observation/{doomed}"), &dr).await;
                 assert_eq!(gone.status, StatusCode::NO_CONTENT);
             }
         }

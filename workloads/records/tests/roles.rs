@@ -401,15 +401,7 @@ async fn a_patient_does_not_learn_that_anothers_record_was_deleted() {
     let anna = h.token("patient-anna", &[Role::Patient], &["DE"]);
     for (patient, _) in [&world.own, &world.other] {
         let doomed = created(h.post("/de/v1/fhir/Observation", &dr, &observation(patient)).await).await;
-        let gone = h
-            .send(
-                Method::DELETE,
-                &format!("/de/v1/fhir/Observation/{doomed}"),
-                Some(&dr),
-                &[],
-                None,
-            )
-            .await;
+        let gone = h.delete(&format!("/de/v1/fhir/Observation/{doomed}"), &dr).await;
         assert_eq!(gone.status, StatusCode::NO_CONTENT);
         let wanted = if *patient == world.own.0 {
             StatusCode::GONE
@@ -435,15 +427,7 @@ async fn a_patient_does_not_learn_that_anothers_record_was_deleted() {
         }
     }
     // Another patient's Patient resource, deleted.
-    let gone = h
-        .send(
-            Method::DELETE,
-            &format!("/de/v1/fhir/Patient/{}", world.other.0),
-            Some(&dr),
-            &[],
-            None,
-        )
-        .await;
+    let gone = h.delete(&format!("/de/v1/fhir/Patient/{}", world.other.0), &dr).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
     let reply = h.get(&format!("/de/v1/fhir/Patient/{}", world.other.0), &anna).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{:#}", reply.body);

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use meridian_records::keys::{self, Keyring};
 use meridian_records::vault_rotation::{ACTION, ACTOR, rekey};
 use serde_json::{Value, json};
@@ -95,24 +95,10 @@ async fn a_rotation_moves_every_version_to_the_new_key_and_everyone_is_still_fou
     let mut changed = h.get(&format!("/de/v1/fhir/Patient/{}", ids[0]), &dr).await.body;
     changed["name"][0]["family"] = json!("Quastenflosser0b");
     let updated = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{}", ids[0]),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{}", ids[0]), &dr, "W/\"1\"", &changed)
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{:#}", updated.body);
-    let deleted = h
-        .send(
-            Method::DELETE,
-            &format!("/de/v1/fhir/Patient/{}", ids[1]),
-            Some(&dr),
-            &[],
-            None,
-        )
-        .await;
+    let deleted = h.delete(&format!("/de/v1/fhir/Patient/{}", ids[1]), &dr).await;
     assert!(deleted.status.is_success(), "{:#}", deleted.body);
 
     let ring = rotate(&mut h);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use support::{Harness, Reply, entry, resources};
 
@@ -71,24 +71,10 @@ async fn the_tables_hold_no_plaintext_identifying_element() {
     changed["address"][0]["city"] = json!("Zwiebelhausen-Nord");
     needles.push("Zwiebelhausen-Nord".into());
     let updated = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{}", ids[0]),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{}", ids[0]), &dr, "W/\"1\"", &changed)
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{:#}", updated.body);
-    let gone = h
-        .send(
-            Method::DELETE,
-            &format!("/de/v1/fhir/Patient/{}", ids[2]),
-            Some(&dr),
-            &[],
-            None,
-        )
-        .await;
+    let gone = h.delete(&format!("/de/v1/fhir/Patient/{}", ids[2]), &dr).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
     for query in [
         "family=quasten",
@@ -277,13 +263,7 @@ async fn tampered_rows_are_refused_not_served() {
         update["id"] = json!(id);
         update.as_object_mut().unwrap().remove("extension");
         let put = h
-            .send(
-                Method::PUT,
-                &format!("/de/v1/fhir/Patient/{id}"),
-                Some(&dr),
-                &[("if-match", "W/\"1\"")],
-                Some(&update),
-            )
+            .put(&format!("/de/v1/fhir/Patient/{id}"), &dr, "W/\"1\"", &update)
             .await;
         // A clinician can repair the record: an update replaces the row without opening it.
         assert_eq!(put.status, StatusCode::OK, "{:#}", put.body);
@@ -301,13 +281,7 @@ async fn tampered_rows_are_refused_not_served() {
     let mut changed = read.body.clone();
     changed["address"][0]["city"] = json!("Neustadt");
     let put = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{b}"),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{b}"), &dr, "W/\"1\"", &changed)
         .await;
     assert_eq!(put.status, StatusCode::OK);
     sqlx::query(
@@ -393,13 +367,7 @@ async fn a_key_rotation_keeps_old_rows_readable_and_searchable() {
     // An update moves the row to the new key; its first version stays under the old one.
     let current = h.get(&format!("/de/v1/fhir/Patient/{old}"), &dr).await;
     let updated = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{old}"),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&current.body),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{old}"), &dr, "W/\"1\"", &current.body)
         .await;
     assert_eq!(updated.status, StatusCode::OK);
     assert_eq!(key_of(old.clone()).await, "k2");

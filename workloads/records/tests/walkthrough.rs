@@ -172,24 +172,12 @@ async fn a_clinician_records_a_patient_and_the_patient_reads_only_their_own() {
     let mut changed = everything.entries()[0]["resource"].clone();
     changed["gender"] = json!("other");
     let updated = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{id}"),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{id}"), &dr, "W/\"1\"", &changed)
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{:#}", updated.body);
     assert_eq!(updated.header("etag"), Some("W/\"2\""));
     let stale = h
-        .send(
-            Method::PUT,
-            &format!("/de/v1/fhir/Patient/{id}"),
-            Some(&dr),
-            &[("if-match", "W/\"1\"")],
-            Some(&changed),
-        )
+        .put(&format!("/de/v1/fhir/Patient/{id}"), &dr, "W/\"1\"", &changed)
         .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     let v1 = h.get(&format!("/de/v1/fhir/Patient/{id}/_history/1"), &dr).await;
@@ -198,15 +186,7 @@ async fn a_clinician_records_a_patient_and_the_patient_reads_only_their_own() {
     assert_eq!(history.body["type"], "history");
     assert_eq!(history.entries().len(), 2);
     let rx_id = rx.id();
-    let gone = h
-        .send(
-            Method::DELETE,
-            &format!("/de/v1/fhir/MedicationRequest/{rx_id}"),
-            Some(&dr),
-            &[],
-            None,
-        )
-        .await;
+    let gone = h.delete(&format!("/de/v1/fhir/MedicationRequest/{rx_id}"), &dr).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
     assert_eq!(
         h.get(&format!("/de/v1/fhir/MedicationRequest/{rx_id}"), &dr)

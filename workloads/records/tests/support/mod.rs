@@ -167,6 +167,16 @@ impl Harness {
         self.send(Method::GET, path, Some(token), &[], None).await
     }
 
+    /// An update with `If-Match: if_match`.
+    pub async fn put(&self, path: &str, token: &str, if_match: &str, body: &Value) -> Reply {
+        self.send(Method::PUT, path, Some(token), &[("if-match", if_match)], Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.send(Method::DELETE, path, Some(token), &[], None).await
+    }
+
     /// Rows of every records table, for checking that a refused request wrote nothing.
     pub async fn counts(&self) -> Vec<(String, i64)> {
         let mut counts = Vec::new();
