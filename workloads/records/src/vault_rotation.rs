@@ -160,17 +160,15 @@ async fn patients_batch(
     for (client_id, version, deleted, key_id, sealed) in rows {
         // A deleted Patient keeps the sealed body of its last live version.
         let sealed_version = if deleted { version - 1 } else { version };
-        let body = match crate::store::open_row(ring, client_id, sealed_version, &key_id, &sealed)
-            .map_err(|e| e.to_string())
-        {
-            Ok(body) => body,
+        let (body, new_key, resealed) = match reseal(ring, client_id, sealed_version, &key_id, &sealed) {
+            Ok(moved) => moved,
             Err(reason) => {
                 done.unmoved
                     .push(unmoved("vault.patients", client_id, version, &key_id, reason));
                 continue;
             }
         };
-        let terms = match crate::validate::stored_patient_terms(&body.1) {
+        let terms = match crate::validate::stored_patient_terms(&body) {
             Ok(terms) => terms,
             Err(e) => {
                 let reason = format!("the opened Patient does not read as one: {e}");
@@ -178,12 +176,6 @@ async fn patients_batch(
                     .push(unmoved("vault.patients", client_id, version, &key_id, reason));
                 continue;
             }
-        };
-        let Some((new_key, resealed)) = reseal(ring, client_id, &body.0) else {
-            let reason = "sealed again, it did not open: left under its key".to_string();
-            done.unmoved
-                .push(unmoved("vault.patients", client_id, version, &key_id, reason));
-            continue;
         };
         let search = vault::index(ring, &terms);
         let updated = sqlx::query(
@@ -235,20 +227,13 @@ async fn history_batch(
     };
     let mut moved = Vec::new();
     for (client_id, version, key_id, sealed) in rows {
-        let plaintext =
-            match crate::store::open_row(ring, client_id, version, &key_id, &sealed).map_err(|e| e.to_string()) {
-                Ok((plaintext, _)) => plaintext,
-                Err(reason) => {
-                    done.unmoved
-                        .push(unmoved("vault.patient_history", client_id, version, &key_id, reason));
-                    continue;
-                }
-            };
-        let Some((new_key, resealed)) = reseal(ring, client_id, &plaintext) else {
-            let reason = "sealed again, it did not open: left under its key".to_string();
-            done.unmoved
-                .push(unmoved("vault.patient_history", client_id, version, &key_id, reason));
-            continue;
+        let (_, new_key, resealed) = match reseal(ring, client_id, version, &key_id, &sealed) {
+            Ok(moved) => moved,
+            Err(reason) => {
+                done.unmoved
+                    .push(unmoved("vault.patient_history", client_id, version, &key_id, reason));
+                continue;
+            }
         };
         let updated = sqlx::query(
             "UPDATE vault.patient_history SET key_id = $5, sealed = $6
@@ -286,12 +271,23 @@ fn unmoved(table: &'static str, client_id: Uuid, version: i64, key_id: &str, rea
     unmoved
 }
 
-/// Seals `plaintext` under the active key and opens the result again: the key id and the
-/// ciphertext, only when it opens to the same bytes.
-fn reseal(ring: &Keyring, client_id: Uuid, plaintext: &[u8]) -> Option<(String, Vec<u8>)> {
-    let (key_id, sealed) = vault::seal(ring, client_id, plaintext);
-    let reopened = vault::open(ring, client_id, &key_id, &sealed).ok()?;
-    (reopened == plaintext).then_some((key_id, sealed))
+/// Opens version `version` of Patient `client_id` as sealed under `key_id`, seals it under
+/// the active key and opens the result again: the resource, the new key id and ciphertext
+/// (only when it opens to the same bytes), or why the row stays under its key.
+fn reseal(
+    ring: &Keyring,
+    client_id: Uuid,
+    version: i64,
+    key_id: &str,
+    sealed: &[u8],
+) -> Result<(serde_json::Value, String, Vec<u8>), String> {
+    let (plaintext, body) =
+        crate::store::open_row(ring, client_id, version, key_id, sealed).map_err(|e| e.to_string())?;
+    let (new_key, resealed) = vault::seal(ring, client_id, &plaintext);
+    match vault::open(ring, client_id, &new_key, &resealed) {
+        Ok(reopened) if reopened == plaintext => Ok((body, new_key, resealed)),
+        _ => Err("sealed again, it did not open: left under its key".to_string()),
+    }
 }
 
 /// The batch's audit record, in its transaction: which client IDs moved in which table.
