@@ -38,6 +38,8 @@ pub mod condition_types {
     pub const ROUTES_READY: &str = "RoutesReady";
     /// The country is bound to a Region its residency rules allow.
     pub const RESIDENCY_COMPLIANT: &str = "ResidencyCompliant";
+    /// The PatientIndex's key Secret exists and the records services of its linked Regions hold it.
+    pub const KEYS_READY: &str = "KeysReady";
     /// Everything above holds; the object serves traffic.
     pub const READY: &str = "Ready";
 }

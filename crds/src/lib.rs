@@ -1,4 +1,4 @@
-//! The `Country` and `Region` custom resources of API group `platform.meridian.dev`.
+//! The `Country`, `Region` and `PatientIndex` custom resources of API group `platform.meridian.dev`.
 //!
 //! These types are the contract between platform teams (who write the manifests)
 //! and everything that reads them: the operator, `meridian dev`, the CLI and the
@@ -11,6 +11,8 @@ mod common;
 #[allow(clippy::duplicated_attributes)]
 mod country;
 #[allow(clippy::duplicated_attributes)]
+mod patient_index;
+#[allow(clippy::duplicated_attributes)]
 mod region;
 pub mod serving;
 
@@ -19,6 +21,7 @@ pub use country::{
     Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer, SearchSettings,
     code_holder,
 };
+pub use patient_index::{KeySecretRef, PatientIndex, PatientIndexSpec, PatientIndexStatus};
 pub use region::{
     CloudResource, DatabaseRole, DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionResources,
     RegionSpec, RegionStatus, RegionTls, ResourceOrigin, SearchSizing,
@@ -36,7 +39,7 @@ pub const FINALIZER: &str = "platform.meridian.dev/cleanup";
 /// Annotation that lets a deletion finish without touching unreachable stores.
 pub const ABANDON_ANNOTATION: &str = "platform.meridian.dev/abandon";
 
-/// The generated CRDs as one multi-document YAML stream, Region first (Countries refer to Regions).
+/// The generated CRDs as one multi-document YAML stream, in the order of [`crd_files`].
 pub fn crds_yaml() -> String {
     let mut out = String::new();
     for (name, yaml) in crd_files() {
@@ -47,7 +50,8 @@ pub fn crds_yaml() -> String {
     out
 }
 
-/// Each CRD as `(file name, YAML)`, in the order they should be applied.
+/// Each CRD as `(file name, YAML)`, in the order they should be applied: Regions, then
+/// PatientIndexes (they live in a Region), then Countries.
 pub fn crd_files() -> Vec<(&'static str, String)> {
     let render = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
         // merge_crds with a single version only checks consistency; it keeps the output canonical.
@@ -56,6 +60,7 @@ pub fn crd_files() -> Vec<(&'static str, String)> {
     };
     vec![
         ("regions.platform.meridian.dev.yaml", render(Region::crd())),
+        ("patientindexes.platform.meridian.dev.yaml", render(PatientIndex::crd())),
         ("countries.platform.meridian.dev.yaml", render(Country::crd())),
     ]
 }

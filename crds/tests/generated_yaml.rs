@@ -18,6 +18,7 @@ fn crds_are_cluster_scoped_with_status_subresource_and_short_names() {
     for (crd, short) in [
         (meridian_crds::Country::crd(), "ctry"),
         (meridian_crds::Region::crd(), "reg"),
+        (meridian_crds::PatientIndex::crd(), "mpi"),
     ] {
         assert_eq!(crd.spec.scope, "Cluster");
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use meridian_crds::{Country, Region, RegionProvider};
+use meridian_crds::{Country, PatientIndex, Region, RegionProvider};
 
 /// One invalid field: `spec.timezone: unknown IANA time zone "Mars/Olympus"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +131,41 @@ pub fn region(region: &Region) -> Vec<FieldError> {
     dedup(errors)
 }
 
+/// Every problem with a PatientIndex's spec, empty when it is valid: the patterns its CRD
+/// schema checks, for manifests that never went through an API server.
+pub fn patient_index(index: &PatientIndex) -> Vec<FieldError> {
+    let spec = &index.spec;
+    let mut errors = Vec::new();
+    let dns_label = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+    if spec.region.len() > 63 || !matches(dns_label, &spec.region) {
+        errors.push(err(
+            "spec.region",
+            format!("{:?} is not a Region's name (e.g. \"eu-central-1\")", spec.region),
+        ));
+    }
+    if spec.key_secret_ref.name.len() > 253 || !matches(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", &spec.key_secret_ref.name)
+    {
+        errors.push(err(
+            "spec.keySecretRef.name",
+            format!("{:?} is not a Secret's name", spec.key_secret_ref.name),
+        ));
+    }
+    for (i, code) in spec.countries.iter().flatten().enumerate() {
+        if !matches(r"^[A-Z]{2}$", code) {
+            errors.push(err(
+                &format!("spec.countries[{i}]"),
+                format!("{code:?} is not an ISO 3166-1 alpha-2 code in upper case (e.g. \"DE\")"),
+            ));
+        }
+    }
+    errors
+}
+
+/// See [`country_update`].
+pub fn patient_index_update(new: &PatientIndex, old: &PatientIndex) -> Vec<FieldError> {
+    cel_errors(new.validate_cel_update(old))
+}
+
 /// Rejects a spec change the API server would refuse (the CEL transition rules), for
 /// drivers that see edits without an API server in between.
 pub fn country_update(new: &Country, old: &Country) -> Vec<FieldError> {
@@ -198,6 +233,25 @@ mod tests {
         }
         let r: Region = serde_yaml_ng::from_str(include_str!("../../examples/regions/eu-west-1.yaml")).unwrap();
         assert_eq!(region(&r), []);
+        let i: PatientIndex = serde_yaml_ng::from_str(include_str!("../../examples/patientindex/global.yaml")).unwrap();
+        assert_eq!(patient_index(&i), []);
+    }
+
+    #[test]
+    fn a_patient_index_names_its_bad_fields_and_keeps_its_region() {
+        let mut i: PatientIndex =
+            serde_yaml_ng::from_str(include_str!("../../examples/patientindex/global.yaml")).unwrap();
+        let original = i.clone();
+        i.spec.region = "EU Central".into();
+        i.spec.key_secret_ref.name = "Keys!".into();
+        i.spec.countries = Some(vec!["DE".into(), "fr".into()]);
+        assert_eq!(
+            fields(&patient_index(&i)),
+            ["spec.region", "spec.keySecretRef.name", "spec.countries[1]"]
+        );
+        let mut moved = original.clone();
+        moved.spec.region = "eu-west-3".into();
+        assert_eq!(fields(&patient_index_update(&moved, &original)), ["spec.region"]);
     }
 
     #[test]

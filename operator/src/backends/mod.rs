@@ -1,4 +1,5 @@
 //! The stores a reconcile writes to.
 
 pub mod gateway;
+pub mod patient_index;
 pub mod postgres;

@@ -88,9 +88,9 @@ pub enum DbError {
 /// One Region's database.
 #[derive(Clone)]
 pub struct RegionDb {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// See [`Databases::counting`].
-    ddl: Counter,
+    pub(super) ddl: Counter,
 }
 
 impl RegionDb {
@@ -281,7 +281,7 @@ fn role_error(what: String) -> impl FnOnce(sqlx::Error) -> DbError {
 
 /// Runs `sql` built by the server from `template` (`format()` quoting, `%I` identifiers and
 /// `%L` literals) with `args`.
-async fn run_formatted(
+pub(super) async fn run_formatted(
     ddl: &Counter,
     conn: &mut sqlx::PgConnection,
     template: &str,

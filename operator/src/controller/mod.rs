@@ -4,6 +4,7 @@
 //! status back, and publish events.
 
 pub mod country;
+pub mod patient_index;
 pub mod region;
 
 use std::time::Duration;

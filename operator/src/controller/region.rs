@@ -280,29 +280,19 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
         (&names.workload, WORKLOAD_SECRET),
         (&names.vault, VAULT_SECRET),
     ] {
-        let mut stored = store.read(&name, secret).await.map_err(provider_failed)?;
-        if stored.get("username") != Some(role) || !stored.contains_key("password") {
-            stored = SecretData::from([
-                ("username".to_string(), role.clone()),
-                ("password".to_string(), crate::providers::generate_password()),
-            ]);
-            store.write(&name, secret, &stored).await.map_err(provider_failed)?;
-        }
-        let password = stored["password"].clone();
-        let set = !stored.contains_key(PASSWORD_SET);
-        admin_db.ensure_login(role, &password, set).await.map_err(db_failed)?;
-        let url = with_login(admin.url.as_str(), role, &password);
-        if set || stored.get("url") != Some(&url) {
-            stored.insert("url".into(), url.clone());
-            stored.insert(PASSWORD_SET.into(), "true".into());
-            store.write(&name, secret, &stored).await.map_err(provider_failed)?;
-        }
+        let login = Login {
+            region: &name,
+            role,
+            secret,
+        };
         endpoints.push(
-            Endpoint {
-                secret: Some(store.location(&name, secret)),
-                ..Endpoint::from_url(url)
-            }
-            .with_ca(admin.url.ca().map(String::from)),
+            login
+                .ensure(store.as_ref(), &admin_db, admin)
+                .await
+                .map_err(|e| match e {
+                    LoginError::Secret(e) => provider_failed(e),
+                    LoginError::Database(e) => db_failed(e),
+                })?,
         );
     }
     admin_db.hand_over(&names).await.map_err(db_failed)?;
@@ -315,6 +305,59 @@ pub async fn roles(region: &Region, admin: &Endpoint, ctx: &Context) -> Result<L
         workload,
         vault,
     })
+}
+
+/// A login role of a Region's database and the Secret of the Region that publishes it.
+pub struct Login<'a> {
+    pub region: &'a str,
+    pub role: &'a str,
+    pub secret: &'a str,
+}
+
+/// Why a [`Login`] could not be made.
+pub enum LoginError {
+    Secret(ProviderError),
+    Database(DbError),
+}
+
+impl Login<'_> {
+    /// Makes the role a plain login with the password its Secret publishes: a password is
+    /// published before the role gets it (a crash in between leaves the Secret, and the next
+    /// reconcile sets it); a Secret that was lost gets a new password, set on the role.
+    /// Answers the role's endpoint (the administrator's server, as the role).
+    pub async fn ensure(
+        &self,
+        store: &dyn crate::providers::RegionSecrets,
+        admin_db: &crate::backends::postgres::RegionDb,
+        admin: &Endpoint,
+    ) -> Result<Endpoint, LoginError> {
+        let (region, role, secret) = (self.region, self.role, self.secret);
+        let mut stored = store.read(region, secret).await.map_err(LoginError::Secret)?;
+        if stored.get("username").map(String::as_str) != Some(role) || !stored.contains_key("password") {
+            stored = SecretData::from([
+                ("username".to_string(), role.to_string()),
+                ("password".to_string(), crate::providers::generate_password()),
+            ]);
+            store.write(region, secret, &stored).await.map_err(LoginError::Secret)?;
+        }
+        let password = stored["password"].clone();
+        let set = !stored.contains_key(PASSWORD_SET);
+        admin_db
+            .ensure_login(role, &password, set)
+            .await
+            .map_err(LoginError::Database)?;
+        let url = with_login(admin.url.as_str(), role, &password);
+        if set || stored.get("url") != Some(&url) {
+            stored.insert("url".into(), url.clone());
+            stored.insert(PASSWORD_SET.into(), "true".into());
+            store.write(region, secret, &stored).await.map_err(LoginError::Secret)?;
+        }
+        Ok(Endpoint {
+            secret: Some(store.location(region, secret)),
+            ..Endpoint::from_url(url)
+        }
+        .with_ca(admin.url.ca().map(String::from)))
+    }
 }
 
 /// The Region's status when the reconcile stopped early. `SearchReady` was not checked this

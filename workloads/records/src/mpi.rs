@@ -24,6 +24,107 @@ use crate::validate::Rules;
 /// The Secret entry naming the active key version.
 const ACTIVE: &str = "active";
 
+/// The Secret through which the operator hands a Region's records service what it needs of
+/// the PatientIndex: the keys (as in the index's key Secret), the index role's connection
+/// URL (`url`, with `ca` when the server's CA is not a public one), the index's Region
+/// (`region`) and the linked countries (`countries`, comma-separated). No entry but
+/// `countries` (empty) once the Region has no linked country or the index is gone.
+pub const LINK_SECRET: &str = "patient-index";
+const LINK_URL: &str = "url";
+const LINK_CA: &str = "ca";
+const LINK_REGION: &str = "region";
+const LINK_COUNTRIES: &str = "countries";
+
+/// What a records service knows of the PatientIndex (see [`LINK_SECRET`]).
+#[derive(Clone)]
+pub struct Link {
+    pub keys: IndexKeys,
+    /// The index role's connection URL (credentials inside: never logged).
+    url: String,
+    pub ca: Option<String>,
+    /// The Region whose database holds the index.
+    pub region: String,
+    /// Countries whose patients are indexed and who may look patients up.
+    pub countries: Vec<String>,
+}
+
+impl std::fmt::Debug for Link {
+    // Never the URL: it carries the index role's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("keys", &self.keys)
+            .field("region", &self.region)
+            .field("countries", &self.countries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// [`LINK_SECRET`]'s entries for a Region: `keys` (the index's key Secret), the index
+    /// role's `url` and `ca`, the index's `region` and the Region's linked `countries`.
+    pub fn secret_data(
+        keys: &BTreeMap<String, String>,
+        url: &str,
+        ca: Option<&str>,
+        region: &str,
+        countries: &[String],
+    ) -> BTreeMap<String, String> {
+        let mut data: BTreeMap<String, String> = keys
+            .iter()
+            .filter(|(k, _)| *k == ACTIVE || version_number(k).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        data.insert(LINK_URL.into(), url.into());
+        if let Some(ca) = ca {
+            data.insert(LINK_CA.into(), ca.into());
+        }
+        data.insert(LINK_REGION.into(), region.into());
+        data.insert(LINK_COUNTRIES.into(), countries.join(","));
+        data
+    }
+
+    /// The link a [`LINK_SECRET`] holds; `Ok(None)` when it links no country.
+    pub fn from_secret(data: &BTreeMap<String, String>) -> Result<Option<Self>, IndexKeyError> {
+        let countries: Vec<String> = data
+            .get(LINK_COUNTRIES)
+            .map(|c| {
+                c.split(',')
+                    .map(|c| c.trim().to_ascii_uppercase())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (Some(url), Some(region)) = (data.get(LINK_URL), data.get(LINK_REGION)) else {
+            return Ok(None);
+        };
+        if countries.is_empty() {
+            return Ok(None);
+        }
+        let keys: BTreeMap<String, String> = data
+            .iter()
+            .filter(|(k, _)| *k == ACTIVE || version_number(k).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Some(Self {
+            keys: IndexKeys::from_secret(&keys)?,
+            url: url.clone(),
+            ca: data.get(LINK_CA).cloned(),
+            region: region.clone(),
+            countries,
+        }))
+    }
+
+    /// The index role's connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether country `code` is linked.
+    pub fn links(&self, code: &str) -> bool {
+        self.countries.iter().any(|c| c.eq_ignore_ascii_case(code))
+    }
+}
+
 /// The index's HMAC keys, by version (`k1`, `k2`, ...), oldest first.
 #[derive(Clone)]
 pub struct IndexKeys {
@@ -88,6 +189,11 @@ impl IndexKeys {
     /// The version new entries are hashed with.
     pub fn active_version(&self) -> &str {
         &self.active
+    }
+
+    /// Every version held, oldest first.
+    pub fn versions(&self) -> Vec<&str> {
+        self.keys.iter().map(|(v, _)| v.as_str()).collect()
     }
 
     /// The versions lookups try: the active one, then the one before it (if any).
