@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::schemars;
 use kube::CustomResourceExt;
-use meridian_crds::{Country, Region};
+use meridian_crds::{Country, PatientIndex, Region};
 use serde_json::{Value, json};
 
 use crate::validate::FieldError;
@@ -43,15 +43,17 @@ struct KindSchema {
 
 static COUNTRY: LazyLock<KindSchema> = LazyLock::new(KindSchema::custom_resource::<Country>);
 static REGION: LazyLock<KindSchema> = LazyLock::new(KindSchema::custom_resource::<Region>);
+static PATIENT_INDEX: LazyLock<KindSchema> = LazyLock::new(KindSchema::custom_resource::<PatientIndex>);
 static SECRET: LazyLock<KindSchema> = LazyLock::new(KindSchema::secret);
 
 fn schema_for(object: &Value) -> Result<&'static KindSchema, String> {
     match object.get("kind").and_then(Value::as_str).unwrap_or_default() {
         "Country" => Ok(&COUNTRY),
         "Region" => Ok(&REGION),
+        "PatientIndex" => Ok(&PATIENT_INDEX),
         "Secret" => Ok(&SECRET),
         other => Err(format!(
-            "kind {other:?} is not one Meridian reads (Country, Region, Secret)"
+            "kind {other:?} is not one Meridian reads (Country, Region, PatientIndex, Secret)"
         )),
     }
 }

@@ -407,7 +407,7 @@ async fn an_untagged_cluster_or_domain_with_the_regions_name_is_refused_never_gi
         "{err}"
     );
     // Deleting the Region, even with Delete, leaves both.
-    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    reconcile::cleanup(&region, &[], &[], &ctx).await.unwrap();
     assert_eq!(moto.clusters().await.len(), 1);
     assert_eq!(moto.domains().await, 1);
     AwsSearch::new(moto.opensearch()).release(&region).await.unwrap();
@@ -867,7 +867,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(kube.clone(), NS);
     assert!(deployments.get_opt("booking").await.unwrap().is_some());
     assert!(deployments.get_opt("records").await.unwrap().is_some());
-    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    reconcile::cleanup(&region, &[], &[], &ctx).await.unwrap();
     assert!(deployments.get_opt("booking").await.unwrap().is_none());
     assert!(deployments.get_opt("records").await.unwrap().is_none());
     assert!(secret(&kube, "postgres").await.contains_key("url"));
@@ -887,7 +887,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
 
     // Delete: gone after a final snapshot, and the namespace with its Secrets last.
     region.spec.deletion_policy = DeletionPolicy::Delete;
-    reconcile::cleanup(&region, &[], &ctx).await.unwrap();
+    reconcile::cleanup(&region, &[], &[], &ctx).await.unwrap();
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
     assert!(namespaces.get_opt(NS).await.unwrap().is_none());
     assert!(moto.clusters().await.is_empty());
@@ -918,7 +918,7 @@ async fn a_snapshot_quota_refusing_the_final_snapshot_blocks_deletion_with_a_con
         resources: Some(ctx.providers.recorded(&region, Some(NS.into())).await.unwrap()),
         ..Default::default()
     });
-    let blocked = reconcile::cleanup(&region, &[], &ctx).await.unwrap_err();
+    let blocked = reconcile::cleanup(&region, &[], &[], &ctx).await.unwrap_err();
     let ready = blocked.reports.iter().find(|r| r.type_ == "Ready").unwrap();
     assert!(!ready.is_true());
     assert_eq!(ready.reason, "AwsError");

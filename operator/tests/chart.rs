@@ -190,7 +190,13 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
             assert!(may(group, resource, verb), "{verb} {group}/{resource}");
         }
     }
-    assert!(may("platform.meridian.dev", "regions/status", "patch"));
+    for kind in ["countries", "regions", "patientindexes"] {
+        assert!(may("platform.meridian.dev", kind, "watch"), "{kind}");
+        assert!(
+            may("platform.meridian.dev", &format!("{kind}/status"), "patch"),
+            "{kind}"
+        );
+    }
     // The vault's data keys are replaced only if unchanged since read.
     assert!(may("", "secrets", "update"));
     assert!(may("", "secrets", "create"));

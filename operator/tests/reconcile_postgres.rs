@@ -579,9 +579,9 @@ async fn cleanup_against_an_unreachable_database_blocks_until_abandoned() {
 async fn a_region_cannot_go_while_countries_are_bound_to_it() {
     let f = Fixture::new().await;
     let es = country("es", "ES", "eu-west-1", "shared");
-    let blocked = region::cleanup(&f.shared.1, &[es], &f.ctx).await.unwrap_err();
+    let blocked = region::cleanup(&f.shared.1, &[es], &[], &f.ctx).await.unwrap_err();
     assert_eq!(blocked.reason, "CountriesStillBound");
-    assert!(region::cleanup(&f.shared.1, &[], &f.ctx).await.is_ok());
+    assert!(region::cleanup(&f.shared.1, &[], &[], &f.ctx).await.is_ok());
 }
 
 #[tokio::test]
@@ -1508,10 +1508,10 @@ async fn an_external_region_gets_its_namespace_with_its_roles_secrets_and_only_a
     );
     r.status = Some(status);
     // Retain keeps the namespace (the roles still own the data); Delete removes it.
-    region::cleanup(&r, &[], &ctx).await.unwrap();
+    region::cleanup(&r, &[], &[], &ctx).await.unwrap();
     assert!(namespaces.get_opt(ns).await.unwrap().is_some());
     r.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
-    region::cleanup(&r, &[], &ctx).await.unwrap();
+    region::cleanup(&r, &[], &[], &ctx).await.unwrap();
     assert!(namespaces.get_opt(ns).await.unwrap().is_none());
     // The external database is not the Region's to remove: its tables stay.
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'audit'")
@@ -1543,7 +1543,7 @@ async fn an_external_region_gets_its_namespace_with_its_roles_secrets_and_only_a
     );
     r.status = Some(status);
     r.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
-    region::cleanup(&r, &[], &ctx).await.unwrap();
+    region::cleanup(&r, &[], &[], &ctx).await.unwrap();
     assert!(namespaces.get_opt(ns).await.unwrap().is_some());
 }
 

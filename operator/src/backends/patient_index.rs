@@ -134,14 +134,6 @@ impl RegionDb {
         .await
     }
 
-    /// How many entries the index holds.
-    pub async fn index_entries(&self) -> Result<i64, DbError> {
-        sqlx::query_scalar("SELECT count(*) FROM mpi.entries")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(DbError::Unreachable)
-    }
-
     /// As the owner: drops schema `mpi` with its entries. Only for a PatientIndex whose
     /// manifest says `deletionPolicy: Delete` and whose status records the schema as created
     /// by it.

@@ -203,11 +203,12 @@ async fn reconcile(
         })),
         ..previous.clone()
     };
-    let entries = owner_db.index_entries().await.map_err(db)?;
+    // Not the number of entries: it changes with every registration, and a status that
+    // changes with it would be written on every resync.
     let database = Report::ok(
         DATABASE_READY,
         "IndexStoreReady",
-        format!("schema mpi in Region {region_name} ({entries} entries), role {role}"),
+        format!("schema mpi in Region {region_name}, role {role}"),
     );
 
     // The keys: made once, never replaced.

@@ -380,9 +380,14 @@ fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, mut blocked:
     }
 }
 
-/// Lets go of a deleted Region. Refuses while Countries are still bound to it: their
-/// partitions live in its database.
-pub async fn cleanup(region: &Region, countries: &[Country], ctx: &Context) -> Result<(), Blocked> {
+/// Lets go of a deleted Region. Refuses while Countries are still bound to it (their
+/// partitions live in its database) or a PatientIndex keeps its entries there.
+pub async fn cleanup(
+    region: &Region,
+    countries: &[Country],
+    indexes: &[meridian_crds::PatientIndex],
+    ctx: &Context,
+) -> Result<(), Blocked> {
     let name = region.metadata.name.as_deref().unwrap_or_default();
     if abandoned(&region.metadata) {
         return Ok(());
@@ -400,6 +405,22 @@ pub async fn cleanup(region: &Region, countries: &[Country], ctx: &Context) -> R
         );
         return Err(Blocked::new(
             vec![Report::failed(READY, "CountriesStillBound", message)],
+            Next::Requeue(RETRY),
+        ));
+    }
+    let index: Vec<&str> = indexes
+        .iter()
+        .filter(|i| i.spec.region == name)
+        .filter_map(|i| i.metadata.name.as_deref())
+        .collect();
+    if !index.is_empty() {
+        let message = format!(
+            "Region {name} holds PatientIndex {}; delete it first, or annotate {}=true to leave the stack untouched",
+            index.join(", "),
+            meridian_crds::ABANDON_ANNOTATION
+        );
+        return Err(Blocked::new(
+            vec![Report::failed(READY, "PatientIndexStillHere", message)],
             Next::Requeue(RETRY),
         ));
     }

@@ -49,6 +49,14 @@ pub fn router(store: Arc<RwLock<Store>>, ctx: Arc<Context>, resync: Arc<super::R
             &format!("{base}/regions/{{name}}"),
             get(|State(s): State<AppState>, Path(name): Path<String>| async move { one(&read(&s).regions, &name) }),
         )
+        .route(
+            &format!("{base}/patientindexes"),
+            get(|State(s): State<AppState>| async move { list(&read(&s).indexes, "PatientIndexList") }),
+        )
+        .route(
+            &format!("{base}/patientindexes/{{name}}"),
+            get(|State(s): State<AppState>, Path(name): Path<String>| async move { one(&read(&s).indexes, &name) }),
+        )
         .with_state(AppState { store, ctx, resync })
 }
 

@@ -1,5 +1,5 @@
 //! Reads the watched folder: every `*.yaml` / `*.yml` below it, several documents per file,
-//! of kind `Country`, `Region` or `Secret` (for `external` Regions). A document with a field
+//! of kind `Country`, `Region`, `PatientIndex` or `Secret` (for `external` Regions). A document with a field
 //! the CRD's schema (or a core Secret's) does not know is refused, as an API server with
 //! strict field validation refuses it.
 //!
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use meridian_crds::{Country, Region};
+use meridian_crds::{Country, PatientIndex, Region};
 
 use crate::providers::StaticSecrets;
 
@@ -29,6 +29,7 @@ pub struct Loaded<K> {
 pub struct Manifests {
     pub countries: BTreeMap<String, Loaded<Country>>,
     pub regions: BTreeMap<String, Loaded<Region>>,
+    pub indexes: BTreeMap<String, Loaded<PatientIndex>>,
     pub secrets: StaticSecrets,
     /// Files or documents that could not be read, with the reason.
     pub errors: Vec<String>,
@@ -98,36 +99,10 @@ fn read_document(
         let s = if unknown.len() == 1 { "" } else { "s" };
         return Err(format!("{kind} {name}: unknown field{s} {}", unknown.join(", ")));
     }
-    let duplicate = |existing: &Path| format!("{kind} {name} is also defined in {}", existing.display());
     match kind.as_str() {
-        "Country" => {
-            let object: Country = serde_json::from_value(value).map_err(|e| format!("Country {name}: {e}"))?;
-            if let Some(existing) = out.countries.get(&name) {
-                return Err(duplicate(&existing.path));
-            }
-            out.countries.insert(
-                name,
-                Loaded {
-                    object,
-                    path: path.to_path_buf(),
-                    modified,
-                },
-            );
-        }
-        "Region" => {
-            let object: Region = serde_json::from_value(value).map_err(|e| format!("Region {name}: {e}"))?;
-            if let Some(existing) = out.regions.get(&name) {
-                return Err(duplicate(&existing.path));
-            }
-            out.regions.insert(
-                name,
-                Loaded {
-                    object,
-                    path: path.to_path_buf(),
-                    modified,
-                },
-            );
-        }
+        "Country" => insert(&mut out.countries, value, &name, path, modified)?,
+        "Region" => insert(&mut out.regions, value, &name, path, modified)?,
+        "PatientIndex" => insert(&mut out.indexes, value, &name, path, modified)?,
         "Secret" => {
             let namespace = value
                 .pointer("/metadata/namespace")
@@ -137,10 +112,34 @@ fn read_document(
         }
         other => {
             return Err(format!(
-                "kind {other:?} is not one Meridian reads (Country, Region, Secret)"
+                "kind {other:?} is not one Meridian reads (Country, Region, PatientIndex, Secret)"
             ));
         }
     }
+    Ok(())
+}
+
+/// Adds the object `value` of kind `K` to `objects`, unless one of its name is there already.
+fn insert<K: serde::de::DeserializeOwned>(
+    objects: &mut BTreeMap<String, Loaded<K>>,
+    value: serde_json::Value,
+    name: &str,
+    path: &Path,
+    modified: SystemTime,
+) -> Result<(), String> {
+    let kind = value["kind"].as_str().unwrap_or_default().to_string();
+    if let Some(existing) = objects.get(name) {
+        return Err(format!("{kind} {name} is also defined in {}", existing.path.display()));
+    }
+    let object: K = serde_json::from_value(value).map_err(|e| format!("{kind} {name}: {e}"))?;
+    objects.insert(
+        name.to_string(),
+        Loaded {
+            object,
+            path: path.to_path_buf(),
+            modified,
+        },
+    );
     Ok(())
 }
 

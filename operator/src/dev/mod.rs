@@ -25,7 +25,7 @@ use store::Store;
 use futures::StreamExt;
 
 use crate::conditions;
-use crate::controller::{Context, country, region};
+use crate::controller::{Context, country, patient_index, region};
 use crate::metrics::WriteKind;
 use crate::providers::{LocalClusters, Providers, StaticSecrets};
 
@@ -219,6 +219,22 @@ impl Dev {
                 store
                     .countries
                     .sync(&manifests.countries, &manifests.unreadable, &mut report, now);
+                store
+                    .indexes
+                    .sync(&manifests.indexes, &manifests.unreadable, &mut report, now);
+                // Which countries an index links, and where their Regions are, follow the
+                // Countries.
+                if report
+                    .added
+                    .iter()
+                    .chain(&report.changed)
+                    .chain(&report.removed)
+                    .any(|l| l.starts_with("countries "))
+                {
+                    for entry in store.indexes.entries.values_mut() {
+                        entry.due = Some(now);
+                    }
+                }
             }
             for line in &report.rejected {
                 println!("manifest error: {line}");
@@ -251,6 +267,9 @@ impl Dev {
                 for entry in store.countries.entries.values_mut() {
                     entry.due = Some(now);
                 }
+                for entry in store.indexes.entries.values_mut() {
+                    entry.due = Some(now);
+                }
                 let counts = (store.regions.entries.len(), store.countries.entries.len());
                 (ticket, counts, self.ctx.metrics.writes(), now)
             });
@@ -269,6 +288,7 @@ impl Dev {
                 })?;
             }
             self.reconcile_countries().await;
+            self.reconcile_indexes().await;
             if let Some((ticket, (regions, countries), before, started)) = pass {
                 let ready = self
                     .store
@@ -315,7 +335,7 @@ impl Dev {
     /// Returns whether any Region's status changed.
     async fn reconcile_regions(&mut self) -> bool {
         let now = Instant::now();
-        let (due, countries) = {
+        let (due, countries, indexes) = {
             let mut store = self.store.write().expect("store lock");
             // A local database that died or came back: its Region's status says so now.
             for name in self.local.take_changed() {
@@ -329,15 +349,15 @@ impl Dev {
                 .iter()
                 .map(|n| store.regions.entries[n].object.clone())
                 .collect();
-            (due, store.countries.objects())
+            (due, store.countries.objects(), store.indexes.objects())
         };
         let ctx = &self.ctx;
         let results = futures::future::join_all(due.iter().map(|r| {
-            let countries = &countries;
+            let (countries, indexes) = (&countries, &indexes);
             async move {
                 let started = Instant::now();
                 let result = if r.metadata.deletion_timestamp.is_some() {
-                    Err(region::cleanup(r, countries, ctx).await)
+                    Err(region::cleanup(r, countries, indexes, ctx).await)
                 } else {
                     Ok(region::apply(r, ctx).await)
                 };
@@ -474,6 +494,70 @@ impl Dev {
         }
     }
 
+    /// Reconciles the due PatientIndexes.
+    async fn reconcile_indexes(&mut self) {
+        let now = Instant::now();
+        let (due, indexes, regions, countries) = {
+            let store = self.store.read().expect("store lock");
+            let due: Vec<meridian_crds::PatientIndex> = store
+                .indexes
+                .due(now)
+                .iter()
+                .map(|n| store.indexes.entries[n].object.clone())
+                .collect();
+            (
+                due,
+                store.indexes.objects(),
+                store.regions.objects(),
+                store.countries.objects(),
+            )
+        };
+        let ctx = &self.ctx;
+        let world = patient_index::World {
+            regions: &regions,
+            countries: &countries,
+            indexes: &indexes,
+        };
+        for index in due {
+            let name = index.metadata.name.clone().unwrap_or_default();
+            let started = Instant::now();
+            let result = if index.metadata.deletion_timestamp.is_some() {
+                Err(patient_index::cleanup(&index, world, ctx).await)
+            } else {
+                Ok(patient_index::apply(&index, world, ctx).await)
+            };
+            let mut store = self.store.write().expect("store lock");
+            match result {
+                Ok(outcome) => {
+                    ctx.metrics.observe("PatientIndex", started.elapsed(), outcome.failure);
+                    if store.set_index_status(&name, outcome.status) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
+                    }
+                    store.indexes.schedule(&name, outcome.next);
+                }
+                Err(Ok(())) => {
+                    ctx.metrics.observe("PatientIndex", started.elapsed(), None);
+                    store.indexes.entries.remove(&name);
+                    println!("patientindex {name} deleted ({:?})", index.spec.deletion_policy);
+                    // Another index may serve now.
+                    for entry in store.indexes.entries.values_mut() {
+                        entry.due = Some(now);
+                    }
+                }
+                Err(Err(blocked)) => {
+                    ctx.metrics
+                        .observe("PatientIndex", started.elapsed(), Some(blocked.reason));
+                    let previous = index.status.clone().unwrap_or_default();
+                    let conditions = blocked.conditions(&previous.conditions, index.metadata.generation);
+                    if store.set_index_status(&name, meridian_crds::PatientIndexStatus { conditions, ..previous }) {
+                        ctx.metrics.wrote(WriteKind::Status, 1);
+                    }
+                    store.indexes.schedule(&name, blocked.next);
+                }
+            }
+        }
+    }
+
     /// Demo tokens for each role, printed and written to `<data-dir>/tokens.json`.
     fn print_tokens(&self, countries: &[Country]) -> anyhow::Result<()> {
         let codes: Vec<String> = countries.iter().map(|c| c.spec.code.clone()).collect();
@@ -497,7 +581,11 @@ impl Dev {
     fn print_status(&mut self) {
         let table = {
             let store = self.store.read().expect("store lock");
-            table::render(&store.regions.objects(), &store.countries.objects())
+            table::render(
+                &store.regions.objects(),
+                &store.countries.objects(),
+                &store.indexes.objects(),
+            )
         };
         if table != self.last_table {
             println!("\n{table}");

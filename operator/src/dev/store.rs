@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
-use meridian_crds::{Country, FINALIZER, Region};
+use meridian_crds::{Country, FINALIZER, PatientIndex, Region};
 use serde::Serialize;
 
 use super::manifests::Loaded;
@@ -56,6 +56,7 @@ macro_rules! managed {
 }
 managed!(Country, "countries", validate::country_update);
 managed!(Region, "regions", validate::region_update);
+managed!(PatientIndex, "patientindexes", validate::patient_index_update);
 
 /// One stored object and its bookkeeping.
 #[derive(Clone)]
@@ -220,6 +221,7 @@ fn bump(meta: &mut ObjectMeta) {
 pub struct Store {
     pub countries: Objects<Country>,
     pub regions: Objects<Region>,
+    pub indexes: Objects<PatientIndex>,
 }
 
 impl Store {
@@ -240,6 +242,16 @@ impl Store {
             status,
             |r| &mut r.status,
             |r| &mut r.metadata,
+        )
+    }
+
+    /// See [`Store::set_country_status`].
+    pub fn set_index_status(&mut self, name: &str, status: meridian_crds::PatientIndexStatus) -> bool {
+        set_status(
+            self.indexes.entries.get_mut(name),
+            status,
+            |i| &mut i.status,
+            |i| &mut i.metadata,
         )
     }
 }

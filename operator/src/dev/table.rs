@@ -1,12 +1,14 @@
 //! The live status table `meridian dev` prints.
 
-use meridian_crds::condition_types::{DATABASE_READY, READY, RESIDENCY_COMPLIANT, ROUTES_READY, SEARCH_INDEX_READY};
-use meridian_crds::{Country, Region, Residency};
+use meridian_crds::condition_types::{
+    DATABASE_READY, KEYS_READY, READY, RESIDENCY_COMPLIANT, ROUTES_READY, SEARCH_INDEX_READY,
+};
+use meridian_crds::{Country, PatientIndex, Region, Residency};
 
 use crate::conditions;
 
-/// One line per Region, then one per Country.
-pub fn render(regions: &[Region], countries: &[Country]) -> String {
+/// One line per Region, then one per Country, then one per PatientIndex (if any).
+pub fn render(regions: &[Region], countries: &[Country], indexes: &[PatientIndex]) -> String {
     let mut rows = vec![
         [
             "REGION",
@@ -93,6 +95,41 @@ pub fn render(regions: &[Region], countries: &[Country]) -> String {
             state(conds, READY),
             if conditions::is_true(conds, READY) {
                 String::new()
+            } else {
+                message(conds)
+            },
+        ]);
+    }
+    out.push_str(&align(&rows));
+    if indexes.is_empty() {
+        return out;
+    }
+    out.push('\n');
+    let mut rows = vec![
+        [
+            "PATIENTINDEX",
+            "REGION",
+            "DATABASE",
+            "KEYS",
+            "KEY",
+            "READY",
+            "COUNTRIES / MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for index in indexes {
+        let status = index.status.clone().unwrap_or_default();
+        let conds = status.conditions.as_slice();
+        rows.push(vec![
+            name(&index.metadata),
+            index.spec.region.clone(),
+            state(conds, DATABASE_READY),
+            state(conds, KEYS_READY),
+            status.active_key_version.clone().unwrap_or_else(|| "-".into()),
+            state(conds, READY),
+            if conditions::is_true(conds, READY) {
+                status.linked_countries.join(",")
             } else {
                 message(conds)
             },

@@ -1,4 +1,4 @@
-//! The Country and Region controllers: kube-runtime around the shared reconcilers.
+//! The Country, Region and PatientIndex controllers: kube-runtime around the shared reconcilers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,12 +13,12 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use meridian_crds::{Country, FINALIZER, Region};
+use meridian_crds::{Country, FINALIZER, PatientIndex, Region};
 use serde_json::json;
 
 use crate::FIELD_MANAGER;
 use crate::conditions::{self, Transition};
-use crate::controller::{Blocked, Context, Next, Outcome, country, region};
+use crate::controller::{Blocked, Context, Next, Outcome, country, patient_index, region};
 
 /// Failures that end a reconcile early; the error policy requeues them with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ impl KubeContext {
     }
 }
 
-/// Runs both controllers until their watches end.
+/// Runs the three controllers until their watches end.
 /// Every reconcile runs under `fence`: none is polled once leadership has ended.
 pub async fn run(ctx: Arc<KubeContext>, fence: super::Fence) {
     let countries: Api<Country> = Api::all(ctx.client.clone());
@@ -168,19 +168,55 @@ pub async fn run(ctx: Arc<KubeContext>, fence: super::Fence) {
         )
         .for_each(|result| async move { log_result("Country", result) });
 
-    let region_controller = Controller::new(regions, watcher::Config::default())
+    let indexes: Api<PatientIndex> = Api::all(ctx.client.clone());
+    let region_controller = Controller::new(regions.clone(), watcher::Config::default())
         // A Country going away may unblock its Region's deletion.
-        .watches(countries, watcher::Config::default(), |country: Country| {
+        .watches(countries.clone(), watcher::Config::default(), |country: Country| {
             Some(ObjectRef::new(&country.spec.region))
         })
+        // So may a PatientIndex.
+        .watches(indexes.clone(), watcher::Config::default(), |index: PatientIndex| {
+            Some(ObjectRef::new(&index.spec.region))
+        })
         .run(
-            move |region, ctx| fence.guard(reconcile::<Region>(region, ctx)),
+            {
+                let fence = fence.clone();
+                move |region, ctx| fence.guard(reconcile::<Region>(region, ctx))
+            },
             error_policy,
-            ctx,
+            ctx.clone(),
         )
         .for_each(|result| async move { log_result("Region", result) });
 
-    futures::join!(country_controller, region_controller);
+    let index_controller = Controller::new(indexes.clone(), watcher::Config::default());
+    let every_index = index_controller.store();
+    let on_region = every_index.clone();
+    let on_index = every_index.clone();
+    let all = |store: &kube::runtime::reflector::Store<PatientIndex>| {
+        store
+            .state()
+            .iter()
+            .map(|i| ObjectRef::from_obj(&**i))
+            .collect::<Vec<_>>()
+    };
+    let index_controller = index_controller
+        // Which countries an index links, and where they live, follow the Countries and
+        // Regions; another index's deletion may let this one serve.
+        .watches(countries, watcher::Config::default(), move |_: Country| {
+            all(&every_index)
+        })
+        .watches(regions, watcher::Config::default(), move |_: Region| all(&on_region))
+        .watches(indexes, watcher::Config::default(), move |_: PatientIndex| {
+            all(&on_index)
+        })
+        .run(
+            move |index, ctx| fence.guard(reconcile::<PatientIndex>(index, ctx)),
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| async move { log_result("PatientIndex", result) });
+
+    futures::join!(country_controller, region_controller, index_controller);
 }
 
 fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, result: Result<T, E>) {
@@ -247,6 +283,23 @@ impl Reconciled for Region {
     }
     fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
         cleanup_region(self, ctx)
+    }
+}
+
+impl Reconciled for PatientIndex {
+    const KIND: &'static str = "PatientIndex";
+    type Status = meridian_crds::PatientIndexStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+    fn apply(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        apply_index(self, ctx)
+    }
+    fn cleanup(&self, ctx: &KubeContext) -> impl Future<Output = Result<Action, Error>> + Send {
+        cleanup_index(self, ctx)
     }
 }
 
@@ -335,9 +388,48 @@ async fn cleanup_region(r: &Region, ctx: &KubeContext) -> Result<Action, Error> 
         .list(&Default::default())
         .await?
         .items;
-    match region::cleanup(r, &countries, &ctx.core).await {
+    let indexes = Api::<PatientIndex>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
+    match region::cleanup(r, &countries, &indexes, &ctx.core).await {
         Ok(()) => Ok(Action::await_change()),
         Err(blocked) => Err(write_blocked(r, &blocked, ctx).await),
+    }
+}
+
+/// What a PatientIndex's reconcile reads: every Region, Country and PatientIndex, from the
+/// API server.
+async fn index_world(ctx: &KubeContext) -> Result<(Vec<Region>, Vec<Country>, Vec<PatientIndex>), Error> {
+    let all = Default::default();
+    let regions = Api::<Region>::all(ctx.client.clone()).list(&all).await?.items;
+    let countries = Api::<Country>::all(ctx.client.clone()).list(&all).await?.items;
+    let indexes = Api::<PatientIndex>::all(ctx.client.clone()).list(&all).await?.items;
+    Ok((regions, countries, indexes))
+}
+
+async fn apply_index(index: &PatientIndex, ctx: &KubeContext) -> Result<Action, Error> {
+    let started = Instant::now();
+    let (regions, countries, indexes) = index_world(ctx).await?;
+    let world = patient_index::World {
+        regions: &regions,
+        countries: &countries,
+        indexes: &indexes,
+    };
+    let outcome = patient_index::apply(index, world, &ctx.core).await;
+    write_outcome(index, outcome, started, ctx).await
+}
+
+async fn cleanup_index(index: &PatientIndex, ctx: &KubeContext) -> Result<Action, Error> {
+    let (regions, countries, indexes) = index_world(ctx).await?;
+    let world = patient_index::World {
+        regions: &regions,
+        countries: &countries,
+        indexes: &indexes,
+    };
+    match patient_index::cleanup(index, world, &ctx.core).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(blocked) => Err(write_blocked(index, &blocked, ctx).await),
     }
 }
 
