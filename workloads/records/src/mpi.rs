@@ -302,63 +302,55 @@ pub struct Entry {
     pub key_version: String,
 }
 
-/// Registers `id` as the national ID of client `client_id` of its country, whose records
-/// live in Region `home_region`: the entry under the active key is added or moved to this
-/// patient, and entries of the same ID under older keys are removed. Safe to repeat; a
-/// re-key is this, once per ID.
+/// Makes the index hold exactly `ids` for client `client_id` of country `country`, whose
+/// records live in Region `home_region`: each ID's entry under the active key is added, or
+/// moved to this patient (the newest registration of an ID wins: a merged duplicate); every
+/// other entry pointing to this patient (an ID removed or changed, an older key's hash) is
+/// removed. With no IDs, the patient leaves the index. Safe to repeat; a re-key is this, once
+/// per patient. Answers how many entries were removed.
 pub async fn register(
     index: &PgPool,
     keys: &IndexKeys,
-    id: &NationalId,
+    country: &str,
     home_region: &str,
     client_id: Uuid,
-) -> Result<(), sqlx::Error> {
+    ids: &[NationalId],
+) -> Result<u64, sqlx::Error> {
     let (active, key) = keys
         .keys
         .iter()
         .find(|(v, _)| *v == keys.active)
         .expect("checked when read");
-    let older: Vec<Vec<u8>> = keys
-        .keys
+    let country = country.to_ascii_uppercase();
+    let hashes: Vec<Vec<u8>> = ids
         .iter()
-        .filter(|(v, _)| v != active)
-        .map(|(_, k)| id.hash(k))
+        .filter(|id| id.country == country)
+        .map(|id| id.hash(key))
         .collect();
-    sqlx::query(
-        "WITH older AS (DELETE FROM mpi.entries WHERE hash = ANY($6))
-         INSERT INTO mpi.entries (hash, key_version, home_country, home_region, client_id)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (hash) DO UPDATE
-            SET key_version = EXCLUDED.key_version, home_country = EXCLUDED.home_country,
-                home_region = EXCLUDED.home_region, client_id = EXCLUDED.client_id, updated_at = now()",
+    let removed: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM mpi.entries
+              WHERE home_country = $3 AND client_id = $5 AND NOT (hash = ANY($1))
+              RETURNING 1
+         ), added AS (
+             INSERT INTO mpi.entries (hash, key_version, home_country, home_region, client_id)
+             SELECT h, $2, $3, $4, $5 FROM unnest($1::bytea[]) AS h
+             ON CONFLICT (hash) DO UPDATE
+                SET key_version = EXCLUDED.key_version, home_country = EXCLUDED.home_country,
+                    home_region = EXCLUDED.home_region, client_id = EXCLUDED.client_id, updated_at = now()
+              WHERE (mpi.entries.key_version, mpi.entries.home_country, mpi.entries.home_region, mpi.entries.client_id)
+                    IS DISTINCT FROM (EXCLUDED.key_version, EXCLUDED.home_country, EXCLUDED.home_region, EXCLUDED.client_id)
+         )
+         SELECT count(*) FROM gone",
     )
-    .bind(id.hash(key))
+    .bind(&hashes)
     .bind(active)
-    .bind(&id.country)
+    .bind(&country)
     .bind(home_region)
     .bind(client_id)
-    .bind(&older)
-    .execute(index)
+    .fetch_one(index)
     .await?;
-    Ok(())
-}
-
-/// Removes the entries of `id` that point to client `client_id` (the ID was removed from the
-/// patient, or changed): an entry another patient holds now stays.
-pub async fn unregister(
-    index: &PgPool,
-    keys: &IndexKeys,
-    id: &NationalId,
-    client_id: Uuid,
-) -> Result<u64, sqlx::Error> {
-    let hashes: Vec<Vec<u8>> = keys.keys.iter().map(|(_, k)| id.hash(k)).collect();
-    let removed = sqlx::query("DELETE FROM mpi.entries WHERE hash = ANY($1) AND home_country = $2 AND client_id = $3")
-        .bind(&hashes)
-        .bind(&id.country)
-        .bind(client_id)
-        .execute(index)
-        .await?;
-    Ok(removed.rows_affected())
+    Ok(removed as u64)
 }
 
 /// Where the patient with national ID `id` lives, if the index knows: the entry under the

@@ -89,11 +89,11 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let anna = Uuid::new_v4();
     let id = NationalId::checked(&de(), KVNR, "A123456789").unwrap();
-    mpi::register(&db.index, &keys, &id, "eu-central-1", anna)
+    mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, std::slice::from_ref(&id))
         .await
         .unwrap();
     // Registering again (as a retry would) changes nothing.
-    mpi::register(&db.index, &keys, &id, "eu-central-1", anna)
+    mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, std::slice::from_ref(&id))
         .await
         .unwrap();
 
@@ -115,13 +115,13 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     // Another patient now holds the ID (a merged duplicate): the entry moves to them, and
     // removing it from the first patient leaves the second one's.
     let merged = Uuid::new_v4();
-    mpi::register(&db.index, &keys, &id, "eu-central-1", merged)
+    mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, std::slice::from_ref(&id))
         .await
         .unwrap();
-    assert_eq!(mpi::unregister(&db.index, &keys, &id, anna).await.unwrap(), 0);
+    assert_eq!(mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[]).await.unwrap(), 0);
     let found = mpi::lookup(&db.index, &keys, &id).await.unwrap().unwrap();
     assert_eq!(found.client_id, merged);
-    assert_eq!(mpi::unregister(&db.index, &keys, &id, merged).await.unwrap(), 1);
+    assert_eq!(mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, &[]).await.unwrap(), 1);
     assert_eq!(mpi::lookup(&db.index, &keys, &id).await.unwrap(), None);
 }
 
@@ -139,7 +139,7 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
         })
         .collect();
     for (id, client) in &ids {
-        mpi::register(&db.index, &k1, id, "eu-central-1", *client)
+        mpi::register(&db.index, &k1, "DE", "eu-central-1", *client, std::slice::from_ref(id))
             .await
             .unwrap();
     }
@@ -154,7 +154,7 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
 
     // Half re-keyed (a re-key stopped halfway), then all of it (the next run).
     for (id, client) in &ids[..10] {
-        mpi::register(&db.index, &k2, id, "eu-central-1", *client)
+        mpi::register(&db.index, &k2, "DE", "eu-central-1", *client, std::slice::from_ref(id))
             .await
             .unwrap();
     }
@@ -163,7 +163,7 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
         [("k1".to_string(), 10), ("k2".to_string(), 10)]
     );
     for (id, client) in &ids {
-        mpi::register(&db.index, &k2, id, "eu-central-1", *client)
+        mpi::register(&db.index, &k2, "DE", "eu-central-1", *client, std::slice::from_ref(id))
             .await
             .unwrap();
     }
@@ -188,7 +188,7 @@ async fn the_store_holds_no_raw_id_and_no_value_matching_a_national_id_pattern()
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     for i in 0..50 {
         let id = NationalId::checked(&de(), KVNR, &format!("D{i:09}")).unwrap();
-        mpi::register(&db.index, &keys, &id, "eu-central-1", Uuid::new_v4())
+        mpi::register(&db.index, &keys, "DE", "eu-central-1", Uuid::new_v4(), std::slice::from_ref(&id))
             .await
             .unwrap();
     }
@@ -218,7 +218,7 @@ async fn the_index_role_reaches_only_the_index_and_the_workload_roles_not_it() {
     let db = start().await;
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let id = NationalId::checked(&de(), KVNR, "E123456789").unwrap();
-    mpi::register(&db.index, &keys, &id, "eu-central-1", Uuid::new_v4())
+    mpi::register(&db.index, &keys, "DE", "eu-central-1", Uuid::new_v4(), std::slice::from_ref(&id))
         .await
         .unwrap();
 

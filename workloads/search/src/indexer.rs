@@ -9,9 +9,9 @@
 //! reads again what came after the stored snapshot, which idempotency makes harmless.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use meridian_shared::outbox::{Follower, PRACTITIONER_EVENTS, Snapshot};
+use meridian_shared::outbox::{Consumer, PRACTITIONER_EVENTS, Snapshot};
 use serde::Deserialize;
 use sqlx::PgPool;
 
@@ -22,9 +22,6 @@ use crate::model::{Document, SearchError, alias};
 const POLL: Duration = Duration::from_millis(100);
 /// Events read per step.
 const BATCH: i64 = 5000;
-/// How often a position that moved without new events is stored: it only shortens what a
-/// restart reads again.
-const SAVE_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexerError {
@@ -38,10 +35,7 @@ pub enum IndexerError {
 pub struct Indexer {
     pool: PgPool,
     backend: Backend,
-    consumer: String,
-    follower: Follower,
-    /// When the position was last stored.
-    saved: Option<Instant>,
+    consumer: Consumer,
 }
 
 /// What one [`Indexer::step`] did.
@@ -57,36 +51,23 @@ pub struct Step {
 impl Indexer {
     /// The indexer named `consumer`, from where it last stopped.
     pub async fn start(pool: PgPool, backend: Backend, consumer: &str) -> Result<Self, IndexerError> {
-        let stored: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT position, snapshot::text FROM outbox_consumers WHERE consumer = $1")
-                .bind(consumer)
-                .fetch_optional(&pool)
-                .await?;
-        let (legacy_after, snapshot) = stored.unwrap_or((0, None));
-        let snapshot = snapshot
-            .map(|s| s.parse::<Snapshot>())
-            .transpose()
-            .map_err(|e| IndexerError::Database(sqlx::Error::Decode(Box::new(e))))?;
-        // Without a snapshot, the stored ID is where a consumer of the days before
-        // transaction IDs were recorded stopped: the rows of those days above it are new.
+        let consumer = Consumer::start(&pool, PRACTITIONER_EVENTS, consumer).await?;
         Ok(Self {
             pool,
             backend,
-            consumer: consumer.to_string(),
-            follower: Follower::new(PRACTITIONER_EVENTS, snapshot, legacy_after),
-            saved: None,
+            consumer,
         })
     }
 
     /// Where the indexer stands: every event whose transaction this snapshot sees is
     /// written. `None` until its first read of the outbox is done.
     pub fn position(&self) -> Option<&Snapshot> {
-        self.follower.position()
+        self.consumer.position()
     }
 
     /// Reads what is new in the outbox, writes it to the indexes and moves the position.
     pub async fn step(&mut self) -> Result<Step, IndexerError> {
-        let batch = self.follower.next(&self.pool, BATCH).await?;
+        let batch = self.consumer.next(&self.pool, BATCH).await?;
         let mut step = Step::default();
         let mut by_country: BTreeMap<String, Vec<Document>> = BTreeMap::new();
         for row in &batch.rows {
@@ -102,29 +83,7 @@ impl Indexer {
                 Err(error) => return Err(IndexerError::Search { country, error }),
             }
         }
-        self.follower.done(&batch);
-        let last_id = batch.rows.last().map_or(0, |r| r.id);
-        let due = batch.rows.is_empty() && self.saved.is_some_and(|at| at.elapsed() < SAVE_IDLE);
-        if let Some(position) = self.follower.position().filter(|_| !due) {
-            // Replicas share the row: a snapshot never replaces a newer one (a later
-            // snapshot's xmax is never lower).
-            sqlx::query(
-                "INSERT INTO outbox_consumers (consumer, position, snapshot) VALUES ($1, $2, $3::text::pg_snapshot)
-                 ON CONFLICT (consumer) DO UPDATE
-                     SET position = greatest(outbox_consumers.position, EXCLUDED.position),
-                         snapshot = CASE
-                             WHEN outbox_consumers.snapshot IS NULL
-                               OR pg_snapshot_xmax(outbox_consumers.snapshot) <= pg_snapshot_xmax(EXCLUDED.snapshot)
-                             THEN EXCLUDED.snapshot ELSE outbox_consumers.snapshot END,
-                         updated_at = now()",
-            )
-            .bind(&self.consumer)
-            .bind(last_id)
-            .bind(position.to_string())
-            .execute(&self.pool)
-            .await?;
-            self.saved = Some(Instant::now());
-        }
+        self.consumer.done(&self.pool, &batch).await?;
         Ok(step)
     }
 
@@ -134,7 +93,7 @@ impl Indexer {
             match self.step().await {
                 Ok(step) if step.documents > 0 => continue,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(consumer = %self.consumer, error = %e, "search indexer; retrying"),
+                Err(e) => tracing::warn!(consumer = %self.consumer.name(), error = %e, "search indexer; retrying"),
             }
             tokio::time::sleep(POLL).await;
         }

@@ -273,6 +273,89 @@ impl Follower {
     }
 }
 
+/// A named reader of one topic that keeps its place in `outbox_consumers`, so that a restart
+/// (or another replica of the same consumer) goes on from where it stood: a snapshot such
+/// that every event whose transaction it sees has been handled. At least once: what came
+/// after the stored snapshot is read again after a restart, so handling must be idempotent.
+pub struct Consumer {
+    name: String,
+    follower: Follower,
+    /// When the position was last stored.
+    saved: Option<std::time::Instant>,
+}
+
+/// How often a position that moved without new events is stored: it only shortens what a
+/// restart reads again.
+const SAVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Consumer {
+    /// Consumer `name` of `topic`, from where it last stopped.
+    pub async fn start(pool: &PgPool, topic: &'static str, name: &str) -> Result<Self, sqlx::Error> {
+        let stored: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT position, snapshot::text FROM outbox_consumers WHERE consumer = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        let (legacy_after, snapshot) = stored.unwrap_or((0, None));
+        let snapshot = snapshot
+            .map(|s| s.parse::<Snapshot>())
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        // Without a snapshot, the stored ID is where a consumer of the days before
+        // transaction IDs were recorded stopped: the rows of those days above it are new.
+        Ok(Self {
+            name: name.to_string(),
+            follower: Follower::new(topic, snapshot, legacy_after),
+            saved: None,
+        })
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it stands (see [`Follower::position`]).
+    pub fn position(&self) -> Option<&Snapshot> {
+        self.follower.position()
+    }
+
+    /// The next rows to handle (see [`Follower::next`]).
+    pub async fn next(&mut self, pool: &PgPool, limit: i64) -> Result<Batch, sqlx::Error> {
+        self.follower.next(pool, limit).await
+    }
+
+    /// Marks `batch` as handled and stores the position (at most every [`SAVE_IDLE`] while
+    /// nothing new comes).
+    pub async fn done(&mut self, pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
+        self.follower.done(batch);
+        let last_id = batch.rows.last().map_or(0, |r| r.id);
+        let recent = batch.rows.is_empty() && self.saved.is_some_and(|at| at.elapsed() < SAVE_IDLE);
+        let Some(position) = self.follower.position().filter(|_| !recent) else {
+            return Ok(());
+        };
+        // Replicas share the row: a snapshot never replaces a newer one (a later snapshot's
+        // xmax is never lower).
+        sqlx::query(
+            "INSERT INTO outbox_consumers (consumer, position, snapshot) VALUES ($1, $2, $3::text::pg_snapshot)
+             ON CONFLICT (consumer) DO UPDATE
+                 SET position = greatest(outbox_consumers.position, EXCLUDED.position),
+                     snapshot = CASE
+                         WHEN outbox_consumers.snapshot IS NULL
+                           OR pg_snapshot_xmax(outbox_consumers.snapshot) <= pg_snapshot_xmax(EXCLUDED.snapshot)
+                         THEN EXCLUDED.snapshot ELSE outbox_consumers.snapshot END,
+                     updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(last_id)
+        .bind(position.to_string())
+        .execute(pool)
+        .await?;
+        self.saved = Some(std::time::Instant::now());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Snapshot;
