@@ -90,6 +90,19 @@ const MEDICATION_REQUEST_PARAMS: &[Param] = &[
     param("identifier", "token", "An identifier: system|value or value"),
 ];
 
+const CONSENT_PARAMS: &[Param] = &[
+    param("patient", "reference", "The patient: Patient/<id> or <id>"),
+    param("status", "token", "The consent's status"),
+    param(
+        "scope",
+        "token",
+        "The scope: system|code or code (e.g. patient-privacy)",
+    ),
+    param("category", "token", "A category: system|code or code"),
+    param("date", "date", "When it was given, with prefixes"),
+    param("identifier", "token", "An identifier: system|value or value"),
+];
+
 /// The parameters of each resource type, besides `_id`, `_count`, `_sort` and `_include`.
 pub fn params(resource_type: ResourceType) -> &'static [Param] {
     match resource_type {
@@ -97,6 +110,7 @@ pub fn params(resource_type: ResourceType) -> &'static [Param] {
         ResourceType::Encounter => ENCOUNTER_PARAMS,
         ResourceType::Observation => OBSERVATION_PARAMS,
         ResourceType::MedicationRequest => MEDICATION_REQUEST_PARAMS,
+        ResourceType::Consent => CONSENT_PARAMS,
     }
 }
 
@@ -107,6 +121,7 @@ pub fn includes(resource_type: ResourceType) -> &'static [&'static str] {
         ResourceType::Encounter => &["Encounter:patient", "Encounter:subject"],
         ResourceType::Observation => &["Observation:patient", "Observation:subject"],
         ResourceType::MedicationRequest => &["MedicationRequest:patient", "MedicationRequest:subject"],
+        ResourceType::Consent => &["Consent:patient"],
     }
 }
 
@@ -307,9 +322,9 @@ pub fn parse(
                     .map(|v| v.rsplit('|').next().unwrap_or(v).to_string())
                     .collect(),
             ),
-            ("code", _) | ("category", _) | ("identifier", _) => {
+            ("code" | "scope", _) | ("category", _) | ("identifier", _) => {
                 let column = match name.as_str() {
-                    "code" => "codes",
+                    "code" | "scope" => "codes",
                     "category" => "categories",
                     _ => "identifiers",
                 };

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::codes;
 use crate::dates;
 use crate::fhir::datatypes::{CodeableConcept, Identifier, Reference};
-use crate::fhir::resources::{Encounter, MedicationRequest, Observation, Patient};
+use crate::fhir::resources::{Consent, Encounter, MedicationRequest, Observation, Patient};
 use crate::fhir::{Issue, IssueType, ResourceType, read};
 
 /// The extension that names a Patient's login: the identity provider's subject of the
@@ -603,6 +603,87 @@ pub fn check(
             }
             indexed.identifiers = identifier_tokens(&m.identifier);
             serde_json::to_value(&m).expect("serializes")
+        }
+        ResourceType::Consent => {
+            let c: Consent = read(resource_type, body)?;
+            required_code(
+                &c.status,
+                &[
+                    "draft",
+                    "proposed",
+                    "active",
+                    "rejected",
+                    "inactive",
+                    "entered-in-error",
+                ],
+                "Consent.status",
+            )?;
+            if c.scope.coding.is_empty() && c.scope.text.is_none() {
+                return Err(Issue::invalid(
+                    IssueType::Required,
+                    "the scope needs a coding or text (e.g. patient-privacy)",
+                    Some("Consent.scope".into()),
+                ));
+            }
+            if c.category.is_empty() {
+                return Err(Issue::invalid(
+                    IssueType::Required,
+                    "a Consent needs at least one category",
+                    Some("Consent.category".into()),
+                ));
+            }
+            // R4 invariant ppc-1.
+            if c.policy.is_empty() && c.policy_rule.is_none() {
+                return Err(Issue::invalid(
+                    IssueType::Required,
+                    "either policy or policyRule is required (R4 invariant ppc-1)",
+                    Some("Consent.policyRule".into()),
+                ));
+            }
+            one_of(
+                &[
+                    ("sourceAttachment", c.source_attachment.is_some()),
+                    ("sourceReference", c.source_reference.is_some()),
+                ],
+                false,
+                base,
+            )?;
+            check_date(c.date_time.as_ref(), "Consent.dateTime", false)?;
+            let t = match &c.patient {
+                Some(patient) => target(patient, "Consent.patient", &[ResourceType::Patient])?,
+                None => None,
+            };
+            // Every Consent kept here is a patient's (R4 invariants ppc-2 to ppc-5 ask the
+            // same of the privacy, research, adr and treatment scopes).
+            if t.is_none() {
+                return Err(Issue::invalid(
+                    IssueType::Required,
+                    "a Consent names its patient: Patient/<id>",
+                    Some("Consent.patient.reference".into()),
+                ));
+            }
+            indexed.patient = t.as_ref().map(|t| t.id);
+            push(t);
+            if let Some(provision) = &c.provision {
+                if let Some(kind) = &provision.type_ {
+                    required_code(kind, &["deny", "permit"], "Consent.provision.type")?;
+                }
+                if let Some(period) = &provision.period {
+                    check_date(period.start.as_ref(), "Consent.provision.period.start", false)?;
+                    check_date(period.end.as_ref(), "Consent.provision.period.end", false)?;
+                }
+            }
+            if let Some(at) = &c.date_time {
+                let (s, e) = dates::range(at).expect("checked above");
+                (indexed.date_start, indexed.date_end) = (Some(s), Some(e));
+            }
+            indexed.status = Some(c.status.clone());
+            codeable_tokens(&c.scope, &mut indexed.codes);
+            for category in &c.category {
+                codeable_tokens(category, &mut indexed.categories);
+            }
+            indexed.identifiers = identifier_tokens(&c.identifier);
+            serde_json::to_value(&c).expect("serializes")
         }
     };
     meta_and_id(&mut body);

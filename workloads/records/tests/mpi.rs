@@ -115,13 +115,30 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     // Another patient now holds the ID (a merged duplicate): the entry moves to them, and
     // removing it from the first patient leaves the second one's.
     let merged = Uuid::new_v4();
-    mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, std::slice::from_ref(&id))
-        .await
-        .unwrap();
-    assert_eq!(mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[]).await.unwrap(), 0);
+    mpi::register(
+        &db.index,
+        &keys,
+        "DE",
+        "eu-central-1",
+        merged,
+        std::slice::from_ref(&id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[])
+            .await
+            .unwrap(),
+        0
+    );
     let found = mpi::lookup(&db.index, &keys, &id).await.unwrap().unwrap();
     assert_eq!(found.client_id, merged);
-    assert_eq!(mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, &[]).await.unwrap(), 1);
+    assert_eq!(
+        mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, &[])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(mpi::lookup(&db.index, &keys, &id).await.unwrap(), None);
 }
 
@@ -188,9 +205,16 @@ async fn the_store_holds_no_raw_id_and_no_value_matching_a_national_id_pattern()
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     for i in 0..50 {
         let id = NationalId::checked(&de(), KVNR, &format!("D{i:09}")).unwrap();
-        mpi::register(&db.index, &keys, "DE", "eu-central-1", Uuid::new_v4(), std::slice::from_ref(&id))
-            .await
-            .unwrap();
+        mpi::register(
+            &db.index,
+            &keys,
+            "DE",
+            "eu-central-1",
+            Uuid::new_v4(),
+            std::slice::from_ref(&id),
+        )
+        .await
+        .unwrap();
     }
     // Every column of every row as text; the hash's bytes as they are (printable ones as
     // themselves), where a raw ID stored as bytes would show.
@@ -218,9 +242,16 @@ async fn the_index_role_reaches_only_the_index_and_the_workload_roles_not_it() {
     let db = start().await;
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let id = NationalId::checked(&de(), KVNR, "E123456789").unwrap();
-    mpi::register(&db.index, &keys, "DE", "eu-central-1", Uuid::new_v4(), std::slice::from_ref(&id))
-        .await
-        .unwrap();
+    mpi::register(
+        &db.index,
+        &keys,
+        "DE",
+        "eu-central-1",
+        Uuid::new_v4(),
+        std::slice::from_ref(&id),
+    )
+    .await
+    .unwrap();
 
     for table in [
         "patients",

@@ -1,6 +1,97 @@
-//! Cross-border records: the records service's side of the PatientIndex. [`link`] is what
-//! the operator handed over (keys, the index's connection, linked countries); [`registrar`]
-//! keeps the index's entries of this Region's patients current.
+//! Cross-border records: the records service's side of the PatientIndex.
+//!
+//! - [`link`]: what the operator handed over (keys, the index's connection, linked countries).
+//! - [`registrar`]: keeps the index's entries of this Region's patients current.
+//! - [`lookup`]: a clinician of this country (Y) finds a patient of country X by X's national
+//!   ID: hashed, looked up in the index, fetched from X's records service as this service,
+//!   merged in memory with Y's own records. Nothing of X is written here; the lookup is
+//!   audited (hit or miss, never the ID) and rate-limited per clinician.
+//! - [`disclosure`]: the other end, X's `$disclose`: another Region's records service asks
+//!   for a patient on behalf of a clinician; X checks both, its Country's consent rules and
+//!   the patient's `Consent`, audits the disclosure and answers.
+//! - [`peers`]: how this service calls other Regions' records services, as itself.
 
+pub mod disclosure;
 pub mod link;
+pub mod lookup;
+pub mod peers;
 pub mod registrar;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use meridian_crds::Country;
+use meridian_shared::auth::Verifier;
+
+use crate::validate::Rules;
+
+pub use link::IndexLink;
+
+/// Lookups one clinician may make per [`LOOKUP_WINDOW`]: the index answers whether an ID
+/// exists, so it is a guessing oracle for IDs with little entropy.
+pub const LOOKUPS_PER_WINDOW: u32 = 30;
+/// See [`LOOKUPS_PER_WINDOW`].
+pub const LOOKUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// Every country's national-ID rules, by identifier system: which country a foreign ID
+/// belongs to and how to check and normalise it. Kept current from the Country objects.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<RwLock<BTreeMap<String, Arc<Rules>>>>);
+
+impl Directory {
+    /// Takes every Country's rules (those with a national-ID system).
+    pub fn set<'a>(&self, countries: impl IntoIterator<Item = &'a Country>) {
+        let table = countries
+            .into_iter()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .filter_map(|c| {
+                let rules = Rules::of(&c.spec);
+                Some((rules.national_id_system.clone()?, Arc::new(rules)))
+            })
+            .collect();
+        *self.0.write().expect("directory lock") = table;
+    }
+
+    /// The rules of the country whose national IDs have identifier system `system`.
+    pub fn country_of(&self, system: &str) -> Option<Arc<Rules>> {
+        self.0.read().expect("directory lock").get(system).cloned()
+    }
+}
+
+/// Per-clinician lookup counts in fixed windows.
+#[derive(Default)]
+pub struct Limiter(Mutex<HashMap<String, (Instant, u32)>>);
+
+impl Limiter {
+    /// Counts a lookup by `subject`; `Err(wait)` when they are over the limit.
+    pub fn take(&self, subject: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut counts = self.0.lock().expect("limiter lock");
+        if counts.len() > 100_000 {
+            counts.retain(|_, (start, _)| now.duration_since(*start) < LOOKUP_WINDOW);
+        }
+        let (start, count) = counts.entry(subject.to_string()).or_insert((now, 0));
+        if now.duration_since(*start) >= LOOKUP_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= LOOKUPS_PER_WINDOW {
+            return Err(LOOKUP_WINDOW.saturating_sub(now.duration_since(*start)));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// What a records service needs for cross-border work.
+#[derive(Clone, Default)]
+pub struct CrossBorder {
+    pub link: IndexLink,
+    pub directory: Directory,
+    /// How to call other Regions; none: lookups abroad answer that they are not set up here.
+    pub peers: Option<Arc<peers::Peers>>,
+    /// Checks other Regions' records services' tokens; none: `$disclose` refuses everyone.
+    pub accept: Option<Arc<Verifier>>,
+    pub limiter: Arc<Limiter>,
+}

@@ -83,7 +83,10 @@ impl Registrar {
             );
         }
         let consumer = self.consumer.as_mut().expect("started above");
-        let batch = consumer.next(&self.clinical, BATCH).await.map_err(RegistrarError::Region)?;
+        let batch = consumer
+            .next(&self.clinical, BATCH)
+            .await
+            .map_err(RegistrarError::Region)?;
         let step = Patients {
             vault: &self.vault,
             countries: &self.countries,
@@ -91,7 +94,10 @@ impl Registrar {
         }
         .register(&linked, &batch)
         .await?;
-        consumer.done(&self.clinical, &batch).await.map_err(RegistrarError::Region)?;
+        consumer
+            .done(&self.clinical, &batch)
+            .await
+            .map_err(RegistrarError::Region)?;
         Ok(step)
     }
 

@@ -23,14 +23,16 @@ pub enum ResourceType {
     Encounter,
     Observation,
     MedicationRequest,
+    Consent,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Patient,
         ResourceType::Encounter,
         ResourceType::Observation,
         ResourceType::MedicationRequest,
+        ResourceType::Consent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +41,7 @@ impl ResourceType {
             ResourceType::Encounter => "Encounter",
             ResourceType::Observation => "Observation",
             ResourceType::MedicationRequest => "MedicationRequest",
+            ResourceType::Consent => "Consent",
         }
     }
 

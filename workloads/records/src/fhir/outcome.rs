@@ -22,6 +22,9 @@ pub enum IssueType {
     Transient,
     Exception,
     Processing,
+    Throttled,
+    Timeout,
+    Incomplete,
 }
 
 impl IssueType {
@@ -43,6 +46,9 @@ impl IssueType {
             IssueType::Transient => "transient",
             IssueType::Exception => "exception",
             IssueType::Processing => "processing",
+            IssueType::Throttled => "throttled",
+            IssueType::Timeout => "timeout",
+            IssueType::Incomplete => "incomplete",
         }
     }
 }

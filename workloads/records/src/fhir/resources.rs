@@ -1,4 +1,4 @@
-//! The four resources the service stores, with every element R4 defines for them and their
+//! The five resources the service stores, with every element R4 defines for them and their
 //! cardinality (a list where R4 allows many, one where it allows one, required where R4
 //! requires it). Elements the service does not look into are kept as JSON.
 
@@ -277,3 +277,69 @@ domain_resource!(
         event_history: Vec<Reference>,
     }
 );
+
+domain_resource!(
+    /// `Consent`: here, above all a patient's choice on sharing their records across borders
+    /// (scope `patient-privacy`).
+    Consent {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        identifier: Vec<Identifier>,
+        status: String,
+        scope: CodeableConcept,
+        category: Vec<CodeableConcept>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patient: Option<Reference>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        date_time: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        performer: Vec<Reference>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        organization: Vec<Reference>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source_attachment: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source_reference: Option<Reference>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        policy: Vec<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        policy_rule: Option<CodeableConcept>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        verification: Vec<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provision: Option<ConsentProvision>,
+    }
+);
+
+/// `Consent.provision`: the rule, permit or deny, with when and for what purposes it holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsentProvision {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modifier_extension: Vec<Value>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actor: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub action: Vec<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_label: Vec<Coding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purpose: Vec<Coding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class: Vec<Coding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_period: Option<Period>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provision: Vec<Value>,
+}

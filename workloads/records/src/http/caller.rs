@@ -36,6 +36,9 @@ pub struct Caller {
     pub base: String,
     /// Where the audit records of this caller's reads go.
     pub reads: meridian_shared::audit::ReadLog,
+    /// The caller's bearer token, handed on (with this service's own) when their request
+    /// needs another Region's records.
+    pub token: String,
 }
 
 impl Caller {
@@ -78,6 +81,39 @@ impl Caller {
     }
 }
 
+/// Country `cc` of this service, if it serves now and its data keys can be read: 404 for a
+/// country not held here, 503 while it is suspended, not Ready or without keys.
+pub fn admit_country(service: &Service, cc: &str, correlation_id: Uuid) -> Result<Arc<CountryEntry>, Issue> {
+    let Some(country) = service.countries.get(cc) else {
+        return Err(Issue::not_found(format!("no country {cc:?} is served here")));
+    };
+    let code = &country.rules.code;
+    match &country.serving {
+        Serving::Ready => {}
+        Serving::Suspended => {
+            return Err(Issue::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueType::Transient,
+                format!("country {code} is suspended"),
+            ));
+        }
+        Serving::NotReady(why) => {
+            tracing::warn!(country = %code, %correlation_id, reason = %why, "refused a request: the country is not Ready");
+            return Err(Issue::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueType::Transient,
+                format!("country {code} is not ready to serve; try again later"),
+            ));
+        }
+        Serving::Unavailable => return Err(Issue::unavailable(correlation_id)),
+    }
+    if let Err(why) = &country.keys {
+        tracing::error!(country = %code, %correlation_id, reason = %why, "the vault keys cannot be read");
+        return Err(Issue::unavailable(correlation_id));
+    }
+    Ok(country)
+}
+
 /// The base URL of this request's country.
 pub fn base_url(parts: &Parts, cc: &str) -> String {
     let host = parts
@@ -114,33 +150,8 @@ impl FromRequestParts<Arc<Service>> for Caller {
                 .await
                 .map_err(|e| Issue::new(StatusCode::UNAUTHORIZED, IssueType::Login, e.to_string()))?;
         let correlation_id = meridian_shared::serve::correlation_id(&parts.headers);
-        let Some(country) = service.countries.get(&cc) else {
-            return Err(Issue::not_found(format!("no country {cc:?} is served here")));
-        };
+        let country = admit_country(service, &cc, correlation_id)?;
         let code = &country.rules.code;
-        match &country.serving {
-            Serving::Ready => {}
-            Serving::Suspended => {
-                return Err(Issue::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    IssueType::Transient,
-                    format!("country {code} is suspended"),
-                ));
-            }
-            Serving::NotReady(why) => {
-                tracing::warn!(country = %code, %correlation_id, reason = %why, "refused a request: the country is not Ready");
-                return Err(Issue::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    IssueType::Transient,
-                    format!("country {code} is not ready to serve; try again later"),
-                ));
-            }
-            Serving::Unavailable => return Err(Issue::unavailable(correlation_id)),
-        }
-        if let Err(why) = &country.keys {
-            tracing::error!(country = %code, %correlation_id, reason = %why, "the vault keys cannot be read");
-            return Err(Issue::unavailable(correlation_id));
-        }
         if !principal.may_act_in(code) {
             return Err(Issue::forbidden(format!("the token may not act in country {code}")));
         }
@@ -154,7 +165,13 @@ impl FromRequestParts<Arc<Service>> for Caller {
             ));
         };
         let base = base_url(parts, &cc);
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Ok(Caller {
+            token,
             principal,
             country,
             access,

@@ -1,5 +1,7 @@
 //! The RESTful interactions: create (plain and conditional), read, vread, update (with
 //! `If-Match`), delete, instance history, search (GET and POST) and `Patient/$everything`.
+//! A clinician's Patient search by another country's national ID, and `$everything` of a
+//! patient holding one, reach that country too (see [`crate::crossborder::lookup`]).
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use uuid::Uuid;
 use super::Service;
 use super::caller::{Access, Caller};
 use super::response::{self, bundle, full_url, lenient, read_body, store_failure, wants_minimal};
+use crate::crossborder::lookup::{self, Abroad};
 use crate::fhir::{Issue, IssueType, ResourceType, resource_type_of};
 use crate::search;
 use crate::store::{self, Stored};
@@ -26,7 +29,7 @@ pub fn type_named(name: &str) -> Result<ResourceType, Issue> {
         Issue::new(
             StatusCode::NOT_FOUND,
             IssueType::NotSupported,
-            format!("{name} is not served here (Patient, Encounter, Observation, MedicationRequest)"),
+            format!("{name} is not served here (Patient, Encounter, Observation, MedicationRequest, Consent)"),
         )
     })
 }
@@ -46,13 +49,18 @@ fn is_own(stored: &Stored, own: Option<Uuid>) -> bool {
     if stored.resource_type == ResourceType::Patient {
         return stored.id == own;
     }
-    let subject = stored
-        .body
-        .as_ref()
-        .and_then(|b| b.get("subject"))
-        .and_then(|s| s.get("reference"))
-        .and_then(Value::as_str);
-    subject == Some(&format!("Patient/{own}"))
+    // Clinical resources name their patient as `subject`; a Consent as `patient`.
+    let about = |element: &str| {
+        stored
+            .body
+            .as_ref()
+            .and_then(|b| b.get(element))
+            .and_then(|s| s.get("reference"))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let own = format!("Patient/{own}");
+    about("subject").or_else(|| about("patient")).as_deref() == Some(own.as_str())
 }
 
 /// Whether resource `id` is about the patient `own`, whether or not it is deleted: a
@@ -186,8 +194,13 @@ pub async fn read(
     State(service): State<Arc<Service>>,
     caller: Caller,
     Path((_, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, Issue> {
     let resource_type = type_named(&name)?;
+    if resource_type == ResourceType::Patient && id == "$everything" {
+        return everything_abroad(&service, &caller, &headers, &params).await;
+    }
     let id = id_named(resource_type, &id)?;
     let stored = read_allowed(&service, &caller, resource_type, id, None).await?;
     Ok(response::resource(&stored, StatusCode::OK, &caller.base, false))
@@ -360,12 +373,13 @@ pub async fn instance_operation(
     State(service): State<Arc<Service>>,
     caller: Caller,
     Path((_, name, id, operation)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Issue> {
     let resource_type = type_named(&name)?;
     let id = id_named(resource_type, &id)?;
     match operation.as_str() {
         "_history" => history(&service, &caller, resource_type, id).await,
-        "$everything" if resource_type == ResourceType::Patient => everything(&service, &caller, id).await,
+        "$everything" if resource_type == ResourceType::Patient => everything(&service, &caller, id, &headers).await,
         other => Err(Issue::not_found(format!(
             "{other} is not an operation on {resource_type} here (see metadata)"
         ))),
@@ -416,7 +430,7 @@ async fn history(service: &Service, caller: &Caller, resource_type: ResourceType
     Ok(response::fhir(StatusCode::OK, &bundle))
 }
 
-async fn everything(service: &Service, caller: &Caller, id: Uuid) -> Result<Response, Issue> {
+async fn everything(service: &Service, caller: &Caller, id: Uuid, headers: &HeaderMap) -> Result<Response, Issue> {
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     // The vault role reads the Patient and the clinical rows in one transaction.
@@ -435,13 +449,146 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid) -> Result<Resp
         .await
         .map_err(fail)?;
     tx.commit().await.map_err(|e| fail(e.into()))?;
-    let entries = std::iter::once(&patient)
+    let mut entries: Vec<Value> = std::iter::once(&patient)
         .chain(&records)
         .map(|s| json!({"fullUrl": full_url(&caller.base, s), "resource": s.body, "search": {"mode": "match"}}))
         .collect();
+    // A clinician sees, in the same timeline, what other countries hold of the patient under
+    // the national IDs of theirs the patient carries.
+    if caller.access == Access::Clinician {
+        let identifiers: Vec<(String, String)> = patient
+            .body
+            .as_ref()
+            .and_then(|b| b["identifier"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                Some((
+                    "identifier".to_string(),
+                    format!("{}|{}", i["system"].as_str()?, i["value"].as_str()?),
+                ))
+            })
+            .collect();
+        let mut asked = std::collections::BTreeSet::new();
+        for param in &identifiers {
+            let Some((x, system, value)) = lookup::foreign_id(service, caller, std::slice::from_ref(param)) else {
+                continue;
+            };
+            if !asked.insert(x.code.clone()) {
+                continue;
+            }
+            // The patient's own records stand whatever the other country answers: a refusal
+            // there is said beside them, not instead of them.
+            if let Err(refused) = merge_abroad(
+                service,
+                caller,
+                headers,
+                &x,
+                &system,
+                &value,
+                "everything",
+                &mut entries,
+            )
+            .await
+            {
+                let mut outcome = refused.outcome();
+                outcome["issue"][0]["severity"] = json!("warning");
+                entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
+            }
+        }
+    }
+    let total = entries.iter().filter(|e| e["search"]["mode"] == "match").count();
     let self_link = format!("{}/Patient/{id}/$everything", caller.base);
     let mut bundle = bundle("searchset", vec![("self", self_link)], entries);
-    bundle["total"] = json!(records.len() + 1);
+    bundle["total"] = json!(total);
+    Ok(response::fhir(StatusCode::OK, &bundle))
+}
+
+/// Adds what country `x` holds of the patient with national ID `value` of `system` to
+/// `entries`, labelling every entry with its country and putting them in timeline order;
+/// when `x` cannot be reached, an OperationOutcome entry says the answer is partial.
+#[allow(clippy::too_many_arguments)]
+async fn merge_abroad(
+    service: &Service,
+    caller: &Caller,
+    headers: &HeaderMap,
+    x: &crate::validate::Rules,
+    system: &str,
+    value: &str,
+    scope: &str,
+    entries: &mut Vec<Value>,
+) -> Result<(), Issue> {
+    let purpose = headers
+        .get(lookup::PURPOSE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("TREAT")
+        .to_ascii_uppercase();
+    let abroad = lookup::find(service, caller, x, system, value, scope, &purpose).await?;
+    for entry in entries.iter_mut() {
+        lookup::label(&mut entry["resource"], &caller.country.rules.code);
+    }
+    match abroad {
+        Abroad::Found(found) => entries.extend(found),
+        Abroad::NoMatch => {}
+        Abroad::Unreachable(outcome) => entries.push(outcome),
+    }
+    if scope == "everything" {
+        lookup::timeline(entries);
+    }
+    Ok(())
+}
+
+/// `GET /{cc}/v1/fhir/Patient/$everything?identifier=<system>|<value>`, with the national
+/// ID of another country: the patients of this country holding that ID, with their
+/// records, and what the other country holds, in one timeline.
+async fn everything_abroad(
+    service: &Service,
+    caller: &Caller,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Result<Response, Issue> {
+    let Some((x, system, value)) = lookup::foreign_id(service, caller, params) else {
+        return Err(Issue::bad_request(
+            "Patient/$everything takes identifier=<system>|<value>, a national ID of another country; \
+             for a patient of this country, use Patient/<id>/$everything",
+        )
+        .at("identifier"));
+    };
+    let scope = caller.scope();
+    let fail = |e| store_failure(e, caller.correlation_id);
+    let mut entries = Vec::new();
+    if caller.access == Access::Clinician {
+        let wanted = vec![("identifier".to_string(), format!("{system}|{value}"))];
+        let parsed = search::parse(ResourceType::Patient, &wanted, false, &scope)?;
+        let mut tx = service.vault.begin().await.map_err(|e| fail(e.into()))?;
+        let page = search::run(&mut tx, &scope, &parsed, None).await.map_err(fail)?;
+        for patient in &page.matches {
+            entries.push(json!({"fullUrl": full_url(&caller.base, patient), "resource": patient.body, "search": {"mode": "match"}}));
+            for record in search::everything(&mut tx, &scope, patient.id).await.map_err(fail)? {
+                entries.push(json!({"fullUrl": full_url(&caller.base, &record), "resource": record.body, "search": {"mode": "match"}}));
+            }
+        }
+        tx.commit().await.map_err(|e| fail(e.into()))?;
+    }
+    merge_abroad(
+        service,
+        caller,
+        headers,
+        &x,
+        &system,
+        &value,
+        "everything",
+        &mut entries,
+    )
+    .await?;
+    let total = entries.iter().filter(|e| e["search"]["mode"] == "match").count();
+    let self_link = format!(
+        "{}/Patient/$everything{}",
+        caller.base,
+        url_query(&[("identifier".into(), format!("{system}|{value}"))])
+    );
+    let mut bundle = bundle("searchset", vec![("self", self_link)], entries);
+    bundle["total"] = json!(total);
     Ok(response::fhir(StatusCode::OK, &bundle))
 }
 
@@ -528,6 +675,12 @@ async fn search(
             .filter(|p| only.is_none() || Some(p.id) == only)
             .map(|s| json!({"fullUrl": full_url(&caller.base, s), "resource": s.body, "search": {"mode": "include"}})),
     );
+    if resource_type == ResourceType::Patient
+        && caller.access == Access::Clinician
+        && let Some((x, system, value)) = lookup::foreign_id(service, caller, &params)
+    {
+        merge_abroad(service, caller, headers, &x, &system, &value, "patient", &mut entries).await?;
+    }
     if !parsed.ignored.is_empty() {
         let outcome = Issue::new(
             StatusCode::OK,

@@ -5,7 +5,7 @@ mod bundle;
 mod caller;
 mod capability;
 mod interactions;
-mod response;
+pub(crate) mod response;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use crate::keys::Keyring;
 use crate::validate::Rules;
 
-pub use caller::{Access, Caller};
+pub use caller::{Access, Caller, admit_country, base_url as caller_base_url};
 
 /// Largest request body accepted (a transaction Bundle of [`bundle::MAX_ENTRIES`] entries
 /// fits); beyond, `413` with an OperationOutcome.
@@ -66,6 +66,8 @@ pub struct Service {
     pub countries: Countries,
     /// The audit records of reads, written in batches on connections of their own.
     pub reads: meridian_shared::audit::ReadLog,
+    /// The PatientIndex, other countries' national IDs and other Regions' records services.
+    pub crossborder: crate::crossborder::CrossBorder,
 }
 
 impl Service {
@@ -77,7 +79,14 @@ impl Service {
             verifier,
             jwks: None,
             countries,
+            crossborder: Default::default(),
         }
+    }
+
+    /// Looks patients up abroad, and answers other Regions, with `crossborder`.
+    pub fn with_crossborder(mut self, crossborder: crate::crossborder::CrossBorder) -> Self {
+        self.crossborder = crossborder;
+        self
     }
 
     /// Checks tokens against the keys of `jwks`, following its rotations.
@@ -102,6 +111,7 @@ pub fn app(service: Arc<Service>) -> Router {
     Router::new()
         .route("/{cc}/v1/fhir/metadata", get(capability::metadata))
         .route("/{cc}/v1/fhir", post(bundle::transaction))
+        .route("/{cc}/v1/fhir/$disclose", get(crate::crossborder::disclosure::disclose))
         .route(
             "/{cc}/v1/fhir/{resource_type}",
             get(interactions::search_get).post(interactions::create),

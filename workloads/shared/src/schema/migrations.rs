@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "records",
         sql: include_str!("../../migrations/0007_records.sql"),
     },
+    Migration {
+        version: 8,
+        name: "consent",
+        sql: include_str!("../../migrations/0008_consent.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.
