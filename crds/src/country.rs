@@ -144,7 +144,10 @@ pub struct Consent {
     /// Processing health data (GDPR art. 9) needs explicit consent.
     #[serde(default)]
     pub health_data: bool,
-    /// Sharing records between practitioners needs explicit consent.
+    /// Patients' records may be shared with clinicians of other countries through the
+    /// PatientIndex (cross-border lookups), each patient opting in with an active FHIR
+    /// `Consent` (scope `patient-privacy`, provision `permit`). False: they are never
+    /// shared, and the PatientIndex leaves the country out.
     #[serde(default)]
     pub record_sharing: bool,
     /// Reminders by SMS or e-mail need explicit consent.

@@ -191,7 +191,7 @@ async fn the_index_gets_its_store_and_keys_in_its_region_and_the_linked_regions_
     assert!(exists(&mut frankfurt, has_schema).await);
     assert!(!exists(&mut paris, has_schema).await);
 
-    // Each linked Region's records service got the keys, the index's connection and its own
+    // Each linked Region's records service got the keys, the index's connection and the
     // linked countries; the key is the one in the index's key Secret.
     let keys = f.secrets.read("eu-central-1", "patient-index-keys").await.unwrap();
     let de = f.link("eu-central-1").await.unwrap();

@@ -250,6 +250,18 @@ async fn reconcile(
     for gone in &previous.linked_regions {
         by_region.entry(gone.clone()).or_default();
     }
+    // Countries whose Region exists: those a records service can be asked about.
+    let linked_now: Vec<String> = linked
+        .iter()
+        .filter(|code| {
+            world
+                .countries
+                .iter()
+                .find(|c| &&c.spec.code == code)
+                .is_some_and(|c| world.region(&c.spec.region).is_some())
+        })
+        .cloned()
+        .collect();
     let mut handed = Vec::new();
     let mut waiting = Vec::new();
     // Where a link was written, or may have been: a deletion or the next attempt goes by it.
@@ -266,7 +278,8 @@ async fn reconcile(
         let wanted = if codes.is_empty() {
             BTreeMap::from([("countries".to_string(), String::new())])
         } else {
-            Link::secret_data(&data, login.url.as_str(), login.url.ca(), region_name, codes)
+            // Every linked country: the records service checks both ends of a lookup.
+            Link::secret_data(&data, login.url.as_str(), login.url.ca(), region_name, &linked_now)
         };
         let change = |current: &mut BTreeMap<String, String>| {
             if *current == wanted {

@@ -1,7 +1,9 @@
 //! The workloads inside `meridian dev`: one booking and one records service per Ready
 //! Region, holding only that Region's database connections, behind one entry point that
 //! routes `/{cc}/v1/...` to the Region holding country `cc` (`/{cc}/v1/fhir/...` to its
-//! records service). A local token issuer stands in for the OIDC provider.
+//! records service). A local token issuer stands in for the OIDC provider, and for the
+//! Kubernetes ServiceAccount tokens records services call each other with: a records
+//! service looks a patient up abroad through this same entry point.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -39,13 +41,18 @@ struct RegionService {
     /// The records service, connected as the workload role and the vault role.
     records_countries: meridian_records::http::Countries,
     records: Router,
+    /// The PatientIndex as the records service reaches it.
+    index_link: meridian_records::crossborder::IndexLink,
     /// Keeps the Region's search indexes current from its outbox.
     indexer: tokio::task::JoinHandle<()>,
+    /// Keeps the PatientIndex's entries of the Region's patients current.
+    registrar: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RegionService {
     fn drop(&mut self) {
         self.indexer.abort();
+        self.registrar.abort();
     }
 }
 
@@ -53,19 +60,29 @@ impl Drop for RegionService {
 /// role (rows only, the audit trail insert-only), the records service also as its vault
 /// role, never as the owner or the superuser.
 pub struct Workloads {
-    issuer: DevIssuer,
+    issuer: Arc<DevIssuer>,
     verifier: Arc<Verifier>,
     regions: RwLock<HashMap<String, RegionService>>,
+    /// This entry point, which records services call each other through.
+    listen: SocketAddr,
+    /// Every country's national-ID rules, for lookups abroad.
+    directory: meridian_records::crossborder::Directory,
+    /// Checks the tokens records services call each other with.
+    peer_verifier: Arc<Verifier>,
 }
 
 impl Workloads {
     pub fn new(listen: SocketAddr) -> Self {
         let issuer = DevIssuer::new(&format!("http://{listen}/auth"), AUDIENCE);
         let verifier = Arc::new(issuer.verifier());
+        let peer_verifier = Arc::new(issuer.verifier_for(meridian_records::crossborder::peers::AUDIENCE));
         Self {
-            issuer,
+            issuer: Arc::new(issuer),
             verifier,
             regions: RwLock::default(),
+            listen,
+            directory: Default::default(),
+            peer_verifier,
         }
     }
 
@@ -76,6 +93,8 @@ impl Workloads {
         // Each Region's data keys, read at every sync: a rotation or a new country reaches
         // the records service without a restart.
         let mut keys: HashMap<String, crate::providers::SecretData> = HashMap::new();
+        // What each Region's records service was handed of the PatientIndex.
+        let mut links: HashMap<String, crate::providers::SecretData> = HashMap::new();
         // Regions whose database is being restarted: their services stay (answering 503
         // until it is back) rather than vanish (404).
         let mut kept: HashSet<String> = HashSet::new();
@@ -100,6 +119,12 @@ impl Workloads {
                         keys.insert(name.clone(), data);
                     }
                     Err(e) => tracing::warn!(region = %name, error = %e.message, "cannot read the vault keys"),
+                }
+                match store.read(&name, meridian_records::mpi::LINK_SECRET).await {
+                    Ok(data) => {
+                        links.insert(name.clone(), data);
+                    }
+                    Err(e) => tracing::warn!(region = %name, error = %e.message, "cannot read the PatientIndex link"),
                 }
             }
             match ctx.providers.workload(region).await {
@@ -140,12 +165,25 @@ impl Workloads {
                 .unwrap_or(options);
             let vault_pool = meridian_records::pool_options(8).connect_lazy_with(vault_options);
             let records_countries = meridian_records::http::Countries::default();
+            let crossborder = self.crossborder(&name);
+            let index_link = crossborder.link.clone();
+            let registrar = tokio::spawn(
+                meridian_records::crossborder::registrar::Registrar::new(
+                    pool.clone(),
+                    vault_pool.clone(),
+                    records_countries.clone(),
+                    index_link.clone(),
+                    &name,
+                )
+                .run(),
+            );
             let records = meridian_records::http::Service::new(
                 pool.clone(),
                 vault_pool,
                 self.verifier.clone(),
                 records_countries.clone(),
-            );
+            )
+            .with_crossborder(crossborder);
             let countries = Countries::default();
             let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
             let indexer = match search {
@@ -163,12 +201,18 @@ impl Workloads {
                     router: app(Arc::new(service)),
                     records_countries,
                     records: meridian_records::http::app(Arc::new(records)),
+                    index_link,
                     indexer,
+                    registrar,
                 },
             );
         }
+        self.directory.set(countries);
         let none = crate::providers::SecretData::new();
         for (name, service) in services.iter() {
+            if let Err(e) = service.index_link.set(links.get(name).unwrap_or(&none)) {
+                tracing::warn!(region = %name, error = %e, "the PatientIndex link cannot be used");
+            }
             service
                 .countries
                 .set(meridian_booking::served::entries(countries, name));
@@ -176,6 +220,31 @@ impl Workloads {
             service
                 .records_countries
                 .set(meridian_records::served::entries(countries, name, keys));
+        }
+    }
+
+    /// What Region `region`'s records service needs to look patients up abroad and to answer
+    /// other Regions: it calls them through this entry point as
+    /// `system:serviceaccount:meridian-region-<region>:records`, with a token from the dev
+    /// issuer, as it would with its ServiceAccount token in a cluster.
+    fn crossborder(&self, region: &str) -> meridian_records::crossborder::CrossBorder {
+        use meridian_records::crossborder::peers::{self, Peers, TokenSource};
+        let issuer = self.issuer.clone();
+        let subject = format!("system:serviceaccount:meridian-region-{region}:records");
+        let lifetime = Duration::from_secs(3600);
+        let token = TokenSource::issued(
+            move || issuer.service_token(&subject, peers::AUDIENCE, lifetime),
+            lifetime,
+        );
+        meridian_records::crossborder::CrossBorder {
+            directory: self.directory.clone(),
+            peers: Some(Arc::new(Peers::new(
+                &format!("http://{}", loopback(self.listen)),
+                token,
+                peers::DEFAULT_TIMEOUT,
+            ))),
+            accept: Some(self.peer_verifier.clone()),
+            ..Default::default()
         }
     }
 
@@ -226,6 +295,15 @@ async fn follow_outbox(pool: sqlx::PgPool, backend: meridian_search::Backend) {
             Err(e) => tracing::debug!(error = %e, "search indexer waits for its database"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `listen` as an address to call: an unspecified address (`0.0.0.0`) is this machine.
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
     }
 }
 

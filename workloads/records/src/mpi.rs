@@ -27,8 +27,8 @@ const ACTIVE: &str = "active";
 /// The Secret through which the operator hands a Region's records service what it needs of
 /// the PatientIndex: the keys (as in the index's key Secret), the index role's connection
 /// URL (`url`, with `ca` when the server's CA is not a public one), the index's Region
-/// (`region`) and the linked countries (`countries`, comma-separated). No entry but
-/// `countries` (empty) once the Region has no linked country or the index is gone.
+/// (`region`) and every linked country (`countries`, comma-separated). No entry but
+/// `countries` (empty) once the Region holds no linked country or the index is gone.
 pub const LINK_SECRET: &str = "patient-index";
 const LINK_URL: &str = "url";
 const LINK_CA: &str = "ca";
@@ -61,7 +61,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// [`LINK_SECRET`]'s entries for a Region: `keys` (the index's key Secret), the index
-    /// role's `url` and `ca`, the index's `region` and the Region's linked `countries`.
+    /// role's `url` and `ca`, the index's `region` and every linked country.
     pub fn secret_data(
         keys: &BTreeMap<String, String>,
         url: &str,

@@ -29,19 +29,38 @@ pub const PURPOSES: &[&str] = &["TREAT", "ETREAT"];
 /// How long a call to another Region may take, unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A token made by [`TokenSource::Issued`]'s function, and when it was made.
+type Minted = Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>;
+
 /// Where this service's own token comes from.
 #[derive(Clone)]
 pub enum TokenSource {
-    /// Made on demand (`meridian dev`'s issuer).
-    Issued(Arc<dyn Fn() -> String + Send + Sync>),
+    /// Made by a function (`meridian dev`'s issuer) that gives tokens valid for the
+    /// `Duration`; each is used for half of that.
+    Issued(Arc<dyn Fn() -> String + Send + Sync>, Duration, Minted),
     /// A projected ServiceAccount token file, read at every call (the kubelet renews it).
     File(PathBuf),
 }
 
 impl TokenSource {
+    /// Tokens from `mint`, each valid for `lifetime`.
+    pub fn issued(mint: impl Fn() -> String + Send + Sync + 'static, lifetime: Duration) -> Self {
+        TokenSource::Issued(Arc::new(mint), lifetime, Minted::default())
+    }
+
     fn token(&self) -> Result<String, String> {
         match self {
-            TokenSource::Issued(issue) => Ok(issue()),
+            TokenSource::Issued(mint, lifetime, minted) => {
+                let mut minted = minted.lock().expect("token lock");
+                match minted.as_ref() {
+                    Some((token, at)) if at.elapsed() < *lifetime / 2 => Ok(token.clone()),
+                    _ => {
+                        let token = mint();
+                        *minted = Some((token.clone(), std::time::Instant::now()));
+                        Ok(token)
+                    }
+                }
+            }
             TokenSource::File(path) => std::fs::read_to_string(path)
                 .map(|t| t.trim().to_string())
                 .map_err(|e| format!("the service's token {}: {e}", path.display())),
