@@ -84,7 +84,10 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(linked.contains(&"DE") && linked.contains(&"FR") && !linked.contains(&"JP"), "{linked:?}");
+    assert!(
+        linked.contains(&"DE") && linked.contains(&"FR") && !linked.contains(&"JP"),
+        "{linked:?}"
+    );
 
     let berlin = token(&dev, "dr-weber", "Practitioner", "DE");
     let paris = token(&dev, "dr-lefevre", "Practitioner", "FR");
@@ -124,7 +127,10 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
 
     // France: the clinician types the number as it is printed on the card.
     let correlation = uuid::Uuid::new_v4().to_string();
-    let fr = [("Authorization", paris.as_str()), ("X-Correlation-ID", correlation.as_str())];
+    let fr = [
+        ("Authorization", paris.as_str()),
+        ("X-Correlation-ID", correlation.as_str()),
+    ];
     let search = format!("/fr/v1/fhir/Patient?identifier={KVNR}|x%20314-159-265");
     let mut found = Value::Null;
     dev.wait_for("the patient in the PatientIndex", Duration::from_secs(20), |dev| {
@@ -138,7 +144,10 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     assert_eq!(entries[0]["resource"]["name"][0]["family"], "Zwetschgenbaum");
     assert_eq!(tags(&entries[0]), ["DE"]);
     assert!(
-        entries[0]["fullUrl"].as_str().unwrap().contains(&format!("/de/v1/fhir/Patient/{id}")),
+        entries[0]["fullUrl"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/de/v1/fhir/Patient/{id}")),
         "{found:#}"
     );
 
@@ -177,7 +186,11 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
         &fr,
         None,
     );
-    assert_eq!((status, none["entry"].as_array().map(Vec::len)), (200, None), "{none:#}");
+    assert_eq!(
+        (status, none["entry"].as_array().map(Vec::len)),
+        (200, None),
+        "{none:#}"
+    );
     let (status, refused) = fhir(
         &dev,
         "GET",
@@ -193,7 +206,15 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     // Nothing of the patient in France: neither in its database...
     let ports: std::collections::BTreeMap<String, u16> = dev.region_ports().into_iter().collect();
     let mut paris_db = connect(ports["eu-west-3"]).await;
-    for table in ["fhir_resources", "fhir_history", "vault.patients", "vault.patient_history", "patients", "outbox", "audit"] {
+    for table in [
+        "fhir_resources",
+        "fhir_history",
+        "vault.patients",
+        "vault.patient_history",
+        "patients",
+        "outbox",
+        "audit",
+    ] {
         let held = count(
             &mut paris_db,
             &format!(
@@ -231,13 +252,18 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     .unwrap();
     assert_eq!(disclosed.len(), 2, "{disclosed:?}");
     assert!(
-        disclosed.iter().all(|r| r.contains(&format!("Patient/{id} to FR for TREAT"))),
+        disclosed
+            .iter()
+            .all(|r| r.contains(&format!("Patient/{id} to FR for TREAT"))),
         "{disclosed:?}"
     );
     let (status, verified) = {
         let out = std::process::Command::new(meridian_e2e::meridian_bin())
             .args(["audit", "verify", "--database-url"])
-            .arg(format!("postgres://meridian@127.0.0.1:{}/meridian", ports["eu-central-1"]))
+            .arg(format!(
+                "postgres://meridian@127.0.0.1:{}/meridian",
+                ports["eu-central-1"]
+            ))
             .output()
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())

@@ -16,6 +16,7 @@ pub mod link;
 pub mod lookup;
 pub mod peers;
 pub mod registrar;
+pub mod two_regions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
