@@ -3,7 +3,9 @@
 //! searches and reads the history of their own records only (another's answers 404 as if it
 //! did not exist, writes 403); ClinicAdmin, PracticeManager and SystemAdmin see no clinical
 //! data (403); without a token 401 with `WWW-Authenticate`; a Practitioner of another
-//! country 403. Only the CapabilityStatement is open to all. Refusals write nothing.
+//! country 403. Only the CapabilityStatement is open to all. `$disclose`, for other Regions'
+//! records services, refuses every user's token (401: not one for that audience). Refusals
+//! write nothing.
 
 mod support;
 
@@ -77,9 +79,10 @@ enum Interaction {
     SearchPost,
     Everything,
     Transaction,
+    Disclose,
 }
 
-const INTERACTIONS: [Interaction; 12] = [
+const INTERACTIONS: [Interaction; 13] = [
     Interaction::Metadata,
     Interaction::Create,
     Interaction::ConditionalCreate,
@@ -92,6 +95,7 @@ const INTERACTIONS: [Interaction; 12] = [
     Interaction::SearchPost,
     Interaction::Everything,
     Interaction::Transaction,
+    Interaction::Disclose,
 ];
 
 impl Interaction {
@@ -109,6 +113,7 @@ impl Interaction {
             Interaction::SearchPost => "search POST",
             Interaction::Everything => "$everything",
             Interaction::Transaction => "transaction",
+            Interaction::Disclose => "$disclose",
         }
     }
 
@@ -132,6 +137,9 @@ impl Interaction {
 fn expected(who: Who, interaction: Interaction) -> StatusCode {
     if interaction == Interaction::Metadata {
         return StatusCode::OK;
+    }
+    if interaction == Interaction::Disclose {
+        return StatusCode::UNAUTHORIZED;
     }
     match who {
         Who::Practitioner => match interaction {
@@ -253,6 +261,17 @@ async fn attempt(
             });
             body = Some(serde_json::to_vec(&bundle).unwrap());
             (Method::POST, "/de/v1/fhir".to_string())
+        }
+        Interaction::Disclose => {
+            headers.push(("x-meridian-requesting-country".into(), "FR".into()));
+            headers.push(("x-meridian-purpose-of-use".into(), "TREAT".into()));
+            if let Some(token) = token {
+                headers.push(("x-meridian-clinician".into(), token.to_string()));
+            }
+            (
+                Method::GET,
+                format!("/de/v1/fhir/$disclose?patient={patient}&scope=everything"),
+            )
         }
     };
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -234,5 +234,9 @@ async fn the_capability_statement_lists_what_is_served() {
         .iter()
         .map(|r| r["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["Patient", "Encounter", "Observation", "MedicationRequest"]);
+    assert_eq!(
+        types,
+        ["Patient", "Encounter", "Observation", "MedicationRequest", "Consent"]
+    );
+    assert_eq!(reply.body["rest"][0]["operation"][0]["name"], "disclose");
 }

@@ -70,13 +70,19 @@ impl FromRequestParts<Arc<Service>> for Peer {
             .map_err(|e| Issue::not_found(e.body_text()))?;
         let correlation_id = meridian_shared::serve::correlation_id(&parts.headers);
         let unauthorized = |why: String| Issue::new(StatusCode::UNAUTHORIZED, IssueType::Login, why);
+        let authorization = meridian_shared::serve::authorization(&parts.headers);
+        if authorization.is_none() {
+            return Err(unauthorized(
+                "the calling service's token is missing: send Authorization: Bearer <token>".into(),
+            ));
+        }
         let Some(accept) = &service.crossborder.accept else {
             return Err(Issue::forbidden(
                 "this records service takes no requests from other Regions",
             ));
         };
         let caller = accept
-            .verify_header(meridian_shared::serve::authorization(&parts.headers))
+            .verify_header(authorization)
             .map_err(|e| unauthorized(format!("the calling service's token: {e}")))?;
         if !is_records_service(&caller.subject) {
             return Err(Issue::forbidden(format!(

@@ -74,10 +74,18 @@ pub fn statement(cc: &str) -> Value {
             "security": {
                 "cors": false,
                 "description": "OIDC bearer tokens: Practitioner reads and writes the country's records; \
-                                Patient reads their own; other roles see none.",
+                                Patient reads their own; other roles see none. A Patient search or \
+                                $everything by another country's national ID reaches that country's \
+                                records through the PatientIndex, with the patient's Consent. \
+                                $disclose answers other Regions' records services (their service \
+                                account token) on behalf of their clinicians.",
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}],
+            "operation": [{
+                "name": "disclose",
+                "definition": "https://meridian.dev/fhir/OperationDefinition/disclose",
+            }],
         }],
     })
 }

@@ -79,12 +79,20 @@ impl Harness {
         let countries = Countries::default();
         countries.set(codes.iter().map(|code| entry(code, &keys)));
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
+        // As in a Region: `$disclose` checks callers against the records services' audience.
+        let crossborder = meridian_records::crossborder::CrossBorder {
+            accept: Some(Arc::new(
+                issuer.verifier_for(meridian_records::crossborder::peers::AUDIENCE),
+            )),
+            ..Default::default()
+        };
         let service = Service::new(
             clinical.clone(),
             vault.clone(),
             Arc::new(issuer.verifier()),
             countries.clone(),
-        );
+        )
+        .with_crossborder(crossborder);
         Self {
             pg,
             app: app(Arc::new(service)),
