@@ -131,6 +131,7 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
         ("--workload-port", "8080"),
         ("--workload-image", "meridian:0.1.0"),
         ("--workload-cluster-role", "meridian-workload"),
+        ("--records-cluster-role", "meridian-records"),
         ("--postgres-image", "postgres:15"),
         ("--opensearch-image", "opensearchproject/opensearch:2.13.0"),
     ] {
@@ -150,6 +151,7 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
     assert_eq!(options.aws_endpoint, None);
     assert_eq!(options.workload_image, "meridian:0.1.0", "the chart's own image");
     assert_eq!(options.workload_cluster_role, "meridian-workload");
+    assert_eq!(options.records_cluster_role, "meridian-records");
     assert_eq!(options.opensearch_image, "opensearchproject/opensearch:2.13.0");
     assert!(
         find(&objects, "ServiceAccount", "meridian")["metadata"]
@@ -162,6 +164,14 @@ fn the_chart_lints_clean_and_its_defaults_run_the_operator_for_kind() {
     assert_eq!(
         find(&objects, "ClusterRole", "meridian-workload")["rules"],
         json!([{"apiGroups": ["platform.meridian.dev"], "resources": ["countries"], "verbs": ["get", "list", "watch"]}])
+    );
+    // The records services' may also have other Regions' tokens reviewed; booking's may not.
+    assert_eq!(
+        find(&objects, "ClusterRole", "meridian-records")["rules"],
+        json!([
+            {"apiGroups": ["platform.meridian.dev"], "resources": ["countries"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+        ])
     );
     // The operator may manage every kind its stacks are made of.
     let rules = find(&objects, "ClusterRole", "meridian")["rules"]

@@ -189,6 +189,10 @@ async fn reconcile(
         LoginError::Database(e) => db(e),
     })?;
     admin_db.grant_connect(&role).await.map_err(db)?;
+    ctx.providers
+        .admit_index_clients(region, &name)
+        .await
+        .map_err(provider)?;
     let created = owner_db.ensure_index(&role).await.map_err(db)?;
     let mut status = PatientIndexStatus {
         database_role: Some(DatabaseRole {
@@ -375,10 +379,16 @@ pub async fn cleanup(index: &PatientIndex, world: World<'_>, ctx: &Context) -> R
             .await
             .map_err(|e| failed(format!("Region {holder}: {}", e.message)))?;
     }
+    let region_name = &index.spec.region;
+    if let Some(region) = world.region(region_name).filter(|_| status.database_role.is_some()) {
+        ctx.providers
+            .remove_index_clients(region, &name)
+            .await
+            .map_err(|e| failed(e.message))?;
+    }
     if index.spec.deletion_policy != meridian_crds::DeletionPolicy::Delete || status.database_role.is_none() {
         return Ok(());
     }
-    let region_name = &index.spec.region;
     let Some(region) = world.region(region_name) else {
         return Err(failed(format!(
             "Region {region_name} does not exist: the index's schema and role cannot be removed; annotate {}=true to leave them",

@@ -243,7 +243,7 @@ impl Workloads {
                 token,
                 peers::DEFAULT_TIMEOUT,
             ))),
-            accept: Some(self.peer_verifier.clone()),
+            accept: Some(meridian_records::crossborder::Accept::Jwt(self.peer_verifier.clone())),
             ..Default::default()
         }
     }

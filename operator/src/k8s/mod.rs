@@ -62,6 +62,10 @@ pub struct OperatorOptions {
     /// chart installs it.
     #[arg(long, default_value = "meridian-workload")]
     pub workload_cluster_role: String,
+    /// The ClusterRole each Region's records service is bound to: it watches Countries and
+    /// has the API server review other Regions' records services' tokens (TokenReview).
+    #[arg(long, default_value = "meridian-records")]
+    pub records_cluster_role: String,
     /// The identity provider the workloads of `inCluster` Regions accept tokens from.
     #[arg(long, env = "OIDC_ISSUER", default_value = "https://idp.example")]
     pub oidc_issuer: String,
@@ -106,6 +110,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         oidc_issuer: options.oidc_issuer.clone(),
         oidc_jwks_url: options.oidc_jwks_url.clone(),
         workload_cluster_role: options.workload_cluster_role.clone(),
+        records_cluster_role: options.records_cluster_role.clone(),
     };
     let stacks = InClusterStacks::new(client.clone(), stack_config.clone());
     let aws = AwsStacks::new(client.clone(), stack_config, options.aws_endpoint.clone());

@@ -46,6 +46,9 @@ pub struct StackConfig {
     /// The ClusterRole (installed with the operator) that lets a workload watch Countries;
     /// each Region's workload is bound to it.
     pub workload_cluster_role: String,
+    /// The ClusterRole the records services are bound to instead: Countries, and
+    /// TokenReviews of other Regions' records services' tokens.
+    pub records_cluster_role: String,
 }
 
 impl Default for StackConfig {
@@ -59,6 +62,7 @@ impl Default for StackConfig {
             oidc_issuer: "https://idp.example".into(),
             oidc_jwks_url: "https://idp.example/.well-known/jwks.json".into(),
             workload_cluster_role: "meridian-workload".into(),
+            records_cluster_role: "meridian-records".into(),
         }
     }
 }
@@ -414,6 +418,11 @@ fn from_namespace(namespace: &str) -> Value {
 /// Where the records service finds the vault's data keys: Secret `vault-keys`, one file per
 /// entry.
 pub const VAULT_KEYS_DIR: &str = "/var/run/meridian/vault-keys";
+/// Where the records service finds what the PatientIndex handed its Region: Secret
+/// `patient-index`, one file per entry.
+pub const PATIENT_INDEX_DIR: &str = "/var/run/meridian/patient-index";
+/// The records service's projected ServiceAccount token for other Regions' records services.
+pub const SERVICE_TOKEN_FILE: &str = "/var/run/secrets/meridian/records/token";
 
 /// The Region's workloads, for every provider whose workloads run in this cluster: booking
 /// and records, each a ServiceAccount, a Deployment, a Service and a NetworkPolicy. Booking
@@ -423,7 +432,10 @@ pub const VAULT_KEYS_DIR: &str = "/var/run/meridian/vault-keys";
 /// (the operator's CA for `inCluster`, the Region's CA bundle for `aws`), mounted at
 /// [`CA_FILE`]. Records reads the clinical tables as the workload role and the PII vault as
 /// the vault role (`VAULT_DATABASE_URL` from `postgres-vault`), with the countries' data keys
-/// from Secret `vault-keys` mounted read-only at [`VAULT_KEYS_DIR`].
+/// from Secret `vault-keys` mounted read-only at [`VAULT_KEYS_DIR`], the PatientIndex's link
+/// from Secret `patient-index` at [`PATIENT_INDEX_DIR`], and a ServiceAccount token for
+/// other Regions' records services (audience `meridian-records`) at [`SERVICE_TOKEN_FILE`];
+/// other Regions' records services may reach it.
 pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
     let mut objects = booking(name, config);
     objects.extend(records(name, config));
@@ -437,10 +449,14 @@ fn records(name: &str, config: &StackConfig) -> Vec<Value> {
         json!({"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::VAULT_SECRET, "key": "url"}}}),
         json!({"name": "DATABASE_CA_FILE", "value": CA_FILE}),
         json!({"name": "VAULT_KEYS_DIR", "value": VAULT_KEYS_DIR}),
+        json!({"name": "PATIENT_INDEX_DIR", "value": PATIENT_INDEX_DIR}),
+        json!({"name": "SERVICE_TOKEN_FILE", "value": SERVICE_TOKEN_FILE}),
     ];
     let mounts = vec![
         json!({"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true}),
         json!({"name": "vault-keys", "mountPath": VAULT_KEYS_DIR, "readOnly": true}),
+        json!({"name": "patient-index", "mountPath": PATIENT_INDEX_DIR, "readOnly": true}),
+        json!({"name": "service-token", "mountPath": "/var/run/secrets/meridian/records", "readOnly": true}),
     ];
     let volumes = vec![
         json!({"name": "ca", "secret": {"secretName": "ca", "optional": true}}),
@@ -451,8 +467,31 @@ fn records(name: &str, config: &StackConfig) -> Vec<Value> {
             "optional": true,
             "defaultMode": 0o400,
         }}),
+        // Made by the PatientIndex's reconcile when a country of the Region is linked.
+        json!({"name": "patient-index", "secret": {
+            "secretName": meridian_records::mpi::LINK_SECRET,
+            "optional": true,
+            "defaultMode": 0o400,
+        }}),
+        // The kubelet renews it before it ends.
+        json!({"name": "service-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": meridian_records::crossborder::peers::AUDIENCE,
+            "expirationSeconds": 3600,
+            "path": "token",
+        }}]}}),
     ];
-    workload_service(name, "records", config, env, mounts, volumes)
+    // Other Regions' records services ask this one for its patients ($disclose).
+    let peers = json!({
+        "namespaceSelector": {"matchLabels": {"app.kubernetes.io/part-of": "meridian", "app.kubernetes.io/name": "meridian-region"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-records"}},
+    });
+    let mut objects = workload_service(name, "records", config, env, mounts, volumes);
+    for object in objects.iter_mut().filter(|o| o["kind"] == "NetworkPolicy") {
+        if let Some(from) = object["spec"]["ingress"][0]["from"].as_array_mut() {
+            from.push(peers.clone());
+        }
+    }
+    objects
 }
 
 /// The booking service: see [`workload`].
@@ -483,6 +522,11 @@ fn workload_service(
 ) -> Vec<Value> {
     let name = name.to_string();
     let app = format!("meridian-{service}");
+    let role = if service == "records" {
+        &config.records_cluster_role
+    } else {
+        &config.workload_cluster_role
+    };
     env.push(json!({"name": "OIDC_ISSUER", "value": config.oidc_issuer}));
     env.push(json!({"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url}));
     vec![
@@ -496,7 +540,7 @@ fn workload_service(
                 "name": format!("{}-{service}", namespace(&name)),
                 "labels": labels(&name, &app),
             },
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": service, "namespace": namespace(&name)}],
         }),
         json!({
@@ -543,6 +587,29 @@ fn workload_service(
             },
         }),
     ]
+}
+
+/// Lets the records services of every Meridian Region reach PostgreSQL in Region `region`,
+/// where PatientIndex `index` keeps its entries (they still need the index role's
+/// credentials, and see nothing but the index). The PatientIndex's object, labelled as its
+/// own: the Region's stack leaves it alone.
+pub fn index_policy(region: &str, index: &str) -> Value {
+    let owner = format!("patientindex-{index}");
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": owner, "namespace": namespace(region), "labels": labels(&owner, "meridian-patientindex")},
+        "spec": {
+            "podSelector": {"matchLabels": selector(region, "postgres")},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{
+                    "namespaceSelector": {"matchLabels": {"app.kubernetes.io/part-of": "meridian", "app.kubernetes.io/name": "meridian-region"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-records"}},
+                }],
+                "ports": [{"protocol": "TCP", "port": 5432}],
+            }],
+        },
+    })
 }
 
 /// Builds, applies and removes in-cluster stacks through the Kubernetes API.
@@ -629,6 +696,16 @@ impl InClusterStacks {
             ..Endpoint::from_url(database_url(&name, &password))
         }
         .with_ca(Some(tls.ca.cert_pem)))
+    }
+
+    /// Applies [`index_policy`].
+    pub async fn admit_index_clients(&self, region: &str, index: &str) -> Result<(), ProviderError> {
+        self.objects.apply(&[index_policy(region, index)]).await
+    }
+
+    /// Removes [`index_policy`].
+    pub async fn remove_index_clients(&self, region: &str, index: &str) -> Result<(), ProviderError> {
+        self.objects.delete(&[index_policy(region, index)]).await
     }
 
     /// The stack's OpenSearch, once it answers.
@@ -798,6 +875,8 @@ mod tests {
                 {"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "postgres-vault", "key": "url"}}},
                 {"name": "DATABASE_CA_FILE", "value": "/etc/meridian/ca/ca.crt"},
                 {"name": "VAULT_KEYS_DIR", "value": "/var/run/meridian/vault-keys"},
+                {"name": "PATIENT_INDEX_DIR", "value": "/var/run/meridian/patient-index"},
+                {"name": "SERVICE_TOKEN_FILE", "value": "/var/run/secrets/meridian/records/token"},
                 {"name": "OIDC_ISSUER", "value": "https://idp.example"},
                 {"name": "OIDC_JWKS_URL", "value": "https://idp.example/.well-known/jwks.json"},
             ])
@@ -816,10 +895,28 @@ mod tests {
             !booking.contains("postgres-vault") && !booking.contains("vault-keys"),
             "{booking}"
         );
+        // What the PatientIndex hands the Region, and a token only records services accept.
+        assert_eq!(
+            pod["volumes"][2],
+            json!({"name": "patient-index", "secret": {"secretName": "patient-index", "optional": true, "defaultMode": 256}})
+        );
+        assert_eq!(
+            pod["volumes"][3]["projected"]["sources"][0]["serviceAccountToken"],
+            json!({"audience": "meridian-records", "expirationSeconds": 3600, "path": "token"})
+        );
+        assert!(
+            !booking.contains("patient-index") && !booking.contains("service-token"),
+            "{booking}"
+        );
         let binding = find(&objects, "ClusterRoleBinding", "meridian-region-eu-central-1-records");
         assert_eq!(
             binding["subjects"],
             json!([{"kind": "ServiceAccount", "name": "records", "namespace": "meridian-region-eu-central-1"}])
+        );
+        assert_eq!(binding["roleRef"]["name"], "meridian-records");
+        assert_eq!(
+            find(&objects, "ClusterRoleBinding", "meridian-region-eu-central-1-booking")["roleRef"]["name"],
+            "meridian-workload"
         );
         assert_eq!(
             find(&objects, "Service", "records")["spec"]["ports"],
@@ -931,11 +1028,27 @@ mod tests {
             ])
         );
         let records = find(&objects, "NetworkPolicy", "records");
+        let booking_from = find(&objects, "NetworkPolicy", "booking")["spec"]["ingress"][0]["from"].clone();
+        let records_from = records["spec"]["ingress"][0]["from"].as_array().unwrap();
         assert_eq!(
-            records["spec"]["ingress"],
-            find(&objects, "NetworkPolicy", "booking")["spec"]["ingress"],
+            json!(records_from[..2]),
+            booking_from,
             "the records service is reached as booking is: from the gateway and the operator"
         );
+        assert_eq!(
+            records_from[2],
+            json!({
+                "namespaceSelector": {"matchLabels": {"app.kubernetes.io/part-of": "meridian", "app.kubernetes.io/name": "meridian-region"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "meridian-records"}},
+            }),
+            "and by other Regions' records services"
+        );
+        let index = index_policy("eu-central-1", "global");
+        assert_eq!(
+            index["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "patientindex-global"
+        );
+        assert_eq!(index["spec"]["podSelector"], postgres["spec"]["podSelector"]);
         assert_eq!(
             postgres["spec"]["ingress"][0]["ports"],
             json!([{"protocol": "TCP", "port": 5432}])

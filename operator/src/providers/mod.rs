@@ -252,6 +252,32 @@ impl Providers {
         }
     }
 
+    /// Lets every Region's records service reach the database of `region`, where PatientIndex
+    /// `index` lives: a NetworkPolicy for an `inCluster` stack; nothing to do for the others
+    /// (their databases are reached as the Region's own workloads reach them).
+    pub async fn admit_index_clients(&self, region: &Region, index: &str) -> Result<(), ProviderError> {
+        match region.spec.provider {
+            RegionProvider::InCluster => {
+                self.in_cluster(region)?
+                    .admit_index_clients(&region_name(region), index)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Undoes [`Providers::admit_index_clients`].
+    pub async fn remove_index_clients(&self, region: &Region, index: &str) -> Result<(), ProviderError> {
+        match region.spec.provider {
+            RegionProvider::InCluster => {
+                self.in_cluster(region)?
+                    .remove_index_clients(&region_name(region), index)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Builds `inCluster` Regions' stacks in the cluster.
     pub fn with_in_cluster(mut self, stacks: InClusterStacks) -> Self {
         self.in_cluster = Some(Arc::new(stacks));

@@ -1,7 +1,9 @@
 //! `meridian records`: the records workload on its own, as a Region's deployment runs it —
 //! its Region's database as two roles (clinical rows; the vault), the countries the Region
 //! holds, their data keys from the mounted `vault-keys` Secret, tokens checked against the
-//! identity provider's key set.
+//! identity provider's key set; and, with the mounted `patient-index` Secret, lookups of
+//! other countries' patients through the PatientIndex, other Regions' records services
+//! called with this service's ServiceAccount token and theirs checked by the API server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,26 @@ pub struct RecordsOptions {
     /// Without a cluster: Country manifests (YAML files) to serve, all as Ready.
     #[arg(long = "country-manifest", value_name = "FILE")]
     pub country_manifests: Vec<PathBuf>,
+    /// The Region's `patient-index` Secret, mounted (the PatientIndex's keys, the index
+    /// role's URL, the linked countries): read again every minute. Without it, or while it
+    /// links no country here, no lookup abroad and no registration in the index.
+    #[arg(long, env = "PATIENT_INDEX_DIR")]
+    pub patient_index_dir: Option<PathBuf>,
+    /// Base URL of a Region's records service, `{region}` standing for its name: where
+    /// lookups abroad go.
+    #[arg(
+        long,
+        env = "MERIDIAN_PEER_URL",
+        default_value = "http://records.meridian-region-{region}.svc:8080"
+    )]
+    pub peer_url: String,
+    /// This service's ServiceAccount token for other Regions' records services (projected
+    /// with audience `meridian-records`), read at every call. Without it, no lookup abroad.
+    #[arg(long, env = "SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
+    /// How long a lookup abroad waits for the other Region, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub peer_timeout_ms: u64,
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -61,6 +83,30 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
     };
     let keys = Arc::new(Mutex::new(read_keys()?));
     let countries = Countries::default();
+    let mut crossborder = crate::crossborder::CrossBorder::default();
+    if let Some(file) = &options.service_token_file {
+        crossborder.peers = Some(Arc::new(crate::crossborder::peers::Peers::new(
+            &options.peer_url,
+            crate::crossborder::peers::TokenSource::File(file.clone()),
+            Duration::from_millis(options.peer_timeout_ms.max(100)),
+        )));
+    }
+    let read_link = {
+        let (dir, link) = (options.patient_index_dir.clone(), crossborder.link.clone());
+        move || {
+            let Some(dir) = &dir else { return };
+            match crate::served::read_keys_dir(dir) {
+                Ok(data) => {
+                    if let Err(e) = link.set(&data) {
+                        tracing::warn!(error = %e, "the PatientIndex link cannot be used");
+                    }
+                }
+                // Not mounted yet (the Secret is optional): no link.
+                Err(e) => tracing::debug!(error = %e, "no PatientIndex link"),
+            }
+        }
+    };
+    read_link();
     let (serving, region) = match &options.region {
         Some(region) => (format!("the countries of Region {region}"), region.clone()),
         None => ("the countries of --country-manifest".to_string(), String::new()),
@@ -71,8 +117,15 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| anyhow::anyhow!("--region needs the Kubernetes API: {e}"))?;
+        // Other Regions' records services prove who they are with their ServiceAccount
+        // tokens, which the API server checks.
+        crossborder.accept = Some(crate::crossborder::Accept::TokenReview(Arc::new(
+            crate::crossborder::TokenReviewer::new(client.clone()),
+        )));
+        let directory = crossborder.directory.clone();
         let (countries, keys, known, region) = (countries.clone(), keys.clone(), known.clone(), region.clone());
         tokio::spawn(meridian_crds::serving::follow_countries(client, move |all| {
+            directory.set(all.iter().copied());
             *known.lock().expect("lock") = all.iter().map(|c| (*c).clone()).collect();
             countries.set(crate::served::entries(
                 all.iter().copied(),
@@ -92,6 +145,7 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
             manifests.push(country);
         }
         countries.set(crate::served::entries(&manifests, "", &keys.lock().expect("lock")));
+        crossborder.directory.set(&manifests);
         *known.lock().expect("lock") = manifests;
     }
     // Rotations reach the service through the mounted Secret.
@@ -100,6 +154,7 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
+                read_link();
                 match read_keys() {
                     Ok(fresh) => {
                         *keys.lock().expect("lock") = fresh;
@@ -111,7 +166,21 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
             }
         });
     }
-    let service = Arc::new(Service::new(clinical, vault, jwks.verifier(), countries).with_jwks(jwks));
+    tokio::spawn(
+        crate::crossborder::registrar::Registrar::new(
+            clinical.clone(),
+            vault.clone(),
+            countries.clone(),
+            crossborder.link.clone(),
+            options.region.as_deref().unwrap_or_default(),
+        )
+        .run(),
+    );
+    let service = Arc::new(
+        Service::new(clinical, vault, jwks.verifier(), countries)
+            .with_jwks(jwks)
+            .with_crossborder(crossborder),
+    );
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     println!(
         "meridian records: serving {serving} on http://{}",

@@ -82,13 +82,11 @@ impl FromRequestParts<Arc<Service>> for Peer {
             ));
         };
         let caller = accept
-            .verify_header(authorization)
+            .subject(authorization)
+            .await
             .map_err(|e| unauthorized(format!("the calling service's token: {e}")))?;
-        if !is_records_service(&caller.subject) {
-            return Err(Issue::forbidden(format!(
-                "{} is not a Region's records service",
-                caller.subject
-            )));
+        if !is_records_service(&caller) {
+            return Err(Issue::forbidden(format!("{caller} is not a Region's records service")));
         }
         let country = admit_country(service, &cc, correlation_id)?;
         let code = country.rules.code.clone();
@@ -120,7 +118,7 @@ impl FromRequestParts<Arc<Service>> for Peer {
             )));
         }
         Ok(Peer {
-            service: caller.subject,
+            service: caller,
             clinician,
             from,
             purpose,

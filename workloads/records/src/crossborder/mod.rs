@@ -93,6 +93,87 @@ pub struct CrossBorder {
     /// How to call other Regions; none: lookups abroad answer that they are not set up here.
     pub peers: Option<Arc<peers::Peers>>,
     /// Checks other Regions' records services' tokens; none: `$disclose` refuses everyone.
-    pub accept: Option<Arc<Verifier>>,
+    pub accept: Option<Accept>,
     pub limiter: Arc<Limiter>,
+}
+
+/// How a records service checks the token of another Region's records service.
+#[derive(Clone)]
+pub enum Accept {
+    /// Tokens of a known issuer for [`peers::AUDIENCE`]: `meridian dev`'s, the tests'.
+    Jwt(Arc<Verifier>),
+    /// Kubernetes ServiceAccount tokens, checked by the API server (a TokenReview for
+    /// [`peers::AUDIENCE`]); each answer is kept for [`REVIEW_KEPT`].
+    TokenReview(Arc<TokenReviewer>),
+}
+
+/// How long a TokenReview's answer is kept.
+pub const REVIEW_KEPT: Duration = Duration::from_secs(60);
+
+impl Accept {
+    /// The calling service's subject, for an `Authorization` header; `Err` says why not.
+    pub async fn subject(&self, authorization: Option<&str>) -> Result<String, String> {
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or("send Authorization: Bearer <token>")?;
+        match self {
+            Accept::Jwt(verifier) => verifier.verify(token).map(|p| p.subject).map_err(|e| e.to_string()),
+            Accept::TokenReview(reviewer) => reviewer.subject(token).await,
+        }
+    }
+}
+
+/// Checks ServiceAccount tokens with the API server's TokenReview.
+pub struct TokenReviewer {
+    client: kube::Client,
+    known: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl TokenReviewer {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            known: Mutex::default(),
+        }
+    }
+
+    async fn subject(&self, token: &str) -> Result<String, String> {
+        if let Some((subject, at)) = self.known.lock().expect("reviews lock").get(token)
+            && at.elapsed() < REVIEW_KEPT
+        {
+            return Ok(subject.clone());
+        }
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences: Some(vec![peers::AUDIENCE.to_string()]),
+            },
+            ..Default::default()
+        };
+        let answer = kube::Api::<TokenReview>::all(self.client.clone())
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("the API server could not review the token: {e}"))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(status.error.unwrap_or_else(|| "the token is not valid".into()));
+        }
+        if !status
+            .audiences
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a == peers::AUDIENCE)
+        {
+            return Err(format!("the token is not for {}", peers::AUDIENCE));
+        }
+        let subject = status.user.and_then(|u| u.username).ok_or("the token names no user")?;
+        let mut known = self.known.lock().expect("reviews lock");
+        if known.len() > 10_000 {
+            known.retain(|_, (_, at)| at.elapsed() < REVIEW_KEPT);
+        }
+        known.insert(token.to_string(), (subject.clone(), Instant::now()));
+        Ok(subject)
+    }
 }

@@ -157,7 +157,7 @@ impl TwoRegions {
                     ),
                     options.timeout,
                 ))),
-                accept: Some(accept),
+                accept: Some(super::Accept::Jwt(accept)),
                 ..Default::default()
             }
         };

@@ -81,9 +81,9 @@ impl Harness {
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
         // As in a Region: `$disclose` checks callers against the records services' audience.
         let crossborder = meridian_records::crossborder::CrossBorder {
-            accept: Some(Arc::new(
+            accept: Some(meridian_records::crossborder::Accept::Jwt(Arc::new(
                 issuer.verifier_for(meridian_records::crossborder::peers::AUDIENCE),
-            )),
+            ))),
             ..Default::default()
         };
         let service = Service::new(
