@@ -285,13 +285,17 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
         .await
         .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["countries.platform.meridian.dev", "regions.platform.meridian.dev"] {
+    for name in [
+        "countries.platform.meridian.dev",
+        "regions.platform.meridian.dev",
+        "patientindexes.platform.meridian.dev",
+    ] {
         wait_established(&crds, name).await;
     }
 
     // Every example, as shipped, is accepted with strict field validation; a misspelt
     // field is refused with its path.
-    for dir in ["examples/regions", "examples/countries"] {
+    for dir in ["examples/regions", "examples/patientindex", "examples/countries"] {
         for entry in std::fs::read_dir(workspace().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             let yaml = std::fs::read_to_string(&path).unwrap();
@@ -369,7 +373,7 @@ spec:
   region: {region}
   residency: shared
   deletionPolicy: {policy}
-  regulatory: {{retentionYears: 8, minimumAge: 16}}
+  regulatory: {{retentionYears: 8, minimumAge: 16, consent: {{recordSharing: true}}}}
 "
         )
     };
@@ -469,6 +473,108 @@ spec:
     assert_eq!(rotated["XA.active"], "k2");
     assert_eq!(rotated["XA.k1"], first["XA.k1"], "the first key is kept");
     say("the Country's data key in its Region's Secret, rotated by `meridian vault rotate --cluster`");
+
+    // A PatientIndex in the Region: its first key in the Region's namespace, the keys and
+    // the index role's connection handed to the Region's records service, the role able
+    // to reach the entries.
+    let index_name = format!("{region}-mpi");
+    apply_yaml(
+        &client,
+        &format!(
+            "apiVersion: platform.meridian.dev/v1alpha1
+kind: PatientIndex
+metadata: {{name: {index_name}}}
+spec:
+  region: {region}
+  keySecretRef: {{name: patient-index-keys}}
+  deletionPolicy: Delete
+"
+        ),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let indexes: Api<meridian_crds::PatientIndex> = Api::all(client.clone());
+    let index = eventually("the PatientIndex Ready", Duration::from_secs(60), || async {
+        let i = indexes.get(&index_name).await.ok()?;
+        let status = i.status.clone()?;
+        (condition(&status.conditions, "Ready").0 == "True").then_some(status)
+    })
+    .await;
+    assert_eq!(index.active_key_version.as_deref(), Some("k1"));
+    assert_eq!(index.linked_countries, ["XA"]);
+    let index_keys = keys(
+        secrets
+            .get("patient-index-keys")
+            .await
+            .expect("Secret patient-index-keys"),
+    );
+    assert_eq!(index_keys["active"], "k1");
+    let link = keys(secrets.get("patient-index").await.expect("Secret patient-index"));
+    assert_eq!(
+        (link["countries"].as_str(), link["k1"].as_str()),
+        ("XA", index_keys["k1"].as_str())
+    );
+    let mut as_index = PgConnection::connect(&link["url"])
+        .await
+        .expect("the index role connects");
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM mpi.entries")
+        .fetch_one(&mut as_index)
+        .await
+        .unwrap();
+    assert_eq!(entries, 0);
+    // Other Regions' records services prove who they are with a ServiceAccount token for
+    // `meridian-records`, which the API server reviews; a token for another audience fails.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &region_ns);
+    let records_sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "records"}})).unwrap();
+    let _ = accounts.create(&PostParams::default(), &records_sa).await;
+    let token_for = |audience: &'static str| {
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .create_token_request(
+                    "records",
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"spec": {"audiences": [audience], "expirationSeconds": 600}}))
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.token)
+                .unwrap()
+        }
+    };
+    let reviewer = meridian_records::crossborder::Accept::TokenReview(std::sync::Arc::new(
+        meridian_records::crossborder::TokenReviewer::new(client.clone()),
+    ));
+    let subject = reviewer
+        .subject(Some(&format!("Bearer {}", token_for("meridian-records").await)))
+        .await
+        .unwrap();
+    assert_eq!(subject, format!("system:serviceaccount:{region_ns}:records"));
+    let refused = reviewer
+        .subject(Some(&format!("Bearer {}", token_for("somewhere-else").await)))
+        .await
+        .unwrap_err();
+    say(&format!(
+        "PatientIndex Ready (key k1, linked XA); a records service's token reviewed as {subject}; another audience refused: {refused}"
+    ));
+    // Deleted with `deletionPolicy: Delete`: the store it made is dropped, the link withdrawn.
+    indexes.delete(&index_name, &DeleteParams::default()).await.unwrap();
+    eventually("the PatientIndex gone", Duration::from_secs(60), || async {
+        indexes.get_opt(&index_name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let schema: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'mpi')")
+        .fetch_one(&mut PgConnection::connect(&pg.url()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(!schema, "Delete dropped the index's schema");
+    let emptied = keys(secrets.get("patient-index").await.unwrap());
+    assert_eq!(emptied.get("countries").map(String::as_str), Some(""));
+    assert!(!emptied.contains_key("url"), "the link is withdrawn");
 
     // A second Country with the held code is refused, and deleting it with Delete drops
     // nothing of the first one.

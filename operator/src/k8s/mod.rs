@@ -135,7 +135,10 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     election
         .lead(
             |fence| {
-                tracing::info!(identity, "leading: starting the Country and Region controllers");
+                tracing::info!(
+                    identity,
+                    "leading: starting the Country, Region and PatientIndex controllers"
+                );
                 controllers::run(ctx.clone(), fence)
             },
             meridian_shared::shutdown::signal(),
