@@ -5,7 +5,8 @@
 //! the patient, Germany's audit chain shows the disclosure with the French clinician and
 //! the correlation ID, France's shows the lookup without the ID, and the PatientIndex holds
 //! a keyed hash only. A patient of Japan, whose records are not shared, is refused with an
-//! OperationOutcome that says why.
+//! OperationOutcome that says why. `meridian mpi rotate` then moves the index onto a new key
+//! while `meridian dev` runs, and the patient is still found.
 
 use std::time::Duration;
 
@@ -279,4 +280,35 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     )
     .await;
     assert_eq!(raw, 0);
+
+    // A key rotation while everything runs: the entries move to k2, k1 is retired, and the
+    // French clinician still finds the patient.
+    let rotated = std::process::Command::new(meridian_e2e::meridian_bin())
+        .args(["mpi", "rotate", "--manifests"])
+        .arg(work.path().join("manifests"))
+        .arg("--data-dir")
+        .arg(&dev.data_dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        rotated.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(said.contains("key k2 added") && said.contains("retired k1"), "{said}");
+    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT key_version FROM mpi.entries")
+        .fetch_all(&mut berlin_db)
+        .await
+        .unwrap();
+    assert_eq!(versions, ["k2"]);
+    let (status, found) = fhir(&dev, "GET", &search, &fr, None);
+    assert_eq!(
+        (status, found["entry"][0]["resource"]["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{found:#}"
+    );
+    let (status, _) = http(dev.addr, "POST", "/dev/resync", &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(dev.get(index).1["status"]["keyVersions"], json!(["k2"]));
 }

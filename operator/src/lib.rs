@@ -10,6 +10,7 @@ pub mod controller;
 pub mod dev;
 pub mod k8s;
 pub mod metrics;
+pub mod mpi_cmd;
 pub mod plan;
 pub mod plan_cmd;
 pub mod providers;

@@ -49,6 +49,9 @@ enum Command {
     /// The PII vault's data keys.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// The PatientIndex's HMAC keys.
+    #[command(subcommand)]
+    Mpi(MpiCommand),
     /// Print the changes the reconcilers would make for a folder of manifests, changing nothing.
     /// Exits 1 on invalid manifests, 2 when a store cannot be read.
     Plan {
@@ -73,6 +76,18 @@ enum AuditCommand {
     /// Recompute the hash chains of every country in a Region's database: one line per
     /// country; exits 1 when a chain is broken, 2 when the database cannot be read.
     Verify(meridian_operator::audit_cmd::VerifyOptions),
+}
+
+#[derive(Subcommand)]
+enum MpiCommand {
+    /// Add the PatientIndex's next key version, make it active, hand it to the linked
+    /// Regions' records services, register every patient again under it from their home
+    /// Regions, and retire the older versions; exits 1 when entries are left under an older
+    /// key, 2 when the index, a Region or a database cannot be reached.
+    Rotate(meridian_operator::mpi_cmd::MpiOptions),
+    /// Register every patient again under the active key and retire the older versions
+    /// (finishes an interrupted rotation); exit codes as `rotate`.
+    Rekey(meridian_operator::mpi_cmd::MpiOptions),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +194,18 @@ fn main() -> ExitCode {
                     VaultCommand::Rekey(options) => (options, false),
                 };
                 let outcome = meridian_operator::vault_cmd::run(&options, rotate).await;
+                print!("{}", outcome.text);
+                if let Some(why) = &outcome.error {
+                    eprintln!("error: {why}");
+                }
+                Ok(ExitCode::from(outcome.exit_code()))
+            }
+            Command::Mpi(command) => {
+                let (options, rotate) = match command {
+                    MpiCommand::Rotate(options) => (options, true),
+                    MpiCommand::Rekey(options) => (options, false),
+                };
+                let outcome = meridian_operator::mpi_cmd::run(&options, rotate).await;
                 print!("{}", outcome.text);
                 if let Some(why) = &outcome.error {
                     eprintln!("error: {why}");

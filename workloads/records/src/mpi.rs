@@ -306,8 +306,9 @@ pub struct Entry {
 /// records live in Region `home_region`: each ID's entry under the active key is added, or
 /// moved to this patient (the newest registration of an ID wins: a merged duplicate); every
 /// other entry pointing to this patient (an ID removed or changed, an older key's hash) is
-/// removed. With no IDs, the patient leaves the index. Safe to repeat; a re-key is this, once
-/// per patient. Answers how many entries were removed.
+/// removed, unless `keep_older` keeps the entries hashed with older keys (a re-key, while
+/// records services that have not taken the new key yet still look them up). With no IDs,
+/// the patient leaves the index. Safe to repeat. Answers how many entries were removed.
 pub async fn register(
     index: &PgPool,
     keys: &IndexKeys,
@@ -315,6 +316,7 @@ pub async fn register(
     home_region: &str,
     client_id: Uuid,
     ids: &[NationalId],
+    keep_older: bool,
 ) -> Result<u64, sqlx::Error> {
     let (active, key) = keys
         .keys
@@ -331,6 +333,7 @@ pub async fn register(
         "WITH gone AS (
              DELETE FROM mpi.entries
               WHERE home_country = $3 AND client_id = $5 AND NOT (hash = ANY($1))
+                AND (NOT $6 OR key_version = $2)
               RETURNING 1
          ), added AS (
              INSERT INTO mpi.entries (hash, key_version, home_country, home_region, client_id)
@@ -348,6 +351,7 @@ pub async fn register(
     .bind(&country)
     .bind(home_region)
     .bind(client_id)
+    .bind(keep_older)
     .fetch_one(index)
     .await?;
     Ok(removed as u64)

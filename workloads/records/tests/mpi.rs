@@ -89,13 +89,29 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let anna = Uuid::new_v4();
     let id = NationalId::checked(&de(), KVNR, "A123456789").unwrap();
-    mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, std::slice::from_ref(&id))
-        .await
-        .unwrap();
+    mpi::register(
+        &db.index,
+        &keys,
+        "DE",
+        "eu-central-1",
+        anna,
+        std::slice::from_ref(&id),
+        false,
+    )
+    .await
+    .unwrap();
     // Registering again (as a retry would) changes nothing.
-    mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, std::slice::from_ref(&id))
-        .await
-        .unwrap();
+    mpi::register(
+        &db.index,
+        &keys,
+        "DE",
+        "eu-central-1",
+        anna,
+        std::slice::from_ref(&id),
+        false,
+    )
+    .await
+    .unwrap();
 
     // Typed as a clinician abroad would: spaces, dashes, lower case.
     let typed = NationalId::checked(&de(), KVNR, "a 123-456-789").unwrap();
@@ -126,7 +142,7 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     .await
     .unwrap();
     assert_eq!(
-        mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[])
+        mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[], false)
             .await
             .unwrap(),
         0
@@ -134,7 +150,7 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     let found = mpi::lookup(&db.index, &keys, &id).await.unwrap().unwrap();
     assert_eq!(found.client_id, merged);
     assert_eq!(
-        mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, &[])
+        mpi::register(&db.index, &keys, "DE", "eu-central-1", merged, &[], false)
             .await
             .unwrap(),
         1
@@ -156,9 +172,17 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
         })
         .collect();
     for (id, client) in &ids {
-        mpi::register(&db.index, &k1, "DE", "eu-central-1", *client, std::slice::from_ref(id))
-            .await
-            .unwrap();
+        mpi::register(
+            &db.index,
+            &k1,
+            "DE",
+            "eu-central-1",
+            *client,
+            std::slice::from_ref(id),
+            false,
+        )
+        .await
+        .unwrap();
     }
 
     assert_eq!(mpi::rotate(&mut secret).unwrap(), "k2");
@@ -171,18 +195,34 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
 
     // Half re-keyed (a re-key stopped halfway), then all of it (the next run).
     for (id, client) in &ids[..10] {
-        mpi::register(&db.index, &k2, "DE", "eu-central-1", *client, std::slice::from_ref(id))
-            .await
-            .unwrap();
+        mpi::register(
+            &db.index,
+            &k2,
+            "DE",
+            "eu-central-1",
+            *client,
+            std::slice::from_ref(id),
+            false,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(
         mpi::entries_by_version(&db.index).await.unwrap(),
         [("k1".to_string(), 10), ("k2".to_string(), 10)]
     );
     for (id, client) in &ids {
-        mpi::register(&db.index, &k2, "DE", "eu-central-1", *client, std::slice::from_ref(id))
-            .await
-            .unwrap();
+        mpi::register(
+            &db.index,
+            &k2,
+            "DE",
+            "eu-central-1",
+            *client,
+            std::slice::from_ref(id),
+            false,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(
         mpi::entries_by_version(&db.index).await.unwrap(),

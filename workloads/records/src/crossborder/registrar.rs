@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::link::IndexLink;
-use crate::http::Countries;
+use crate::http::{Countries, CountryEntry};
 use crate::mpi::{self, NationalId};
 
 /// The registrar's name among the outbox's consumers.
@@ -147,6 +147,7 @@ impl Patients<'_> {
                         self.region,
                         row.aggregate_id,
                         &ids,
+                        false,
                     )
                     .await
                     .map_err(RegistrarError::Index)?;
@@ -177,31 +178,106 @@ impl Patients<'_> {
         let Some((version, None, key_id, sealed)) = row else {
             return Ok(Some(Vec::new()));
         };
-        let ring = match &entry.keys {
-            Ok(ring) => ring,
-            Err(e) => {
-                tracing::warn!(country, %client_id, error = %e, "registrar: no data keys");
-                return Ok(None);
-            }
-        };
-        let body = match crate::store::open_row(ring, client_id, version, &key_id, &sealed) {
-            Ok((_, body)) => body,
-            Err(e) => {
-                tracing::warn!(country, %client_id, error = %e, "registrar: the vault row does not open");
-                return Ok(None);
-            }
-        };
-        let Ok(terms) = crate::validate::stored_patient_terms(&body) else {
-            return Ok(None);
-        };
-        let system = entry.rules.national_id_system.as_deref().unwrap_or_default();
-        Ok(Some(
-            terms
-                .identifiers
-                .iter()
-                .filter(|(s, _)| !system.is_empty() && s == system)
-                .filter_map(|(s, value)| NationalId::checked(&entry.rules, s, value).ok())
-                .collect(),
-        ))
+        Ok(national_ids_of(&entry, client_id, version, &key_id, &sealed))
     }
+}
+
+/// The national IDs the vault row (`version`, `key_id`, `sealed`) of patient `client_id` of
+/// `entry`'s country holds: those of the country's `nationalIdSystem` that match its
+/// pattern. `None` when that cannot be told: no data keys, or a row that does not open.
+pub fn national_ids_of(
+    entry: &CountryEntry,
+    client_id: Uuid,
+    version: i64,
+    key_id: &str,
+    sealed: &[u8],
+) -> Option<Vec<NationalId>> {
+    let country = &entry.rules.code;
+    let ring = match &entry.keys {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::warn!(country, %client_id, error = %e, "registrar: no data keys");
+            return None;
+        }
+    };
+    let body = match crate::store::open_row(ring, client_id, version, key_id, sealed) {
+        Ok((_, body)) => body,
+        Err(e) => {
+            tracing::warn!(country, %client_id, error = %e, "registrar: the vault row does not open");
+            return None;
+        }
+    };
+    let terms = crate::validate::stored_patient_terms(&body).ok()?;
+    let system = entry.rules.national_id_system.as_deref().unwrap_or_default();
+    Some(
+        terms
+            .identifiers
+            .iter()
+            .filter(|(s, _)| !system.is_empty() && s == system)
+            .filter_map(|(s, value)| NationalId::checked(&entry.rules, s, value).ok())
+            .collect(),
+    )
+}
+
+/// What [`register_country`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Patients whose entries are now under the active key (or who hold no national ID).
+    pub patients: u64,
+    /// Patients left as they were: their rows do not open here.
+    pub skipped: Vec<Uuid>,
+}
+
+/// Patients read per page by [`register_country`].
+const PAGE: i64 = 500;
+
+/// Registers every patient of `entry`'s country kept in `vault` (Region `region`) under the
+/// index's active key, in pages: the re-key of a country, and the registration of patients
+/// who were there before the index. `only` limits it to those client IDs; `keep_older` keeps
+/// entries under older keys (see [`crate::mpi::register`]).
+pub async fn register_country(
+    vault: &PgPool,
+    entry: &CountryEntry,
+    index: &PgPool,
+    keys: &crate::mpi::IndexKeys,
+    region: &str,
+    only: Option<&[Uuid]>,
+    keep_older: bool,
+) -> Result<Registered, RegistrarError> {
+    let country = &entry.rules.code;
+    let mut done = Registered::default();
+    let mut after = Uuid::nil();
+    loop {
+        let rows: Vec<(Uuid, i64, Option<chrono::DateTime<chrono::Utc>>, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, version, deleted_at, key_id, sealed FROM vault.patients
+              WHERE country_code = $1 AND client_id > $2 AND ($4::uuid[] IS NULL OR client_id = ANY($4))
+              ORDER BY client_id LIMIT $3",
+        )
+        .bind(country)
+        .bind(after)
+        .bind(PAGE)
+        .bind(only)
+        .fetch_all(vault)
+        .await
+        .map_err(RegistrarError::Region)?;
+        let Some(last) = rows.last() else { break };
+        after = last.0;
+        for (client_id, version, deleted, key_id, sealed) in rows {
+            let ids = if deleted.is_some() {
+                Some(Vec::new())
+            } else {
+                national_ids_of(entry, client_id, version, &key_id, &sealed)
+            };
+            match ids {
+                Some(ids) => {
+                    crate::mpi::register(index, keys, country, region, client_id, &ids, keep_older)
+                        .await
+                        .map_err(RegistrarError::Index)?;
+                    done.patients += 1;
+                }
+                None => done.skipped.push(client_id),
+            }
+        }
+    }
+    Ok(done)
 }
