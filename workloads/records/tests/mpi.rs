@@ -138,6 +138,7 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
         "eu-central-1",
         merged,
         std::slice::from_ref(&id),
+        false,
     )
     .await
     .unwrap();
@@ -252,6 +253,7 @@ async fn the_store_holds_no_raw_id_and_no_value_matching_a_national_id_pattern()
             "eu-central-1",
             Uuid::new_v4(),
             std::slice::from_ref(&id),
+            false,
         )
         .await
         .unwrap();
@@ -289,6 +291,7 @@ async fn the_index_role_reaches_only_the_index_and_the_workload_roles_not_it() {
         "eu-central-1",
         Uuid::new_v4(),
         std::slice::from_ref(&id),
+        false,
     )
     .await
     .unwrap();
