@@ -281,6 +281,48 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     .await;
     assert_eq!(raw, 0);
 
+    // The residency report says the same: the index's store holds one entry, no clinical
+    // table and nothing that reads as a national ID; and no store holds a row of a country
+    // of another Region (France has nothing of Germany's) after the lookups.
+    let out = std::process::Command::new(meridian_e2e::meridian_bin())
+        .args(["residency", "report", "-o", "json", "--manifests"])
+        .arg(work.path().join("manifests"))
+        .arg("--data-dir")
+        .arg(&dev.data_dir)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["violations"], json!([]));
+    let frankfurt = report["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["region"] == "eu-central-1" && s["kind"] == "database")
+        .unwrap();
+    let checks: Vec<(&str, bool, &str)> = frankfurt["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["claim"].as_str().unwrap().contains("mpi"))
+        .map(|c| {
+            (
+                c["claim"].as_str().unwrap(),
+                c["holds"].as_bool().unwrap(),
+                c["found"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(checks.len(), 4, "{checks:#?}");
+    assert!(checks.iter().all(|(_, holds, _)| *holds), "{checks:#?}");
+    assert!(checks[0].2.starts_with("1 entries (DE=1)"), "{checks:#?}");
+
     // A key rotation while everything runs: the entries move to k2, k1 is retired, and the
     // French clinician still finds the patient.
     let rotated = std::process::Command::new(meridian_e2e::meridian_bin())

@@ -66,7 +66,7 @@ pub struct Store {
     pub kind: &'static str,
     pub endpoint: String,
     pub evidence: Vec<Evidence>,
-    /// What the store shows about the PII vault (databases only).
+    /// What the store shows about the PII vault and a PatientIndex store (databases only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
 }
@@ -212,7 +212,7 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                 continue;
             }
         };
-        let vault = match vault_checks(db.pool(), &RoleNames::of(&name)).await {
+        let mut vault = match vault_checks(db.pool(), &RoleNames::of(&name)).await {
             Ok(checks) => checks,
             Err(e) => {
                 report
@@ -221,6 +221,13 @@ pub async fn report(regions: &[Region], countries: &[Country], ctx: &Context, lo
                 Vec::new()
             }
         };
+        match index_checks(db.pool(), countries).await {
+            Ok(checks) => vault.extend(checks),
+            Err(e) => report.unreachable.push(format!(
+                "Region {name} database {} (the PatientIndex): {e}",
+                endpoint.display
+            )),
+        }
         match database_evidence(db.pool()).await {
             Ok((evidence, found)) => {
                 check(&mut report, &name, "database", &evidence, &home);
@@ -503,6 +510,110 @@ async fn vault_checks(pool: &PgPool, roles: &RoleNames) -> Result<Vec<Check>, sq
             },
         });
     }
+    Ok(checks)
+}
+
+/// The columns `mpi.entries` has, and nothing else may be added to it unnoticed.
+const INDEX_COLUMNS: &[&str] = &[
+    "hash",
+    "key_version",
+    "home_country",
+    "home_region",
+    "client_id",
+    "updated_at",
+];
+
+/// What the database shows about a PatientIndex store it holds (schema `mpi`): how many
+/// entries, per home country; that the schema holds the entries table only (no clinical
+/// table), with its known columns only; and that no value of any column, as text (the hash
+/// as hex and as raw bytes), matches any Country's `nationalIdPattern`. Empty without one.
+async fn index_checks(pool: &PgPool, countries: &[Country]) -> Result<Vec<Check>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('mpi.entries') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut checks = Vec::new();
+    let per_country = counted(
+        pool,
+        "SELECT home_country, count(*) FROM mpi.entries GROUP BY home_country".into(),
+    )
+    .await?;
+    let total: i64 = per_country.rows.values().sum();
+    let spread: Vec<String> = per_country.rows.iter().map(|(cc, n)| format!("{cc}={n}")).collect();
+    checks.push(Check {
+        claim: "the PatientIndex store (mpi.entries) holds keyed hashes and pointers only".into(),
+        holds: true,
+        found: format!(
+            "{total} entries{}",
+            if spread.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", spread.join(" "))
+            }
+        ),
+    });
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+          WHERE c.relnamespace = 'mpi'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    checks.push(Check {
+        claim: "schema mpi holds no table but entries (no clinical data)".into(),
+        holds: tables == ["entries"],
+        found: tables.join(", "),
+    });
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute
+          WHERE attrelid = 'mpi.entries'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .fetch_all(pool)
+    .await?;
+    checks.push(Check {
+        claim: format!("mpi.entries has the columns {} only", INDEX_COLUMNS.join(", ")),
+        holds: columns.iter().map(String::as_str).eq(INDEX_COLUMNS.iter().copied()),
+        found: columns.join(", "),
+    });
+    let mut matching = Vec::new();
+    for country in countries {
+        let Some(pattern) = &country.spec.regulatory.national_id_pattern else {
+            continue;
+        };
+        // Anchored, as the workloads read the pattern: a whole value that is an ID.
+        let anchored = format!("^({})$", pattern.trim_start_matches('^').trim_end_matches('$'));
+        let found: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "SELECT count(*) FROM mpi.entries e
+              WHERE e.key_version ~ $1 OR e.home_country ~ $1 OR e.home_region ~ $1 OR e.client_id::text ~ $1
+                 OR encode(e.hash, 'hex') ~ $1 OR encode(e.hash, 'escape') ~ $1 OR e.updated_at::text ~ $1",
+        )
+        .bind(&anchored)
+        .fetch_one(pool)
+        .await;
+        match found {
+            Ok(0) => {}
+            Ok(n) => matching.push(format!("{n} entries match {}'s pattern", country.spec.code)),
+            // A pattern PostgreSQL reads differently: said, not hidden.
+            Err(e) => matching.push(format!("{}'s pattern could not be checked: {e}", country.spec.code)),
+        }
+    }
+    checks.push(Check {
+        claim: "no value in mpi.entries matches any Country's nationalIdPattern".into(),
+        holds: matching.is_empty(),
+        found: if matching.is_empty() {
+            format!(
+                "checked against {} patterns",
+                countries
+                    .iter()
+                    .filter(|c| c.spec.regulatory.national_id_pattern.is_some())
+                    .count()
+            )
+        } else {
+            matching.join("; ")
+        },
+    });
     Ok(checks)
 }
 
