@@ -108,6 +108,9 @@ enum Bench {
     /// FHIR create/read/update/search over HTTP against bare SQL on the same tables, and a
     /// 100-entry transaction Bundle.
     Records(meridian_records::bench::RecordsBench),
+    /// French clinicians looking German patients up through the PatientIndex, Germany's
+    /// records service over HTTP, beside the same lookup as bare SQL.
+    Crossborder(meridian_records::crossborder::bench::CrossborderBench),
     /// Query speed and recall of the embedded search engine, against PostgreSQL full-text search, trigrams and ILIKE.
     Search(meridian_search::bench::SearchBench),
     /// `meridian dev` holding every country (examples/world): seconds to all Ready, peak
@@ -161,6 +164,10 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Records(options)) => {
                 print!("{}", meridian_records::bench::run(options).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::Crossborder(options)) => {
+                print!("{}", meridian_records::crossborder::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Search(options)) => {

@@ -267,11 +267,16 @@ pub struct TempCluster {
 impl TempCluster {
     /// Starts a throwaway cluster with a `meridian` database.
     pub async fn start() -> Result<Self> {
+        Self::start_with(Durability::Throwaway).await
+    }
+
+    /// [`TempCluster::start`] with `durability` (a benchmark that commits as production does).
+    pub async fn start_with(durability: Durability) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("meridian-pg-")
             .tempdir()
             .map_err(|e| io_error(Path::new("temporary directory"), e))?;
-        let cluster = Cluster::start(dir.path(), Durability::Throwaway).await?;
+        let cluster = Cluster::start(dir.path(), durability).await?;
         cluster.ensure_database("meridian").await?;
         Ok(Self { cluster, _dir: dir })
     }

@@ -81,7 +81,7 @@ pub async fn find(
             IssueType::Throttled,
             format!(
                 "at most {} lookups abroad per clinician per minute; try again in {} s",
-                super::LOOKUPS_PER_WINDOW,
+                service.crossborder.limiter.per_window(),
                 wait.as_secs().max(1)
             ),
         ));

@@ -11,6 +11,7 @@
 //!   the patient's `Consent`, audits the disclosure and answers.
 //! - [`peers`]: how this service calls other Regions' records services, as itself.
 
+pub mod bench;
 pub mod disclosure;
 pub mod link;
 pub mod lookup;
@@ -60,15 +61,35 @@ impl Directory {
     }
 }
 
-/// Per-clinician lookup counts in fixed windows.
-#[derive(Default)]
-pub struct Limiter(Mutex<HashMap<String, (Instant, u32)>>);
+/// Per-clinician lookup counts in fixed windows of [`LOOKUP_WINDOW`].
+pub struct Limiter {
+    per_window: u32,
+    counts: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new(LOOKUPS_PER_WINDOW)
+    }
+}
 
 impl Limiter {
+    /// At most `per_window` lookups per clinician per window.
+    pub fn new(per_window: u32) -> Self {
+        Self {
+            per_window,
+            counts: Mutex::default(),
+        }
+    }
+
+    pub fn per_window(&self) -> u32 {
+        self.per_window
+    }
+
     /// Counts a lookup by `subject`; `Err(wait)` when they are over the limit.
     pub fn take(&self, subject: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut counts = self.0.lock().expect("limiter lock");
+        let mut counts = self.counts.lock().expect("limiter lock");
         if counts.len() > 100_000 {
             counts.retain(|_, (start, _)| now.duration_since(*start) < LOOKUP_WINDOW);
         }
@@ -77,7 +98,7 @@ impl Limiter {
             *start = now;
             *count = 0;
         }
-        if *count >= LOOKUPS_PER_WINDOW {
+        if *count >= self.per_window {
             return Err(LOOKUP_WINDOW.saturating_sub(now.duration_since(*start)));
         }
         *count += 1;

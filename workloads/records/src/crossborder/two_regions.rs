@@ -73,6 +73,11 @@ pub struct Options {
     pub peer_url: Option<String>,
     /// Connections each records service holds to its database.
     pub connections: u32,
+    /// Lookups abroad one clinician may make per minute.
+    pub lookups_per_minute: u32,
+    /// Whether the databases sync their commits to disk, as production does (benchmarks);
+    /// throwaway otherwise (tests).
+    pub durable: bool,
 }
 
 impl Default for Options {
@@ -81,6 +86,8 @@ impl Default for Options {
             timeout: peers::DEFAULT_TIMEOUT,
             peer_url: None,
             connections: 8,
+            lookups_per_minute: super::LOOKUPS_PER_WINDOW,
+            durable: false,
         }
     }
 }
@@ -113,7 +120,13 @@ impl TwoRegions {
         let countries = examples();
         let directory = Directory::default();
         directory.set(&countries);
-        let (frankfurt_pg, paris_pg) = tokio::join!(TempCluster::start(), TempCluster::start());
+        let durability = if options.durable {
+            meridian_localpg::Durability::Durable
+        } else {
+            meridian_localpg::Durability::Throwaway
+        };
+        let (frankfurt_pg, paris_pg) =
+            tokio::join!(TempCluster::start_with(durability), TempCluster::start_with(durability));
         let (frankfurt_pg, paris_pg) = (frankfurt_pg?, paris_pg?);
         // The index lives in Frankfurt, with its own role.
         let index = PgPool::connect(&frankfurt_pg.url()).await?;
@@ -158,6 +171,7 @@ impl TwoRegions {
                     options.timeout,
                 ))),
                 accept: Some(super::Accept::Jwt(accept)),
+                limiter: Arc::new(super::Limiter::new(options.lookups_per_minute)),
                 ..Default::default()
             }
         };
