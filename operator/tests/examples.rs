@@ -54,6 +54,7 @@ fn every_example_manifest_passes_the_crd_schema_with_unknown_fields_refused() {
     // The walk found the examples the README applies (not an empty folder passing vacuously).
     assert!(kinds.get("Region").is_some_and(|n| *n >= 4), "{kinds:?}");
     assert!(kinds.get("Country").is_some_and(|n| *n >= 5), "{kinds:?}");
+    assert_eq!(kinds.get("PatientIndex"), Some(&1), "{kinds:?}");
 }
 
 #[test]
