@@ -142,6 +142,22 @@ impl Dev {
             .collect()
     }
 
+    /// An `Authorization` header value for `sub` with `roles` (comma-separated) in
+    /// `countries` (comma-separated), from the dev issuer's `/auth/token`.
+    pub fn bearer_for(&self, sub: &str, roles: &str, countries: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.addr;
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET /auth/token?sub={sub}&roles={roles}&countries={countries} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        format!("Bearer {}", response.split_once("\r\n\r\n").unwrap().1.trim())
+    }
+
     /// Creates cardiologist Anna Schmidt in Berlin through `/de/v1`; returns her as created.
     pub fn create_anna(&self, admin: &str) -> Value {
         let anna = serde_json::json!({"givenName": "Anna", "familyName": "Schmidt", "specialty": "Kardiologie", "city": "Berlin"});

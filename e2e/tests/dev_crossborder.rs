@@ -19,20 +19,6 @@ mod fhir_schema;
 
 const KVNR: &str = "http://fhir.de/sid/gkv/kvid-10";
 
-fn token(dev: &Dev, sub: &str, roles: &str, countries: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = dev.addr;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /auth/token?sub={sub}&roles={roles}&countries={countries} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    format!("Bearer {}", response.split_once("\r\n\r\n").unwrap().1.trim())
-}
-
 /// Sends a request (with `headers`) and checks the FHIR answer against the R4 schema.
 fn fhir(dev: &Dev, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> (u16, Value) {
     let (status, body) = http(dev.addr, method, path, headers, body);
@@ -90,8 +76,8 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
         "{linked:?}"
     );
 
-    let berlin = token(&dev, "dr-weber", "Practitioner", "DE");
-    let paris = token(&dev, "dr-lefevre", "Practitioner", "FR");
+    let berlin = dev.bearer_for("dr-weber", "Practitioner", "DE");
+    let paris = dev.bearer_for("dr-lefevre", "Practitioner", "FR");
     let de = [("Authorization", berlin.as_str())];
 
     // Germany: the patient, two observations, and their consent to share for treatment.

@@ -7,30 +7,12 @@
 
 use std::time::Duration;
 
-use meridian_e2e::{Dev, http, http_get};
+use meridian_e2e::{Dev, http};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
 #[path = "../../workloads/records/tests/support/fhir_schema.rs"]
 mod fhir_schema;
-
-/// A token from the dev issuer.
-fn token(dev: &Dev, sub: &str, roles: &str, countries: &str) -> String {
-    let (status, _) = http_get(dev.addr, "/auth/jwks.json");
-    assert_eq!(status, 200);
-    let addr = dev.addr;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        stream,
-        "GET /auth/token?sub={sub}&roles={roles}&countries={countries} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let token = response.split_once("\r\n\r\n").unwrap().1.trim();
-    format!("Bearer {token}")
-}
 
 /// Sends a request and checks the FHIR answer against the R4 schema.
 fn fhir(dev: &Dev, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
@@ -57,8 +39,8 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
     let work = tempfile::tempdir().unwrap();
     let mut dev = Dev::start_examples(work.path());
     dev.await_ready("de", Duration::from_secs(180));
-    let dr = token(&dev, "dr-weber", "Practitioner", "DE");
-    let anna = token(&dev, "anna-login", "Patient", "DE");
+    let dr = dev.bearer_for("dr-weber", "Practitioner", "DE");
+    let anna = dev.bearer_for("anna-login", "Patient", "DE");
 
     let patient = json!({
         "resourceType": "Patient",
@@ -131,7 +113,7 @@ async fn a_clinician_records_a_german_patient_who_reads_only_their_own() {
         404
     );
     // Other roles see no clinical data.
-    let admin = token(&dev, "admin", "ClinicAdmin", "DE");
+    let admin = dev.bearer_for("admin", "ClinicAdmin", "DE");
     assert_eq!(
         fhir(&dev, "GET", &format!("/de/v1/fhir/Patient/{id}"), &admin, None).0,
         403

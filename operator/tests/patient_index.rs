@@ -182,7 +182,7 @@ async fn the_index_gets_its_store_and_keys_in_its_region_and_the_linked_regions_
     assert_eq!(status.linked_regions, ["eu-central-1", "eu-west-3"]);
     assert_eq!(status.schema, Some(ResourceOrigin::Created));
     let role = status.database_role.clone().unwrap();
-    assert_eq!(role.name, "meridian_mpi_global");
+    assert_eq!(role.name, "meridian_global_mpi");
 
     // The store is in Frankfurt only.
     let mut frankfurt = f.superuser(&f.frankfurt.0).await;
@@ -307,7 +307,7 @@ async fn one_index_serves_and_deletion_follows_the_policy() {
     assert!(
         !exists(
             &mut paris,
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_mpi_backup')"
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_backup_mpi')"
         )
         .await
     );
@@ -346,7 +346,7 @@ async fn one_index_serves_and_deletion_follows_the_policy() {
     assert!(
         !exists(
             &mut frankfurt,
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_mpi_global')"
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_global_mpi')"
         )
         .await
     );
@@ -370,7 +370,7 @@ async fn one_index_serves_and_deletion_follows_the_policy() {
     assert!(
         !exists(
             &mut frankfurt,
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_mpi_global')"
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meridian_global_mpi')"
         )
         .await
     );

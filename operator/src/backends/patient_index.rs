@@ -7,22 +7,26 @@ use sqlx::AssertSqlSafe;
 
 use super::postgres::{DbError, RegionDb, run_formatted};
 
-/// The index role of a PatientIndex: `meridian_mpi_<name>`, dashes as underscores.
+/// The index role of PatientIndex `index`: `meridian_<index>_mpi`.
 pub fn role_name(index: &str) -> String {
-    let base: String = index
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    // PatientIndex names are DNS labels of up to 63 characters; a role name holds 63 bytes.
-    let mut name = format!("meridian_mpi_{base}");
-    name.truncate(63);
-    name
+    super::postgres::role_name(index, "mpi")
+}
+
+/// The name of the database `conn` is connected to.
+async fn database_name(conn: &mut sqlx::PgConnection) -> Result<String, DbError> {
+    sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(conn)
+        .await
+        .map_err(DbError::Unreachable)
+}
+
+/// Whether login role `role` exists.
+async fn role_exists(conn: &mut sqlx::PgConnection, role: &str) -> Result<bool, DbError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(role)
+        .fetch_one(conn)
+        .await
+        .map_err(DbError::Unreachable)
 }
 
 impl RegionDb {
@@ -120,10 +124,7 @@ impl RegionDb {
         if held {
             return Ok(());
         }
-        let database: String = sqlx::query_scalar("SELECT current_database()::text")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(DbError::Unreachable)?;
+        let database = database_name(&mut conn).await?;
         run_formatted(
             &self.ddl,
             &mut conn,
@@ -153,15 +154,11 @@ impl RegionDb {
     /// this PatientIndex found and keeps.
     pub async fn revoke_index(&self, role: &str) -> Result<(), DbError> {
         let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)
-                AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'mpi')",
-        )
-        .bind(role)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(DbError::Unreachable)?;
-        if !exists {
+        let schema: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'mpi')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(DbError::Unreachable)?;
+        if !schema || !role_exists(&mut conn, role).await? {
             return Ok(());
         }
         run_formatted(
@@ -177,18 +174,10 @@ impl RegionDb {
     /// As an administrator: removes login role `role` (its grants on this database first).
     pub async fn drop_login(&self, role: &str) -> Result<(), DbError> {
         let mut conn = self.pool.acquire().await.map_err(DbError::Unreachable)?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(DbError::Unreachable)?;
-        if !exists {
+        if !role_exists(&mut conn, role).await? {
             return Ok(());
         }
-        let database: String = sqlx::query_scalar("SELECT current_database()::text")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(DbError::Unreachable)?;
+        let database = database_name(&mut conn).await?;
         run_formatted(
             &self.ddl,
             &mut conn,

@@ -204,34 +204,38 @@ pub struct RoleNames {
     pub vault: String,
 }
 
-impl RoleNames {
-    /// `meridian_<region>_owner`, `meridian_<region>_workload` and `meridian_<region>_vault`,
-    /// dashes as underscores;
-    /// a name too long for PostgreSQL (63 bytes) keeps its start and a hash of the whole.
-    pub fn of(region: &str) -> Self {
-        let name = |suffix: &str| {
-            let base: String = region
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let full = format!("meridian_{base}_{suffix}");
-            if full.len() <= 63 {
-                return full;
+/// `meridian_<object>_<suffix>` for a login role of a Region's (or a PatientIndex's) object,
+/// dashes as underscores; a name too long for PostgreSQL (63 bytes) keeps its start and a
+/// hash of the whole.
+pub fn role_name(object: &str, suffix: &str) -> String {
+    let base: String = object
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
             }
-            // FNV-1a: short, and the same on every build (the names must never change).
-            let hash = region
-                .bytes()
-                .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-            let hash = format!("{hash:08x}");
-            let keep = 63 - suffix.len() - hash.len() - "meridian__".len() - 1;
-            format!("meridian_{}_{hash}_{suffix}", &base[..keep])
-        };
+        })
+        .collect();
+    let full = format!("meridian_{base}_{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: short, and the same on every build (the names must never change).
+    let hash = object
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = format!("{hash:08x}");
+    let keep = 63 - suffix.len() - hash.len() - "meridian__".len() - 1;
+    format!("meridian_{}_{hash}_{suffix}", &base[..keep])
+}
+
+impl RoleNames {
+    /// `meridian_<region>_owner`, `meridian_<region>_workload` and `meridian_<region>_vault`
+    /// (see [`role_name`]).
+    pub fn of(region: &str) -> Self {
+        let name = |suffix: &str| role_name(region, suffix);
         Self {
             owner: name("owner"),
             workload: name("workload"),

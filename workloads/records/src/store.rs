@@ -657,6 +657,19 @@ type VaultVersionRow = (i64, DateTime<Utc>, Option<String>, Option<Vec<u8>>);
 
 /// The current version of a resource: 404 when unknown, 410 when deleted. Audited.
 pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: ResourceType, id: Uuid) -> Result<Stored> {
+    let stored = fetch(conn, scope, resource_type, id).await?;
+    audit_read(scope, &action(resource_type, "read"), &format!("{resource_type}/{id}")).await?;
+    Ok(stored)
+}
+
+/// [`read`] without its audit record, for a caller that writes one of its own (a
+/// disclosure to another Region).
+pub async fn fetch(
+    conn: &mut PgConnection,
+    scope: &Scope<'_>,
+    resource_type: ResourceType,
+    id: Uuid,
+) -> Result<Stored> {
     let stored = if resource_type == ResourceType::Patient {
         let row: Option<VaultRow> = sqlx::query_as(
             "SELECT version, last_updated, deleted_at, key_id, sealed FROM vault.patients
@@ -710,7 +723,6 @@ pub async fn read(conn: &mut PgConnection, scope: &Scope<'_>, resource_type: Res
         )
         .into());
     }
-    audit_read(scope, &action(resource_type, "read"), &format!("{resource_type}/{id}")).await?;
     Ok(stored)
 }
 

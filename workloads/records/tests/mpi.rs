@@ -77,6 +77,21 @@ async fn start() -> Index {
     }
 }
 
+/// Registers `id` as the only national ID of German patient `client`, in Frankfurt.
+async fn register(db: &Index, keys: &IndexKeys, client: Uuid, id: &NationalId) {
+    mpi::register(
+        &db.index,
+        keys,
+        "DE",
+        "eu-central-1",
+        client,
+        std::slice::from_ref(id),
+        false,
+    )
+    .await
+    .unwrap();
+}
+
 fn first_keys() -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
     mpi::ensure_first_key(&mut data);
@@ -89,29 +104,9 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let anna = Uuid::new_v4();
     let id = NationalId::checked(&de(), KVNR, "A123456789").unwrap();
-    mpi::register(
-        &db.index,
-        &keys,
-        "DE",
-        "eu-central-1",
-        anna,
-        std::slice::from_ref(&id),
-        false,
-    )
-    .await
-    .unwrap();
+    register(&db, &keys, anna, &id).await;
     // Registering again (as a retry would) changes nothing.
-    mpi::register(
-        &db.index,
-        &keys,
-        "DE",
-        "eu-central-1",
-        anna,
-        std::slice::from_ref(&id),
-        false,
-    )
-    .await
-    .unwrap();
+    register(&db, &keys, anna, &id).await;
 
     // Typed as a clinician abroad would: spaces, dashes, lower case.
     let typed = NationalId::checked(&de(), KVNR, "a 123-456-789").unwrap();
@@ -131,17 +126,7 @@ async fn registered_ids_are_found_through_their_hash_and_nothing_else_matches() 
     // Another patient now holds the ID (a merged duplicate): the entry moves to them, and
     // removing it from the first patient leaves the second one's.
     let merged = Uuid::new_v4();
-    mpi::register(
-        &db.index,
-        &keys,
-        "DE",
-        "eu-central-1",
-        merged,
-        std::slice::from_ref(&id),
-        false,
-    )
-    .await
-    .unwrap();
+    register(&db, &keys, merged, &id).await;
     assert_eq!(
         mpi::register(&db.index, &keys, "DE", "eu-central-1", anna, &[], false)
             .await
@@ -173,17 +158,7 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
         })
         .collect();
     for (id, client) in &ids {
-        mpi::register(
-            &db.index,
-            &k1,
-            "DE",
-            "eu-central-1",
-            *client,
-            std::slice::from_ref(id),
-            false,
-        )
-        .await
-        .unwrap();
+        register(&db, &k1, *client, id).await;
     }
 
     assert_eq!(mpi::rotate(&mut secret).unwrap(), "k2");
@@ -196,34 +171,14 @@ async fn entries_survive_a_key_rotation_and_move_to_the_new_key_on_rekey() {
 
     // Half re-keyed (a re-key stopped halfway), then all of it (the next run).
     for (id, client) in &ids[..10] {
-        mpi::register(
-            &db.index,
-            &k2,
-            "DE",
-            "eu-central-1",
-            *client,
-            std::slice::from_ref(id),
-            false,
-        )
-        .await
-        .unwrap();
+        register(&db, &k2, *client, id).await;
     }
     assert_eq!(
         mpi::entries_by_version(&db.index).await.unwrap(),
         [("k1".to_string(), 10), ("k2".to_string(), 10)]
     );
     for (id, client) in &ids {
-        mpi::register(
-            &db.index,
-            &k2,
-            "DE",
-            "eu-central-1",
-            *client,
-            std::slice::from_ref(id),
-            false,
-        )
-        .await
-        .unwrap();
+        register(&db, &k2, *client, id).await;
     }
     assert_eq!(
         mpi::entries_by_version(&db.index).await.unwrap(),
@@ -246,17 +201,7 @@ async fn the_store_holds_no_raw_id_and_no_value_matching_a_national_id_pattern()
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     for i in 0..50 {
         let id = NationalId::checked(&de(), KVNR, &format!("D{i:09}")).unwrap();
-        mpi::register(
-            &db.index,
-            &keys,
-            "DE",
-            "eu-central-1",
-            Uuid::new_v4(),
-            std::slice::from_ref(&id),
-            false,
-        )
-        .await
-        .unwrap();
+        register(&db, &keys, Uuid::new_v4(), &id).await;
     }
     // Every column of every row as text; the hash's bytes as they are (printable ones as
     // themselves), where a raw ID stored as bytes would show.
@@ -284,17 +229,7 @@ async fn the_index_role_reaches_only_the_index_and_the_workload_roles_not_it() {
     let db = start().await;
     let keys = IndexKeys::from_secret(&first_keys()).unwrap();
     let id = NationalId::checked(&de(), KVNR, "E123456789").unwrap();
-    mpi::register(
-        &db.index,
-        &keys,
-        "DE",
-        "eu-central-1",
-        Uuid::new_v4(),
-        std::slice::from_ref(&id),
-        false,
-    )
-    .await
-    .unwrap();
+    register(&db, &keys, Uuid::new_v4(), &id).await;
 
     for table in [
         "patients",

@@ -323,6 +323,14 @@ pub struct DevIssuer {
 
 const DEV_KEY_ID: &str = "meridian-dev-1";
 
+/// `exp` of a token valid for `ttl` from now.
+fn expiry(ttl: Duration) -> u64 {
+    (SystemTime::now() + ttl)
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
 impl DevIssuer {
     pub fn new(issuer: &str, audience: &str) -> Self {
         Self::with_key_id(issuer, audience, DEV_KEY_ID)
@@ -364,15 +372,11 @@ impl DevIssuer {
 
     /// A token for `subject` with `roles` in `countries`, valid for `ttl`.
     pub fn token(&self, subject: &str, roles: &[Role], countries: &[&str], ttl: Duration) -> String {
-        let exp = (SystemTime::now() + ttl)
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
         self.sign(&Claims {
             iss: self.issuer.clone(),
             sub: subject.into(),
             aud: self.audience.clone().into(),
-            exp,
+            exp: expiry(ttl),
             roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
             countries: countries.iter().map(|c| c.to_string()).collect(),
         })
@@ -386,15 +390,11 @@ impl DevIssuer {
     /// A token for a service `subject` (no roles, no countries) addressed to `audience`, as
     /// a Kubernetes ServiceAccount token with that audience would be.
     pub fn service_token(&self, subject: &str, audience: &str, ttl: Duration) -> String {
-        let exp = (SystemTime::now() + ttl)
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
         self.sign(&Claims {
             iss: self.issuer.clone(),
             sub: subject.into(),
             aud: audience.into(),
-            exp,
+            exp: expiry(ttl),
             roles: Vec::new(),
             countries: Vec::new(),
         })

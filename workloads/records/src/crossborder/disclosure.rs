@@ -187,34 +187,34 @@ pub async fn disclose(
             .map_err(fail)?;
         return Err(Issue::forbidden(why));
     }
-    let mut tx = service.vault.begin().await.map_err(|e| fail(e.into()))?;
-    let patient = store::read(&mut tx, &scope, ResourceType::Patient, id)
-        .await
-        .map_err(fail)?;
-    if let Err(why) = consent(&mut tx, code, id, &peer.purpose)
+    // The patient's consent first; once it permits, the disclosure's record is written while
+    // the records are read, and the answer waits for both.
+    let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
+    if let Err(why) = consent(&mut conn, code, id, &peer.purpose)
         .await
         .map_err(|e| fail(e.into()))?
     {
-        tx.commit().await.map_err(|e| fail(e.into()))?;
+        drop(conn);
         store::audit_read(&scope, "patient.disclose-refused", &record(&why))
             .await
             .map_err(fail)?;
         return Err(Issue::forbidden(why));
     }
-    let records = if everything {
-        crate::search::everything(&mut tx, &scope, id).await.map_err(fail)?
-    } else {
-        Vec::new()
-    };
-    tx.commit().await.map_err(|e| fail(e.into()))?;
     let shown = if everything { "everything" } else { "the Patient" };
-    store::audit_read(
-        &scope,
-        "patient.disclose",
-        &record(&format!("{shown}, {} resources", records.len() + 1)),
-    )
-    .await
-    .map_err(fail)?;
+    let disclosed = record(&format!("{shown} disclosed"));
+    let audited = store::audit_read(&scope, "patient.disclose", &disclosed);
+    let read = async {
+        let patient = store::fetch(&mut conn, &scope, ResourceType::Patient, id).await?;
+        let records = if everything {
+            crate::search::everything(&mut conn, &scope, id).await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, store::StoreError>((patient, records))
+    };
+    let (audited, read) = tokio::join!(audited, read);
+    audited.map_err(fail)?;
+    let (patient, records) = read.map_err(fail)?;
     let entries: Vec<Value> = std::iter::once(&patient)
         .chain(&records)
         .map(|s| json!({"fullUrl": full_url(&peer.base, s), "resource": s.body, "search": {"mode": "match"}}))

@@ -107,30 +107,33 @@ pub async fn find(
             )));
         }
     };
-    audit(if entry.is_some() { "hit" } else { "miss" })
-        .await
-        .map_err(|e| crate::http::response::store_failure(e, caller.correlation_id))?;
+    let recorded = |result: Result<(), crate::store::StoreError>| {
+        result.map_err(|e| crate::http::response::store_failure(e, caller.correlation_id))
+    };
     let Some(entry) = entry else {
+        recorded(audit("miss").await)?;
         return Ok(Abroad::NoMatch);
     };
     let Some(peers) = &service.crossborder.peers else {
+        recorded(audit("hit").await)?;
         return Ok(Abroad::Unreachable(unreachable(
             &entry.home_country,
             "this records service has no way to reach other Regions",
         )));
     };
-    let answer = peers
-        .disclose(&Ask {
-            region: &entry.home_region,
-            country: &entry.home_country,
-            patient: entry.client_id,
-            scope,
-            clinician_token: &caller.token,
-            from: y,
-            purpose,
-            correlation_id: caller.correlation_id,
-        })
-        .await;
+    // The lookup's record is written while the home is asked; the answer waits for both.
+    let ask = Ask {
+        region: &entry.home_region,
+        country: &entry.home_country,
+        patient: entry.client_id,
+        scope,
+        clinician_token: &caller.token,
+        from: y,
+        purpose,
+        correlation_id: caller.correlation_id,
+    };
+    let (audited, answer) = tokio::join!(audit("hit"), peers.disclose(&ask));
+    recorded(audited)?;
     match answer {
         Answer::Disclosed(bundle) => {
             let base = base_of(&caller.base, &entry.home_country);

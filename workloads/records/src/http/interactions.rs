@@ -497,11 +497,18 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid, headers: &Head
             }
         }
     }
+    Ok(everything_bundle(
+        format!("{}/Patient/{id}/$everything", caller.base),
+        entries,
+    ))
+}
+
+/// A `$everything` answer: a searchset whose total counts the matches (not the outcomes).
+fn everything_bundle(self_link: String, entries: Vec<Value>) -> Response {
     let total = entries.iter().filter(|e| e["search"]["mode"] == "match").count();
-    let self_link = format!("{}/Patient/{id}/$everything", caller.base);
     let mut bundle = bundle("searchset", vec![("self", self_link)], entries);
     bundle["total"] = json!(total);
-    Ok(response::fhir(StatusCode::OK, &bundle))
+    response::fhir(StatusCode::OK, &bundle)
 }
 
 /// Adds what country `x` holds of the patient with national ID `value` of `system` to
@@ -581,15 +588,11 @@ async fn everything_abroad(
         &mut entries,
     )
     .await?;
-    let total = entries.iter().filter(|e| e["search"]["mode"] == "match").count();
-    let self_link = format!(
-        "{}/Patient/$everything{}",
-        caller.base,
-        url_query(&[("identifier".into(), format!("{system}|{value}"))])
-    );
-    let mut bundle = bundle("searchset", vec![("self", self_link)], entries);
-    bundle["total"] = json!(total);
-    Ok(response::fhir(StatusCode::OK, &bundle))
+    let query = url_query(&[("identifier".into(), format!("{system}|{value}"))]);
+    Ok(everything_bundle(
+        format!("{}/Patient/$everything{query}", caller.base),
+        entries,
+    ))
 }
 
 /// `GET /{cc}/v1/fhir/{type}?...`.
