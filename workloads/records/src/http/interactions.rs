@@ -525,12 +525,23 @@ async fn merge_abroad(
     scope: &str,
     entries: &mut Vec<Value>,
 ) -> Result<(), Issue> {
-    let purpose = headers
+    let abroad = lookup::find(service, caller, x, system, value, scope, &purpose(headers)).await?;
+    merge(caller, entries, abroad, scope == "everything");
+    Ok(())
+}
+
+/// The purpose of use the request gives (`X-Meridian-Purpose-Of-Use`), `TREAT` by default.
+fn purpose(headers: &HeaderMap) -> String {
+    headers
         .get(lookup::PURPOSE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("TREAT")
-        .to_ascii_uppercase();
-    let abroad = lookup::find(service, caller, x, system, value, scope, &purpose).await?;
+        .to_ascii_uppercase()
+}
+
+/// Labels `entries` with this country and adds what came from abroad (or the outcome that
+/// says it did not come); with `timeline`, sorts them into one.
+fn merge(caller: &Caller, entries: &mut Vec<Value>, abroad: Abroad, timeline: bool) {
     for entry in entries.iter_mut() {
         lookup::label(&mut entry["resource"], &caller.country.rules.code);
     }
@@ -539,10 +550,9 @@ async fn merge_abroad(
         Abroad::NoMatch => {}
         Abroad::Unreachable(outcome) => entries.push(outcome),
     }
-    if scope == "everything" {
+    if timeline {
         lookup::timeline(entries);
     }
-    Ok(())
 }
 
 /// `GET /{cc}/v1/fhir/Patient/$everything?identifier=<system>|<value>`, with the national
@@ -659,7 +669,22 @@ async fn search(
                 .unwrap_or(Uuid::nil()),
         ),
     };
-    let page = search::run(&mut conn, &scope, &parsed, only).await.map_err(fail)?;
+    // A clinician's Patient search by another country's national ID asks that country too,
+    // while this one is searched.
+    let foreign = (resource_type == ResourceType::Patient && caller.access == Access::Clinician)
+        .then(|| lookup::foreign_id(service, caller, &params))
+        .flatten();
+    let abroad = async {
+        match &foreign {
+            Some((x, system, value)) => {
+                Some(lookup::find(service, caller, x, system, value, "patient", &purpose(headers)).await)
+            }
+            None => None,
+        }
+    };
+    let (page, abroad) = tokio::join!(search::run(&mut conn, &scope, &parsed, only), abroad);
+    let page = page.map_err(fail)?;
+    let abroad = abroad.transpose()?;
     let query: String = url_query(&parsed.echo);
     let self_link = format!("{}/{resource_type}{query}", caller.base);
     let mut links = vec![("self", self_link.clone())];
@@ -678,11 +703,8 @@ async fn search(
             .filter(|p| only.is_none() || Some(p.id) == only)
             .map(|s| json!({"fullUrl": full_url(&caller.base, s), "resource": s.body, "search": {"mode": "include"}})),
     );
-    if resource_type == ResourceType::Patient
-        && caller.access == Access::Clinician
-        && let Some((x, system, value)) = lookup::foreign_id(service, caller, &params)
-    {
-        merge_abroad(service, caller, headers, &x, &system, &value, "patient", &mut entries).await?;
+    if let Some(abroad) = abroad {
+        merge(caller, &mut entries, abroad, false);
     }
     if !parsed.ignored.is_empty() {
         let outcome = Issue::new(
