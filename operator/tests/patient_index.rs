@@ -251,8 +251,7 @@ async fn the_index_gets_its_store_and_keys_in_its_region_and_the_linked_regions_
     assert_eq!(f.ctx.metrics.writes().ddl, before);
     assert_eq!(again, status);
     // The Region's own reconcile leaves the index's grants alone.
-    let mut frankfurt_region = f.frankfurt.1.clone();
-    region::apply(&mut frankfurt_region, &f.ctx).await;
+    region::apply(&f.frankfurt.1, &f.ctx).await;
     sqlx::query("SELECT count(*) FROM mpi.entries")
         .execute(&mut index)
         .await

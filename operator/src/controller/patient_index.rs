@@ -50,7 +50,7 @@ fn stop(reason: &'static str, message: impl Into<String>, next: Next) -> Blocked
 
 /// The PatientIndex that serves: the oldest (then the first by name) not being deleted.
 /// Countries look patients up in one index; a second one would split them.
-fn serving<'a>(indexes: &'a [PatientIndex]) -> Option<&'a PatientIndex> {
+fn serving(indexes: &[PatientIndex]) -> Option<&PatientIndex> {
     indexes
         .iter()
         .filter(|i| i.metadata.deletion_timestamp.is_none())
@@ -99,18 +99,22 @@ pub async fn apply(index: &PatientIndex, world: World<'_>, ctx: &Context) -> Out
             next: Next::Requeue(RESYNC),
             failure: None,
         },
-        Err((blocked, status)) => Outcome {
-            status: PatientIndexStatus {
-                conditions: blocked.conditions(&previous.conditions, generation),
-                ..status
-            },
-            next: blocked.next,
-            failure: blocked.failure(),
-        },
+        Err(failed) => {
+            let (blocked, status) = *failed;
+            Outcome {
+                status: PatientIndexStatus {
+                    conditions: blocked.conditions(&previous.conditions, generation),
+                    ..status
+                },
+                next: blocked.next,
+                failure: blocked.failure(),
+            }
+        }
     }
 }
 
-type Failed = (Blocked, PatientIndexStatus);
+/// Where a reconcile stopped, and the status it leaves (boxed: it is the rare path).
+type Failed = Box<(Blocked, PatientIndexStatus)>;
 
 async fn reconcile(
     index: &PatientIndex,
@@ -118,7 +122,7 @@ async fn reconcile(
     ctx: &Context,
     previous: &PatientIndexStatus,
 ) -> Result<(PatientIndexStatus, Vec<Report>), Failed> {
-    let keep = |blocked: Blocked| (blocked, previous.clone());
+    let keep = |blocked: Blocked| Box::new((blocked, previous.clone()));
     let name = index.metadata.name.clone().unwrap_or_default();
     let errors = validate::patient_index(index);
     if !errors.is_empty() {
@@ -225,7 +229,7 @@ async fn reconcile(
             ],
             Next::Requeue(RETRY),
         );
-        (blocked, status.clone())
+        Box::new((blocked, status.clone()))
     };
     let key_secret = &index.spec.key_secret_ref.name;
     let data = store

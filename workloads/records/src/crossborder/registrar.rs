@@ -20,6 +20,11 @@ use super::link::IndexLink;
 use crate::http::{Countries, CountryEntry};
 use crate::mpi::{self, NationalId};
 
+/// When a vault row was deleted, if it was.
+type Deleted = Option<chrono::DateTime<chrono::Utc>>;
+/// A vault row as the registrar reads it: version, deletion, key id, sealed bytes.
+type VaultRow = (i64, Deleted, String, Vec<u8>);
+
 /// The registrar's name among the outbox's consumers.
 pub const REGISTRAR: &str = "mpi-registrar";
 /// Events read per step.
@@ -166,7 +171,7 @@ impl Patients<'_> {
             tracing::warn!(country, %client_id, "registrar: the country is not served here");
             return Ok(None);
         };
-        let row: Option<(i64, Option<chrono::DateTime<chrono::Utc>>, String, Vec<u8>)> = sqlx::query_as(
+        let row: Option<VaultRow> = sqlx::query_as(
             "SELECT version, deleted_at, key_id, sealed FROM vault.patients WHERE country_code = $1 AND client_id = $2",
         )
         .bind(country)
@@ -248,7 +253,7 @@ pub async fn register_country(
     let mut done = Registered::default();
     let mut after = Uuid::nil();
     loop {
-        let rows: Vec<(Uuid, i64, Option<chrono::DateTime<chrono::Utc>>, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<(Uuid, i64, Deleted, String, Vec<u8>)> = sqlx::query_as(
             "SELECT client_id, version, deleted_at, key_id, sealed FROM vault.patients
               WHERE country_code = $1 AND client_id > $2 AND ($4::uuid[] IS NULL OR client_id = ANY($4))
               ORDER BY client_id LIMIT $3",
