@@ -196,10 +196,8 @@ async fn the_index_gets_its_store_and_keys_in_its_region_and_the_linked_regions_
     let keys = f.secrets.read("eu-central-1", "patient-index-keys").await.unwrap();
     let de = f.link("eu-central-1").await.unwrap();
     let fr = f.link("eu-west-3").await.unwrap();
-    assert_eq!(
-        (de.countries.clone(), fr.countries.clone()),
-        (vec!["DE".to_string()], vec!["FR".to_string()])
-    );
+    assert_eq!(de.countries, ["DE", "FR"]);
+    assert_eq!(fr.countries, ["DE", "FR"]);
     assert_eq!(de.region, "eu-central-1");
     assert_eq!(
         fr.keys.active_version(),

@@ -288,7 +288,17 @@ impl Dev {
                 })?;
             }
             self.reconcile_countries().await;
-            self.reconcile_indexes().await;
+            let (regions, countries) = {
+                let store = self.store.read().expect("store lock");
+                (store.regions.objects(), store.countries.objects())
+            };
+            self.workloads.sync(&regions, &countries, &self.ctx).await;
+            // After the workloads, so that a country's change reaches them without waiting for
+            // the index; then once more when an index was reconciled, so that what it handed
+            // over reaches them at once.
+            if self.reconcile_indexes().await {
+                self.workloads.sync(&regions, &countries, &self.ctx).await;
+            }
             if let Some((ticket, (regions, countries), before, started)) = pass {
                 let ready = self
                     .store
@@ -317,11 +327,6 @@ impl Dev {
                 );
                 self.resync.done.send_replace((ticket, report));
             }
-            let (regions, countries) = {
-                let store = self.store.read().expect("store lock");
-                (store.regions.objects(), store.countries.objects())
-            };
-            self.workloads.sync(&regions, &countries, &self.ctx).await;
             if first {
                 self.print_tokens(&countries)?;
             }
@@ -494,8 +499,8 @@ impl Dev {
         }
     }
 
-    /// Reconciles the due PatientIndexes.
-    async fn reconcile_indexes(&mut self) {
+    /// Reconciles the due PatientIndexes; answers whether there were any.
+    async fn reconcile_indexes(&mut self) -> bool {
         let now = Instant::now();
         let (due, indexes, regions, countries) = {
             let store = self.store.read().expect("store lock");
@@ -512,6 +517,7 @@ impl Dev {
                 store.countries.objects(),
             )
         };
+        let any = !due.is_empty();
         let ctx = &self.ctx;
         let world = patient_index::World {
             regions: &regions,
@@ -556,6 +562,7 @@ impl Dev {
                 }
             }
         }
+        any
     }
 
     /// Demo tokens for each role, printed and written to `<data-dir>/tokens.json`.

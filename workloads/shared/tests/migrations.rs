@@ -82,25 +82,7 @@ async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable(
     use meridian_shared::schema::{create_partition_sql, partition_constraints};
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = connect(&pg).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {MIGRATIONS_TABLE} (version bigint PRIMARY KEY, name text NOT NULL,
-             checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    for m in MIGRATIONS.iter().filter(|m| m.version < 6) {
-        sqlx::raw_sql(m.sql).execute(&mut conn).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"
-        )))
-        .bind(m.version)
-        .bind(m.name)
-        .bind(m.checksum())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
+    apply_before(&mut conn, 6).await;
     // The tables of the platform schema as migration 6 found it (the records came later).
     let tables_then = &PARTITIONED_TABLES[..6];
     for code in ["DE", "FR"] {
@@ -132,7 +114,7 @@ async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable(
         .await
         .unwrap();
 
-    assert_eq!(migrate(&mut conn).await.unwrap(), [6, 7]);
+    assert_eq!(migrate(&mut conn).await.unwrap(), [6, 7, 8]);
     event("DE", 4).execute(&mut conn).await.unwrap();
     let xids: Vec<Option<String>> = sqlx::query_scalar("SELECT xid::text FROM outbox ORDER BY id")
         .fetch_all(&mut conn)
@@ -162,4 +144,58 @@ async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable(
     let batch = follower.next(&pool, 100).await.unwrap();
     let read: Vec<i64> = batch.rows.iter().map(|r| r.payload["n"].as_i64().unwrap()).collect();
     assert_eq!(read, [5]);
+}
+
+/// Applies (and records) the migrations before `version`, as a database of that time had them.
+async fn apply_before(conn: &mut PgConnection, version: i64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {MIGRATIONS_TABLE} (version bigint PRIMARY KEY, name text NOT NULL,
+             checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    for m in MIGRATIONS.iter().filter(|m| m.version < version) {
+        sqlx::raw_sql(m.sql).execute(&mut *conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"
+        )))
+        .bind(m.version)
+        .bind(m.name)
+        .bind(m.checksum())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// The Consent migration: a records partition detached and kept before it (a Country deleted
+/// with Retain) takes Consents when its country returns and it is attached again.
+#[tokio::test]
+async fn a_records_partition_kept_before_the_consent_migration_attaches_again_after_it() {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let mut conn = connect(&pg).await;
+    apply_before(&mut conn, 8).await;
+    for sql in meridian_shared::schema::fresh_country_sql("FR") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sqlx::raw_sql("ALTER TABLE fhir_resources DETACH PARTITION fhir_resources_fr")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(migrate(&mut conn).await.unwrap(), [8]);
+    sqlx::raw_sql("ALTER TABLE fhir_resources ATTACH PARTITION fhir_resources_fr FOR VALUES IN ('FR')")
+        .execute(&mut conn)
+        .await
+        .expect("the kept partition attaches again");
+    sqlx::raw_sql(
+        "INSERT INTO fhir_resources (country_code, resource_type, id, version, last_updated, content)
+         VALUES ('FR', 'Consent', gen_random_uuid(), 1, now(), '{}')",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a Consent is stored");
 }
