@@ -119,13 +119,24 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
         ("X-Correlation-ID", correlation.as_str()),
     ];
     let search = format!("/fr/v1/fhir/Patient?identifier={KVNR}|x%20314-159-265");
+    // The registrar puts the patient in the index (no lookup is spent waiting for it: they
+    // are limited per clinician); then France's records service has what the index handed it.
+    let ports: std::collections::BTreeMap<String, u16> = dev.region_ports().into_iter().collect();
+    let mut berlin_db = connect(ports["eu-central-1"]).await;
+    let started = std::time::Instant::now();
+    while count(&mut berlin_db, "SELECT count(*) FROM mpi.entries").await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the patient never reached the index"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut found = Value::Null;
-    dev.wait_for("the patient in the PatientIndex", Duration::from_secs(20), |dev| {
-        // Until the records services have what the index handed over, and the registrar has
-        // the patient: a refusal (not linked yet) or an empty Bundle.
+    dev.wait_for("France linked to the index", Duration::from_secs(20), |dev| {
+        // A refusal until then: `not linked`, which no limit counts.
         let (status, body) = fhir(dev, "GET", &search, &fr, None);
         found = body;
-        status == 200 && found["entry"].as_array().is_some_and(|e| !e.is_empty())
+        status == 200
     });
     let entries = found["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{found:#}");
@@ -192,7 +203,6 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
     assert!(why.contains("JP") && why.contains("recordSharing"), "{why}");
 
     // Nothing of the patient in France: neither in its database...
-    let ports: std::collections::BTreeMap<String, u16> = dev.region_ports().into_iter().collect();
     let mut paris_db = connect(ports["eu-west-3"]).await;
     for table in [
         "fhir_resources",
@@ -229,7 +239,6 @@ async fn a_french_clinician_sees_a_german_patients_records_and_france_keeps_noth
 
     // Germany's audit chain shows the disclosure to the French clinician, under the
     // correlation ID of their request.
-    let mut berlin_db = connect(ports["eu-central-1"]).await;
     let disclosed: Vec<String> = sqlx::query_scalar(
         "SELECT resource FROM audit WHERE country_code = 'DE' AND action = 'patient.disclose'
             AND actor = 'dr-lefevre' AND correlation_id = $1::uuid",
