@@ -32,32 +32,38 @@ pub enum Abroad {
     Unreachable(Value),
 }
 
-/// A national ID of another country named by `identifier=<system>|<value>`: the country's
-/// rules (by the system), the system and the value.
-pub fn foreign_id(
-    service: &Service,
-    caller: &Caller,
-    params: &[(String, String)],
-) -> Option<(std::sync::Arc<Rules>, String, String)> {
+/// A national ID of another country, as a request names it.
+pub struct ForeignId {
+    /// The rules of the country whose ID it is (found by the system).
+    pub rules: std::sync::Arc<Rules>,
+    pub system: String,
+    pub value: String,
+}
+
+/// The national ID of another country named by `identifier=<system>|<value>`, if any.
+pub fn foreign_id(service: &Service, caller: &Caller, params: &[(String, String)]) -> Option<ForeignId> {
     params.iter().filter(|(k, _)| k == "identifier").find_map(|(_, v)| {
         let (system, value) = v.split_once('|')?;
         let rules = service.crossborder.directory.country_of(system)?;
-        (rules.code != caller.country.rules.code).then(|| (rules, system.to_string(), value.to_string()))
+        (rules.code != caller.country.rules.code).then(|| ForeignId {
+            rules,
+            system: system.to_string(),
+            value: value.to_string(),
+        })
     })
 }
 
-/// Looks `value` of `system` up in the index and asks its home for `scope` (`patient` or
-/// `everything`): see the module's documentation. Refusals (not linked, not shared, over the
-/// rate limit, an ID that is not one, the home's consent rules) are errors.
+/// Looks `id` up in the index and asks its home for `scope` (`patient` or `everything`):
+/// see the module's documentation. Refusals (not linked, not shared, over the rate limit, an
+/// ID that is not one, the home's consent rules) are errors.
 pub async fn find(
     service: &Service,
     caller: &Caller,
-    x: &Rules,
-    system: &str,
-    value: &str,
+    id: &ForeignId,
     scope: &str,
     purpose: &str,
 ) -> Result<Abroad, Issue> {
+    let (x, system, value) = (&*id.rules, id.system.as_str(), id.value.as_str());
     let y = &caller.country.rules.code;
     if caller.access != Access::Clinician {
         return Err(Issue::forbidden(

@@ -471,26 +471,15 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid, headers: &Head
             .collect();
         let mut asked = std::collections::BTreeSet::new();
         for param in &identifiers {
-            let Some((x, system, value)) = lookup::foreign_id(service, caller, std::slice::from_ref(param)) else {
+            let Some(foreign) = lookup::foreign_id(service, caller, std::slice::from_ref(param)) else {
                 continue;
             };
-            if !asked.insert(x.code.clone()) {
+            if !asked.insert(foreign.rules.code.clone()) {
                 continue;
             }
             // The patient's own records stand whatever the other country answers: a refusal
             // there is said beside them, not instead of them.
-            if let Err(refused) = merge_abroad(
-                service,
-                caller,
-                headers,
-                &x,
-                &system,
-                &value,
-                "everything",
-                &mut entries,
-            )
-            .await
-            {
+            if let Err(refused) = merge_abroad(service, caller, headers, &foreign, "everything", &mut entries).await {
                 let mut outcome = refused.outcome();
                 outcome["issue"][0]["severity"] = json!("warning");
                 entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
@@ -511,21 +500,18 @@ fn everything_bundle(self_link: String, entries: Vec<Value>) -> Response {
     response::fhir(StatusCode::OK, &bundle)
 }
 
-/// Adds what country `x` holds of the patient with national ID `value` of `system` to
-/// `entries`, labelling every entry with its country and putting them in timeline order;
-/// when `x` cannot be reached, an OperationOutcome entry says the answer is partial.
-#[allow(clippy::too_many_arguments)]
+/// Adds what the other country holds of the patient with national ID `foreign` to `entries`,
+/// labelling every entry with its country and putting them in timeline order; when that
+/// country cannot be reached, an OperationOutcome entry says the answer is partial.
 async fn merge_abroad(
     service: &Service,
     caller: &Caller,
     headers: &HeaderMap,
-    x: &crate::validate::Rules,
-    system: &str,
-    value: &str,
+    foreign: &lookup::ForeignId,
     scope: &str,
     entries: &mut Vec<Value>,
 ) -> Result<(), Issue> {
-    let abroad = lookup::find(service, caller, x, system, value, scope, &purpose(headers)).await?;
+    let abroad = lookup::find(service, caller, foreign, scope, &purpose(headers)).await?;
     merge(caller, entries, abroad, scope == "everything");
     Ok(())
 }
@@ -564,7 +550,7 @@ async fn everything_abroad(
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> Result<Response, Issue> {
-    let Some((x, system, value)) = lookup::foreign_id(service, caller, params) else {
+    let Some(foreign) = lookup::foreign_id(service, caller, params) else {
         return Err(Issue::bad_request(
             "Patient/$everything takes identifier=<system>|<value>, a national ID of another country; \
              for a patient of this country, use Patient/<id>/$everything",
@@ -575,7 +561,10 @@ async fn everything_abroad(
     let fail = |e| store_failure(e, caller.correlation_id);
     let mut entries = Vec::new();
     if caller.access == Access::Clinician {
-        let wanted = vec![("identifier".to_string(), format!("{system}|{value}"))];
+        let wanted = vec![(
+            "identifier".to_string(),
+            format!("{}|{}", foreign.system, foreign.value),
+        )];
         let parsed = search::parse(ResourceType::Patient, &wanted, false, &scope)?;
         let mut tx = service.vault.begin().await.map_err(|e| fail(e.into()))?;
         let page = search::run(&mut tx, &scope, &parsed, None).await.map_err(fail)?;
@@ -587,18 +576,8 @@ async fn everything_abroad(
         }
         tx.commit().await.map_err(|e| fail(e.into()))?;
     }
-    merge_abroad(
-        service,
-        caller,
-        headers,
-        &x,
-        &system,
-        &value,
-        "everything",
-        &mut entries,
-    )
-    .await?;
-    let query = url_query(&[("identifier".into(), format!("{system}|{value}"))]);
+    merge_abroad(service, caller, headers, &foreign, "everything", &mut entries).await?;
+    let query = url_query(&[("identifier".into(), format!("{}|{}", foreign.system, foreign.value))]);
     Ok(everything_bundle(
         format!("{}/Patient/$everything{query}", caller.base),
         entries,
@@ -676,9 +655,7 @@ async fn search(
         .flatten();
     let abroad = async {
         match &foreign {
-            Some((x, system, value)) => {
-                Some(lookup::find(service, caller, x, system, value, "patient", &purpose(headers)).await)
-            }
+            Some(id) => Some(lookup::find(service, caller, id, "patient", &purpose(headers)).await),
             None => None,
         }
     };
