@@ -221,8 +221,37 @@ async fn only_another_regions_records_service_on_behalf_of_its_clinician_may_ask
             assert_eq!(body["resourceType"], "OperationOutcome", "{what}");
         }
     }
+    // A patient deleted since their consent: nothing goes, and the chain says so.
+    let dr = bearer(&regions.clinician("dr-weber", "DE"));
+    let (status, _) = send(
+        &regions,
+        "DELETE",
+        &format!("/de/v1/fhir/Patient/{id}"),
+        &[("authorization", dr.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let good = asks(service.clone(), Some(french.clone()), "FR", "TREAT");
+    let headers: Vec<(&str, &str)> = good.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, body) = send(&regions, "GET", &path, &headers, None).await;
+    assert_eq!(
+        (status, body["resourceType"].as_str()),
+        (410, Some("OperationOutcome")),
+        "{body:#}"
+    );
+    let failed = audited(&regions, "patient.disclose-failed").await;
+    assert!(
+        failed.len() == 1 && failed[0].1.contains("nothing disclosed"),
+        "{failed:?}"
+    );
+
     let disclosed = audited(&regions, "patient.disclose").await;
-    assert_eq!(disclosed.len(), 1, "{disclosed:?}");
+    assert_eq!(
+        disclosed.len(),
+        2,
+        "the permitted one, then the one that found nothing: {disclosed:?}"
+    );
     assert_eq!(disclosed[0].0, "dr-martin");
     assert!(
         disclosed[0]

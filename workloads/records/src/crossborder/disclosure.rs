@@ -13,7 +13,9 @@
 //!   `permit`, within its period, for the purpose asked (when it names purposes).
 //!
 //! Every answer, given or refused, leaves an audit record in this country's chain naming the
-//! clinician, the asking country, the purpose, the calling service and the correlation ID.
+//! clinician, the asking country, the purpose, the calling service and the correlation ID
+//! (`patient.disclose`, `patient.disclose-refused`, and `patient.disclose-failed` after a
+//! permitted disclosure whose records could not be read).
 
 use std::sync::Arc;
 
@@ -214,7 +216,19 @@ pub async fn disclose(
     };
     let (audited, read) = tokio::join!(audited, read);
     audited.map_err(fail)?;
-    let (patient, records) = read.map_err(fail)?;
+    let (patient, records) = match read {
+        Ok(read) => read,
+        // The record above said what was to go; this one says it did not (a patient deleted
+        // since their consent, the store out of reach), so the chain tells what happened.
+        Err(e) => {
+            let issue = fail(e);
+            let failed = record(&format!("nothing disclosed: {}", issue.diagnostics));
+            store::audit_read(&scope, "patient.disclose-failed", &failed)
+                .await
+                .map_err(fail)?;
+            return Err(issue);
+        }
+    };
     let entries: Vec<Value> = std::iter::once(&patient)
         .chain(&records)
         .map(|s| json!({"fullUrl": full_url(&peer.base, s), "resource": s.body, "search": {"mode": "match"}}))
