@@ -386,18 +386,12 @@ async fn with_world(
         outcome.text += &format!("{removed} entries under older keys removed\n");
     }
     let retired = std::sync::Mutex::new(Vec::new());
-    let active = keys.active_version().to_string();
+    let active = keys.active_version();
     let retire = |d: &mut BTreeMap<String, String>| {
-        let gone: Vec<String> = d
-            .keys()
-            .filter(|k| k.starts_with('k') && **k != active && k[1..].bytes().all(|b| b.is_ascii_digit()))
-            .cloned()
-            .collect();
-        for k in &gone {
-            d.remove(k);
-        }
-        *retired.lock().expect("not poisoned") = gone.clone();
-        !gone.is_empty()
+        let gone = mpi::retire_older(d);
+        let changed = !gone.is_empty();
+        *retired.lock().expect("not poisoned") = gone;
+        changed
     };
     let data = store
         .update(&home_name, key_secret, &retire)
@@ -416,27 +410,13 @@ async fn with_world(
 /// Puts the keys of `data` (the index's key Secret) into the `patient-index` Secret of each
 /// Region of `holders` that has a link, keeping its connection and countries.
 async fn hand_over(ctx: &Context, holders: &[&Region], data: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let is_key =
-        |k: &str| k == "active" || (k.starts_with('k') && k.len() > 1 && k[1..].bytes().all(|b| b.is_ascii_digit()));
     for region in holders {
         let name = region.metadata.name.clone().unwrap_or_default();
         let store = ctx
             .providers
             .region_secrets(region)
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let change = |link: &mut BTreeMap<String, String>| {
-            if !link.contains_key("url") {
-                return false;
-            }
-            let before = link.clone();
-            link.retain(|k, _| !is_key(k));
-            link.extend(
-                data.iter()
-                    .filter(|(k, _)| is_key(k))
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
-            *link != before
-        };
+        let change = |link: &mut BTreeMap<String, String>| mpi::Link::replace_keys(link, data);
         store
             .update(&name, LINK_SECRET, &change)
             .await

@@ -249,57 +249,36 @@ async fn reconcile(
     // The hand-over: every Region holding a linked country gets the keys and the index's
     // connection; a Region that held one before and holds none now gets an empty link.
     let (mut linked, mut left_out) = linked_countries(index, world.countries);
+    // A country whose Region does not exist waits for it (its own status says so); the index
+    // serves the rest.
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for code in &linked {
-        if let Some(c) = world.countries.iter().find(|c| &c.spec.code == code) {
-            by_region.entry(c.spec.region.clone()).or_default().push(code.clone());
+    linked.retain(|code| {
+        let Some(c) = world.countries.iter().find(|c| &c.spec.code == code) else {
+            return false;
+        };
+        if world.region(&c.spec.region).is_none() {
+            left_out.push(format!("{code} (Region {} does not exist)", c.spec.region));
+            return false;
         }
-    }
-    for gone in &previous.linked_regions {
+        by_region.entry(c.spec.region.clone()).or_default().push(code.clone());
+        true
+    });
+    for gone in previous.linked_regions.iter().filter(|r| world.region(r).is_some()) {
         by_region.entry(gone.clone()).or_default();
     }
-    // Countries whose Region exists: those a records service can be asked about.
-    let linked_now: Vec<String> = linked
-        .iter()
-        .filter(|code| {
-            world
-                .countries
-                .iter()
-                .find(|c| &&c.spec.code == code)
-                .is_some_and(|c| world.region(&c.spec.region).is_some())
-        })
-        .cloned()
-        .collect();
     let mut handed = Vec::new();
     let mut waiting = Vec::new();
     // Where a link was written, or may have been: a deletion or the next attempt goes by it.
     let mut linked_regions = Vec::new();
     for (holder, codes) in &by_region {
-        let Some(holder_region) = world.region(holder) else {
-            // Its countries wait for it (their own status says so); the index serves the rest.
-            for code in codes {
-                left_out.push(format!("{code} (Region {holder} does not exist)"));
-            }
-            linked.retain(|c| !codes.contains(c));
-            continue;
-        };
+        let holder_region = world.region(holder).expect("kept above only if it exists");
         let wanted = if codes.is_empty() {
-            BTreeMap::from([("countries".to_string(), String::new())])
+            Link::unlinked()
         } else {
             // Every linked country: the records service checks both ends of a lookup.
-            Link::secret_data(&data, login.url.as_str(), login.url.ca(), region_name, &linked_now)
+            Link::secret_data(&data, login.url.as_str(), login.url.ca(), region_name, &linked)
         };
-        let change = |current: &mut BTreeMap<String, String>| {
-            if *current == wanted {
-                return false;
-            }
-            *current = wanted.clone();
-            true
-        };
-        let written = match ctx.providers.region_secrets(holder_region) {
-            Ok(holder_store) => holder_store.update(holder, LINK_SECRET, &change).await,
-            Err(e) => Err(e),
-        };
+        let written = put_link(ctx, holder_region, &wanted).await;
         match written {
             Ok(_) if codes.is_empty() => {}
             Ok(_) => {
@@ -351,6 +330,23 @@ async fn reconcile(
     ))
 }
 
+/// Makes Region `region`'s [`LINK_SECRET`] hold `wanted`, writing only when it differs.
+async fn put_link(ctx: &Context, region: &Region, wanted: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+    let name = region.metadata.name.as_deref().unwrap_or_default();
+    let change = |current: &mut BTreeMap<String, String>| {
+        if current == wanted {
+            return false;
+        }
+        *current = wanted.clone();
+        true
+    };
+    ctx.providers
+        .region_secrets(region)?
+        .update(name, LINK_SECRET, &change)
+        .await
+        .map(|_| ())
+}
+
 /// Lets go of a deleted PatientIndex: the records services' links are emptied (lookups and
 /// registrations stop); with `deletionPolicy: Delete`, the schema it created (with its
 /// entries) and its role are dropped. `Retain` keeps schema, entries, role and keys for a
@@ -369,17 +365,7 @@ pub async fn cleanup(index: &PatientIndex, world: World<'_>, ctx: &Context) -> R
     let status = index.status.clone().unwrap_or_default();
     for holder in &status.linked_regions {
         let Some(region) = world.region(holder) else { continue };
-        let store = ctx.providers.region_secrets(region).map_err(|e| failed(e.message))?;
-        let empty = |current: &mut BTreeMap<String, String>| {
-            let wanted = BTreeMap::from([("countries".to_string(), String::new())]);
-            if *current == wanted {
-                return false;
-            }
-            *current = wanted;
-            true
-        };
-        store
-            .update(holder, LINK_SECRET, &empty)
+        put_link(ctx, region, &Link::unlinked())
             .await
             .map_err(|e| failed(format!("Region {holder}: {}", e.message)))?;
     }

@@ -69,11 +69,7 @@ impl Link {
         region: &str,
         countries: &[String],
     ) -> BTreeMap<String, String> {
-        let mut data: BTreeMap<String, String> = keys
-            .iter()
-            .filter(|(k, _)| *k == ACTIVE || version_number(k).is_some())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut data = key_entries(keys);
         data.insert(LINK_URL.into(), url.into());
         if let Some(ca) = ca {
             data.insert(LINK_CA.into(), ca.into());
@@ -81,6 +77,25 @@ impl Link {
         data.insert(LINK_REGION.into(), region.into());
         data.insert(LINK_COUNTRIES.into(), countries.join(","));
         data
+    }
+
+    /// Puts the keys of `keys` (the index's key Secret) into `link` (a Region's
+    /// [`LINK_SECRET`] entries) in place of those it holds, keeping its connection and
+    /// countries; a link without a connection stays as it is. Answers whether it changed.
+    pub fn replace_keys(link: &mut BTreeMap<String, String>, keys: &BTreeMap<String, String>) -> bool {
+        if !link.contains_key(LINK_URL) {
+            return false;
+        }
+        let before = link.clone();
+        link.retain(|k, _| !is_key_entry(k));
+        link.extend(key_entries(keys));
+        *link != before
+    }
+
+    /// [`LINK_SECRET`]'s entries for a Region that no longer holds a linked country (or
+    /// once the index is gone): no keys, no connection.
+    pub fn unlinked() -> BTreeMap<String, String> {
+        BTreeMap::from([(LINK_COUNTRIES.to_string(), String::new())])
     }
 
     /// The link a [`LINK_SECRET`] holds; `Ok(None)` when it links no country.
@@ -100,11 +115,7 @@ impl Link {
         if countries.is_empty() {
             return Ok(None);
         }
-        let keys: BTreeMap<String, String> = data
-            .iter()
-            .filter(|(k, _)| *k == ACTIVE || version_number(k).is_some())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let keys = key_entries(data);
         Ok(Some(Self {
             keys: IndexKeys::from_secret(&keys)?,
             url: url.clone(),
@@ -220,6 +231,34 @@ pub fn ensure_first_key(data: &mut BTreeMap<String, String>) -> bool {
     data.insert("k1".into(), crate::keys::new_key());
     data.insert(ACTIVE.into(), "k1".into());
     true
+}
+
+/// Whether Secret entry `entry` is a key (`k<n>`) or names the active one (`active`).
+fn is_key_entry(entry: &str) -> bool {
+    entry == ACTIVE || version_number(entry).is_some()
+}
+
+/// The key entries of a Secret's `data` (see [`is_key_entry`]).
+fn key_entries(data: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    data.iter()
+        .filter(|(k, _)| is_key_entry(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Removes every key version but the active one from a key Secret's entries (once no entry
+/// of the index is hashed with them); answers the versions removed.
+pub fn retire_older(data: &mut BTreeMap<String, String>) -> Vec<String> {
+    let active = data.get(ACTIVE).cloned().unwrap_or_default();
+    let gone: Vec<String> = data
+        .keys()
+        .filter(|k| version_number(k).is_some() && **k != active)
+        .cloned()
+        .collect();
+    for k in &gone {
+        data.remove(k);
+    }
+    gone
 }
 
 /// Adds the next key version and makes it active; returns it. Older versions stay until
@@ -456,6 +495,17 @@ mod tests {
         let tried: Vec<&str> = keys.lookup_versions().iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(tried, ["k3", "k2"]);
         assert!(!format!("{keys:?}").contains(&data["k1"]));
+
+        // A Region's link takes the keys and keeps its connection; an empty link stays empty.
+        let mut link = Link::secret_data(&data, "postgres://index", None, "eu-central-1", &["DE".into()]);
+        let mut unlinked = Link::unlinked();
+        assert_eq!(retire_older(&mut data), ["k1", "k2"]);
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["active", "k3"]);
+        assert!(Link::replace_keys(&mut link, &data));
+        assert!(!Link::replace_keys(&mut link, &data), "nothing left to change");
+        assert!(!link.contains_key("k1") && link["url"] == "postgres://index");
+        assert!(!Link::replace_keys(&mut unlinked, &data));
+        assert_eq!(unlinked, Link::unlinked());
     }
 
     #[test]
