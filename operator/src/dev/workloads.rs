@@ -228,24 +228,14 @@ impl Workloads {
     /// `system:serviceaccount:meridian-region-<region>:records`, with a token from the dev
     /// issuer, as it would with its ServiceAccount token in a cluster.
     fn crossborder(&self, region: &str) -> meridian_records::crossborder::CrossBorder {
-        use meridian_records::crossborder::peers::{self, Peers, TokenSource};
-        let issuer = self.issuer.clone();
-        let subject = format!("system:serviceaccount:meridian-region-{region}:records");
-        let lifetime = Duration::from_secs(3600);
-        let token = TokenSource::issued(
-            move || issuer.service_token(&subject, peers::AUDIENCE, lifetime),
-            lifetime,
-        );
-        meridian_records::crossborder::CrossBorder {
-            directory: self.directory.clone(),
-            peers: Some(Arc::new(Peers::new(
-                &format!("http://{}", loopback(self.listen)),
-                token,
-                peers::DEFAULT_TIMEOUT,
-            ))),
-            accept: Some(meridian_records::crossborder::Accept::Jwt(self.peer_verifier.clone())),
-            ..Default::default()
-        }
+        meridian_records::crossborder::CrossBorder::with_dev_issuer(
+            self.issuer.clone(),
+            region,
+            &format!("http://{}", loopback(self.listen)),
+            meridian_records::crossborder::peers::DEFAULT_TIMEOUT,
+            self.peer_verifier.clone(),
+            self.directory.clone(),
+        )
     }
 
     /// Tokens for demo users of each role, valid for a day.

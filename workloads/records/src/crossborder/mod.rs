@@ -118,6 +118,34 @@ pub struct CrossBorder {
     pub limiter: Arc<Limiter>,
 }
 
+impl CrossBorder {
+    /// Region `region`'s side where a local issuer stands in for the cluster's ServiceAccount
+    /// tokens (`meridian dev`, the tests and benchmarks): other Regions are called at
+    /// `peer_url` as [`peers::service_subject`] of `region`, with tokens of `issuer` that
+    /// others check with `accept`; foreign IDs are looked up in `directory`.
+    pub fn with_dev_issuer(
+        issuer: Arc<meridian_shared::auth::DevIssuer>,
+        region: &str,
+        peer_url: &str,
+        timeout: Duration,
+        accept: Arc<Verifier>,
+        directory: Directory,
+    ) -> Self {
+        let subject = peers::service_subject(region);
+        let lifetime = Duration::from_secs(3600);
+        let token = peers::TokenSource::issued(
+            move || issuer.service_token(&subject, peers::AUDIENCE, lifetime),
+            lifetime,
+        );
+        Self {
+            directory,
+            peers: Some(Arc::new(peers::Peers::new(peer_url, token, timeout))),
+            accept: Some(Accept::Jwt(accept)),
+            ..Default::default()
+        }
+    }
+}
+
 /// How a records service checks the token of another Region's records service.
 #[derive(Clone)]
 pub enum Accept {

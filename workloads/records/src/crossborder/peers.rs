@@ -32,6 +32,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A token made by [`TokenSource::Issued`]'s function, and when it was made.
 type Minted = Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>;
 
+/// The ServiceAccount Region `region`'s records service calls other Regions as.
+pub fn service_subject(region: &str) -> String {
+    format!("system:serviceaccount:meridian-region-{region}:records")
+}
+
 /// Where this service's own token comes from.
 #[derive(Clone)]
 pub enum TokenSource {

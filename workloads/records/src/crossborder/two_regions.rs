@@ -21,7 +21,7 @@ use meridian_shared::auth::{DevIssuer, Role};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use super::peers::{self, Peers, TokenSource};
+use super::peers;
 use super::registrar::Registrar;
 use super::{CrossBorder, Directory, IndexLink};
 use crate::http::{Countries, CountryEntry, Service, app};
@@ -155,25 +155,17 @@ impl TwoRegions {
             "eu-central-1",
             &linked,
         );
-        let peer = |region: &str, url: &str| {
-            let accept = Arc::new(issuer.verifier_for(peers::AUDIENCE));
-            let issuer = issuer.clone();
-            let subject = format!("system:serviceaccount:meridian-region-{region}:records");
-            let lifetime = Duration::from_secs(3600);
-            CrossBorder {
-                directory: directory.clone(),
-                peers: Some(Arc::new(Peers::new(
-                    url,
-                    TokenSource::issued(
-                        move || issuer.service_token(&subject, peers::AUDIENCE, lifetime),
-                        lifetime,
-                    ),
-                    options.timeout,
-                ))),
-                accept: Some(super::Accept::Jwt(accept)),
-                limiter: Arc::new(super::Limiter::new(options.lookups_per_minute)),
-                ..Default::default()
-            }
+        let accept = Arc::new(issuer.verifier_for(peers::AUDIENCE));
+        let peer = |region: &str, url: &str| CrossBorder {
+            limiter: Arc::new(super::Limiter::new(options.lookups_per_minute)),
+            ..CrossBorder::with_dev_issuer(
+                issuer.clone(),
+                region,
+                url,
+                options.timeout,
+                accept.clone(),
+                directory.clone(),
+            )
         };
         let entry_point = format!("http://{addr}");
         let frankfurt = region(
