@@ -49,6 +49,12 @@ async fn send(
     (status, body)
 }
 
+/// A French clinician's lookup (with `authorization`) of German national ID `kvnr`.
+async fn lookup(regions: &TwoRegions, authorization: &str, kvnr: &str) -> (u16, Value) {
+    let path = format!("/fr/v1/fhir/Patient?identifier={KVNR}|{kvnr}");
+    send(regions, "GET", &path, &[("authorization", authorization)], None).await
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -283,7 +289,6 @@ async fn the_patients_consent_decides_what_goes_abroad() {
     let permitted = german_patient(&regions, "B100000006", Some(permit())).await;
     registered(&regions, 6).await;
     let paris = bearer(&regions.clinician("dr-martin", "FR"));
-    let auth = [("authorization", paris.as_str())];
     for (kvnr, id, expected, why) in [
         ("B100000001", &none, 403, "no active Consent"),
         ("B100000002", &denied, 403, "does not permit"),
@@ -292,14 +297,7 @@ async fn the_patients_consent_decides_what_goes_abroad() {
         ("B100000005", &withdrawn, 403, "does not permit"),
         ("B100000006", &permitted, 200, ""),
     ] {
-        let (status, body) = send(
-            &regions,
-            "GET",
-            &format!("/fr/v1/fhir/Patient?identifier={KVNR}|{kvnr}"),
-            &auth,
-            None,
-        )
-        .await;
+        let (status, body) = lookup(&regions, &paris, kvnr).await;
         assert_eq!(status, expected, "{kvnr}: {body:#}");
         if expected == 403 {
             let said = body["issue"][0]["diagnostics"].as_str().unwrap();
@@ -371,24 +369,9 @@ async fn the_index_follows_the_patients_national_ids() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let paris = bearer(&regions.clinician("dr-martin", "FR"));
-    let fr = [("authorization", paris.as_str())];
-    let (_, old) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|C100000001"),
-        &fr,
-        None,
-    )
-    .await;
+    let (_, old) = lookup(&regions, &paris, "C100000001").await;
     assert!(old["entry"].is_null(), "{old:#}");
-    let (_, new) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|C100000002"),
-        &fr,
-        None,
-    )
-    .await;
+    let (_, new) = lookup(&regions, &paris, "C100000002").await;
     assert_eq!(new["entry"][0]["resource"]["id"], id.as_str());
 
     // Deleted: out of the index.
@@ -416,7 +399,6 @@ async fn lookups_are_rate_limited_per_clinician_and_audited_hit_or_miss() {
     german_patient(&regions, "D100000001", Some(permit())).await;
     registered(&regions, 1).await;
     let paris = bearer(&regions.clinician("dr-martin", "FR"));
-    let auth = [("authorization", paris.as_str())];
     let limit = meridian_records::crossborder::LOOKUPS_PER_WINDOW as usize;
     for i in 0..limit {
         let kvnr = if i == 0 {
@@ -424,46 +406,18 @@ async fn lookups_are_rate_limited_per_clinician_and_audited_hit_or_miss() {
         } else {
             format!("E{i:09}")
         };
-        let (status, body) = send(
-            &regions,
-            "GET",
-            &format!("/fr/v1/fhir/Patient?identifier={KVNR}|{kvnr}"),
-            &auth,
-            None,
-        )
-        .await;
+        let (status, body) = lookup(&regions, &paris, &kvnr).await;
         assert_eq!(status, 200, "{i}: {body:#}");
     }
-    let (status, body) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|F000000001"),
-        &auth,
-        None,
-    )
-    .await;
+    let (status, body) = lookup(&regions, &paris, "F000000001").await;
     assert_eq!(status, 429, "{body:#}");
     assert_eq!(body["issue"][0]["code"], "throttled");
     // Another clinician is not held back.
     let other = bearer(&regions.clinician("dr-bernard", "FR"));
-    let (status, _) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|F000000001"),
-        &[("authorization", other.as_str())],
-        None,
-    )
-    .await;
+    let (status, _) = lookup(&regions, &other, "F000000001").await;
     assert_eq!(status, 200);
     // A number that is not one is refused before it is hashed.
-    let (status, body) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|12345"),
-        &[("authorization", other.as_str())],
-        None,
-    )
-    .await;
+    let (status, body) = lookup(&regions, &other, "12345").await;
     assert_eq!(
         (status, body["issue"][0]["expression"][0].as_str()),
         (400, Some("identifier")),
@@ -513,14 +467,7 @@ async fn a_home_region_out_of_reach_leaves_a_partial_answer_in_bounded_time() {
     .await;
     assert_eq!(status, 201);
     let started = Instant::now();
-    let (status, body) = send(
-        &regions,
-        "GET",
-        &format!("/fr/v1/fhir/Patient?identifier={KVNR}|G100000001"),
-        &[("authorization", paris.as_str())],
-        None,
-    )
-    .await;
+    let (status, body) = lookup(&regions, &paris, "G100000001").await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{body:#}");
     assert!(took < timeout + Duration::from_secs(1), "answered after {took:?}");
