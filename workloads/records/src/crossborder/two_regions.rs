@@ -132,7 +132,6 @@ impl TwoRegions {
         let index = PgPool::connect(&frankfurt_pg.url()).await?;
         {
             let mut conn = index.acquire().await?;
-            meridian_shared::schema::prepare(&mut conn, &["DE"]).await?;
             meridian_shared::schema::mpi::ensure(&mut conn).await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "CREATE ROLE {INDEX_ROLE} LOGIN PASSWORD '{PASSWORD}'; {}",
@@ -234,7 +233,7 @@ async fn region(
     connections: u32,
 ) -> anyhow::Result<RegionUnderTest> {
     let admin = PgPool::connect(&pg.url()).await?;
-    if code != "DE" {
+    {
         let mut conn = admin.acquire().await?;
         meridian_shared::schema::prepare(&mut conn, &[code]).await?;
     }
