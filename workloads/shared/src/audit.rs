@@ -200,89 +200,107 @@ impl ReadLog {
     }
 }
 
-/// Appends `batch` (records of `country`) to the country's reads chain `chain`: one
-/// statement that moves the chain's head from the hash this writer last wrote (kept in
-/// `heads`; read when unknown) to the batch's last, and inserts the records only if it
-/// did. Another process writing the same chain in between makes it write nothing; the
-/// head is then read again and the batch chained anew.
+/// Appends `batch` (records of `country`) to the country's reads chain `chain`. The fast
+/// path is one statement that moves the chain's head from the hash this writer last wrote
+/// (kept in `heads`) and inserts the records only if it did. When another process moved
+/// the head in between, that statement writes nothing, and the batch is chained anew under
+/// the head's row lock: retrying without the lock could lose to a busy writer of the
+/// other process again and again.
 async fn write_batch(
     pool: &sqlx::PgPool,
     country: &str,
     chain: i16,
-    heads: &mut BTreeMap<String, Option<Vec<u8>>>,
+    heads: &mut BTreeMap<String, Vec<u8>>,
     batch: &[Queued],
 ) -> Result<(), sqlx::Error> {
-    for _ in 0..8 {
-        let previous = match heads.get(country) {
-            Some(head) => head.clone(),
-            None => {
-                sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2")
-                    .bind(country)
-                    .bind(chain)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
-        let mut last = previous.clone();
-        let (mut prev_hashes, mut hashes) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
-        for queued in batch {
-            let mut hasher = Sha256::new();
-            if let Some(last) = &last {
-                hasher.update(last);
-            }
-            hasher.update(&queued.prepared.payload);
-            let hash = hasher.finalize().to_vec();
-            prev_hashes.push(last.replace(hash.clone()));
-            hashes.push(hash);
-        }
-        let column = |f: fn(&Queued) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
-        // The head moves first (its row lock orders the chain), the records follow it.
-        let moved: i64 = sqlx::query_scalar(
-            "WITH moved_head AS (
-                 UPDATE audit_heads SET prev_hash = $10, hash = $11
-                  WHERE country_code = $1 AND chain = $2 AND hash = $12
-                 RETURNING 1
-             ),
-             first_head AS (
-                 INSERT INTO audit_heads (country_code, chain, prev_hash, hash)
-                 SELECT $1, $2, $10, $11 WHERE $12::bytea IS NULL
-                 ON CONFLICT (country_code, chain) DO NOTHING
-                 RETURNING 1
-             ),
-             moved AS (SELECT 1 FROM moved_head UNION ALL SELECT 1 FROM first_head),
-             records AS (
-                 INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
-                 SELECT $1, $2, at, actor, action, resource, correlation_id, prev_hash, hash
-                   FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bytea[], $9::bytea[])
-                        WITH ORDINALITY AS r(at, actor, action, resource, correlation_id, prev_hash, hash, n)
-                  WHERE EXISTS (SELECT 1 FROM moved)
-                  ORDER BY n
-             )
-             SELECT count(*) FROM moved",
-        )
-        .bind(country)
-        .bind(chain)
-        .bind(batch.iter().map(|q| q.prepared.at).collect::<Vec<_>>())
-        .bind(column(|q| &q.actor))
-        .bind(column(|q| &q.action))
-        .bind(column(|q| &q.resource))
-        .bind(batch.iter().map(|q| q.correlation_id).collect::<Vec<_>>())
-        .bind(&prev_hashes)
-        .bind(&hashes)
-        .bind(prev_hashes.last().cloned().flatten())
-        .bind(hashes.last())
-        .bind(&previous)
-        .fetch_one(pool)
-        .await?;
-        if moved == 1 {
+    if let Some(previous) = heads.remove(country) {
+        if let Some(last) = extend_chain(pool, country, chain, Some(previous), batch).await? {
             heads.insert(country.to_string(), last);
             return Ok(());
         }
-        heads.remove(country);
+    }
+    // Twice at most: the lock holds the head still, unless there was no head to lock and
+    // another process wrote the chain's first one at the same time.
+    for _ in 0..2 {
+        let mut tx = pool.begin().await?;
+        let previous: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2 FOR UPDATE")
+                .bind(country)
+                .bind(chain)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(last) = extend_chain(&mut *tx, country, chain, previous, batch).await? {
+            tx.commit().await?;
+            heads.insert(country.to_string(), last);
+            return Ok(());
+        }
     }
     Err(sqlx::Error::Protocol(format!(
         "audit chain {chain} of {country} kept moving under this writer"
     )))
+}
+
+/// Chains `batch` after `previous` (None: the chain has no record yet) in one statement
+/// that moves the head first (its row lock orders the chain) and inserts the records only
+/// if the head still was `previous`. Returns the new head, or None when it was not.
+async fn extend_chain(
+    executor: impl sqlx::PgExecutor<'_>,
+    country: &str,
+    chain: i16,
+    previous: Option<Vec<u8>>,
+    batch: &[Queued],
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    let mut last = previous.clone();
+    let (mut prev_hashes, mut hashes) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    for queued in batch {
+        let mut hasher = Sha256::new();
+        if let Some(last) = &last {
+            hasher.update(last);
+        }
+        hasher.update(&queued.prepared.payload);
+        let hash = hasher.finalize().to_vec();
+        prev_hashes.push(last.replace(hash.clone()));
+        hashes.push(hash);
+    }
+    let column = |f: fn(&Queued) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+    let moved: i64 = sqlx::query_scalar(
+        "WITH moved_head AS (
+             UPDATE audit_heads SET prev_hash = $10, hash = $11
+              WHERE country_code = $1 AND chain = $2 AND hash = $12
+             RETURNING 1
+         ),
+         first_head AS (
+             INSERT INTO audit_heads (country_code, chain, prev_hash, hash)
+             SELECT $1, $2, $10, $11 WHERE $12::bytea IS NULL
+             ON CONFLICT (country_code, chain) DO NOTHING
+             RETURNING 1
+         ),
+         moved AS (SELECT 1 FROM moved_head UNION ALL SELECT 1 FROM first_head),
+         records AS (
+             INSERT INTO audit (country_code, chain, at, actor, action, resource, correlation_id, prev_hash, hash)
+             SELECT $1, $2, at, actor, action, resource, correlation_id, prev_hash, hash
+               FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::bytea[], $9::bytea[])
+                    WITH ORDINALITY AS r(at, actor, action, resource, correlation_id, prev_hash, hash, n)
+              WHERE EXISTS (SELECT 1 FROM moved)
+              ORDER BY n
+         )
+         SELECT count(*) FROM moved",
+    )
+    .bind(country)
+    .bind(chain)
+    .bind(batch.iter().map(|q| q.prepared.at).collect::<Vec<_>>())
+    .bind(column(|q| &q.actor))
+    .bind(column(|q| &q.action))
+    .bind(column(|q| &q.resource))
+    .bind(batch.iter().map(|q| q.correlation_id).collect::<Vec<_>>())
+    .bind(&prev_hashes)
+    .bind(&hashes)
+    .bind(prev_hashes.last().cloned().flatten())
+    .bind(hashes.last())
+    .bind(&previous)
+    .fetch_one(executor)
+    .await?;
+    Ok((moved == 1).then_some(last).flatten())
 }
 
 /// A chain whose records do not add up.
