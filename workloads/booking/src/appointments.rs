@@ -169,8 +169,8 @@ static BOOK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              RETURNING {COLUMNS}
          ),
          event AS (
-             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
-             SELECT $1, $9, $10, $3, $18 FROM booked
+             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
+             SELECT $1, $9, $10, $3, $18, $17 FROM booked
          ),
          {trail}
          SELECT {COLUMNS} FROM booked"
@@ -453,6 +453,7 @@ pub async fn cancel(
         event_type: "appointment.cancelled",
         key: cancelled.practitioner_id,
         payload: &cancelled,
+        correlation_id: actor.correlation_id,
     };
     outbox::enqueue(&mut tx, &event).await?;
     actor
@@ -553,6 +554,7 @@ pub async fn reschedule(
         event_type: "appointment.rescheduled",
         key: moved.practitioner_id,
         payload: &payload,
+        correlation_id: actor.correlation_id,
     };
     outbox::enqueue(&mut tx, &event).await?;
     actor

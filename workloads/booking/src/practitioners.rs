@@ -359,6 +359,7 @@ pub async fn import(
             },
             key: w.practitioner.id,
             payload: &w.practitioner,
+            correlation_id: actor.correlation_id,
         })
         .collect();
     outbox::enqueue_all(&mut tx, &events).await?;
@@ -406,6 +407,7 @@ async fn changed(
         event_type,
         key: practitioner.id,
         payload: practitioner,
+        correlation_id: actor.correlation_id,
     };
     outbox::enqueue(conn, &event).await?;
     let resource = format!("practitioner/{}", practitioner.id);

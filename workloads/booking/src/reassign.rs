@@ -194,6 +194,7 @@ async fn record<P: Serialize>(
         event_type,
         key,
         payload,
+        correlation_id: actor.correlation_id,
     };
     outbox::enqueue(&mut *conn, &event).await?;
     actor

@@ -186,8 +186,8 @@ fn event_and_audit(from: &str, first: usize) -> String {
     let audit = meridian_shared::audit::chain_ctes(from, [&p(0), &p(4), &p(5), &p(6), &p(7), &p(8), &p(9), &p(10)]);
     format!(
         "event AS (
-             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
-             SELECT {}, '{}', {}, {}, {} FROM {from}
+             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
+             SELECT {}, '{}', {}, {}, {}, {} FROM {from}
          ),
          {audit}",
         p(0),
@@ -195,6 +195,7 @@ fn event_and_audit(from: &str, first: usize) -> String {
         p(1),
         p(2),
         p(3),
+        p(10),
     )
 }
 

@@ -33,6 +33,12 @@ pub const APPOINTMENT_EVENTS: &str = "appointment-events";
 /// ID. Payloads name resources by id and version only: never a personal detail.
 pub const PATIENT_EVENTS: &str = "patient-events";
 
+/// Topic of the analytics job's results (per-minute appointment counts).
+pub const ANALYTICS_RESULTS: &str = "analytics-results";
+
+/// The topics of a Region's Kafka that the outbox feeds.
+pub const OUTBOX_TOPICS: [&str; 3] = [PRACTITIONER_EVENTS, APPOINTMENT_EVENTS, PATIENT_EVENTS];
+
 /// One domain event. `key` orders events: the Kafka partition key (the practitioner ID).
 #[derive(Clone, Debug)]
 pub struct Event<'a, P: Serialize> {
@@ -41,19 +47,23 @@ pub struct Event<'a, P: Serialize> {
     pub event_type: &'static str,
     pub key: Uuid,
     pub payload: &'a P,
+    /// The request that caused it: published with the event.
+    pub correlation_id: Uuid,
 }
 
 /// Writes `event` inside the caller's transaction.
 pub async fn enqueue<P: Serialize>(conn: &mut PgConnection, event: &Event<'_, P>) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(event.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
-        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(event.country_code)
     .bind(event.topic)
     .bind(event.event_type)
     .bind(event.key)
     .bind(payload)
+    .bind(event.correlation_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -67,9 +77,9 @@ pub async fn enqueue_all<P: Serialize>(conn: &mut PgConnection, events: &[Event<
     let encode = |e: &Event<'_, P>| serde_json::to_value(e.payload).map_err(|err| sqlx::Error::Encode(Box::new(err)));
     let payloads = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
-        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload)
-         SELECT c, t, y, k, p FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
-             WITH ORDINALITY AS e(c, t, y, k, p, n)
+        "INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
+         SELECT c, t, y, k, p, r FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::uuid[])
+             WITH ORDINALITY AS e(c, t, y, k, p, r, n)
          ORDER BY n",
     )
     .bind(events.iter().map(|e| e.country_code).collect::<Vec<_>>())
@@ -77,6 +87,7 @@ pub async fn enqueue_all<P: Serialize>(conn: &mut PgConnection, events: &[Event<
     .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.key).collect::<Vec<_>>())
     .bind(payloads)
+    .bind(events.iter().map(|e| e.correlation_id).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -165,6 +176,11 @@ pub struct Row {
     pub event_type: String,
     pub aggregate_id: Uuid,
     pub payload: serde_json::Value,
+    /// Stable across every publication of the row: what consumers deduplicate on.
+    pub event_id: Uuid,
+    pub correlation_id: Option<Uuid>,
+    /// When the change it describes was made.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What one [`Follower::next`] read: rows of one batch, oldest first.
@@ -235,7 +251,8 @@ impl Follower {
             }
         };
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, coalesce(xid::text, '0')::bigint AS xid, country_code, event_type, aggregate_id, payload
+            "SELECT id, coalesce(xid::text, '0')::bigint AS xid, country_code, event_type, aggregate_id, payload,
+                    event_id, correlation_id, created_at
                FROM outbox
               WHERE topic = $1 AND id > $2
                 AND pg_visible_in_snapshot(coalesce(xid, '0'), $3::text::pg_snapshot)
@@ -313,6 +330,11 @@ impl Consumer {
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The topic it reads.
+    pub fn topic(&self) -> &'static str {
+        self.follower.topic
     }
 
     /// Where it stands (see [`Follower::position`]).

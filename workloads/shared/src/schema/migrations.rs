@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "consent",
         sql: include_str!("../../migrations/0008_consent.sql"),
     },
+    Migration {
+        version: 9,
+        name: "event_backbone",
+        sql: include_str!("../../migrations/0009_event_backbone.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

@@ -1,0 +1,153 @@
+//! How a process of a Region reaches the Region's Kafka: bootstrap servers, and for an
+//! `external` or `aws` broker, TLS (with the CA that signed the brokers' certificates) and
+//! SASL credentials. The same options serve the relay, the consumers and the operator's
+//! topic administration.
+
+use std::path::PathBuf;
+
+use rdkafka::ClientConfig;
+
+/// SASL mechanisms a Region's `spec.events` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Where the Region's Kafka is and how to authenticate to it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KafkaOptions {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long = "kafka-bootstrap", env = "MERIDIAN_KAFKA_BOOTSTRAP")]
+    pub bootstrap: String,
+    /// Speak TLS to the brokers, verifying their certificates against this CA (PEM). Without
+    /// it, TLS is used only with `--kafka-tls`, against the system's roots.
+    #[arg(long = "kafka-ca-file", env = "MERIDIAN_KAFKA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Speak TLS to the brokers (implied by `--kafka-ca-file`).
+    #[arg(long = "kafka-tls", env = "MERIDIAN_KAFKA_TLS")]
+    pub tls: bool,
+    /// SASL mechanism; needs `--kafka-username` and `--kafka-password-file`.
+    #[arg(long = "kafka-sasl-mechanism", env = "MERIDIAN_KAFKA_SASL_MECHANISM")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[arg(long = "kafka-username", env = "MERIDIAN_KAFKA_USERNAME")]
+    pub username: Option<String>,
+    /// A file holding the SASL password (a mounted Secret), never the password itself.
+    #[arg(long = "kafka-password-file", env = "MERIDIAN_KAFKA_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Options that do not make a way to the brokers.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--kafka-bootstrap names no server")]
+    NoBootstrap,
+    #[error("--kafka-sasl-mechanism {0} needs --kafka-username and --kafka-password-file")]
+    IncompleteSasl(&'static str),
+    #[error("--kafka-username and --kafka-password-file need --kafka-sasl-mechanism")]
+    CredentialsWithoutMechanism,
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+impl KafkaOptions {
+    /// Plain TCP to `bootstrap` (tests, and an `inCluster` broker inside its NetworkPolicy).
+    pub fn plaintext(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The librdkafka settings shared by every client.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        if self.bootstrap.split(',').all(|s| s.trim().is_empty()) {
+            return Err(ConfigError::NoBootstrap);
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        let tls = self.tls || self.ca_file.is_some();
+        if let Some(ca) = &self.ca_file {
+            config.set("ssl.ca.location", ca.display().to_string());
+            config.set("enable.ssl.certificate.verification", "true");
+            config.set("ssl.endpoint.identification.algorithm", "https");
+        }
+        let protocol = match (&self.sasl_mechanism, &self.username, &self.password_file) {
+            (Some(mechanism), Some(user), Some(file)) => {
+                let password = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                    path: file.display().to_string(),
+                    source,
+                })?;
+                config.set("sasl.mechanism", mechanism.as_str());
+                config.set("sasl.username", user);
+                config.set("sasl.password", password.trim_end_matches(['\n', '\r']));
+                if tls { "SASL_SSL" } else { "SASL_PLAINTEXT" }
+            }
+            (Some(mechanism), _, _) => return Err(ConfigError::IncompleteSasl(mechanism.as_str())),
+            (None, None, None) => {
+                if tls {
+                    "SSL"
+                } else {
+                    "PLAINTEXT"
+                }
+            }
+            (None, _, _) => return Err(ConfigError::CredentialsWithoutMechanism),
+        };
+        config.set("security.protocol", protocol);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_make_sasl_and_a_ca_makes_tls() {
+        let dir = std::env::temp_dir().join(format!("meridian-kafka-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let options = KafkaOptions {
+            bootstrap: "b-1.example:9096".into(),
+            ca_file: Some(dir.join("ca.pem")),
+            sasl_mechanism: Some(SaslMechanism::ScramSha512),
+            username: Some("relay".into()),
+            password_file: Some(password),
+            ..KafkaOptions::default()
+        };
+        let config = options.client_config().unwrap();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        let plain = KafkaOptions::plaintext("127.0.0.1:9092").client_config().unwrap();
+        assert_eq!(plain.get("security.protocol"), Some("PLAINTEXT"));
+        let half = KafkaOptions {
+            sasl_mechanism: Some(SaslMechanism::Plain),
+            ..KafkaOptions::plaintext("127.0.0.1:9092")
+        };
+        assert!(matches!(
+            half.client_config(),
+            Err(ConfigError::IncompleteSasl("PLAIN"))
+        ));
+        assert!(matches!(
+            KafkaOptions::plaintext(" ").client_config(),
+            Err(ConfigError::NoBootstrap)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
