@@ -35,6 +35,11 @@ enum Command {
     Booking(meridian_booking::serve::BookingOptions),
     /// Run the records workload (FHIR R4, the PII vault) for one Region.
     Records(meridian_records::serve::RecordsOptions),
+    /// Publish a Region's outbox to its Kafka (one relay publishes at a time per Region).
+    Relay(meridian_events::relay::RelayOptions),
+    /// The Region's event backbone.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Measure a hot path and print its figures; the last line is `key=value` pairs.
     #[command(subcommand)]
     Bench(Bench),
@@ -102,6 +107,13 @@ enum VaultCommand {
 }
 
 #[derive(Subcommand)]
+enum EventsCommand {
+    /// Events the consumers gave up on (`<topic>.dlq`).
+    #[command(subcommand)]
+    Dlq(meridian_events::dlq::DlqCommand),
+}
+
+#[derive(Subcommand)]
 enum Bench {
     /// Booking throughput over HTTP and against the bare database, and a double-booking check.
     Booking(meridian_booking::bench::BookingBench),
@@ -156,6 +168,14 @@ fn main() -> ExitCode {
             }
             Command::Records(options) => {
                 meridian_records::serve::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Relay(options) => {
+                meridian_events::relay::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Events(EventsCommand::Dlq(command)) => {
+                print!("{}", meridian_events::dlq::run(command).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Booking(options)) => {

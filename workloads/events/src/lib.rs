@@ -2,6 +2,8 @@
 //! change's own transaction; the [`relay`] publishes the outbox to the Region's Kafka, in
 //! commit order and at least once; consumers deduplicate on each event's ID.
 
+pub mod consumer;
+pub mod dlq;
 pub mod kafka;
 pub mod relay;
 pub mod topics;

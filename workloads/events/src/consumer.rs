@@ -1,0 +1,328 @@
+//! The machinery every consumer of a Region's events shares: it takes events from the
+//! Region's Kafka (in a consumer group named after the consumer) or, in embedded mode, from
+//! the outbox directly, and applies each one in a transaction that also writes the event's
+//! ID to the `inbox` table. An event delivered again finds its inbox row and changes
+//! nothing; an effect and its inbox row commit together or not at all.
+//!
+//! A handler that fails an event is given it again, up to [`MAX_ATTEMPTS`] times; then the
+//! event goes to `<topic>.dlq` with headers naming the consumer, the error and the attempts,
+//! and the consumer moves on. The database being unreachable is not the event's fault: such
+//! failures are retried without counting, so an outage sends nothing to the dead letters.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::relay::headers;
+
+/// Failed attempts after which an event goes to the dead-letter topic.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Pause before the next attempt at a failed event (doubled each time, up to a second).
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Headers a dead-lettered event carries besides its own.
+pub mod dlq_headers {
+    pub const CONSUMER: &str = "dlq-consumer";
+    pub const ERROR: &str = "dlq-error";
+    pub const ATTEMPTS: &str = "dlq-attempts";
+    pub const TOPIC: &str = "dlq-topic";
+}
+
+/// One event as a consumer receives it.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub country_code: String,
+    pub key: Option<String>,
+    pub correlation_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Why an event could not be taken as one.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed event: {0}")]
+pub struct Malformed(String);
+
+impl Incoming {
+    /// Reads a Kafka message the relay published.
+    pub fn from_message(message: &impl Message) -> Result<Self, Malformed> {
+        let mut found = std::collections::BTreeMap::new();
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                if let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                    found.insert(header.key.to_string(), value.to_string());
+                }
+            }
+        }
+        let header = |name: &str| {
+            found
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Malformed(format!("no {name} header")))
+        };
+        let payload = message
+            .payload()
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| Malformed(format!("payload: {e}")))?
+            .unwrap_or(serde_json::Value::Null);
+        Ok(Self {
+            topic: message.topic().to_string(),
+            event_id: header(headers::EVENT_ID)?
+                .parse()
+                .map_err(|e| Malformed(format!("{}: {e}", headers::EVENT_ID)))?,
+            event_type: header(headers::EVENT_TYPE)?,
+            country_code: header(headers::COUNTRY)?,
+            key: message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(str::to_string),
+            correlation_id: found.get(headers::CORRELATION_ID).and_then(|c| c.parse().ok()),
+            occurred_at: header(headers::OCCURRED_AT)?
+                .parse()
+                .map_err(|e| Malformed(format!("{}: {e}", headers::OCCURRED_AT)))?,
+            payload,
+        })
+    }
+
+    /// An outbox row, as the embedded mode hands it over.
+    pub fn from_row(topic: &str, row: &meridian_shared::outbox::Row) -> Self {
+        Self {
+            topic: topic.to_string(),
+            event_id: row.event_id,
+            event_type: row.event_type.clone(),
+            country_code: row.country_code.clone(),
+            key: Some(row.aggregate_id.to_string()),
+            correlation_id: row.correlation_id,
+            occurred_at: row.created_at,
+            payload: row.payload.clone(),
+        }
+    }
+}
+
+/// What a handler says of an event it could not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Something about the event: tried again, then dead-lettered.
+    #[error("{0}")]
+    Event(String),
+    /// The database: tried again until it answers, never dead-lettered.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A consumer's effect of one event.
+pub trait Handler: Send + Sync + 'static {
+    /// The consumer's name: its Kafka consumer group and its rows in `inbox`.
+    fn name(&self) -> &str;
+    /// The topic it follows.
+    fn topic(&self) -> &'static str;
+    /// Applies `event` inside the transaction `tx` that records it as handled.
+    fn handle(&self, tx: &mut PgConnection, event: &Incoming) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// What became of one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Handled before: nothing changed.
+    Duplicate,
+    /// Failed [`MAX_ATTEMPTS`] times: its error.
+    Failed(String),
+}
+
+/// Applies `event` once: its inbox row and its effect in one transaction.
+pub async fn apply_once<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Result<Outcome, Failure> {
+    let mut tx = pool.begin().await?;
+    let new: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1",
+    )
+    .bind(handler.name())
+    .bind(event.event_id)
+    .bind(&event.topic)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if new.is_none() {
+        return Ok(Outcome::Duplicate);
+    }
+    handler.handle(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}
+
+/// Applies `event`, trying again after failures: database failures until the database
+/// answers, the event's own up to [`MAX_ATTEMPTS`] times (then [`Outcome::Failed`]).
+pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Outcome {
+    let (mut attempts, mut backoff) = (0, FIRST_BACKOFF);
+    loop {
+        match apply_once(pool, handler, event).await {
+            Ok(outcome) => return outcome,
+            Err(Failure::Database(e)) => {
+                tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %e, "database unavailable; trying the event again");
+            }
+            Err(Failure::Event(why)) => {
+                attempts += 1;
+                tracing::warn!(consumer = handler.name(), event_id = %event.event_id, attempts, error = %why, "the event failed");
+                if attempts >= MAX_ATTEMPTS {
+                    return Outcome::Failed(why);
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Follows the handler's topic on the Region's Kafka until `stop` resolves, in consumer
+/// group `handler.name()`. An offset is committed only once its event is applied, duplicate
+/// or dead-lettered: a consumer that dies re-reads what it had not finished.
+pub async fn run_kafka<H: Handler>(
+    pool: PgPool,
+    kafka: ClientConfig,
+    handler: H,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut config = kafka.clone();
+    config
+        .set("group.id", handler.name())
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = config.create()?;
+    consumer.subscribe(&[handler.topic()])?;
+    let dead_letters = DeadLetters::new(&kafka)?;
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(consumer = handler.name(), error = %e, "Kafka");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let outcome = match Incoming::from_message(&message) {
+            Ok(event) => match apply(&pool, &handler, &event).await {
+                Outcome::Failed(why) => Some((why, MAX_ATTEMPTS)),
+                Outcome::Applied | Outcome::Duplicate => None,
+            },
+            // Not an event at all: trying again cannot help.
+            Err(malformed) => Some((malformed.to_string(), 1)),
+        };
+        if let Some((why, attempts)) = outcome {
+            // Until the dead-letter topic has it, the event stays uncommitted.
+            while let Err(e) = dead_letters.send(&message, handler.name(), &why, attempts).await {
+                tracing::warn!(consumer = handler.name(), error = %e, "the dead-letter topic is out of reach; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        consumer.commit_message(&message, CommitMode::Async)?;
+    }
+}
+
+/// Follows the handler's topic in the outbox itself (embedded mode, no broker), with the
+/// same inbox and attempts; what fails [`MAX_ATTEMPTS`] times is logged and passed over.
+pub async fn run_outbox<H: Handler>(pool: PgPool, handler: H, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut follower = meridian_shared::outbox::Consumer::start(&pool, handler.topic(), handler.name()).await?;
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            batch = follower.next(&pool, 500) => batch,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(consumer = handler.name(), error = %e, "database unavailable");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for row in &batch.rows {
+            let event = Incoming::from_row(handler.topic(), row);
+            if let Outcome::Failed(why) = apply(&pool, &handler, &event).await {
+                tracing::error!(consumer = handler.name(), event_id = %event.event_id, error = %why, "event passed over after {MAX_ATTEMPTS} attempts");
+            }
+        }
+        let idle = batch.rows.is_empty();
+        if let Err(e) = follower.done(&pool, &batch).await {
+            tracing::warn!(consumer = handler.name(), error = %e, "position not stored");
+        }
+        if idle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The producer that writes to dead-letter topics.
+pub struct DeadLetters {
+    producer: FutureProducer,
+}
+
+impl DeadLetters {
+    pub fn new(kafka: &ClientConfig) -> anyhow::Result<Self> {
+        let mut config = kafka.clone();
+        config.set("enable.idempotence", "true").set("acks", "all");
+        Ok(Self {
+            producer: config.create()?,
+        })
+    }
+
+    /// Writes `message` to its topic's dead-letter topic with why and by whom it failed.
+    pub async fn send(
+        &self,
+        message: &impl Message,
+        consumer: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter().filter(|h| !h.key.starts_with("dlq-")) {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let attempts = attempts.to_string();
+        for (key, value) in [
+            (dlq_headers::CONSUMER, consumer),
+            (dlq_headers::ERROR, error),
+            (dlq_headers::ATTEMPTS, attempts.as_str()),
+            (dlq_headers::TOPIC, message.topic()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let topic = crate::topics::dlq(message.topic());
+        let mut record = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
