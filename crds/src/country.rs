@@ -76,6 +76,11 @@ pub struct CountrySpec {
     /// How practitioner search analyses text in this country.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSettings>,
+    /// What an appointment costs: the billing consumer issues an invoice per booked
+    /// appointment and a credit note per cancellation, in `currency`. Without it, no
+    /// invoices are issued in this country.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<Billing>,
     /// `Retain` (default) detaches and keeps the partitions and index when the Country is
     /// deleted; `Delete` drops them. Patient data is only ever dropped with `Delete`.
     #[serde(default)]
@@ -98,6 +103,24 @@ pub fn code_holder<'a>(country: &'a Country, countries: impl IntoIterator<Item =
             (&a.metadata.creation_timestamp, &a.metadata.name).cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
         })
         .expect("the country itself is a candidate")
+}
+
+/// The fee and tax of an appointment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Billing {
+    /// The fee of one appointment before tax, in `currency`, as a decimal with no more
+    /// digits after the point than the currency has (`60.00` EUR, `8000` JPY).
+    #[schemars(pattern(r"^[0-9]{1,9}(\.[0-9]{1,3})?$"))]
+    pub appointment_fee: String,
+    /// The tax rate applied to the fee, as a fraction: `0.19` is 19 %. Default `0`.
+    #[serde(default = "no_tax")]
+    #[schemars(pattern(r"^0(\.[0-9]{1,6})?$"))]
+    pub tax_rate: String,
+}
+
+fn no_tax() -> String {
+    "0".into()
 }
 
 /// Where a country's personal data may live.

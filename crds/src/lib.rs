@@ -18,8 +18,8 @@ pub mod serving;
 
 pub use common::{DeletionPolicy, SecretKeyRef, condition_types};
 pub use country::{
-    Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer, SearchSettings,
-    code_holder,
+    Billing, Consent, Country, CountrySpec, CountryStatus, Features, Regulatory, Residency, SearchAnalyzer,
+    SearchSettings, code_holder,
 };
 pub use patient_index::{KeySecretRef, PatientIndex, PatientIndexSpec, PatientIndexStatus};
 pub use region::{

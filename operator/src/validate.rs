@@ -81,6 +81,18 @@ pub fn country(country: &Country) -> Vec<FieldError> {
             format!("{:?} is not an ISO 4217 currency code", spec.currency),
         ));
     }
+    if let Some(billing) = &spec.billing {
+        use meridian_shared::money;
+        if let Err(e) = money::parse_amount(&billing.appointment_fee, &spec.currency) {
+            errors.push(err("spec.billing.appointmentFee", e.to_string()));
+        }
+        if money::parse_rate(&billing.tax_rate).is_err() {
+            errors.push(err(
+                "spec.billing.taxRate",
+                format!("{:?} is not a fraction such as \"0.19\" (19 %)", billing.tax_rate),
+            ));
+        }
+    }
     if spec.region.is_empty() {
         errors.push(err("spec.region", "the name of a Region is required"));
     }
@@ -274,6 +286,19 @@ mod tests {
                 "spec.regulatory.nationalIdPattern"
             ]
         );
+    }
+
+    #[test]
+    fn a_fee_finer_than_the_currency_and_a_rate_that_is_no_fraction_are_named() {
+        let mut c = de();
+        c.spec.currency = "JPY".into();
+        c.spec.billing = Some(meridian_crds::Billing {
+            appointment_fee: "80.50".into(),
+            tax_rate: "19".into(),
+        });
+        let errors = country(&c);
+        assert_eq!(fields(&errors), ["spec.billing.appointmentFee", "spec.billing.taxRate"]);
+        assert!(errors[0].message.contains("JPY"), "{errors:?}");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_backbone",
         sql: include_str!("../../migrations/0009_event_backbone.sql"),
     },
+    Migration {
+        version: 10,
+        name: "billing",
+        sql: include_str!("../../migrations/0010_billing.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

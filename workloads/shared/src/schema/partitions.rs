@@ -12,6 +12,7 @@ pub const PARTITIONED_TABLES: &[&str] = &[
     "fhir_history",
     "vault.patients",
     "vault.patient_history",
+    "invoices",
 ];
 
 /// Name of `table`'s partition for country `code`, in the table's schema:
