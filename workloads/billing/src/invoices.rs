@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use meridian_shared::money::format_amount;
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Whose invoices.
@@ -52,7 +51,7 @@ struct Row {
 /// Up to `limit` invoices of `country` numbered below `before` (all when `None`), newest
 /// first.
 pub async fn list(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     country: &str,
     whose: Whose<'_>,
     before: Option<i64>,
@@ -75,7 +74,7 @@ pub async fn list(
     .bind(patient)
     .bind(before)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()

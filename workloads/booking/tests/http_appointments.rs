@@ -1160,3 +1160,132 @@ async fn a_slot_change_whose_transaction_commits_30_s_late_is_streamed_once_and_
         ]
     );
 }
+
+/// Invoices issued by the billing consumer from the bookings' events (here the embedded way:
+/// straight from the outbox), read through the API by each role.
+#[tokio::test]
+async fn invoices_are_shown_to_the_practice_manager_and_to_their_patient_only() {
+    let api = Api::start().await;
+    let rates = meridian_billing::Rates::default();
+    let mut de: meridian_crds::Country =
+        serde_yaml_ng::from_str(include_str!("../../../examples/countries/de.yaml")).unwrap();
+    de.spec.billing = Some(meridian_crds::Billing {
+        appointment_fee: "60.00".into(),
+        tax_rate: "0.19".into(),
+    });
+    rates.set([(
+        "DE".to_string(),
+        meridian_billing::CountryRates::of(&de.spec).unwrap().unwrap(),
+    )]);
+    let billing = meridian_billing::BillingHandler { rates };
+    let consumer = tokio::spawn(meridian_events::consumer::run_outbox(
+        api.pool.clone(),
+        billing,
+        std::future::pending(),
+    ));
+
+    let (alice, bob) = (api.token("alice", &[Role::Patient]), api.token("bob", &[Role::Patient]));
+    let mut ids = Vec::new();
+    for (who, key) in [(&alice, "a1"), (&bob, "b1")] {
+        let start = api.tomorrow_first_slot(who).await;
+        let (status, booked, _) = api
+            .call("POST", "/de/v1/appointments", who, Some(key), Some(api.booking(&start)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{booked}");
+        ids.push(booked["id"].as_str().unwrap().to_string());
+    }
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{}/cancel", ids[0]),
+            &alice,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let manager = api.token("manager", &[Role::PracticeManager]);
+    let started = std::time::Instant::now();
+    let all = loop {
+        let (status, page, _) = api.call("GET", "/de/v1/invoices", &manager, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        if page["items"].as_array().unwrap().len() == 3 {
+            break page;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<(i64, &str, &str)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["number"].as_i64().unwrap(),
+                i["kind"].as_str().unwrap(),
+                i["total"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (3, "credit_note", "-71.40"),
+            (2, "invoice", "71.40"),
+            (1, "invoice", "71.40")
+        ]
+    );
+
+    // Alice sees her invoice and its credit note; Bob his invoice.
+    let (status, mine, _) = api.call("GET", "/de/v1/invoices", &alice, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let appointments: Vec<&str> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["appointmentId"].as_str().unwrap())
+        .collect();
+    assert_eq!(appointments, [ids[0].as_str(), ids[0].as_str()]);
+    let (_, his, _) = api.call("GET", "/de/v1/invoices", &bob, None, None).await;
+    assert_eq!(his["items"][0]["appointmentId"], ids[1].as_str());
+    assert_eq!(his["items"].as_array().unwrap().len(), 1);
+
+    // Pages.
+    let (_, page, _) = api.call("GET", "/de/v1/invoices?limit=2", &manager, None, None).await;
+    assert_eq!(page["next"], 2);
+    let (_, rest, _) = api
+        .call("GET", "/de/v1/invoices?before=2&limit=2", &manager, None, None)
+        .await;
+    assert_eq!(rest["items"][0]["number"], 1);
+    assert_eq!(rest["next"], Value::Null);
+
+    // Deny by default: every other role, another country's manager, no token, bad paging.
+    for roles in [&[Role::Practitioner][..], &[Role::ClinicAdmin], &[Role::SystemAdmin]] {
+        let token = api.token("someone", roles);
+        let (status, problem, _) = api.call("GET", "/de/v1/invoices", &token, None, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{roles:?}: {problem}");
+    }
+    let austrian = api.issuer.token(
+        "manager-at",
+        &[Role::PracticeManager],
+        &["AT"],
+        Duration::from_secs(300),
+    );
+    let (status, _, _) = api.call("GET", "/de/v1/invoices", &austrian, None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = api.call("GET", "/de/v1/invoices", "not-a-token", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, problem, _) = api.call("GET", "/de/v1/invoices?limit=0", &manager, None, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (status, _, _) = api.call("GET", "/de/v1/invoices?page=2", &manager, None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Each read is on the audit trail.
+    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit WHERE action = 'invoice.list'")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert!(reads >= 5, "{reads}");
+    consumer.abort();
+}

@@ -5,6 +5,7 @@
 mod appointments;
 mod availability;
 mod caller;
+mod invoices;
 mod live;
 mod openapi;
 mod practitioners;
@@ -123,6 +124,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(practitioners::router())
         .merge(availability::router())
         .merge(appointments::router())
+        .merge(invoices::router())
         .merge(live::router())
         .merge(openapi::router())
         .with_state(service)

@@ -125,6 +125,13 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, &str)] = &[
         Some("NewTime"),
         "Appointment",
     ),
+    (
+        "get",
+        "/invoices",
+        "Invoices and credit notes, newest first (PracticeManager: the country's; Patient: their own; ?before=<number>&limit=)",
+        None,
+        "InvoicePage",
+    ),
 ];
 
 fn document(cc: &str) -> Value {
@@ -201,7 +208,17 @@ fn document(cc: &str) -> Value {
                     "patientId": {"type": "string", "description": "the patient's client ID, never their sign-in subject"},
                     "startsAt": time, "endsAt": time,
                     "status": {"enum": ["booked", "cancelled", "needs_rebooking", "completed"]}, "reason": string}},
-                "AppointmentPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Appointment"}}}}
+                "AppointmentPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Appointment"}}}},
+                "Invoice": {"type": "object", "properties": {
+                    "number": {"type": "integer", "description": "consecutive per country"}, "kind": {"enum": ["invoice", "credit_note"]},
+                    "appointmentId": {"type": "string", "format": "uuid"}, "patientId": string,
+                    "practitionerId": {"type": "string", "format": "uuid"}, "currency": string,
+                    "net": {"type": "string", "description": "a decimal of the currency, e.g. 60.00"}, "taxRate": string,
+                    "tax": string, "total": string, "credits": {"type": "integer", "description": "a credit note's invoice"},
+                    "issuedAt": time}},
+                "InvoicePage": {"type": "object", "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Invoice"}},
+                    "next": {"type": ["integer", "null"], "description": "pass as ?before= for the next page"}}}
             }
         }
     })
