@@ -38,6 +38,29 @@ async fn a_german_booking_lands_in_the_german_region_only() {
         let expected = i64::from(region == "eu-central-1");
         assert_eq!(appointments(port).await, expected, "appointments in {region}");
     }
+    // The billing consumer (on the outbox: meridian dev runs no broker) invoices it at
+    // Germany's terms (examples/countries/de.yaml), and the practice manager sees it.
+    let manager = bearers["practice-manager"].clone();
+    let asked = std::time::Instant::now();
+    let invoice = loop {
+        let (status, page) = http(dev.addr, "GET", "/de/v1/invoices", &[("Authorization", &manager)], None);
+        assert_eq!(status, 200, "{page}");
+        if let Some(first) = page["items"].get(0) {
+            break first.clone();
+        }
+        assert!(asked.elapsed() < Duration::from_secs(20), "no invoice: {page}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (
+            &invoice["number"],
+            &invoice["kind"],
+            &invoice["total"],
+            &invoice["currency"]
+        ),
+        (&json!(1), &json!("invoice"), &json!("71.40"), &json!("EUR"))
+    );
+    assert_eq!(invoice["appointmentId"], booked["id"]);
     // Not visible through another country's prefix, and unknown prefixes say so.
     let (status, _) = http(
         dev.addr,

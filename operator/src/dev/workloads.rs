@@ -47,12 +47,16 @@ struct RegionService {
     indexer: tokio::task::JoinHandle<()>,
     /// Keeps the PatientIndex's entries of the Region's patients current.
     registrar: tokio::task::JoinHandle<()>,
+    /// The billing consumer's terms, and the consumer (reading the outbox: no broker here).
+    billing_rates: meridian_billing::Rates,
+    billing: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RegionService {
     fn drop(&mut self) {
         self.indexer.abort();
         self.registrar.abort();
+        self.billing.abort();
     }
 }
 
@@ -184,6 +188,8 @@ impl Workloads {
                 records_countries.clone(),
             )
             .with_crossborder(crossborder);
+            let billing_rates = meridian_billing::Rates::default();
+            let billing = tokio::spawn(follow_billing(pool.clone(), billing_rates.clone()));
             let countries = Countries::default();
             let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
             let indexer = match search {
@@ -204,6 +210,8 @@ impl Workloads {
                     index_link,
                     indexer,
                     registrar,
+                    billing_rates,
+                    billing,
                 },
             );
         }
@@ -216,6 +224,9 @@ impl Workloads {
             service
                 .countries
                 .set(meridian_booking::served::entries(countries, name));
+            service
+                .billing_rates
+                .set(meridian_billing::rates::region_rates(countries, name));
             let keys = keys.get(name).unwrap_or(&none);
             service
                 .records_countries
@@ -283,6 +294,18 @@ async fn follow_outbox(pool: sqlx::PgPool, backend: meridian_search::Backend) {
         match Indexer::start(pool.clone(), backend.clone(), INDEXER).await {
             Ok(indexer) => return indexer.run().await,
             Err(e) => tracing::debug!(error = %e, "search indexer waits for its database"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the Region's billing consumer on its outbox, starting it once its database answers.
+async fn follow_billing(pool: sqlx::PgPool, rates: meridian_billing::Rates) {
+    let handler = meridian_billing::BillingHandler { rates };
+    loop {
+        match meridian_events::consumer::run_outbox(pool.clone(), handler.clone(), std::future::pending()).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "the billing consumer waits for its database"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -49,3 +49,15 @@ impl Rates {
         self.0.read().expect("rates lock").get(country).cloned()
     }
 }
+
+/// The terms of the Countries a consumer in `region` bills for: those bound to it (see
+/// [`meridian_crds::serving::bound_to`]) with valid `spec.billing`.
+pub fn region_rates<'a>(
+    countries: impl IntoIterator<Item = &'a meridian_crds::Country>,
+    region: &str,
+) -> Vec<(String, CountryRates)> {
+    meridian_crds::serving::bound_to(countries, region)
+        .into_iter()
+        .filter_map(|c| Some((c.spec.code.clone(), CountryRates::of(&c.spec)?.ok()?)))
+        .collect()
+}
