@@ -123,6 +123,9 @@ enum Bench {
     /// French clinicians looking German patients up through the PatientIndex, Germany's
     /// records service over HTTP, beside the same lookup as bare SQL.
     Crossborder(meridian_records::crossborder::bench::CrossborderBench),
+    /// The event backbone against tansu: relay throughput beside a bare producer, and a
+    /// booking's commit to its invoice through Kafka beside the same on the outbox.
+    Events(meridian_billing::bench::EventsBench),
     /// Query speed and recall of the embedded search engine, against PostgreSQL full-text search, trigrams and ILIKE.
     Search(meridian_search::bench::SearchBench),
     /// `meridian dev` holding every country (examples/world): seconds to all Ready, peak
@@ -184,6 +187,10 @@ fn main() -> ExitCode {
             }
             Command::Bench(Bench::Records(options)) => {
                 print!("{}", meridian_records::bench::run(options).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(Bench::Events(options)) => {
+                print!("{}", meridian_billing::bench::run(options).await?);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(Bench::Crossborder(options)) => {

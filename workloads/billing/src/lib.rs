@@ -3,6 +3,7 @@
 //! rate of the Country's `spec.billing`, in the Country's currency. Invoice numbers run per
 //! country, consecutive and without gaps however many consumers write at once.
 
+pub mod bench;
 pub mod handler;
 pub mod invoices;
 pub mod rates;
