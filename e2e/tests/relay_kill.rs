@@ -40,11 +40,11 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
 
     let mut relay = start_relay(&pg.url(), &broker.bootstrap());
     let keys: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
-    let total = 8 * 250;
+    let total = 8 * 500;
     let writer = {
         let (pool, keys) = (pool.clone(), keys.clone());
         tokio::spawn(async move {
-            for n in 0..250u32 {
+            for n in 0..500u32 {
                 let mut tx = pool.begin().await.unwrap();
                 for key in &keys {
                     let payload = serde_json::json!({ "n": n });
@@ -59,20 +59,32 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
                     outbox::enqueue(&mut tx, &event).await.unwrap();
                 }
                 tx.commit().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(4)).await;
+                tokio::time::sleep(Duration::from_millis(8)).await;
             }
         })
     };
-    // Killed while the writer is still writing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed once it has published some, while the writer is still writing.
+    let position = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(position) FROM outbox_consumers WHERE consumer = 'relay:appointment-events'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while position().await < 400 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the relay published nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     relay.kill().unwrap();
     relay.wait().unwrap();
-    let published_before: Option<i64> =
-        sqlx::query_scalar("SELECT max(position) FROM outbox_consumers WHERE consumer LIKE 'relay:%'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    println!("relay killed with its position at outbox ID {published_before:?}");
+    assert!(!writer.is_finished(), "killed mid-stream");
+    println!("relay killed with its position at outbox ID {}", position().await);
     let mut relay = start_relay(&pg.url(), &broker.bootstrap());
     writer.await.unwrap();
 
@@ -108,7 +120,7 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
     relay.kill().unwrap();
     relay.wait().unwrap();
     for (key, ns) in &order {
-        assert_eq!(*ns, (0..250).collect::<Vec<_>>(), "events of {key} in order");
+        assert_eq!(*ns, (0..500).collect::<Vec<_>>(), "events of {key} in order");
     }
     println!(
         "{total} events, {received} deliveries ({} again after the kill)",
