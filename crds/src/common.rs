@@ -32,6 +32,8 @@ pub mod condition_types {
     pub const DATABASE_READY: &str = "DatabaseReady";
     /// The Region's search endpoint is reachable.
     pub const SEARCH_READY: &str = "SearchReady";
+    /// The Region's Kafka answers and holds the Region's topics.
+    pub const EVENTS_READY: &str = "EventsReady";
     /// The country's search index and alias exist.
     pub const SEARCH_INDEX_READY: &str = "SearchIndexReady";
     /// The country's gateway routes are published.

@@ -23,8 +23,9 @@ pub use country::{
 };
 pub use patient_index::{KeySecretRef, PatientIndex, PatientIndexSpec, PatientIndexStatus};
 pub use region::{
-    CloudResource, DatabaseRole, DatabaseSizing, ExternalEndpoints, Isolation, Region, RegionProvider, RegionResources,
-    RegionSpec, RegionStatus, RegionTls, ResourceOrigin, SearchSizing,
+    CloudResource, DatabaseRole, DatabaseSizing, EventsBroker, ExternalEndpoints, Isolation, KafkaSasl, Region,
+    RegionEvents, RegionProvider, RegionResources, RegionSpec, RegionStatus, RegionTls, ResourceOrigin, SaslMechanism,
+    SearchSizing,
 };
 
 use kube::CustomResourceExt;

@@ -63,6 +63,11 @@ pub struct RegionSpec {
     /// Where to find the endpoints of an `external` stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalEndpoints>,
+    /// The Region's Kafka, where the relay publishes its outbox and the consumers (search
+    /// indexer, billing, analytics, notifications) read. Without it, `meridian dev`'s
+    /// consumers read the outbox directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<RegionEvents>,
     /// How the database's and search's certificates are verified. Outside `local`, every
     /// connection to them verifies the server's certificate and host name (PostgreSQL
     /// `sslmode=verify-full`, OpenSearch over `https`); a URL asking for less is refused.
@@ -142,6 +147,88 @@ pub struct ExternalEndpoints {
     /// Secret key holding the search endpoint URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_url_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A Region's Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionEvents {
+    /// `external`: an existing Kafka, reached as the Secrets below say. `aws`: an existing
+    /// Amazon MSK cluster (its bootstrap brokers string in a Secret; TLS always, SASL/SCRAM
+    /// as MSK's `sasl.scram` listener needs).
+    pub broker: EventsBroker,
+    /// Secret key holding the bootstrap servers, `host:port[,host:port...]`.
+    pub bootstrap_servers_secret_ref: SecretKeyRef,
+    /// Speak TLS to the brokers, verifying their certificates (always for `aws`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Secret key holding the CA certificates (PEM) the brokers' certificates are verified
+    /// against; without it, the system's roots. Implies `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+    /// Partitions of each topic the operator creates (an existing topic keeps its own).
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub partitions: i32,
+    /// Replication factor of each topic it creates (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 7))]
+    pub replication_factor: Option<i32>,
+    /// How long the broker keeps events, in hours (default a week).
+    #[serde(default = "default_retention_hours")]
+    #[schemars(range(min = 1, max = 87600))]
+    pub retention_hours: i32,
+}
+
+fn default_partitions() -> i32 {
+    6
+}
+
+fn default_retention_hours() -> i32 {
+    168
+}
+
+/// Where a Region's Kafka comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EventsBroker {
+    External,
+    Aws,
+}
+
+/// SASL credentials for a Region's Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    /// Secret key holding the user name.
+    pub username_secret_ref: SecretKeyRef,
+    /// Secret key holding the password.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// SASL mechanisms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// The CA certificates a Region's stores are verified against.

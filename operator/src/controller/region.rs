@@ -1,6 +1,6 @@
 //! Region: provision or adopt the stack, bring its database to the current schema.
 
-use meridian_crds::condition_types::{DATABASE_READY, READY, SEARCH_READY};
+use meridian_crds::condition_types::{DATABASE_READY, EVENTS_READY, READY, SEARCH_READY};
 use meridian_crds::{Country, DatabaseRole, Region, RegionResources, RegionStatus};
 use meridian_shared::schema::MIGRATIONS;
 
@@ -142,6 +142,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
     let (search, search_endpoint) = search_ready(region, ctx).await;
+    let events = events_ready(region, ctx).await;
     let mut database = format!("schema at version {version} on {}", planned.endpoint.display);
     if let Some(restart) = ctx.providers.last_restart(region) {
         database.push_str(&format!("; the server was {restart}"));
@@ -149,6 +150,7 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     let reports = [
         Report::ok(DATABASE_READY, "SchemaCurrent", database),
         search,
+        events,
         Report::ok(READY, "Reconciled", "the Region's database is ready"),
     ];
     let status = RegionStatus {
@@ -209,6 +211,50 @@ pub async fn search_ready(region: &Region, ctx: &Context) -> (Report, Option<Str
         // Not an error: search is optional.
         Err(e) if e.reason == "SearchNotConfigured" => (Report::failed(SEARCH_READY, "NotConfigured", e.message), None),
         Err(e) => (Report::failed(SEARCH_READY, e.reason, e.message), None),
+    }
+}
+
+/// `EventsReady`: True once the Region's Kafka answered and holds the Region's topics (the
+/// missing ones created, existing ones left as they are); `BrokerUnreachable` or the
+/// Secret's problem otherwise. `meridian dev`'s local Regions need no broker: their
+/// consumers read the outbox. Like search, events are reported, not required: the database
+/// serves without them, and what the relay has not published waits in the outbox.
+pub async fn events_ready(region: &Region, ctx: &Context) -> Report {
+    match ctx.providers.events(region).await {
+        Ok(None) if region.spec.provider == meridian_crds::RegionProvider::Local => Report::ok(
+            EVENTS_READY,
+            "Outbox",
+            "meridian dev: the Region's consumers read its outbox directly, without a broker",
+        ),
+        Ok(None) => Report::failed(
+            EVENTS_READY,
+            "NotConfigured",
+            "spec.events is not set: no Kafka publishes this Region's outbox",
+        ),
+        Ok(Some((connection, settings, display))) => {
+            let config = match connection.client_config() {
+                Ok(config) => config,
+                Err(e) => return Report::failed(EVENTS_READY, "EventsMisconfigured", format!("spec.events: {e}")),
+            };
+            match meridian_events::topics::ensure(&config, &settings).await {
+                Ok(topics) => {
+                    let created = topics
+                        .iter()
+                        .filter(|(_, o)| *o == meridian_events::topics::Outcome::Created)
+                        .count();
+                    Report::ok(
+                        EVENTS_READY,
+                        "TopicsReady",
+                        format!(
+                            "{} topics on {display} ({created} created by this reconcile)",
+                            topics.len()
+                        ),
+                    )
+                }
+                Err(e) => Report::failed(EVENTS_READY, "BrokerUnreachable", format!("Kafka on {display}: {e}")),
+            }
+        }
+        Err(e) => Report::failed(EVENTS_READY, e.reason, e.message),
     }
 }
 

@@ -158,6 +158,10 @@ impl SecretReasons {
         missing: "CaBundleMissing",
         unreadable: "CaBundleUnreadable",
     };
+    const EVENTS: Self = Self {
+        missing: "EventsSecretMissing",
+        unreadable: "EventsSecretUnreadable",
+    };
 }
 
 /// A Secret reference as a message shows it: `namespace/name key k`.
@@ -402,6 +406,74 @@ impl Providers {
                 opensearch_backend(&url, stacks.ca(region).await?.as_deref())
             }
         }
+    }
+
+    /// How the Region's Kafka is reached, the settings of the topics made there, and how
+    /// status names it (never a credential); `None` without `spec.events`.
+    pub async fn events(
+        &self,
+        region: &Region,
+    ) -> Result<
+        Option<(
+            meridian_events::kafka::Connection,
+            meridian_events::topics::TopicSettings,
+            String,
+        )>,
+        ProviderError,
+    > {
+        use meridian_crds::EventsBroker;
+        use meridian_events::kafka::{Ca, Connection, Sasl};
+        let Some(events) = &region.spec.events else {
+            return Ok(None);
+        };
+        let settings = meridian_events::topics::TopicSettings {
+            partitions: events.partitions,
+            replication_factor: events.replication_factor.unwrap_or(3),
+            retention: std::time::Duration::from_secs(events.retention_hours.max(1) as u64 * 3600),
+        };
+        let bootstrap = self
+            .read_secret_ref(
+                &events.bootstrap_servers_secret_ref,
+                "spec.events.bootstrapServersSecretRef",
+                SecretReasons::EVENTS,
+            )
+            .await?;
+        let ca = match &events.ca_secret_ref {
+            Some(r) => Some(Ca::Pem(
+                self.read_secret_ref(r, "spec.events.caSecretRef", SecretReasons::EVENTS)
+                    .await?,
+            )),
+            None => None,
+        };
+        let sasl = match &events.sasl {
+            Some(sasl) => Some(Sasl {
+                mechanism: sasl.mechanism.as_str(),
+                username: self
+                    .read_secret_ref(
+                        &sasl.username_secret_ref,
+                        "spec.events.sasl.usernameSecretRef",
+                        SecretReasons::EVENTS,
+                    )
+                    .await?,
+                password: self
+                    .read_secret_ref(
+                        &sasl.password_secret_ref,
+                        "spec.events.sasl.passwordSecretRef",
+                        SecretReasons::EVENTS,
+                    )
+                    .await?,
+            }),
+            None => None,
+        };
+        let connection = Connection {
+            bootstrap: bootstrap.trim().to_string(),
+            // MSK's listeners that take credentials all speak TLS.
+            tls: events.tls || events.broker == EventsBroker::Aws,
+            ca,
+            sasl,
+        };
+        let display = connection.bootstrap.clone();
+        Ok(Some((connection, settings, display)))
     }
 
     /// Lets go of the Region's stack when the Region is deleted: with `Delete`, what

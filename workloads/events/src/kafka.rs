@@ -64,7 +64,41 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
 }
 
-impl KafkaOptions {
+/// How a client reaches the brokers, as values: what [`KafkaOptions`] read from flags and
+/// files, or what the operator read from a Region's Secrets.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    pub bootstrap: String,
+    pub tls: bool,
+    pub ca: Option<Ca>,
+    pub sasl: Option<Sasl>,
+}
+
+/// The CA the brokers' certificates are verified against.
+#[derive(Clone, Debug)]
+pub enum Ca {
+    File(PathBuf),
+    Pem(String),
+}
+
+/// SASL credentials.
+#[derive(Clone)]
+pub struct Sasl {
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Sasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
     /// Plain TCP to `bootstrap` (tests, and an `inCluster` broker inside its NetworkPolicy).
     pub fn plaintext(bootstrap: impl Into<String>) -> Self {
         Self {
@@ -80,35 +114,73 @@ impl KafkaOptions {
         }
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
-        let tls = self.tls || self.ca_file.is_some();
-        if let Some(ca) = &self.ca_file {
-            config.set("ssl.ca.location", ca.display().to_string());
+        let tls = self.tls || self.ca.is_some();
+        match &self.ca {
+            Some(Ca::File(path)) => {
+                config.set("ssl.ca.location", path.display().to_string());
+            }
+            Some(Ca::Pem(pem)) => {
+                config.set("ssl.ca.pem", pem);
+            }
+            None => {}
+        }
+        if tls {
             config.set("enable.ssl.certificate.verification", "true");
             config.set("ssl.endpoint.identification.algorithm", "https");
         }
-        let protocol = match (&self.sasl_mechanism, &self.username, &self.password_file) {
+        let protocol = match &self.sasl {
+            Some(sasl) => {
+                config.set("sasl.mechanism", sasl.mechanism);
+                config.set("sasl.username", &sasl.username);
+                config.set("sasl.password", &sasl.password);
+                if tls { "SASL_SSL" } else { "SASL_PLAINTEXT" }
+            }
+            None if tls => "SSL",
+            None => "PLAINTEXT",
+        };
+        config.set("security.protocol", protocol);
+        Ok(config)
+    }
+}
+
+impl KafkaOptions {
+    /// Plain TCP to `bootstrap` (tests).
+    pub fn plaintext(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The connection the options describe (the password read from its file).
+    pub fn connection(&self) -> Result<Connection, ConfigError> {
+        let sasl = match (&self.sasl_mechanism, &self.username, &self.password_file) {
             (Some(mechanism), Some(user), Some(file)) => {
                 let password = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
                     path: file.display().to_string(),
                     source,
                 })?;
-                config.set("sasl.mechanism", mechanism.as_str());
-                config.set("sasl.username", user);
-                config.set("sasl.password", password.trim_end_matches(['\n', '\r']));
-                if tls { "SASL_SSL" } else { "SASL_PLAINTEXT" }
+                Some(Sasl {
+                    mechanism: mechanism.as_str(),
+                    username: user.clone(),
+                    password: password.trim_end_matches(['\n', '\r']).to_string(),
+                })
             }
             (Some(mechanism), _, _) => return Err(ConfigError::IncompleteSasl(mechanism.as_str())),
-            (None, None, None) => {
-                if tls {
-                    "SSL"
-                } else {
-                    "PLAINTEXT"
-                }
-            }
+            (None, None, None) => None,
             (None, _, _) => return Err(ConfigError::CredentialsWithoutMechanism),
         };
-        config.set("security.protocol", protocol);
-        Ok(config)
+        Ok(Connection {
+            bootstrap: self.bootstrap.clone(),
+            tls: self.tls,
+            ca: self.ca_file.clone().map(Ca::File),
+            sasl,
+        })
+    }
+
+    /// The librdkafka settings shared by every client.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        self.connection()?.client_config()
     }
 }
 
@@ -148,6 +220,16 @@ mod tests {
             KafkaOptions::plaintext(" ").client_config(),
             Err(ConfigError::NoBootstrap)
         ));
+        // What the operator reads from a Region's Secrets: the CA as PEM, no file.
+        let from_secrets = Connection {
+            bootstrap: "b-1.msk.example:9096".into(),
+            ca: Some(Ca::Pem("-----BEGIN CERTIFICATE-----".into())),
+            ..Connection::default()
+        }
+        .client_config()
+        .unwrap();
+        assert_eq!(from_secrets.get("security.protocol"), Some("SSL"));
+        assert_eq!(from_secrets.get("ssl.ca.pem"), Some("-----BEGIN CERTIFICATE-----"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

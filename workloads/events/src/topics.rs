@@ -68,7 +68,10 @@ pub async fn ensure(config: &ClientConfig, settings: &TopicSettings) -> Result<V
             .set("retention.ms", &retention)
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Bounded: a broker out of reach must not hold a reconcile for librdkafka's minute.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(topics.iter(), &options)
         .await

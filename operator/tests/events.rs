@@ -1,0 +1,126 @@
+//! A Region's `spec.events` against a real Kafka-protocol broker (tansu) and a real
+//! PostgreSQL: the operator creates the Region's topics through the Kafka admin API, says so
+//! in `EventsReady`, repeats as a no-op, and names what is wrong when it cannot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_crds::Region;
+use meridian_localkafka::{Broker, Storage};
+use meridian_localpg::TempCluster;
+use meridian_operator::conditions;
+use meridian_operator::controller::{Context, region};
+use meridian_operator::providers::{FileSecrets, Providers, StaticSecrets};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+fn region_with_events(name: &str, events: &str) -> Region {
+    let mut r: Region = serde_yaml_ng::from_str(&format!(
+        "apiVersion: platform.meridian.dev/v1alpha1
+kind: Region
+metadata: {{name: {name}}}
+spec:
+  provider: external
+  cloudRegion: eu-west-1
+  external:
+    databaseUrlSecretRef: {{name: db, key: url}}
+  events: {events}"
+    ))
+    .unwrap();
+    r.metadata.generation = Some(1);
+    r
+}
+
+fn topics(bootstrap: &str) -> BTreeMap<String, usize> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut secrets = StaticSecrets::default();
+    secrets.insert("default", "db", BTreeMap::from([("url".into(), pg.url())]));
+    secrets.insert(
+        "default",
+        "kafka",
+        BTreeMap::from([
+            ("bootstrap".into(), broker.bootstrap()),
+            ("closed".into(), "127.0.0.1:1".into()),
+        ]),
+    );
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let providers = Providers::new(None, Arc::new(secrets))
+        .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
+    let ctx = Context::new(providers);
+
+    let r = region_with_events(
+        "eu-west-1",
+        "{broker: external, bootstrapServersSecretRef: {name: kafka, key: bootstrap}, partitions: 3, retentionHours: 24, replicationFactor: 1}",
+    );
+    let first = region::apply(&r, &ctx).await;
+    let events = conditions::find(&first.status.conditions, "EventsReady").unwrap();
+    assert_eq!(
+        (events.status.as_str(), events.reason.as_str()),
+        ("True", "TopicsReady"),
+        "{events:?}"
+    );
+    assert!(events.message.contains("8 created"), "{}", events.message);
+    assert!(conditions::is_true(&first.status.conditions, "Ready"));
+    let made = topics(&broker.bootstrap());
+    for topic in meridian_events::topics::region_topics() {
+        assert_eq!(made.get(&topic), Some(&3), "{topic}: {made:?}");
+    }
+    // Again: nothing to create, nothing changed.
+    let again = region::apply(&r, &ctx).await;
+    let events = conditions::find(&again.status.conditions, "EventsReady").unwrap();
+    assert!(events.message.contains("0 created"), "{}", events.message);
+
+    // A Secret key that is not there: the field and the Secret named, the database still Ready.
+    let missing = region_with_events(
+        "eu-west-1",
+        "{broker: external, bootstrapServersSecretRef: {name: kafka, key: nope}}",
+    );
+    let outcome = region::apply(&missing, &ctx).await;
+    let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
+    assert_eq!(
+        (events.status.as_str(), events.reason.as_str()),
+        ("False", "EventsSecretMissing")
+    );
+    assert!(
+        events.message.contains("spec.events.bootstrapServersSecretRef"),
+        "{}",
+        events.message
+    );
+    assert!(conditions::is_true(&outcome.status.conditions, "Ready"));
+
+    // Nobody listening: said within the admin API's bounded wait.
+    let closed = region_with_events(
+        "eu-west-1",
+        "{broker: external, bootstrapServersSecretRef: {name: kafka, key: closed}}",
+    );
+    let asked = Instant::now();
+    let outcome = region::apply(&closed, &ctx).await;
+    let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
+    assert_eq!(
+        (events.status.as_str(), events.reason.as_str()),
+        ("False", "BrokerUnreachable"),
+        "{events:?}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
+    // Without spec.events, outside meridian dev: nothing publishes the outbox, and it says so.
+    let mut none = closed.clone();
+    none.spec.events = None;
+    let outcome = region::apply(&none, &ctx).await;
+    let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
+    assert_eq!(events.reason, "NotConfigured");
+}
