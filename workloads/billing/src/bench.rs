@@ -66,8 +66,7 @@ fn booked(appointment: Uuid, practitioner: Uuid) -> serde_json::Value {
     })
 }
 
-/// Writes `count` appointment events in transactions of 1000; returns the rows, as the
-/// relay reads them, for the bare producer.
+/// Writes `count` appointment events in transactions of 1000.
 async fn backlog(pool: &PgPool, count: usize) -> anyhow::Result<()> {
     let practitioners: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
     let mut written = 0;
@@ -156,14 +155,6 @@ async fn latencies(pool: &PgPool, committed: &[(Uuid, DateTime<Utc>)]) -> anyhow
     }
 }
 
-async fn published(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(max(position), 0) FROM outbox_consumers WHERE consumer = 'relay:appointment-events'",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
 pub async fn run(options: EventsBench) -> anyhow::Result<String> {
     let dir = tempfile::Builder::new().prefix("meridian-bench-").tempdir()?;
     let cluster = Cluster::start(dir.path(), Durability::Durable).await?;
@@ -184,9 +175,6 @@ pub async fn run(options: EventsBench) -> anyhow::Result<String> {
 
     // Relay throughput: the backlog first, then the relay started on it.
     backlog(&pool, options.backlog).await?;
-    let last_id: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox")
-        .fetch_one(&pool)
-        .await?;
     let relay = Relay::new(pool.clone(), kafka.clone());
     let stats = relay.stats();
     let started = Instant::now();
@@ -194,7 +182,7 @@ pub async fn run(options: EventsBench) -> anyhow::Result<String> {
     let relay_task = tokio::spawn(relay.run(async {
         let _ = relay_stopped.await;
     }));
-    while published(&pool).await? < last_id {
+    while stats.published() < options.backlog as u64 {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
             "the relay published {} events in 300 s",

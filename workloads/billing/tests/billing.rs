@@ -53,6 +53,7 @@ fn event(kind: &str, country: &str, appointment: Uuid, patient: &str) -> Incomin
             "id": appointment, "countryCode": country, "practitionerId": Uuid::nil(),
             "patientId": patient, "status": kind,
         }),
+        replayed: false,
     }
 }
 

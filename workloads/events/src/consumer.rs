@@ -33,6 +33,8 @@ pub mod dlq_headers {
     pub const ERROR: &str = "dlq-error";
     pub const ATTEMPTS: &str = "dlq-attempts";
     pub const TOPIC: &str = "dlq-topic";
+    /// Set by `meridian events dlq replay`: apply the event although it was given up on.
+    pub const REPLAYED: &str = "dlq-replayed";
 }
 
 /// One event as a consumer receives it.
@@ -46,6 +48,8 @@ pub struct Incoming {
     pub correlation_id: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
     pub payload: serde_json::Value,
+    /// Sent back from the dead letters: applied even though it was given up on.
+    pub replayed: bool,
 }
 
 /// Why an event could not be taken as one.
@@ -92,6 +96,7 @@ impl Incoming {
                 .parse()
                 .map_err(|e| Malformed(format!("{}: {e}", headers::OCCURRED_AT)))?,
             payload,
+            replayed: found.contains_key(dlq_headers::REPLAYED),
         })
     }
 
@@ -106,6 +111,7 @@ impl Incoming {
             correlation_id: row.correlation_id,
             occurred_at: row.created_at,
             payload: row.payload.clone(),
+            replayed: false,
         }
     }
 }
@@ -137,6 +143,8 @@ pub enum Outcome {
     Applied,
     /// Handled before: nothing changed.
     Duplicate,
+    /// Given up on before (and not replayed): passed over.
+    DeadLettered,
     /// Failed [`MAX_ATTEMPTS`] times: its error.
     Failed(String),
 }
@@ -156,9 +164,44 @@ pub async fn apply_once<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming
     if new.is_none() {
         return Ok(Outcome::Duplicate);
     }
+    let given_up: Option<i32> =
+        sqlx::query_scalar("DELETE FROM dead_letters WHERE consumer = $1 AND event_id = $2 AND $3 RETURNING 1")
+            .bind(handler.name())
+            .bind(event.event_id)
+            .bind(event.replayed)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if given_up.is_none() && !event.replayed {
+        let dead: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters WHERE consumer = $1 AND event_id = $2)")
+                .bind(handler.name())
+                .bind(event.event_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if dead {
+            return Ok(Outcome::DeadLettered);
+        }
+    }
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
     Ok(Outcome::Applied)
+}
+
+/// Records that `handler` gave up on `event`.
+async fn give_up<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer, event_id, topic, error, attempts) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (consumer, event_id) DO UPDATE
+             SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, at = now()",
+    )
+    .bind(handler.name())
+    .bind(event.event_id)
+    .bind(&event.topic)
+    .bind(error)
+    .bind(MAX_ATTEMPTS as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Applies `event`, trying again after failures: database failures until the database
@@ -175,6 +218,11 @@ pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> 
                 attempts += 1;
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, attempts, error = %why, "the event failed");
                 if attempts >= MAX_ATTEMPTS {
+                    // Recorded until it is (the database answering is not the event's fault).
+                    while let Err(e) = give_up(pool, handler, event, &why).await {
+                        tracing::warn!(consumer = handler.name(), error = %e, "cannot record a dead letter; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                     return Outcome::Failed(why);
                 }
             }
@@ -197,7 +245,11 @@ pub async fn run_kafka<H: Handler>(
     config
         .set("group.id", handler.name())
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // A fetch the broker holds while it has nothing new returns within this: tansu
+        // answers a waiting fetch when it times out, not when an event arrives, so this
+        // bounds how long a new event waits (librdkafka's default is 500 ms).
+        .set("fetch.wait.max.ms", "10");
     let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&[handler.topic()])?;
     let dead_letters = DeadLetters::new(&kafka)?;
@@ -218,7 +270,7 @@ pub async fn run_kafka<H: Handler>(
         let outcome = match Incoming::from_message(&message) {
             Ok(event) => match apply(&pool, &handler, &event).await {
                 Outcome::Failed(why) => Some((why, MAX_ATTEMPTS)),
-                Outcome::Applied | Outcome::Duplicate => None,
+                Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => None,
             },
             // Not an event at all: trying again cannot help.
             Err(malformed) => Some((malformed.to_string(), 1)),

@@ -159,6 +159,12 @@ pub async fn replay(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
                 value: Some(value),
             });
         }
+        // Applied by the consumer that gave up, although it did.
+        let replayed_at = chrono::Utc::now().to_rfc3339();
+        let headers = headers.insert(Header {
+            key: dlq_headers::REPLAYED,
+            value: Some(&replayed_at),
+        });
         let mut record = FutureRecord::to(&topic).headers(headers);
         if let Some(key) = &letter.key {
             record = record.key(key);

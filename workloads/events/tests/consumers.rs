@@ -164,6 +164,12 @@ async fn duplicates_change_nothing_and_a_poison_event_is_dead_lettered_then_repl
         .await
         .unwrap();
     assert_eq!(letter.headers[relay::headers::EVENT_ID], thirteen.to_string());
+    // Delivered twice (the republication above), given up on and dead-lettered once.
+    let given_up: Vec<(Uuid, String)> = sqlx::query_as("SELECT event_id, error FROM dead_letters")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(given_up, [(thirteen, "thirteen is unlucky".to_string())]);
 
     // Fixed, replayed: applied once; a second replay finds nothing new.
     counter.fixed.store(true, Ordering::SeqCst);
@@ -175,6 +181,11 @@ async fn duplicates_change_nothing_and_a_poison_event_is_dead_lettered_then_repl
     .await;
     assert_eq!(effects(&pool).await, (1..=21).collect::<Vec<_>>());
     assert!(dlq::replay(&kafka).await.unwrap().is_empty());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "a replay that succeeds clears its dead letter");
 }
 
 #[tokio::test]

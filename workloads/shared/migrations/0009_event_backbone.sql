@@ -31,3 +31,16 @@ CREATE TABLE inbox (
     handled_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
+
+-- Events a consumer gave up on (and sent to `<topic>.dlq`): the same event delivered again
+-- is passed over instead of failing and being dead-lettered twice; a replay (`meridian
+-- events dlq replay`) is applied, and its row goes when it succeeds.
+CREATE TABLE dead_letters (
+    consumer    text        NOT NULL,
+    event_id    uuid        NOT NULL,
+    topic       text        NOT NULL,
+    error       text        NOT NULL,
+    attempts    integer     NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);

@@ -213,11 +213,11 @@ async fn write_batch(
     heads: &mut BTreeMap<String, Vec<u8>>,
     batch: &[Queued],
 ) -> Result<(), sqlx::Error> {
-    if let Some(previous) = heads.remove(country) {
-        if let Some(last) = extend_chain(pool, country, chain, Some(previous), batch).await? {
-            heads.insert(country.to_string(), last);
-            return Ok(());
-        }
+    if let Some(previous) = heads.remove(country)
+        && let Some(last) = extend_chain(pool, country, chain, Some(previous), batch).await?
+    {
+        heads.insert(country.to_string(), last);
+        return Ok(());
     }
     // Twice at most: the lock holds the head still, unless there was no head to lock and
     // another process wrote the chain's first one at the same time.

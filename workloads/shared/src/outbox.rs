@@ -297,6 +297,8 @@ impl Follower {
 pub struct Consumer {
     name: String,
     follower: Follower,
+    /// The highest outbox ID handled so far (stored as `position`, for people to read).
+    highest: i64,
     /// When the position was last stored.
     saved: Option<std::time::Instant>,
 }
@@ -323,6 +325,7 @@ impl Consumer {
         Ok(Self {
             name: name.to_string(),
             follower: Follower::new(topic, snapshot, legacy_after),
+            highest: legacy_after,
             saved: None,
         })
     }
@@ -351,7 +354,9 @@ impl Consumer {
     /// nothing new comes).
     pub async fn done(&mut self, pool: &PgPool, batch: &Batch) -> Result<(), sqlx::Error> {
         self.follower.done(batch);
-        let last_id = batch.rows.last().map_or(0, |r| r.id);
+        // Chunks of one batch may all come before its snapshot can be stored: the highest
+        // ID is kept across them.
+        self.highest = batch.rows.iter().map(|r| r.id).fold(self.highest, i64::max);
         let recent = batch.rows.is_empty() && self.saved.is_some_and(|at| at.elapsed() < SAVE_IDLE);
         let Some(position) = self.follower.position().filter(|_| !recent) else {
             return Ok(());
@@ -369,7 +374,7 @@ impl Consumer {
                      updated_at = now()",
         )
         .bind(&self.name)
-        .bind(last_id)
+        .bind(self.highest)
         .bind(position.to_string())
         .execute(pool)
         .await?;
