@@ -152,35 +152,30 @@ pub enum Outcome {
 /// Applies `event` once: its inbox row and its effect in one transaction.
 pub async fn apply_once<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Result<Outcome, Failure> {
     let mut tx = pool.begin().await?;
-    let new: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3)
-         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1",
+    // One round trip: the inbox row, and whether the event was given up on (a replay
+    // clears that, and is applied).
+    let (new, dead): (bool, bool) = sqlx::query_as(
+        "WITH new AS (
+             INSERT INTO inbox (consumer, event_id, topic) VALUES ($1, $2, $3)
+             ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1
+         ),
+         cleared AS (
+             DELETE FROM dead_letters WHERE consumer = $1 AND event_id = $2 AND $4 AND EXISTS (SELECT 1 FROM new)
+         )
+         SELECT EXISTS (SELECT 1 FROM new),
+                NOT $4 AND EXISTS (SELECT 1 FROM dead_letters WHERE consumer = $1 AND event_id = $2)",
     )
     .bind(handler.name())
     .bind(event.event_id)
     .bind(&event.topic)
-    .fetch_optional(&mut *tx)
+    .bind(event.replayed)
+    .fetch_one(&mut *tx)
     .await?;
-    if new.is_none() {
+    if !new {
         return Ok(Outcome::Duplicate);
     }
-    let given_up: Option<i32> =
-        sqlx::query_scalar("DELETE FROM dead_letters WHERE consumer = $1 AND event_id = $2 AND $3 RETURNING 1")
-            .bind(handler.name())
-            .bind(event.event_id)
-            .bind(event.replayed)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if given_up.is_none() && !event.replayed {
-        let dead: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters WHERE consumer = $1 AND event_id = $2)")
-                .bind(handler.name())
-                .bind(event.event_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if dead {
-            return Ok(Outcome::DeadLettered);
-        }
+    if dead {
+        return Ok(Outcome::DeadLettered);
     }
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
