@@ -229,6 +229,7 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"vault\".\"patients_de\" PARTITION OF \"vault\".\"patients\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"vault\".\"patient_history_de\" PARTITION OF \"vault\".\"patient_history\" \
                  FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"invoices_de\" PARTITION OF \"invoices\" FOR VALUES IN ('DE');",
             ]
         );
     }
@@ -297,12 +298,12 @@ mod tests {
         assert_eq!(
             detach[0],
             Change::DetachPartition {
-                table: "vault.patient_history",
-                partition: "vault.patient_history_it".into()
+                table: "invoices",
+                partition: "invoices_it".into()
             }
         );
         assert_eq!(
-            detach[0].sql(),
+            detach[1].sql(),
             "ALTER TABLE \"vault\".\"patient_history\" DETACH PARTITION \"vault\".\"patient_history_it\";"
         );
         let mixed = observed(&[

@@ -198,10 +198,10 @@ pub async fn run(options: EventsBench) -> anyhow::Result<String> {
     ));
 
     // The plain alternative: the same rows sent by a bare producer.
-    let rows: Vec<outbox::Row> = sqlx::query_as(
-        "SELECT id, 0::bigint AS xid, country_code, event_type, aggregate_id, payload, event_id, correlation_id, created_at
-           FROM outbox ORDER BY id",
-    )
+    let rows: Vec<outbox::Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM outbox ORDER BY id",
+        outbox::ROW_COLUMNS
+    )))
     .fetch_all(&pool)
     .await?;
     let mut bare = kafka.clone();

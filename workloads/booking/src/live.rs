@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use meridian_shared::outbox::{APPOINTMENT_EVENTS, Follower, Row, Snapshot};
+use meridian_shared::outbox::{APPOINTMENT_EVENTS, Follower, ROW_COLUMNS, Row, Snapshot};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -163,13 +163,13 @@ pub async fn since(
         .await?
         .parse()
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, xid::text::bigint AS xid, country_code, event_type, aggregate_id, payload FROM outbox
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ROW_COLUMNS} FROM outbox
           WHERE topic = $1 AND country_code = $2 AND aggregate_id = ANY($3)
             AND xid >= pg_snapshot_xmin($4::text::pg_snapshot)
             AND NOT pg_visible_in_snapshot(xid, $4::text::pg_snapshot)
-          ORDER BY id",
-    )
+          ORDER BY id"
+    )))
     .bind(APPOINTMENT_EVENTS)
     .bind(country)
     .bind(practitioners)

@@ -7,25 +7,12 @@ use std::path::PathBuf;
 
 use rdkafka::ClientConfig;
 
-/// SASL mechanisms a Region's `spec.events` may name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SaslMechanism {
-    #[value(name = "PLAIN")]
-    Plain,
-    #[value(name = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[value(name = "SCRAM-SHA-512")]
-    ScramSha512,
-}
+pub use meridian_crds::SaslMechanism;
 
-impl SaslMechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
+/// `--kafka-sasl-mechanism`, spelled as a Region's `spec.events.sasl.mechanism` is.
+fn mechanism(value: &str) -> Result<SaslMechanism, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_string()))
+        .map_err(|_| format!("{value:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))
 }
 
 /// Where the Region's Kafka is and how to authenticate to it.
@@ -42,7 +29,7 @@ pub struct KafkaOptions {
     #[arg(long = "kafka-tls", env = "MERIDIAN_KAFKA_TLS")]
     pub tls: bool,
     /// SASL mechanism; needs `--kafka-username` and `--kafka-password-file`.
-    #[arg(long = "kafka-sasl-mechanism", env = "MERIDIAN_KAFKA_SASL_MECHANISM")]
+    #[arg(long = "kafka-sasl-mechanism", env = "MERIDIAN_KAFKA_SASL_MECHANISM", value_parser = mechanism)]
     pub sasl_mechanism: Option<SaslMechanism>,
     #[arg(long = "kafka-username", env = "MERIDIAN_KAFKA_USERNAME")]
     pub username: Option<String>,
@@ -208,6 +195,8 @@ mod tests {
         assert_eq!(config.get("sasl.password"), Some("s3cret"));
         let plain = KafkaOptions::plaintext("127.0.0.1:9092").client_config().unwrap();
         assert_eq!(plain.get("security.protocol"), Some("PLAINTEXT"));
+        assert_eq!(mechanism("SCRAM-SHA-256"), Ok(SaslMechanism::ScramSha256));
+        assert!(mechanism("scram").is_err());
         let half = KafkaOptions {
             sasl_mechanism: Some(SaslMechanism::Plain),
             ..KafkaOptions::plaintext("127.0.0.1:9092")

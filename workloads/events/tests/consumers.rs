@@ -129,10 +129,10 @@ async fn duplicates_change_nothing_and_a_poison_event_is_dead_lettered_then_repl
 
     // Every event published again (a relay that died before storing its position does
     // that): nothing changes.
-    let rows: Vec<outbox::Row> = sqlx::query_as(
-        "SELECT id, 0::bigint AS xid, country_code, event_type, aggregate_id, payload, event_id, correlation_id, created_at
-           FROM outbox ORDER BY id",
-    )
+    let rows: Vec<outbox::Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM outbox ORDER BY id",
+        outbox::ROW_COLUMNS
+    )))
     .fetch_all(&pool)
     .await
     .unwrap();

@@ -166,6 +166,10 @@ impl fmt::Display for Snapshot {
     }
 }
 
+/// The columns of a [`Row`], for a `SELECT` of the outbox: every reader selects these.
+pub const ROW_COLUMNS: &str = "id, coalesce(xid::text, '0')::bigint AS xid, country_code, event_type, aggregate_id, \
+     payload, event_id, correlation_id, created_at";
+
 /// One outbox row as a [`Follower`] reads it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Row {
@@ -250,9 +254,8 @@ impl Follower {
                 to
             }
         };
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, coalesce(xid::text, '0')::bigint AS xid, country_code, event_type, aggregate_id, payload,
-                    event_id, correlation_id, created_at
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROW_COLUMNS}
                FROM outbox
               WHERE topic = $1 AND id > $2
                 AND pg_visible_in_snapshot(coalesce(xid, '0'), $3::text::pg_snapshot)
@@ -260,8 +263,8 @@ impl Follower {
                          ELSE xid >= pg_snapshot_xmin($4::text::pg_snapshot)
                               AND NOT pg_visible_in_snapshot(xid, $4::text::pg_snapshot) END
               ORDER BY id
-              LIMIT $6",
-        )
+              LIMIT $6"
+        )))
         .bind(self.topic)
         .bind(self.after)
         .bind(to.to_string())

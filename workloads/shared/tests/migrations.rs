@@ -114,7 +114,7 @@ async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable(
         .await
         .unwrap();
 
-    assert_eq!(migrate(&mut conn).await.unwrap(), [6, 7, 8]);
+    assert_eq!(migrate(&mut conn).await.unwrap(), since(6));
     event("DE", 4).execute(&mut conn).await.unwrap();
     let xids: Vec<Option<String>> = sqlx::query_scalar("SELECT xid::text FROM outbox ORDER BY id")
         .fetch_all(&mut conn)
@@ -144,6 +144,11 @@ async fn the_outbox_xid_migration_keeps_old_rows_and_detached_partitions_usable(
     let batch = follower.next(&pool, 100).await.unwrap();
     let read: Vec<i64> = batch.rows.iter().map(|r| r.payload["n"].as_i64().unwrap()).collect();
     assert_eq!(read, [5]);
+}
+
+/// The versions of every migration from `version` on.
+fn since(version: i64) -> Vec<i64> {
+    MIGRATIONS.iter().map(|m| m.version).filter(|v| *v >= version).collect()
 }
 
 /// Applies (and records) the migrations before `version`, as a database of that time had them.
@@ -176,7 +181,11 @@ async fn a_records_partition_kept_before_the_consent_migration_attaches_again_af
     let pg = TempCluster::start().await.expect("start PostgreSQL");
     let mut conn = connect(&pg).await;
     apply_before(&mut conn, 8).await;
-    for sql in meridian_shared::schema::fresh_country_sql("FR") {
+    // The partitions of the tables there were then (billing's came with migration 10).
+    for sql in meridian_shared::schema::fresh_country_sql("FR")
+        .into_iter()
+        .filter(|sql| !sql.contains("\"invoices"))
+    {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
@@ -186,7 +195,7 @@ async fn a_records_partition_kept_before_the_consent_migration_attaches_again_af
         .execute(&mut conn)
         .await
         .unwrap();
-    assert_eq!(migrate(&mut conn).await.unwrap(), [8]);
+    assert_eq!(migrate(&mut conn).await.unwrap(), since(8));
     sqlx::raw_sql("ALTER TABLE fhir_resources ATTACH PARTITION fhir_resources_fr FOR VALUES IN ('FR')")
         .execute(&mut conn)
         .await
