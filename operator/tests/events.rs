@@ -117,6 +117,18 @@ async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() 
         "{events:?}"
     );
     assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
+    // The database's Secret goes away: the reconcile stops before it looks at the broker,
+    // and the True it reported before is not repeated as if checked.
+    let mut stopped = r.clone();
+    stopped.status = Some(again.status.clone());
+    stopped.spec.external.as_mut().unwrap().database_url_secret_ref.name = "gone".into();
+    let outcome = region::apply(&stopped, &ctx).await;
+    let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
+    assert_eq!(
+        (events.status.as_str(), events.reason.as_str()),
+        ("Unknown", "Blocked"),
+        "{events:?}"
+    );
     // Without spec.events, outside meridian dev: nothing publishes the outbox, and it says so.
     let mut none = closed.clone();
     none.spec.events = None;

@@ -409,11 +409,15 @@ impl Login<'_> {
 /// The Region's status when the reconcile stopped early. `SearchReady` was not checked this
 /// time: it turns Unknown rather than keep a True nobody verified.
 fn blocked_outcome(previous: RegionStatus, generation: Option<i64>, mut blocked: Blocked) -> Outcome<RegionStatus> {
-    if !blocked.reports.iter().any(|r| r.type_ == SEARCH_READY)
-        && let Some(stop) = blocked.reports.iter().find(|r| r.type_ == DATABASE_READY)
-    {
+    // Search and events are checked after the database: when it stopped the reconcile, an
+    // old True of theirs would be a claim nobody made this time.
+    if let Some(stop) = blocked.reports.iter().find(|r| r.type_ == DATABASE_READY) {
         let message = format!("not checked: {DATABASE_READY} is {}", stop.reason);
-        blocked.reports.push(Report::unknown(SEARCH_READY, "Blocked", message));
+        for later in [SEARCH_READY, EVENTS_READY] {
+            if !blocked.reports.iter().any(|r| r.type_ == later) {
+                blocked.reports.push(Report::unknown(later, "Blocked", message.clone()));
+            }
+        }
     }
     let status = RegionStatus {
         conditions: conditions::merge(&previous.conditions, &blocked.reports, generation),
