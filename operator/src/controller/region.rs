@@ -231,7 +231,9 @@ pub async fn events_ready(region: &Region, ctx: &Context) -> Report {
             "NotConfigured",
             "spec.events is not set: no Kafka publishes this Region's outbox",
         ),
-        Ok(Some((connection, settings, display))) => {
+        Ok(Some((connection, settings))) => {
+            // Host and port only: status never shows a credential.
+            let display = &connection.bootstrap;
             let config = match connection.client_config() {
                 Ok(config) => config,
                 Err(e) => return Report::failed(EVENTS_READY, "EventsMisconfigured", format!("spec.events: {e}")),

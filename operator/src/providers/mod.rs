@@ -408,8 +408,8 @@ impl Providers {
         }
     }
 
-    /// How the Region's Kafka is reached, the settings of the topics made there, and how
-    /// status names it (never a credential); `None` without `spec.events`.
+    /// How the Region's Kafka is reached and the settings of the topics made there; `None`
+    /// without `spec.events`.
     pub async fn events(
         &self,
         region: &Region,
@@ -417,7 +417,6 @@ impl Providers {
         Option<(
             meridian_events::kafka::Connection,
             meridian_events::topics::TopicSettings,
-            String,
         )>,
         ProviderError,
     > {
@@ -472,8 +471,7 @@ impl Providers {
             ca,
             sasl,
         };
-        let display = connection.bootstrap.clone();
-        Ok(Some((connection, settings, display)))
+        Ok(Some((connection, settings)))
     }
 
     /// Lets go of the Region's stack when the Region is deleted: with `Delete`, what

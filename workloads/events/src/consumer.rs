@@ -15,27 +15,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::dlq::{Forwarder, headers as dlq_headers};
 use crate::relay::headers;
 
 /// Failed attempts after which an event goes to the dead-letter topic.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Pause before the next attempt at a failed event (doubled each time, up to a second).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Headers a dead-lettered event carries besides its own.
-pub mod dlq_headers {
-    pub const CONSUMER: &str = "dlq-consumer";
-    pub const ERROR: &str = "dlq-error";
-    pub const ATTEMPTS: &str = "dlq-attempts";
-    pub const TOPIC: &str = "dlq-topic";
-    /// Set by `meridian events dlq replay`: apply the event although it was given up on.
-    pub const REPLAYED: &str = "dlq-replayed";
-}
 
 /// One event as a consumer receives it.
 #[derive(Clone, Debug)]
@@ -247,7 +237,7 @@ pub async fn run_kafka<H: Handler>(
         .set("fetch.wait.max.ms", "10");
     let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&[handler.topic()])?;
-    let dead_letters = DeadLetters::new(&kafka)?;
+    let forwarder = Forwarder::new(&kafka)?;
     tokio::pin!(stop);
     loop {
         let message = tokio::select! {
@@ -272,7 +262,7 @@ pub async fn run_kafka<H: Handler>(
         };
         if let Some((why, attempts)) = outcome {
             // Until the dead-letter topic has it, the event stays uncommitted.
-            while let Err(e) = dead_letters.send(&message, handler.name(), &why, attempts).await {
+            while let Err(e) = dead_letter(&forwarder, &message, handler.name(), &why, attempts).await {
                 tracing::warn!(consumer = handler.name(), error = %e, "the dead-letter topic is out of reach; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -315,61 +305,31 @@ pub async fn run_outbox<H: Handler>(pool: PgPool, handler: H, stop: impl Future<
     }
 }
 
-/// The producer that writes to dead-letter topics.
-pub struct DeadLetters {
-    producer: FutureProducer,
-}
-
-impl DeadLetters {
-    pub fn new(kafka: &ClientConfig) -> anyhow::Result<Self> {
-        let mut config = kafka.clone();
-        config.set("enable.idempotence", "true").set("acks", "all");
-        Ok(Self {
-            producer: config.create()?,
-        })
-    }
-
-    /// Writes `message` to its topic's dead-letter topic with why and by whom it failed.
-    pub async fn send(
-        &self,
-        message: &impl Message,
-        consumer: &str,
-        error: &str,
-        attempts: u32,
-    ) -> Result<(), rdkafka::error::KafkaError> {
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter().filter(|h| !h.key.starts_with("dlq-")) {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let attempts = attempts.to_string();
-        for (key, value) in [
-            (dlq_headers::CONSUMER, consumer),
-            (dlq_headers::ERROR, error),
-            (dlq_headers::ATTEMPTS, attempts.as_str()),
-            (dlq_headers::TOPIC, message.topic()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let topic = crate::topics::dlq(message.topic());
-        let mut record = FutureRecord::to(&topic).headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        self.producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-    }
+/// Writes `message` to its topic's dead-letter topic with why and by whom it failed.
+async fn dead_letter(
+    forwarder: &Forwarder,
+    message: &impl Message,
+    consumer: &str,
+    error: &str,
+    attempts: u32,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let attempts = attempts.to_string();
+    let own: Vec<(&str, Option<&[u8]>)> = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    forwarder
+        .forward(
+            &crate::topics::dlq(message.topic()),
+            &own,
+            &[
+                (dlq_headers::CONSUMER, consumer),
+                (dlq_headers::ERROR, error),
+                (dlq_headers::ATTEMPTS, &attempts),
+                (dlq_headers::TOPIC, message.topic()),
+            ],
+            message.key(),
+            message.payload(),
+        )
+        .await
 }

@@ -11,8 +11,67 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::consumer::dlq_headers;
 use crate::topics;
+
+/// Headers a dead-lettered event carries besides its own.
+pub mod headers {
+    pub const CONSUMER: &str = "dlq-consumer";
+    pub const ERROR: &str = "dlq-error";
+    pub const ATTEMPTS: &str = "dlq-attempts";
+    pub const TOPIC: &str = "dlq-topic";
+    /// Set by `meridian events dlq replay`: apply the event although it was given up on.
+    pub const REPLAYED: &str = "dlq-replayed";
+}
+use headers as dlq_headers;
+
+/// Sends an event on to another topic, as a dead letter or back from one: with its own
+/// headers (less the `dlq-` ones of an earlier trip) and `extra` ones, its key and payload
+/// as they were. Idempotent, acknowledged by every replica.
+pub struct Forwarder {
+    producer: FutureProducer,
+}
+
+impl Forwarder {
+    pub fn new(kafka: &ClientConfig) -> anyhow::Result<Self> {
+        let mut config = kafka.clone();
+        config.set("enable.idempotence", "true").set("acks", "all");
+        Ok(Self {
+            producer: config.create()?,
+        })
+    }
+
+    pub async fn forward(
+        &self,
+        topic: &str,
+        own: &[(&str, Option<&[u8]>)],
+        extra: &[(&str, &str)],
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in own.iter().filter(|(k, _)| !k.starts_with("dlq-")) {
+            headers = headers.insert(Header { key, value: *value });
+        }
+        for (key, value) in extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
 
 /// The consumer group that remembers which dead letters were replayed.
 pub const REPLAY_GROUP: &str = "meridian-dlq-replay";
@@ -143,39 +202,30 @@ pub fn list(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
 /// Sends every dead letter not replayed before back to its topic; returns them.
 pub async fn replay(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
     let (consumer, letters) = read(kafka, REPLAY_GROUP)?;
-    let mut config = kafka.clone();
-    config.set("enable.idempotence", "true").set("acks", "all");
-    let producer: FutureProducer = config.create()?;
+    let forwarder = Forwarder::new(kafka)?;
     for letter in &letters {
         let topic = letter
             .headers
             .get(dlq_headers::TOPIC)
             .cloned()
             .unwrap_or_else(|| letter.dlq_topic.trim_end_matches(".dlq").to_string());
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in letter.headers.iter().filter(|(k, _)| !k.starts_with("dlq-")) {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        let own: Vec<(&str, Option<&[u8]>)> = letter
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+            .collect();
         // Applied by the consumer that gave up, although it did.
         let replayed_at = chrono::Utc::now().to_rfc3339();
-        let headers = headers.insert(Header {
-            key: dlq_headers::REPLAYED,
-            value: Some(&replayed_at),
-        });
-        let mut record = FutureRecord::to(&topic).headers(headers);
-        if let Some(key) = &letter.key {
-            record = record.key(key);
-        }
-        if let Some(payload) = &letter.payload {
-            record = record.payload(payload);
-        }
-        producer
-            .send(record, Duration::from_secs(10))
+        forwarder
+            .forward(
+                &topic,
+                &own,
+                &[(dlq_headers::REPLAYED, &replayed_at)],
+                letter.key.as_deref(),
+                letter.payload.as_deref(),
+            )
             .await
-            .map_err(|(e, _)| anyhow::anyhow!("replaying {} to {topic}: {e}", letter.line()))?;
+            .map_err(|e| anyhow::anyhow!("replaying {} to {topic}: {e}", letter.line()))?;
         // Replayed: the group moves past it.
         let mut done = TopicPartitionList::new();
         done.add_partition_offset(&letter.dlq_topic, letter.partition, Offset::Offset(letter.offset + 1))?;

@@ -86,14 +86,6 @@ impl std::fmt::Debug for Sasl {
 }
 
 impl Connection {
-    /// Plain TCP to `bootstrap` (tests, and an `inCluster` broker inside its NetworkPolicy).
-    pub fn plaintext(bootstrap: impl Into<String>) -> Self {
-        Self {
-            bootstrap: bootstrap.into(),
-            ..Self::default()
-        }
-    }
-
     /// The librdkafka settings shared by every client.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         if self.bootstrap.split(',').all(|s| s.trim().is_empty()) {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_events::consumer::{self, Failure, Handler, Incoming, MAX_ATTEMPTS, dlq_headers};
+use meridian_events::consumer::{self, Failure, Handler, Incoming, MAX_ATTEMPTS};
+use meridian_events::dlq::headers as dlq_headers;
 use meridian_events::kafka::KafkaOptions;
 use meridian_events::relay::Relay;
 use meridian_events::topics::{self, TopicSettings};
