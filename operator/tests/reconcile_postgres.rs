@@ -216,6 +216,8 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
     assert_eq!(
         names(&shared),
         [
+            "appointment_minutes_es",
+            "appointment_minutes_it",
             "appointments_es",
             "appointments_it",
             "audit_es",
@@ -247,6 +249,7 @@ async fn partitions_land_only_in_the_countrys_region_and_repeat_as_no_ops() {
     assert_eq!(
         names(&dedicated),
         [
+            "appointment_minutes_de",
             "appointments_de",
             "audit_de",
             "audit_heads_de",

@@ -112,6 +112,10 @@ pub enum Failure {
     /// Something about the event: tried again, then dead-lettered.
     #[error("{0}")]
     Event(String),
+    /// The event can never be applied (an analytics event later than the allowed
+    /// lateness): dead-lettered at once, without trying again.
+    #[error("{0}")]
+    Rejected(String),
     /// The database: tried again until it answers, never dead-lettered.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -135,8 +139,11 @@ pub enum Outcome {
     Duplicate,
     /// Given up on before (and not replayed): passed over.
     DeadLettered,
-    /// Failed [`MAX_ATTEMPTS`] times: its error.
-    Failed(String),
+    /// Failed [`MAX_ATTEMPTS`] times, or rejected: its error and the attempts made.
+    Failed {
+        error: String,
+        attempts: u32,
+    },
 }
 
 /// Applies `event` once: its inbox row and its effect in one transaction.
@@ -172,8 +179,14 @@ pub async fn apply_once<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming
     Ok(Outcome::Applied)
 }
 
-/// Records that `handler` gave up on `event`.
-async fn give_up<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming, error: &str) -> Result<(), sqlx::Error> {
+/// Records that `handler` gave up on `event` after `attempts`.
+async fn give_up<H: Handler>(
+    pool: &PgPool,
+    handler: &H,
+    event: &Incoming,
+    error: &str,
+    attempts: u32,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (consumer, event_id, topic, error, attempts) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (consumer, event_id) DO UPDATE
@@ -183,34 +196,42 @@ async fn give_up<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming, error
     .bind(event.event_id)
     .bind(&event.topic)
     .bind(error)
-    .bind(MAX_ATTEMPTS as i32)
+    .bind(attempts as i32)
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Applies `event`, trying again after failures: database failures until the database
-/// answers, the event's own up to [`MAX_ATTEMPTS`] times (then [`Outcome::Failed`]).
+/// answers, the event's own up to [`MAX_ATTEMPTS`] times, a rejection not at all (then
+/// [`Outcome::Failed`]).
 pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Outcome {
     let (mut attempts, mut backoff) = (0, FIRST_BACKOFF);
     loop {
-        match apply_once(pool, handler, event).await {
+        let gave_up = match apply_once(pool, handler, event).await {
             Ok(outcome) => return outcome,
             Err(Failure::Database(e)) => {
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %e, "database unavailable; trying the event again");
+                None
             }
             Err(Failure::Event(why)) => {
                 attempts += 1;
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, attempts, error = %why, "the event failed");
-                if attempts >= MAX_ATTEMPTS {
-                    // Recorded until it is (the database answering is not the event's fault).
-                    while let Err(e) = give_up(pool, handler, event, &why).await {
-                        tracing::warn!(consumer = handler.name(), error = %e, "cannot record a dead letter; trying again");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    return Outcome::Failed(why);
-                }
+                (attempts >= MAX_ATTEMPTS).then_some(why)
             }
+            Err(Failure::Rejected(why)) => {
+                attempts += 1;
+                tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %why, "the event was rejected");
+                Some(why)
+            }
+        };
+        if let Some(error) = gave_up {
+            // Recorded until it is (the database answering is not the event's fault).
+            while let Err(e) = give_up(pool, handler, event, &error, attempts).await {
+                tracing::warn!(consumer = handler.name(), error = %e, "cannot record a dead letter; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            return Outcome::Failed { error, attempts };
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -254,7 +275,7 @@ pub async fn run_kafka<H: Handler>(
         };
         let outcome = match Incoming::from_message(&message) {
             Ok(event) => match apply(&pool, &handler, &event).await {
-                Outcome::Failed(why) => Some((why, MAX_ATTEMPTS)),
+                Outcome::Failed { error, attempts } => Some((error, attempts)),
                 Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => None,
             },
             // Not an event at all: trying again cannot help.
@@ -291,8 +312,8 @@ pub async fn run_outbox<H: Handler>(pool: PgPool, handler: H, stop: impl Future<
         };
         for row in &batch.rows {
             let event = Incoming::from_row(handler.topic(), row);
-            if let Outcome::Failed(why) = apply(&pool, &handler, &event).await {
-                tracing::error!(consumer = handler.name(), event_id = %event.event_id, error = %why, "event passed over after {MAX_ATTEMPTS} attempts");
+            if let Outcome::Failed { error, attempts } = apply(&pool, &handler, &event).await {
+                tracing::error!(consumer = handler.name(), event_id = %event.event_id, %error, attempts, "event passed over");
             }
         }
         let idle = batch.rows.is_empty();

@@ -1,7 +1,7 @@
-//! The topics of a Region's Kafka: one per outbox topic, the analytics job's results, and a
-//! dead-letter topic (`<topic>.dlq`) beside each. The operator creates them through the Kafka
-//! admin API; creating one that exists changes nothing (its partitions and retention are
-//! never shrunk or rewritten from here: that could drop events).
+//! The topics of a Region's Kafka: one per outbox topic (the analytics job's results among
+//! them), and a dead-letter topic (`<topic>.dlq`) beside each. The operator creates them
+//! through the Kafka admin API; creating one that exists changes nothing (its partitions and
+//! retention are never shrunk or rewritten from here: that could drop events).
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-use meridian_shared::outbox::{ANALYTICS_RESULTS, OUTBOX_TOPICS};
+use meridian_shared::outbox::OUTBOX_TOPICS;
 
 /// The dead-letter topic of `topic`.
 pub fn dlq(topic: &str) -> String {
@@ -19,11 +19,7 @@ pub fn dlq(topic: &str) -> String {
 
 /// Every topic of a Region, dead-letter topics included.
 pub fn region_topics() -> Vec<String> {
-    OUTBOX_TOPICS
-        .iter()
-        .chain(std::iter::once(&ANALYTICS_RESULTS))
-        .flat_map(|t| [t.to_string(), dlq(t)])
-        .collect()
+    OUTBOX_TOPICS.iter().flat_map(|t| [t.to_string(), dlq(t)]).collect()
 }
 
 /// How the Region's topics are made.

@@ -36,8 +36,14 @@ pub const PATIENT_EVENTS: &str = "patient-events";
 /// Topic of the analytics job's results (per-minute appointment counts).
 pub const ANALYTICS_RESULTS: &str = "analytics-results";
 
-/// The topics of a Region's Kafka that the outbox feeds.
-pub const OUTBOX_TOPICS: [&str; 3] = [PRACTITIONER_EVENTS, APPOINTMENT_EVENTS, PATIENT_EVENTS];
+/// The topics of a Region's Kafka that the outbox feeds (the analytics consumer writes its
+/// results to the outbox too, in the transaction that counts them).
+pub const OUTBOX_TOPICS: [&str; 4] = [
+    PRACTITIONER_EVENTS,
+    APPOINTMENT_EVENTS,
+    PATIENT_EVENTS,
+    ANALYTICS_RESULTS,
+];
 
 /// One domain event. `key` orders events: the Kafka partition key (the practitioner ID).
 #[derive(Clone, Debug)]

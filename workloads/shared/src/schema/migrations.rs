@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "billing",
         sql: include_str!("../../migrations/0010_billing.sql"),
     },
+    Migration {
+        version: 11,
+        name: "analytics",
+        sql: include_str!("../../migrations/0011_analytics.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.
