@@ -61,6 +61,23 @@ async fn a_german_booking_lands_in_the_german_region_only() {
         (&json!(1), &json!("invoice"), &json!("71.40"), &json!("EUR"))
     );
     assert_eq!(invoice["appointmentId"], booked["id"]);
+    // The analytics consumer counted the booking in its minute.
+    let counted = loop {
+        let (status, report) = http(
+            dev.addr,
+            "GET",
+            "/de/v1/analytics/appointments",
+            &[("Authorization", &manager)],
+            None,
+        );
+        assert_eq!(status, 200, "{report}");
+        if let Some(first) = report["minutes"].get(0) {
+            break first.clone();
+        }
+        assert!(asked.elapsed() < Duration::from_secs(20), "not counted: {report}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((&counted["booked"], &counted["cancelled"]), (&json!(1), &json!(0)));
     // Not visible through another country's prefix, and unknown prefixes say so.
     let (status, _) = http(
         dev.addr,

@@ -50,6 +50,8 @@ struct RegionService {
     /// The billing consumer's terms, and the consumer (reading the outbox: no broker here).
     billing_rates: meridian_billing::Rates,
     billing: tokio::task::JoinHandle<()>,
+    /// The analytics consumer, on the outbox too.
+    analytics: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RegionService {
@@ -57,6 +59,7 @@ impl Drop for RegionService {
         self.indexer.abort();
         self.registrar.abort();
         self.billing.abort();
+        self.analytics.abort();
     }
 }
 
@@ -189,7 +192,13 @@ impl Workloads {
             )
             .with_crossborder(crossborder);
             let billing_rates = meridian_billing::Rates::default();
-            let billing = tokio::spawn(follow_billing(pool.clone(), billing_rates.clone()));
+            let billing = tokio::spawn(follow_consumer(
+                pool.clone(),
+                meridian_billing::BillingHandler {
+                    rates: billing_rates.clone(),
+                },
+            ));
+            let analytics = tokio::spawn(follow_consumer(pool.clone(), meridian_analytics::AnalyticsHandler));
             let countries = Countries::default();
             let mut service = Service::new(pool.clone(), self.verifier.clone(), countries.clone());
             let indexer = match search {
@@ -212,6 +221,7 @@ impl Workloads {
                     registrar,
                     billing_rates,
                     billing,
+                    analytics,
                 },
             );
         }
@@ -299,13 +309,13 @@ async fn follow_outbox(pool: sqlx::PgPool, backend: meridian_search::Backend) {
     }
 }
 
-/// Runs the Region's billing consumer on its outbox, starting it once its database answers.
-async fn follow_billing(pool: sqlx::PgPool, rates: meridian_billing::Rates) {
-    let handler = meridian_billing::BillingHandler { rates };
+/// Runs one of the Region's event consumers on its outbox, starting it once its database
+/// answers.
+async fn follow_consumer<H: meridian_events::consumer::Handler + Clone>(pool: sqlx::PgPool, handler: H) {
     loop {
         match meridian_events::consumer::run_outbox(pool.clone(), handler.clone(), std::future::pending()).await {
             Ok(()) => return,
-            Err(e) => tracing::debug!(error = %e, "the billing consumer waits for its database"),
+            Err(e) => tracing::debug!(consumer = handler.name(), error = %e, "the consumer waits for its database"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -1289,3 +1289,132 @@ async fn invoices_are_shown_to_the_practice_manager_and_to_their_patient_only() 
     assert!(reads >= 5, "{reads}");
     consumer.abort();
 }
+
+/// Appointment analytics counted by the analytics consumer from the bookings' events (the
+/// embedded way, from the outbox), read through the API by each role.
+#[tokio::test]
+async fn appointment_analytics_are_shown_to_practice_managers_only() {
+    let api = Api::start().await;
+    let consumer = tokio::spawn(meridian_events::consumer::run_outbox(
+        api.pool.clone(),
+        meridian_analytics::AnalyticsHandler,
+        std::future::pending(),
+    ));
+    let (alice, bob) = (api.token("alice", &[Role::Patient]), api.token("bob", &[Role::Patient]));
+    let mut ids = Vec::new();
+    for (who, key) in [(&alice, "a1"), (&bob, "b1")] {
+        let start = api.tomorrow_first_slot(who).await;
+        let (status, booked, _) = api
+            .call("POST", "/de/v1/appointments", who, Some(key), Some(api.booking(&start)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{booked}");
+        ids.push(booked["id"].as_str().unwrap().to_string());
+    }
+    let (status, _, _) = api
+        .call(
+            "POST",
+            &format!("/de/v1/appointments/{}/cancel", ids[0]),
+            &alice,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let manager = api.token("manager", &[Role::PracticeManager]);
+    let started = std::time::Instant::now();
+    let report = loop {
+        let (status, report, _) = api
+            .call("GET", "/de/v1/analytics/appointments", &manager, None, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        let total = |field: &str| -> i64 {
+            report["minutes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m[field].as_i64().unwrap())
+                .sum()
+        };
+        if (total("booked"), total("cancelled")) == (2, 1) {
+            break report;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["country"], "DE");
+    assert!(report["finalBefore"].is_string(), "{report}");
+    let minute = &report["minutes"][0];
+    assert!(minute["specialty"].is_string() && minute["reassigned"] == 0, "{report}");
+    assert!(minute.get("patientId").is_none() && minute.get("practitionerId").is_none());
+    // A range with none of them.
+    let (status, empty, _) = api
+        .call(
+            "GET",
+            "/de/v1/analytics/appointments?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z",
+            &manager,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(empty["minutes"], json!([]));
+
+    // Deny by default: every other role, another country's manager, no token.
+    for roles in [
+        &[Role::Patient][..],
+        &[Role::Practitioner],
+        &[Role::ClinicAdmin],
+        &[Role::SystemAdmin],
+    ] {
+        let token = api.token("someone", roles);
+        let (status, problem, _) = api
+            .call("GET", "/de/v1/analytics/appointments", &token, None, None)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{roles:?}: {problem}");
+    }
+    let austrian = api.issuer.token(
+        "manager-at",
+        &[Role::PracticeManager],
+        &["AT"],
+        Duration::from_secs(300),
+    );
+    let (status, _, _) = api
+        .call("GET", "/de/v1/analytics/appointments", &austrian, None, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = api
+        .call("GET", "/de/v1/analytics/appointments", "not-a-token", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Bad ranges name the field; unknown parameters and bad times are refused.
+    for query in [
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "from=2026-01-01T00:00:00Z&to=2026-01-09T00:00:00Z",
+    ] {
+        let (status, problem, _) = api
+            .call(
+                "GET",
+                &format!("/de/v1/analytics/appointments?{query}"),
+                &manager,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "from", "{problem}");
+    }
+    for query in ["since=2026-01-01T00:00:00Z", "from=yesterday"] {
+        let (status, _, _) = api
+            .call(
+                "GET",
+                &format!("/de/v1/analytics/appointments?{query}"),
+                &manager,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+    }
+    consumer.abort();
+}

@@ -2,6 +2,7 @@
 //! Region holds. Handlers are thin: they check the caller and hand over to the domain
 //! functions, which work over one transaction each.
 
+mod analytics;
 mod appointments;
 mod availability;
 mod caller;
@@ -125,6 +126,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(availability::router())
         .merge(appointments::router())
         .merge(invoices::router())
+        .merge(analytics::router())
         .merge(live::router())
         .merge(openapi::router())
         .with_state(service)

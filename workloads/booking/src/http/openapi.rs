@@ -132,6 +132,13 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, &str)] = &[
         None,
         "InvoicePage",
     ),
+    (
+        "get",
+        "/analytics/appointments",
+        "Bookings, cancellations and re-assignments per minute and specialty (PracticeManager; ?from=&to=, RFC 3339, at most 7 days, default the last hour)",
+        None,
+        "AppointmentAnalytics",
+    ),
 ];
 
 fn document(cc: &str) -> Value {
@@ -157,6 +164,14 @@ fn document(cc: &str) -> Value {
     }
     let string = json!({"type": "string"});
     let time = json!({"type": "string", "format": "date-time"});
+    // Apart: one json! of the whole document would pass the macro's recursion limit.
+    let count = json!({"type": "integer"});
+    let analytics = json!({"type": "object", "properties": {
+        "country": string, "from": time, "to": time,
+        "finalBefore": {"type": ["string", "null"], "format": "date-time",
+                        "description": "minutes before this are final: later events are not counted"},
+        "minutes": {"type": "array", "items": {"type": "object", "properties": {
+            "minute": time, "specialty": string, "booked": count, "cancelled": count, "reassigned": count}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {"title": format!("Meridian booking API ({})", cc.to_ascii_uppercase()), "version": "v1"},
@@ -218,7 +233,8 @@ fn document(cc: &str) -> Value {
                     "issuedAt": time}},
                 "InvoicePage": {"type": "object", "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Invoice"}},
-                    "next": {"type": ["integer", "null"], "description": "pass as ?before= for the next page"}}}
+                    "next": {"type": ["integer", "null"], "description": "pass as ?before= for the next page"}}},
+                "AppointmentAnalytics": analytics
             }
         }
     })
