@@ -7,8 +7,9 @@
 //! A handler that fails an event is given it again, up to [`MAX_ATTEMPTS`] times; then the
 //! event goes to `<topic>.dlq` with headers naming the consumer, the error and the attempts,
 //! and the consumer moves on; an event the handler rejects outright (it can never apply)
-//! goes there after its first attempt. The database being unreachable is not the event's fault: such
-//! failures are retried without counting, so an outage sends nothing to the dead letters.
+//! goes there after its first attempt. The database being unreachable is not the event's
+//! fault: such failures are retried without counting, so an outage sends nothing to the
+//! dead letters.
 
 use std::future::Future;
 use std::time::Duration;
