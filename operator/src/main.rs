@@ -36,7 +36,11 @@ enum Command {
     /// Run the records workload (FHIR R4, the PII vault) for one Region.
     Records(meridian_records::serve::RecordsOptions),
     /// Publish a Region's outbox to its Kafka (one relay publishes at a time per Region).
-    Relay(meridian_events::relay::RelayOptions),
+    Relay(meridian_events::worker::WorkerOptions),
+    /// Issue a Region's invoices and credit notes from its `appointment-events`.
+    Billing(meridian_billing::serve::BillingOptions),
+    /// Count a Region's appointments per minute from its `appointment-events`.
+    Analytics(meridian_events::worker::WorkerOptions),
     /// The Region's event backbone.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -175,6 +179,14 @@ fn main() -> ExitCode {
             }
             Command::Relay(options) => {
                 meridian_events::relay::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Billing(options) => {
+                meridian_billing::serve::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Analytics(options) => {
+                meridian_events::worker::consume(&options, meridian_analytics::AnalyticsHandler).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Events(EventsCommand::Dlq(command)) => {

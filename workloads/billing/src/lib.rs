@@ -7,6 +7,7 @@ pub mod bench;
 pub mod handler;
 pub mod invoices;
 pub mod rates;
+pub mod serve;
 
 pub use handler::BillingHandler;
 pub use rates::{CountryRates, Rates};

@@ -7,3 +7,4 @@ pub mod dlq;
 pub mod kafka;
 pub mod relay;
 pub mod topics;
+pub mod worker;

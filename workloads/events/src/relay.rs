@@ -255,27 +255,9 @@ pub async fn publish(producer: &FutureProducer, topic: &str, rows: &[Row]) -> Re
     Ok(())
 }
 
-/// Options of `meridian relay`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct RelayOptions {
-    /// The Region's database (the `url` of its connection Secret). Off this machine the
-    /// connection is `sslmode=verify-full`; a URL asking for less is refused.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// CA certificates (a PEM file) the database's certificate is verified against.
-    #[arg(long, env = "DATABASE_CA_FILE")]
-    pub database_ca_file: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub kafka: crate::kafka::KafkaOptions,
-}
-
 /// `meridian relay`: publishes until Ctrl-C or SIGTERM.
-pub async fn run(options: RelayOptions) -> anyhow::Result<()> {
-    let ca = meridian_shared::serve::read_ca(options.database_ca_file.as_deref(), "--database-ca-file")
-        .map_err(anyhow::Error::msg)?;
-    let connect = meridian_shared::tls::pg_options(&options.database_url, ca.as_deref())
-        .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
-    let pool = meridian_shared::serve::pool_options(4).connect_lazy_with(connect);
+pub async fn run(options: crate::worker::WorkerOptions) -> anyhow::Result<()> {
+    let pool = options.pool(4)?;
     let kafka = options.kafka.client_config()?;
     Relay::new(pool, kafka).run(meridian_shared::shutdown::signal()).await
 }
