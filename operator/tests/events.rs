@@ -80,6 +80,10 @@ async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() 
     for topic in meridian_events::topics::region_topics() {
         assert_eq!(made.get(&topic), Some(&3), "{topic}: {made:?}");
     }
+    // The Region's relay and consumers find the broker in the Region's Secret `kafka`.
+    let published = std::fs::read_to_string(secrets_dir.path().join("regions/eu-west-1/secrets/kafka.json")).unwrap();
+    let published: BTreeMap<String, String> = serde_json::from_str(&published).unwrap();
+    assert_eq!(published, BTreeMap::from([("bootstrap".into(), broker.bootstrap())]));
     // Again: nothing to create, nothing changed.
     let again = region::apply(&r, &ctx).await;
     let events = conditions::find(&again.status.conditions, "EventsReady").unwrap();

@@ -234,6 +234,9 @@ pub async fn events_ready(region: &Region, ctx: &Context) -> Report {
         Ok(Some((connection, settings))) => {
             // Host and port only: status never shows a credential.
             let display = &connection.bootstrap;
+            if let Err(e) = publish_kafka(region, &connection, ctx).await {
+                return Report::failed(EVENTS_READY, e.reason, e.message);
+            }
             let config = match connection.client_config() {
                 Ok(config) => config,
                 Err(e) => return Report::failed(EVENTS_READY, "EventsMisconfigured", format!("spec.events: {e}")),
@@ -258,6 +261,25 @@ pub async fn events_ready(region: &Region, ctx: &Context) -> Report {
         }
         Err(e) => Report::failed(EVENTS_READY, e.reason, e.message),
     }
+}
+
+/// Hands the Region's relay and consumers what `spec.events` names: Secret `kafka` beside
+/// the Region's role Secrets (in its namespace, in a cluster), which the workers the
+/// operator deploys (`inCluster`, `aws`) mount, and those deployed by hand (`external`) can.
+async fn publish_kafka(
+    region: &Region,
+    connection: &meridian_events::kafka::Connection,
+    ctx: &Context,
+) -> Result<(), crate::providers::ProviderError> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let data = crate::providers::event_workers::kafka_secret(connection);
+    let store = ctx.providers.region_secrets(region)?;
+    if store.read(&name, crate::providers::event_workers::KAFKA_SECRET).await? != data {
+        store
+            .write(&name, crate::providers::event_workers::KAFKA_SECRET, &data)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Makes the Region's home exist (its namespace, in a cluster); answers the namespace when

@@ -700,7 +700,13 @@ impl AwsStacks {
                 })])
                 .await?;
         }
-        self.objects.apply(&in_cluster::workload(&name, &self.config)).await?;
+        // Objects of the workload it no longer has (the event workers of a Region whose
+        // spec.events was removed) go.
+        let workload = in_cluster::workload(region, &self.config);
+        self.objects.apply(&workload).await?;
+        self.objects
+            .remove_orphans(&name, &in_cluster::namespace(&name), &workload)
+            .await?;
         Ok(Endpoint {
             secret: Some(format!("{}/postgres", in_cluster::namespace(&name))),
             ..Endpoint::from_url(url)
@@ -744,7 +750,7 @@ impl AwsStacks {
     /// does everything with `Retain`.
     pub async fn release(&self, region: &Region, recorded: &RegionResources) -> Result<(), ProviderError> {
         let name = region.metadata.name.clone().unwrap_or_default();
-        let workload: Vec<_> = in_cluster::workload(&name, &self.config).into_iter().rev().collect();
+        let workload: Vec<_> = in_cluster::workload(region, &self.config).into_iter().rev().collect();
         self.objects.delete(&workload).await?;
         if region.spec.deletion_policy != DeletionPolicy::Delete {
             return Ok(());

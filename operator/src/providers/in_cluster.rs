@@ -149,7 +149,7 @@ fn server_secret(region: &str, component: &str, cert: &ServerCert, ca: &Ca) -> V
     })
 }
 
-fn labels(region: &str, component: &str) -> Value {
+pub(super) fn labels(region: &str, component: &str) -> Value {
     json!({
         "app.kubernetes.io/name": component,
         "app.kubernetes.io/instance": region,
@@ -158,7 +158,7 @@ fn labels(region: &str, component: &str) -> Value {
     })
 }
 
-fn selector(region: &str, component: &str) -> Value {
+pub(super) fn selector(region: &str, component: &str) -> Value {
     json!({"app.kubernetes.io/name": component, "app.kubernetes.io/instance": region})
 }
 
@@ -277,6 +277,8 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
     );
     opensearch["spec"]["template"]["metadata"]["annotations"] =
         json!({CERTIFICATE_ANNOTATION: fingerprint(&tls.opensearch.cert_pem)});
+    let mut postgres_clients = vec!["meridian-booking".to_string(), "meridian-records".to_string()];
+    postgres_clients.extend(super::event_workers::clients(region));
     vec![
         namespace_object(&name),
         // The CA with its key, for the operator only; nothing mounts it.
@@ -313,13 +315,13 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
         opensearch,
     ]
     .into_iter()
-    .chain(workload(&name, config))
+    .chain(workload(region, config))
     .chain([
         store_policy(
             &name,
             "postgres",
             5432,
-            &["meridian-booking", "meridian-records"],
+            &postgres_clients.iter().map(String::as_str).collect::<Vec<_>>(),
             config,
         ),
         store_policy(&name, "opensearch", 9200, &["meridian-booking"], config),
@@ -435,10 +437,13 @@ pub const SERVICE_TOKEN_FILE: &str = "/var/run/secrets/meridian/records/token";
 /// from Secret `vault-keys` mounted read-only at [`VAULT_KEYS_DIR`], the PatientIndex's link
 /// from Secret `patient-index` at [`PATIENT_INDEX_DIR`], and a ServiceAccount token for
 /// other Regions' records services (audience `meridian-records`) at [`SERVICE_TOKEN_FILE`];
-/// other Regions' records services may reach it.
-pub fn workload(name: &str, config: &StackConfig) -> Vec<Value> {
-    let mut objects = booking(name, config);
-    objects.extend(records(name, config));
+/// other Regions' records services may reach it. With `spec.events`, the Region's relay and
+/// consumers too ([`super::event_workers`]).
+pub fn workload(region: &Region, config: &StackConfig) -> Vec<Value> {
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let mut objects = booking(&name, config);
+    objects.extend(records(&name, config));
+    objects.extend(super::event_workers::objects(region, config));
     objects
 }
 
@@ -746,10 +751,9 @@ impl InClusterStacks {
         delete: bool,
         recorded: &RegionResources,
     ) -> Result<(), ProviderError> {
-        let name = region.metadata.name.clone().unwrap_or_default();
         if let (true, Some(ns)) = (delete, &recorded.namespace) {
             // The namespace takes everything in it; the workload's ClusterRoleBinding is not in it.
-            let workload: Vec<Value> = workload(&name, &self.config).into_iter().rev().collect();
+            let workload: Vec<Value> = workload(region, &self.config).into_iter().rev().collect();
             self.objects.delete(&workload).await?;
             return self.objects.delete_namespace(ns).await;
         }

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod aws_search;
 pub mod certificates;
+pub mod event_workers;
 pub mod in_cluster;
 mod local;
 mod objects;

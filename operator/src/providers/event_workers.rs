@@ -1,0 +1,282 @@
+//! A Region's event backbone in the cluster, for every provider whose workloads run there
+//! (`inCluster`, `aws`), once the Region has `spec.events`: the relay that publishes the
+//! Region's outbox to its Kafka, and the consumers that follow its topics (billing,
+//! analytics). Each is a ServiceAccount, a Deployment of two replicas (the relay's replicas
+//! take turns through a database lock; the consumers share their consumer group's
+//! partitions) and a NetworkPolicy that lets nothing in: they serve nothing.
+//!
+//! They reach the database as the workload role (`postgres-workload`) and the Kafka through
+//! Secret [`KAFKA_SECRET`], which the Region's events step copies from the Secrets that
+//! `spec.events` names: `bootstrap`, and where set `ca.crt`, `username` and `password`,
+//! the last two mounted as files, never in the environment.
+
+use meridian_crds::{EventsBroker, Region};
+use serde_json::{Value, json};
+
+use super::in_cluster::{CA_FILE, StackConfig, labels, metadata, namespace, selector};
+
+/// The Region's Secret holding how its workers reach its Kafka.
+pub const KAFKA_SECRET: &str = "kafka";
+/// Where the workers find [`KAFKA_SECRET`]'s files.
+const KAFKA_DIR: &str = "/etc/meridian/kafka";
+
+/// The workers: `(component, arguments, watches Countries)`.
+const WORKERS: [(&str, &[&str], bool); 3] = [
+    ("relay", &["relay"], false),
+    // Bills at the terms of the Region's Countries, which it watches.
+    ("billing", &["billing", "--region"], true),
+    ("analytics", &["analytics"], false),
+];
+
+/// The app names of the workers, for the database's NetworkPolicy.
+pub fn clients(region: &Region) -> Vec<String> {
+    if region.spec.events.is_none() {
+        return Vec::new();
+    }
+    WORKERS.iter().map(|(w, _, _)| format!("meridian-{w}")).collect()
+}
+
+/// Every worker object of `region`: none without `spec.events`.
+pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
+    let Some(events) = &region.spec.events else {
+        return Vec::new();
+    };
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let mut env = vec![
+        json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}}),
+        json!({"name": "DATABASE_CA_FILE", "value": CA_FILE}),
+        json!({"name": "MERIDIAN_KAFKA_BOOTSTRAP", "valueFrom": {"secretKeyRef": {"name": KAFKA_SECRET, "key": "bootstrap"}}}),
+    ];
+    // As the operator's own connection (Providers::events) does: MSK's listeners that take
+    // credentials all speak TLS.
+    if events.tls || events.broker == EventsBroker::Aws {
+        env.push(json!({"name": "MERIDIAN_KAFKA_TLS", "value": "true"}));
+    }
+    if events.ca_secret_ref.is_some() {
+        env.push(json!({"name": "MERIDIAN_KAFKA_CA_FILE", "value": format!("{KAFKA_DIR}/ca.crt")}));
+    }
+    if let Some(sasl) = &events.sasl {
+        env.extend([
+            json!({"name": "MERIDIAN_KAFKA_SASL_MECHANISM", "value": sasl.mechanism.as_str()}),
+            json!({"name": "MERIDIAN_KAFKA_USERNAME", "valueFrom": {"secretKeyRef": {"name": KAFKA_SECRET, "key": "username"}}}),
+            json!({"name": "MERIDIAN_KAFKA_PASSWORD_FILE", "value": format!("{KAFKA_DIR}/password")}),
+        ]);
+    }
+    let mut objects = Vec::new();
+    for (worker, args, watches) in WORKERS {
+        let app = format!("meridian-{worker}");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if watches {
+            args.push(name.clone());
+        }
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": metadata(worker, &name, &app),
+            // Only the one that watches Countries talks to the Kubernetes API.
+            "automountServiceAccountToken": watches,
+        }));
+        if watches {
+            objects.push(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": format!("{}-{worker}", namespace(&name)), "labels": labels(&name, &app)},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
+                "subjects": [{"kind": "ServiceAccount", "name": worker, "namespace": namespace(&name)}],
+            }));
+        }
+        objects.push(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata(worker, &name, &app),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": selector(&name, &app)},
+                "template": {
+                    "metadata": {"labels": labels(&name, &app)},
+                    "spec": {
+                        "serviceAccountName": worker,
+                        "containers": [{
+                            "name": worker,
+                            "image": config.workload_image,
+                            "args": args,
+                            "env": env,
+                            "volumeMounts": [
+                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+                                {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
+                            {"name": "kafka", "secret": {"secretName": KAFKA_SECRET, "defaultMode": 0o400}},
+                        ],
+                    },
+                },
+            },
+        }));
+        objects.push(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata(worker, &name, &app),
+            "spec": {
+                "podSelector": {"matchLabels": selector(&name, &app)},
+                "policyTypes": ["Ingress"],
+                "ingress": [],
+            },
+        }));
+    }
+    objects
+}
+
+/// What [`KAFKA_SECRET`] holds for a connection the operator read from `spec.events`.
+pub fn kafka_secret(connection: &meridian_events::kafka::Connection) -> super::SecretData {
+    let mut data = super::SecretData::new();
+    data.insert("bootstrap".into(), connection.bootstrap.clone());
+    if let Some(meridian_events::kafka::Ca::Pem(pem)) = &connection.ca {
+        data.insert("ca.crt".into(), pem.clone());
+    }
+    if let Some(sasl) = &connection.sasl {
+        data.insert("username".into(), sasl.username.clone());
+        data.insert("password".into(), sasl.password.clone());
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(events: &str) -> Region {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
+        let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        region.spec.events = (!events.is_empty()).then(|| serde_yaml_ng::from_str(events).unwrap());
+        region
+    }
+
+    fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name}"))
+    }
+
+    #[test]
+    fn without_events_there_are_no_workers() {
+        assert!(objects(&region(""), &StackConfig::default()).is_empty());
+        assert!(clients(&region("")).is_empty());
+    }
+
+    #[test]
+    fn the_workers_reach_kafka_through_the_regions_secret_and_serve_nothing() {
+        let r = region(
+            "{broker: external, bootstrapServersSecretRef: {name: kafka, key: bootstrap}, tls: true,
+              caSecretRef: {name: kafka, key: ca.crt},
+              sasl: {mechanism: SCRAM-SHA-512, usernameSecretRef: {name: kafka, key: user},
+                     passwordSecretRef: {name: kafka, key: password}}}",
+        );
+        let objects = objects(&r, &StackConfig::default());
+        let names: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ServiceAccount/relay",
+                "Deployment/relay",
+                "NetworkPolicy/relay",
+                "ServiceAccount/billing",
+                "ClusterRoleBinding/meridian-region-eu-central-1-billing",
+                "Deployment/billing",
+                "NetworkPolicy/billing",
+                "ServiceAccount/analytics",
+                "Deployment/analytics",
+                "NetworkPolicy/analytics",
+            ]
+        );
+        let relay = &find(&objects, "Deployment", "relay")["spec"]["template"]["spec"];
+        let container = &relay["containers"][0];
+        assert_eq!(container["args"], json!(["relay"]));
+        let env = container["env"].as_array().unwrap();
+        let value = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+        assert_eq!(
+            value("MERIDIAN_KAFKA_BOOTSTRAP").unwrap()["valueFrom"]["secretKeyRef"],
+            json!({"name": "kafka", "key": "bootstrap"})
+        );
+        assert_eq!(value("MERIDIAN_KAFKA_TLS").unwrap()["value"], "true");
+        assert_eq!(
+            value("MERIDIAN_KAFKA_CA_FILE").unwrap()["value"],
+            "/etc/meridian/kafka/ca.crt"
+        );
+        assert_eq!(
+            value("MERIDIAN_KAFKA_SASL_MECHANISM").unwrap()["value"],
+            "SCRAM-SHA-512"
+        );
+        assert_eq!(
+            value("MERIDIAN_KAFKA_PASSWORD_FILE").unwrap()["value"],
+            "/etc/meridian/kafka/password"
+        );
+        // The password is a file, never a variable; the database is the workload role's.
+        assert!(
+            env.iter()
+                .all(|e| e.to_string().find("\"password\"").is_none() || e["name"] == "MERIDIAN_KAFKA_PASSWORD_FILE")
+        );
+        assert_eq!(
+            value("DATABASE_URL").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+            "postgres-workload"
+        );
+        assert_eq!(
+            find(&objects, "ServiceAccount", "relay")["automountServiceAccountToken"],
+            false
+        );
+        let billing = &find(&objects, "Deployment", "billing")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(billing["args"], json!(["billing", "--region", "eu-central-1"]));
+        assert_eq!(
+            find(&objects, "NetworkPolicy", "analytics")["spec"]["ingress"],
+            json!([])
+        );
+        assert_eq!(
+            clients(&r),
+            ["meridian-relay", "meridian-billing", "meridian-analytics"]
+        );
+    }
+
+    #[test]
+    fn plaintext_without_credentials_sets_nothing_more() {
+        let r = region("{broker: external, bootstrapServersSecretRef: {name: kafka, key: bootstrap}}");
+        let objects = objects(&r, &StackConfig::default());
+        let env = find(&objects, "Deployment", "analytics")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(env, ["DATABASE_URL", "DATABASE_CA_FILE", "MERIDIAN_KAFKA_BOOTSTRAP"]);
+    }
+
+    #[test]
+    fn the_secret_holds_the_connection_as_read() {
+        use meridian_events::kafka::{Ca, Connection, Sasl};
+        let data = kafka_secret(&Connection {
+            bootstrap: "b-1.msk:9096".into(),
+            tls: true,
+            ca: Some(Ca::Pem("PEM".into())),
+            sasl: Some(Sasl {
+                mechanism: "SCRAM-SHA-512",
+                username: "relay".into(),
+                password: "s3cret".into(),
+            }),
+        });
+        assert_eq!(
+            data.into_iter().collect::<Vec<_>>(),
+            [
+                ("bootstrap".to_string(), "b-1.msk:9096".to_string()),
+                ("ca.crt".into(), "PEM".into()),
+                ("password".into(), "s3cret".into()),
+                ("username".into(), "relay".into()),
+            ]
+        );
+    }
+}
