@@ -34,6 +34,8 @@ use crate::common::{DeletionPolicy, SecretKeyRef};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self.provider != 'external' || has(self.external)").message("spec.external is required when spec.provider is external").field_path(".external"))]
+#[x_kube(validation = Rule::new("!has(self.events) || self.events.broker != 'inCluster' || self.provider == 'inCluster' || self.provider == 'aws'").message("spec.events.broker inCluster runs in the Region's namespace: it needs spec.provider inCluster or aws").field_path(".events.broker"))]
+#[x_kube(validation = Rule::new("!has(self.events) || self.events.broker == 'inCluster' || has(self.events.bootstrapServersSecretRef)").message("spec.events.bootstrapServersSecretRef is required unless spec.events.broker is inCluster").field_path(".events.bootstrapServersSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegionSpec {
     /// How the stack is provided: `aws` (Aurora PostgreSQL and OpenSearch Service),
@@ -155,10 +157,19 @@ pub struct ExternalEndpoints {
 pub struct RegionEvents {
     /// `external`: an existing Kafka, reached as the Secrets below say. `aws`: an existing
     /// Amazon MSK cluster (its bootstrap brokers string in a Secret; TLS always, SASL/SCRAM
-    /// as MSK's `sasl.scram` listener needs).
+    /// as MSK's `sasl.scram` listener needs). `inCluster`: a single-node Kafka-compatible
+    /// broker (tansu) that the operator runs in the Region's namespace, with its own volume,
+    /// reachable by the Region's workers and the operator only (plaintext inside the
+    /// cluster; for development and small installations).
     pub broker: EventsBroker,
-    /// Secret key holding the bootstrap servers, `host:port[,host:port...]`.
-    pub bootstrap_servers_secret_ref: SecretKeyRef,
+    /// Secret key holding the bootstrap servers, `host:port[,host:port...]` (`external`
+    /// and `aws`; an `inCluster` broker's address is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers_secret_ref: Option<SecretKeyRef>,
+    /// Size of an `inCluster` broker's volume, in GiB (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub volume_gib: Option<i32>,
     /// Speak TLS to the brokers, verifying their certificates (always for `aws`).
     #[serde(default)]
     pub tls: bool,
@@ -197,6 +208,7 @@ fn default_retention_hours() -> i32 {
 pub enum EventsBroker {
     External,
     Aws,
+    InCluster,
 }
 
 /// SASL credentials for a Region's Kafka.

@@ -342,6 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn events_name_a_missing_bootstrap_and_a_broker_the_provider_cannot_run() {
+        let region_with = |provider: &str, events: &str| -> Region {
+            serde_yaml_ng::from_str(&format!(
+                "apiVersion: platform.meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: x}}\n\
+                 spec: {{provider: {provider}, cloudRegion: eu-west-1, external: {{databaseUrlSecretRef: {{name: db, key: url}}}},\
+                 events: {events}}}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            fields(&region(&region_with("external", "{broker: external}"))),
+            ["spec.events.bootstrapServersSecretRef"]
+        );
+        assert_eq!(
+            fields(&region(&region_with("external", "{broker: inCluster}"))),
+            ["spec.events.broker"]
+        );
+        assert!(region(&region_with("inCluster", "{broker: inCluster}")).is_empty());
+        assert!(region(&region_with("aws", "{broker: inCluster}")).is_empty());
+    }
+
+    #[test]
     fn an_external_region_needs_its_secret_reference() {
         let r: Region = serde_yaml_ng::from_str(
             "apiVersion: platform.meridian.dev/v1alpha1\nkind: Region\nmetadata: {name: x}\n\

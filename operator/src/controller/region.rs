@@ -272,11 +272,15 @@ async fn publish_kafka(
     ctx: &Context,
 ) -> Result<(), crate::providers::ProviderError> {
     let name = region.metadata.name.clone().unwrap_or_default();
-    let data = crate::providers::event_workers::kafka_secret(connection);
+    let data = crate::providers::event_backbone::kafka_secret(connection);
     let store = ctx.providers.region_secrets(region)?;
-    if store.read(&name, crate::providers::event_workers::KAFKA_SECRET).await? != data {
+    if store
+        .read(&name, crate::providers::event_backbone::KAFKA_SECRET)
+        .await?
+        != data
+    {
         store
-            .write(&name, crate::providers::event_workers::KAFKA_SECRET, &data)
+            .write(&name, crate::providers::event_backbone::KAFKA_SECRET, &data)
             .await?;
     }
     Ok(())

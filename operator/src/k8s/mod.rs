@@ -55,6 +55,10 @@ pub struct OperatorOptions {
     /// Image of OpenSearch in `inCluster` Regions.
     #[arg(long, default_value = "opensearchproject/opensearch:2.13.0")]
     pub opensearch_image: String,
+    /// Image of the Kafka-compatible broker (tansu, built with its SQLite storage) of Regions
+    /// whose `spec.events.broker` is `inCluster`.
+    #[arg(long, default_value = "ghcr.io/tansu-io/tansu:0.6.0")]
+    pub kafka_image: String,
     /// Image with the `meridian` binary, run as each `inCluster` Region's booking workload.
     #[arg(long, default_value = "meridian:0.1.0")]
     pub workload_image: String,
@@ -104,6 +108,7 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
     let stack_config = StackConfig {
         postgres_image: options.postgres_image.clone(),
         opensearch_image: options.opensearch_image.clone(),
+        kafka_image: options.kafka_image.clone(),
         workload_image: options.workload_image.clone(),
         operator_namespace: options.namespace.clone(),
         gateway_namespace: options.gateway_namespace.clone(),

@@ -35,6 +35,8 @@ use crate::FIELD_MANAGER;
 pub struct StackConfig {
     pub postgres_image: String,
     pub opensearch_image: String,
+    /// The Kafka-compatible broker of Regions whose `spec.events.broker` is `inCluster`.
+    pub kafka_image: String,
     pub workload_image: String,
     /// Where the operator runs (it migrates the database and reads the Secret).
     pub operator_namespace: String,
@@ -56,6 +58,7 @@ impl Default for StackConfig {
         Self {
             postgres_image: "postgres:15".into(),
             opensearch_image: "opensearchproject/opensearch:2.13.0".into(),
+            kafka_image: "ghcr.io/tansu-io/tansu:0.6.0".into(),
             workload_image: "meridian:0.1.0".into(),
             operator_namespace: "meridian-system".into(),
             gateway_namespace: "meridian-system".into(),
@@ -278,7 +281,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
     opensearch["spec"]["template"]["metadata"]["annotations"] =
         json!({CERTIFICATE_ANNOTATION: fingerprint(&tls.opensearch.cert_pem)});
     let mut postgres_clients = vec!["meridian-booking".to_string(), "meridian-records".to_string()];
-    postgres_clients.extend(super::event_workers::clients(region));
+    postgres_clients.extend(super::event_backbone::clients(region));
     vec![
         namespace_object(&name),
         // The CA with its key, for the operator only; nothing mounts it.
@@ -332,7 +335,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
 /// A one-replica StatefulSet `component` running `container` (its name and volume mount
 /// added here) in a pod with `pod` settings; its volume claim `data` of `storage_gib`,
 /// mounted at `mount`, outlives the StatefulSet unless a Delete policy removes the namespace.
-fn statefulset(
+pub(super) fn statefulset(
     region: &str,
     component: &str,
     pod: Value,
@@ -372,7 +375,7 @@ fn statefulset(
 }
 
 /// The Service in front of `component`'s `port`.
-fn service(region: &str, component: &str, port_name: &str, port: u16) -> Value {
+pub(super) fn service(region: &str, component: &str, port_name: &str, port: u16) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": metadata(component, region, component),
@@ -385,7 +388,7 @@ fn service(region: &str, component: &str, port_name: &str, port: u16) -> Value {
 
 /// Admits to store `component`'s `port` only the Region's workloads named in `clients` and
 /// the operator.
-fn store_policy(region: &str, component: &str, port: u16, clients: &[&str], config: &StackConfig) -> Value {
+pub(super) fn store_policy(region: &str, component: &str, port: u16, clients: &[&str], config: &StackConfig) -> Value {
     let from: Vec<Value> = clients
         .iter()
         .map(|client| json!({"podSelector": {"matchLabels": selector(region, client)}}))
@@ -438,12 +441,12 @@ pub const SERVICE_TOKEN_FILE: &str = "/var/run/secrets/meridian/records/token";
 /// from Secret `patient-index` at [`PATIENT_INDEX_DIR`], and a ServiceAccount token for
 /// other Regions' records services (audience `meridian-records`) at [`SERVICE_TOKEN_FILE`];
 /// other Regions' records services may reach it. With `spec.events`, the Region's relay and
-/// consumers too ([`super::event_workers`]).
+/// consumers too ([`super::event_backbone`]).
 pub fn workload(region: &Region, config: &StackConfig) -> Vec<Value> {
     let name = region.metadata.name.clone().unwrap_or_default();
     let mut objects = booking(&name, config);
     objects.extend(records(&name, config));
-    objects.extend(super::event_workers::objects(region, config));
+    objects.extend(super::event_backbone::objects(region, config));
     objects
 }
 

@@ -6,7 +6,7 @@
 pub mod aws;
 pub mod aws_search;
 pub mod certificates;
-pub mod event_workers;
+pub mod event_backbone;
 pub mod in_cluster;
 mod local;
 mod objects;
@@ -426,14 +426,29 @@ impl Providers {
         let Some(events) = &region.spec.events else {
             return Ok(None);
         };
-        let settings = meridian_events::topics::TopicSettings {
+        let mut settings = meridian_events::topics::TopicSettings {
             partitions: events.partitions,
             replication_factor: events.replication_factor.unwrap_or(3),
             retention: std::time::Duration::from_secs(events.retention_hours.max(1) as u64 * 3600),
         };
+        if events.broker == EventsBroker::InCluster {
+            // One node: one copy of each partition is all there can be.
+            settings.replication_factor = 1;
+            let connection = Connection {
+                bootstrap: event_backbone::kafka_bootstrap(&region_name(region)),
+                ..Connection::default()
+            };
+            return Ok(Some((connection, settings)));
+        }
+        let Some(bootstrap_ref) = &events.bootstrap_servers_secret_ref else {
+            return Err(ProviderError::new(
+                SecretReasons::EVENTS.missing,
+                "spec.events.bootstrapServersSecretRef is required unless spec.events.broker is inCluster",
+            ));
+        };
         let bootstrap = self
             .read_secret_ref(
-                &events.bootstrap_servers_secret_ref,
+                bootstrap_ref,
                 "spec.events.bootstrapServersSecretRef",
                 SecretReasons::EVENTS,
             )

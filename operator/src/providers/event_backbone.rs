@@ -5,6 +5,11 @@
 //! take turns through a database lock; the consumers share their consumer group's
 //! partitions) and a NetworkPolicy that lets nothing in: they serve nothing.
 //!
+//! With `spec.events.broker: inCluster` the broker is here too: a one-node tansu StatefulSet
+//! keeping its log in SQLite on its own volume (kept when the StatefulSet goes, like the
+//! database's), its Service, and a NetworkPolicy that admits the workers and the operator
+//! only.
+//!
 //! They reach the database as the workload role (`postgres-workload`) and the Kafka through
 //! Secret [`KAFKA_SECRET`], which the Region's events step copies from the Secrets that
 //! `spec.events` names: `bootstrap`, and where set `ca.crt`, `username` and `password`,
@@ -13,12 +18,24 @@
 use meridian_crds::{EventsBroker, Region};
 use serde_json::{Value, json};
 
-use super::in_cluster::{CA_FILE, StackConfig, labels, metadata, namespace, selector};
+use super::in_cluster::{
+    CA_FILE, StackConfig, labels, metadata, namespace, selector, service, statefulset, store_policy,
+};
 
 /// The Region's Secret holding how its workers reach its Kafka.
 pub const KAFKA_SECRET: &str = "kafka";
 /// Where the workers find [`KAFKA_SECRET`]'s files.
 const KAFKA_DIR: &str = "/etc/meridian/kafka";
+
+/// The port of an `inCluster` broker.
+const KAFKA_PORT: u16 = 9092;
+/// Size of an `inCluster` broker's volume when the Region does not say.
+const DEFAULT_KAFKA_GIB: i32 = 10;
+
+/// Where an `inCluster` broker of Region `region` is reached.
+pub fn kafka_bootstrap(region: &str) -> String {
+    format!("kafka.{}.svc:{KAFKA_PORT}", namespace(region))
+}
 
 /// The workers: `(component, arguments, watches Countries)`.
 const WORKERS: [(&str, &[&str], bool); 3] = [
@@ -121,7 +138,51 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
             },
         }));
     }
+    if events.broker == EventsBroker::InCluster {
+        objects.splice(
+            0..0,
+            broker(&name, events.volume_gib.unwrap_or(DEFAULT_KAFKA_GIB), config, region),
+        );
+    }
     objects
+}
+
+/// The `inCluster` broker: StatefulSet, Service, NetworkPolicy (see the module's doc).
+fn broker(name: &str, volume_gib: i32, config: &StackConfig, region: &Region) -> Vec<Value> {
+    let advertised = format!("tcp://{}", kafka_bootstrap(name));
+    let listen = format!("tcp://0.0.0.0:{KAFKA_PORT}");
+    let broker = statefulset(
+        name,
+        "kafka",
+        json!({}),
+        json!({
+            "image": config.kafka_image,
+            // The log in SQLite under the working directory: /data, the volume.
+            "workingDir": "/",
+            "args": [
+                "broker",
+                "--listener-url", listen,
+                "--advertised-listener-url", advertised,
+                "--storage-engine", "sqlite://data/tansu.db",
+            ],
+            "ports": [{"name": "kafka", "containerPort": KAFKA_PORT}],
+            "readinessProbe": {"tcpSocket": {"port": KAFKA_PORT}, "periodSeconds": 5},
+        }),
+        "/data",
+        volume_gib,
+    );
+    let clients = clients(region);
+    vec![
+        broker,
+        service(name, "kafka", "kafka", KAFKA_PORT),
+        store_policy(
+            name,
+            "kafka",
+            KAFKA_PORT,
+            &clients.iter().map(String::as_str).collect::<Vec<_>>(),
+            config,
+        ),
+    ]
 }
 
 /// What [`KAFKA_SECRET`] holds for a connection the operator read from `spec.events`.
@@ -254,6 +315,59 @@ mod tests {
             .map(|e| e["name"].as_str().unwrap().to_string())
             .collect::<Vec<_>>();
         assert_eq!(env, ["DATABASE_URL", "DATABASE_CA_FILE", "MERIDIAN_KAFKA_BOOTSTRAP"]);
+    }
+
+    #[test]
+    fn an_in_cluster_broker_keeps_its_log_on_its_volume_and_admits_the_workers_only() {
+        let r = region("{broker: inCluster, volumeGib: 20}");
+        let objects = objects(&r, &StackConfig::default());
+        let kafka = find(&objects, "StatefulSet", "kafka");
+        assert_eq!(kafka["metadata"]["namespace"], "meridian-region-eu-central-1");
+        let container = &kafka["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], "ghcr.io/tansu-io/tansu:0.6.0");
+        assert_eq!(
+            container["args"],
+            json!([
+                "broker",
+                "--listener-url",
+                "tcp://0.0.0.0:9092",
+                "--advertised-listener-url",
+                "tcp://kafka.meridian-region-eu-central-1.svc:9092",
+                "--storage-engine",
+                "sqlite://data/tansu.db",
+            ])
+        );
+        assert_eq!(
+            container["volumeMounts"][0],
+            json!({"name": "data", "mountPath": "/data"})
+        );
+        let claim = &kafka["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
+        assert_eq!(claim, "20Gi");
+        assert_eq!(
+            kafka["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Retain"
+        );
+        assert_eq!(find(&objects, "Service", "kafka")["spec"]["ports"][0]["port"], 9092);
+        let admitted: Vec<&Value> = find(&objects, "NetworkPolicy", "kafka")["spec"]["ingress"][0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(admitted.len(), 4, "the three workers and the operator: {admitted:?}");
+        assert_eq!(
+            admitted[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            "meridian-relay"
+        );
+        assert_eq!(
+            kafka_bootstrap("eu-central-1"),
+            "kafka.meridian-region-eu-central-1.svc:9092"
+        );
+        // The workers are still there, reaching it through Secret kafka like any other.
+        assert!(
+            objects
+                .iter()
+                .any(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "relay")
+        );
     }
 
     #[test]
