@@ -321,6 +321,10 @@ pub struct RegionResources {
     /// and its OpenSearch domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cloud: Vec<CloudResource>,
+    /// Kafka topics this Region created on its `external` or `aws` broker (a `Delete`
+    /// removes them; topics that existed before are never recorded nor removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// A cloud resource a Region uses.

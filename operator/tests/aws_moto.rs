@@ -761,6 +761,7 @@ async fn an_adopted_cluster_gets_the_operators_master_password() {
     let recorded = meridian_crds::RegionResources {
         namespace: Some(NS.into()),
         cloud,
+        topics: Vec::new(),
     };
     stacks.release(&region, &recorded).await.unwrap();
     assert_eq!(moto.clusters().await.len(), 1, "an adopted cluster is never deleted");
@@ -824,6 +825,7 @@ async fn the_example_region_on_aws_becomes_ready_once_its_stack_is_available_ret
         Some(meridian_crds::RegionResources {
             namespace: Some(NS.into()),
             cloud: vec![created("DBCluster"), created("OpenSearchDomain")],
+            topics: Vec::new(),
         })
     );
     region.status = Some(status.clone());

@@ -140,3 +140,53 @@ async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() 
     let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
     assert_eq!(events.reason, "NotConfigured");
 }
+
+/// A Region going with `deletionPolicy: Delete` removes the topics it created on its broker,
+/// and only those: a topic that was there before it is someone else's.
+#[tokio::test]
+async fn delete_removes_the_topics_the_region_created_and_no_other() {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut secrets = StaticSecrets::default();
+    secrets.insert("default", "db", BTreeMap::from([("url".into(), pg.url())]));
+    secrets.insert(
+        "default",
+        "kafka",
+        BTreeMap::from([("bootstrap".into(), broker.bootstrap())]),
+    );
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let providers = Providers::new(None, Arc::new(secrets))
+        .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
+    let ctx = Context::new(providers);
+    // Someone's topic, there before the Region.
+    let kafka = meridian_events::kafka::KafkaOptions::plaintext(broker.bootstrap())
+        .client_config()
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = kafka.create().unwrap();
+    let theirs = rdkafka::admin::NewTopic::new("appointment-events", 1, rdkafka::admin::TopicReplication::Fixed(1));
+    admin
+        .create_topics([&theirs], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+
+    let mut r = region_with_events(
+        "eu-west-1",
+        "{broker: external, bootstrapServersSecretRef: {name: kafka, key: bootstrap}, replicationFactor: 1}",
+    );
+    r.spec.deletion_policy = meridian_crds::DeletionPolicy::Delete;
+    let outcome = region::apply(&r, &ctx).await;
+    let recorded = outcome.status.resources.clone().unwrap_or_default().topics;
+    assert_eq!(recorded.len(), 7, "{recorded:?}");
+    assert!(!recorded.contains(&"appointment-events".to_string()));
+    // Recorded once, kept across reconciles.
+    r.status = Some(outcome.status.clone());
+    let again = region::apply(&r, &ctx).await;
+    assert_eq!(again.status.resources.unwrap_or_default().topics, recorded);
+
+    region::cleanup(&r, &[], &[], &ctx).await.unwrap();
+    let left = topics(&broker.bootstrap());
+    assert!(left.contains_key("appointment-events"), "{left:?}");
+    for topic in &recorded {
+        assert!(!left.contains_key(topic), "{topic} left: {left:?}");
+    }
+}

@@ -294,6 +294,7 @@ async fn retain_stops_the_stack_but_keeps_its_data_and_delete_removes_the_namesp
     let recorded = meridian_crds::RegionResources {
         namespace: Some(NS.into()),
         cloud: Vec::new(),
+        topics: Vec::new(),
     };
     let (released, ()) = scripted::against(stacks.release(&region, false, &recorded), scenario).await;
     released.unwrap();

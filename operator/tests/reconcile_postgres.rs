@@ -1509,7 +1509,8 @@ async fn an_external_region_gets_its_namespace_with_its_roles_secrets_and_only_a
         status.resources,
         Some(meridian_crds::RegionResources {
             namespace: Some(ns.into()),
-            cloud: Vec::new()
+            cloud: Vec::new(),
+            topics: Vec::new(),
         })
     );
     r.status = Some(status);

@@ -92,8 +92,17 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     let planned = plan(region, ctx, true).await;
     // What the Region made or took over, as the providers recorded it, whatever came of
     // this attempt: a deletion goes by it.
+    // The topics it created are recorded by the events step, not by the providers.
+    let topics = previous
+        .resources
+        .as_ref()
+        .map(|r| r.topics.clone())
+        .unwrap_or_default();
     match ctx.providers.recorded(region, namespace).await {
-        Ok(resources) => previous.resources = Some(resources).filter(|r| r != &RegionResources::default()),
+        Ok(resources) => {
+            previous.resources =
+                Some(RegionResources { topics, ..resources }).filter(|r| r != &RegionResources::default())
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read what the Region recorded; keeping the last record"),
     }
     let planned = match planned {
@@ -142,7 +151,13 @@ pub async fn apply(region: &Region, ctx: &Context) -> Outcome<RegionStatus> {
     }
     let version = MIGRATIONS.last().map_or(0, |m| m.version);
     let (search, search_endpoint) = search_ready(region, ctx).await;
-    let events = events_ready(region, ctx).await;
+    let (events, created) = events_ready(region, ctx).await;
+    if !created.is_empty() {
+        let topics = &mut previous.resources.get_or_insert_default().topics;
+        topics.extend(created);
+        topics.sort();
+        topics.dedup();
+    }
     let mut database = format!("schema at version {version} on {}", planned.endpoint.display);
     if let Some(restart) = ctx.providers.last_restart(region) {
         database.push_str(&format!("; the server was {restart}"));
@@ -218,48 +233,71 @@ pub async fn search_ready(region: &Region, ctx: &Context) -> (Report, Option<Str
 /// missing ones created, existing ones left as they are); `BrokerUnreachable` or the
 /// Secret's problem otherwise. `meridian dev`'s local Regions need no broker: their
 /// consumers read the outbox. Like search, events are reported, not required: the database
-/// serves without them, and what the relay has not published waits in the outbox.
-pub async fn events_ready(region: &Region, ctx: &Context) -> Report {
+/// serves without them, and what the relay has not published waits in the outbox. Answers
+/// too the topics this reconcile created on an `external` or `aws` broker, for the record a
+/// `Delete` goes by.
+pub async fn events_ready(region: &Region, ctx: &Context) -> (Report, Vec<String>) {
     match ctx.providers.events(region).await {
-        Ok(None) if region.spec.provider == meridian_crds::RegionProvider::Local => Report::ok(
-            EVENTS_READY,
-            "Outbox",
-            "meridian dev: the Region's consumers read its outbox directly, without a broker",
+        Ok(None) if region.spec.provider == meridian_crds::RegionProvider::Local => (
+            Report::ok(
+                EVENTS_READY,
+                "Outbox",
+                "meridian dev: the Region's consumers read its outbox directly, without a broker",
+            ),
+            Vec::new(),
         ),
-        Ok(None) => Report::failed(
-            EVENTS_READY,
-            "NotConfigured",
-            "spec.events is not set: no Kafka publishes this Region's outbox",
+        Ok(None) => (
+            Report::failed(
+                EVENTS_READY,
+                "NotConfigured",
+                "spec.events is not set: no Kafka publishes this Region's outbox",
+            ),
+            Vec::new(),
         ),
         Ok(Some((connection, settings))) => {
             // Host and port only: status never shows a credential.
             let display = &connection.bootstrap;
             if let Err(e) = publish_kafka(region, &connection, ctx).await {
-                return Report::failed(EVENTS_READY, e.reason, e.message);
+                return (Report::failed(EVENTS_READY, e.reason, e.message), Vec::new());
             }
             let config = match connection.client_config() {
                 Ok(config) => config,
-                Err(e) => return Report::failed(EVENTS_READY, "EventsMisconfigured", format!("spec.events: {e}")),
+                Err(e) => {
+                    let report = Report::failed(EVENTS_READY, "EventsMisconfigured", format!("spec.events: {e}"));
+                    return (report, Vec::new());
+                }
             };
             match meridian_events::topics::ensure(&config, &settings).await {
                 Ok(topics) => {
-                    let created = topics
+                    let created: Vec<String> = topics
                         .iter()
                         .filter(|(_, o)| *o == meridian_events::topics::Outcome::Created)
-                        .count();
-                    Report::ok(
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    let report = Report::ok(
                         EVENTS_READY,
                         "TopicsReady",
                         format!(
-                            "{} topics on {display} ({created} created by this reconcile)",
-                            topics.len()
+                            "{} topics on {display} ({} created by this reconcile)",
+                            topics.len(),
+                            created.len()
                         ),
-                    )
+                    );
+                    // An inCluster broker's topics go with its volume.
+                    let own_broker = region
+                        .spec
+                        .events
+                        .as_ref()
+                        .is_some_and(|e| e.broker == meridian_crds::EventsBroker::InCluster);
+                    (report, if own_broker { Vec::new() } else { created })
                 }
-                Err(e) => Report::failed(EVENTS_READY, "BrokerUnreachable", format!("Kafka on {display}: {e}")),
+                Err(e) => (
+                    Report::failed(EVENTS_READY, "BrokerUnreachable", format!("Kafka on {display}: {e}")),
+                    Vec::new(),
+                ),
             }
         }
-        Err(e) => Report::failed(EVENTS_READY, e.reason, e.message),
+        Err(e) => (Report::failed(EVENTS_READY, e.reason, e.message), Vec::new()),
     }
 }
 
@@ -518,8 +556,37 @@ pub async fn cleanup(
         .as_ref()
         .and_then(|s| s.resources.clone())
         .unwrap_or_default();
+    if region.spec.deletion_policy == meridian_crds::DeletionPolicy::Delete && !recorded.topics.is_empty() {
+        delete_topics(region, &recorded.topics, ctx).await?;
+    }
     ctx.providers
         .release(region, &recorded)
         .await
         .map_err(|e| Blocked::new(vec![Report::failed(READY, e.reason, e.message)], Next::Requeue(RETRY)))
+}
+
+/// Deletes the topics a Region going with `Delete` created on its broker; until the broker
+/// answers, the Region stays (annotate it abandoned to leave them).
+async fn delete_topics(region: &Region, topics: &[String], ctx: &Context) -> Result<(), Blocked> {
+    let deleted = match ctx.providers.events(region).await {
+        Ok(Some((connection, _))) => match connection.client_config() {
+            Ok(config) => meridian_events::topics::delete(&config, topics)
+                .await
+                .map_err(|e| format!("Kafka on {}: {e}", connection.bootstrap)),
+            Err(e) => Err(format!("spec.events: {e}")),
+        },
+        // Its events gone from the spec: where its topics are is no longer known.
+        Ok(None) => return Ok(()),
+        Err(e) => Err(e.message),
+    };
+    deleted.map_err(|e| {
+        let message = format!(
+            "deletionPolicy Delete: the topics this Region created are still there ({e}); annotate {}=true to leave them",
+            meridian_crds::ABANDON_ANNOTATION
+        );
+        Blocked::new(
+            vec![Report::failed(READY, "TopicsNotDeleted", message)],
+            Next::Requeue(RETRY),
+        )
+    })
 }

@@ -515,7 +515,11 @@ impl Providers {
             RegionProvider::Aws => self.aws(region)?.recorded(region).await?,
             _ => Vec::new(),
         };
-        Ok(RegionResources { namespace, cloud })
+        Ok(RegionResources {
+            namespace,
+            cloud,
+            ..RegionResources::default()
+        })
     }
 
     fn kube_objects(&self) -> Option<&objects::Objects> {

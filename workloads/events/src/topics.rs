@@ -82,6 +82,30 @@ pub async fn ensure(config: &ClientConfig, settings: &TopicSettings) -> Result<V
         .collect()
 }
 
+/// Deletes `names` (those a Region created, when it goes with `deletionPolicy: Delete`);
+/// a topic already gone is not an error.
+pub async fn delete(config: &ClientConfig, names: &[String]) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| e.to_string())?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let results = admin
+        .delete_topics(&names, &options)
+        .await
+        .map_err(|e| format!("the Kafka admin API refused to delete topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => return Err(format!("topic {name} could not be deleted: {code}")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
