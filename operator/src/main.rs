@@ -41,6 +41,8 @@ enum Command {
     Billing(meridian_billing::serve::BillingOptions),
     /// Count a Region's appointments per minute from its `appointment-events`.
     Analytics(meridian_events::worker::WorkerOptions),
+    /// Keep a Region's search indexes current from its `practitioner-events`.
+    Indexer(meridian_search::indexer::IndexerOptions),
     /// The Region's event backbone.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -183,6 +185,10 @@ fn main() -> ExitCode {
             }
             Command::Billing(options) => {
                 meridian_billing::serve::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Indexer(options) => {
+                meridian_search::indexer::run(options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Analytics(options) => {

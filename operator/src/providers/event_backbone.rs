@@ -38,12 +38,15 @@ pub fn kafka_bootstrap(region: &str) -> String {
 }
 
 /// The workers: `(component, arguments, watches Countries)`.
-const WORKERS: [(&str, &[&str], bool); 3] = [
+const WORKERS: [(&str, &[&str], bool); 4] = [
     ("relay", &["relay"], false),
     // Bills at the terms of the Region's Countries, which it watches.
     ("billing", &["billing", "--region"], true),
     ("analytics", &["analytics"], false),
+    (INDEXER, &["indexer"], false),
 ];
+/// The worker that writes to the Region's search engine.
+const INDEXER: &str = "search-indexer";
 
 /// The app names of the workers, for the database's NetworkPolicy.
 pub fn clients(region: &Region) -> Vec<String> {
@@ -51,6 +54,14 @@ pub fn clients(region: &Region) -> Vec<String> {
         return Vec::new();
     }
     WORKERS.iter().map(|(w, _, _)| format!("meridian-{w}")).collect()
+}
+
+/// The app names of the workers that reach the search engine.
+pub fn search_clients(region: &Region) -> Vec<String> {
+    match region.spec.events {
+        Some(_) => vec![format!("meridian-{INDEXER}")],
+        None => Vec::new(),
+    }
 }
 
 /// Every worker object of `region`: none without `spec.events`.
@@ -85,6 +96,13 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if watches {
             args.push(name.clone());
+        }
+        let mut env = env.clone();
+        if worker == INDEXER {
+            env.extend([
+                json!({"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}}),
+                json!({"name": "SEARCH_CA_FILE", "value": CA_FILE}),
+            ]);
         }
         objects.push(json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
@@ -255,6 +273,9 @@ mod tests {
                 "ServiceAccount/analytics",
                 "Deployment/analytics",
                 "NetworkPolicy/analytics",
+                "ServiceAccount/search-indexer",
+                "Deployment/search-indexer",
+                "NetworkPolicy/search-indexer",
             ]
         );
         let relay = &find(&objects, "Deployment", "relay")["spec"]["template"]["spec"];
@@ -300,8 +321,20 @@ mod tests {
         );
         assert_eq!(
             clients(&r),
-            ["meridian-relay", "meridian-billing", "meridian-analytics"]
+            [
+                "meridian-relay",
+                "meridian-billing",
+                "meridian-analytics",
+                "meridian-search-indexer"
+            ]
         );
+        // The indexer alone reaches the search engine, as the booking service does.
+        let indexer = &find(&objects, "Deployment", "search-indexer")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(indexer["args"], json!(["indexer"]));
+        let indexer_env = indexer["env"].as_array().unwrap();
+        assert!(indexer_env.iter().any(|e| e["name"] == "SEARCH_URL"));
+        assert!(!env.iter().any(|e| e["name"] == "SEARCH_URL"));
+        assert_eq!(search_clients(&r), ["meridian-search-indexer"]);
     }
 
     #[test]
@@ -353,7 +386,7 @@ mod tests {
             .unwrap()
             .iter()
             .collect();
-        assert_eq!(admitted.len(), 4, "the three workers and the operator: {admitted:?}");
+        assert_eq!(admitted.len(), 5, "the four workers and the operator: {admitted:?}");
         assert_eq!(
             admitted[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
             "meridian-relay"

@@ -282,6 +282,8 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
         json!({CERTIFICATE_ANNOTATION: fingerprint(&tls.opensearch.cert_pem)});
     let mut postgres_clients = vec!["meridian-booking".to_string(), "meridian-records".to_string()];
     postgres_clients.extend(super::event_backbone::clients(region));
+    let mut search_clients = vec!["meridian-booking".to_string()];
+    search_clients.extend(super::event_backbone::search_clients(region));
     vec![
         namespace_object(&name),
         // The CA with its key, for the operator only; nothing mounts it.
@@ -327,7 +329,13 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
             &postgres_clients.iter().map(String::as_str).collect::<Vec<_>>(),
             config,
         ),
-        store_policy(&name, "opensearch", 9200, &["meridian-booking"], config),
+        store_policy(
+            &name,
+            "opensearch",
+            9200,
+            &search_clients.iter().map(String::as_str).collect::<Vec<_>>(),
+            config,
+        ),
     ])
     .collect()
 }
@@ -444,7 +452,7 @@ pub const SERVICE_TOKEN_FILE: &str = "/var/run/secrets/meridian/records/token";
 /// consumers too ([`super::event_backbone`]).
 pub fn workload(region: &Region, config: &StackConfig) -> Vec<Value> {
     let name = region.metadata.name.clone().unwrap_or_default();
-    let mut objects = booking(&name, config);
+    let mut objects = booking(&name, config, region.spec.events.is_some());
     objects.extend(records(&name, config));
     objects.extend(super::event_backbone::objects(region, config));
     objects
@@ -502,14 +510,18 @@ fn records(name: &str, config: &StackConfig) -> Vec<Value> {
     objects
 }
 
-/// The booking service: see [`workload`].
-fn booking(name: &str, config: &StackConfig) -> Vec<Value> {
-    let env = vec![
+/// The booking service: see [`workload`]. With a Kafka (`events`), `meridian indexer` keeps
+/// the indexes current instead of the booking replicas.
+fn booking(name: &str, config: &StackConfig, events: bool) -> Vec<Value> {
+    let mut env = vec![
         json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::WORKLOAD_SECRET, "key": "url"}}}),
         json!({"name": "DATABASE_CA_FILE", "value": CA_FILE}),
         json!({"name": "SEARCH_URL", "valueFrom": {"secretKeyRef": {"name": "search", "key": "url"}}}),
         json!({"name": "SEARCH_CA_FILE", "value": CA_FILE}),
     ];
+    if events {
+        env.push(json!({"name": "MERIDIAN_OUTBOX_INDEXER", "value": "false"}));
+    }
     let mounts = vec![json!({"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true})];
     // Optional: an `aws` Region reached on loopback (tests) has none.
     let volumes = vec![json!({"name": "ca", "secret": {"secretName": "ca", "optional": true}})];
@@ -1060,5 +1072,45 @@ mod tests {
             postgres["spec"]["ingress"][0]["ports"],
             json!([{"protocol": "TCP", "port": 5432}])
         );
+    }
+
+    #[test]
+    fn with_events_the_workers_reach_the_stores_and_the_booking_replicas_stop_indexing() {
+        let mut region = frankfurt();
+        region.spec.events = Some(serde_yaml_ng::from_str("{broker: inCluster}").unwrap());
+        let objects = stack(&region, &StackConfig::default(), "s3cret", &StackTls::default());
+        let admitted = |store: &str| -> Vec<String> {
+            find(&objects, "NetworkPolicy", store)["spec"]["ingress"][0]["from"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|f| f["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str())
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            admitted("postgres"),
+            [
+                "meridian-booking",
+                "meridian-records",
+                "meridian-relay",
+                "meridian-billing",
+                "meridian-analytics",
+                "meridian-search-indexer"
+            ]
+        );
+        assert_eq!(admitted("opensearch"), ["meridian-booking", "meridian-search-indexer"]);
+        let booking_env = &find(&objects, "Deployment", "booking")["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            booking_env
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "MERIDIAN_OUTBOX_INDEXER", "value": "false"}))
+        );
+        find(&objects, "StatefulSet", "kafka");
+        // Without events, booking indexes from the outbox as before.
+        let plain = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
+        let env = find(&plain, "Deployment", "booking")["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(!env.contains("MERIDIAN_OUTBOX_INDEXER"));
     }
 }

@@ -31,10 +31,14 @@ pub struct BookingOptions {
     #[command(flatten)]
     pub oidc: OidcOptions,
     /// The Region's OpenSearch endpoint (the URL of its search Secret, credentials as user
-    /// information). With it the service answers practitioner search and keeps the
-    /// countries' indexes current from the outbox.
+    /// information). With it the service answers practitioner search and, unless
+    /// `--outbox-indexer false`, keeps the countries' indexes current from the outbox.
     #[arg(long, env = "SEARCH_URL")]
     pub search_url: Option<String>,
+    /// Index from the outbox. `false` where the Region has a Kafka: `meridian indexer`
+    /// follows its `practitioner-events` instead.
+    #[arg(long, env = "MERIDIAN_OUTBOX_INDEXER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbox_indexer: bool,
     /// CA certificates (a PEM file) the search endpoint's certificate is verified against,
     /// besides the system's roots. Plain `http://` is refused off this machine.
     #[arg(long, env = "SEARCH_CA_FILE")]
@@ -116,7 +120,10 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
             let backend = Backend::OpenSearch(Arc::new(client));
             service = service.with_search(backend.clone());
             // Every replica follows the outbox; their writes are idempotent by version.
-            Some(Indexer::start(pool, backend, "search-indexer").await?.spawn())
+            match options.outbox_indexer {
+                true => Some(Indexer::start(pool, backend, "search-indexer").await?.spawn()),
+                false => None,
+            }
         }
         None => None,
     };

@@ -121,6 +121,10 @@ pub enum Failure {
     /// The database: tried again until it answers, never dead-lettered.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// Another store the effect is written to (the search engine): tried again until it
+    /// answers, never dead-lettered, like the database.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A consumer's effect of one event.
@@ -212,8 +216,8 @@ pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> 
     loop {
         let gave_up = match apply_once(pool, handler, event).await {
             Ok(outcome) => return outcome,
-            Err(Failure::Database(e)) => {
-                tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %e, "database unavailable; trying the event again");
+            Err(e @ (Failure::Database(_) | Failure::Unavailable(_))) => {
+                tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %e, "a store is out of reach; trying the event again");
                 None
             }
             Err(Failure::Event(why)) => {

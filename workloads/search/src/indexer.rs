@@ -1,7 +1,11 @@
-//! The search indexer: follows a Region database's outbox in order and writes each
+//! The search indexer: follows a Region's `practitioner-events` and writes each
 //! `practitioner.*` event's practitioner into their country's index. At least once, and
 //! idempotent: a document carries the practitioner's version, and an index never lets an
 //! older or equal version replace a newer one, so a replay after a crash changes nothing.
+//!
+//! It reads them from the database's outbox directly ([`Indexer`]: `meridian dev`, and the
+//! booking service of a Region without a Kafka), or from the Region's Kafka in its consumer
+//! group ([`IndexHandler`], `meridian indexer`).
 //!
 //! Its position is kept in `outbox_consumers`: a snapshot such that every event whose
 //! transaction it sees has been written (see [`meridian_shared::outbox::Follower`]). An event
@@ -103,4 +107,63 @@ impl Indexer {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run())
     }
+}
+
+/// The indexer as a consumer of the Region's Kafka: each event's practitioner written to
+/// their country's index. The inbox row it leaves makes a redelivered event cost nothing;
+/// the versions make one applied twice harmless all the same (the index is written before
+/// the inbox row commits).
+#[derive(Clone)]
+pub struct IndexHandler {
+    pub backend: Backend,
+}
+
+impl meridian_events::consumer::Handler for IndexHandler {
+    fn name(&self) -> &str {
+        "search-indexer"
+    }
+
+    fn topic(&self) -> &'static str {
+        PRACTITIONER_EVENTS
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::PgConnection,
+        event: &meridian_events::consumer::Incoming,
+    ) -> Result<(), meridian_events::consumer::Failure> {
+        use meridian_events::consumer::Failure;
+        // Every practitioner event carries the whole practitioner at its new version.
+        let doc = Document::deserialize(&event.payload)
+            .map_err(|e| Failure::Event(format!("{} payload: {e}", event.event_type)))?;
+        match self.backend.upsert(&alias(&doc.country_code), &[doc]).await {
+            // Not built yet: building it reads the practitioners from the database.
+            Ok(()) | Err(SearchError::NoSuchIndex(_)) => Ok(()),
+            Err(e) => Err(Failure::Unavailable(format!("search: {e}"))),
+        }
+    }
+}
+
+/// Options of `meridian indexer`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IndexerOptions {
+    #[command(flatten)]
+    pub worker: meridian_events::worker::WorkerOptions,
+    /// The Region's OpenSearch endpoint (the URL of its search Secret).
+    #[arg(long, env = "SEARCH_URL")]
+    pub search_url: String,
+    /// CA certificates (a PEM file) the search endpoint's certificate is verified against.
+    #[arg(long, env = "SEARCH_CA_FILE")]
+    pub search_ca_file: Option<std::path::PathBuf>,
+}
+
+/// `meridian indexer`: keeps the Region's indexes current from its Kafka until Ctrl-C or
+/// SIGTERM.
+pub async fn run(options: IndexerOptions) -> anyhow::Result<()> {
+    let ca = meridian_shared::serve::read_ca(options.search_ca_file.as_deref(), "--search-ca-file")
+        .map_err(anyhow::Error::msg)?;
+    let client = crate::opensearch::OpenSearch::from_url(&options.search_url, ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("--search-url: {e}"))?;
+    let backend = Backend::OpenSearch(std::sync::Arc::new(client));
+    meridian_events::worker::consume(&options.worker, IndexHandler { backend }).await
 }
