@@ -10,7 +10,8 @@
 //!     MERIDIAN_E2E_KUBECONFIG=/tmp/kind.yaml cargo test -p meridian-e2e --test cluster_journey -- --nocapture
 //!
 //! What it shows: every example manifest is accepted as shipped (strict field validation)
-//! and a misspelt field is refused; an `external` Region gets its namespace and its
+//! and a misspelt field is refused; an `inCluster` Region's whole stack with its own Kafka
+//! broker and event workers is accepted as rendered (server-side dry run); an `external` Region gets its namespace and its
 //! Countries their HTTPRoutes; a second Country with a held code is refused and its
 //! deletion with `Delete` leaves the first one's partitions and route alone; the leader's
 //! death hands over to the standby, which goes on reconciling; `Retain` keeps the data.
@@ -263,6 +264,9 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
         say("skipped: set MERIDIAN_E2E_KUBECONFIG to the kubeconfig of a disposable cluster (e.g. kind) to run it");
         return;
     };
+    // The kube client's TLS takes rustls's process-wide provider; with the AWS SDK's
+    // aws-lc-rs linked in (the operator's crate renders the stack below), it is named.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let options = KubeConfigOptions::default();
     let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&admin_kubeconfig).unwrap(), &options)
         .await
@@ -310,6 +314,46 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     let refused = apply_yaml(&client, &misspelt, None, true).await.unwrap_err();
     assert!(refused.contains("storageGib"), "{refused}");
     say("examples accepted as shipped; a misspelt field refused");
+
+    // What an inCluster Region with its own broker runs (the stores, the booking and records
+    // services, the broker, the relay and the consumers) is accepted by the API server as
+    // rendered: its namespace made, everything else a server-side dry run.
+    let mut in_cluster: Region = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(workspace().join("examples/regions/eu-central-1.yaml")).unwrap(),
+    )
+    .unwrap();
+    let stack_region = format!("e2e-stack-{suffix}");
+    in_cluster.metadata.name = Some(stack_region.clone());
+    in_cluster.spec.events = Some(serde_yaml_ng::from_str("{broker: inCluster, volumeGib: 5}").unwrap());
+    let objects = meridian_operator::providers::in_cluster::stack(
+        &in_cluster,
+        &meridian_operator::providers::StackConfig::default(),
+        "dry-run",
+        &Default::default(),
+    );
+    let (home, rest): (Vec<Value>, Vec<Value>) = objects.into_iter().partition(|o| o["kind"] == "Namespace");
+    let as_yaml = |objects: &[Value]| {
+        objects
+            .iter()
+            .map(|o| serde_yaml_ng::to_string(o).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    apply_yaml(&client, &as_yaml(&home), None, false).await.unwrap();
+    let kinds: BTreeMap<String, usize> = rest.iter().fold(BTreeMap::new(), |mut kinds, o| {
+        *kinds.entry(o["kind"].as_str().unwrap().to_string()).or_default() += 1;
+        kinds
+    });
+    apply_yaml(&client, &as_yaml(&rest), None, true)
+        .await
+        .unwrap_or_else(|e| panic!("an inCluster stack with events refused by the API server: {e}"));
+    Api::<Namespace>::all(client.clone())
+        .delete(&format!("meridian-region-{stack_region}"), &DeleteParams::default())
+        .await
+        .unwrap();
+    say(&format!(
+        "an inCluster Region's stack with its broker and event workers accepted: {kinds:?}"
+    ));
 
     // The chart's ServiceAccount and RBAC, rendered for this namespace.
     let namespaces: Api<Namespace> = Api::all(client.clone());
