@@ -199,9 +199,15 @@ pub fn list(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
     Ok(read(kafka, &group)?.1)
 }
 
-/// Sends every dead letter not replayed before back to its topic; returns them.
+/// Sends every dead letter not replayed before back to its topic; returns them. (The
+/// consumer's calls block: they run on the blocking pool, not on the async workers.)
 pub async fn replay(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
-    let (consumer, letters) = read(kafka, REPLAY_GROUP)?;
+    let (consumer, letters) = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || read(&kafka, REPLAY_GROUP)
+    })
+    .await??;
+    let consumer = std::sync::Arc::new(consumer);
     let forwarder = Forwarder::new(kafka)?;
     for letter in &letters {
         let topic = letter
@@ -229,7 +235,8 @@ pub async fn replay(kafka: &ClientConfig) -> anyhow::Result<Vec<DeadLetter>> {
         // Replayed: the group moves past it.
         let mut done = TopicPartitionList::new();
         done.add_partition_offset(&letter.dlq_topic, letter.partition, Offset::Offset(letter.offset + 1))?;
-        consumer.commit(&done, CommitMode::Sync)?;
+        let consumer = consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&done, CommitMode::Sync)).await??;
     }
     Ok(letters)
 }
@@ -253,7 +260,8 @@ pub enum DlqCommand {
 pub async fn run(command: DlqCommand) -> anyhow::Result<String> {
     match command {
         DlqCommand::List { kafka } => {
-            let letters = list(&kafka.client_config()?)?;
+            let kafka = kafka.client_config()?;
+            let letters = tokio::task::spawn_blocking(move || list(&kafka)).await??;
             let mut out: String = letters.iter().map(|l| l.line() + "\n").collect();
             out.push_str(&format!("{} dead-lettered event(s)\n", letters.len()));
             Ok(out)
