@@ -44,24 +44,50 @@ fn topics(bootstrap: &str) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// A PostgreSQL and a broker the Region's Secrets point at (`kafka` key `bootstrap`; key
+/// `closed` names a port nobody listens on), and a context publishing the Region's Secrets
+/// as files.
+struct World {
+    _pg: TempCluster,
+    broker: Broker,
+    secrets_dir: tempfile::TempDir,
+    ctx: Context,
+}
+
+impl World {
+    async fn start() -> Self {
+        let pg = TempCluster::start().await.expect("start PostgreSQL");
+        let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut secrets = StaticSecrets::default();
+        secrets.insert("default", "db", BTreeMap::from([("url".into(), pg.url())]));
+        secrets.insert(
+            "default",
+            "kafka",
+            BTreeMap::from([
+                ("bootstrap".into(), broker.bootstrap()),
+                ("closed".into(), "127.0.0.1:1".into()),
+            ]),
+        );
+        let secrets_dir = tempfile::tempdir().unwrap();
+        let providers = Providers::new(None, Arc::new(secrets))
+            .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
+        Self {
+            _pg: pg,
+            broker,
+            secrets_dir,
+            ctx: Context::new(providers),
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut secrets = StaticSecrets::default();
-    secrets.insert("default", "db", BTreeMap::from([("url".into(), pg.url())]));
-    secrets.insert(
-        "default",
-        "kafka",
-        BTreeMap::from([
-            ("bootstrap".into(), broker.bootstrap()),
-            ("closed".into(), "127.0.0.1:1".into()),
-        ]),
-    );
-    let secrets_dir = tempfile::tempdir().unwrap();
-    let providers = Providers::new(None, Arc::new(secrets))
-        .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
-    let ctx = Context::new(providers);
+    let World {
+        _pg,
+        broker,
+        secrets_dir,
+        ctx,
+    } = World::start().await;
 
     let r = region_with_events(
         "eu-west-1",
@@ -145,19 +171,12 @@ async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() 
 /// and only those: a topic that was there before it is someone else's.
 #[tokio::test]
 async fn delete_removes_the_topics_the_region_created_and_no_other() {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut secrets = StaticSecrets::default();
-    secrets.insert("default", "db", BTreeMap::from([("url".into(), pg.url())]));
-    secrets.insert(
-        "default",
-        "kafka",
-        BTreeMap::from([("bootstrap".into(), broker.bootstrap())]),
-    );
-    let secrets_dir = tempfile::tempdir().unwrap();
-    let providers = Providers::new(None, Arc::new(secrets))
-        .with_region_secrets(Arc::new(FileSecrets::new(secrets_dir.path().to_path_buf())));
-    let ctx = Context::new(providers);
+    let World {
+        _pg,
+        broker,
+        secrets_dir: _secrets_dir,
+        ctx,
+    } = World::start().await;
     // Someone's topic, there before the Region.
     let kafka = meridian_events::kafka::KafkaOptions::plaintext(broker.bootstrap())
         .client_config()

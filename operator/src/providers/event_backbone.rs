@@ -219,20 +219,13 @@ pub fn kafka_secret(connection: &meridian_events::kafka::Connection) -> super::S
 
 #[cfg(test)]
 mod tests {
+    use super::super::rendered::{example_region, find, names};
     use super::*;
 
     fn region(events: &str) -> Region {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
-        let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut region = example_region();
         region.spec.events = (!events.is_empty()).then(|| serde_yaml_ng::from_str(events).unwrap());
         region
-    }
-
-    fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-        objects
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no {kind}/{name}"))
     }
 
     #[test]
@@ -250,18 +243,8 @@ mod tests {
                      passwordSecretRef: {name: kafka, key: password}}}",
         );
         let objects = objects(&r, &StackConfig::default());
-        let names: Vec<String> = objects
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}/{}",
-                    o["kind"].as_str().unwrap(),
-                    o["metadata"]["name"].as_str().unwrap()
-                )
-            })
-            .collect();
         assert_eq!(
-            names,
+            names(&objects),
             [
                 "ServiceAccount/relay",
                 "Deployment/relay",

@@ -783,11 +783,11 @@ impl InClusterStacks {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rendered::{example_region, find, names};
     use super::*;
 
     fn frankfurt() -> Region {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/regions/eu-central-1.yaml");
-        let mut region: Region = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut region = example_region();
         region.spec.database = Some(meridian_crds::DatabaseSizing {
             storage_gib: Some(50),
             ..Default::default()
@@ -795,28 +795,11 @@ mod tests {
         region
     }
 
-    fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-        objects
-            .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no {kind} {name}"))
-    }
-
     #[test]
     fn the_stack_holds_a_database_the_workload_and_the_policies_in_the_regions_namespace() {
         let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
-        let kinds: Vec<String> = objects
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}/{}",
-                    o["kind"].as_str().unwrap(),
-                    o["metadata"]["name"].as_str().unwrap()
-                )
-            })
-            .collect();
         assert_eq!(
-            kinds,
+            names(&objects),
             [
                 "Namespace/meridian-region-eu-central-1",
                 "Secret/tls-ca",

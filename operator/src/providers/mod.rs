@@ -10,6 +10,8 @@ pub mod event_backbone;
 pub mod in_cluster;
 mod local;
 mod objects;
+#[cfg(test)]
+mod rendered;
 mod secrets;
 
 use std::sync::Arc;

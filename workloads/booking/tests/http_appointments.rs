@@ -1161,6 +1161,25 @@ async fn a_slot_change_whose_transaction_commits_30_s_late_is_streamed_once_and_
     );
 }
 
+/// Alice and Bob each book tomorrow's first slot, and Alice cancels hers: their tokens and
+/// the two appointments' IDs.
+async fn two_bookings_one_cancelled(api: &Api) -> (String, String, Vec<String>) {
+    let (alice, bob) = (api.token("alice", &[Role::Patient]), api.token("bob", &[Role::Patient]));
+    let mut ids = Vec::new();
+    for (who, key) in [(&alice, "a1"), (&bob, "b1")] {
+        let start = api.tomorrow_first_slot(who).await;
+        let (status, booked, _) = api
+            .call("POST", "/de/v1/appointments", who, Some(key), Some(api.booking(&start)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{booked}");
+        ids.push(booked["id"].as_str().unwrap().to_string());
+    }
+    let cancel = format!("/de/v1/appointments/{}/cancel", ids[0]);
+    let (status, _, _) = api.call("POST", &cancel, &alice, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    (alice, bob, ids)
+}
+
 /// Invoices issued by the billing consumer from the bookings' events (here the embedded way:
 /// straight from the outbox), read through the API by each role.
 #[tokio::test]
@@ -1184,26 +1203,7 @@ async fn invoices_are_shown_to_the_practice_manager_and_to_their_patient_only() 
         std::future::pending(),
     ));
 
-    let (alice, bob) = (api.token("alice", &[Role::Patient]), api.token("bob", &[Role::Patient]));
-    let mut ids = Vec::new();
-    for (who, key) in [(&alice, "a1"), (&bob, "b1")] {
-        let start = api.tomorrow_first_slot(who).await;
-        let (status, booked, _) = api
-            .call("POST", "/de/v1/appointments", who, Some(key), Some(api.booking(&start)))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{booked}");
-        ids.push(booked["id"].as_str().unwrap().to_string());
-    }
-    let (status, _, _) = api
-        .call(
-            "POST",
-            &format!("/de/v1/appointments/{}/cancel", ids[0]),
-            &alice,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let (alice, bob, ids) = two_bookings_one_cancelled(&api).await;
 
     let manager = api.token("manager", &[Role::PracticeManager]);
     let started = std::time::Instant::now();
@@ -1300,26 +1300,7 @@ async fn appointment_analytics_are_shown_to_practice_managers_only() {
         meridian_analytics::AnalyticsHandler,
         std::future::pending(),
     ));
-    let (alice, bob) = (api.token("alice", &[Role::Patient]), api.token("bob", &[Role::Patient]));
-    let mut ids = Vec::new();
-    for (who, key) in [(&alice, "a1"), (&bob, "b1")] {
-        let start = api.tomorrow_first_slot(who).await;
-        let (status, booked, _) = api
-            .call("POST", "/de/v1/appointments", who, Some(key), Some(api.booking(&start)))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{booked}");
-        ids.push(booked["id"].as_str().unwrap().to_string());
-    }
-    let (status, _, _) = api
-        .call(
-            "POST",
-            &format!("/de/v1/appointments/{}/cancel", ids[0]),
-            &alice,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    two_bookings_one_cancelled(&api).await;
 
     let manager = api.token("manager", &[Role::PracticeManager]);
     let started = std::time::Instant::now();
