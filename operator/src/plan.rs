@@ -230,6 +230,7 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"vault\".\"patient_history_de\" PARTITION OF \"vault\".\"patient_history\" \
                  FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"invoices_de\" PARTITION OF \"invoices\" FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"notifications_de\" PARTITION OF \"notifications\" FOR VALUES IN ('DE');",
             ]
         );
     }
@@ -298,12 +299,13 @@ mod tests {
         assert_eq!(
             detach[0],
             Change::DetachPartition {
-                table: "invoices",
-                partition: "invoices_it".into()
+                table: "notifications",
+                partition: "notifications_it".into()
             }
         );
+        assert_eq!(detach[1].sql(), "ALTER TABLE \"invoices\" DETACH PARTITION \"invoices_it\";");
         assert_eq!(
-            detach[1].sql(),
+            detach[2].sql(),
             "ALTER TABLE \"vault\".\"patient_history\" DETACH PARTITION \"vault\".\"patient_history_it\";"
         );
         let mixed = observed(&[

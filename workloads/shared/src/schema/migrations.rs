@@ -68,6 +68,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "billing",
         sql: include_str!("../../migrations/0010_billing.sql"),
     },
+    // Version 11 is analytics' (landing beside this one).
+    Migration {
+        version: 12,
+        name: "notifications",
+        sql: include_str!("../../migrations/0012_notifications.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

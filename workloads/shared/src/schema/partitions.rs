@@ -13,6 +13,7 @@ pub const PARTITIONED_TABLES: &[&str] = &[
     "vault.patients",
     "vault.patient_history",
     "invoices",
+    "notifications",
 ];
 
 /// Name of `table`'s partition for country `code`, in the table's schema:
