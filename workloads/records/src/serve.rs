@@ -134,16 +134,7 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
             ));
         }));
     } else {
-        let mut manifests = Vec::new();
-        for path in &options.country_manifests {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let mut country: Country =
-                serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            // Outside a cluster nobody reconciles them: served as the files say.
-            country.spec.region = String::new();
-            country.status = Some(ready_status());
-            manifests.push(country);
-        }
+        let manifests = crate::served::read_manifests(&options.country_manifests)?;
         countries.set(crate::served::entries(&manifests, "", &keys.lock().expect("lock")));
         crossborder.directory.set(&manifests);
         *known.lock().expect("lock") = manifests;
@@ -190,20 +181,4 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())
-}
-
-/// A `Ready=True` status for a Country served from a file.
-fn ready_status() -> meridian_crds::CountryStatus {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    meridian_crds::CountryStatus {
-        conditions: vec![Condition {
-            type_: meridian_crds::condition_types::READY.into(),
-            status: "True".into(),
-            reason: "Manifest".into(),
-            message: "served from --country-manifest".into(),
-            observed_generation: None,
-            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-        }],
-        ..Default::default()
-    }
 }
