@@ -37,6 +37,9 @@ enum Command {
     Records(meridian_records::serve::RecordsOptions),
     /// Publish a Region's outbox to its Kafka (one relay publishes at a time per Region).
     Relay(meridian_events::relay::RelayOptions),
+    /// Notify patients of a Region (re-assignments, rebooking, reminders) by e-mail or SMS,
+    /// from its appointment events.
+    Notifications(Box<meridian_notifications::serve::NotificationsOptions>),
     /// The Region's event backbone.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -175,6 +178,10 @@ fn main() -> ExitCode {
             }
             Command::Relay(options) => {
                 meridian_events::relay::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Notifications(options) => {
+                meridian_notifications::serve::run(*options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Events(EventsCommand::Dlq(command)) => {

@@ -50,6 +50,11 @@ struct RegionService {
     /// The billing consumer's terms, and the consumer (reading the outbox: no broker here).
     billing_rates: meridian_billing::Rates,
     billing: tokio::task::JoinHandle<()>,
+    /// The notifications consumer and dispatcher (on the outbox; nothing is sent: the
+    /// messages are held for `/dev/outbox`).
+    notification_rules: meridian_notifications::Rules,
+    notifications: tokio::task::JoinHandle<()>,
+    held: meridian_notifications::transport::held::Held,
 }
 
 impl Drop for RegionService {
@@ -57,6 +62,7 @@ impl Drop for RegionService {
         self.indexer.abort();
         self.registrar.abort();
         self.billing.abort();
+        self.notifications.abort();
     }
 }
 
@@ -181,6 +187,14 @@ impl Workloads {
                 )
                 .run(),
             );
+            let notification_rules = meridian_notifications::Rules::default();
+            let held = meridian_notifications::transport::held::Held::default();
+            let notifications = tokio::spawn(follow_notifications(
+                pool.clone(),
+                vault_pool.clone(),
+                notification_rules.clone(),
+                held.clone(),
+            ));
             let records = meridian_records::http::Service::new(
                 pool.clone(),
                 vault_pool,
@@ -212,6 +226,9 @@ impl Workloads {
                     registrar,
                     billing_rates,
                     billing,
+                    notification_rules,
+                    notifications,
+                    held,
                 },
             );
         }
@@ -231,6 +248,9 @@ impl Workloads {
             service
                 .records_countries
                 .set(meridian_records::served::entries(countries, name, keys));
+            service
+                .notification_rules
+                .set(meridian_notifications::rules::region_rules(countries, name, keys));
         }
     }
 
@@ -275,7 +295,7 @@ impl Workloads {
         ])
     }
 
-    /// `/auth/...` and `/{cc}/v1/...`.
+    /// `/auth/...`, `/dev/outbox` and `/{cc}/v1/...`.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route(
@@ -283,6 +303,8 @@ impl Workloads {
                 get(|State(w): State<Arc<Self>>| async move { w.issuer.jwks().to_string() }),
             )
             .route("/auth/token", get(token))
+            .route("/dev/outbox", get(outbox_page))
+            .route("/dev/outbox.json", get(outbox_json))
             .route("/{cc}/v1/{*rest}", any(dispatch))
             .with_state(self)
     }
@@ -309,6 +331,47 @@ async fn follow_billing(pool: sqlx::PgPool, rates: meridian_billing::Rates) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Runs the Region's notifications consumer on its outbox and its dispatcher, which holds
+/// the messages (`/dev/outbox`) instead of sending them.
+async fn follow_notifications(
+    pool: sqlx::PgPool,
+    vault: sqlx::PgPool,
+    rules: meridian_notifications::Rules,
+    held: meridian_notifications::transport::held::Held,
+) {
+    use meridian_notifications::dispatch::{Dispatcher, Settings};
+    let transports = meridian_notifications::transport::Transports::all(Arc::new(held));
+    let dispatcher = Dispatcher::new(pool.clone(), vault, rules.clone(), transports, Settings::default());
+    let sending = tokio::spawn(dispatcher.run(std::future::pending()));
+    let handler = meridian_notifications::NotificationsHandler { rules };
+    loop {
+        match meridian_events::consumer::run_outbox(pool.clone(), handler.clone(), std::future::pending()).await {
+            Ok(()) => break,
+            Err(e) => tracing::debug!(error = %e, "the notifications consumer waits for its database"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sending.abort();
+}
+
+/// Every Region's held messages, newest first.
+fn held_messages(w: &Workloads) -> Vec<meridian_notifications::transport::held::HeldMessage> {
+    let services = w.regions.read().expect("workloads lock");
+    let mut all: Vec<_> = services.values().flat_map(|s| s.held.messages()).collect();
+    all.sort_by(|a, b| b.held_at.cmp(&a.held_at));
+    all
+}
+
+/// `GET /dev/outbox`: the messages `meridian dev` held instead of sending.
+async fn outbox_page(State(w): State<Arc<Workloads>>) -> axum::response::Html<String> {
+    axum::response::Html(meridian_notifications::outbox_page::html(&held_messages(&w)))
+}
+
+/// `GET /dev/outbox.json`: the same, as JSON.
+async fn outbox_json(State(w): State<Arc<Workloads>>) -> axum::Json<Vec<meridian_notifications::transport::held::HeldMessage>> {
+    axum::Json(held_messages(&w))
 }
 
 /// `listen` as an address to call: an unspecified address (`0.0.0.0`) is this machine.

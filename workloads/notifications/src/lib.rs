@@ -42,6 +42,7 @@ pub mod contact;
 pub mod dispatch;
 pub mod handler;
 pub mod message;
+pub mod outbox_page;
 pub mod plan;
 pub mod rules;
 pub mod serve;
