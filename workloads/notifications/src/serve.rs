@@ -4,6 +4,7 @@
 //! manifests), their data keys from the mounted `vault-keys` Secret, events from the
 //! Region's Kafka, and e-mail through an SMTP relay and SMS through an HTTP provider.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,6 +116,13 @@ pub fn transports(options: &NotificationsOptions) -> anyhow::Result<Transports> 
 
 /// Runs the consumer and the dispatcher until Ctrl-C or SIGTERM.
 pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
+    run_until(options, meridian_shared::shutdown::signal()).await
+}
+
+/// Runs the consumer and the dispatcher until `stop` resolves.
+pub async fn run_until(options: NotificationsOptions, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
+    let stop = stop.boxed().shared();
     let transports = transports(&options)?;
     let kafka = options.kafka.client_config()?;
     let ca = meridian_shared::serve::read_ca(options.database_ca_file.as_deref(), "--database-ca-file")
@@ -142,16 +150,18 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
         }
     };
     let (first_tx, mut first) = tokio::sync::watch::channel(false);
+    // Tasks that follow the Countries and the keys, ended with the rest.
+    let mut followers = Vec::new();
     if options.region.is_some() {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| anyhow::anyhow!("--region needs the Kubernetes API: {e}"))?;
         let (known, update) = (known.clone(), update.clone());
-        tokio::spawn(meridian_crds::serving::follow_countries(client, move |all| {
+        followers.push(tokio::spawn(meridian_crds::serving::follow_countries(client, move |all| {
             *known.lock().unwrap_or_else(|p| p.into_inner()) = all.iter().map(|c| (*c).clone()).collect();
             update();
             let _ = first_tx.send(true);
-        }));
+        })));
     } else {
         *known.lock().unwrap_or_else(|p| p.into_inner()) =
             meridian_records::served::read_manifests(&options.country_manifests)?;
@@ -161,7 +171,7 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
     // Rotations reach the dispatcher through the mounted Secret.
     {
         let (keys, update) = (keys.clone(), update.clone());
-        tokio::spawn(async move {
+        followers.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 match read_keys() {
@@ -172,7 +182,7 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
                     Err(e) => tracing::warn!(error = %e, "cannot read the vault keys; keeping the last ones"),
                 }
             }
-        });
+        }));
     }
     // Events of a country not known yet would fail: wait for the Countries first.
     first
@@ -184,7 +194,7 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
         ..Settings::default()
     };
     let dispatcher = Dispatcher::new(workload.clone(), vault, rules.clone(), transports, settings);
-    let sending = tokio::spawn(dispatcher.run(meridian_shared::shutdown::signal()));
+    let sending = tokio::spawn(dispatcher.run(stop.clone()));
     println!(
         "meridian notifications: following appointment-events on {} for {}",
         options.kafka.bootstrap,
@@ -197,9 +207,12 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
         workload,
         kafka,
         NotificationsHandler { rules },
-        meridian_shared::shutdown::signal(),
+        stop,
     )
     .await?;
     sending.await?;
+    for follower in followers {
+        follower.abort();
+    }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The transports against real servers the tests start: e-mail through a real SMTP server
 //! (Python's aiosmtpd, writing a Maildir), SMS through a local HTTP endpoint speaking the
-//! provider interface; retries and `failed` when the provider keeps refusing.
+//! provider interface; retries and `failed` when the provider keeps refusing. And the whole
+//! way as `meridian notifications` runs it: an event in the outbox, published by the relay to
+//! a real Kafka-protocol broker (tansu), consumed, and its e-mail delivered.
 
 mod support;
 
@@ -332,4 +334,90 @@ fn the_provider_must_be_reached_over_https_off_this_machine() {
     assert!(Sms::new(&settings("https://sms.example.org/send")).is_ok());
     let err = Sms::new(&settings("ftp://x")).err().unwrap().to_string();
     assert!(err.contains("expected https://"), "{err}");
+}
+
+#[tokio::test]
+async fn meridian_notifications_takes_an_event_from_kafka_to_a_patients_mailbox() {
+    let server = SmtpServer::start();
+    let w = World::start().await;
+    let broker = meridian_localkafka::Broker::start(meridian_localkafka::Storage::Memory)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kafka = meridian_events::kafka::KafkaOptions::plaintext(broker.bootstrap());
+    let config = kafka.client_config().unwrap();
+    meridian_events::topics::ensure(&config, &meridian_events::topics::TopicSettings::default())
+        .await
+        .unwrap();
+    tokio::spawn(meridian_events::relay::Relay::new(w.admin.clone(), config).run(std::future::pending()));
+    // The Region's mounted Secrets and the Country manifest, as files.
+    let keys = tempfile::tempdir().unwrap();
+    for (entry, value) in &w.keys {
+        std::fs::write(keys.path().join(entry), value).unwrap();
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/countries/fr.yaml");
+    let url = |role| meridian_records::roles::as_login(&w.pg.url(), role, "secret");
+    let smtp = server.settings();
+    let options = meridian_notifications::serve::NotificationsOptions {
+        database_url: url(support::WORKLOAD),
+        vault_database_url: url(support::VAULT),
+        database_ca_file: None,
+        vault_keys_dir: keys.path().to_path_buf(),
+        region: None,
+        country_manifests: vec![manifest],
+        kafka,
+        smtp_host: Some(smtp.host),
+        smtp_port: smtp.port,
+        smtp_security: Security::None,
+        smtp_from: Some(smtp.from),
+        smtp_username: None,
+        smtp_password_file: None,
+        sms_url: None,
+        sms_token_file: None,
+        max_attempts: 3,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(meridian_notifications::serve::run_until(options, async {
+        let _ = stopped.await;
+    }));
+
+    // France has smsReminders, but no SMS provider is configured: by e-mail.
+    let paul = w
+        .patient("FR", "Durand", json!([{"system": "email", "value": "paul.durand@example.fr"}, {"system": "sms", "value": "+33 6 98 76 54 32"}]))
+        .await;
+    let appointment = Uuid::new_v4();
+    let moved = event("reassigned", "FR", appointment, paul, "2030-03-04T08:00:00Z".parse().unwrap(), Utc::now());
+    let mut tx = w.admin.begin().await.unwrap();
+    meridian_shared::outbox::enqueue(
+        &mut tx,
+        &meridian_shared::outbox::Event {
+            country_code: "FR",
+            topic: meridian_shared::outbox::APPOINTMENT_EVENTS,
+            event_type: "appointment.reassigned",
+            key: Uuid::new_v4(),
+            payload: &moved.payload,
+            correlation_id: Uuid::new_v4(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let started = Instant::now();
+    while server.delivered().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no e-mail after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = server.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(header(&delivered[0], "X-RcptTo"), Some("paul.durand@example.fr"));
+    assert_eq!(header(&delivered[0], "Subject"), Some("Your appointment has a new practitioner"));
+    assert!(body(&delivered[0]).contains("Monday 4 March 2030 at 09:00 (CET)"), "{}", delivered[0]);
+    let notice = w.notices(appointment).await.remove(0);
+    assert_eq!((notice.status.as_str(), notice.channel.as_deref()), ("sent", Some("email")));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("it stops when asked")
+        .unwrap()
+        .unwrap();
 }
