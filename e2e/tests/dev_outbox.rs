@@ -39,7 +39,10 @@ impl Driver {
             .unwrap();
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not listen on {addr}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
@@ -75,7 +78,13 @@ async fn a_held_notice_shows_on_the_dev_outbox_page_in_a_browser() {
         "birthDate": "1990-05-17",
         "telecom": [{"system": "email", "value": "lena.vogelsang@example.de"}],
     });
-    let (status, created) = http(dev.addr, "POST", "/de/v1/fhir/Patient", &[("Authorization", &dr)], Some(&patient));
+    let (status, created) = http(
+        dev.addr,
+        "POST",
+        "/de/v1/fhir/Patient",
+        &[("Authorization", &dr)],
+        Some(&patient),
+    );
     assert_eq!(status, 201, "{created}");
     let anna = dev.create_anna(&admin);
     let id = anna["id"].as_str().unwrap();
@@ -84,7 +93,10 @@ async fn a_held_notice_shows_on_the_dev_outbox_page_in_a_browser() {
     let headers = [("Authorization", lena.as_str()), ("Idempotency-Key", "outbox-1")];
     let (status, booked) = http(dev.addr, "POST", "/de/v1/appointments", &headers, Some(&booking));
     assert_eq!(status, 201, "{booked}");
-    assert_eq!(booked["patientId"], created["id"], "the account's client ID is the Patient's");
+    assert_eq!(
+        booked["patientId"], created["id"],
+        "the account's client ID is the Patient's"
+    );
     // Anna leaves and no other cardiologist can take over: the appointment needs rebooking.
     let path = format!("/de/v1/practitioners/{id}/deactivate");
     let (status, body) = http(dev.addr, "POST", &path, &[("Authorization", &admin)], None);
@@ -104,7 +116,12 @@ async fn a_held_notice_shows_on_the_dev_outbox_page_in_a_browser() {
     assert_eq!(messages.len(), 1, "{held:#}");
     let message = &messages[0];
     assert_eq!(
-        (&message["country"], &message["kind"], &message["channel"], &message["recipient"]),
+        (
+            &message["country"],
+            &message["kind"],
+            &message["channel"],
+            &message["recipient"]
+        ),
         (
             &json!("DE"),
             &json!("needs_rebooking"),
@@ -144,9 +161,15 @@ async fn a_held_notice_shows_on_the_dev_outbox_page_in_a_browser() {
             body.starts_with("Your appointment on ") && (body.contains("(CET)") || body.contains("(CEST)")),
             "{body}"
         );
-        assert!(body.ends_with(&format!("Reference: {}.", booked["id"].as_str().unwrap())), "{body}");
+        assert!(
+            body.ends_with(&format!("Reference: {}.", booked["id"].as_str().unwrap())),
+            "{body}"
+        );
         let source = browser.source().await?;
-        assert!(!source.contains("vogelsang") && !source.contains("Vogelsang"), "{source}");
+        assert!(
+            !source.contains("vogelsang") && !source.contains("Vogelsang"),
+            "{source}"
+        );
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;

@@ -303,7 +303,10 @@ mod tests {
                 partition: "notifications_it".into()
             }
         );
-        assert_eq!(detach[1].sql(), "ALTER TABLE \"invoices\" DETACH PARTITION \"invoices_it\";");
+        assert_eq!(
+            detach[1].sql(),
+            "ALTER TABLE \"invoices\" DETACH PARTITION \"invoices_it\";"
+        );
         assert_eq!(
             detach[2].sql(),
             "ALTER TABLE \"vault\".\"patient_history\" DETACH PARTITION \"vault\".\"patient_history_it\";"

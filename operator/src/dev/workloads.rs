@@ -360,7 +360,7 @@ async fn follow_notifications(
 fn held_messages(w: &Workloads) -> Vec<meridian_notifications::transport::held::HeldMessage> {
     let services = w.regions.read().expect("workloads lock");
     let mut all: Vec<_> = services.values().flat_map(|s| s.held.messages()).collect();
-    all.sort_by(|a, b| b.held_at.cmp(&a.held_at));
+    all.sort_by_key(|m| std::cmp::Reverse(m.held_at));
     all
 }
 
@@ -370,7 +370,9 @@ async fn outbox_page(State(w): State<Arc<Workloads>>) -> axum::response::Html<St
 }
 
 /// `GET /dev/outbox.json`: the same, as JSON.
-async fn outbox_json(State(w): State<Arc<Workloads>>) -> axum::Json<Vec<meridian_notifications::transport::held::HeldMessage>> {
+async fn outbox_json(
+    State(w): State<Arc<Workloads>>,
+) -> axum::Json<Vec<meridian_notifications::transport::held::HeldMessage>> {
     axum::Json(held_messages(&w))
 }
 

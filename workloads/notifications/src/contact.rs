@@ -96,8 +96,7 @@ pub fn of_patient(patient: &Value) -> Contact {
     };
     Contact {
         email: first(&|t| t["system"] == "email"),
-        mobile: first(&|t| t["system"] == "sms")
-            .or_else(|| first(&|t| t["system"] == "phone" && t["use"] == "mobile")),
+        mobile: first(&|t| t["system"] == "sms").or_else(|| first(&|t| t["system"] == "phone" && t["use"] == "mobile")),
     }
 }
 

@@ -153,14 +153,19 @@ impl Dispatcher {
             Outcome::Sent(_) | Outcome::Held(_) => {
                 tracing::info!(id = %due.id, country = %due.country_code, kind = %due.kind, "notice sent")
             }
-            other => tracing::info!(id = %due.id, country = %due.country_code, kind = %due.kind, outcome = ?other, "notice not sent"),
+            other => {
+                tracing::info!(id = %due.id, country = %due.country_code, kind = %due.kind, outcome = ?other, "notice not sent")
+            }
         }
         Ok(Some((due.id, outcome)))
     }
 
     async fn deal_with(&self, conn: &mut PgConnection, due: &Due) -> Result<Outcome, sqlx::Error> {
         let Some(rules) = self.rules.get(&due.country_code) else {
-            return Ok(Outcome::Later(format!("country {} is not served here", due.country_code)));
+            return Ok(Outcome::Later(format!(
+                "country {} is not served here",
+                due.country_code
+            )));
         };
         let Some(kind) = Kind::parse(&due.kind) else {
             return Ok(Outcome::Failed(format!("unknown kind {:?}", due.kind)));
@@ -195,7 +200,10 @@ impl Dispatcher {
             }
         };
         let Some(transport) = self.transports.of(channel) else {
-            return Ok(Outcome::Later(format!("no {} transport is configured", channel.as_str())));
+            return Ok(Outcome::Later(format!(
+                "no {} transport is configured",
+                channel.as_str()
+            )));
         };
         let text = crate::message::render(kind, due.appointment_id, due.starts_at, rules.timezone);
         let message = Outgoing {
@@ -259,7 +267,11 @@ impl Dispatcher {
                         last_error = NULL
                   WHERE country_code = $1 AND id = $2",
             )
-            .bind(if matches!(outcome, Outcome::Sent(_)) { "sent" } else { "held" })
+            .bind(if matches!(outcome, Outcome::Sent(_)) {
+                "sent"
+            } else {
+                "held"
+            })
             .bind(channel.as_str()),
             Outcome::Cancelled(why) => {
                 at("UPDATE notifications SET status = 'cancelled', last_error = $3 WHERE country_code = $1 AND id = $2")
@@ -270,11 +282,9 @@ impl Dispatcher {
                   WHERE country_code = $1 AND id = $2",
             )
             .bind(why),
-            Outcome::Retry(why) => at(
-                "UPDATE notifications SET attempts = attempts + 1, last_error = $3,
+            Outcome::Retry(why) => at("UPDATE notifications SET attempts = attempts + 1, last_error = $3,
                         next_at = now() + make_interval(secs => $4)
-                  WHERE country_code = $1 AND id = $2",
-            )
+                  WHERE country_code = $1 AND id = $2")
             .bind(why)
             .bind(backoff(self.settings.first_backoff, due.attempts + 1).as_secs_f64()),
             Outcome::Later(why) => at(

@@ -86,7 +86,11 @@ mod tests {
              Reference: 00000000-0000-0000-0000-000000000000."
         );
         let tokyo = render(Kind::NeedsRebooking, id, starts, chrono_tz::Asia::Tokyo);
-        assert!(tokyo.body.contains("Thursday 3 December 2026 at 17:30 (JST)"), "{}", tokyo.body);
+        assert!(
+            tokyo.body.contains("Thursday 3 December 2026 at 17:30 (JST)"),
+            "{}",
+            tokyo.body
+        );
     }
 
     #[test]

@@ -143,7 +143,12 @@ mod tests {
     fn a_booking_is_reminded_a_day_before_unless_that_has_passed() {
         let starts = at("2026-12-03T09:00:00Z");
         assert_eq!(
-            plan("appointment.booked", starts, at("2026-11-30T10:00:00Z"), Reminders::Allowed),
+            plan(
+                "appointment.booked",
+                starts,
+                at("2026-11-30T10:00:00Z"),
+                Reminders::Allowed
+            ),
             Plan {
                 cancel_reminders: false,
                 schedule: vec![Notice {
@@ -154,11 +159,21 @@ mod tests {
         );
         // Booked 23 hours ahead, or without the opt-in the country asks for: no reminder.
         assert_eq!(
-            plan("appointment.booked", starts, at("2026-12-02T10:00:00Z"), Reminders::Allowed),
+            plan(
+                "appointment.booked",
+                starts,
+                at("2026-12-02T10:00:00Z"),
+                Reminders::Allowed
+            ),
             Plan::default()
         );
         assert_eq!(
-            plan("appointment.booked", starts, at("2026-11-30T10:00:00Z"), Reminders::NotOptedIn),
+            plan(
+                "appointment.booked",
+                starts,
+                at("2026-11-30T10:00:00Z"),
+                Reminders::NotOptedIn
+            ),
             Plan::default()
         );
     }
@@ -185,7 +200,12 @@ mod tests {
     #[test]
     fn a_cancellation_cancels_and_a_move_reschedules_the_reminder() {
         let occurred = at("2026-11-30T10:00:00Z");
-        let cancelled = plan("appointment.cancelled", at("2026-12-03T09:00:00Z"), occurred, Reminders::Allowed);
+        let cancelled = plan(
+            "appointment.cancelled",
+            at("2026-12-03T09:00:00Z"),
+            occurred,
+            Reminders::Allowed,
+        );
         assert_eq!(
             cancelled,
             Plan {
@@ -193,11 +213,21 @@ mod tests {
                 schedule: vec![]
             }
         );
-        let moved = plan("appointment.rescheduled", at("2026-12-05T09:00:00Z"), occurred, Reminders::Allowed);
+        let moved = plan(
+            "appointment.rescheduled",
+            at("2026-12-05T09:00:00Z"),
+            occurred,
+            Reminders::Allowed,
+        );
         assert!(moved.cancel_reminders);
         assert_eq!(moved.schedule[0].due_at, at("2026-12-04T09:00:00Z"));
         assert_eq!(
-            plan("practitioner.updated", at("2026-12-05T09:00:00Z"), occurred, Reminders::Allowed),
+            plan(
+                "practitioner.updated",
+                at("2026-12-05T09:00:00Z"),
+                occurred,
+                Reminders::Allowed
+            ),
             Plan::default()
         );
     }

@@ -120,7 +120,10 @@ pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
 }
 
 /// Runs the consumer and the dispatcher until `stop` resolves.
-pub async fn run_until(options: NotificationsOptions, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run_until(
+    options: NotificationsOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     use futures::FutureExt as _;
     let stop = stop.boxed().shared();
     let transports = transports(&options)?;
@@ -130,9 +133,10 @@ pub async fn run_until(options: NotificationsOptions, stop: impl Future<Output =
     let connect = |url: &str, flag: &str| {
         meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
     };
-    let workload = meridian_shared::serve::pool_options(8).connect_lazy_with(connect(&options.database_url, "--database-url")?);
-    let vault =
-        meridian_shared::serve::pool_options(4).connect_lazy_with(connect(&options.vault_database_url, "--vault-database-url")?);
+    let workload =
+        meridian_shared::serve::pool_options(8).connect_lazy_with(connect(&options.database_url, "--database-url")?);
+    let vault = meridian_shared::serve::pool_options(4)
+        .connect_lazy_with(connect(&options.vault_database_url, "--vault-database-url")?);
     let keys_dir = options.vault_keys_dir.clone();
     let read_keys =
         move || read_keys_dir(&keys_dir).map_err(|e| anyhow::anyhow!("--vault-keys-dir {}: {e}", keys_dir.display()));
@@ -157,11 +161,14 @@ pub async fn run_until(options: NotificationsOptions, stop: impl Future<Output =
             .await
             .map_err(|e| anyhow::anyhow!("--region needs the Kubernetes API: {e}"))?;
         let (known, update) = (known.clone(), update.clone());
-        followers.push(tokio::spawn(meridian_crds::serving::follow_countries(client, move |all| {
-            *known.lock().unwrap_or_else(|p| p.into_inner()) = all.iter().map(|c| (*c).clone()).collect();
-            update();
-            let _ = first_tx.send(true);
-        })));
+        followers.push(tokio::spawn(meridian_crds::serving::follow_countries(
+            client,
+            move |all| {
+                *known.lock().unwrap_or_else(|p| p.into_inner()) = all.iter().map(|c| (*c).clone()).collect();
+                update();
+                let _ = first_tx.send(true);
+            },
+        )));
     } else {
         *known.lock().unwrap_or_else(|p| p.into_inner()) =
             meridian_records::served::read_manifests(&options.country_manifests)?;
@@ -203,13 +210,7 @@ pub async fn run_until(options: NotificationsOptions, stop: impl Future<Output =
             None => "the countries of --country-manifest".to_string(),
         }
     );
-    meridian_events::consumer::run_kafka(
-        workload,
-        kafka,
-        NotificationsHandler { rules },
-        stop,
-    )
-    .await?;
+    meridian_events::consumer::run_kafka(workload, kafka, NotificationsHandler { rules }, stop).await?;
     sending.await?;
     for follower in followers {
         follower.abort();

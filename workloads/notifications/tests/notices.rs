@@ -35,14 +35,21 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
     assert_eq!(consumer::apply(&w.workload, &handler, &booked).await, Outcome::Applied);
     // Delivered again: the inbox has it. The same event under a new ID (a second relay
     // publication would keep its ID; a replay too): the table's key keeps one reminder.
-    assert_eq!(consumer::apply(&w.workload, &handler, &booked).await, Outcome::Duplicate);
+    assert_eq!(
+        consumer::apply(&w.workload, &handler, &booked).await,
+        Outcome::Duplicate
+    );
     let mut again = booked.clone();
     again.event_id = Uuid::new_v4();
     assert_eq!(consumer::apply(&w.workload, &handler, &again).await, Outcome::Applied);
     let notices = w.notices(appointment).await;
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
-        (notices[0].kind.as_str(), notices[0].status.as_str(), notices[0].channel.as_deref()),
+        (
+            notices[0].kind.as_str(),
+            notices[0].status.as_str(),
+            notices[0].channel.as_deref()
+        ),
         ("reminder", "pending", None)
     );
     assert_eq!(
@@ -52,7 +59,10 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
 
     // Re-assigned: a notice at once, the reminder stays.
     let reassigned = event("reassigned", "FR", appointment, patient, starts, Utc::now());
-    assert_eq!(consumer::apply(&w.workload, &handler, &reassigned).await, Outcome::Applied);
+    assert_eq!(
+        consumer::apply(&w.workload, &handler, &reassigned).await,
+        Outcome::Applied
+    );
     let kinds: Vec<(String, String)> = w
         .notices(appointment)
         .await
@@ -68,11 +78,18 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
     );
     // Cancelled: the reminder is cancelled, the sent-or-pending service notice is not.
     let cancelled = event("cancelled", "FR", appointment, patient, starts, Utc::now());
-    assert_eq!(consumer::apply(&w.workload, &handler, &cancelled).await, Outcome::Applied);
+    assert_eq!(
+        consumer::apply(&w.workload, &handler, &cancelled).await,
+        Outcome::Applied
+    );
     let notices = w.notices(appointment).await;
     assert_eq!(notices[0].status, "cancelled");
     assert!(
-        notices[0].last_error.as_deref().unwrap().starts_with("appointment.cancelled"),
+        notices[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("appointment.cancelled"),
         "{notices:?}"
     );
     assert_eq!(notices[1].status, "pending");
@@ -83,12 +100,7 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
     consumer::apply(&w.workload, &handler, &booked).await;
     let rebook = event("needs_rebooking", "FR", other, patient, starts, Utc::now());
     assert_eq!(consumer::apply(&w.workload, &handler, &rebook).await, Outcome::Applied);
-    let kinds: Vec<(String, String)> = w
-        .notices(other)
-        .await
-        .into_iter()
-        .map(|n| (n.kind, n.status))
-        .collect();
+    let kinds: Vec<(String, String)> = w.notices(other).await.into_iter().map(|n| (n.kind, n.status)).collect();
     assert_eq!(
         kinds,
         [
@@ -100,10 +112,25 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
     // Moved: the old reminder cancelled, one for the new time; moved back: the first one
     // returns rather than a second row.
     let third = Uuid::new_v4();
-    consumer::apply(&w.workload, &handler, &event("booked", "FR", third, patient, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("booked", "FR", third, patient, starts, Utc::now()),
+    )
+    .await;
     let later = starts + Duration::days(2);
-    consumer::apply(&w.workload, &handler, &event("rescheduled", "FR", third, patient, later, Utc::now())).await;
-    consumer::apply(&w.workload, &handler, &event("rescheduled", "FR", third, patient, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("rescheduled", "FR", third, patient, later, Utc::now()),
+    )
+    .await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("rescheduled", "FR", third, patient, starts, Utc::now()),
+    )
+    .await;
     let statuses: Vec<(String, String)> = w
         .notices(third)
         .await
@@ -111,12 +138,25 @@ async fn each_event_schedules_its_notices_once_and_cancellations_cancel_the_remi
         .map(|n| (n.status, n.due_at.format("%d").to_string()))
         .collect();
     assert_eq!(statuses.len(), 2, "{statuses:?}");
-    assert!(statuses.contains(&("pending".into(), (starts - Duration::hours(24)).format("%d").to_string())));
-    assert!(statuses.contains(&("cancelled".into(), (later - Duration::hours(24)).format("%d").to_string())));
+    assert!(statuses.contains(&(
+        "pending".into(),
+        (starts - Duration::hours(24)).format("%d").to_string()
+    )));
+    assert!(statuses.contains(&(
+        "cancelled".into(),
+        (later - Duration::hours(24)).format("%d").to_string()
+    )));
 
     // Booked less than a day ahead: no reminder.
     let soon = Uuid::new_v4();
-    let booked = event("booked", "FR", soon, patient, Utc::now() + Duration::hours(20), Utc::now());
+    let booked = event(
+        "booked",
+        "FR",
+        soon,
+        patient,
+        Utc::now() + Duration::hours(20),
+        Utc::now(),
+    );
     assert_eq!(consumer::apply(&w.workload, &handler, &booked).await, Outcome::Applied);
     assert!(w.notices(soon).await.is_empty());
 }
@@ -129,22 +169,44 @@ async fn where_reminders_need_consent_only_patients_who_opted_in_get_them() {
     let anna = w.patient("DE", "Schmidt", email("anna@example.de")).await;
     let starts = Utc::now() + Duration::days(3);
     let first = Uuid::new_v4();
-    consumer::apply(&w.workload, &handler, &event("booked", "DE", first, anna, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("booked", "DE", first, anna, starts, Utc::now()),
+    )
+    .await;
     assert!(w.notices(first).await.is_empty(), "no reminder without an opt-in");
     // A service notice needs none.
-    consumer::apply(&w.workload, &handler, &event("reassigned", "DE", first, anna, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("reassigned", "DE", first, anna, starts, Utc::now()),
+    )
+    .await;
     assert_eq!(w.notices(first).await[0].kind, "reassigned");
 
     // Opted in: reminded.
     w.reminders_consent("DE", anna, true, "2026-01-01T00:00:00Z").await;
     let second = Uuid::new_v4();
-    consumer::apply(&w.workload, &handler, &event("booked", "DE", second, anna, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("booked", "DE", second, anna, starts, Utc::now()),
+    )
+    .await;
     assert_eq!(w.notices(second).await[0].status, "pending");
 
     // Withdrawn before it is due: the dispatcher cancels it rather than send it.
     w.reminders_consent("DE", anna, false, "2026-02-01T00:00:00Z").await;
     let third = Uuid::new_v4();
-    let due_now = event("booked", "DE", third, anna, Utc::now() + Duration::hours(12), Utc::now() - Duration::days(2));
+    let due_now = event(
+        "booked",
+        "DE",
+        third,
+        anna,
+        Utc::now() + Duration::hours(12),
+        Utc::now() - Duration::days(2),
+    );
     // (Scheduled while the opt-in held: the handler read an older state.)
     sqlx::query(
         "INSERT INTO notifications (country_code, id, appointment_id, patient_id, kind, starts_at, due_at, next_at, event_id)
@@ -192,7 +254,12 @@ async fn sms_goes_only_where_the_country_enables_it_and_the_patient_has_a_mobile
     let mut appointments = Vec::new();
     for (cc, patient) in [("FR", claire), ("FR", paul), ("DE", anna)] {
         let appointment = Uuid::new_v4();
-        consumer::apply(&w.workload, &handler, &event("reassigned", cc, appointment, patient, starts, Utc::now())).await;
+        consumer::apply(
+            &w.workload,
+            &handler,
+            &event("reassigned", cc, appointment, patient, starts, Utc::now()),
+        )
+        .await;
         appointments.push(appointment);
     }
     let held = Held::default();
@@ -203,11 +270,7 @@ async fn sms_goes_only_where_the_country_enables_it_and_the_patient_has_a_mobile
     assert_eq!(channel(&w, appointments[0]).await, ("held".into(), "sms".into()));
     assert_eq!(channel(&w, appointments[1]).await, ("held".into(), "email".into()));
     assert_eq!(channel(&w, appointments[2]).await, ("held".into(), "email".into()));
-    let shown: Vec<(String, String)> = held
-        .messages()
-        .into_iter()
-        .map(|m| (m.country, m.recipient))
-        .collect();
+    let shown: Vec<(String, String)> = held.messages().into_iter().map(|m| (m.country, m.recipient)).collect();
     assert_eq!(
         shown,
         [
@@ -220,7 +283,12 @@ async fn sms_goes_only_where_the_country_enables_it_and_the_patient_has_a_mobile
     // Germany turns SMS on: the next notice to Anna goes by SMS.
     w.edit("DE", |spec| spec.features.sms_reminders = true);
     let appointment = Uuid::new_v4();
-    consumer::apply(&w.workload, &handler, &event("needs_rebooking", "DE", appointment, anna, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("needs_rebooking", "DE", appointment, anna, starts, Utc::now()),
+    )
+    .await;
     dispatcher.dispatch_due().await.unwrap();
     assert_eq!(channel(&w, appointment).await, ("held".into(), "sms".into()));
 }
@@ -229,15 +297,38 @@ async fn sms_goes_only_where_the_country_enables_it_and_the_patient_has_a_mobile
 async fn undeliverable_and_void_notices_end_with_a_reason_never_a_loop() {
     let w = World::start().await;
     let handler = w.handler();
-    let nobody = w.patient("FR", "Sans", json!([{"system": "phone", "value": "+33 1 23 45 67 89", "use": "home"}])).await;
+    let nobody = w
+        .patient(
+            "FR",
+            "Sans",
+            json!([{"system": "phone", "value": "+33 1 23 45 67 89", "use": "home"}]),
+        )
+        .await;
     let unknown = Uuid::new_v4();
     let starts = Utc::now() + Duration::days(2);
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    consumer::apply(&w.workload, &handler, &event("reassigned", "FR", a, nobody, starts, Utc::now())).await;
-    consumer::apply(&w.workload, &handler, &event("reassigned", "FR", b, unknown, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("reassigned", "FR", a, nobody, starts, Utc::now()),
+    )
+    .await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("reassigned", "FR", b, unknown, starts, Utc::now()),
+    )
+    .await;
     // A reminder whose appointment began (the consumer was far behind).
     let c = Uuid::new_v4();
-    let late = event("booked", "FR", c, nobody, Utc::now() - Duration::hours(1), Utc::now() - Duration::days(3));
+    let late = event(
+        "booked",
+        "FR",
+        c,
+        nobody,
+        Utc::now() - Duration::hours(1),
+        Utc::now() - Duration::days(3),
+    );
     consumer::apply(&w.workload, &handler, &late).await;
 
     let held = Held::default();
@@ -248,7 +339,10 @@ async fn undeliverable_and_void_notices_end_with_a_reason_never_a_loop() {
     let (na, nb, nc) = (last(a).await, last(b).await, last(c).await);
     assert_eq!(
         (na.status.as_str(), na.last_error.as_deref()),
-        ("failed", Some("the patient has no mobile number or e-mail address in their record"))
+        (
+            "failed",
+            Some("the patient has no mobile number or e-mail address in their record")
+        )
     );
     assert_eq!(nb.status, "failed");
     assert_eq!(
@@ -260,7 +354,10 @@ async fn undeliverable_and_void_notices_end_with_a_reason_never_a_loop() {
         ("cancelled", Some("the appointment has begun"))
     );
     assert!(held.messages().is_empty());
-    assert!(dispatcher.dispatch_due().await.unwrap().is_empty(), "nothing is tried again");
+    assert!(
+        dispatcher.dispatch_due().await.unwrap().is_empty(),
+        "nothing is tried again"
+    );
 }
 
 #[tokio::test]
@@ -321,10 +418,22 @@ async fn the_notifications_table_holds_no_contact_name_or_reason() {
         .unwrap();
     assert!(rows.len() >= 2, "{rows:?}");
     for row in &rows {
-        for secret in ["claire", "Martin", "Lefebvre", "Anna", "example.fr", "612345678", "6 12 34", "Chest pain"] {
+        for secret in [
+            "claire",
+            "Martin",
+            "Lefebvre",
+            "Anna",
+            "example.fr",
+            "612345678",
+            "6 12 34",
+            "Chest pain",
+        ] {
             assert!(!row.contains(secret), "{secret} in {row}");
         }
-        assert!(row.contains(&claire.to_string()), "the client ID names the patient: {row}");
+        assert!(
+            row.contains(&claire.to_string()),
+            "the client ID names the patient: {row}"
+        );
     }
 }
 
@@ -341,7 +450,10 @@ async fn each_role_holds_only_what_it_needs_on_the_notices() {
         .execute(&workload)
         .await
         .unwrap();
-    sqlx::query("SELECT count(*) FROM notifications").execute(&workload).await.unwrap();
+    sqlx::query("SELECT count(*) FROM notifications")
+        .execute(&workload)
+        .await
+        .unwrap();
     for refused in [
         "DELETE FROM notifications",
         "TRUNCATE notifications",
@@ -350,10 +462,17 @@ async fn each_role_holds_only_what_it_needs_on_the_notices() {
         "ALTER TABLE notifications ADD COLUMN email text",
     ] {
         let err = sqlx::query(refused).execute(&workload).await.unwrap_err();
-        assert!(err.to_string().contains("permission denied") || err.to_string().contains("must be owner"), "{refused}: {err}");
+        assert!(
+            err.to_string().contains("permission denied") || err.to_string().contains("must be owner"),
+            "{refused}: {err}"
+        );
     }
     // The vault role, which reads the contacts, holds nothing on the notices.
-    for refused in ["SELECT count(*) FROM notifications", insert, "UPDATE notifications SET attempts = 0"] {
+    for refused in [
+        "SELECT count(*) FROM notifications",
+        insert,
+        "UPDATE notifications SET attempts = 0",
+    ] {
         let err = sqlx::query(refused).execute(&vault).await.unwrap_err();
         assert!(err.to_string().contains("permission denied"), "{refused}: {err}");
     }

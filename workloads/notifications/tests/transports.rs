@@ -64,7 +64,10 @@ impl SmtpServer {
             .unwrap();
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "aiosmtpd did not listen on {port}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "aiosmtpd did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, port, maildir }
@@ -120,7 +123,13 @@ async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_me
     let server = SmtpServer::start();
     let w = World::start().await;
     let handler = w.handler();
-    let anna = w.patient("DE", "Schmidt", json!([{"system": "email", "value": "anna.schmidt@example.de"}])).await;
+    let anna = w
+        .patient(
+            "DE",
+            "Schmidt",
+            json!([{"system": "email", "value": "anna.schmidt@example.de"}]),
+        )
+        .await;
     w.reminders_consent("DE", anna, true, "2026-01-01T00:00:00Z").await;
     let appointment = Uuid::new_v4();
     let starts = "2030-01-15T09:30:00Z".parse().unwrap();
@@ -145,12 +154,19 @@ async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_me
     let (id, outcome) = &outcomes[0];
     assert_eq!(outcome, &Outcome::Sent(Channel::Email));
     let notice = w.notices(appointment).await.remove(0);
-    assert_eq!((notice.status.as_str(), notice.channel.as_deref()), ("sent", Some("email")));
+    assert_eq!(
+        (notice.status.as_str(), notice.channel.as_deref()),
+        ("sent", Some("email"))
+    );
 
     let delivered = server.delivered();
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     let message = &delivered[0];
-    assert_eq!(header(message, "X-RcptTo"), Some("anna.schmidt@example.de"), "{message}");
+    assert_eq!(
+        header(message, "X-RcptTo"),
+        Some("anna.schmidt@example.de"),
+        "{message}"
+    );
     assert_eq!(header(message, "To"), Some("anna.schmidt@example.de"));
     assert_eq!(header(message, "From"), Some("Meridian <no-reply@meridian.test>"));
     assert_eq!(header(message, "Subject"), Some("Appointment reminder"));
@@ -172,9 +188,18 @@ async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_me
 async fn a_relay_that_does_not_answer_is_tried_again_then_the_notice_fails() {
     let w = World::start().await;
     let handler = w.handler();
-    let paul = w.patient("FR", "Durand", json!([{"system": "email", "value": "paul@example.fr"}])).await;
+    let paul = w
+        .patient("FR", "Durand", json!([{"system": "email", "value": "paul@example.fr"}]))
+        .await;
     let appointment = Uuid::new_v4();
-    let moved = event("reassigned", "FR", appointment, paul, Utc::now() + Days::days(2), Utc::now());
+    let moved = event(
+        "reassigned",
+        "FR",
+        appointment,
+        paul,
+        Utc::now() + Days::days(2),
+        Utc::now(),
+    );
     consumer::apply(&w.workload, &handler, &moved).await;
     // A server that went away: its port is closed.
     let gone = SmtpServer::start();
@@ -200,7 +225,10 @@ async fn a_relay_that_does_not_answer_is_tried_again_then_the_notice_fails() {
     let notice = w.notices(appointment).await.remove(0);
     assert_eq!((notice.status.as_str(), notice.attempts), ("failed", 3));
     let error = notice.last_error.unwrap();
-    assert!(error.starts_with("SMTP: the relay") && error.ends_with("(attempt 3)"), "{error}");
+    assert!(
+        error.starts_with("SMTP: the relay") && error.ends_with("(attempt 3)"),
+        "{error}"
+    );
     assert!(!error.contains("paul"), "{error}");
 }
 
@@ -227,10 +255,13 @@ fn plain_smtp_is_refused_off_this_machine() {
     assert!(err.starts_with("SMTP settings: sender \"not an address\""), "{err}");
 }
 
+/// A request the provider received: its Authorization and Idempotency-Key headers, and body.
+type Received = (Option<String>, Option<String>, Value);
+
 /// What the local SMS provider received, and what it answers.
 #[derive(Clone, Default)]
 struct Provider {
-    received: Arc<Mutex<Vec<(Option<String>, Option<String>, Value)>>>,
+    received: Arc<Mutex<Vec<Received>>>,
     status: Arc<Mutex<u16>>,
 }
 
@@ -248,7 +279,9 @@ async fn provider(State(p): State<Provider>, headers: HeaderMap, body: String) -
 async fn start_provider(p: &Provider) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
-    let app = axum::Router::new().route("/v1/messages", post(provider)).with_state(p.clone());
+    let app = axum::Router::new()
+        .route("/v1/messages", post(provider))
+        .with_state(p.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{address}/v1/messages")
 }
@@ -278,7 +311,12 @@ async fn sms_is_posted_to_the_provider_with_its_token_and_a_refusal_is_retried_t
     );
     let appointment = Uuid::new_v4();
     let starts = "2030-01-15T09:30:00Z".parse().unwrap();
-    consumer::apply(&w.workload, &handler, &event("needs_rebooking", "FR", appointment, claire, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("needs_rebooking", "FR", appointment, claire, starts, Utc::now()),
+    )
+    .await;
     let outcomes = dispatcher.dispatch_due().await.unwrap();
     assert_eq!(outcomes[0].1, Outcome::Sent(Channel::Sms));
     let id = outcomes[0].0;
@@ -300,12 +338,20 @@ async fn sms_is_posted_to_the_provider_with_its_token_and_a_refusal_is_retried_t
         );
     }
     let notice = w.notices(appointment).await.remove(0);
-    assert_eq!((notice.status.as_str(), notice.channel.as_deref()), ("sent", Some("sms")));
+    assert_eq!(
+        (notice.status.as_str(), notice.channel.as_deref()),
+        ("sent", Some("sms"))
+    );
 
     // The provider fails: three attempts, then `failed` with its status.
     *p.status.lock().unwrap() = 500;
     let second = Uuid::new_v4();
-    consumer::apply(&w.workload, &handler, &event("reassigned", "FR", second, claire, starts, Utc::now())).await;
+    consumer::apply(
+        &w.workload,
+        &handler,
+        &event("reassigned", "FR", second, claire, starts, Utc::now()),
+    )
+    .await;
     let outcomes = dispatcher.dispatch_due().await.unwrap();
     assert_eq!(outcomes.len(), 3, "{outcomes:?}");
     assert!(matches!(outcomes[0].1, Outcome::Retry(_)) && matches!(outcomes[1].1, Outcome::Retry(_)));
@@ -329,7 +375,10 @@ fn the_provider_must_be_reached_over_https_off_this_machine() {
         token: "t".into(),
         timeout: Duration::from_secs(1),
     };
-    let err = Sms::new(&settings("http://sms.example.org/send")).err().unwrap().to_string();
+    let err = Sms::new(&settings("http://sms.example.org/send"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("must be reached over https"), "{err}");
     assert!(Sms::new(&settings("https://sms.example.org/send")).is_ok());
     let err = Sms::new(&settings("ftp://x")).err().unwrap().to_string();
@@ -385,7 +434,14 @@ async fn meridian_notifications_takes_an_event_from_kafka_to_a_patients_mailbox(
         .patient("FR", "Durand", json!([{"system": "email", "value": "paul.durand@example.fr"}, {"system": "sms", "value": "+33 6 98 76 54 32"}]))
         .await;
     let appointment = Uuid::new_v4();
-    let moved = event("reassigned", "FR", appointment, paul, "2030-03-04T08:00:00Z".parse().unwrap(), Utc::now());
+    let moved = event(
+        "reassigned",
+        "FR",
+        appointment,
+        paul,
+        "2030-03-04T08:00:00Z".parse().unwrap(),
+        Utc::now(),
+    );
     let mut tx = w.admin.begin().await.unwrap();
     meridian_shared::outbox::enqueue(
         &mut tx,
@@ -410,10 +466,20 @@ async fn meridian_notifications_takes_an_event_from_kafka_to_a_patients_mailbox(
     let delivered = server.delivered();
     assert_eq!(delivered.len(), 1);
     assert_eq!(header(&delivered[0], "X-RcptTo"), Some("paul.durand@example.fr"));
-    assert_eq!(header(&delivered[0], "Subject"), Some("Your appointment has a new practitioner"));
-    assert!(body(&delivered[0]).contains("Monday 4 March 2030 at 09:00 (CET)"), "{}", delivered[0]);
+    assert_eq!(
+        header(&delivered[0], "Subject"),
+        Some("Your appointment has a new practitioner")
+    );
+    assert!(
+        body(&delivered[0]).contains("Monday 4 March 2030 at 09:00 (CET)"),
+        "{}",
+        delivered[0]
+    );
     let notice = w.notices(appointment).await.remove(0);
-    assert_eq!((notice.status.as_str(), notice.channel.as_deref()), ("sent", Some("email")));
+    assert_eq!(
+        (notice.status.as_str(), notice.channel.as_deref()),
+        ("sent", Some("email"))
+    );
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await

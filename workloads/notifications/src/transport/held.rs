@@ -39,7 +39,13 @@ pub struct Held(Arc<Mutex<VecDeque<HeldMessage>>>);
 impl Held {
     /// The messages kept, newest first.
     pub fn messages(&self) -> Vec<HeldMessage> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
     }
 }
 

@@ -46,7 +46,9 @@ pub struct World {
 /// given to `--country-manifest` is).
 pub fn example(cc: &str) -> Country {
     let path = format!("{}/../../examples/countries/{cc}.yaml", env!("CARGO_MANIFEST_DIR"));
-    meridian_records::served::read_manifests(&[path.into()]).unwrap().remove(0)
+    meridian_records::served::read_manifests(&[path.into()])
+        .unwrap()
+        .remove(0)
 }
 
 impl World {
@@ -55,7 +57,7 @@ impl World {
     pub async fn start() -> Self {
         let pg = TempCluster::start().await.expect("start PostgreSQL");
         let admin = PgPool::connect(&pg.url()).await.unwrap();
-        meridian_shared::schema::prepare(&mut *admin.acquire().await.unwrap(), &["DE", "FR"])
+        meridian_shared::schema::prepare(&mut admin.acquire().await.unwrap(), &["DE", "FR"])
             .await
             .unwrap();
         create_login(&admin, WORKLOAD, "secret", meridian_shared::schema::workload_privileges)
@@ -65,7 +67,8 @@ impl World {
             .await
             .unwrap();
         let connect = |role| {
-            meridian_shared::serve::pool_options(8).connect_lazy_with(as_login(&pg.url(), role, "secret").parse().unwrap())
+            meridian_shared::serve::pool_options(8)
+                .connect_lazy_with(as_login(&pg.url(), role, "secret").parse().unwrap())
         };
         let (workload, vault) = (connect(WORKLOAD), connect(VAULT));
         let mut keys = BTreeMap::new();
@@ -76,12 +79,8 @@ impl World {
         let served = meridian_records::http::Countries::default();
         served.set(meridian_records::served::entries(&countries, "", &keys));
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
-        let service = meridian_records::http::Service::new(
-            workload.clone(),
-            vault.clone(),
-            Arc::new(issuer.verifier()),
-            served,
-        );
+        let service =
+            meridian_records::http::Service::new(workload.clone(), vault.clone(), Arc::new(issuer.verifier()), served);
         let rules = Rules::default();
         rules.set(region_rules(&countries, "", &keys));
         Self {
@@ -126,7 +125,9 @@ impl World {
     }
 
     async fn post(&self, cc: &str, resource: &str, body: &Value) -> Value {
-        let token = self.issuer.token("dr-weber", &[Role::Practitioner], &[cc], Duration::from_secs(600));
+        let token = self
+            .issuer
+            .token("dr-weber", &[Role::Practitioner], &[cc], Duration::from_secs(600));
         let request = Request::post(format!("/{}/v1/fhir/{resource}", cc.to_ascii_lowercase()))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/fhir+json")
@@ -149,7 +150,11 @@ impl World {
             "birthDate": "1984-06-02",
             "telecom": telecom,
         });
-        self.post(cc, "Patient", &patient).await["id"].as_str().unwrap().parse().unwrap()
+        self.post(cc, "Patient", &patient).await["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// The patient's choice on reminders, given at `at`: a Consent through records.
