@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use meridian_crds::Country;
 use meridian_events::kafka::KafkaOptions;
-use meridian_records::served::read_keys_dir;
+use meridian_records::serve::VaultStores;
 
 use crate::dispatch::{Dispatcher, Settings};
 use crate::handler::NotificationsHandler;
@@ -25,20 +25,9 @@ use crate::transport::smtp::{Security, Smtp, SmtpSettings};
 #[command(group(clap::ArgGroup::new("served").required(true).args(["region", "country_manifests"])))]
 #[command(group(clap::ArgGroup::new("channels").required(true).multiple(true).args(["smtp_host", "sms_url"])))]
 pub struct NotificationsOptions {
-    /// The Region's database as its workload role: the `url` of the `postgres-workload`
-    /// Secret. Off this machine the connection is `sslmode=verify-full`.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// The Region's database as its vault role (the patients' contacts): the `url` of the
-    /// `postgres-vault` Secret.
-    #[arg(long, env = "VAULT_DATABASE_URL")]
-    pub vault_database_url: String,
-    /// CA certificates (a PEM file) the database's certificate is verified against.
-    #[arg(long, env = "DATABASE_CA_FILE")]
-    pub database_ca_file: Option<PathBuf>,
-    /// The Region's `vault-keys` Secret, mounted: one file per entry. Read again every minute.
-    #[arg(long, env = "VAULT_KEYS_DIR")]
-    pub vault_keys_dir: PathBuf,
+    /// The notices are the workload role's; the patients' contacts the vault role's.
+    #[command(flatten)]
+    pub stores: VaultStores,
     /// Notify for the countries bound to this Region, as the cluster's Country objects say.
     #[arg(long, env = "MERIDIAN_REGION")]
     pub region: Option<String>,
@@ -128,18 +117,8 @@ pub async fn run_until(
     let stop = stop.boxed().shared();
     let transports = transports(&options)?;
     let kafka = options.kafka.client_config()?;
-    let ca = meridian_shared::serve::read_ca(options.database_ca_file.as_deref(), "--database-ca-file")
-        .map_err(anyhow::Error::msg)?;
-    let connect = |url: &str, flag: &str| {
-        meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-    };
-    let workload =
-        meridian_shared::serve::pool_options(8).connect_lazy_with(connect(&options.database_url, "--database-url")?);
-    let vault = meridian_shared::serve::pool_options(4)
-        .connect_lazy_with(connect(&options.vault_database_url, "--vault-database-url")?);
-    let keys_dir = options.vault_keys_dir.clone();
-    let read_keys =
-        move || read_keys_dir(&keys_dir).map_err(|e| anyhow::anyhow!("--vault-keys-dir {}: {e}", keys_dir.display()));
+    let (workload, vault) = options.stores.pools(8)?;
+    let read_keys = options.stores.keys_reader();
     let keys = Arc::new(Mutex::new(read_keys()?));
     let rules = Rules::default();
     let region = options.region.clone().unwrap_or_default();

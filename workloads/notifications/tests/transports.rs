@@ -407,10 +407,12 @@ async fn meridian_notifications_takes_an_event_from_kafka_to_a_patients_mailbox(
     let url = |role| meridian_records::roles::as_login(&w.pg.url(), role, "secret");
     let smtp = server.settings();
     let options = meridian_notifications::serve::NotificationsOptions {
-        database_url: url(support::WORKLOAD),
-        vault_database_url: url(support::VAULT),
-        database_ca_file: None,
-        vault_keys_dir: keys.path().to_path_buf(),
+        stores: meridian_records::serve::VaultStores {
+            database_url: url(support::WORKLOAD),
+            vault_database_url: url(support::VAULT),
+            database_ca_file: None,
+            vault_keys_dir: keys.path().to_path_buf(),
+        },
         region: None,
         country_manifests: vec![manifest],
         kafka,
