@@ -6,6 +6,7 @@
 //! `deny`, a period not in force, or no such Consent is none.
 
 use chrono::Utc;
+use meridian_records::consent;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -17,37 +18,15 @@ pub const REMINDERS_CATEGORY: &str = "appointment-reminders";
 
 /// Whether patient `client_id` of `country` has opted in to reminders now.
 pub async fn opted_in(conn: &mut PgConnection, country: &str, client_id: Uuid) -> Result<bool, sqlx::Error> {
-    let latest: Option<Value> = sqlx::query_scalar(
-        "SELECT content FROM fhir_resources
-          WHERE country_code = $1 AND resource_type = 'Consent' AND patient = $2 AND deleted_at IS NULL
-            AND status = 'active' AND $3 = ANY(categories)
-          ORDER BY date_start DESC NULLS LAST, last_updated DESC
-          LIMIT 1",
-    )
-    .bind(country)
-    .bind(client_id)
-    .bind(format!("{REMINDERS_SYSTEM}|{REMINDERS_CATEGORY}"))
-    .fetch_optional(conn)
-    .await?;
+    let category = format!("{REMINDERS_SYSTEM}|{REMINDERS_CATEGORY}");
+    let latest = consent::latest_active(conn, country, client_id, consent::Matching::Category(&category)).await?;
     Ok(latest.as_ref().is_some_and(permits_now))
 }
 
 /// A Consent's provision permits, and is in force now.
 fn permits_now(consent: &Value) -> bool {
     let provision = &consent["provision"];
-    if provision["type"].as_str() != Some("permit") {
-        return false;
-    }
-    let now = Utc::now();
-    let bound = |pointer: &str| {
-        provision
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .and_then(meridian_records::dates::range)
-    };
-    let started = bound("/period/start").is_none_or(|(start, _)| start <= now);
-    let not_ended = bound("/period/end").is_none_or(|(_, end)| now < end);
-    started && not_ended
+    provision["type"].as_str() == Some("permit") && consent::in_force(provision, Utc::now())
 }
 
 #[cfg(test)]
