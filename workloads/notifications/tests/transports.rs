@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::{Duration as Days, Utc};
-use meridian_events::consumer;
 use meridian_notifications::dispatch::Outcome;
 use meridian_notifications::plan::Channel;
 use meridian_notifications::transport::Transports;
@@ -122,7 +121,6 @@ fn body(message: &str) -> String {
 async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_message_id() {
     let server = SmtpServer::start();
     let w = World::start().await;
-    let handler = w.handler();
     let anna = w
         .patient(
             "DE",
@@ -131,10 +129,9 @@ async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_me
         )
         .await;
     w.reminders_consent("DE", anna, true, "2026-01-01T00:00:00Z").await;
-    let appointment = Uuid::new_v4();
-    let starts = "2030-01-15T09:30:00Z".parse().unwrap();
-    let booked = event("booked", "DE", appointment, anna, starts, Utc::now());
-    consumer::apply(&w.workload, &handler, &booked).await;
+    let appointment = w
+        .schedule("booked", "DE", anna, "2030-01-15T09:30:00Z".parse().unwrap())
+        .await;
     // Due now, as it would be the day before.
     sqlx::query("UPDATE notifications SET next_at = now() - interval '1 second' WHERE appointment_id = $1")
         .bind(appointment)
@@ -187,20 +184,10 @@ async fn a_reminder_reaches_a_real_smtp_server_with_its_recipient_subject_and_me
 #[tokio::test]
 async fn a_relay_that_does_not_answer_is_tried_again_then_the_notice_fails() {
     let w = World::start().await;
-    let handler = w.handler();
     let paul = w
         .patient("FR", "Durand", json!([{"system": "email", "value": "paul@example.fr"}]))
         .await;
-    let appointment = Uuid::new_v4();
-    let moved = event(
-        "reassigned",
-        "FR",
-        appointment,
-        paul,
-        Utc::now() + Days::days(2),
-        Utc::now(),
-    );
-    consumer::apply(&w.workload, &handler, &moved).await;
+    let appointment = w.schedule("reassigned", "FR", paul, Utc::now() + Days::days(2)).await;
     // A server that went away: its port is closed.
     let gone = SmtpServer::start();
     let settings = gone.settings();
@@ -289,7 +276,6 @@ async fn start_provider(p: &Provider) -> String {
 #[tokio::test]
 async fn sms_is_posted_to_the_provider_with_its_token_and_a_refusal_is_retried_then_failed() {
     let w = World::start().await;
-    let handler = w.handler();
     let claire = w
         .patient("FR", "Martin", json!([{"system": "sms", "value": "+33 6 12 34 56 78"}]))
         .await;
@@ -309,14 +295,8 @@ async fn sms_is_posted_to_the_provider_with_its_token_and_a_refusal_is_retried_t
         },
         3,
     );
-    let appointment = Uuid::new_v4();
     let starts = "2030-01-15T09:30:00Z".parse().unwrap();
-    consumer::apply(
-        &w.workload,
-        &handler,
-        &event("needs_rebooking", "FR", appointment, claire, starts, Utc::now()),
-    )
-    .await;
+    let appointment = w.schedule("needs_rebooking", "FR", claire, starts).await;
     let outcomes = dispatcher.dispatch_due().await.unwrap();
     assert_eq!(outcomes[0].1, Outcome::Sent(Channel::Sms));
     let id = outcomes[0].0;
@@ -345,13 +325,7 @@ async fn sms_is_posted_to_the_provider_with_its_token_and_a_refusal_is_retried_t
 
     // The provider fails: three attempts, then `failed` with its status.
     *p.status.lock().unwrap() = 500;
-    let second = Uuid::new_v4();
-    consumer::apply(
-        &w.workload,
-        &handler,
-        &event("reassigned", "FR", second, claire, starts, Utc::now()),
-    )
-    .await;
+    let second = w.schedule("reassigned", "FR", claire, starts).await;
     let outcomes = dispatcher.dispatch_due().await.unwrap();
     assert_eq!(outcomes.len(), 3, "{outcomes:?}");
     assert!(matches!(outcomes[0].1, Outcome::Retry(_)) && matches!(outcomes[1].1, Outcome::Retry(_)));

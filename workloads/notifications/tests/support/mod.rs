@@ -102,6 +102,16 @@ impl World {
         }
     }
 
+    /// A `kind` event (happening now) of a new appointment of `patient` at `starts_at`,
+    /// through the consumer; returns the appointment's ID.
+    pub async fn schedule(&self, kind: &str, cc: &str, patient: Uuid, starts_at: DateTime<Utc>) -> Uuid {
+        let appointment = Uuid::new_v4();
+        let e = event(kind, cc, appointment, patient, starts_at, Utc::now());
+        let outcome = meridian_events::consumer::apply(&self.workload, &self.handler(), &e).await;
+        assert_eq!(outcome, meridian_events::consumer::Outcome::Applied);
+        appointment
+    }
+
     /// A dispatcher through `transports` that tries again at once.
     pub fn dispatcher(&self, transports: Transports, max_attempts: i32) -> Dispatcher {
         Dispatcher::new(
