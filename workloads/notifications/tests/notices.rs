@@ -280,6 +280,26 @@ async fn sms_goes_only_where_the_country_enables_it_and_the_patient_has_a_mobile
         ]
     );
 
+    // Each contact read is in the audit trail, by the notifications consumer, under the
+    // correlation ID of the event that caused the notice.
+    let reads: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT country_code, action, resource FROM audit WHERE actor = 'notifications' ORDER BY country_code, resource",
+    )
+    .fetch_all(&w.admin)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        ("DE".to_string(), "patient.read".to_string(), format!("Patient/{anna}")),
+        (
+            "FR".to_string(),
+            "patient.read".to_string(),
+            format!("Patient/{claire}"),
+        ),
+        ("FR".to_string(), "patient.read".to_string(), format!("Patient/{paul}")),
+    ];
+    expected.sort();
+    assert_eq!(reads, expected);
+
     // Germany turns SMS on: the next notice to Anna goes by SMS.
     w.edit("DE", |spec| spec.features.sms_reminders = true);
     let appointment = Uuid::new_v4();
