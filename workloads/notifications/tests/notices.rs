@@ -1,8 +1,9 @@
 //! The notifications consumer and dispatcher against a real PostgreSQL, with patients sealed
 //! in the vault by the records service: which notices each event schedules (once, however
 //! often it arrives), the Country's consent and SMS rules, what the dispatcher does with
-//! notices that no longer apply or cannot be delivered, that the table never holds a
-//! contact or a name, and what each database role may do.
+//! notices that no longer apply or cannot be delivered, two dispatchers at once sending each
+//! notice once, that the table never holds a contact or a name, and what each database role
+//! may do.
 
 mod support;
 
@@ -496,4 +497,38 @@ async fn each_role_holds_only_what_it_needs_on_the_notices() {
         let err = sqlx::query(refused).execute(&vault).await.unwrap_err();
         assert!(err.to_string().contains("permission denied"), "{refused}: {err}");
     }
+}
+
+#[tokio::test]
+async fn two_dispatchers_at_once_send_each_notice_once() {
+    let w = World::start().await;
+    let paul = w.patient("FR", "Durand", email("paul@example.fr")).await;
+    let starts = Utc::now() + Duration::days(2);
+    for _ in 0..40 {
+        w.schedule("reassigned", "FR", paul, starts).await;
+    }
+    let (first, second) = (Held::default(), Held::default());
+    let replicas = [first.clone(), second.clone()].map(|held| {
+        let dispatcher = w.dispatcher(Transports::all(Arc::new(held)), 3);
+        tokio::spawn(async move { dispatcher.dispatch_due().await.unwrap().len() })
+    });
+    let mut taken = 0;
+    for replica in replicas {
+        taken += replica.await.unwrap();
+    }
+    assert_eq!(taken, 40);
+    let mut ids: Vec<Uuid> = first
+        .messages()
+        .iter()
+        .chain(&second.messages())
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "no notice sent twice");
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'held'")
+        .fetch_one(&w.admin)
+        .await
+        .unwrap();
+    assert_eq!(held, 40);
 }
