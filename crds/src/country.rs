@@ -173,7 +173,11 @@ pub struct Consent {
     /// shared, and the PatientIndex leaves the country out.
     #[serde(default)]
     pub record_sharing: bool,
-    /// Reminders by SMS or e-mail need explicit consent.
+    /// Appointment reminders (by SMS or e-mail) need explicit consent: each patient opts in
+    /// with an active FHIR `Consent` of category
+    /// `https://meridian.dev/fhir/CodeSystem/consent-category|appointment-reminders`,
+    /// provision `permit`. Notices of a re-assignment or a needed rebooking are not
+    /// reminders and need none.
     #[serde(default)]
     pub reminders: bool,
     /// Secondary use for research needs explicit consent.
@@ -191,7 +195,9 @@ pub struct Features {
     /// Appointments move to another practitioner when theirs becomes unavailable.
     #[serde(default = "enabled")]
     pub reassignment: bool,
-    /// Appointment reminders by SMS.
+    /// Notices to patients (reminders, re-assignment, rebooking) go by SMS to those with a
+    /// mobile number, where the notifications service has an SMS provider; by e-mail
+    /// otherwise.
     #[serde(default)]
     pub sms_reminders: bool,
     /// Video consultations.

@@ -43,6 +43,9 @@ enum Command {
     Analytics(meridian_events::worker::WorkerOptions),
     /// Keep a Region's search indexes current from its `practitioner-events`.
     Indexer(meridian_search::indexer::IndexerOptions),
+    /// Notify patients of a Region (re-assignments, rebooking, reminders) by e-mail or SMS,
+    /// from its appointment events.
+    Notifications(Box<meridian_notifications::serve::NotificationsOptions>),
     /// The Region's event backbone.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -181,6 +184,10 @@ fn main() -> ExitCode {
             }
             Command::Relay(options) => {
                 meridian_events::relay::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Notifications(options) => {
+                meridian_notifications::serve::run(*options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Billing(options) => {

@@ -232,6 +232,7 @@ mod tests {
                 "CREATE TABLE IF NOT EXISTS \"invoices_de\" PARTITION OF \"invoices\" FOR VALUES IN ('DE');",
                 "CREATE TABLE IF NOT EXISTS \"appointment_minutes_de\" PARTITION OF \"appointment_minutes\" \
                  FOR VALUES IN ('DE');",
+                "CREATE TABLE IF NOT EXISTS \"notifications_de\" PARTITION OF \"notifications\" FOR VALUES IN ('DE');",
             ]
         );
     }
@@ -300,12 +301,20 @@ mod tests {
         assert_eq!(
             detach[0],
             Change::DetachPartition {
-                table: "appointment_minutes",
-                partition: "appointment_minutes_it".into()
+                table: "notifications",
+                partition: "notifications_it".into()
             }
         );
         assert_eq!(
+            detach[1].sql(),
+            "ALTER TABLE \"appointment_minutes\" DETACH PARTITION \"appointment_minutes_it\";"
+        );
+        assert_eq!(
             detach[2].sql(),
+            "ALTER TABLE \"invoices\" DETACH PARTITION \"invoices_it\";"
+        );
+        assert_eq!(
+            detach[3].sql(),
             "ALTER TABLE \"vault\".\"patient_history\" DETACH PARTITION \"vault\".\"patient_history_it\";"
         );
         let mixed = observed(&[

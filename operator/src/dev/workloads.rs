@@ -52,6 +52,11 @@ struct RegionService {
     billing: tokio::task::JoinHandle<()>,
     /// The analytics consumer, on the outbox too.
     analytics: tokio::task::JoinHandle<()>,
+    /// The notifications consumer and dispatcher (on the outbox; nothing is sent: the
+    /// messages are held for `/dev/outbox`).
+    notification_rules: meridian_notifications::Rules,
+    notifications: tokio::task::JoinHandle<()>,
+    held: meridian_notifications::transport::held::Held,
 }
 
 impl Drop for RegionService {
@@ -60,6 +65,7 @@ impl Drop for RegionService {
         self.registrar.abort();
         self.billing.abort();
         self.analytics.abort();
+        self.notifications.abort();
     }
 }
 
@@ -184,6 +190,14 @@ impl Workloads {
                 )
                 .run(),
             );
+            let notification_rules = meridian_notifications::Rules::default();
+            let held = meridian_notifications::transport::held::Held::default();
+            let notifications = tokio::spawn(follow_notifications(
+                pool.clone(),
+                vault_pool.clone(),
+                notification_rules.clone(),
+                held.clone(),
+            ));
             let records = meridian_records::http::Service::new(
                 pool.clone(),
                 vault_pool,
@@ -222,6 +236,9 @@ impl Workloads {
                     billing_rates,
                     billing,
                     analytics,
+                    notification_rules,
+                    notifications,
+                    held,
                 },
             );
         }
@@ -241,6 +258,9 @@ impl Workloads {
             service
                 .records_countries
                 .set(meridian_records::served::entries(countries, name, keys));
+            service
+                .notification_rules
+                .set(meridian_notifications::rules::region_rules(countries, name, keys));
         }
     }
 
@@ -285,7 +305,7 @@ impl Workloads {
         ])
     }
 
-    /// `/auth/...` and `/{cc}/v1/...`.
+    /// `/auth/...`, `/dev/outbox` and `/{cc}/v1/...`.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route(
@@ -293,6 +313,8 @@ impl Workloads {
                 get(|State(w): State<Arc<Self>>| async move { w.issuer.jwks().to_string() }),
             )
             .route("/auth/token", get(token))
+            .route("/dev/outbox", get(outbox_page))
+            .route("/dev/outbox.json", get(outbox_json))
             .route("/{cc}/v1/{*rest}", any(dispatch))
             .with_state(self)
     }
@@ -319,6 +341,42 @@ async fn follow_consumer<H: meridian_events::consumer::Handler + Clone>(pool: sq
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Runs the Region's notifications consumer on its outbox and its dispatcher, which holds
+/// the messages (`/dev/outbox`) instead of sending them.
+async fn follow_notifications(
+    pool: sqlx::PgPool,
+    vault: sqlx::PgPool,
+    rules: meridian_notifications::Rules,
+    held: meridian_notifications::transport::held::Held,
+) {
+    use meridian_notifications::dispatch::{Dispatcher, Settings};
+    let transports = meridian_notifications::transport::Transports::all(Arc::new(held));
+    let dispatcher = Dispatcher::new(pool.clone(), vault, rules.clone(), transports, Settings::default());
+    let sending = tokio::spawn(dispatcher.run(std::future::pending()));
+    follow_consumer(pool, meridian_notifications::NotificationsHandler { rules }).await;
+    sending.abort();
+}
+
+/// Every Region's held messages, newest first.
+fn held_messages(w: &Workloads) -> Vec<meridian_notifications::transport::held::HeldMessage> {
+    let services = w.regions.read().expect("workloads lock");
+    let mut all: Vec<_> = services.values().flat_map(|s| s.held.messages()).collect();
+    all.sort_by_key(|m| std::cmp::Reverse(m.held_at));
+    all
+}
+
+/// `GET /dev/outbox`: the messages `meridian dev` held instead of sending.
+async fn outbox_page(State(w): State<Arc<Workloads>>) -> axum::response::Html<String> {
+    axum::response::Html(meridian_notifications::outbox_page::html(&held_messages(&w)))
+}
+
+/// `GET /dev/outbox.json`: the same, as JSON.
+async fn outbox_json(
+    State(w): State<Arc<Workloads>>,
+) -> axum::Json<Vec<meridian_notifications::transport::held::HeldMessage>> {
+    axum::Json(held_messages(&w))
 }
 
 /// `listen` as an address to call: an unspecified address (`0.0.0.0`) is this machine.

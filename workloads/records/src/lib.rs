@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod codes;
+pub mod consent;
 pub mod crossborder;
 pub mod dates;
 pub mod fhir;

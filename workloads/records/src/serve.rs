@@ -15,10 +15,10 @@ use meridian_shared::serve::{OidcOptions, read_ca};
 
 use crate::http::{Countries, Service, app};
 
-/// Options of `meridian records`.
+/// The Region's database as its workload and vault roles, and the vault's keys: what a
+/// process that reads the PII vault is given (`meridian records`, `meridian notifications`).
 #[derive(clap::Args, Clone, Debug)]
-#[command(group(clap::ArgGroup::new("served").required(true).args(["region", "country_manifests"])))]
-pub struct RecordsOptions {
+pub struct VaultStores {
     /// The Region's database as its workload (clinical) role: the `url` of the
     /// `postgres-workload` Secret. Off this machine the connection is `sslmode=verify-full`.
     #[arg(long, env = "DATABASE_URL")]
@@ -33,6 +33,39 @@ pub struct RecordsOptions {
     /// Read again every minute, so a rotation reaches the service without a restart.
     #[arg(long, env = "VAULT_KEYS_DIR")]
     pub vault_keys_dir: PathBuf,
+}
+
+impl VaultStores {
+    /// Pools of up to `size` connections as the workload role and as the vault role,
+    /// connecting when first used.
+    pub fn pools(&self, size: u32) -> anyhow::Result<(sqlx::PgPool, sqlx::PgPool)> {
+        let ca = read_ca(self.database_ca_file.as_deref(), "--database-ca-file").map_err(anyhow::Error::msg)?;
+        let connect = |url: &str, flag: &str| {
+            meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        let workload = crate::pool_options(size).connect_lazy_with(connect(&self.database_url, "--database-url")?);
+        let vault =
+            crate::pool_options(size).connect_lazy_with(connect(&self.vault_database_url, "--vault-database-url")?);
+        Ok((workload, vault))
+    }
+
+    /// Reads the mounted `vault-keys` Secret (again at every call).
+    pub fn keys_reader(
+        &self,
+    ) -> impl Fn() -> anyhow::Result<std::collections::BTreeMap<String, String>> + Send + 'static {
+        let dir = self.vault_keys_dir.clone();
+        move || {
+            crate::served::read_keys_dir(&dir).map_err(|e| anyhow::anyhow!("--vault-keys-dir {}: {e}", dir.display()))
+        }
+    }
+}
+
+/// Options of `meridian records`.
+#[derive(clap::Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("served").required(true).args(["region", "country_manifests"])))]
+pub struct RecordsOptions {
+    #[command(flatten)]
+    pub stores: VaultStores,
     /// Address to serve `/{cc}/v1/fhir` on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -69,18 +102,8 @@ pub struct RecordsOptions {
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
     let (jwks, _refresh) = options.oidc.load().await.map_err(anyhow::Error::msg)?;
-    let ca = read_ca(options.database_ca_file.as_deref(), "--database-ca-file").map_err(anyhow::Error::msg)?;
-    let connect = |url: &str, flag: &str| {
-        meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-    };
-    let clinical = crate::pool_options(16).connect_lazy_with(connect(&options.database_url, "--database-url")?);
-    let vault =
-        crate::pool_options(16).connect_lazy_with(connect(&options.vault_database_url, "--vault-database-url")?);
-    let keys_dir = options.vault_keys_dir.clone();
-    let read_keys = move || {
-        crate::served::read_keys_dir(&keys_dir)
-            .map_err(|e| anyhow::anyhow!("--vault-keys-dir {}: {e}", keys_dir.display()))
-    };
+    let (clinical, vault) = options.stores.pools(16)?;
+    let read_keys = options.stores.keys_reader();
     let keys = Arc::new(Mutex::new(read_keys()?));
     let countries = Countries::default();
     let mut crossborder = crate::crossborder::CrossBorder::default();
@@ -134,16 +157,7 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
             ));
         }));
     } else {
-        let mut manifests = Vec::new();
-        for path in &options.country_manifests {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let mut country: Country =
-                serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            // Outside a cluster nobody reconciles them: served as the files say.
-            country.spec.region = String::new();
-            country.status = Some(ready_status());
-            manifests.push(country);
-        }
+        let manifests = crate::served::read_manifests(&options.country_manifests)?;
         countries.set(crate::served::entries(&manifests, "", &keys.lock().expect("lock")));
         crossborder.directory.set(&manifests);
         *known.lock().expect("lock") = manifests;
@@ -190,20 +204,4 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())
-}
-
-/// A `Ready=True` status for a Country served from a file.
-fn ready_status() -> meridian_crds::CountryStatus {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    meridian_crds::CountryStatus {
-        conditions: vec![Condition {
-            type_: meridian_crds::condition_types::READY.into(),
-            status: "True".into(),
-            reason: "Manifest".into(),
-            message: "served from --country-manifest".into(),
-            observed_generation: None,
-            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-        }],
-        ..Default::default()
-    }
 }

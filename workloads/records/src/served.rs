@@ -27,6 +27,38 @@ pub fn entries<'a>(
         .collect()
 }
 
+/// Country manifests (YAML files) served without a cluster (`--country-manifest`): bound to
+/// no Region (region `""`) and Ready, as the files say, since nobody reconciles them.
+pub fn read_manifests(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Country>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut country: Country =
+                serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            country.spec.region = String::new();
+            country.status = Some(ready_status());
+            Ok(country)
+        })
+        .collect()
+}
+
+/// A `Ready=True` status for a Country served from a file.
+fn ready_status() -> meridian_crds::CountryStatus {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    meridian_crds::CountryStatus {
+        conditions: vec![Condition {
+            type_: meridian_crds::condition_types::READY.into(),
+            status: "True".into(),
+            reason: "Manifest".into(),
+            message: "served from --country-manifest".into(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }],
+        ..Default::default()
+    }
+}
+
 /// The entries of a mounted Secret: one file per key, as Kubernetes mounts a Secret volume
 /// (its `..data` links and dot files skipped).
 pub fn read_keys_dir(dir: &std::path::Path) -> std::io::Result<BTreeMap<String, String>> {

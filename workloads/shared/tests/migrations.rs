@@ -182,10 +182,14 @@ async fn a_records_partition_kept_before_the_consent_migration_attaches_again_af
     let mut conn = connect(&pg).await;
     apply_before(&mut conn, 8).await;
     // The partitions of the tables there were then (billing's came with migration 10,
-    // analytics' with 11).
+    // analytics' with 11, notifications' with 12).
     for sql in meridian_shared::schema::fresh_country_sql("FR")
         .into_iter()
-        .filter(|sql| !sql.contains("\"invoices") && !sql.contains("\"appointment_minutes"))
+        .filter(|sql| {
+            !["\"invoices", "\"appointment_minutes", "\"notifications"]
+                .iter()
+                .any(|t| sql.contains(t))
+        })
     {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)

@@ -252,18 +252,8 @@ async fn consent(
     id: Uuid,
     purpose: &str,
 ) -> Result<Result<(), String>, sqlx::Error> {
-    let latest: Option<Value> = sqlx::query_scalar(
-        "SELECT content FROM fhir_resources
-          WHERE country_code = $1 AND resource_type = 'Consent' AND patient = $2 AND deleted_at IS NULL
-            AND status = 'active' AND $3 = ANY(codes)
-          ORDER BY date_start DESC NULLS LAST, last_updated DESC
-          LIMIT 1",
-    )
-    .bind(country)
-    .bind(id)
-    .bind(PRIVACY_SCOPE)
-    .fetch_optional(conn)
-    .await?;
+    let latest =
+        crate::consent::latest_active(conn, country, id, crate::consent::Matching::Scope(PRIVACY_SCOPE)).await?;
     let Some(consent) = latest else {
         return Ok(Err(format!(
             "Patient/{id} has no active Consent (scope {PRIVACY_SCOPE}) to share their records across borders"
@@ -276,12 +266,7 @@ async fn consent(
             "Patient/{id}'s Consent/{consent_id} does not permit sharing their records"
         )));
     }
-    let now = chrono::Utc::now();
-    let start = provision.pointer("/period/start").and_then(Value::as_str);
-    let end = provision.pointer("/period/end").and_then(Value::as_str);
-    let before = start.and_then(crate::dates::range).is_some_and(|(s, _)| now < s);
-    let after = end.and_then(crate::dates::range).is_some_and(|(_, e)| now >= e);
-    if before || after {
+    if !crate::consent::in_force(provision, chrono::Utc::now()) {
         return Ok(Err(format!(
             "Patient/{id}'s Consent/{consent_id} is not in force now (provision.period)"
         )));

@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "analytics",
         sql: include_str!("../../migrations/0011_analytics.sql"),
     },
+    Migration {
+        version: 12,
+        name: "notifications",
+        sql: include_str!("../../migrations/0012_notifications.sql"),
+    },
 ];
 
 /// Where applied migrations are recorded.

@@ -13,7 +13,8 @@ pub use partitions::{
     partition_name, quoted, split_name,
 };
 pub use privileges::{
-    APPEND_ONLY, APPEND_ONLY_TABLES, DML, VAULT_ROLE_TABLES, VAULT_SCHEMA, vault_privileges, workload_privileges,
+    APPEND_ONLY, APPEND_ONLY_TABLES, DML, NO_DELETE, NO_DELETE_TABLES, VAULT_ROLE_TABLES, VAULT_SCHEMA,
+    vault_privileges, workload_privileges,
 };
 
 /// Brings an empty database to what the control plane leaves for `countries`: migrated,

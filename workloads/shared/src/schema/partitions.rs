@@ -14,6 +14,7 @@ pub const PARTITIONED_TABLES: &[&str] = &[
     "vault.patient_history",
     "invoices",
     "appointment_minutes",
+    "notifications",
 ];
 
 /// Name of `table`'s partition for country `code`, in the table's schema:

@@ -20,6 +20,13 @@ pub const APPEND_ONLY: &[&str] = &["SELECT", "INSERT"];
 /// Tables the workloads may only append to.
 pub const APPEND_ONLY_TABLES: &[&str] = &["audit"];
 
+/// Notices are scheduled, cancelled and marked sent, never removed: their rows are the
+/// record of what was sent to whom (by client ID) and when.
+pub const NO_DELETE: &[&str] = &["SELECT", "INSERT", "UPDATE"];
+
+/// Tables the workloads write but never delete from.
+pub const NO_DELETE_TABLES: &[&str] = &["notifications"];
+
 /// The schema that holds patient PII.
 pub const VAULT_SCHEMA: &str = "vault";
 
@@ -27,13 +34,15 @@ pub const VAULT_SCHEMA: &str = "vault";
 pub const VAULT_ROLE_TABLES: &[&str] = &["patients", "fhir_resources", "fhir_history", "outbox", "audit_heads"];
 
 /// The privileges the workload role holds on (non-partition) table `table` of the platform
-/// schema: none on the control plane's own bookkeeping, append-only on the audit trail, row
-/// access on the rest.
+/// schema: none on the control plane's own bookkeeping, append-only on the audit trail, no
+/// DELETE on the notices, row access on the rest.
 pub fn workload_privileges(table: &str) -> &'static [&'static str] {
     if table == MIGRATIONS_TABLE || table.starts_with("vault.") {
         &[]
     } else if APPEND_ONLY_TABLES.contains(&table) {
         APPEND_ONLY
+    } else if NO_DELETE_TABLES.contains(&table) {
+        NO_DELETE
     } else {
         DML
     }
@@ -62,6 +71,12 @@ mod tests {
         assert!(workload_privileges(MIGRATIONS_TABLE).is_empty());
         assert_eq!(workload_privileges("audit_heads"), DML);
         assert_eq!(workload_privileges("appointments"), DML);
+    }
+
+    #[test]
+    fn notices_are_the_workload_roles_never_deleted_and_out_of_the_vault_roles_reach() {
+        assert_eq!(workload_privileges("notifications"), ["SELECT", "INSERT", "UPDATE"]);
+        assert!(vault_privileges("notifications").is_empty());
     }
 
     #[test]
