@@ -24,8 +24,8 @@ pub use country::{
 pub use patient_index::{KeySecretRef, PatientIndex, PatientIndexSpec, PatientIndexStatus};
 pub use region::{
     CloudResource, DatabaseRole, DatabaseSizing, EventsBroker, ExternalEndpoints, Isolation, KafkaSasl, Region,
-    RegionEvents, RegionProvider, RegionResources, RegionSpec, RegionStatus, RegionTls, ResourceOrigin, SaslMechanism,
-    SearchSizing,
+    RegionEvents, RegionNotifications, RegionProvider, RegionResources, RegionSpec, RegionStatus, RegionTls,
+    ResourceOrigin, SaslMechanism, SearchSizing, SmsProvider, SmtpRelay, SmtpSecurity,
 };
 
 use kube::CustomResourceExt;

@@ -35,6 +35,9 @@ use crate::common::{DeletionPolicy, SecretKeyRef};
 )]
 #[x_kube(validation = Rule::new("self.provider != 'external' || has(self.external)").message("spec.external is required when spec.provider is external").field_path(".external"))]
 #[x_kube(validation = Rule::new("!has(self.events) || self.events.broker != 'inCluster' || self.provider == 'inCluster' || self.provider == 'aws'").message("spec.events.broker inCluster runs in the Region's namespace: it needs spec.provider inCluster or aws").field_path(".events.broker"))]
+#[x_kube(validation = Rule::new("!has(self.notifications) || has(self.events) || self.provider == 'local'").message("spec.notifications needs spec.events: the notifications consumer follows the Region's Kafka").field_path(".notifications"))]
+#[x_kube(validation = Rule::new("!has(self.notifications) || has(self.notifications.smtp) || has(self.notifications.sms)").message("spec.notifications needs smtp, sms or both").field_path(".notifications"))]
+#[x_kube(validation = Rule::new("!has(self.notifications) || !has(self.notifications.smtp) || (has(self.notifications.smtp.usernameSecretRef) == has(self.notifications.smtp.passwordSecretRef))").message("spec.notifications.smtp: usernameSecretRef and passwordSecretRef go together").field_path(".notifications.smtp"))]
 #[x_kube(validation = Rule::new("!has(self.events) || self.events.broker == 'inCluster' || has(self.events.bootstrapServersSecretRef)").message("spec.events.bootstrapServersSecretRef is required unless spec.events.broker is inCluster").field_path(".events.bootstrapServersSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct RegionSpec {
@@ -70,6 +73,11 @@ pub struct RegionSpec {
     /// consumers read the outbox directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<RegionEvents>,
+    /// How the Region's notifications consumer reaches patients in a cluster: an SMTP relay
+    /// for e-mail and an HTTP SMS provider. Deployed with the event workers (it needs
+    /// `events`); `meridian dev` sends nothing and shows the messages on `/dev/outbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<RegionNotifications>,
     /// How the database's and search's certificates are verified. Outside `local`, every
     /// connection to them verifies the server's certificate and host name (PostgreSQL
     /// `sslmode=verify-full`, OpenSearch over `https`); a URL asking for less is refused.
@@ -200,6 +208,63 @@ fn default_partitions() -> i32 {
 
 fn default_retention_hours() -> i32 {
     168
+}
+
+/// The channels of a Region's notifications; at least one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionNotifications {
+    /// E-mail through an SMTP relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpRelay>,
+    /// SMS through an HTTP provider (`POST` JSON `{to, body, idempotencyKey}` with a bearer
+    /// token), used where the Country's `features.smsReminders` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsProvider>,
+}
+
+/// An SMTP relay.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpRelay {
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Default 587.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// `starttls` (default; required, port 587) or `tls` (port 465). Never plain.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// The sender, e.g. `Meridian <no-reply@clinic.example>`.
+    #[schemars(length(min = 3))]
+    pub from: String,
+    /// Secret key holding the user name, with `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// How the connection to an SMTP relay is protected.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SmtpSecurity {
+    #[default]
+    Starttls,
+    Tls,
+}
+
+/// An HTTP SMS provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmsProvider {
+    /// Its endpoint; `https`.
+    #[schemars(pattern(r"^https://"))]
+    pub url: String,
+    /// Secret key holding the bearer token.
+    pub token_secret_ref: SecretKeyRef,
 }
 
 /// Where a Region's Kafka comes from.

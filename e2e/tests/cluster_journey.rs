@@ -325,6 +325,14 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     let stack_region = format!("e2e-stack-{suffix}");
     in_cluster.metadata.name = Some(stack_region.clone());
     in_cluster.spec.events = Some(serde_yaml_ng::from_str("{broker: inCluster, volumeGib: 5}").unwrap());
+    in_cluster.spec.notifications = Some(
+        serde_yaml_ng::from_str(
+            "{smtp: {host: smtp.example, from: a@clinic.example, usernameSecretRef: {name: m, key: u},
+                     passwordSecretRef: {name: m, key: p}},
+              sms: {url: 'https://sms.example/send', tokenSecretRef: {name: s, key: t}}}",
+        )
+        .unwrap(),
+    );
     let objects = meridian_operator::providers::in_cluster::stack(
         &in_cluster,
         &meridian_operator::providers::StackConfig::default(),

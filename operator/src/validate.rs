@@ -364,6 +364,29 @@ mod tests {
     }
 
     #[test]
+    fn notifications_need_events_a_channel_and_both_smtp_credentials() {
+        let with = |events: &str, notifications: &str| -> Region {
+            serde_yaml_ng::from_str(&format!(
+                "apiVersion: platform.meridian.dev/v1alpha1\nkind: Region\nmetadata: {{name: x}}\n\
+                 spec: {{provider: inCluster, cloudRegion: eu-west-1, {events} notifications: {notifications}}}"
+            ))
+            .unwrap()
+        };
+        let smtp = "{smtp: {host: smtp.example, from: a@b.example}}";
+        assert!(region(&with("events: {broker: inCluster},", smtp)).is_empty());
+        assert_eq!(fields(&region(&with("", smtp))), ["spec.notifications"]);
+        assert_eq!(
+            fields(&region(&with("events: {broker: inCluster},", "{}"))),
+            ["spec.notifications"]
+        );
+        let half = "{smtp: {host: smtp.example, from: a@b.example, usernameSecretRef: {name: m, key: u}}}";
+        assert_eq!(
+            fields(&region(&with("events: {broker: inCluster},", half))),
+            ["spec.notifications.smtp"]
+        );
+    }
+
+    #[test]
     fn an_external_region_needs_its_secret_reference() {
         let r: Region = serde_yaml_ng::from_str(
             "apiVersion: platform.meridian.dev/v1alpha1\nkind: Region\nmetadata: {name: x}\n\

@@ -165,6 +165,42 @@ async fn the_operator_creates_the_regions_topics_once_and_names_what_is_wrong() 
     let outcome = region::apply(&none, &ctx).await;
     let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
     assert_eq!(events.reason, "NotConfigured");
+
+    // The notification channels' credentials go to Secret `notifications`; a missing one is
+    // named.
+    let mut notifying = r.clone();
+    notifying.spec.notifications = Some(
+        serde_yaml_ng::from_str(
+            "{smtp: {host: smtp.example, from: a@clinic.example,
+                     usernameSecretRef: {name: kafka, key: bootstrap}, passwordSecretRef: {name: kafka, key: closed}}}",
+        )
+        .unwrap(),
+    );
+    let outcome = region::apply(&notifying, &ctx).await;
+    assert!(conditions::is_true(&outcome.status.conditions, "EventsReady"));
+    let published =
+        std::fs::read_to_string(secrets_dir.path().join("regions/eu-west-1/secrets/notifications.json")).unwrap();
+    let published: BTreeMap<String, String> = serde_json::from_str(&published).unwrap();
+    assert_eq!(
+        published,
+        BTreeMap::from([
+            ("smtp-password".into(), "127.0.0.1:1".into()),
+            ("smtp-username".into(), broker.bootstrap())
+        ])
+    );
+    let smtp = notifying.spec.notifications.as_mut().unwrap().smtp.as_mut().unwrap();
+    smtp.password_secret_ref.as_mut().unwrap().key = "nope".into();
+    let outcome = region::apply(&notifying, &ctx).await;
+    let events = conditions::find(&outcome.status.conditions, "EventsReady").unwrap();
+    assert_eq!(
+        (events.status.as_str(), events.reason.as_str()),
+        ("False", "NotificationsSecretMissing")
+    );
+    assert!(
+        events.message.contains("spec.notifications.smtp.passwordSecretRef"),
+        "{}",
+        events.message
+    );
 }
 
 /// A Region going with `deletionPolicy: Delete` removes the topics it created on its broker,

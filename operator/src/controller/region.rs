@@ -260,6 +260,9 @@ pub async fn events_ready(region: &Region, ctx: &Context) -> (Report, Vec<String
             if let Err(e) = publish_kafka(region, &connection, ctx).await {
                 return (Report::failed(EVENTS_READY, e.reason, e.message), Vec::new());
             }
+            if let Err(e) = publish_notification_credentials(region, ctx).await {
+                return (Report::failed(EVENTS_READY, e.reason, e.message), Vec::new());
+            }
             let config = match connection.client_config() {
                 Ok(config) => config,
                 Err(e) => {
@@ -320,6 +323,25 @@ async fn publish_kafka(
         store
             .write(&name, crate::providers::event_backbone::KAFKA_SECRET, &data)
             .await?;
+    }
+    Ok(())
+}
+
+/// Hands the Region's notifications consumer the credentials of its channels: Secret
+/// `notifications` beside Secret `kafka` (nothing while `spec.notifications` names none).
+async fn publish_notification_credentials(
+    region: &Region,
+    ctx: &Context,
+) -> Result<(), crate::providers::ProviderError> {
+    let data = ctx.providers.notification_credentials(region).await?;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let name = region.metadata.name.clone().unwrap_or_default();
+    let secret = crate::providers::event_backbone::NOTIFICATIONS_SECRET;
+    let store = ctx.providers.region_secrets(region)?;
+    if store.read(&name, secret).await? != data {
+        store.write(&name, secret, &data).await?;
     }
     Ok(())
 }

@@ -24,6 +24,10 @@ use super::in_cluster::{
 
 /// The Region's Secret holding how its workers reach its Kafka.
 pub const KAFKA_SECRET: &str = "kafka";
+/// The Region's Secret holding its notification channels' credentials.
+pub const NOTIFICATIONS_SECRET: &str = "notifications";
+/// Where the notifications consumer finds [`NOTIFICATIONS_SECRET`]'s files.
+const NOTIFICATIONS_DIR: &str = "/etc/meridian/notifications";
 /// Where the workers find [`KAFKA_SECRET`]'s files.
 const KAFKA_DIR: &str = "/etc/meridian/kafka";
 
@@ -53,7 +57,11 @@ pub fn clients(region: &Region) -> Vec<String> {
     if region.spec.events.is_none() {
         return Vec::new();
     }
-    WORKERS.iter().map(|(w, _, _)| format!("meridian-{w}")).collect()
+    let mut clients: Vec<String> = WORKERS.iter().map(|(w, _, _)| format!("meridian-{w}")).collect();
+    if region.spec.notifications.is_some() {
+        clients.push("meridian-notifications".into());
+    }
+    clients
 }
 
 /// The app names of the workers that reach the search engine.
@@ -156,6 +164,9 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
             },
         }));
     }
+    if let Some(notifications) = &region.spec.notifications {
+        objects.extend(notifier(&name, notifications, env, config));
+    }
     if events.broker == EventsBroker::InCluster {
         objects.splice(
             0..0,
@@ -163,6 +174,107 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
         );
     }
     objects
+}
+
+/// The notifications consumer and dispatcher (`meridian notifications --region`): the
+/// workers' database and Kafka settings (`env`), the patients' contacts as the vault role
+/// with the countries' data keys (Secret `vault-keys`, as the records service has them), the
+/// channels as `spec.notifications` says, their credentials as files of Secret
+/// [`NOTIFICATIONS_SECRET`] (the SMTP user name as a variable).
+fn notifier(
+    name: &str,
+    notifications: &meridian_crds::RegionNotifications,
+    mut env: Vec<Value>,
+    config: &StackConfig,
+) -> Vec<Value> {
+    let app = "meridian-notifications";
+    env.extend([
+        json!({"name": "VAULT_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": super::VAULT_SECRET, "key": "url"}}}),
+        json!({"name": "VAULT_KEYS_DIR", "value": super::in_cluster::VAULT_KEYS_DIR}),
+    ]);
+    if let Some(smtp) = &notifications.smtp {
+        let security = match smtp.security {
+            meridian_crds::SmtpSecurity::Starttls => "starttls",
+            meridian_crds::SmtpSecurity::Tls => "tls",
+        };
+        env.extend([
+            json!({"name": "MERIDIAN_SMTP_HOST", "value": smtp.host}),
+            json!({"name": "MERIDIAN_SMTP_PORT", "value": smtp.port.unwrap_or(587).to_string()}),
+            json!({"name": "MERIDIAN_SMTP_SECURITY", "value": security}),
+            json!({"name": "MERIDIAN_SMTP_FROM", "value": smtp.from}),
+        ]);
+        if smtp.username_secret_ref.is_some() {
+            env.extend([
+                json!({"name": "MERIDIAN_SMTP_USERNAME", "valueFrom": {"secretKeyRef": {"name": NOTIFICATIONS_SECRET, "key": "smtp-username"}}}),
+                json!({"name": "MERIDIAN_SMTP_PASSWORD_FILE", "value": format!("{NOTIFICATIONS_DIR}/smtp-password")}),
+            ]);
+        }
+    }
+    if let Some(sms) = &notifications.sms {
+        env.extend([
+            json!({"name": "MERIDIAN_SMS_URL", "value": sms.url}),
+            json!({"name": "MERIDIAN_SMS_TOKEN_FILE", "value": format!("{NOTIFICATIONS_DIR}/sms-token")}),
+        ]);
+    }
+    vec![
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": metadata("notifications", name, app),
+        }),
+        // It watches the Countries of its Region (their rules and consent settings).
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("{}-notifications", namespace(name)), "labels": labels(name, app)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": "notifications", "namespace": namespace(name)}],
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata("notifications", name, app),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": selector(name, app)},
+                "template": {
+                    "metadata": {"labels": labels(name, app)},
+                    "spec": {
+                        "serviceAccountName": "notifications",
+                        "containers": [{
+                            "name": "notifications",
+                            "image": config.workload_image,
+                            "args": ["notifications", "--region", name],
+                            "env": env,
+                            "volumeMounts": [
+                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+                                {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
+                                {"name": "vault-keys", "mountPath": super::in_cluster::VAULT_KEYS_DIR, "readOnly": true},
+                                {"name": "channels", "mountPath": NOTIFICATIONS_DIR, "readOnly": true},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
+                            {"name": "kafka", "secret": {"secretName": KAFKA_SECRET, "defaultMode": 0o400}},
+                            {"name": "vault-keys", "secret": {
+                                "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
+                                "optional": true,
+                                "defaultMode": 0o400,
+                            }},
+                            // None while the channels need no credentials.
+                            {"name": "channels", "secret": {"secretName": NOTIFICATIONS_SECRET, "optional": true, "defaultMode": 0o400}},
+                        ],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata("notifications", name, app),
+            "spec": {
+                "podSelector": {"matchLabels": selector(name, app)},
+                "policyTypes": ["Ingress"],
+                "ingress": [],
+            },
+        }),
+    ]
 }
 
 /// The `inCluster` broker: StatefulSet, Service, NetworkPolicy (see the module's doc).
@@ -384,6 +496,65 @@ mod tests {
                 .iter()
                 .any(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "relay")
         );
+    }
+
+    #[test]
+    fn the_notifications_consumer_gets_its_channels_the_vault_and_its_credentials_as_files() {
+        let mut r = region("{broker: inCluster}");
+        r.spec.notifications = Some(
+            serde_yaml_ng::from_str(
+                "{smtp: {host: smtp.example, from: 'Meridian <no-reply@clinic.example>',
+                         usernameSecretRef: {name: mail, key: user}, passwordSecretRef: {name: mail, key: password}},
+                  sms: {url: 'https://sms.example/send', tokenSecretRef: {name: sms, key: token}}}",
+            )
+            .unwrap(),
+        );
+        let objects = objects(&r, &StackConfig::default());
+        let container = &find(&objects, "Deployment", "notifications")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["args"], json!(["notifications", "--region", "eu-central-1"]));
+        let env = container["env"].as_array().unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+                .clone()
+        };
+        assert_eq!(
+            value("VAULT_DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"],
+            "postgres-vault"
+        );
+        assert_eq!(value("MERIDIAN_SMTP_HOST")["value"], "smtp.example");
+        assert_eq!(value("MERIDIAN_SMTP_PORT")["value"], "587");
+        assert_eq!(value("MERIDIAN_SMTP_SECURITY")["value"], "starttls");
+        assert_eq!(
+            value("MERIDIAN_SMTP_USERNAME")["valueFrom"]["secretKeyRef"],
+            json!({"name": "notifications", "key": "smtp-username"})
+        );
+        assert_eq!(
+            value("MERIDIAN_SMTP_PASSWORD_FILE")["value"],
+            "/etc/meridian/notifications/smtp-password"
+        );
+        assert_eq!(
+            value("MERIDIAN_SMS_TOKEN_FILE")["value"],
+            "/etc/meridian/notifications/sms-token"
+        );
+        assert_eq!(
+            value("MERIDIAN_KAFKA_BOOTSTRAP")["valueFrom"]["secretKeyRef"]["name"],
+            "kafka"
+        );
+        // No password or token in a variable.
+        assert!(
+            !env.iter()
+                .any(|e| e["name"] == "MERIDIAN_SMTP_PASSWORD" || e["name"] == "MERIDIAN_SMS_TOKEN")
+        );
+        assert_eq!(
+            find(&objects, "NetworkPolicy", "notifications")["spec"]["ingress"],
+            json!([])
+        );
+        assert!(clients(&r).contains(&"meridian-notifications".to_string()));
+        // Without spec.notifications, no such worker.
+        let plain = super::objects(&region("{broker: inCluster}"), &StackConfig::default());
+        assert!(!plain.iter().any(|o| o["metadata"]["name"] == "notifications"));
     }
 
     #[test]

@@ -165,6 +165,10 @@ impl SecretReasons {
         missing: "EventsSecretMissing",
         unreadable: "EventsSecretUnreadable",
     };
+    const NOTIFICATIONS: Self = Self {
+        missing: "NotificationsSecretMissing",
+        unreadable: "NotificationsSecretUnreadable",
+    };
 }
 
 /// A Secret reference as a message shows it: `namespace/name key k`.
@@ -554,6 +558,40 @@ impl Providers {
 
     /// The value a spec's `field` (a [`SecretKeyRef`]) names; a missing Secret or key, or
     /// one that cannot be read, is an error that names the field.
+    /// The credentials of a Region's notification channels, read from the Secrets its
+    /// `spec.notifications` names, as Secret `notifications` holds them for the notifications
+    /// consumer (`smtp-username`, `smtp-password`, `sms-token`); empty without any.
+    pub async fn notification_credentials(&self, region: &Region) -> Result<SecretData, ProviderError> {
+        let mut data = SecretData::new();
+        let Some(notifications) = &region.spec.notifications else {
+            return Ok(data);
+        };
+        if let Some(smtp) = &notifications.smtp
+            && let (Some(user), Some(password)) = (&smtp.username_secret_ref, &smtp.password_secret_ref)
+        {
+            let field = "spec.notifications.smtp.usernameSecretRef";
+            data.insert(
+                "smtp-username".into(),
+                self.read_secret_ref(user, field, SecretReasons::NOTIFICATIONS).await?,
+            );
+            let field = "spec.notifications.smtp.passwordSecretRef";
+            data.insert(
+                "smtp-password".into(),
+                self.read_secret_ref(password, field, SecretReasons::NOTIFICATIONS)
+                    .await?,
+            );
+        }
+        if let Some(sms) = &notifications.sms {
+            let field = "spec.notifications.sms.tokenSecretRef";
+            data.insert(
+                "sms-token".into(),
+                self.read_secret_ref(&sms.token_secret_ref, field, SecretReasons::NOTIFICATIONS)
+                    .await?,
+            );
+        }
+        Ok(data)
+    }
+
     async fn read_secret_ref(
         &self,
         r: &SecretKeyRef,
