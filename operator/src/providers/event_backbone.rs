@@ -19,7 +19,7 @@ use meridian_crds::{EventsBroker, Region};
 use serde_json::{Value, json};
 
 use super::in_cluster::{
-    CA_FILE, StackConfig, labels, metadata, namespace, selector, service, statefulset, store_policy,
+    CA_FILE, StackConfig, deployment, identity, metadata, namespace, selector, service, statefulset, store_policy,
 };
 
 /// The Region's Secret holding how its workers reach its Kafka.
@@ -112,57 +112,23 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
                 json!({"name": "SEARCH_CA_FILE", "value": CA_FILE}),
             ]);
         }
-        objects.push(json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": metadata(worker, &name, &app),
-            // Only the one that watches Countries talks to the Kubernetes API.
-            "automountServiceAccountToken": watches,
-        }));
-        if watches {
-            objects.push(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": format!("{}-{worker}", namespace(&name)), "labels": labels(&name, &app)},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
-                "subjects": [{"kind": "ServiceAccount", "name": worker, "namespace": namespace(&name)}],
-            }));
-        }
-        objects.push(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": metadata(worker, &name, &app),
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": selector(&name, &app)},
-                "template": {
-                    "metadata": {"labels": labels(&name, &app)},
-                    "spec": {
-                        "serviceAccountName": worker,
-                        "containers": [{
-                            "name": worker,
-                            "image": config.workload_image,
-                            "args": args,
-                            "env": env,
-                            "volumeMounts": [
-                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
-                                {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
-                            ],
-                        }],
-                        "volumes": [
-                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
-                            {"name": "kafka", "secret": {"secretName": KAFKA_SECRET, "defaultMode": 0o400}},
-                        ],
-                    },
-                },
-            },
-        }));
-        objects.push(json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata(worker, &name, &app),
-            "spec": {
-                "podSelector": {"matchLabels": selector(&name, &app)},
-                "policyTypes": ["Ingress"],
-                "ingress": [],
-            },
-        }));
+        objects.extend(identity(
+            &name,
+            worker,
+            &app,
+            watches.then_some(config.workload_cluster_role.as_str()),
+        ));
+        let container = json!({
+            "image": config.workload_image,
+            "args": args,
+            "env": env,
+            "volumeMounts": [
+                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+                {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
+            ],
+        });
+        objects.push(deployment(&name, worker, &app, container, store_volumes()));
+        objects.push(closed_policy(&name, worker, &app));
     }
     if let Some(notifications) = &region.spec.notifications {
         objects.extend(notifier(&name, notifications, env, config));
@@ -216,65 +182,53 @@ fn notifier(
             json!({"name": "MERIDIAN_SMS_TOKEN_FILE", "value": format!("{NOTIFICATIONS_DIR}/sms-token")}),
         ]);
     }
+    let container = json!({
+        "image": config.workload_image,
+        "args": ["notifications", "--region", name],
+        "env": env,
+        "volumeMounts": [
+            {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+            {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
+            {"name": "vault-keys", "mountPath": super::in_cluster::VAULT_KEYS_DIR, "readOnly": true},
+            {"name": "channels", "mountPath": NOTIFICATIONS_DIR, "readOnly": true},
+        ],
+    });
+    let mut volumes = store_volumes();
+    volumes.extend([
+        json!({"name": "vault-keys", "secret": {
+            "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
+            "optional": true,
+            "defaultMode": 0o400,
+        }}),
+        // None while the channels need no credentials.
+        json!({"name": "channels", "secret": {"secretName": NOTIFICATIONS_SECRET, "optional": true, "defaultMode": 0o400}}),
+    ]);
+    // It watches the Countries of its Region (their rules and consent settings).
+    let mut objects = identity(name, "notifications", app, Some(&config.workload_cluster_role));
+    objects.push(deployment(name, "notifications", app, container, volumes));
+    objects.push(closed_policy(name, "notifications", app));
+    objects
+}
+
+/// The volumes every worker has: the stores' CA, and Secret [`KAFKA_SECRET`].
+fn store_volumes() -> Vec<Value> {
     vec![
-        json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": metadata("notifications", name, app),
-        }),
-        // It watches the Countries of its Region (their rules and consent settings).
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": format!("{}-notifications", namespace(name)), "labels": labels(name, app)},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": config.workload_cluster_role},
-            "subjects": [{"kind": "ServiceAccount", "name": "notifications", "namespace": namespace(name)}],
-        }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": metadata("notifications", name, app),
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": selector(name, app)},
-                "template": {
-                    "metadata": {"labels": labels(name, app)},
-                    "spec": {
-                        "serviceAccountName": "notifications",
-                        "containers": [{
-                            "name": "notifications",
-                            "image": config.workload_image,
-                            "args": ["notifications", "--region", name],
-                            "env": env,
-                            "volumeMounts": [
-                                {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
-                                {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
-                                {"name": "vault-keys", "mountPath": super::in_cluster::VAULT_KEYS_DIR, "readOnly": true},
-                                {"name": "channels", "mountPath": NOTIFICATIONS_DIR, "readOnly": true},
-                            ],
-                        }],
-                        "volumes": [
-                            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
-                            {"name": "kafka", "secret": {"secretName": KAFKA_SECRET, "defaultMode": 0o400}},
-                            {"name": "vault-keys", "secret": {
-                                "secretName": meridian_records::keys::VAULT_KEYS_SECRET,
-                                "optional": true,
-                                "defaultMode": 0o400,
-                            }},
-                            // None while the channels need no credentials.
-                            {"name": "channels", "secret": {"secretName": NOTIFICATIONS_SECRET, "optional": true, "defaultMode": 0o400}},
-                        ],
-                    },
-                },
-            },
-        }),
-        json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata("notifications", name, app),
-            "spec": {
-                "podSelector": {"matchLabels": selector(name, app)},
-                "policyTypes": ["Ingress"],
-                "ingress": [],
-            },
-        }),
+        json!({"name": "ca", "secret": {"secretName": "ca", "optional": true}}),
+        json!({"name": "kafka", "secret": {"secretName": KAFKA_SECRET, "defaultMode": 0o400}}),
     ]
+}
+
+/// A NetworkPolicy that lets nothing in: the workers serve nothing.
+fn closed_policy(region: &str, component: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": metadata(component, region, app),
+        "spec": {
+            "podSelector": {"matchLabels": selector(region, app)},
+            "policyTypes": ["Ingress"],
+            "ingress": [],
+        },
+    })
 }
 
 /// The `inCluster` broker: StatefulSet, Service, NetworkPolicy (see the module's doc).

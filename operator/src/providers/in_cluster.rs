@@ -549,43 +549,16 @@ fn workload_service(
     };
     env.push(json!({"name": "OIDC_ISSUER", "value": config.oidc_issuer}));
     env.push(json!({"name": "OIDC_JWKS_URL", "value": config.oidc_jwks_url}));
-    vec![
-        json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": metadata(service, &name, &app),
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {
-                "name": format!("{}-{service}", namespace(&name)),
-                "labels": labels(&name, &app),
-            },
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": service, "namespace": namespace(&name)}],
-        }),
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": metadata(service, &name, &app),
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": selector(&name, &app)},
-                "template": {
-                    "metadata": {"labels": labels(&name, &app)},
-                    "spec": {
-                        "serviceAccountName": service,
-                        "containers": [{
-                            "name": service,
-                            "image": config.workload_image,
-                            "args": [service, "--listen", "0.0.0.0:8080", "--region", name],
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": env,
-                            "volumeMounts": mounts,
-                        }],
-                        "volumes": volumes,
-                    },
-                },
-            },
-        }),
+    let container = json!({
+        "image": config.workload_image,
+        "args": [service, "--listen", "0.0.0.0:8080", "--region", name],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": env,
+        "volumeMounts": mounts,
+    });
+    let mut objects = identity(&name, service, &app, Some(role));
+    objects.extend([
+        deployment(&name, service, &app, container, volumes),
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": metadata(service, &name, &app),
@@ -606,7 +579,52 @@ fn workload_service(
                 }],
             },
         }),
+    ]);
+    objects
+}
+
+/// What workload `component` of Region `region` runs as: ServiceAccount `component`, bound
+/// to ClusterRole `role` where it talks to the Kubernetes API (else it gets no token).
+pub(super) fn identity(region: &str, component: &str, app: &str, role: Option<&str>) -> Vec<Value> {
+    let mut account = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": metadata(component, region, app),
+    });
+    let Some(role) = role else {
+        account["automountServiceAccountToken"] = false.into();
+        return vec![account];
+    };
+    vec![
+        account,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("{}-{component}", namespace(region)), "labels": labels(region, app)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": component, "namespace": namespace(region)}],
+        }),
     ]
+}
+
+/// Two replicas of `container` (named `component`) as ServiceAccount `component`, with
+/// `volumes`.
+pub(super) fn deployment(region: &str, component: &str, app: &str, mut container: Value, volumes: Vec<Value>) -> Value {
+    container["name"] = component.into();
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(component, region, app),
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": selector(region, app)},
+            "template": {
+                "metadata": {"labels": labels(region, app)},
+                "spec": {
+                    "serviceAccountName": component,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    })
 }
 
 /// Lets the records services of every Meridian Region reach PostgreSQL in Region `region`,

@@ -246,21 +246,7 @@ fn incoming(doc: &Document) -> Incoming {
 
 #[tokio::test]
 async fn relayed_practitioner_events_reach_the_index_once_and_in_version_order() {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE", "FR"])
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&pg.url()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path()).unwrap();
-    let settings = IndexSettings {
-        language: Language::German,
-        synonyms: vec![],
-    };
-    engine.create_index(&versioned("DE", 1), &settings).await.unwrap();
-    engine.point_alias(&alias("DE"), &versioned("DE", 1)).await.unwrap();
-    let backend = Backend::Embedded(Arc::new(engine));
+    let (_pg, pool, backend, _dir) = setup().await;
     let indexer = IndexHandler {
         backend: backend.clone(),
     };
