@@ -33,6 +33,32 @@ pub async fn serve_objects(
                 objects.insert(path.clone(), applied.clone());
                 Some(applied)
             }
+            // A list (kube asks with a label selector): the kept objects under the path whose
+            // labels carry every `key=value` asked for.
+            http::Method::GET if parts.uri.query().is_some_and(|q| q.contains("labelSelector=")) => {
+                let query = parts.uri.query().unwrap_or_default();
+                let selector = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("labelSelector="))
+                    .map(|s| percent_decode(s))
+                    .unwrap_or_default();
+                let wanted: Vec<(String, String)> = selector
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let items: Vec<serde_json::Value> = objects
+                    .iter()
+                    .filter(|(kept, _)| kept.starts_with(&format!("{path}/")))
+                    .filter(|(_, object)| {
+                        wanted
+                            .iter()
+                            .all(|(k, v)| object["metadata"]["labels"][k.as_str()].as_str() == Some(v.as_str()))
+                    })
+                    .map(|(_, object)| object.clone())
+                    .collect();
+                Some(serde_json::json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}))
+            }
             http::Method::GET => objects.get(&path).cloned(),
             http::Method::DELETE => objects.remove(&path).map(|_| serde_json::json!({})),
             other => panic!("unexpected {other} {path}"),
@@ -49,6 +75,33 @@ pub async fn serve_objects(
                 .unwrap(),
         );
     }
+}
+
+/// `%XX` escapes of a query value decoded (label selectors use `=` and `,`, escaped).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What Secret `ns/name` holds (it must exist).
