@@ -598,6 +598,22 @@ async fn an_aws_region_gets_its_passwords_then_its_database_and_domain_and_their
             ("VAULT_DATABASE_URL".to_string(), "postgres-vault/url".to_string())
         ]
     );
+    // With an MSK cluster, its event workers run beside them; without it again, they go.
+    let mut with_events = region.clone();
+    with_events.spec.events =
+        Some(serde_yaml_ng::from_str("{broker: aws, bootstrapServersSecretRef: {name: msk, key: bootstrap}}").unwrap());
+    providers.ensure(&with_events).await.unwrap();
+    for worker in ["relay", "billing", "analytics", "search-indexer"] {
+        assert!(deployments.get_opt(worker).await.unwrap().is_some(), "{worker}");
+    }
+    providers.ensure(&region).await.unwrap();
+    for worker in ["relay", "billing", "analytics", "search-indexer"] {
+        assert!(
+            deployments.get_opt(worker).await.unwrap().is_none(),
+            "{worker} left behind"
+        );
+    }
+    assert!(deployments.get_opt("booking").await.unwrap().is_some());
     assert!(waits[0].contains("creating DB cluster"), "{waits:?}");
     assert!(waits.iter().any(|w| w.contains("OpenSearch domain")), "{waits:?}");
     assert!(
