@@ -40,7 +40,7 @@ pub async fn serve_objects(
                 let selector = query
                     .split('&')
                     .find_map(|p| p.strip_prefix("labelSelector="))
-                    .map(|s| percent_decode(s))
+                    .map(percent_decode)
                     .unwrap_or_default();
                 let wanted: Vec<(String, String)> = selector
                     .split(',')
