@@ -312,19 +312,8 @@ async fn publish_kafka(
     connection: &meridian_events::kafka::Connection,
     ctx: &Context,
 ) -> Result<(), crate::providers::ProviderError> {
-    let name = region.metadata.name.clone().unwrap_or_default();
     let data = crate::providers::event_backbone::kafka_secret(connection);
-    let store = ctx.providers.region_secrets(region)?;
-    if store
-        .read(&name, crate::providers::event_backbone::KAFKA_SECRET)
-        .await?
-        != data
-    {
-        store
-            .write(&name, crate::providers::event_backbone::KAFKA_SECRET, &data)
-            .await?;
-    }
-    Ok(())
+    publish_region_secret(region, crate::providers::event_backbone::KAFKA_SECRET, &data, ctx).await
 }
 
 /// Hands the Region's notifications consumer the credentials of its channels: Secret
@@ -337,11 +326,26 @@ async fn publish_notification_credentials(
     if data.is_empty() {
         return Ok(());
     }
+    publish_region_secret(
+        region,
+        crate::providers::event_backbone::NOTIFICATIONS_SECRET,
+        &data,
+        ctx,
+    )
+    .await
+}
+
+/// Writes the Region's Secret `secret` as `data` unless it holds that already.
+async fn publish_region_secret(
+    region: &Region,
+    secret: &str,
+    data: &crate::providers::SecretData,
+    ctx: &Context,
+) -> Result<(), crate::providers::ProviderError> {
     let name = region.metadata.name.clone().unwrap_or_default();
-    let secret = crate::providers::event_backbone::NOTIFICATIONS_SECRET;
     let store = ctx.providers.region_secrets(region)?;
-    if store.read(&name, secret).await? != data {
-        store.write(&name, secret, &data).await?;
+    if &store.read(&name, secret).await? != data {
+        store.write(&name, secret, data).await?;
     }
     Ok(())
 }

@@ -37,10 +37,9 @@ pub async fn serve_objects(
             // labels carry every `key=value` asked for.
             http::Method::GET if parts.uri.query().is_some_and(|q| q.contains("labelSelector=")) => {
                 let query = parts.uri.query().unwrap_or_default();
-                let selector = query
-                    .split('&')
-                    .find_map(|p| p.strip_prefix("labelSelector="))
-                    .map(percent_decode)
+                let selector = url::form_urlencoded::parse(query.as_bytes())
+                    .find(|(key, _)| key == "labelSelector")
+                    .map(|(_, value)| value.into_owned())
                     .unwrap_or_default();
                 let wanted: Vec<(String, String)> = selector
                     .split(',')
@@ -75,33 +74,6 @@ pub async fn serve_objects(
                 .unwrap(),
         );
     }
-}
-
-/// `%XX` escapes of a query value decoded (label selectors use `=` and `,`, escaped).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What Secret `ns/name` holds (it must exist).
