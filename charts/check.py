@@ -2,7 +2,9 @@
 
     python charts/check.py CHART_DIR [VALUES_JSON [NAMESPACE]]
 
-prints one JSON object: {"lint": <helm lint report>, "manifests": {template: yaml}}.
+prints one JSON object: {"lint": <helm lint report>, "manifests": {template: yaml},
+"crds": {file name: yaml}, "notes": <NOTES.txt rendered>}; or, when the values are refused
+(values.schema.json) or a template fails, {"error": <Helm's message>} and exits 2.
 """
 
 import json
@@ -17,8 +19,15 @@ def main() -> None:
     namespace = sys.argv[3] if len(sys.argv) > 3 else "meridian-system"
     report = helm.lint(chart_dir, values, strict=True, namespace=namespace)
     with helm.Chart.load(chart_dir) as chart:
-        manifests = chart.render(values, name="meridian", namespace=namespace, is_install=True)
-    print(json.dumps({"lint": report, "manifests": manifests}))
+        try:
+            chart.validate_schema(values)
+            manifests = chart.render(values, name="meridian", namespace=namespace, is_install=True)
+        except helm.HelmError as error:
+            print(json.dumps({"lint": report, "error": str(error)}))
+            sys.exit(2)
+        crds = {crd["filename"]: crd["data"] for crd in chart.crds}
+    notes = {k: manifests.pop(k) for k in list(manifests) if k.endswith("NOTES.txt")}
+    print(json.dumps({"lint": report, "manifests": manifests, "crds": crds, "notes": "".join(notes.values())}))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,37 @@
-//! `crds/*.yaml` are generated from the Rust types; a stale file fails here.
+//! `crds/*.yaml` and the chart's copies are generated from the Rust types; a stale file fails
+//! here.
 
 #[test]
 fn committed_crd_files_match_the_rust_types() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for (name, expected) in meridian_crds::crd_files() {
-        let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-        assert!(
-            committed == expected,
-            "crds/{name} is stale: regenerate it with `cargo run -p meridian-crds --bin crdgen` and commit the result"
-        );
+        for path in [dir.join(name), dir.join("../charts/meridian-operator/crds").join(name)] {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == expected,
+                "{} is stale: regenerate it with `cargo run -p meridian-crds --bin crdgen` and commit the result",
+                path.display()
+            );
+        }
     }
+}
+
+/// The chart ships exactly the generated CRDs: none missing, none left over from a kind that
+/// is gone.
+#[test]
+fn the_charts_crds_folder_holds_exactly_the_generated_files() {
+    let chart_crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/meridian-operator/crds");
+    let mut present: Vec<String> = std::fs::read_dir(&chart_crds)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    let mut generated: Vec<String> = meridian_crds::crd_files()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    generated.sort();
+    assert_eq!(present, generated);
 }
 
 #[test]

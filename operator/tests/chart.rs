@@ -31,6 +31,26 @@ fn install_hint() -> String {
 
 /// Lints and renders the chart with `values`: the lint report, and every rendered object.
 fn render(values: Value) -> (Value, Vec<Value>) {
+    let answer = check(values);
+    assert!(
+        answer.get("error").is_none(),
+        "the chart refused its values: {answer:#}"
+    );
+    let mut objects = Vec::new();
+    for manifest in answer["manifests"].as_object().unwrap().values() {
+        for document in serde_yaml_ng::Deserializer::from_str(manifest.as_str().unwrap()) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap();
+            if !object.is_null() {
+                objects.push(object);
+            }
+        }
+    }
+    (answer["lint"].clone(), objects)
+}
+
+/// What `charts/check.py` answers for `values`: the lint report and the rendered manifests,
+/// CRDs and notes, or the error Helm refused the values with.
+fn check(values: Value) -> Value {
     let python = venv().join("bin/python");
     let out = Command::new(&python)
         .arg(Path::new(REPO).join("charts/check.py"))
@@ -44,18 +64,12 @@ fn render(values: Value) -> (Value, Vec<Value>) {
         "the Helm SDK is missing: {}",
         install_hint()
     );
-    assert!(out.status.success(), "charts/check.py failed: {stderr}");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut objects = Vec::new();
-    for manifest in answer["manifests"].as_object().unwrap().values() {
-        for document in serde_yaml_ng::Deserializer::from_str(manifest.as_str().unwrap()) {
-            let object: Value = serde::Deserialize::deserialize(document).unwrap();
-            if !object.is_null() {
-                objects.push(object);
-            }
-        }
-    }
-    (answer["lint"].clone(), objects)
+    // 2: Helm refused the values or a template; the answer says why.
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "charts/check.py failed: {stderr}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("charts/check.py: {e}; {stderr}"))
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -257,4 +271,185 @@ fn values_for_eks_give_the_operator_its_aws_role_endpoint_and_images() {
         env.contains(&("OIDC_JWKS_URL", "https://login.example/keys")),
         "{env:?}"
     );
+}
+
+/// Helm installs the chart's `crds/` before its templates; they are the generated CRDs, byte for
+/// byte, as the Helm SDK loads them.
+#[test]
+fn the_chart_installs_the_generated_crds() {
+    let answer = check(json!({}));
+    let crds = answer["crds"].as_object().unwrap();
+    let generated = meridian_crds::crd_files();
+    assert_eq!(crds.len(), generated.len(), "{:?}", crds.keys().collect::<Vec<_>>());
+    for (name, yaml) in generated {
+        let shipped = &crds[&format!("meridian-operator/crds/{name}")];
+        assert_eq!(shipped.as_str(), Some(yaml.as_str()), "{name} differs from crds/{name}");
+    }
+}
+
+/// values.schema.json refuses what would not run, naming the value, before anything renders.
+#[test]
+fn values_the_operator_could_not_run_with_are_refused_naming_the_value() {
+    for (values, named) in [
+        (json!({"replicaCount": 0}), "/replicaCount"),
+        (
+            json!({"oidc": {"issuer": "idp.example", "jwksUrl": "https://idp.example/keys"}}),
+            "/oidc/issuer",
+        ),
+        (json!({"workload": {"port": 70000}}), "/workload/port"),
+        (json!({"gateway": {"name": "Meridian Gateway"}}), "/gateway/name"),
+        (
+            json!({"metrics": {"serviceMonitor": {"enabled": "yes"}}}),
+            "/metrics/serviceMonitor/enabled",
+        ),
+        (
+            json!({"metrics": {"prometheusRule": {"countryNotReadyFor": "ten minutes"}}}),
+            "/metrics/prometheusRule/countryNotReadyFor",
+        ),
+        (json!({"inCluster": {"postgresImage": ""}}), "/inCluster/postgresImage"),
+        // A misspelt key would otherwise be ignored silently.
+        (json!({"replicas": 3}), "replicas"),
+    ] {
+        let answer = check(values.clone());
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{values} was accepted"));
+        assert!(error.contains(named), "{values}: {error}");
+        assert_ne!(answer["lint"]["errors"], json!([]), "helm lint also fails for {values}");
+    }
+}
+
+/// Two replicas that a drain or a lost node does not take down together, and a pod that
+/// passes Pod Security `restricted`, with probes and resources.
+#[test]
+fn the_operator_runs_two_spread_replicas_kept_by_a_disruption_budget() {
+    let (_, objects) = render(json!({}));
+    let deployment = find(&objects, "Deployment", "meridian");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let spread =
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(&spread["labelSelector"]["matchLabels"], selector);
+
+    let budget = find(&objects, "PodDisruptionBudget", "meridian");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], selector);
+    let (_, without) = render(json!({"podDisruptionBudget": {"enabled": false}}));
+    assert!(!without.iter().any(|o| o["kind"] == "PodDisruptionBudget"));
+
+    // Pod Security `restricted` (the Kubernetes Pod Security Standards, v1.33).
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    for field in ["hostNetwork", "hostPID", "hostIPC", "volumes"] {
+        assert!(pod.get(field).is_none(), "{field}");
+    }
+    let container = container(&objects);
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert!(security.get("privileged").is_none());
+    assert!(security["capabilities"].get("add").is_none());
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert!(container[probe]["httpGet"]["path"].is_string(), "{probe}");
+    }
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+}
+
+/// Off by default (they need the prometheus-operator's CRDs); on, a ServiceMonitor scrapes
+/// every replica and three alerts watch reconciles, Countries and the leader.
+#[test]
+fn monitoring_objects_come_on_request() {
+    let (_, objects) = render(json!({}));
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert!(!objects.iter().any(|o| o["kind"] == kind), "{kind} by default");
+    }
+    assert!(
+        !objects.iter().any(|o| o["kind"] == "ConfigMap"),
+        "dashboard by default"
+    );
+
+    let (lint, objects) = render(json!({
+        "metrics": {
+            "serviceMonitor": {"enabled": true, "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": true, "countryNotReadyFor": "10m"},
+        },
+        "grafana": {"dashboard": {"enabled": true}},
+    }));
+    assert_eq!(lint["errors"], json!([]), "{lint:#}");
+    let monitor = find(&objects, "ServiceMonitor", "meridian");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let service = find(&objects, "Service", "meridian-metrics");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &service["metadata"]["labels"][key], value,
+            "the monitor selects the Service"
+        );
+    }
+
+    let rules = &find(&objects, "PrometheusRule", "meridian")["spec"]["groups"][0]["rules"];
+    let alert = |name: &str| {
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == name)
+            .unwrap_or_else(|| panic!("no alert {name}: {rules:#}"))
+            .clone()
+    };
+    let country = alert("MeridianCountryNotReady");
+    assert_eq!(country["for"], "10m");
+    assert!(
+        country["expr"]
+            .as_str()
+            .unwrap()
+            .contains(r#"meridian_ready{kind="Country""#)
+    );
+    assert!(
+        alert("MeridianReconcileFailing")["expr"]
+            .as_str()
+            .unwrap()
+            .contains("meridian_reconcile_failures_total")
+    );
+    assert!(
+        alert("MeridianNoLeader")["expr"]
+            .as_str()
+            .unwrap()
+            .contains("meridian_leader")
+    );
+    // Alert templates reach Prometheus as Prometheus templates, not eaten by Helm's.
+    assert!(
+        country["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("{{ $labels.name }}")
+    );
+
+    let dashboard = find(&objects, "ConfigMap", "meridian-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Value = serde_json::from_str(dashboard["data"]["meridian.json"].as_str().unwrap()).unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(REPO).join("charts/meridian-operator/dashboards/meridian.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json, committed);
+}
+
+/// What `helm install` prints: how to check the leader and what to apply next.
+#[test]
+fn the_notes_say_what_to_do_after_installing() {
+    let answer = check(json!({}));
+    let notes = answer["notes"].as_str().unwrap();
+    assert!(notes.contains("get lease meridian-operator"), "{notes}");
+    assert!(notes.contains("kubectl apply -f examples/regions/"), "{notes}");
+    assert!(notes.contains("meridian-system/meridian"), "{notes}");
 }
