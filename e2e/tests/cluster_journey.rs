@@ -139,8 +139,9 @@ async fn partitions(pg: &TempCluster, cc: &str) -> (i64, i64) {
     .unwrap()
 }
 
-/// The chart's objects, rendered with the Helm SDK for `namespace`.
-fn render_chart(namespace: &str) -> Vec<(String, String)> {
+/// The chart rendered with the Helm SDK for `namespace`: its templates' manifests, and the
+/// CRDs of its `crds/` folder (what Helm installs before the templates).
+fn render_chart(namespace: &str) -> (Vec<(String, String)>, Vec<String>) {
     let venv = std::env::var("MERIDIAN_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meridian-venv"));
@@ -161,12 +162,18 @@ fn render_chart(namespace: &str) -> Vec<(String, String)> {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rendered: Value = serde_json::from_slice(&out.stdout).unwrap();
-    rendered["manifests"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-        .collect()
+    let texts = |key: &str| -> Vec<(String, String)> {
+        rendered[key]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect()
+    };
+    (
+        texts("manifests"),
+        texts("crds").into_iter().map(|(_, yaml)| yaml).collect(),
+    )
 }
 
 /// A kubeconfig like the admin one, but authenticating with `token`.
@@ -283,11 +290,29 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     let region = format!("e2e-{suffix}");
     let scratch = tempfile::tempdir().unwrap();
 
-    // The CRDs as `meridian crds` prints them.
-    let crds_yaml = Command::new(meridian_bin()).arg("crds").output().unwrap();
-    apply_yaml(&client, &String::from_utf8(crds_yaml.stdout).unwrap(), None, false)
-        .await
-        .unwrap();
+    // The CRDs from the chart's crds/ folder, as `helm install` applies them; `meridian crds`
+    // prints the same.
+    let (chart, chart_crds) = render_chart(&namespace);
+    let crds_yaml = String::from_utf8(Command::new(meridian_bin()).arg("crds").output().unwrap().stdout).unwrap();
+    let by_name = |docs: Vec<Value>| -> BTreeMap<String, Value> {
+        docs.into_iter()
+            .filter(|d| !d.is_null())
+            .map(|d| (d["metadata"]["name"].as_str().unwrap().to_string(), d))
+            .collect()
+    };
+    let documents = |yaml: &str| -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        by_name(chart_crds.iter().flat_map(|c| documents(c)).collect()),
+        by_name(documents(&crds_yaml)),
+        "the chart's CRDs are the ones `meridian crds` prints"
+    );
+    for crd in &chart_crds {
+        apply_yaml(&client, crd, None, false).await.unwrap();
+    }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in [
         "countries.platform.meridian.dev",
@@ -373,14 +398,21 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
         .await
         .unwrap();
     let mut service_account = None;
-    for (template, yaml) in render_chart(&namespace) {
+    for (template, yaml) in &chart {
+        let (template, yaml) = (template.as_str(), yaml.as_str());
         if template.ends_with("serviceaccount.yaml") || template.ends_with("rbac.yaml") {
-            apply_yaml(&client, &yaml, Some(&namespace), false)
+            apply_yaml(&client, yaml, Some(&namespace), false)
+                .await
+                .unwrap_or_else(|e| panic!("{template}: {e}"));
+        } else {
+            // The operator's own Deployment, Service and PodDisruptionBudget: accepted as
+            // rendered (dry run: this suite runs the replicas on this machine instead).
+            apply_yaml(&client, yaml, Some(&namespace), true)
                 .await
                 .unwrap_or_else(|e| panic!("{template}: {e}"));
         }
         if template.ends_with("serviceaccount.yaml") {
-            let sa: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+            let sa: Value = serde_yaml_ng::from_str(yaml).unwrap();
             service_account = sa["metadata"]["name"].as_str().map(String::from);
         }
     }
