@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Development only: a token issuer for a cluster without an identity provider (the kind
+    /// walkthrough); it signs a token for anyone who asks.
+    DevIssuer(meridian_operator::dev::issuer::DevIssuerOptions),
     /// Run the Kubernetes operator (in a cluster, or against the current kubeconfig).
     Operator(meridian_operator::k8s::OperatorOptions),
     /// Run the booking workload for one Region: its database, its countries.
@@ -168,6 +171,10 @@ fn main() -> ExitCode {
                     listen,
                 })
                 .await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::DevIssuer(options) => {
+                meridian_operator::dev::issuer::run(options).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Operator(options) => {

@@ -3,6 +3,7 @@
 //! by the manifests in a folder, and one HTTP entry point.
 
 mod api;
+pub mod issuer;
 mod lock;
 pub mod manifests;
 mod store;

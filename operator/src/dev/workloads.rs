@@ -20,9 +20,9 @@ use meridian_crds::condition_types::{DATABASE_READY, READY};
 use meridian_crds::{Country, Region};
 use meridian_search::indexer::Indexer;
 use meridian_shared::auth::{DevIssuer, Role, Verifier};
-use serde::Deserialize;
 use tower::ServiceExt;
 
+use super::issuer::{TOKEN_TTL, TokenRequest};
 use crate::conditions;
 use crate::controller::Context;
 use crate::providers::DATABASE_RESTARTING;
@@ -31,8 +31,6 @@ use crate::providers::DATABASE_RESTARTING;
 pub const AUDIENCE: &str = "meridian";
 /// The search indexer's name among the outbox's consumers.
 const INDEXER: &str = "search-indexer";
-/// How long the printed demo tokens last.
-const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 struct RegionService {
     url: crate::providers::ConnectionUrl,
@@ -432,26 +430,10 @@ async fn dispatch(
     }
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
-    sub: String,
-    roles: String,
-    countries: String,
-}
-
 /// Development only: a token for any subject, roles and countries, e.g.
 /// `/auth/token?sub=<practitioner-id>&roles=Practitioner&countries=DE`.
 async fn token(State(w): State<Arc<Workloads>>, Query(q): Query<TokenRequest>) -> Response {
-    let roles: Result<Vec<Role>, _> = q.roles.split(',').map(str::parse).collect();
-    let Ok(roles) = roles else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "roles: a comma-separated list of Patient, Practitioner, ClinicAdmin, PracticeManager, SystemAdmin",
-        )
-            .into_response();
-    };
-    let countries: Vec<&str> = q.countries.split(',').collect();
-    w.issuer.token(&q.sub, &roles, &countries, TOKEN_TTL).into_response()
+    super::issuer::token(&w.issuer, &q)
 }
 
 #[cfg(test)]
