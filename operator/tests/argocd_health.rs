@@ -304,6 +304,12 @@ fn each_kind_has_a_case_of_every_health_its_script_answers() {
 
 #[test]
 fn every_test_object_is_one_the_api_server_would_accept() {
+    // `schema::check` compiles the schemas of the Rust types; they are the CRDs in `crds/`
+    // (which the crds crate's own test keeps so).
+    for (name, generated) in meridian_crds::crd_files() {
+        let committed = std::fs::read_to_string(repo().join("crds").join(name)).unwrap_or_default();
+        assert!(committed == generated, "crds/{name} is stale");
+    }
     for c in customizations() {
         for case in &c.tests {
             let object = c.input(case);
