@@ -453,3 +453,29 @@ fn the_notes_say_what_to_do_after_installing() {
     assert!(notes.contains("kubectl apply -f examples/regions/"), "{notes}");
     assert!(notes.contains("meridian-system/meridian"), "{notes}");
 }
+
+/// The values e2e/kind/run.sh installs the chart with pass the schema and reach the operator.
+#[test]
+fn the_kind_walkthrough_installs_the_chart_with_values_it_accepts() {
+    let script = std::fs::read_to_string(Path::new(REPO).join("e2e/kind/run.sh")).unwrap();
+    let issuer = "http://dev-issuer.meridian-system.svc:8080";
+    assert!(script.contains(&format!("ISSUER=\"{issuer}\"")), "the script's issuer");
+    for set in [
+        "--set image.repository=\"$IMAGE_REPOSITORY\" --set image.tag=\"$IMAGE_TAG\"",
+        "--set gateway.name=meridian --set gateway.namespace=envoy-gateway-system",
+        "--set oidc.issuer=\"$ISSUER\" --set oidc.jwksUrl=\"$ISSUER/jwks.json\"",
+    ] {
+        assert!(script.contains(set), "run.sh no longer sets {set}");
+    }
+    let (lint, objects) = render(json!({
+        "image": {"repository": "meridian", "tag": "dev"},
+        "gateway": {"name": "meridian", "namespace": "envoy-gateway-system"},
+        "oidc": {"issuer": issuer, "jwksUrl": format!("{issuer}/jwks.json")},
+    }));
+    assert_eq!(lint["errors"], json!([]), "{lint:#}");
+    let options = parse(&operator_args(&objects));
+    assert_eq!(options.workload_image, "meridian:dev");
+    assert_eq!(options.gateway_namespace, "envoy-gateway-system");
+    let env = env(container(&objects));
+    assert!(env.contains(&("OIDC_ISSUER", issuer)), "{env:?}");
+}

@@ -36,7 +36,9 @@ pub fn token(issuer: &DevIssuer, request: &TokenRequest) -> Response {
             .into_response();
     };
     let countries: Vec<&str> = request.countries.split(',').collect();
-    issuer.token(&request.sub, &roles, &countries, TOKEN_TTL).into_response()
+    issuer
+        .token(&request.sub, &roles, &countries, TOKEN_TTL)
+        .into_response()
 }
 
 /// Options of `meridian dev-issuer`.
@@ -57,7 +59,10 @@ pub struct DevIssuerOptions {
 /// The issuer's routes: its key set and its tokens.
 pub fn router(issuer: Arc<DevIssuer>) -> Router {
     Router::new()
-        .route("/jwks.json", get(|State(i): State<Arc<DevIssuer>>| async move { i.jwks().to_string() }))
+        .route(
+            "/jwks.json",
+            get(|State(i): State<Arc<DevIssuer>>| async move { i.jwks().to_string() }),
+        )
         .route(
             "/token",
             get(|State(i): State<Arc<DevIssuer>>, Query(q): Query<TokenRequest>| async move { token(&i, &q) }),
@@ -97,7 +102,10 @@ mod tests {
             let app = app.clone();
             let uri = uri.to_string();
             async move {
-                let response = app.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+                let response = app
+                    .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
                 let status = response.status();
                 let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
                 (status, String::from_utf8(body.to_vec()).unwrap())
