@@ -181,7 +181,7 @@ pub fn assert_restricted(what: &str, pod: &Value) {
             Value::Null => &pod_context["runAsUser"],
             user => user,
         };
-        if !user.as_i64().is_some_and(|uid| uid > 0) {
+        if user.as_i64().is_none_or(|uid| uid <= 0) {
             fail("a numeric non-root runAsUser (this project's rule)", container);
         }
     }
