@@ -11,8 +11,10 @@
 //!
 //! What it shows: every example manifest is accepted as shipped (strict field validation)
 //! and a misspelt field is refused; an `inCluster` Region's whole stack with its own Kafka
-//! broker and event workers is accepted as rendered (server-side dry run); an `external` Region gets its namespace and its
-//! Countries their HTTPRoutes; a second Country with a held code is refused and its
+//! broker and event workers is accepted as rendered (server-side dry run), and the pod of
+//! each of its workloads is admitted where Pod Security `restricted` is enforced (one that
+//! breaks it is refused); an `external` Region gets its namespace and its Countries their
+//! HTTPRoutes; a second Country with a held code is refused and its
 //! deletion with `Delete` leaves the first one's partitions and route alone; the leader's
 //! death hands over to the standby, which goes on reconciling; `Retain` keeps the data.
 
@@ -22,7 +24,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -265,6 +267,91 @@ async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
     .await
 }
 
+/// Pod Security `restricted` as the API server enforces it. Its admission checks Pods (on
+/// Deployments and StatefulSets it only warns), so each workload of `objects` goes in as
+/// the Pod its controller would make (a StatefulSet's with its volume claim's volume), as a
+/// server-side dry run into namespace `namespace`, made here with the profile enforced at
+/// its latest version, with the ServiceAccounts the pods name. Then a pod that breaks the
+/// profile (a copy of the first with privilege escalation allowed and root as its user)
+/// must be refused. Answers the workloads admitted and the refusal's message; the namespace
+/// goes.
+async fn restricted_pods(client: &Client, objects: &[Value], namespace: &str) -> (Vec<String>, String) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labelled = json!({"metadata": {"name": namespace, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(labelled).unwrap())
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    for account in objects.iter().filter(|o| o["kind"] == "ServiceAccount") {
+        let mut account = account.clone();
+        account["metadata"]["namespace"] = namespace.into();
+        accounts
+            .create(&PostParams::default(), &serde_json::from_value(account).unwrap())
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: Some(MANAGER.into()),
+    };
+    let mut admitted = Vec::new();
+    let mut first = None;
+    for workload in objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
+    {
+        let kind = workload["kind"].as_str().unwrap();
+        let name = workload["metadata"]["name"].as_str().unwrap();
+        let template = &workload["spec"]["template"];
+        let mut spec = template["spec"].clone();
+        for claim in workload["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let volume = claim["metadata"]["name"].as_str().unwrap();
+            if spec["volumes"].is_null() {
+                spec["volumes"] = json!([]);
+            }
+            spec["volumes"].as_array_mut().unwrap().push(json!({
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": format!("{volume}-{name}-0")},
+            }));
+        }
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{}-{name}", kind.to_lowercase()), "labels": template["metadata"]["labels"]},
+            "spec": spec,
+        });
+        pods.create(&dry_run, &serde_json::from_value(pod.clone()).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("the pod of {kind} {name} refused in a namespace enforcing restricted: {e}"));
+        admitted.push(format!("{kind}/{name}"));
+        first.get_or_insert(pod);
+    }
+    let mut breaking = first.expect("a workload");
+    breaking["metadata"]["name"] = "escalating".into();
+    breaking["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = true.into();
+    breaking["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0.into();
+    let refusal = match pods.create(&dry_run, &serde_json::from_value(breaking).unwrap()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 && status.message.contains("violates PodSecurity") => {
+            status.message.clone()
+        }
+        other => panic!("a pod breaking restricted was not refused by Pod Security admission: {other:?}"),
+    };
+    assert!(
+        refusal.contains("allowPrivilegeEscalation") && refusal.contains("runAsUser"),
+        "{refusal}"
+    );
+    namespaces.delete(namespace, &DeleteParams::default()).await.unwrap();
+    (admitted, refusal)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     let Ok(admin_kubeconfig) = std::env::var("MERIDIAN_E2E_KUBECONFIG") else {
@@ -386,6 +473,16 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
         .unwrap();
     say(&format!(
         "an inCluster Region's stack with its broker and event workers accepted: {kinds:?}"
+    ));
+    let (admitted, refusal) = restricted_pods(&client, &rest, &format!("meridian-e2e-restricted-{suffix}")).await;
+    assert_eq!(
+        admitted.len(),
+        kinds["Deployment"] + kinds["StatefulSet"],
+        "every workload's pod: {admitted:?}"
+    );
+    say(&format!(
+        "Pod Security restricted admits the pod of each of the {} workloads ({admitted:?}) and refuses an escalating one: {refusal}",
+        admitted.len()
     ));
 
     // The chart's ServiceAccount and RBAC, rendered for this namespace.

@@ -19,7 +19,8 @@ use meridian_crds::{EventsBroker, Region};
 use serde_json::{Value, json};
 
 use super::in_cluster::{
-    CA_FILE, StackConfig, deployment, identity, metadata, namespace, selector, service, statefulset, store_policy,
+    CA_FILE, StackConfig, deployment, identity, metadata, namespace, pod_security, resources, scratch, selector,
+    service, statefulset, store_policy,
 };
 
 /// The Region's Secret holding how its workers reach its Kafka.
@@ -35,6 +36,10 @@ const KAFKA_DIR: &str = "/etc/meridian/kafka";
 const KAFKA_PORT: u16 = 9092;
 /// Size of an `inCluster` broker's volume when the Region does not say.
 const DEFAULT_KAFKA_GIB: i32 = 10;
+/// The account an `inCluster` broker runs as. The tansu image (`FROM scratch`, a static
+/// binary and no `/etc/passwd`) names no user, so it would run as root: any non-root uid
+/// does, given the volume through `fsGroup`.
+const BROKER_USER: i64 = 65532;
 
 /// Where an `inCluster` broker of Region `region` is reached.
 pub fn kafka_bootstrap(region: &str) -> String {
@@ -238,7 +243,14 @@ fn broker(name: &str, volume_gib: i32, config: &StackConfig, region: &Region) ->
     let broker = statefulset(
         name,
         "kafka",
-        json!({}),
+        // A broker started before ran as root and left its log root's: the kubelet hands
+        // the volume to the group once (fsGroup), where the volume type supports it.
+        json!({
+            "securityContext": pod_security(BROKER_USER),
+            // The image's TMP, for SQLite's temporary files; the root file system is
+            // read-only, and the log is on the volume.
+            "volumes": [scratch("tmp", "256Mi")],
+        }),
         json!({
             "image": config.kafka_image,
             // The log in SQLite under the working directory: /data, the volume.
@@ -250,7 +262,11 @@ fn broker(name: &str, volume_gib: i32, config: &StackConfig, region: &Region) ->
                 "--storage-engine", "sqlite://data/tansu.db",
             ],
             "ports": [{"name": "kafka", "containerPort": KAFKA_PORT}],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "resources": resources("100m", "128Mi", "512Mi"),
+            // tansu serves no health endpoint; it listens once its storage is open.
             "readinessProbe": {"tcpSocket": {"port": KAFKA_PORT}, "periodSeconds": 5},
+            "livenessProbe": {"tcpSocket": {"port": KAFKA_PORT}, "periodSeconds": 20, "failureThreshold": 3},
         }),
         "/data",
         volume_gib,
@@ -422,6 +438,14 @@ mod tests {
         assert_eq!(
             container["volumeMounts"][0],
             json!({"name": "data", "mountPath": "/data"})
+        );
+        // Not as the image's root: a numeric account that the volume's group lets write.
+        let pod = &kafka["spec"]["template"]["spec"]["securityContext"];
+        assert_eq!((&pod["runAsUser"], &pod["fsGroup"]), (&json!(65532), &json!(65532)));
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["volumeMounts"][1],
+            json!({"name": "tmp", "mountPath": "/tmp"})
         );
         let claim = &kafka["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
         assert_eq!(claim, "20Gi");

@@ -109,9 +109,10 @@ pub fn service_names(region: &str, component: &str) -> Vec<String> {
 
 /// Where the workload finds the CA certificate of its Region's stores (Secret `ca`).
 pub const CA_FILE: &str = "/etc/meridian/ca/ca.crt";
-/// Where PostgreSQL reads its certificate, key and client rules (copied there, owned by
-/// the server's account with mode 0600, by an init container: PostgreSQL refuses a key
-/// that others can read, and Secret volumes belong to root).
+/// Where PostgreSQL reads its certificate, key and client rules: copied there by an init
+/// container running as the server's account, so the copies are its own with mode 0600.
+/// PostgreSQL refuses a key that its group or others can read, and a Secret's files belong
+/// to root (readable by the pod's `fsGroup`, not owned by the server).
 const POSTGRES_TLS_DIR: &str = "/tls";
 /// Where OpenSearch reads its certificate and key: under its configuration directory, the
 /// only place its security plugin reads from.
@@ -119,6 +120,90 @@ const OPENSEARCH_TLS_DIR: &str = "/usr/share/opensearch/config/tls";
 /// Annotation on the stores' pod templates naming their certificate: a new certificate
 /// rolls the pod, which reads it at start.
 const CERTIFICATE_ANNOTATION: &str = "platform.meridian.dev/certificate";
+
+/// The account (uid and gid) the `meridian` image runs as: its Dockerfile's `USER`.
+pub const WORKLOAD_USER: i64 = 65532;
+/// The `postgres` account of the official PostgreSQL image (Debian variant), which owns the
+/// data directory of every stack started before pods ran as it.
+const POSTGRES_USER: i64 = 999;
+/// The `opensearch` account of the OpenSearch image (its Dockerfile's `USER 1000`).
+const OPENSEARCH_USER: i64 = 1000;
+
+/// The pod-level half of Pod Security `restricted` for a pod whose processes run as `user`
+/// (uid and gid): never root, the runtime's default seccomp profile, and `user` as the
+/// pod's `fsGroup`. The kubelet hands the pod's volumes to that group: the data volume
+/// becomes writable for `user` (recursively only while its top directory is not yet the
+/// group's, so a volume that root wrote before is handed over once), and the files of
+/// Secret volumes, mode 0400 and owned by root, become readable to the group (0440), hence
+/// to `user`.
+pub(super) fn pod_security(user: i64) -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": user,
+        "runAsGroup": user,
+        "fsGroup": user,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// Completes `pod` (a pod template's spec) to Pod Security `restricted`: whatever it does
+/// not say itself, it gets; every container and init container runs without privilege
+/// escalation, without capabilities, and with a read-only root file system (a container
+/// whose image must write under its root says `readOnlyRootFilesystem: false` itself).
+/// The user comes from [`pod_security`], which every pod of a stack names.
+pub(super) fn restrict(pod: &mut Value) {
+    fill(
+        &mut pod["securityContext"],
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}),
+    );
+    for list in ["initContainers", "containers"] {
+        for container in pod[list].as_array_mut().into_iter().flatten() {
+            fill(
+                &mut container["securityContext"],
+                json!({
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                }),
+            );
+        }
+    }
+}
+
+/// Sets each key of `defaults` that `target` (an object, or null) does not have.
+fn fill(target: &mut Value, defaults: Value) {
+    if target.is_null() {
+        *target = json!({});
+    }
+    if let (Some(target), Value::Object(defaults)) = (target.as_object_mut(), defaults) {
+        for (key, value) in defaults {
+            target.entry(key).or_insert(value);
+        }
+    }
+}
+
+/// Resources of a container: `cpu` and `memory` requested, `memory` its limit (no CPU
+/// limit: a throttled process answers its probes late, and an idle node's CPU is free).
+pub(super) fn resources(cpu: &str, memory: &str, memory_limit: &str) -> Value {
+    json!({"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit}})
+}
+
+/// `pg_isready` (over the unix socket) every `period` seconds, failing after `failures`
+/// misses in a row.
+fn pg_isready(period: u32, failures: u32) -> Value {
+    json!({
+        "exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    })
+}
+
+/// A scratch directory in the pod, for a process with a read-only root file system.
+pub(super) fn scratch(name: &str, size: &str) -> Value {
+    json!({"name": name, "emptyDir": {"sizeLimit": size}})
+}
 
 /// The certificates of a stack: made (or read back) by [`InClusterStacks::ensure`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -186,10 +271,11 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
         .as_ref()
         .and_then(|s| s.volume_gib)
         .unwrap_or(DEFAULT_SEARCH_GIB);
+    // Run as the server's account (see [`POSTGRES_TLS_DIR`]): its copies are its own, no
+    // chown (nor root) needed.
     let postgres_tls_files = format!(
-        "install -m 0600 -o postgres -g postgres -t {POSTGRES_TLS_DIR} /tls-secret/{crt} /tls-secret/{key} && \
-         printf '%s\\n' 'local all all trust' 'hostssl all all all scram-sha-256' > {POSTGRES_TLS_DIR}/pg_hba.conf && \
-         chown postgres:postgres {POSTGRES_TLS_DIR}/pg_hba.conf",
+        "install -m 0600 -t {POSTGRES_TLS_DIR} /tls-secret/{crt} /tls-secret/{key} && \
+         printf '%s\\n' 'local all all trust' 'hostssl all all all scram-sha-256' > {POSTGRES_TLS_DIR}/pg_hba.conf",
         crt = certificates::TLS_CERT,
         key = certificates::TLS_KEY,
     );
@@ -198,7 +284,11 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
     let mut postgres = statefulset(
         &name,
         "postgres",
+        // As the image's `postgres` account, which owns the data directory of every stack
+        // started before (the image's entry point used to switch to it from root). Its
+        // group (fsGroup) reads the Secret's 0400 files for the init container's copy.
         json!({
+            "securityContext": pod_security(POSTGRES_USER),
             "initContainers": [{
                 "name": "tls",
                 "image": config.postgres_image,
@@ -207,10 +297,16 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
                     {"name": "tls-secret", "mountPath": "/tls-secret", "readOnly": true},
                     {"name": "tls", "mountPath": POSTGRES_TLS_DIR},
                 ],
+                "resources": resources("10m", "16Mi", "64Mi"),
             }],
             "volumes": [
                 {"name": "tls-secret", "secret": {"secretName": "postgres-tls", "defaultMode": 0o400}},
                 {"name": "tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                // With the root file system read-only, the server writes to its volume
+                // (PGDATA) and to these two only: its socket and its lock file, and the
+                // temporary files of the image's entry point and of psql.
+                scratch("run", "16Mi"),
+                scratch("tmp", "256Mi"),
             ],
         }),
         json!({
@@ -230,8 +326,18 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
                 {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}},
                 {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
             ],
-            "volumeMounts": [{"name": "tls", "mountPath": POSTGRES_TLS_DIR, "readOnly": true}],
-            "readinessProbe": {"exec": {"command": ["pg_isready", "-U", DATABASE, "-d", DATABASE]}, "periodSeconds": 5},
+            "volumeMounts": [
+                {"name": "tls", "mountPath": POSTGRES_TLS_DIR, "readOnly": true},
+                {"name": "run", "mountPath": "/var/run/postgresql"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+            "resources": resources("250m", "512Mi", "2Gi"),
+            // Over the unix socket, as the server's own account: up once initdb (first
+            // start) or crash recovery (after an unclean stop) is done, which may take
+            // minutes on a big database; until then neither liveness nor readiness counts.
+            "startupProbe": pg_isready(5, 120),
+            "readinessProbe": pg_isready(5, 3),
+            "livenessProbe": pg_isready(15, 4),
         }),
         "/var/lib/postgresql/data",
         storage,
@@ -244,7 +350,7 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
         // The image runs as uid 1000 (group 1000): the volume must be writable for it, and
         // the key readable by its group only.
         json!({
-            "securityContext": {"fsGroup": 1000},
+            "securityContext": pod_security(OPENSEARCH_USER),
             "volumes": [{"name": "tls", "secret": {"secretName": "opensearch-tls", "defaultMode": 0o440}}],
         }),
         json!({
@@ -254,6 +360,11 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
                 // One node: no cluster formation, and no bootstrap checks
                 // (vm.max_map_count) that kind nodes would fail.
                 {"name": "discovery.type", "value": "single-node"},
+                // Nor a need for a larger vm.max_map_count at all: raising it takes a
+                // privileged init container (sysctl on the node), which Pod Security
+                // `restricted` refuses. Without mmap the store reads its files through
+                // NIO: the same files on the volume, a little slower on large indexes.
+                {"name": "node.store.allow_mmap", "value": "false"},
                 // The security plugin for TLS only (no users, no demo certificates):
                 // HTTPS for clients, TLS between nodes, with the operator's certificate.
                 {"name": "DISABLE_INSTALL_DEMO_CONFIG", "value": "true"},
@@ -269,11 +380,28 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
                 {"name": "OPENSEARCH_JAVA_OPTS", "value": "-Xms512m -Xmx512m"},
             ],
             "volumeMounts": [{"name": "tls", "mountPath": OPENSEARCH_TLS_DIR, "readOnly": true}],
-            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1536Mi"}},
+            // Not a read-only root file system: the image writes under its home at start
+            // and while it runs (logs/, the performance analyzer's files, the keystore the
+            // node creates in config/ when there is none), and config/ holds the image's
+            // own settings, so an emptyDir cannot simply stand in for it. Everything else of
+            // `restricted` holds.
+            "securityContext": {"readOnlyRootFilesystem": false},
+            "resources": resources("250m", "1Gi", "1536Mi"),
+            // The JVM and the security plugin take a while to start, more on a cold node.
+            "startupProbe": {
+                "httpGet": {"path": "/_cluster/health?local=true", "port": 9200, "scheme": "HTTPS"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 30,
+            },
             "readinessProbe": {
                 "httpGet": {"path": "/_cluster/health?local=true", "port": 9200, "scheme": "HTTPS"},
                 "periodSeconds": 10,
+                "timeoutSeconds": 5,
             },
+            // Alive while it accepts connections: a red or yellow index is not a reason to
+            // restart the node.
+            "livenessProbe": {"tcpSocket": {"port": 9200}, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
         }),
         "/usr/share/opensearch/data",
         search_storage,
@@ -341,8 +469,10 @@ pub fn stack(region: &Region, config: &StackConfig, password: &str, tls: &StackT
 }
 
 /// A one-replica StatefulSet `component` running `container` (its name and volume mount
-/// added here) in a pod with `pod` settings; its volume claim `data` of `storage_gib`,
-/// mounted at `mount`, outlives the StatefulSet unless a Delete policy removes the namespace.
+/// added here) in a pod with `pod` settings, completed to Pod Security `restricted`
+/// ([`restrict`]; `pod` names its user with [`pod_security`]); its volume claim `data` of
+/// `storage_gib`, mounted at `mount`, outlives the StatefulSet unless a Delete policy
+/// removes the namespace.
 pub(super) fn statefulset(
     region: &str,
     component: &str,
@@ -359,6 +489,7 @@ pub(super) fn statefulset(
     container["volumeMounts"] = Value::Array(mounts);
     let mut pod = pod;
     pod["containers"] = json!([container]);
+    restrict(&mut pod);
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": metadata(component, region, component),
@@ -555,6 +686,13 @@ fn workload_service(
         "ports": [{"name": "http", "containerPort": 8080}],
         "env": env,
         "volumeMounts": mounts,
+        "resources": resources("100m", "128Mi", "512Mi"),
+        // Neither service has a health path of its own (everything it serves is under
+        // `/{cc}/v1`); it listens once it is set up (the identity provider's keys loaded;
+        // booking's database connected too), and not before, so its open port is the check.
+        "startupProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2, "failureThreshold": 60},
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "failureThreshold": 3},
     });
     let mut objects = identity(&name, service, &app, Some(role));
     objects.extend([
@@ -606,9 +744,32 @@ pub(super) fn identity(region: &str, component: &str, app: &str, role: Option<&s
 }
 
 /// Two replicas of `container` (named `component`) as ServiceAccount `component`, with
-/// `volumes`.
-pub(super) fn deployment(region: &str, component: &str, app: &str, mut container: Value, volumes: Vec<Value>) -> Value {
+/// `volumes`: the `meridian` image as its own account ([`WORKLOAD_USER`]), held to Pod
+/// Security `restricted` with a read-only root file system (and an emptyDir at `/tmp`), with
+/// a worker's resources unless `container` names its own.
+pub(super) fn deployment(
+    region: &str,
+    component: &str,
+    app: &str,
+    mut container: Value,
+    mut volumes: Vec<Value>,
+) -> Value {
     container["name"] = component.into();
+    if container["resources"].is_null() {
+        container["resources"] = resources("50m", "64Mi", "256Mi");
+    }
+    match container["volumeMounts"].as_array_mut() {
+        Some(mounts) => mounts.push(json!({"name": "tmp", "mountPath": "/tmp"})),
+        None => container["volumeMounts"] = json!([{"name": "tmp", "mountPath": "/tmp"}]),
+    }
+    volumes.push(scratch("tmp", "64Mi"));
+    let mut pod = json!({
+        "serviceAccountName": component,
+        "securityContext": pod_security(WORKLOAD_USER),
+        "containers": [container],
+        "volumes": volumes,
+    });
+    restrict(&mut pod);
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": metadata(component, region, app),
@@ -617,11 +778,7 @@ pub(super) fn deployment(region: &str, component: &str, app: &str, mut container
             "selector": {"matchLabels": selector(region, app)},
             "template": {
                 "metadata": {"labels": labels(region, app)},
-                "spec": {
-                    "serviceAccountName": component,
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         },
     })
@@ -960,6 +1117,74 @@ mod tests {
         assert_eq!(
             statefulset["spec"]["persistentVolumeClaimRetentionPolicy"],
             json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+    }
+
+    #[test]
+    fn the_stores_run_as_their_images_accounts_with_their_data_where_it_was() {
+        let objects = stack(&frankfurt(), &StackConfig::default(), "s3cret", &StackTls::default());
+        let postgres = &find(&objects, "StatefulSet", "postgres")["spec"]["template"]["spec"];
+        assert_eq!(
+            postgres["securityContext"],
+            json!({
+                "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
+                "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+        let server = &postgres["containers"][0];
+        // The data where it always was: the volume at the same path, PGDATA the same
+        // directory in it.
+        assert_eq!(
+            server["volumeMounts"],
+            json!([
+                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                {"name": "tls", "mountPath": "/tls", "readOnly": true},
+                {"name": "run", "mountPath": "/var/run/postgresql"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ])
+        );
+        assert!(
+            server["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}))
+        );
+        assert_eq!(server["securityContext"]["readOnlyRootFilesystem"], true);
+        // The init container copies the key as the server's account: no chown, no root.
+        let init = &postgres["initContainers"][0];
+        let script = init["command"][2].as_str().unwrap();
+        assert!(!script.contains("chown") && !script.contains("-o "), "{script}");
+        assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(postgres["volumes"][0]["secret"]["defaultMode"], 0o400);
+
+        let opensearch = &find(&objects, "StatefulSet", "opensearch")["spec"]["template"]["spec"];
+        assert_eq!(opensearch["securityContext"]["runAsUser"], 1000);
+        assert_eq!(opensearch["securityContext"]["fsGroup"], 1000);
+        assert!(opensearch["initContainers"].is_null(), "nothing runs as root first");
+        let node = &opensearch["containers"][0];
+        assert_eq!(node["securityContext"]["readOnlyRootFilesystem"], false);
+        assert_eq!(
+            node["volumeMounts"][0],
+            json!({"name": "data", "mountPath": "/usr/share/opensearch/data"})
+        );
+        assert!(
+            node["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "node.store.allow_mmap", "value": "false"}))
+        );
+
+        // The workloads: the image's own account, a read-only root and a scratch /tmp.
+        let booking = &find(&objects, "Deployment", "booking")["spec"]["template"]["spec"];
+        assert_eq!(booking["securityContext"]["runAsUser"], 65532);
+        assert_eq!(booking["securityContext"]["fsGroup"], 65532);
+        assert_eq!(
+            booking["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+        );
+        assert_eq!(
+            booking["volumes"].as_array().unwrap().last().unwrap(),
+            &json!({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}})
         );
     }
 
