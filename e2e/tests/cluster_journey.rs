@@ -474,11 +474,30 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     say(&format!(
         "an inCluster Region's stack with its broker and event workers accepted: {kinds:?}"
     ));
-    let (admitted, refusal) = restricted_pods(&client, &rest, &format!("meridian-e2e-restricted-{suffix}")).await;
+    // With them, the pods the chart runs (the operator) and the kind walkthrough's token
+    // issuer (e2e/kind/dev-issuer.yaml).
+    let mut workloads = rest.clone();
+    let documents = |yaml: &str| -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .filter(|d: &Value| !d.is_null())
+            .collect()
+    };
+    let issuer_yaml = std::fs::read_to_string(workspace().join("e2e/kind/dev-issuer.yaml")).unwrap();
+    for object in chart
+        .iter()
+        .flat_map(|(_, yaml)| documents(yaml))
+        .chain(documents(&issuer_yaml))
+    {
+        if object["kind"] == "Deployment" || object["kind"] == "ServiceAccount" {
+            workloads.push(object);
+        }
+    }
+    let (admitted, refusal) = restricted_pods(&client, &workloads, &format!("meridian-e2e-restricted-{suffix}")).await;
     assert_eq!(
         admitted.len(),
-        kinds["Deployment"] + kinds["StatefulSet"],
-        "every workload's pod: {admitted:?}"
+        kinds["Deployment"] + kinds["StatefulSet"] + 2,
+        "every workload's pod, the operator's and the dev issuer's: {admitted:?}"
     );
     say(&format!(
         "Pod Security restricted admits the pod of each of the {} workloads ({admitted:?}) and refuses an escalating one: {refusal}",

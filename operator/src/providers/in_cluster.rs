@@ -549,9 +549,17 @@ pub(super) fn store_policy(region: &str, component: &str, port: u16, clients: &[
 
 /// The Region's namespace, as an object.
 pub fn namespace_object(region: &str) -> Value {
+    let mut labels = labels(region, "meridian-region");
+    // Every pod of a stack passes Pod Security `restricted`; the namespace has the API
+    // server enforce it, so nothing weaker (a hand-made debug pod, a later change of ours)
+    // runs beside the Region's data.
+    for mode in ["enforce", "audit", "warn"] {
+        labels[format!("pod-security.kubernetes.io/{mode}")] = "restricted".into();
+        labels[format!("pod-security.kubernetes.io/{mode}-version")] = "latest".into();
+    }
     json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": namespace(region), "labels": labels(region, "meridian-region")},
+        "metadata": {"name": namespace(region), "labels": labels},
     })
 }
 
@@ -1018,6 +1026,18 @@ mod tests {
         assert_eq!(
             find(&objects, "Secret", "postgres")["stringData"]["url"],
             "postgres://meridian:s3cret@postgres.meridian-region-eu-central-1.svc:5432/meridian?sslmode=verify-full"
+        );
+    }
+
+    #[test]
+    fn the_regions_namespace_enforces_pod_security_restricted() {
+        let labels = &namespace_object("eu-central-1")["metadata"]["labels"];
+        for mode in ["enforce", "audit", "warn"] {
+            assert_eq!(labels[format!("pod-security.kubernetes.io/{mode}")], "restricted");
+        }
+        assert_eq!(
+            labels["app.kubernetes.io/name"], "meridian-region",
+            "what the kind Gateway admits"
         );
     }
 
