@@ -289,15 +289,25 @@ mod tests {
     fn ready_follows_the_condition_and_goes_with_the_object() {
         let metrics = Metrics::default();
         metrics.set_ready("Country", "de", false);
-        assert!(metrics.render().contains("meridian_ready{kind=\"Country\",name=\"de\"} 0"));
+        assert!(
+            metrics
+                .render()
+                .contains("meridian_ready{kind=\"Country\",name=\"de\"} 0")
+        );
         metrics.set_ready("Country", "de", true);
         metrics.set_ready("Region", "eu-central-1", true);
         let text = metrics.render();
-        assert!(text.contains("meridian_ready{kind=\"Country\",name=\"de\"} 1"), "{text}");
+        assert!(
+            text.contains("meridian_ready{kind=\"Country\",name=\"de\"} 1"),
+            "{text}"
+        );
         metrics.forget("Country", "de");
         let text = metrics.render();
         assert!(!text.contains("name=\"de\""), "{text}");
-        assert!(text.contains("meridian_ready{kind=\"Region\",name=\"eu-central-1\"} 1"), "{text}");
+        assert!(
+            text.contains("meridian_ready{kind=\"Region\",name=\"eu-central-1\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("meridian_leader 0"), "{text}");
         metrics.leader().set(1);
         assert!(metrics.render().contains("meridian_leader 1"));

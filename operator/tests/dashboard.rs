@@ -18,9 +18,34 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/meridian-ope
 /// Words of PromQL that are not metric names: operators, modifiers, literals, and the
 /// aggregations (followed by `by (...)` rather than `(` in `sum by (kind) (...)`).
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "inf",
-    "nan", "atan2", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
-    "topk", "quantile", "limitk", "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
 ];
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
@@ -111,7 +136,9 @@ async fn exported() -> BTreeSet<String> {
         axum::Router::new().route("/{cc}/v1/x", axum::routing::get(|| async { "x" })),
         "dashboard-test",
     );
-    let request = axum::http::Request::get("/DE/v1/x").body(axum::body::Body::empty()).unwrap();
+    let request = axum::http::Request::get("/DE/v1/x")
+        .body(axum::body::Body::empty())
+        .unwrap();
     app.oneshot(request).await.unwrap();
     workloads.booking("DE", BookingOutcome::Booked);
     workloads.fhir("DE", "Patient", "read", 200);
@@ -185,7 +212,10 @@ fn rule_exprs(template: &str) -> Vec<(String, String)> {
         } else {
             value.trim_matches(|c| c == '"' || c == '\'').to_string()
         };
-        out.push((format!("prometheusrule.yaml line {}", n + 1), helm.replace_all(&expr, "helm").into_owned()));
+        out.push((
+            format!("prometheusrule.yaml line {}", n + 1),
+            helm.replace_all(&expr, "helm").into_owned(),
+        ));
     }
     out
 }
@@ -207,7 +237,10 @@ fn the_tokenizer_finds_metrics_and_nothing_else() {
         names("sum by (service) (rate(a_total[5m])) / on (service) group_left sum(b offset 1h)"),
         ["a_total", "b"]
     );
-    assert_eq!(names("max by (name) (meridian_ready{kind=\"Country\"}) == 0"), ["meridian_ready"]);
+    assert_eq!(
+        names("max by (name) (meridian_ready{kind=\"Country\"}) == 0"),
+        ["meridian_ready"]
+    );
 }
 
 #[tokio::test]
@@ -245,7 +278,11 @@ async fn every_metric_the_alerts_query_is_exported() {
         exprs.extend(found);
     }
     let missing = unexported(&exprs).await;
-    assert!(missing.is_empty(), "alerted on but not exported:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "alerted on but not exported:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[tokio::test]

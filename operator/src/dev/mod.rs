@@ -403,7 +403,8 @@ impl Dev {
                     ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
                     let previous = region.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, region.metadata.generation);
-                    ctx.metrics.set_ready("Region", &name, ready(Some(conditions.as_slice())));
+                    ctx.metrics
+                        .set_ready("Region", &name, ready(Some(conditions.as_slice())));
                     if store.set_region_status(&name, meridian_crds::RegionStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                         changed = true;
@@ -498,7 +499,8 @@ impl Dev {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
                     let previous = country.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, country.metadata.generation);
-                    ctx.metrics.set_ready("Country", &name, ready(Some(conditions.as_slice())));
+                    ctx.metrics
+                        .set_ready("Country", &name, ready(Some(conditions.as_slice())));
                     if store.set_country_status(&name, meridian_crds::CountryStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                     }
@@ -567,7 +569,8 @@ impl Dev {
                         .observe("PatientIndex", started.elapsed(), Some(blocked.reason));
                     let previous = index.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, index.metadata.generation);
-                    ctx.metrics.set_ready("PatientIndex", &name, ready(Some(conditions.as_slice())));
+                    ctx.metrics
+                        .set_ready("PatientIndex", &name, ready(Some(conditions.as_slice())));
                     if store.set_index_status(&name, meridian_crds::PatientIndexStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                     }

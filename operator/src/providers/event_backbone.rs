@@ -433,8 +433,12 @@ mod tests {
     fn every_worker_is_probed_on_its_ops_listener_and_takes_the_flag() {
         use clap::{Args, Command};
         let mut r = region("{broker: inCluster}");
-        r.spec.notifications =
-            Some(serde_yaml_ng::from_str("{sms: {url: 'https://sms.example/send', tokenSecretRef: {name: sms, key: token}}}").unwrap());
+        r.spec.notifications = Some(
+            serde_yaml_ng::from_str(
+                "{sms: {url: 'https://sms.example/send', tokenSecretRef: {name: sms, key: token}}}",
+            )
+            .unwrap(),
+        );
         let objects = objects(&r, &StackConfig::default());
         let workers = ["relay", "billing", "analytics", "search-indexer", "notifications"];
         for worker in workers {

@@ -131,7 +131,9 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
             other => break other,
         }
     };
-    let inserted = inserted.map_err(clash).inspect_err(|e| count_conflict(&request.country_code, e))?;
+    let inserted = inserted
+        .map_err(clash)
+        .inspect_err(|e| count_conflict(&request.country_code, e))?;
     match inserted {
         Some(appointment) => {
             metrics::workload().booking(&request.country_code, BookingOutcome::Booked);

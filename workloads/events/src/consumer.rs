@@ -15,11 +15,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use meridian_shared::metrics::{self, ConsumerCounters, ConsumerError};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::{PgConnection, PgPool};
-use meridian_shared::metrics::{self, ConsumerCounters, ConsumerError};
 use uuid::Uuid;
 
 use crate::dlq::{Forwarder, headers as dlq_headers};

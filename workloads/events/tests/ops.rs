@@ -47,7 +47,10 @@ async fn get(readiness: &Readiness, path: &str) -> (StatusCode, String, String) 
 async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -123,10 +126,14 @@ async fn the_relay_lag_rises_while_an_event_waits_and_falls_once_it_is_published
     }));
     // Its first look at the outbox, before it publishes: the event is over a second old.
     let mut highest = 0.0_f64;
-    wait_for("the lag to show the waiting event", Duration::from_secs(30), async || {
-        highest = highest.max(workload().relay_lag_seconds());
-        highest >= 1.0
-    })
+    wait_for(
+        "the lag to show the waiting event",
+        Duration::from_secs(30),
+        async || {
+            highest = highest.max(workload().relay_lag_seconds());
+            highest >= 1.0
+        },
+    )
     .await;
     // Published, and measured again: nothing waits.
     wait_for("the lag to fall to 0", Duration::from_secs(30), async || {
@@ -184,13 +191,25 @@ async fn a_consumers_failures_are_counted_by_kind() {
         replayed: false,
     };
     let outcome = consumer::apply(&pool, &Poisoned, &event("fails")).await;
-    assert!(matches!(outcome, Outcome::Failed { attempts: MAX_ATTEMPTS, .. }), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed {
+                attempts: MAX_ATTEMPTS,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     let outcome = consumer::apply(&pool, &Poisoned, &event("never")).await;
     assert!(matches!(outcome, Outcome::Failed { attempts: 1, .. }), "{outcome:?}");
     let text = workload().render();
     let labels = "group=\"ops-test-poisoned\",topic=\"appointment-events\"";
     for line in [
-        format!("meridian_consumer_errors_total{{{labels},kind=\"retry\"}} {}", MAX_ATTEMPTS - 1),
+        format!(
+            "meridian_consumer_errors_total{{{labels},kind=\"retry\"}} {}",
+            MAX_ATTEMPTS - 1
+        ),
         format!("meridian_consumer_errors_total{{{labels},kind=\"rejected\"}} 1"),
         format!("meridian_consumer_errors_total{{{labels},kind=\"dlq\"}} 2"),
         format!("meridian_consumer_dlq_total{{{labels}}} 2"),

@@ -65,19 +65,66 @@ mod tests {
     #[test]
     fn interactions_are_named_from_the_template_and_never_carry_an_id() {
         let cases = [
-            (Method::GET, "/{cc}/v1/fhir/{resource_type}/{id}", "/DE/v1/fhir/Patient/123", ("Patient", "read")),
-            (Method::GET, "/{cc}/v1/fhir/{resource_type}/{id}", "/DE/v1/fhir/Patient/$everything", ("Patient", "operation")),
-            (Method::PUT, "/{cc}/v1/fhir/{resource_type}/{id}", "/DE/v1/fhir/Observation/9", ("Observation", "update")),
-            (Method::POST, "/{cc}/v1/fhir/{resource_type}", "/DE/v1/fhir/Encounter", ("Encounter", "create")),
-            (Method::GET, "/{cc}/v1/fhir/{resource_type}", "/DE/v1/fhir/Nonsense", ("unknown", "search-type")),
-            (Method::GET, "/{cc}/v1/fhir/{resource_type}/{id}/{operation}", "/DE/v1/fhir/Patient/1/_history", ("Patient", "history-instance")),
-            (Method::GET, "/{cc}/v1/fhir/{resource_type}/{id}/_history/{version}", "/DE/v1/fhir/Patient/1/_history/2", ("Patient", "vread")),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/{resource_type}/{id}",
+                "/DE/v1/fhir/Patient/123",
+                ("Patient", "read"),
+            ),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/{resource_type}/{id}",
+                "/DE/v1/fhir/Patient/$everything",
+                ("Patient", "operation"),
+            ),
+            (
+                Method::PUT,
+                "/{cc}/v1/fhir/{resource_type}/{id}",
+                "/DE/v1/fhir/Observation/9",
+                ("Observation", "update"),
+            ),
+            (
+                Method::POST,
+                "/{cc}/v1/fhir/{resource_type}",
+                "/DE/v1/fhir/Encounter",
+                ("Encounter", "create"),
+            ),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/{resource_type}",
+                "/DE/v1/fhir/Nonsense",
+                ("unknown", "search-type"),
+            ),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/{resource_type}/{id}/{operation}",
+                "/DE/v1/fhir/Patient/1/_history",
+                ("Patient", "history-instance"),
+            ),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/{resource_type}/{id}/_history/{version}",
+                "/DE/v1/fhir/Patient/1/_history/2",
+                ("Patient", "vread"),
+            ),
             (Method::POST, "/{cc}/v1/fhir", "/DE/v1/fhir", ("Bundle", "transaction")),
-            (Method::GET, "/{cc}/v1/fhir/metadata", "/DE/v1/fhir/metadata", ("CapabilityStatement", "capabilities")),
+            (
+                Method::GET,
+                "/{cc}/v1/fhir/metadata",
+                "/DE/v1/fhir/metadata",
+                ("CapabilityStatement", "capabilities"),
+            ),
         ];
         for (method, template, path, expected) in cases {
             assert_eq!(classify(&method, template, path), Some(expected), "{method} {path}");
         }
-        assert_eq!(classify(&Method::PATCH, "/{cc}/v1/fhir/{resource_type}/{id}", "/DE/v1/fhir/Patient/1"), None);
+        assert_eq!(
+            classify(
+                &Method::PATCH,
+                "/{cc}/v1/fhir/{resource_type}/{id}",
+                "/DE/v1/fhir/Patient/1"
+            ),
+            None
+        );
     }
 }
