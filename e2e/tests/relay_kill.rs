@@ -20,7 +20,16 @@ use uuid::Uuid;
 
 fn start_relay(database_url: &str, bootstrap: &str) -> Child {
     Command::new(meridian_bin())
-        .args(["relay", "--database-url", database_url, "--kafka-bootstrap", bootstrap])
+        // Two relays run at once here: each on a port of its own.
+        .args([
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--kafka-bootstrap",
+            bootstrap,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -1,4 +1,8 @@
-//! Prometheus metrics for reconciles, shared by the operator and `meridian dev`.
+//! Prometheus metrics for reconciles, shared by the operator and `meridian dev`: reconciles,
+//! failures by reason, durations and writes; whether each object is Ready
+//! (`meridian_ready{kind,name}`) and whether this replica leads (`meridian_leader`). The
+//! workloads' own metrics are [`meridian_shared::metrics`]; `meridian dev`, which runs
+//! them in the same process, exposes both ([`Metrics::render_with_workloads`]).
 
 use std::time::Duration;
 
@@ -7,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -21,10 +26,16 @@ struct FailureLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    kind: &'static str,
+    name: String,
+}
+
 /// The media type of [`Metrics::render`]: prometheus-client writes the OpenMetrics text
 /// format (`# EOF` at the end, `_total` counters), which Prometheus reads when it is
-/// announced as such.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// announced as such. The workloads announce theirs the same way.
+pub const CONTENT_TYPE: &str = meridian_shared::metrics::CONTENT_TYPE;
 
 /// What a write changed, for `meridian_writes_total{kind}`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, serde::Serialize)]
@@ -82,6 +93,8 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: Family<KindLabel, Histogram>,
     writes: Family<KindLabel, Counter>,
+    ready: Family<ObjectLabels, Gauge>,
+    leader: Gauge,
     /// Index writes already added to `writes` from the search crate's own count.
     index_seen: std::sync::Mutex<u64>,
 }
@@ -114,12 +127,26 @@ impl Default for Metrics {
         for kind in WriteKind::ALL {
             drop(writes.get_or_create(&KindLabel { kind: kind.label() }));
         }
+        let ready = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "ready",
+            "1 when the object's Ready condition is True, else 0: every Country, Region and PatientIndex reconciled",
+            ready.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 in the replica that holds the leader Lease (and in `meridian dev`), 0 in a standby",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             writes,
+            ready,
+            leader,
             index_seen: std::sync::Mutex::new(meridian_search::index_writes()),
         }
     }
@@ -140,6 +167,29 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Sets `meridian_ready{kind,name}` from the object's Ready condition.
+    pub fn set_ready(&self, kind: &'static str, name: &str, ready: bool) {
+        self.ready
+            .get_or_create(&ObjectLabels {
+                kind,
+                name: name.to_string(),
+            })
+            .set(i64::from(ready));
+    }
+
+    /// Drops the object's `meridian_ready` series: it is deleted.
+    pub fn forget(&self, kind: &'static str, name: &str) {
+        self.ready.remove(&ObjectLabels {
+            kind,
+            name: name.to_string(),
+        });
+    }
+
+    /// `meridian_leader`, for the leader election to set.
+    pub fn leader(&self) -> Gauge {
+        self.leader.clone()
     }
 
     /// The counter of `kind`'s writes; [`crate::backends::postgres::Databases`] counts DDL
@@ -178,6 +228,18 @@ impl Metrics {
         self.writes();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The exposition followed by the workload metrics of this process (`meridian dev`
+    /// runs the workloads beside the reconcilers), one `# EOF` at the end.
+    pub fn render_with_workloads(&self) -> String {
+        self.writes();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        meridian_shared::metrics::workload().encode_into(&mut out);
+        prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
 
@@ -221,6 +283,44 @@ mod tests {
         let since = metrics.writes().since(&before);
         assert_eq!((since.ddl, since.status, since.total()), (6, 2, 8));
         assert!(metrics.render().contains("meridian_writes_total{kind=\"status\"} 2"));
+    }
+
+    #[test]
+    fn ready_follows_the_condition_and_goes_with_the_object() {
+        let metrics = Metrics::default();
+        metrics.set_ready("Country", "de", false);
+        assert!(
+            metrics
+                .render()
+                .contains("meridian_ready{kind=\"Country\",name=\"de\"} 0")
+        );
+        metrics.set_ready("Country", "de", true);
+        metrics.set_ready("Region", "eu-central-1", true);
+        let text = metrics.render();
+        assert!(
+            text.contains("meridian_ready{kind=\"Country\",name=\"de\"} 1"),
+            "{text}"
+        );
+        metrics.forget("Country", "de");
+        let text = metrics.render();
+        assert!(!text.contains("name=\"de\""), "{text}");
+        assert!(
+            text.contains("meridian_ready{kind=\"Region\",name=\"eu-central-1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("meridian_leader 0"), "{text}");
+        metrics.leader().set(1);
+        assert!(metrics.render().contains("meridian_leader 1"));
+    }
+
+    #[test]
+    fn dev_exposes_the_workloads_too_with_one_end_marker() {
+        let text = Metrics::default().render_with_workloads();
+        // (Families without a series yet are left out of the exposition.)
+        assert!(text.contains("# TYPE meridian_writes counter"), "{text}");
+        assert!(text.contains("# TYPE meridian_relay_lag_seconds gauge"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[tokio::test]

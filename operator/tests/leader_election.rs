@@ -210,8 +210,11 @@ async fn a_leader_that_cannot_renew_stops_every_reconcile_at_the_renew_deadline(
     let acted = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let dropped = Arc::new(AtomicBool::new(false));
     let (acting, gone) = (acted.clone(), dropped.clone());
+    // `meridian_leader`: 1 while it acts, 0 once it stopped.
+    let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    let (leading, said) = (gauge.clone(), gauge.clone());
     let leader = async move {
-        let mut election = election(client, "replica-a");
+        let mut election = election(client, "replica-a").with_gauge(leading);
         let result = election
             .lead(
                 move |fence: Fence| async move {
@@ -219,6 +222,7 @@ async fn a_leader_that_cannot_renew_stops_every_reconcile_at_the_renew_deadline(
                     let reconcile = fence.guard(async move {
                         let _flag = DropFlag(gone);
                         loop {
+                            assert_eq!(said.get(), 1, "meridian_leader while leading");
                             acting.lock().unwrap().push(t0.elapsed());
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
@@ -277,6 +281,7 @@ async fn a_leader_that_cannot_renew_stops_every_reconcile_at_the_renew_deadline(
 
     let lost = result.unwrap_err();
     assert!(lost.contains("could not renew the Lease within 10s"), "{lost}");
+    assert_eq!(gauge.get(), 0, "meridian_leader once it stopped");
     // It returned at its deadline, the start of the last renewal plus 10 s, long before a
     // standby that saw that renewal could see it expire (2 s + 15 s).
     assert_eq!(stopped_at, RETRY_PERIOD + RENEW_DEADLINE);

@@ -64,8 +64,9 @@ fn read(state: &AppState) -> std::sync::RwLockReadGuard<'_, Store> {
     state.store.read().expect("store lock")
 }
 
+/// The reconcilers' metrics and the workloads' (they run in this process), as one exposition.
 async fn metrics(State(state): State<AppState>) -> Response {
-    state.ctx.metrics.response()
+    meridian_shared::metrics::response(state.ctx.metrics.render_with_workloads())
 }
 
 fn list<K: Managed>(objects: &Objects<K>, kind: &str) -> Response {

@@ -94,6 +94,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let local = Arc::new(LocalClusters::new(options.data_dir.clone(), Durability::Durable));
     let secrets = Arc::new(DevSecrets::default());
     let ctx = Arc::new(Context::new(Providers::new(Some(local.clone()), secrets.clone())));
+    // The only reconciler there is: it leads.
+    ctx.metrics.leader().set(1);
     let store = Arc::new(RwLock::new(Store::default()));
     let resync = Arc::new(Resync::default());
 
@@ -380,6 +382,7 @@ impl Dev {
                     ctx.metrics.observe("Region", elapsed, outcome.failure);
                     let was_ready = ready(region.status.as_ref().map(|s| s.conditions.as_slice()));
                     let is_ready = conditions::is_true(&outcome.status.conditions, READY);
+                    ctx.metrics.set_ready("Region", &name, is_ready);
                     if store.set_region_status(&name, outcome.status) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                         changed = true;
@@ -391,6 +394,7 @@ impl Dev {
                 }
                 Err(Ok(())) => {
                     ctx.metrics.observe("Region", elapsed, None);
+                    ctx.metrics.forget("Region", &name);
                     store.regions.entries.remove(&name);
                     println!("region {name} deleted ({:?})", region.spec.deletion_policy);
                     changed = true;
@@ -400,6 +404,8 @@ impl Dev {
                     ctx.metrics.observe("Region", elapsed, Some(blocked.reason));
                     let previous = region.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, region.metadata.generation);
+                    ctx.metrics
+                        .set_ready("Region", &name, ready(Some(conditions.as_slice())));
                     if store.set_region_status(&name, meridian_crds::RegionStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                         changed = true;
@@ -462,7 +468,9 @@ impl Dev {
             match result {
                 Ok(outcome) => {
                     ctx.metrics.observe("Country", elapsed, outcome.failure);
-                    if conditions::is_true(&outcome.status.conditions, READY) {
+                    let is_ready = conditions::is_true(&outcome.status.conditions, READY);
+                    ctx.metrics.set_ready("Country", &name, is_ready);
+                    if is_ready {
                         self.timings.country_ready(&name);
                     }
                     if store.set_country_status(&name, outcome.status) {
@@ -472,6 +480,7 @@ impl Dev {
                 }
                 Err(Ok(changes)) => {
                     ctx.metrics.observe("Country", elapsed, None);
+                    ctx.metrics.forget("Country", &name);
                     store.countries.entries.remove(&name);
                     let what = if changes.is_empty() {
                         "stores left untouched".to_string()
@@ -491,6 +500,8 @@ impl Dev {
                     ctx.metrics.observe("Country", elapsed, Some(blocked.reason));
                     let previous = country.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, country.metadata.generation);
+                    ctx.metrics
+                        .set_ready("Country", &name, ready(Some(conditions.as_slice())));
                     if store.set_country_status(&name, meridian_crds::CountryStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                     }
@@ -537,6 +548,8 @@ impl Dev {
             match result {
                 Ok(outcome) => {
                     ctx.metrics.observe("PatientIndex", started.elapsed(), outcome.failure);
+                    let is_ready = conditions::is_true(&outcome.status.conditions, READY);
+                    ctx.metrics.set_ready("PatientIndex", &name, is_ready);
                     if store.set_index_status(&name, outcome.status) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                     }
@@ -544,6 +557,7 @@ impl Dev {
                 }
                 Err(Ok(())) => {
                     ctx.metrics.observe("PatientIndex", started.elapsed(), None);
+                    ctx.metrics.forget("PatientIndex", &name);
                     store.indexes.entries.remove(&name);
                     println!("patientindex {name} deleted ({:?})", index.spec.deletion_policy);
                     // Another index may serve now.
@@ -556,6 +570,8 @@ impl Dev {
                         .observe("PatientIndex", started.elapsed(), Some(blocked.reason));
                     let previous = index.status.clone().unwrap_or_default();
                     let conditions = blocked.conditions(&previous.conditions, index.metadata.generation);
+                    ctx.metrics
+                        .set_ready("PatientIndex", &name, ready(Some(conditions.as_slice())));
                     if store.set_index_status(&name, meridian_crds::PatientIndexStatus { conditions, ..previous }) {
                         ctx.metrics.wrote(WriteKind::Status, 1);
                     }

@@ -13,6 +13,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use meridian_crds::condition_types::READY;
 use meridian_crds::{Country, FINALIZER, PatientIndex, Region};
 use serde_json::json;
 
@@ -310,7 +311,14 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Res
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => obj.apply(&ctx).await,
-            Finalizer::Cleanup(obj) => obj.cleanup(&ctx).await,
+            Finalizer::Cleanup(obj) => {
+                let cleaned = obj.cleanup(&ctx).await;
+                if cleaned.is_ok() {
+                    // Gone: its `meridian_ready` series goes with it.
+                    ctx.core.metrics.forget(K::KIND, &obj.name_any());
+                }
+                cleaned
+            }
         }
     })
     .await
@@ -442,6 +450,8 @@ async fn write_outcome<K: Reconciled>(
     ctx: &KubeContext,
 ) -> Result<Action, Error> {
     ctx.core.metrics.observe(K::KIND, started.elapsed(), outcome.failure);
+    let ready = conditions::is_true(K::conditions(&outcome.status), READY);
+    ctx.core.metrics.set_ready(K::KIND, &obj.name_any(), ready);
     let old = obj.status().map(K::conditions).unwrap_or_default();
     ctx.publish(obj, &conditions::transitions(old, K::conditions(&outcome.status)))
         .await;
@@ -458,6 +468,9 @@ async fn write_outcome<K: Reconciled>(
 async fn write_blocked<K: Reconciled>(obj: &K, blocked: &Blocked, ctx: &KubeContext) -> Error {
     let old = obj.status().map(K::conditions).unwrap_or_default();
     let new = blocked.conditions(old, obj.meta().generation);
+    ctx.core
+        .metrics
+        .set_ready(K::KIND, &obj.name_any(), conditions::is_true(&new, READY));
     let transitions = conditions::transitions(old, &new);
     if !transitions.is_empty() {
         ctx.publish(obj, &transitions).await;

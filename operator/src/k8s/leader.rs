@@ -45,6 +45,8 @@ pub struct LeaderElection {
     identity: String,
     /// The Lease's record as last seen, and when it was first seen like that.
     observed: Option<(LeaseSpec, Instant)>,
+    /// `meridian_leader`: 1 from acquiring the Lease until the fence closes.
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl LeaderElection {
@@ -54,6 +56,19 @@ impl LeaderElection {
             name: name.to_string(),
             identity: identity.to_string(),
             observed: None,
+            gauge: None,
+        }
+    }
+
+    /// Says in `gauge` whether this replica leads (`meridian_leader`).
+    pub fn with_gauge(mut self, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    fn leading(&self, leading: bool) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::from(leading));
         }
     }
 
@@ -75,6 +90,7 @@ impl LeaderElection {
             () = &mut shutdown => return Ok(()),
         };
         tracing::info!(identity = %self.identity, lease = %self.name, "leading");
+        self.leading(true);
         let work = fence.guard(work(fence.clone()));
         let result = tokio::select! {
             // Leadership first: once the deadline has passed nothing else is polled.
@@ -92,6 +108,8 @@ impl LeaderElection {
                 Ok(())
             }
         };
+        // The fence is closed: this replica acts no more.
+        self.leading(false);
         // `work` is dropped: spawned reconciles are being aborted; wait until each is gone.
         fence.drained().await;
         if let Err(lost) = &result {

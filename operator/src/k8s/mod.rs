@@ -133,7 +133,8 @@ pub async fn run(options: OperatorOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
     ready.store(true, Ordering::SeqCst);
 
-    let mut election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity);
+    let mut election = LeaderElection::new(client.clone(), &options.namespace, &options.lease_name, &identity)
+        .with_gauge(ctx.core.metrics.leader());
     tracing::info!(identity, lease = %options.lease_name, namespace = %options.namespace, "waiting for leadership");
     // The controllers, and every reconcile they start, run under the fence: they stop at
     // the renew deadline, before any standby can take the Lease over.

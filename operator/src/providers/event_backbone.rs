@@ -3,7 +3,9 @@
 //! Region's outbox to its Kafka, and the consumers that follow its topics (billing,
 //! analytics). Each is a ServiceAccount, a Deployment of two replicas (the relay's replicas
 //! take turns through a database lock; the consumers share their consumer group's
-//! partitions) and a NetworkPolicy that lets nothing in: they serve nothing.
+//! partitions) and a NetworkPolicy that lets nothing in: they serve nothing but their ops
+//! listener (port [`OPS_PORT`], `http-ops`: `/healthz` and `/readyz` for the kubelet's
+//! probes, `/metrics`), and the kubelet's probes are not subject to NetworkPolicies.
 //!
 //! With `spec.events.broker: inCluster` the broker is here too: a one-node tansu StatefulSet
 //! keeping its log in SQLite on its own volume (kept when the StatefulSet goes, like the
@@ -31,6 +33,9 @@ pub const NOTIFICATIONS_SECRET: &str = "notifications";
 const NOTIFICATIONS_DIR: &str = "/etc/meridian/notifications";
 /// Where the workers find [`KAFKA_SECRET`]'s files.
 const KAFKA_DIR: &str = "/etc/meridian/kafka";
+
+/// The port of every worker's ops listener (`--listen`: `/healthz`, `/readyz`, `/metrics`).
+pub const OPS_PORT: u16 = 9090;
 
 /// The port of an `inCluster` broker.
 const KAFKA_PORT: u16 = 9092;
@@ -106,7 +111,7 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
     let mut objects = Vec::new();
     for (worker, args, watches) in WORKERS {
         let app = format!("meridian-{worker}");
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut args = with_listen(args);
         if watches {
             args.push(name.clone());
         }
@@ -123,7 +128,7 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
             &app,
             watches.then_some(config.workload_cluster_role.as_str()),
         ));
-        let container = json!({
+        let mut container = json!({
             "image": config.workload_image,
             "args": args,
             "env": env,
@@ -132,6 +137,7 @@ pub fn objects(region: &Region, config: &StackConfig) -> Vec<Value> {
                 {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": true},
             ],
         });
+        with_ops(&mut container);
         objects.push(deployment(&name, worker, &app, container, store_volumes()));
         objects.push(closed_policy(&name, worker, &app));
     }
@@ -187,9 +193,11 @@ fn notifier(
             json!({"name": "MERIDIAN_SMS_TOKEN_FILE", "value": format!("{NOTIFICATIONS_DIR}/sms-token")}),
         ]);
     }
-    let container = json!({
+    let mut args = with_listen(&["notifications", "--region"]);
+    args.push(name.to_string());
+    let mut container = json!({
         "image": config.workload_image,
-        "args": ["notifications", "--region", name],
+        "args": args,
         "env": env,
         "volumeMounts": [
             {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
@@ -198,6 +206,7 @@ fn notifier(
             {"name": "channels", "mountPath": NOTIFICATIONS_DIR, "readOnly": true},
         ],
     });
+    with_ops(&mut container);
     let mut volumes = store_volumes();
     volumes.extend([
         json!({"name": "vault-keys", "secret": {
@@ -215,6 +224,33 @@ fn notifier(
     objects
 }
 
+/// A worker's arguments: its command, the ops listener, then `rest`.
+fn with_listen(command: &[&str]) -> Vec<String> {
+    let (command, rest) = command.split_first().expect("a worker has a command");
+    let mut args = vec![command.to_string(), format!("--listen=0.0.0.0:{OPS_PORT}")];
+    args.extend(rest.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The ops listener's port and the kubelet's probes of it. Ready once the worker has
+/// reached its database and Kafka; restarted when `/healthz` goes unanswered for 30 s (the
+/// process is stuck, not merely waiting for its stores: that is `/readyz`'s business).
+fn with_ops(container: &mut Value) {
+    container["ports"] = json!([{"name": "http-ops", "containerPort": OPS_PORT, "protocol": "TCP"}]);
+    container["readinessProbe"] = json!({
+        "httpGet": {"path": "/readyz", "port": "http-ops"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    });
+    container["livenessProbe"] = json!({
+        "httpGet": {"path": "/healthz", "port": "http-ops"},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    });
+}
+
 /// The volumes every worker has: the stores' CA, and Secret [`KAFKA_SECRET`].
 fn store_volumes() -> Vec<Value> {
     vec![
@@ -223,7 +259,11 @@ fn store_volumes() -> Vec<Value> {
     ]
 }
 
-/// A NetworkPolicy that lets nothing in: the workers serve nothing.
+/// A NetworkPolicy that lets nothing in: the workers serve nothing but their ops listener.
+/// The kubelet's probes come from the node, which NetworkPolicies do not restrict; a
+/// Prometheus that scrapes `http-ops` needs a policy of its own admitting its namespace to
+/// [`OPS_PORT`] (added by whoever runs it: which namespace that is, only they know; the
+/// operator's namespace does not scrape, so admitting it would open a port for no one).
 fn closed_policy(region: &str, component: &str, app: &str) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -345,7 +385,7 @@ mod tests {
         );
         let relay = &find(&objects, "Deployment", "relay")["spec"]["template"]["spec"];
         let container = &relay["containers"][0];
-        assert_eq!(container["args"], json!(["relay"]));
+        assert_eq!(container["args"], json!(["relay", "--listen=0.0.0.0:9090"]));
         let env = container["env"].as_array().unwrap();
         let value = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
         assert_eq!(
@@ -379,7 +419,10 @@ mod tests {
             false
         );
         let billing = &find(&objects, "Deployment", "billing")["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(billing["args"], json!(["billing", "--region", "eu-central-1"]));
+        assert_eq!(
+            billing["args"],
+            json!(["billing", "--listen=0.0.0.0:9090", "--region", "eu-central-1"])
+        );
         assert_eq!(
             find(&objects, "NetworkPolicy", "analytics")["spec"]["ingress"],
             json!([])
@@ -395,11 +438,89 @@ mod tests {
         );
         // The indexer alone reaches the search engine, as the booking service does.
         let indexer = &find(&objects, "Deployment", "search-indexer")["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(indexer["args"], json!(["indexer"]));
+        assert_eq!(indexer["args"], json!(["indexer", "--listen=0.0.0.0:9090"]));
         let indexer_env = indexer["env"].as_array().unwrap();
         assert!(indexer_env.iter().any(|e| e["name"] == "SEARCH_URL"));
         assert!(!env.iter().any(|e| e["name"] == "SEARCH_URL"));
         assert_eq!(search_clients(&r), ["meridian-search-indexer"]);
+    }
+
+    #[test]
+    fn every_worker_is_probed_on_its_ops_listener_and_takes_the_flag() {
+        use clap::{Args, Command};
+        let mut r = region("{broker: inCluster}");
+        r.spec.notifications = Some(
+            serde_yaml_ng::from_str(
+                "{sms: {url: 'https://sms.example/send', tokenSecretRef: {name: sms, key: token}}}",
+            )
+            .unwrap(),
+        );
+        let objects = objects(&r, &StackConfig::default());
+        let workers = ["relay", "billing", "analytics", "search-indexer", "notifications"];
+        for worker in workers {
+            let container = &find(&objects, "Deployment", worker)["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(
+                container["ports"],
+                json!([{"name": "http-ops", "containerPort": 9090, "protocol": "TCP"}]),
+                "{worker}"
+            );
+            assert_eq!(
+                container["readinessProbe"]["httpGet"],
+                json!({"path": "/readyz", "port": "http-ops"})
+            );
+            assert_eq!(
+                container["livenessProbe"]["httpGet"],
+                json!({"path": "/healthz", "port": "http-ops"})
+            );
+            // Still closed to everyone: probes come from the node.
+            assert_eq!(find(&objects, "NetworkPolicy", worker)["spec"]["ingress"], json!([]));
+
+            // The arguments are what the worker's command line takes (the subcommand is
+            // the binary's; each worker's options are parsed as `meridian <command>` would).
+            let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+            // What the container's environment gives it, on the command line instead.
+            let stores = ["--database-url=postgres://x@db/x", "--kafka-bootstrap=kafka:9092"];
+            let (command, given): (Command, Vec<&str>) = match args[0].as_str() {
+                "relay" | "analytics" => (
+                    meridian_events::worker::WorkerOptions::augment_args(Command::new("w")),
+                    stores.to_vec(),
+                ),
+                "billing" => (
+                    meridian_billing::serve::BillingOptions::augment_args(Command::new("w")),
+                    stores.to_vec(),
+                ),
+                "indexer" => (
+                    meridian_search::indexer::IndexerOptions::augment_args(Command::new("w")),
+                    [&stores[..], &["--search-url=https://search:9200"]].concat(),
+                ),
+                "notifications" => (
+                    meridian_notifications::serve::NotificationsOptions::augment_args(Command::new("w")),
+                    [
+                        &stores[..],
+                        &[
+                            "--vault-database-url=postgres://x@db/x",
+                            "--vault-keys-dir=/keys",
+                            "--sms-url=https://sms.example/send",
+                            "--sms-token-file=/token",
+                        ],
+                    ]
+                    .concat(),
+                ),
+                other => panic!("unknown worker command {other}"),
+            };
+            // args[0], the subcommand, stands where the binary's name goes.
+            let mut line = args.clone();
+            line.extend(given.into_iter().map(String::from));
+            let matches = command
+                .ignore_errors(false)
+                .try_get_matches_from(&line)
+                .unwrap_or_else(|e| panic!("{worker}: {args:?}: {e}"));
+            assert_eq!(
+                matches.get_one::<std::net::SocketAddr>("listen").unwrap().to_string(),
+                "0.0.0.0:9090",
+                "{worker}"
+            );
+        }
     }
 
     #[test]
@@ -489,7 +610,10 @@ mod tests {
         );
         let objects = objects(&r, &StackConfig::default());
         let container = &find(&objects, "Deployment", "notifications")["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container["args"], json!(["notifications", "--region", "eu-central-1"]));
+        assert_eq!(
+            container["args"],
+            json!(["notifications", "--listen=0.0.0.0:9090", "--region", "eu-central-1"])
+        );
         let env = container["env"].as_array().unwrap();
         let value = |name: &str| {
             env.iter()

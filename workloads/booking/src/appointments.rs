@@ -6,6 +6,7 @@
 //! the token subject the patient signs in with: `patient_id` holds the client ID's text.
 
 use chrono::{DateTime, Utc};
+use meridian_shared::metrics::{self, BookingOutcome};
 use meridian_shared::{audit, outbox, patients};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -130,15 +131,28 @@ pub async fn book(pool: &PgPool, request: &BookRequest) -> Result<Booked, Bookin
             other => break other,
         }
     };
-    match inserted.map_err(clash)? {
-        Some(appointment) => Ok(Booked {
-            appointment,
-            replayed: false,
-        }),
+    let inserted = inserted
+        .map_err(clash)
+        .inspect_err(|e| count_conflict(&request.country_code, e))?;
+    match inserted {
+        Some(appointment) => {
+            metrics::workload().booking(&request.country_code, BookingOutcome::Booked);
+            Ok(Booked {
+                appointment,
+                replayed: false,
+            })
+        }
         // Nothing written: the key was used before, the patient is not registered, or the
         // practitioner takes no bookings (or not on the schedule the slot was checked
         // against).
         None => replay(pool, request).await,
+    }
+}
+
+/// `meridian_bookings_total{outcome="conflict"}`: the database refused a taken time.
+fn count_conflict(country: &str, error: &BookingError) {
+    if matches!(error, BookingError::Conflict(_)) {
+        metrics::workload().booking(country, BookingOutcome::Conflict);
     }
 }
 
@@ -460,6 +474,7 @@ pub async fn cancel(
         .audit(&mut tx, country, "appointment.cancel", &format!("appointment/{id}"))
         .await?;
     tx.commit().await?;
+    metrics::workload().booking(country, BookingOutcome::Cancelled);
     Ok(cancelled)
 }
 
@@ -542,7 +557,8 @@ pub async fn reschedule(
     .bind(ends_at)
     .fetch_one(&mut *tx)
     .await
-    .map_err(clash)?;
+    .map_err(clash)
+    .inspect_err(|e| count_conflict(country, e))?;
     let payload = Rescheduled {
         appointment: &moved,
         previous_starts_at: current.starts_at,

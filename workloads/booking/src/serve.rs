@@ -133,7 +133,9 @@ pub async fn run(options: BookingOptions) -> anyhow::Result<()> {
         "meridian booking: serving {serving} on http://{}",
         listener.local_addr()?
     );
-    axum::serve(listener, app(service))
+    // `/metrics` beside the API, not under `/{cc}/v1`: the gateway's routes never reach it.
+    let app = app(service).route("/metrics", axum::routing::get(meridian_shared::metrics::serve_metrics));
+    axum::serve(listener, app)
         .with_graceful_shutdown(meridian_shared::shutdown::signal())
         .await?;
     Ok(())

@@ -61,9 +61,21 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// `meridian_bookings_total{country="DE",outcome}` as exposed (the process's, shared by
+/// the tests running beside this one).
+fn bookings_counted(outcome: &str) -> u64 {
+    let prefix = format!("meridian_bookings_total{{country=\"DE\",outcome=\"{outcome}\"}} ");
+    meridian_shared::metrics::workload()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn many_patients_racing_for_one_slot_exactly_one_wins() {
     let (_pg, pool, practitioner) = database().await;
+    let (booked_before, conflicts_before) = (bookings_counted("booked"), bookings_counted("conflict"));
     let pool = Arc::new(pool);
     let racers: Vec<_> = (0..32)
         .map(|i| {
@@ -94,6 +106,9 @@ async fn many_patients_racing_for_one_slot_exactly_one_wins() {
         }
     }
     assert_eq!((won, lost), (1, 31));
+    // Counted for the dashboards (other tests may book meanwhile: at least these).
+    assert!(bookings_counted("booked") > booked_before);
+    assert!(bookings_counted("conflict") >= conflicts_before + 31);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM appointments WHERE status = 'booked'").await,
         1

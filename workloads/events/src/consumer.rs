@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use meridian_shared::metrics::{self, ConsumerCounters, ConsumerError};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -212,21 +213,44 @@ async fn give_up<H: Handler>(
 /// answers, the event's own up to [`MAX_ATTEMPTS`] times, a rejection not at all (then
 /// [`Outcome::Failed`]).
 pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Outcome {
+    let counters = metrics::workload().consumer(handler.name(), &event.topic);
+    apply_counted(pool, handler, event, &counters).await
+}
+
+/// [`apply`], counting into `counters` (`meridian_consumer_*{group,topic}`): events done
+/// with (applied or duplicates), each failed attempt by kind, and the dead-lettered.
+pub async fn apply_counted<H: Handler>(
+    pool: &PgPool,
+    handler: &H,
+    event: &Incoming,
+    counters: &ConsumerCounters,
+) -> Outcome {
     let (mut attempts, mut backoff) = (0, FIRST_BACKOFF);
     loop {
         let gave_up = match apply_once(pool, handler, event).await {
-            Ok(outcome) => return outcome,
+            Ok(outcome) => {
+                if matches!(outcome, Outcome::Applied | Outcome::Duplicate) {
+                    counters.processed();
+                }
+                return outcome;
+            }
             Err(e @ (Failure::Database(_) | Failure::Unavailable(_))) => {
+                counters.error(ConsumerError::Unavailable);
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %e, "a store is out of reach; trying the event again");
                 None
             }
             Err(Failure::Event(why)) => {
                 attempts += 1;
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, attempts, error = %why, "the event failed");
-                (attempts >= MAX_ATTEMPTS).then_some(why)
+                let last = attempts >= MAX_ATTEMPTS;
+                if !last {
+                    counters.error(ConsumerError::Retry);
+                }
+                last.then_some(why)
             }
             Err(Failure::Rejected(why)) => {
                 attempts += 1;
+                counters.error(ConsumerError::Rejected);
                 tracing::warn!(consumer = handler.name(), event_id = %event.event_id, error = %why, "the event was rejected");
                 Some(why)
             }
@@ -237,6 +261,7 @@ pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> 
                 tracing::warn!(consumer = handler.name(), error = %e, "cannot record a dead letter; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            counters.dead_lettered();
             return Outcome::Failed { error, attempts };
         }
         tokio::time::sleep(backoff).await;
@@ -265,6 +290,7 @@ pub async fn run_kafka<H: Handler>(
     let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&[handler.topic()])?;
     let forwarder = Forwarder::new(&kafka)?;
+    let counters = metrics::workload().consumer(handler.name(), handler.topic());
     tokio::pin!(stop);
     loop {
         let message = tokio::select! {
@@ -280,12 +306,16 @@ pub async fn run_kafka<H: Handler>(
             }
         };
         let outcome = match Incoming::from_message(&message) {
-            Ok(event) => match apply(&pool, &handler, &event).await {
+            Ok(event) => match apply_counted(&pool, &handler, &event, &counters).await {
                 Outcome::Failed { error, attempts } => Some((error, attempts)),
                 Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => None,
             },
             // Not an event at all: trying again cannot help.
-            Err(malformed) => Some((malformed.to_string(), 1)),
+            Err(malformed) => {
+                counters.error(ConsumerError::Rejected);
+                counters.dead_lettered();
+                Some((malformed.to_string(), 1))
+            }
         };
         if let Some((why, attempts)) = outcome {
             // Until the dead-letter topic has it, the event stays uncommitted.
@@ -302,6 +332,7 @@ pub async fn run_kafka<H: Handler>(
 /// same inbox and attempts; what fails [`MAX_ATTEMPTS`] times is logged and passed over.
 pub async fn run_outbox<H: Handler>(pool: PgPool, handler: H, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut follower = meridian_shared::outbox::Consumer::start(&pool, handler.topic(), handler.name()).await?;
+    let counters = metrics::workload().consumer(handler.name(), handler.topic());
     tokio::pin!(stop);
     loop {
         let batch = tokio::select! {
@@ -318,7 +349,7 @@ pub async fn run_outbox<H: Handler>(pool: PgPool, handler: H, stop: impl Future<
         };
         for row in &batch.rows {
             let event = Incoming::from_row(handler.topic(), row);
-            if let Outcome::Failed { error, attempts } = apply(&pool, &handler, &event).await {
+            if let Outcome::Failed { error, attempts } = apply_counted(&pool, &handler, &event, &counters).await {
                 tracing::error!(consumer = handler.name(), event_id = %event.event_id, %error, attempts, "event passed over");
             }
         }

@@ -23,6 +23,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use meridian_shared::metrics;
 use meridian_shared::outbox::{Consumer, OUTBOX_TOPICS, Row};
 
 /// The advisory lock ("meridian" in ASCII) a Region's publishing relay holds.
@@ -33,6 +34,8 @@ const BATCH: i64 = 2000;
 const IDLE_POLL: Duration = Duration::from_millis(10);
 /// How long the relay waits before trying a batch the broker did not take, again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How often the relay measures its backlog for `meridian_relay_lag_seconds`.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
 
 /// The Kafka header names of every event.
 pub mod headers {
@@ -149,7 +152,12 @@ impl Relay {
         for topic in OUTBOX_TOPICS {
             consumers.push(Consumer::start(&self.pool, topic, &format!("relay:{topic}")).await?);
         }
+        let mut measured: Option<std::time::Instant> = None;
         loop {
+            if measured.is_none_or(|at| at.elapsed() >= MEASURE_EVERY) {
+                measure(&self.pool, &consumers).await?;
+                measured = Some(std::time::Instant::now());
+            }
             let mut idle = true;
             for consumer in &mut consumers {
                 // Still the leader: the lock lives as long as this connection.
@@ -172,6 +180,7 @@ impl Relay {
                     self.stats
                         .published
                         .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+                    metrics::workload().relay_published(consumer.topic(), batch.rows.len() as u64);
                 }
                 consumer.done(&self.pool, &batch).await?;
             }
@@ -180,6 +189,19 @@ impl Relay {
             }
         }
     }
+}
+
+/// Sets `meridian_relay_lag_seconds` (the oldest unpublished event of any topic) and
+/// `meridian_relay_backlog` (all of them).
+async fn measure(pool: &PgPool, consumers: &[Consumer]) -> Result<(), sqlx::Error> {
+    let (mut oldest, mut waiting) = (0.0_f64, 0);
+    for consumer in consumers {
+        let (age, rows) = consumer.backlog(pool).await?;
+        oldest = oldest.max(age);
+        waiting += rows;
+    }
+    metrics::workload().relay_backlog(oldest, waiting);
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +279,10 @@ pub async fn publish(producer: &FutureProducer, topic: &str, rows: &[Row]) -> Re
 
 /// `meridian relay`: publishes until Ctrl-C or SIGTERM.
 pub async fn run(options: crate::worker::WorkerOptions) -> anyhow::Result<()> {
+    let readiness = options.ops.start().await?;
     let pool = options.pool(4)?;
     let kafka = options.kafka.client_config()?;
+    // A replica waiting for the lock is ready too: it is the standby.
+    readiness.when_connected(pool.clone(), kafka.clone(), None);
     Relay::new(pool, kafka).run(meridian_shared::shutdown::signal()).await
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use meridian_crds::Country;
 use meridian_events::kafka::KafkaOptions;
+use meridian_events::worker::Readiness;
 use meridian_records::serve::VaultStores;
 
 use crate::dispatch::{Dispatcher, Settings};
@@ -63,6 +64,8 @@ pub struct NotificationsOptions {
     /// Attempts at a notice the provider refuses before it is marked `failed`.
     #[arg(long, default_value_t = 5)]
     pub max_attempts: i32,
+    #[command(flatten)]
+    pub ops: meridian_events::worker::OpsOptions,
 }
 
 fn read_secret(path: &Path, flag: &str) -> anyhow::Result<String> {
@@ -105,19 +108,30 @@ pub fn transports(options: &NotificationsOptions) -> anyhow::Result<Transports> 
 
 /// Runs the consumer and the dispatcher until Ctrl-C or SIGTERM.
 pub async fn run(options: NotificationsOptions) -> anyhow::Result<()> {
-    run_until(options, meridian_shared::shutdown::signal()).await
+    let readiness = options.ops.start().await?;
+    run_ready(options, meridian_shared::shutdown::signal(), readiness).await
 }
 
-/// Runs the consumer and the dispatcher until `stop` resolves.
+/// Runs the consumer and the dispatcher until `stop` resolves (without the ops listener).
 pub async fn run_until(
     options: NotificationsOptions,
     stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_ready(options, stop, Readiness::default()).await
+}
+
+/// [`run_until`], saying in `readiness` when the database and Kafka have answered.
+async fn run_ready(
+    options: NotificationsOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+    readiness: Readiness,
 ) -> anyhow::Result<()> {
     use futures::FutureExt as _;
     let stop = stop.boxed().shared();
     let transports = transports(&options)?;
     let kafka = options.kafka.client_config()?;
     let (workload, vault) = options.stores.pools(8)?;
+    readiness.when_connected(workload.clone(), kafka.clone(), None);
     let read_keys = options.stores.keys_reader();
     let keys = Arc::new(Mutex::new(read_keys()?));
     let rules = Rules::default();

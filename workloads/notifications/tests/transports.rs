@@ -399,6 +399,7 @@ async fn meridian_notifications_takes_an_event_from_kafka_to_a_patients_mailbox(
         sms_url: None,
         sms_token_file: None,
         max_attempts: 3,
+        ops: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(meridian_notifications::serve::run_until(options, async {

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod jwks;
+pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod patients;

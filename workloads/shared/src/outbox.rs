@@ -287,6 +287,25 @@ impl Follower {
         })
     }
 
+    /// How far behind this follower is: the age in seconds of the oldest committed row of
+    /// its topic it has not handled (0 when none waits), and how many such rows there are.
+    /// One query over the rows after its position (`outbox_by_xid`), for metrics.
+    pub async fn backlog(&self, pool: &PgPool) -> Result<(f64, i64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8, count(*)
+               FROM outbox
+              WHERE topic = $1
+                AND CASE WHEN $2::text IS NULL THEN xid IS NOT NULL OR id > $3
+                         ELSE xid >= pg_snapshot_xmin($2::text::pg_snapshot)
+                              AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot) END",
+        )
+        .bind(self.topic)
+        .bind(self.from.as_ref().map(|s| s.to_string()))
+        .bind(self.legacy_after)
+        .fetch_one(pool)
+        .await
+    }
+
     /// Marks `batch` (the last [`Follower::next`]) as handled.
     pub fn done(&mut self, batch: &Batch) {
         if let Some(last) = batch.rows.last() {
@@ -352,6 +371,11 @@ impl Consumer {
     /// Where it stands (see [`Follower::position`]).
     pub fn position(&self) -> Option<&Snapshot> {
         self.follower.position()
+    }
+
+    /// How far behind it is (see [`Follower::backlog`]).
+    pub async fn backlog(&self, pool: &PgPool) -> Result<(f64, i64), sqlx::Error> {
+        self.follower.backlog(pool).await
     }
 
     /// The next rows to handle (see [`Follower::next`]).

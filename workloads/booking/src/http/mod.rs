@@ -120,7 +120,7 @@ impl Service {
 
 /// The routes of the booking service.
 pub fn app(service: Arc<Service>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(search::router())
         .merge(practitioners::router())
         .merge(availability::router())
@@ -128,6 +128,6 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(invoices::router())
         .merge(analytics::router())
         .merge(live::router())
-        .merge(openapi::router())
-        .with_state(service)
+        .merge(openapi::router());
+    meridian_shared::metrics::tracked(routes, "booking").with_state(service)
 }

@@ -5,6 +5,7 @@ mod bundle;
 mod caller;
 mod capability;
 mod interactions;
+mod operations;
 pub(crate) mod response;
 
 use std::collections::BTreeMap;
@@ -108,7 +109,7 @@ impl Service {
 
 /// The routes of the records service.
 pub fn app(service: Arc<Service>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/{cc}/v1/fhir/metadata", get(capability::metadata))
         .route("/{cc}/v1/fhir", post(bundle::transaction))
         .route("/{cc}/v1/fhir/$disclose", get(crate::crossborder::disclosure::disclose))
@@ -133,5 +134,6 @@ pub fn app(service: Arc<Service>) -> Router {
         )
         .fallback(response::unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(service)
+        .layer(axum::middleware::from_fn(operations::count));
+    meridian_shared::metrics::tracked(routes, "records").with_state(service)
 }
