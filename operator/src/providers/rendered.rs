@@ -240,17 +240,6 @@ mod tests {
     use crate::providers::in_cluster::{self, StackConfig, StackTls};
     use serde_json::json;
 
-    /// The event workers, whose probes come with their ops listener (another change): until
-    /// then they are held to their resources and Pod Security only. Once they have probes,
-    /// the check below says to take them off this list.
-    const PROBES_PENDING: [&str; 5] = [
-        "Deployment/relay",
-        "Deployment/billing",
-        "Deployment/analytics",
-        "Deployment/search-indexer",
-        "Deployment/notifications",
-    ];
-
     fn notifications() -> meridian_crds::RegionNotifications {
         serde_yaml_ng::from_str(
             "{smtp: {host: smtp.example, from: a@clinic.example, usernameSecretRef: {name: m, key: u},
@@ -265,16 +254,7 @@ mod tests {
         let pods = pod_specs(objects);
         for (what, pod) in &pods {
             assert_restricted(what, pod);
-            if PROBES_PENDING.contains(&what.as_str()) {
-                assert_sized(what, pod);
-                let container = &pod["containers"][0];
-                assert!(
-                    container["readinessProbe"].is_null() || container["livenessProbe"].is_null(),
-                    "{what} has its probes now: take it off PROBES_PENDING"
-                );
-            } else {
-                assert_probed_and_sized(what, pod);
-            }
+            assert_probed_and_sized(what, pod);
         }
         pods.into_iter().map(|(what, _)| what).collect()
     }
