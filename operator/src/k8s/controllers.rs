@@ -15,6 +15,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::{Country, FINALIZER, PatientIndex, Region};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::FIELD_MANAGER;
 use crate::conditions::{self, Transition};
@@ -307,12 +308,14 @@ impl Reconciled for PatientIndex {
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
     let api: Api<K> = Api::all(ctx.client.clone());
     let started = Instant::now();
+    let span = crate::controller::reconcile_span(K::KIND, &obj.name_any());
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => obj.apply(&ctx).await,
             Finalizer::Cleanup(obj) => obj.cleanup(&ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(e) = &result {

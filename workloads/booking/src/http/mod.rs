@@ -129,5 +129,6 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(analytics::router())
         .merge(live::router())
         .merge(openapi::router())
+        .layer(axum::middleware::from_fn(meridian_shared::telemetry::http_server_span))
         .with_state(service)
 }

@@ -133,5 +133,6 @@ pub fn app(service: Arc<Service>) -> Router {
         )
         .fallback(response::unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(meridian_shared::telemetry::http_server_span))
         .with_state(service)
 }
