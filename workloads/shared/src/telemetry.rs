@@ -5,9 +5,10 @@
 //!   the current span. `RUST_LOG` filters them as usual.
 //! - Traces are exported with OTLP over HTTP when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`, the
-//!   default, or `http/json`; `OTEL_SERVICE_NAME` overrides `meridian-<command>`). Without
-//!   them nothing is exported and no OpenTelemetry work happens: the `tracing` spans remain,
-//!   for the logs.
+//!   default, or `http/json`; `OTEL_SERVICE_NAME` overrides `meridian-<command>`): the spans
+//!   `RUST_LOG` lets through, with the log events inside them as span events. Without an
+//!   endpoint nothing is exported and no OpenTelemetry work happens: the `tracing` spans
+//!   remain, for the logs.
 //! - W3C Trace Context (`traceparent`, `tracestate`): [`http_server_span`] continues the
 //!   caller's trace, [`inject`] hands the current one on to an outgoing request.
 //!
@@ -102,39 +103,32 @@ impl Telemetry {
     /// A second call (tests) leaves the first subscriber in place.
     pub fn init(format: LogFormat, default_service: &str, runtime: tokio::runtime::Handle) -> Self {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        // `RUST_LOG` filters logs and spans alike, for every layer: per-layer filters lost the
+        // request spans of `meridian dev` (its reconcile spans got through).
         let logs = match format {
-            LogFormat::Text => tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .boxed(),
+            LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
                 .with_current_span(true)
                 .with_span_list(false)
                 .with_writer(std::io::stderr)
-                .with_filter(filter)
                 .boxed(),
         };
-        let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![logs];
+        let mut layers: Vec<Box<dyn Layer<Filtered> + Send + Sync>> = vec![logs];
         let mut failure = None;
         let mut provider = None;
         if let Some(settings) = TraceSettings::from_env(|name| std::env::var(name).ok(), default_service) {
             match tracer_provider(&settings, runtime) {
                 Ok(built) => {
                     let tracer = built.tracer("meridian");
-                    layers.push(
-                        tracing_opentelemetry::layer()
-                            .with_tracer(tracer)
-                            .with_filter(tracing_subscriber::filter::filter_fn(exported))
-                            .boxed(),
-                    );
+                    layers.push(tracing_opentelemetry::layer().with_tracer(tracer).boxed());
                     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
                     provider = Some(built);
                 }
                 Err(e) => failure = Some(e),
             }
         }
-        if tracing_subscriber::registry().with(layers).try_init().is_ok() {
+        if tracing_subscriber::registry().with(filter).with(layers).try_init().is_ok() {
             EXPORTING.store(provider.is_some(), Ordering::Relaxed);
         }
         if let Some(e) = failure {
@@ -160,18 +154,8 @@ impl Telemetry {
     }
 }
 
-/// What the OpenTelemetry layer sees: Meridian's own spans (info and above) and its warnings
-/// and errors (as span events). Debug events and dependencies' spans stay out of traces.
-fn exported(meta: &tracing::Metadata<'_>) -> bool {
-    if !meta.target().starts_with("meridian") {
-        return false;
-    }
-    if meta.is_span() {
-        *meta.level() <= tracing::Level::INFO
-    } else {
-        *meta.level() <= tracing::Level::WARN
-    }
-}
+/// The subscriber the layers sit on: the registry behind `RUST_LOG`'s filter.
+type Filtered = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
 
 fn tracer_provider(
     settings: &TraceSettings,
