@@ -201,10 +201,7 @@ async fn json_logs_and_traces_carry_no_personal_data_and_follow_the_callers_trac
 
     // France: the number as printed on the card, in another trace of the caller's.
     let crossborder = format!("00-{CROSSBORDER_TRACE}-{CROSSBORDER_CALLER}-01");
-    let fr = [
-        ("Authorization", paris.as_str()),
-        ("traceparent", crossborder.as_str()),
-    ];
+    let fr = [("Authorization", paris.as_str()), ("traceparent", crossborder.as_str())];
     let search = format!("/fr/v1/fhir/Patient?identifier={KVNR}|x%20314-159-265");
     let mut found = Value::Null;
     dev.wait_for("the patient found from France", Duration::from_secs(60), |dev| {
@@ -241,17 +238,26 @@ async fn json_logs_and_traces_carry_no_personal_data_and_follow_the_callers_trac
         }
         let lower = line.to_lowercase();
         for secret in secrets {
-            assert!(!lower.contains(&secret.to_lowercase()), "{secret:?} in a log line: {line}");
+            assert!(
+                !lower.contains(&secret.to_lowercase()),
+                "{secret:?} in a log line: {line}"
+            );
         }
     }
 
     // The spans: none holds anything personal either.
     let exported = received.text().to_lowercase();
     for secret in secrets {
-        assert!(!exported.contains(&secret.to_lowercase()), "{secret:?} in an exported span");
+        assert!(
+            !exported.contains(&secret.to_lowercase()),
+            "{secret:?} in an exported span"
+        );
     }
     let spans = received.spans();
-    assert!(spans.iter().all(|(service, _)| service == "meridian-dev"), "service.name");
+    assert!(
+        spans.iter().all(|(service, _)| service == "meridian-dev"),
+        "service.name"
+    );
 
     // The read: a server span in the caller's trace, under the caller's span.
     let read = spans

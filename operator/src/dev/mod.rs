@@ -442,7 +442,8 @@ impl Dev {
             let (countries, regions) = (&countries, &regions);
             futures::stream::iter(group)
                 .map(move |c| {
-                    let span = crate::controller::reconcile_span("Country", c.metadata.name.as_deref().unwrap_or_default());
+                    let span =
+                        crate::controller::reconcile_span("Country", c.metadata.name.as_deref().unwrap_or_default());
                     async move {
                         let started = Instant::now();
                         let region = regions.get(&c.spec.region);

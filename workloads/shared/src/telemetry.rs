@@ -128,7 +128,12 @@ impl Telemetry {
                 Err(e) => failure = Some(e),
             }
         }
-        if tracing_subscriber::registry().with(filter).with(layers).try_init().is_ok() {
+        if tracing_subscriber::registry()
+            .with(filter)
+            .with(layers)
+            .try_init()
+            .is_ok()
+        {
             EXPORTING.store(provider.is_some(), Ordering::Relaxed);
         }
         if let Some(e) = failure {
@@ -157,10 +162,7 @@ impl Telemetry {
 /// The subscriber the layers sit on: the registry behind `RUST_LOG`'s filter.
 type Filtered = tracing_subscriber::layer::Layered<EnvFilter, Registry>;
 
-fn tracer_provider(
-    settings: &TraceSettings,
-    runtime: tokio::runtime::Handle,
-) -> Result<SdkTracerProvider, String> {
+fn tracer_provider(settings: &TraceSettings, runtime: tokio::runtime::Handle) -> Result<SdkTracerProvider, String> {
     let protocol = if settings.json {
         Protocol::HttpJson
     } else {

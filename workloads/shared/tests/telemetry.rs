@@ -41,10 +41,7 @@ fn request_spans_are_exported_in_the_callers_trace() {
     let app = axum::Router::new()
         .route("/{cc}/v1/things/{id}", get(|| async { "thing" }))
         .layer(axum::middleware::from_fn(meridian_shared::telemetry::http_server_span));
-    for traceparent in [
-        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        None,
-    ] {
+    for traceparent in [Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), None] {
         let mut request = http::Request::get("/de/v1/things/Zwetschgenbaum");
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
