@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `meridian` binary built alongside the tests (`cargo test --workspace` builds it).
+/// The `meridian` binary built alongside the tests (`cargo test --workspace` builds it), or
+/// the one `MERIDIAN_BIN` names.
 pub fn meridian_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MERIDIAN_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe
         .parent()
@@ -37,13 +41,21 @@ pub struct Dev {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     output: Arc<Mutex<String>>,
+    /// What it wrote to stderr alone: its log lines.
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Dev {
     /// Starts `meridian dev` on `manifests` and `data_dir`, listening on a free port.
     pub fn start(manifests: &Path, data_dir: &Path) -> Self {
+        Self::start_with(manifests, data_dir, &[], &[])
+    }
+
+    /// [`Dev::start`], with `args` before the subcommand (`--log-format json`) and `env` set.
+    pub fn start_with(manifests: &Path, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr = free_addr();
         let mut child = Command::new(meridian_bin())
+            .args(args)
             .arg("dev")
             .arg("--manifests")
             .arg(manifests)
@@ -51,18 +63,23 @@ impl Dev {
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start meridian dev");
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
+        let stderr = Arc::new(Mutex::new(String::new()));
+        for (stream, alone) in [
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, None),
+            (Box::new(child.stderr.take().unwrap()), Some(stderr.clone())),
         ] {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(alone) = &alone {
+                        alone.lock().unwrap().push_str(&format!("{line}\n"));
+                    }
                     output.lock().unwrap().push_str(&(line + "\n"));
                 }
             });
@@ -72,7 +89,13 @@ impl Dev {
             addr,
             data_dir: data_dir.to_path_buf(),
             output,
+            stderr,
         }
+    }
+
+    /// Everything it wrote to stderr so far (its logs).
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// The process ID of `meridian dev`.
@@ -199,6 +222,14 @@ impl Dev {
             .collect();
         ports.sort();
         ports
+    }
+
+    /// [`Dev::interrupt`], answering with what it wrote to stderr alone (its logs).
+    pub fn interrupt_logs(self) -> (ExitStatus, String) {
+        let stderr = self.stderr.clone();
+        let (status, _) = self.interrupt();
+        let logs = stderr.lock().unwrap().clone();
+        (status, logs)
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for the process to exit.

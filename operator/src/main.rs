@@ -4,12 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use meridian_shared::telemetry::{LogFormat, Telemetry};
 
 /// Meridian: a Kubernetes control plane for multi-country healthcare platforms.
 #[derive(Parser)]
 #[command(name = "meridian", version, about)]
 struct Cli {
+    /// How log lines (stderr) are written: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, env = "MERIDIAN_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,18 +150,18 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,kube_runtime=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // The kube client's TLS takes rustls's process-wide provider; with the AWS SDK's
     // aws-lc-rs compiled in beside ring, it has to be named.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Traces name their service after the command: meridian-records, meridian-operator, ...
+    let service = format!("meridian-{}", matches.subcommand_name().unwrap_or("cli"));
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let telemetry = Telemetry::init(cli.log_format, &service, runtime.handle().clone());
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev {
@@ -289,6 +293,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // The spans not yet exported go out while the runtime (which sends them) still runs.
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

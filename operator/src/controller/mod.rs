@@ -17,6 +17,18 @@ use crate::conditions::Report;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 
+/// The span of one reconcile of object `name` of `kind` (a trace of its own when traces are
+/// exported), for both drivers.
+pub fn reconcile_span(kind: &'static str, name: &str) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        otel.name = format!("reconcile {kind}"),
+        otel.kind = "internal",
+        meridian.kind = kind,
+        meridian.name = name,
+    )
+}
+
 /// What every reconcile needs, shared across reconciles.
 pub struct Context {
     pub databases: Databases,

@@ -24,6 +24,7 @@ pub use lock::{DataDirLock, LockError, RunningState};
 use store::Store;
 
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::conditions;
 use crate::controller::{Context, country, patient_index, region};
@@ -362,6 +363,7 @@ impl Dev {
         let ctx = &self.ctx;
         let results = futures::future::join_all(due.iter().map(|r| {
             let (countries, indexes) = (&countries, &indexes);
+            let span = crate::controller::reconcile_span("Region", r.metadata.name.as_deref().unwrap_or_default());
             async move {
                 let started = Instant::now();
                 let result = if r.metadata.deletion_timestamp.is_some() {
@@ -371,6 +373,7 @@ impl Dev {
                 };
                 (r, result, started.elapsed())
             }
+            .instrument(span)
         }))
         .await;
         let mut changed = false;
@@ -445,16 +448,21 @@ impl Dev {
         let results = futures::future::join_all(by_region.into_values().map(|group| {
             let (countries, regions) = (&countries, &regions);
             futures::stream::iter(group)
-                .map(move |c| async move {
-                    let started = Instant::now();
-                    let region = regions.get(&c.spec.region);
-                    let world = country::World { region, countries };
-                    let result = if c.metadata.deletion_timestamp.is_some() {
-                        Err(country::cleanup(c, world, ctx).await)
-                    } else {
-                        Ok(country::apply(c, world, ctx).await)
-                    };
-                    (c, result, started.elapsed())
+                .map(move |c| {
+                    let span =
+                        crate::controller::reconcile_span("Country", c.metadata.name.as_deref().unwrap_or_default());
+                    async move {
+                        let started = Instant::now();
+                        let region = regions.get(&c.spec.region);
+                        let world = country::World { region, countries };
+                        let result = if c.metadata.deletion_timestamp.is_some() {
+                            Err(country::cleanup(c, world, ctx).await)
+                        } else {
+                            Ok(country::apply(c, world, ctx).await)
+                        };
+                        (c, result, started.elapsed())
+                    }
+                    .instrument(span)
                 })
                 .buffer_unordered(COUNTRIES_AT_ONCE_PER_REGION)
                 .collect::<Vec<_>>()
@@ -539,11 +547,15 @@ impl Dev {
         for index in due {
             let name = index.metadata.name.clone().unwrap_or_default();
             let started = Instant::now();
-            let result = if index.metadata.deletion_timestamp.is_some() {
-                Err(patient_index::cleanup(&index, world, ctx).await)
-            } else {
-                Ok(patient_index::apply(&index, world, ctx).await)
-            };
+            let result = async {
+                if index.metadata.deletion_timestamp.is_some() {
+                    Err(patient_index::cleanup(&index, world, ctx).await)
+                } else {
+                    Ok(patient_index::apply(&index, world, ctx).await)
+                }
+            }
+            .instrument(crate::controller::reconcile_span("PatientIndex", &name))
+            .await;
             let mut store = self.store.write().expect("store lock");
             match result {
                 Ok(outcome) => {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use meridian_booking::http::{Countries, Problem, Service, app};
@@ -440,6 +439,7 @@ async fn token(State(w): State<Arc<Workloads>>, Query(q): Query<TokenRequest>) -
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::StatusCode;
 
     #[tokio::test]
     async fn a_prefix_nobody_serves_asks_for_the_token_first() {

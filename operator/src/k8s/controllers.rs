@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use meridian_crds::condition_types::READY;
 use meridian_crds::{Country, FINALIZER, PatientIndex, Region};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::FIELD_MANAGER;
 use crate::conditions::{self, Transition};
@@ -308,6 +309,7 @@ impl Reconciled for PatientIndex {
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Result<Action, Error> {
     let api: Api<K> = Api::all(ctx.client.clone());
     let started = Instant::now();
+    let span = crate::controller::reconcile_span(K::KIND, &obj.name_any());
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => obj.apply(&ctx).await,
@@ -321,6 +323,7 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<KubeContext>) -> Res
             }
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Err(e) = &result {

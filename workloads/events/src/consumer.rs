@@ -211,7 +211,20 @@ async fn give_up<H: Handler>(
 
 /// Applies `event`, trying again after failures: database failures until the database
 /// answers, the event's own up to [`MAX_ATTEMPTS`] times, a rejection not at all (then
-/// [`Outcome::Failed`]).
+/// [`Outcome::Failed`]). In a span of its own (a consumer span, with the event's topic, ID
+/// and correlation ID).
+#[tracing::instrument(
+    name = "event",
+    skip_all,
+    fields(
+        otel.name = format!("{} process", event.topic),
+        otel.kind = "consumer",
+        messaging.destination.name = %event.topic,
+        messaging.message.id = %event.event_id,
+        meridian.consumer = handler.name(),
+        meridian.correlation_id = event.correlation_id.map(tracing::field::display),
+    )
+)]
 pub async fn apply<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Outcome {
     let counters = metrics::workload().consumer(handler.name(), &event.topic);
     apply_counted(pool, handler, event, &counters).await

@@ -6,7 +6,7 @@
 //! authentication: bearer tokens checked against an identity provider's JWKS, read from a
 //! URL or a file and kept current through key rotations. And what every long-running
 //! command needs: stopping on Ctrl-C or SIGTERM ([`shutdown`]). And the TLS rules of every
-//! connection to a Region's stores ([`tls`]).
+//! connection to a Region's stores ([`tls`]). And logs and traces ([`telemetry`]).
 
 pub mod audit;
 pub mod auth;
@@ -19,4 +19,5 @@ pub mod patients;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tls;

@@ -128,6 +128,7 @@ pub fn app(service: Arc<Service>) -> Router {
         .merge(invoices::router())
         .merge(analytics::router())
         .merge(live::router())
-        .merge(openapi::router());
+        .merge(openapi::router())
+        .layer(axum::middleware::from_fn(meridian_shared::telemetry::http_server_span));
     meridian_shared::metrics::tracked(routes, "booking").with_state(service)
 }

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Audience of the tokens records services call each other with.
@@ -145,10 +146,23 @@ impl Peers {
             .header(FROM_HEADER, ask.from)
             .header("x-correlation-id", ask.correlation_id.to_string())
             .body(Full::new(Bytes::new()));
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(e) => return Answer::Unreachable(format!("cannot ask {uri}: {e}")),
         };
+        // The client span of the call; the other Region's server span continues its trace
+        // (`traceparent`). No patient ID here: the route template says what was asked.
+        let span = tracing::info_span!(
+            "disclose",
+            otel.name = "GET /{cc}/v1/fhir/$disclose",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "GET",
+            http.response.status_code = tracing::field::Empty,
+            meridian.region = ask.region,
+            meridian.correlation_id = %ask.correlation_id,
+        );
+        span.in_scope(|| meridian_shared::telemetry::inject(request.headers_mut()));
         let call = async {
             let response = self.client.request(request).await.map_err(|e| e.to_string())?;
             let status = response.status();
@@ -160,11 +174,19 @@ impl Peers {
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
-        let (status, body) = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => return Answer::Unreachable(format!("no answer within {} ms", self.timeout.as_millis())),
-            Ok(Err(e)) => return Answer::Unreachable(e),
+        let answer = tokio::time::timeout(self.timeout, call).instrument(span.clone()).await;
+        let (status, body) = match answer {
+            Err(_) => {
+                span.record("otel.status_code", "error");
+                return Answer::Unreachable(format!("no answer within {} ms", self.timeout.as_millis()));
+            }
+            Ok(Err(e)) => {
+                span.record("otel.status_code", "error");
+                return Answer::Unreachable(e);
+            }
             Ok(Ok(answer)) => answer,
         };
+        span.record("http.response.status_code", status.as_u16());
         let body: Value = match serde_json::from_slice(&body) {
             Ok(body) => body,
             Err(_) => return Answer::Unreachable(format!("answered {status} without FHIR JSON")),

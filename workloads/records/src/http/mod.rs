@@ -134,6 +134,7 @@ pub fn app(service: Arc<Service>) -> Router {
         )
         .fallback(response::unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(operations::count));
+        .layer(axum::middleware::from_fn(operations::count))
+        .layer(axum::middleware::from_fn(meridian_shared::telemetry::http_server_span));
     meridian_shared::metrics::tracked(routes, "records").with_state(service)
 }
