@@ -460,15 +460,19 @@ async fn postgres_serves_tls_only_with_its_certificate_in_files_it_accepts() {
         json!([
             {"name": "tls-secret", "secret": {"secretName": "postgres-tls", "defaultMode": 0o400}},
             {"name": "tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            // Writable places for a read-only root: the socket directory and /tmp.
+            {"name": "run", "emptyDir": {"sizeLimit": "16Mi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         ])
     );
-    // The init container copies certificate and key as the server's account, mode 0600
+    // The init container runs as the server's account (999, the pod's user) and copies
+    // certificate and key, mode 0600
     // (PostgreSQL refuses a key others can read), and writes the client rules: TLS only.
     let init = &pod["initContainers"][0];
     assert_eq!(init["image"], "postgres:15");
     let script = init["command"][2].as_str().unwrap();
     assert!(
-        script.contains("install -m 0600 -o postgres -g postgres -t /tls /tls-secret/tls.crt /tls-secret/tls.key"),
+        script.contains("install -m 0600 -t /tls /tls-secret/tls.crt /tls-secret/tls.key"),
         "{script}"
     );
     assert!(
@@ -495,6 +499,8 @@ async fn postgres_serves_tls_only_with_its_certificate_in_files_it_accepts() {
         json!([
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
             {"name": "tls", "mountPath": "/tls", "readOnly": true},
+            {"name": "run", "mountPath": "/var/run/postgresql"},
+            {"name": "tmp", "mountPath": "/tmp"},
         ])
     );
     // A new certificate rolls the pod (PostgreSQL reads it at start).
@@ -551,7 +557,14 @@ async fn opensearch_serves_https_with_its_certificate_and_the_workload_trusts_th
         pod["volumes"],
         json!([{"name": "tls", "secret": {"secretName": "opensearch-tls", "defaultMode": 0o440}}])
     );
-    assert_eq!(pod["securityContext"], json!({"fsGroup": 1000}));
+    // The image's account (Pod Security restricted); the group reads the 0440 Secret files.
+    assert_eq!(
+        pod["securityContext"],
+        json!({
+            "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    );
     let container = &pod["containers"][0];
     let env: std::collections::BTreeMap<String, String> = container["env"]
         .as_array()
@@ -588,12 +601,19 @@ async fn opensearch_serves_https_with_its_certificate_and_the_workload_trusts_th
     let pod = &booking["spec"]["template"]["spec"];
     assert_eq!(
         pod["volumes"],
-        json!([{"name": "ca", "secret": {"secretName": "ca", "optional": true}}])
+        json!([
+            {"name": "ca", "secret": {"secretName": "ca", "optional": true}},
+            // /tmp for a read-only root.
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ])
     );
     let container = &pod["containers"][0];
     assert_eq!(
         container["volumeMounts"],
-        json!([{"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true}])
+        json!([
+            {"name": "ca", "mountPath": "/etc/meridian/ca", "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ])
     );
     let env = container["env"].as_array().unwrap();
     for name in ["DATABASE_CA_FILE", "SEARCH_CA_FILE"] {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_events::consumer::{self, Failure, Handler, Incoming, MAX_ATTEMPTS};
 use meridian_events::dlq::headers as dlq_headers;
@@ -17,18 +17,19 @@ use meridian_localkafka::{Broker, Storage};
 use meridian_localpg::TempCluster;
 use meridian_shared::outbox::{self, APPOINTMENT_EVENTS, Event};
 use rdkafka::producer::FutureProducer;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+mod common;
+use common::wait_for;
+
+/// The platform schema for DE, and the table the test handlers record their effects in.
 async fn database() -> (TempCluster, PgPool) {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
+    let (pg, pool) = common::database(&["DE"]).await;
     sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL, n int NOT NULL)")
-        .execute(&mut conn)
+        .execute(&pool)
         .await
         .unwrap();
-    let pool = PgPool::connect(&pg.url()).await.unwrap();
     (pg, pool)
 }
 
@@ -87,17 +88,6 @@ async fn effects(pool: &PgPool) -> Vec<i32> {
         .fetch_all(pool)
         .await
         .unwrap()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! is published, and a consumer's failures are counted by kind. In a binary of its own: the
 //! workload metrics are the process's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -14,20 +14,14 @@ use meridian_events::relay::Relay;
 use meridian_events::topics::{self, TopicSettings};
 use meridian_events::worker::{Readiness, ops_router};
 use meridian_localkafka::{Broker, Storage};
-use meridian_localpg::TempCluster;
 use meridian_shared::metrics::workload;
 use meridian_shared::outbox::{self, APPOINTMENT_EVENTS, Event};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgConnection;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-async fn database() -> (TempCluster, PgPool) {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE"]).await.unwrap();
-    let pool = PgPool::connect(&pg.url()).await.unwrap();
-    (pg, pool)
-}
+mod common;
+use common::{database, wait_for};
 
 async fn get(readiness: &Readiness, path: &str) -> (StatusCode, String, String) {
     let response = ops_router(readiness.clone())
@@ -44,20 +38,9 @@ async fn get(readiness: &Readiness, path: &str) -> (StatusCode, String, String) 
     (status, kind, String::from_utf8(body.to_vec()).unwrap())
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn readyz_is_503_until_the_database_and_kafka_have_answered() {
-    let (_pg, pool) = database().await;
+    let (_pg, pool) = database(&["DE"]).await;
     let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
     let kafka = KafkaOptions::plaintext(broker.bootstrap()).client_config().unwrap();
 
@@ -94,7 +77,7 @@ async fn readyz_is_503_until_the_database_and_kafka_have_answered() {
 
 #[tokio::test]
 async fn the_relay_lag_rises_while_an_event_waits_and_falls_once_it_is_published() {
-    let (_pg, pool) = database().await;
+    let (_pg, pool) = database(&["DE"]).await;
     let broker = Broker::start(Storage::Memory).await.unwrap_or_else(|e| panic!("{e}"));
     let kafka = KafkaOptions::plaintext(broker.bootstrap()).client_config().unwrap();
     topics::ensure(&kafka, &TopicSettings::default()).await.unwrap();
@@ -178,7 +161,7 @@ impl Handler for Poisoned {
 
 #[tokio::test]
 async fn a_consumers_failures_are_counted_by_kind() {
-    let (_pg, pool) = database().await;
+    let (_pg, pool) = database(&["DE"]).await;
     let event = |event_type: &str| Incoming {
         topic: APPOINTMENT_EVENTS.into(),
         event_id: Uuid::new_v4(),

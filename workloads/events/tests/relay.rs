@@ -12,17 +12,13 @@ use meridian_localpg::TempCluster;
 use meridian_shared::outbox::{self, APPOINTMENT_EVENTS, Event};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+mod common;
+
 async fn database() -> (TempCluster, PgPool) {
-    let pg = TempCluster::start().await.expect("start PostgreSQL");
-    let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
-    meridian_shared::schema::prepare(&mut conn, &["DE", "FR"])
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&pg.url()).await.unwrap();
-    (pg, pool)
+    common::database(&["DE", "FR"]).await
 }
 
 async fn broker(storage: Storage) -> Broker {
