@@ -141,6 +141,14 @@ async fn partitions(pg: &TempCluster, cc: &str) -> (i64, i64) {
     .unwrap()
 }
 
+/// Every document of `yaml`, empty ones left out.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &Value| !d.is_null())
+        .collect()
+}
+
 /// The chart rendered with the Helm SDK for `namespace`: its templates' manifests, and the
 /// CRDs of its `crds/` folder (what Helm installs before the templates).
 fn render_chart(namespace: &str) -> (Vec<(String, String)>, Vec<String>) {
@@ -383,13 +391,7 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     let crds_yaml = String::from_utf8(Command::new(meridian_bin()).arg("crds").output().unwrap().stdout).unwrap();
     let by_name = |docs: Vec<Value>| -> BTreeMap<String, Value> {
         docs.into_iter()
-            .filter(|d| !d.is_null())
             .map(|d| (d["metadata"]["name"].as_str().unwrap().to_string(), d))
-            .collect()
-    };
-    let documents = |yaml: &str| -> Vec<Value> {
-        serde_yaml_ng::Deserializer::from_str(yaml)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect()
     };
     assert_eq!(
@@ -477,12 +479,6 @@ async fn operator_replicas_reconcile_regions_and_countries_in_a_real_cluster() {
     // With them, the pods the chart runs (the operator) and the kind walkthrough's token
     // issuer (e2e/kind/dev-issuer.yaml).
     let mut workloads = rest.clone();
-    let documents = |yaml: &str| -> Vec<Value> {
-        serde_yaml_ng::Deserializer::from_str(yaml)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .filter(|d: &Value| !d.is_null())
-            .collect()
-    };
     let issuer_yaml = std::fs::read_to_string(workspace().join("e2e/kind/dev-issuer.yaml")).unwrap();
     for object in chart
         .iter()
