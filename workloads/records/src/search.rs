@@ -561,13 +561,13 @@ pub async fn run(
             "{key}, client_id, version, last_updated, NULL::jsonb, key_id, sealed FROM vault.patients \
              WHERE country_code = "
         ));
-        q.push_bind(scope.country().to_string());
+        q.push(scope.country_sql()?);
     } else {
         q.push(format!(
             "{key}, id, version, last_updated, content, NULL::text, NULL::bytea FROM fhir_resources \
              WHERE country_code = "
         ));
-        q.push_bind(scope.country().to_string());
+        q.push(scope.country_sql()?);
         q.push(" AND resource_type = ").push_bind(search.resource_type.as_str());
     }
     q.push(" AND deleted_at IS NULL");
@@ -755,10 +755,10 @@ pub async fn by_identifier(
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new("");
     if resource_type == ResourceType::Patient {
         q.push("SELECT client_id FROM vault.patients WHERE country_code = ");
-        q.push_bind(scope.country().to_string());
+        q.push(scope.country_sql()?);
     } else {
         q.push("SELECT id FROM fhir_resources WHERE country_code = ");
-        q.push_bind(scope.country().to_string());
+        q.push(scope.country_sql()?);
         q.push(" AND resource_type = ").push_bind(resource_type.as_str());
     }
     q.push(" AND deleted_at IS NULL");

@@ -30,6 +30,18 @@ impl Scope<'_> {
     pub fn country(&self) -> &str {
         &self.rules.code
     }
+
+    /// The country as an SQL literal, for the hot reads whose plans PostgreSQL keeps only
+    /// when the partition is named in their text (see `country_literal`).
+    pub fn country_sql(&self) -> Result<String> {
+        meridian_shared::schema::country_literal(self.country()).ok_or_else(|| {
+            StoreError::Refused(Issue::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                IssueType::Exception,
+                "this country's code is not usable",
+            ))
+        })
+    }
 }
 
 /// A version of a resource as served.
@@ -672,11 +684,11 @@ pub async fn fetch(
     id: Uuid,
 ) -> Result<Stored> {
     let stored = if resource_type == ResourceType::Patient {
-        let row: Option<VaultRow> = sqlx::query_as(
+        let row: Option<VaultRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT version, last_updated, deleted_at, key_id, sealed FROM vault.patients
-              WHERE country_code = $1 AND client_id = $2",
-        )
-        .bind(scope.country())
+              WHERE country_code = {} AND client_id = $1",
+            scope.country_sql()?
+        )))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -696,11 +708,11 @@ pub async fn fetch(
         })
         .transpose()?
     } else {
-        let row: Option<ClinicalRow> = sqlx::query_as(
+        let row: Option<ClinicalRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT version, last_updated, deleted_at, content FROM fhir_resources
-              WHERE country_code = $1 AND resource_type = $2 AND id = $3",
-        )
-        .bind(scope.country())
+              WHERE country_code = {} AND resource_type = $1 AND id = $2",
+            scope.country_sql()?
+        )))
         .bind(resource_type.as_str())
         .bind(id)
         .fetch_optional(&mut *conn)

@@ -9,8 +9,8 @@ pub use migrations::{
     MIGRATIONS, MIGRATIONS_TABLE, Migration, MigrationError, applied_versions, check_applied, migrate,
 };
 pub use partitions::{
-    PARTITIONED_TABLES, PartitionConstraint, create_partition_sql, fresh_country_sql, partition_constraints,
-    partition_name, quoted, split_name,
+    PARTITIONED_TABLES, PartitionConstraint, country_literal, create_partition_sql, fresh_country_sql,
+    partition_constraints, partition_name, quoted, split_name,
 };
 pub use privileges::{
     APPEND_ONLY, APPEND_ONLY_TABLES, DML, NO_DELETE, NO_DELETE_TABLES, VAULT_ROLE_TABLES, VAULT_SCHEMA,

@@ -24,6 +24,15 @@ pub fn partition_name(table: &str, code: &str) -> String {
     format!("{table}_{}", code.to_ascii_lowercase())
 }
 
+/// Country `code` as the SQL literal `'DE'`, for a statement that names its country's
+/// partition in its own text; `None` unless `code` is two upper-case letters, so nothing
+/// else is ever written into SQL. PostgreSQL prunes the partitions of a parameter only while
+/// executing: a read with `country_code = $1` is planned again on every execution (its
+/// generic plan would cost every partition), one with `country_code = 'DE'` keeps its plan.
+pub fn country_literal(code: &str) -> Option<String> {
+    (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then(|| format!("'{code}'"))
+}
+
 /// `name` (`table` or `schema.table`) quoted for SQL: `"vault"."patients_de"`.
 pub fn quoted(name: &str) -> String {
     name.split('.')
@@ -86,5 +95,18 @@ pub fn partition_constraints(table: &str, code: &str) -> Vec<PartitionConstraint
             exclude("no_patient_overlap", "patient_id"),
         ],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_two_letter_upper_case_code_becomes_a_literal() {
+        assert_eq!(country_literal("DE").as_deref(), Some("'DE'"));
+        for bad in ["de", "D", "DEU", "", "D'", "'; DROP TABLE audit; --", "DÉ"] {
+            assert_eq!(country_literal(bad), None, "{bad:?}");
+        }
     }
 }
