@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use meridian_shared::telemetry::{LogFormat, Telemetry};
 
+// The services allocate for every request (JSON, HTTP buffers); under load glibc's malloc
+// took about a sixth of the records service's CPU, mimalloc much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Meridian: a Kubernetes control plane for multi-country healthcare platforms.
 #[derive(Parser)]
 #[command(name = "meridian", version, about)]
