@@ -451,6 +451,21 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// `column` equal to one of `values`: `= $n` for one value, `= ANY($n)` for more. With an
+/// array parameter PostgreSQL cannot tell how many values it holds, costs a plan for it
+/// once for all values as if it held many, and so plans the search again on every execution;
+/// the common search for one patient keeps its plan.
+fn push_any<T>(q: &mut QueryBuilder<Postgres>, column: &str, values: &[T])
+where
+    T: Clone + for<'t> sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+    Vec<T>: for<'t> sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>,
+{
+    match values {
+        [one] => q.push(column).push(" = ").push_bind(one.clone()),
+        _ => q.push(column).push(" = ANY(").push_bind(values.to_vec()).push(")"),
+    };
+}
+
 fn push_conditions(q: &mut QueryBuilder<Postgres>, search: &Search) {
     for condition in &search.conditions {
         q.push(" AND ");
@@ -461,14 +476,10 @@ fn push_conditions(q: &mut QueryBuilder<Postgres>, search: &Search) {
                 } else {
                     "id"
                 };
-                q.push(column).push(" = ANY(").push_bind(ids.clone()).push(")");
+                push_any(q, column, ids);
             }
-            Condition::Patient(ids) => {
-                q.push("patient = ANY(").push_bind(ids.clone()).push(")");
-            }
-            Condition::Equals(column, values) => {
-                q.push(*column).push(" = ANY(").push_bind(values.clone()).push(")");
-            }
+            Condition::Patient(ids) => push_any(q, "patient", ids),
+            Condition::Equals(column, values) => push_any(q, column, values),
             Condition::Tokens(column, values) => {
                 q.push(*column).push(" && ").push_bind(values.clone());
             }

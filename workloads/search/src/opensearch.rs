@@ -459,7 +459,9 @@ impl OpenSearch {
                         document,
                     }),
                     Err(e) => {
-                        tracing::warn!(index = %hit["_index"], id = %hit["_id"], "unreadable search hit: {e}");
+                        // Only the kind of error: serde's message quotes the offending value,
+                        // which may be a name.
+                        tracing::warn!(index = %hit["_index"], id = %hit["_id"], error = ?e.classify(), "unreadable search hit");
                         None
                     }
                 })
