@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::auth::{AuthError, Verifier};
 
@@ -50,7 +47,7 @@ pub enum JwksError {
     Invalid { from: JwksSource, error: AuthError },
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = crate::tls::HttpsClient<Empty<Bytes>>;
 
 /// The issuer's keys, kept current from their source.
 pub struct Jwks {
@@ -75,7 +72,7 @@ impl Jwks {
         audience: &str,
         min_spacing: Duration,
     ) -> Result<Arc<Self>, JwksError> {
-        let client = https_client().map_err(|reason| JwksError::Read {
+        let client = crate::tls::https_client().map_err(|reason| JwksError::Read {
             from: source.clone(),
             reason,
         })?;
@@ -138,16 +135,6 @@ impl Jwks {
             }
         })
     }
-}
-
-fn https_client() -> Result<HttpsClient, String> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 async fn read(client: &HttpsClient, source: &JwksSource) -> Result<String, JwksError> {

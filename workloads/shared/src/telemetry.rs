@@ -24,9 +24,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -190,7 +187,7 @@ fn tracer_provider(settings: &TraceSettings, runtime: tokio::runtime::Handle) ->
 /// from any thread.
 #[derive(Clone)]
 struct ExportClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::tls::HttpsClient<Full<Bytes>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -202,14 +199,8 @@ impl std::fmt::Debug for ExportClient {
 
 impl ExportClient {
     fn new(runtime: tokio::runtime::Handle) -> Result<Self, String> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("no TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::tls::https_client()?,
             runtime,
         })
     }

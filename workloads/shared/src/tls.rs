@@ -9,6 +9,29 @@ use std::net::IpAddr;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
+/// An HTTP/1.1 client for `http://` and `https://` URLs that verifies servers against the
+/// system's root certificates (rustls with ring, as everywhere here); the error says why
+/// there are none.
+pub fn https_client<B>() -> Result<HttpsClient<B>, String>
+where
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+{
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
+}
+
+/// What [`https_client`] builds, sending bodies of type `B`.
+pub type HttpsClient<B> = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    B,
+>;
+
 /// Whether `host` (a URL's host, IPv6 in brackets or not, or a unix socket directory) is
 /// this machine.
 pub fn is_loopback(host: &str) -> bool {

@@ -19,9 +19,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::{Delivered, Outgoing, SendError, Transport};
 use crate::Error;
@@ -39,7 +36,7 @@ pub struct Sms {
     url: hyper::Uri,
     authorization: String,
     timeout: Duration,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: meridian_shared::tls::HttpsClient<Full<Bytes>>,
 }
 
 impl Sms {
@@ -63,17 +60,11 @@ impl Sms {
         if settings.token.trim().is_empty() {
             return Err(Error::Sms("the provider's token is empty".into()));
         }
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| Error::Sms(format!("no TLS root certificates: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
             url,
             authorization: format!("Bearer {}", settings.token.trim()),
             timeout: settings.timeout,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: meridian_shared::tls::https_client().map_err(Error::Sms)?,
         })
     }
 }
