@@ -88,7 +88,7 @@ impl Outcome {
 /// wrong is in [`Outcome::error`].
 pub async fn run(options: &VaultOptions, rotate: bool) -> Outcome {
     let country = options.country.trim().to_ascii_uppercase();
-    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !meridian_shared::schema::is_country_code(&country) {
         return Outcome::failed(
             String::new(),
             format!(

@@ -60,7 +60,7 @@ pub fn country(value: &str) -> Result<CountryEntry, String> {
     let (code, zone) = spec
         .split_once('=')
         .ok_or_else(|| format!("--country {value:?}: expected CODE=IANA-zone"))?;
-    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !meridian_shared::schema::is_country_code(code) {
         return Err(format!(
             "--country {value:?}: {code:?} is not an ISO 3166-1 alpha-2 code in upper case"
         ));

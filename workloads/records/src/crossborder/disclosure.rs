@@ -102,7 +102,7 @@ impl FromRequestParts<Arc<Service>> for Peer {
         .await
         .map_err(|e| unauthorized(format!("the clinician's token: {e}")))?;
         let from = header(parts, FROM_HEADER).unwrap_or_default().to_ascii_uppercase();
-        if from.len() != 2 || !from.bytes().all(|b| b.is_ascii_uppercase()) || from == code {
+        if !meridian_shared::schema::is_country_code(&from) || from == code {
             return Err(Issue::bad_request(format!(
                 "{FROM_HEADER} names the country the clinician asks from (not {code})"
             )));

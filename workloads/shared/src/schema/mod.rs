@@ -9,7 +9,7 @@ pub use migrations::{
     MIGRATIONS, MIGRATIONS_TABLE, Migration, MigrationError, applied_versions, check_applied, migrate,
 };
 pub use partitions::{
-    PARTITIONED_TABLES, PartitionConstraint, country_literal, create_partition_sql, fresh_country_sql,
+    PARTITIONED_TABLES, PartitionConstraint, country_literal, create_partition_sql, fresh_country_sql, is_country_code,
     partition_constraints, partition_name, quoted, split_name,
 };
 pub use privileges::{

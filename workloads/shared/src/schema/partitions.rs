@@ -30,7 +30,13 @@ pub fn partition_name(table: &str, code: &str) -> String {
 /// executing: a read with `country_code = $1` is planned again on every execution (its
 /// generic plan would cost every partition), one with `country_code = 'DE'` keeps its plan.
 pub fn country_literal(code: &str) -> Option<String> {
-    (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then(|| format!("'{code}'"))
+    is_country_code(code).then(|| format!("'{code}'"))
+}
+
+/// Whether `code` has the form of a country code as tables and Countries hold it: two
+/// upper-case ASCII letters (ISO 3166-1 alpha-2), `DE`.
+pub fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// `name` (`table` or `schema.table`) quoted for SQL: `"vault"."patients_de"`.
