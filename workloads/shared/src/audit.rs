@@ -152,6 +152,7 @@ impl ReadLog {
                 let mut batch = Vec::with_capacity(BATCH);
                 // The head of this chain in each country, as this writer last wrote it.
                 let mut heads = BTreeMap::new();
+                let mut held = Held::default();
                 // While one writer writes its batch, the other gathers the next.
                 while waiting.lock().await.recv_many(&mut batch, BATCH).await > 0 {
                     // One country at a time: each batch extends one head.
@@ -163,9 +164,15 @@ impl ReadLog {
                             .position(|q| q.country_code != country)
                             .unwrap_or(batch.len());
                         let rest = batch.split_off(split);
-                        let result = write_batch(&pool, &country, chain, &mut heads, &batch)
-                            .await
-                            .map_err(|e| e.to_string());
+                        let result = match held.connection(&pool).await {
+                            Ok(conn) => write_batch(conn, &country, chain, &mut heads, &batch).await,
+                            Err(e) => Err(e),
+                        };
+                        if result.is_err() {
+                            // Perhaps broken: back to the pool, which checks it.
+                            held.conn = None;
+                        }
+                        let result = result.map_err(|e| e.to_string());
                         for queued in batch.drain(..) {
                             let _ = queued.written.send(result.clone());
                         }
@@ -200,6 +207,35 @@ impl ReadLog {
     }
 }
 
+/// A log writer's own connection, kept from one batch to the next: given back to the pool
+/// after each batch, it would be checked by sqlx on its way back (a round trip that every
+/// read waiting for the next batch would wait for too).
+#[derive(Default)]
+struct Held {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    used: Option<std::time::Instant>,
+}
+
+impl Held {
+    /// The connection, checked first when it sat unused as long as the pool would check it
+    /// (a database restart breaks idle connections); a new one from `pool` when there is none.
+    async fn connection(&mut self, pool: &sqlx::PgPool) -> Result<&mut PgConnection, sqlx::Error> {
+        let idle = self.used.is_some_and(|at| at.elapsed() >= crate::serve::TRUSTED_IDLE);
+        if let Some(conn) = self.conn.as_mut()
+            && idle
+            && sqlx::Connection::ping(&mut **conn).await.is_err()
+        {
+            self.conn = None;
+        }
+        self.used = Some(std::time::Instant::now());
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => pool.acquire().await?,
+        };
+        Ok(&mut **self.conn.insert(conn))
+    }
+}
+
 /// Appends `batch` (records of `country`) to the country's reads chain `chain`. The fast
 /// path is one statement that moves the chain's head from the hash this writer last wrote
 /// (kept in `heads`) and inserts the records only if it did. When another process moved
@@ -207,14 +243,14 @@ impl ReadLog {
 /// the head's row lock: retrying without the lock could lose to a busy writer of the
 /// other process again and again.
 async fn write_batch(
-    pool: &sqlx::PgPool,
+    conn: &mut PgConnection,
     country: &str,
     chain: i16,
     heads: &mut BTreeMap<String, Vec<u8>>,
     batch: &[Queued],
 ) -> Result<(), sqlx::Error> {
     if let Some(previous) = heads.remove(country)
-        && let Some(last) = extend_chain(pool, country, chain, Some(previous), batch).await?
+        && let Some(last) = extend_chain(&mut *conn, country, chain, Some(previous), batch).await?
     {
         heads.insert(country.to_string(), last);
         return Ok(());
@@ -222,7 +258,7 @@ async fn write_batch(
     // Twice at most: the lock holds the head still, unless there was no head to lock and
     // another process wrote the chain's first one at the same time.
     for _ in 0..2 {
-        let mut tx = pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let previous: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT hash FROM audit_heads WHERE country_code = $1 AND chain = $2 FOR UPDATE")
                 .bind(country)

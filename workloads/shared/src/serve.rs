@@ -60,7 +60,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// sqlx already checks every connection when it comes back to the pool, so one used that
 /// recently was alive a moment ago; a database restart breaks connections while they sit
 /// idle, which takes longer than this (HikariCP skips its check the same way, for 500 ms).
-const TRUSTED_IDLE: Duration = Duration::from_millis(500);
+pub(crate) const TRUSTED_IDLE: Duration = Duration::from_millis(500);
 
 /// The pool settings of every workload: a short [`ACQUIRE_TIMEOUT`], and a connection that
 /// sat unused for [`TRUSTED_IDLE`] or longer checked before it is handed out, so that
