@@ -157,3 +157,43 @@ async fn batched_reads_from_two_processes_form_intact_chains() {
         .unwrap();
     assert_eq!(recorded, 640);
 }
+
+/// The log's writers keep their connections between batches. When the database drops them
+/// (a restart does), a connection that sat unused is checked before the next batch and
+/// replaced, so the next reads' records are written rather than refused.
+#[tokio::test]
+async fn the_read_log_recovers_connections_the_database_dropped() {
+    let (_pg, pool) = database().await;
+    let log = audit::ReadLog::start(&pool);
+    let append = |resource: String| {
+        let log = log.clone();
+        async move {
+            let mut read = record(&resource);
+            read.action = "observation.read";
+            log.append(&read).await
+        }
+    };
+    // One at a time, so that the writers take turns and each holds a connection.
+    for i in 0..4 {
+        append(format!("Observation/before-{i}")).await.unwrap();
+    }
+
+    let mut admin = pool.acquire().await.unwrap();
+    let dropped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE pid <> pg_backend_pid() AND backend_type = 'client backend') AS t",
+    )
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap();
+    assert!(dropped >= 1, "the writers' connections were not there to drop");
+    drop(admin);
+    // Longer than a connection may sit unused without a check.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+
+    for i in 0..4 {
+        append(format!("Observation/after-{i}")).await.unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(audit::verify(&mut conn, "DE").await.unwrap(), Ok(8));
+}
