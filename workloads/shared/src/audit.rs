@@ -218,16 +218,16 @@ struct Held {
 
 impl Held {
     /// The connection, checked first when it sat unused as long as the pool would check it
-    /// (a database restart breaks idle connections); a new one from `pool` when there is none.
+    /// ([`crate::serve::check_if_idle`]: a database restart breaks idle connections); a new
+    /// one from `pool` when there is none.
     async fn connection(&mut self, pool: &sqlx::PgPool) -> Result<&mut PgConnection, sqlx::Error> {
-        let idle = self.used.is_some_and(|at| at.elapsed() >= crate::serve::TRUSTED_IDLE);
+        let idle_for = self.used.map_or(std::time::Duration::ZERO, |at| at.elapsed());
+        self.used = Some(std::time::Instant::now());
         if let Some(conn) = self.conn.as_mut()
-            && idle
-            && sqlx::Connection::ping(&mut **conn).await.is_err()
+            && crate::serve::check_if_idle(conn, idle_for).await.is_err()
         {
             self.conn = None;
         }
-        self.used = Some(std::time::Instant::now());
         let conn = match self.conn.take() {
             Some(conn) => conn,
             None => pool.acquire().await?,

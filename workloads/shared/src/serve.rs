@@ -60,7 +60,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// sqlx already checks every connection when it comes back to the pool, so one used that
 /// recently was alive a moment ago; a database restart breaks connections while they sit
 /// idle, which takes longer than this (HikariCP skips its check the same way, for 500 ms).
-pub(crate) const TRUSTED_IDLE: Duration = Duration::from_millis(500);
+const TRUSTED_IDLE: Duration = Duration::from_millis(500);
 
 /// The pool settings of every workload: a short [`ACQUIRE_TIMEOUT`], and a connection that
 /// sat unused for [`TRUSTED_IDLE`] or longer checked before it is handed out, so that
@@ -72,14 +72,16 @@ pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= TRUSTED_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
+        .before_acquire(|conn, meta| Box::pin(async move { check_if_idle(conn, meta.idle_for).await.map(|()| true) }))
+}
+
+/// Checks `conn` (a round trip) when it sat unused for [`TRUSTED_IDLE`] or longer: the rule
+/// of [`pool_options`]' pools, for connections held outside them too.
+pub(crate) async fn check_if_idle(conn: &mut sqlx::PgConnection, idle_for: Duration) -> Result<(), sqlx::Error> {
+    if idle_for >= TRUSTED_IDLE {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(())
 }
 
 /// The request's correlation ID: its `X-Correlation-ID` when that is a UUID, else a new one.
