@@ -67,7 +67,8 @@ async fn counts_flow_through_kafka_and_a_too_late_event_is_dead_lettered_at_once
     let kafka = KafkaOptions::plaintext(broker.bootstrap()).client_config().unwrap();
     topics::ensure(&kafka, &TopicSettings::default()).await.unwrap();
     tokio::spawn(Relay::new(pool.clone(), kafka.clone()).run(std::future::pending()));
-    tokio::spawn(consumer::run_kafka(
+    // Stopped before the broker: a consumer dropped after it waits on its close for minutes.
+    let consumer = tokio::spawn(consumer::run_kafka(
         pool.clone(),
         kafka.clone(),
         AnalyticsHandler,
@@ -168,4 +169,6 @@ async fn counts_flow_through_kafka_and_a_too_late_event_is_dead_lettered_at_once
             .iter()
             .all(|(_, _, p)| p["specialty"] == "dermatology" && p["countryCode"] == "DE")
     );
+    consumer.abort();
+    let _ = consumer.await;
 }

@@ -101,7 +101,8 @@ async fn duplicates_change_nothing_and_a_poison_event_is_dead_lettered_then_repl
     let counter = Counter {
         fixed: Arc::new(AtomicBool::new(false)),
     };
-    tokio::spawn(consumer::run_kafka(
+    // Stopped before the broker: a consumer dropped after it waits on its close for minutes.
+    let consumer = tokio::spawn(consumer::run_kafka(
         pool.clone(),
         kafka.clone(),
         counter.clone(),
@@ -177,6 +178,8 @@ async fn duplicates_change_nothing_and_a_poison_event_is_dead_lettered_then_repl
         .await
         .unwrap();
     assert_eq!(left, 0, "a replay that succeeds clears its dead letter");
+    consumer.abort();
+    let _ = consumer.await;
 }
 
 #[tokio::test]

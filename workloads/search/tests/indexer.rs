@@ -277,7 +277,8 @@ async fn relayed_practitioner_events_reach_the_index_once_and_in_version_order()
     let kafka = KafkaOptions::plaintext(broker.bootstrap()).client_config().unwrap();
     topics::ensure(&kafka, &TopicSettings::default()).await.unwrap();
     tokio::spawn(Relay::new(pool.clone(), kafka.clone()).run(std::future::pending()));
-    tokio::spawn(consumer::run_kafka(
+    // Stopped before the broker: a consumer dropped after it waits on its close for minutes.
+    let consumer = tokio::spawn(consumer::run_kafka(
         pool.clone(),
         kafka,
         indexer,
@@ -301,4 +302,6 @@ async fn relayed_practitioner_events_reach_the_index_once_and_in_version_order()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    consumer.abort();
+    let _ = consumer.await;
 }
