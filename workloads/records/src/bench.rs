@@ -38,6 +38,11 @@ pub struct RecordsBench {
     /// Run PostgreSQL with fsync off (faster, not what production does).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Operations per second of the paced phases, which measure latency at a given load
+    /// rather than at saturation (0 leaves them out). The default is the throughput the
+    /// service is required to carry.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
 }
 
 /// The operations of the mix, in the share each takes: reads 40%, creates 20%, updates 20%,
@@ -133,6 +138,43 @@ where
     }
     Phase {
         elapsed: started.elapsed(),
+        latencies: all.latencies,
+        errors: all.errors,
+    }
+}
+
+/// Starts `attempt` `rate` times a second, evenly spaced, for one second, whether or not
+/// earlier ones have finished (an open loop, as independent clients arrive), then waits for
+/// them all. Each latency runs from when the operation was due, not from when it started:
+/// an operation held up behind a stall counts the stall, which a closed loop like [`phase`]
+/// hides by sending less while the service is slow.
+async fn paced<F, Fut>(rate: u32, attempt: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (Op, bool)> + Send + 'static,
+{
+    let started = tokio::time::Instant::now();
+    let gap = Duration::from_secs(1) / rate.max(1);
+    let mut running = Vec::with_capacity(rate as usize);
+    for i in 0..rate {
+        let due = started + gap * i;
+        tokio::time::sleep_until(due).await;
+        let attempt = attempt.clone();
+        running.push(tokio::spawn(async move {
+            let (op, ok) = attempt(i as usize).await;
+            (op, ok, due.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut all = Tally::default();
+    for task in running {
+        match task.await {
+            Ok((op, true, ms)) => all.latencies.push((op, ms)),
+            _ => all.errors += 1,
+        }
+    }
+    Phase {
+        // The load offered, not the time the last operation took to finish.
+        elapsed: Duration::from_secs(1),
         latencies: all.latencies,
         errors: all.errors,
     }
@@ -435,6 +477,17 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         db.add(phase(options.clients, 1, db_op.clone()).await);
     }
 
+    // The same mix at a fixed rate, over HTTP and as bare SQL, for latency under a given
+    // load: 32 clients in a closed loop keep the service saturated, so their latency is
+    // mostly waiting in line.
+    let (mut http_paced, mut db_paced) = (Phase::default(), Phase::default());
+    if options.rate > 0 {
+        for _ in 0..options.seconds {
+            http_paced.add(paced(options.rate, http_op.clone()).await);
+            db_paced.add(paced(options.rate, db_op.clone()).await);
+        }
+    }
+
     // A transaction Bundle: a new patient and 99 observations referring to it by urn:uuid.
     let mut bundle_ms = Vec::new();
     for round in 0..5 {
@@ -479,6 +532,18 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             );
         }
     }
+    if options.rate > 0 {
+        for (name, p) in [("http", &http_paced), ("bare-sql", &db_paced)] {
+            let l = p.sorted(None);
+            out += &format!(
+                "{name:<9} paced at {}/s: p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}\n",
+                options.rate,
+                percentile(&l, 50.0),
+                percentile(&l, 99.0),
+                p.errors
+            );
+        }
+    }
     out += &format!("transaction Bundle of 100 entries: median {bundle100:.1} ms of 5\n");
     let all = http.sorted(None);
     let ratio = if db.rate(None) > 0.0 {
@@ -487,14 +552,17 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         0.0
     };
     out += &format!(
-        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={ratio:.2} bundle100_ms={bundle100:.1} errors={}\n",
+        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={ratio:.2} bundle100_ms={bundle100:.1} paced_rps={} paced_p99_ms={:.2} db_paced_p99_ms={:.2} errors={}\n",
         http.rate(None),
         percentile(&all, 50.0),
         percentile(&all, 99.0),
         percentile(&http.sorted(Some(Op::Search)), 99.0),
         db.rate(None),
         percentile(&db.sorted(None), 99.0),
-        http.errors
+        options.rate,
+        percentile(&http_paced.sorted(None), 99.0),
+        percentile(&db_paced.sorted(None), 99.0),
+        http.errors + http_paced.errors
     );
     clinical.close().await;
     vault.close().await;
