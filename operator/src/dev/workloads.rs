@@ -19,6 +19,7 @@ use meridian_crds::condition_types::{DATABASE_READY, READY};
 use meridian_crds::{Country, Region};
 use meridian_search::indexer::Indexer;
 use meridian_shared::auth::{DevIssuer, Role, Verifier};
+use meridian_shared::pool::Pool;
 use tower::ServiceExt;
 
 use super::issuer::{TOKEN_TTL, TokenRequest};
@@ -195,9 +196,11 @@ impl Workloads {
                 notification_rules.clone(),
                 held.clone(),
             ));
+            // The records service's requests have pools of their own, which hand connections
+            // back without a round trip (`meridian_shared::pool`).
             let records = meridian_records::http::Service::new(
-                pool.clone(),
-                vault_pool,
+                Pool::new(pool.connect_options().as_ref().clone(), 16),
+                Pool::new(vault_pool.connect_options().as_ref().clone(), 8),
                 self.verifier.clone(),
                 records_countries.clone(),
             )

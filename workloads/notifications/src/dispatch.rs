@@ -89,7 +89,7 @@ pub enum Outcome {
 
 impl Dispatcher {
     pub fn new(workload: PgPool, vault: PgPool, rules: Rules, transports: Transports, settings: Settings) -> Self {
-        let reads = ReadLog::start(&vault);
+        let reads = ReadLog::start(&vault.connect_options());
         Self {
             workload,
             vault,

@@ -14,9 +14,10 @@ use hyper_util::rt::TokioExecutor;
 use meridian_localpg::{Cluster, Durability};
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::bench::percentile;
+use meridian_shared::pool::Pool;
 use rand::Rng;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::http::{Countries, CountryEntry, Service, app};
@@ -226,12 +227,9 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     )
     .await?;
     let connections = options.clients.min(40) as u32;
-    let clinical = crate::pool_options(connections)
-        .connect(&crate::roles::as_login(&url, "bench_clinical", "bench"))
-        .await?;
-    let vault = crate::pool_options(connections / 2 + 1)
-        .connect(&crate::roles::as_login(&url, "bench_vault", "bench"))
-        .await?;
+    let login = |name: &str| crate::roles::as_login(&url, name, "bench").parse::<sqlx::postgres::PgConnectOptions>();
+    let clinical = Pool::new(login("bench_clinical")?, connections);
+    let vault = Pool::new(login("bench_vault")?, connections / 2 + 1);
     let mut secret = std::collections::BTreeMap::new();
     keys::ensure_country(&mut secret, "DE");
     let de = meridian_crds::CountrySpec {
@@ -346,7 +344,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     let at_known: Known = Arc::default();
     for p in &at_patients {
         let id = Uuid::new_v4();
-        sql_insert(&admin, id, *p).await?;
+        sql_insert(&mut *admin.acquire().await?, id, *p).await?;
         at_known.lock().expect("lock").push((id, 1));
     }
     let at_patients = Arc::new(at_patients);
@@ -439,10 +437,13 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                     let known = known.lock().expect("lock");
                     known[rand::rng().random_range(0..known.len())].0
                 };
+                let Ok(mut conn) = pool.acquire().await else {
+                    return (op, false);
+                };
                 let ok = match op {
                     Op::Create => {
                         let id = Uuid::new_v4();
-                        let ok = sql_insert(&pool, id, patient).await.is_ok();
+                        let ok = sql_insert(&mut conn, id, patient).await.is_ok();
                         known.lock().expect("lock").push((id, 1));
                         ok
                     }
@@ -450,17 +451,17 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                         "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
                     )
                     .bind(some_known())
-                    .fetch_optional(&pool)
+                    .fetch_optional(&mut *conn)
                     .await
                     .is_ok(),
-                    Op::Update => sql_update(&pool, some_known()).await.is_ok(),
+                    Op::Update => sql_update(&mut conn, some_known()).await.is_ok(),
                     Op::Search => sqlx::query_scalar::<_, Value>(
                         "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation'
                             AND patient = $1 AND codes && ARRAY['http://loinc.org|8867-4'] AND deleted_at IS NULL
                           ORDER BY id LIMIT 11",
                     )
                     .bind(patient)
-                    .fetch_all(&pool)
+                    .fetch_all(&mut *conn)
                     .await
                     .is_ok(),
                 };
@@ -571,9 +572,9 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     Ok(out)
 }
 
-async fn sql_insert(pool: &PgPool, id: Uuid, patient: Uuid) -> Result<(), sqlx::Error> {
+async fn sql_insert(conn: &mut PgConnection, id: Uuid, patient: Uuid) -> Result<(), sqlx::Error> {
     let body = observation(patient, 72.0);
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     sqlx::query(
         "INSERT INTO fhir_resources (country_code, resource_type, id, version, last_updated, patient, status, codes, categories, date_start, date_end, quantity, content)
          VALUES ('AT', 'Observation', $1, 1, now(), $2, 'final', ARRAY['http://loinc.org|8867-4', '8867-4'], ARRAY['vital-signs'], now(), now(), 72, $3)",
@@ -594,8 +595,8 @@ async fn sql_insert(pool: &PgPool, id: Uuid, patient: Uuid) -> Result<(), sqlx::
     tx.commit().await
 }
 
-async fn sql_update(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn sql_update(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
     let row: Option<(i64, Value)> = sqlx::query_as(
         "SELECT version, content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1 FOR UPDATE",
     )

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_crds::Country;
+use meridian_shared::pool::Pool;
 use meridian_shared::serve::{OidcOptions, read_ca};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::http::{Countries, Service, app};
 
@@ -36,17 +38,26 @@ pub struct VaultStores {
 }
 
 impl VaultStores {
-    /// Pools of up to `size` connections as the workload role and as the vault role,
-    /// connecting when first used.
-    pub fn pools(&self, size: u32) -> anyhow::Result<(sqlx::PgPool, sqlx::PgPool)> {
+    /// How to connect as the workload role and as the vault role.
+    pub fn connect_options(&self) -> anyhow::Result<(PgConnectOptions, PgConnectOptions)> {
         let ca = read_ca(self.database_ca_file.as_deref(), "--database-ca-file").map_err(anyhow::Error::msg)?;
         let connect = |url: &str, flag: &str| {
             meridian_shared::tls::pg_options(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
         };
-        let workload = crate::pool_options(size).connect_lazy_with(connect(&self.database_url, "--database-url")?);
-        let vault =
-            crate::pool_options(size).connect_lazy_with(connect(&self.vault_database_url, "--vault-database-url")?);
-        Ok((workload, vault))
+        Ok((
+            connect(&self.database_url, "--database-url")?,
+            connect(&self.vault_database_url, "--vault-database-url")?,
+        ))
+    }
+
+    /// sqlx pools of up to `size` connections as the workload role and as the vault role,
+    /// connecting when first used.
+    pub fn pools(&self, size: u32) -> anyhow::Result<(sqlx::PgPool, sqlx::PgPool)> {
+        let (workload, vault) = self.connect_options()?;
+        Ok((
+            crate::pool_options(size).connect_lazy_with(workload),
+            crate::pool_options(size).connect_lazy_with(vault),
+        ))
     }
 
     /// Reads the mounted `vault-keys` Secret (again at every call).
@@ -102,7 +113,18 @@ pub struct RecordsOptions {
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
     let (jwks, _refresh) = options.oidc.load().await.map_err(anyhow::Error::msg)?;
-    let (clinical, vault) = options.stores.pools(16)?;
+    let (clinical_options, vault_options) = options.stores.connect_options()?;
+    // Requests borrow connections thousands of times a second: pools that hand them back
+    // without a round trip. The registrar, in the background, has two sqlx connections of
+    // its own, so that neither starves the other.
+    let (clinical, vault) = (
+        Pool::new(clinical_options.clone(), 16),
+        Pool::new(vault_options.clone(), 16),
+    );
+    let registrar_pools = (
+        crate::pool_options(2).connect_lazy_with(clinical_options),
+        crate::pool_options(2).connect_lazy_with(vault_options),
+    );
     let read_keys = options.stores.keys_reader();
     let keys = Arc::new(Mutex::new(read_keys()?));
     let countries = Countries::default();
@@ -182,8 +204,8 @@ pub async fn run(options: RecordsOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(
         crate::crossborder::registrar::Registrar::new(
-            clinical.clone(),
-            vault.clone(),
+            registrar_pools.0,
+            registrar_pools.1,
             countries.clone(),
             crossborder.link.clone(),
             options.region.as_deref().unwrap_or_default(),

@@ -137,12 +137,11 @@ const BATCH: usize = 512;
 
 impl ReadLog {
     /// Starts the task that writes the batches, on a connection of its own to the database
-    /// and as the role of `pool` (so that a request holding one of `pool`'s connections
+    /// and as the role `connect` names (so that a request holding one of its pool's connections
     /// while it waits for its record cannot starve the log); it ends when the last handle
     /// is dropped.
-    pub fn start(pool: &sqlx::PgPool) -> Self {
-        let pool =
-            crate::serve::pool_options(READ_WRITERS as u32).connect_lazy_with(pool.connect_options().as_ref().clone());
+    pub fn start(connect: &sqlx::postgres::PgConnectOptions) -> Self {
+        let pool = crate::serve::pool_options(READ_WRITERS as u32).connect_lazy_with(connect.clone());
         let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Queued>();
         let waiting = std::sync::Arc::new(tokio::sync::Mutex::new(waiting));
         for writer in 0..READ_WRITERS {
@@ -218,13 +217,13 @@ struct Held {
 
 impl Held {
     /// The connection, checked first when it sat unused as long as the pool would check it
-    /// ([`crate::serve::check_if_idle`]: a database restart breaks idle connections); a new
+    /// ([`crate::pool::check_if_idle`]: a database restart breaks idle connections); a new
     /// one from `pool` when there is none.
     async fn connection(&mut self, pool: &sqlx::PgPool) -> Result<&mut PgConnection, sqlx::Error> {
         let idle_for = self.used.map_or(std::time::Duration::ZERO, |at| at.elapsed());
         self.used = Some(std::time::Instant::now());
         if let Some(conn) = self.conn.as_mut()
-            && crate::serve::check_if_idle(conn, idle_for).await.is_err()
+            && crate::pool::check_if_idle(conn, idle_for).await.is_err()
         {
             self.conn = None;
         }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod patients;
+pub mod pool;
 pub mod schema;
 pub mod serve;
 pub mod shutdown;

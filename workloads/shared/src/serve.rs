@@ -51,37 +51,23 @@ pub fn read_ca(path: Option<&Path>, flag: &str) -> Result<Option<String>, String
         .transpose()
 }
 
-/// How long a request waits for a database connection before it is answered `503`: short,
-/// so that while the Region's database is down (or restarting) requests fail at once instead
-/// of hanging, and the service recovers by itself when it is back.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::pool::ACQUIRE_TIMEOUT;
 
-/// How long a pooled connection may sit unused and still be handed out without a check.
-/// sqlx already checks every connection when it comes back to the pool, so one used that
-/// recently was alive a moment ago; a database restart breaks connections while they sit
-/// idle, which takes longer than this (HikariCP skips its check the same way, for 500 ms).
-const TRUSTED_IDLE: Duration = Duration::from_millis(500);
-
-/// The pool settings of every workload: a short [`ACQUIRE_TIMEOUT`], and a connection that
-/// sat unused for [`TRUSTED_IDLE`] or longer checked before it is handed out, so that
-/// connections broken by a database restart are dropped and replaced rather than given to
-/// a request (`e2e/tests/dev_restart.rs`). Checking every connection instead cost a round
+/// The settings of every workload's sqlx pools (the request paths of `meridian records` use
+/// [`crate::pool::Pool`] instead): a short [`ACQUIRE_TIMEOUT`], and a connection that sat
+/// unused for 500 ms or longer checked before it is handed out, so that connections broken
+/// by a database restart are dropped and replaced rather than given to a request
+/// (`e2e/tests/dev_restart.rs`). sqlx checks every connection as it comes back, so one used
+/// more recently was alive a moment ago; checking every one on its way out too cost a round
 /// trip per request, about 6% of the records benchmark's throughput.
 pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| Box::pin(async move { check_if_idle(conn, meta.idle_for).await.map(|()| true) }))
-}
-
-/// Checks `conn` (a round trip) when it sat unused for [`TRUSTED_IDLE`] or longer: the rule
-/// of [`pool_options`]' pools, for connections held outside them too.
-pub(crate) async fn check_if_idle(conn: &mut sqlx::PgConnection, idle_for: Duration) -> Result<(), sqlx::Error> {
-    if idle_for >= TRUSTED_IDLE {
-        sqlx::Connection::ping(conn).await?;
-    }
-    Ok(())
+        .before_acquire(|conn, meta| {
+            Box::pin(async move { crate::pool::check_if_idle(conn, meta.idle_for).await.map(|()| true) })
+        })
 }
 
 /// The request's correlation ID: its `X-Correlation-ID` when that is a UUID, else a new one.

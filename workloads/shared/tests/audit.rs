@@ -125,7 +125,10 @@ async fn records_cannot_be_changed_and_tampering_is_detected() {
 async fn batched_reads_from_two_processes_form_intact_chains() {
     let (_pg, pool) = database().await;
     prepare(&mut pool.acquire().await.unwrap(), &["FR"]).await.unwrap();
-    let logs = [audit::ReadLog::start(&pool), audit::ReadLog::start(&pool)];
+    let logs = [
+        audit::ReadLog::start(&pool.connect_options()),
+        audit::ReadLog::start(&pool.connect_options()),
+    ];
     let readers = (0..32).map(|r| {
         let log = logs[r % 2].clone();
         tokio::spawn(async move {
@@ -164,7 +167,7 @@ async fn batched_reads_from_two_processes_form_intact_chains() {
 #[tokio::test]
 async fn the_read_log_recovers_connections_the_database_dropped() {
     let (_pg, pool) = database().await;
-    let log = audit::ReadLog::start(&pool);
+    let log = audit::ReadLog::start(&pool.connect_options());
     let append = |resource: String| {
         let log = log.clone();
         async move {

@@ -21,6 +21,7 @@ use meridian_notifications::transport::Transports;
 use meridian_notifications::{NotificationsHandler, Rules};
 use meridian_records::roles::{as_login, create_login};
 use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::pool::Pool;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -79,8 +80,12 @@ impl World {
         let served = meridian_records::http::Countries::default();
         served.set(meridian_records::served::entries(&countries, "", &keys));
         let issuer = DevIssuer::new("http://issuer.test", "meridian");
-        let service =
-            meridian_records::http::Service::new(workload.clone(), vault.clone(), Arc::new(issuer.verifier()), served);
+        let service = meridian_records::http::Service::new(
+            Pool::like(&workload),
+            Pool::like(&vault),
+            Arc::new(issuer.verifier()),
+            served,
+        );
         let rules = Rules::default();
         rules.set(region_rules(&countries, "", &keys));
         Self {

@@ -240,12 +240,15 @@ pub async fn run(options: CrossborderBench) -> anyhow::Result<String> {
                 let Ok(Some(entry)) = mpi::lookup(&index_pool, &keys, &id).await else {
                     return false;
                 };
+                let Ok(mut conn) = vault.acquire().await else {
+                    return false;
+                };
                 let row: Option<(i64, String, Vec<u8>)> = sqlx::query_as(
                     "SELECT version, key_id, sealed FROM vault.patients WHERE country_code = $1 AND client_id = $2",
                 )
                 .bind(&entry.home_country)
                 .bind(entry.client_id)
-                .fetch_optional(&vault)
+                .fetch_optional(&mut *conn)
                 .await
                 .ok()
                 .flatten();

@@ -18,6 +18,7 @@ use meridian_crds::Country;
 use meridian_crds::serving::Serving;
 use meridian_localpg::TempCluster;
 use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::pool::Pool;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
@@ -282,8 +283,13 @@ async fn region(
         )
         .run(),
     );
-    let service =
-        Service::new(clinical, vault, Arc::new(issuer.verifier()), served.clone()).with_crossborder(crossborder);
+    let service = Service::new(
+        Pool::new(clinical.connect_options().as_ref().clone(), connections),
+        Pool::new(vault.connect_options().as_ref().clone(), connections),
+        Arc::new(issuer.verifier()),
+        served.clone(),
+    )
+    .with_crossborder(crossborder);
     Ok(RegionUnderTest {
         name,
         code,

@@ -129,7 +129,12 @@ pub async fn create(
             wants_minimal(&headers),
         ));
     }
-    let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
+    let mut conn = service
+        .pool(resource_type)
+        .acquire()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
     if let Some(condition) = &condition {
         store::lock_condition(
             &mut tx,
@@ -229,7 +234,12 @@ async fn read_allowed(
             .map_err(|e| fail(e.into()))?;
         return store::read(&mut conn, &scope, resource_type, id).await.map_err(fail);
     }
-    let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
+    let mut conn = service
+        .pool(resource_type)
+        .acquire()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
     let own = match caller.access {
         Access::Clinician => None,
         Access::Patient => Some(caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?),
@@ -362,7 +372,12 @@ pub async fn delete(
     let id = id_named(resource_type, &id)?;
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
-    let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
+    let mut conn = service
+        .pool(resource_type)
+        .acquire()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
     store::delete(&mut tx, &scope, resource_type, id).await.map_err(fail)?;
     tx.commit().await.map_err(|e| fail(e.into()))?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
@@ -389,7 +404,12 @@ pub async fn instance_operation(
 async fn history(service: &Service, caller: &Caller, resource_type: ResourceType, id: Uuid) -> Result<Response, Issue> {
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
-    let mut tx = service.pool(resource_type).begin().await.map_err(|e| fail(e.into()))?;
+    let mut conn = service
+        .pool(resource_type)
+        .acquire()
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
         // A patient sees the history of what is theirs now (deleted or not).
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
@@ -434,7 +454,8 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid, headers: &Head
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     // The vault role reads the Patient and the clinical rows in one transaction.
-    let mut tx = service.vault.begin().await.map_err(|e| fail(e.into()))?;
+    let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
         if own != Some(id) {
@@ -566,7 +587,8 @@ async fn everything_abroad(
             format!("{}|{}", foreign.system, foreign.value),
         )];
         let parsed = search::parse(ResourceType::Patient, &wanted, false, &scope)?;
-        let mut tx = service.vault.begin().await.map_err(|e| fail(e.into()))?;
+        let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
         let page = search::run(&mut tx, &scope, &parsed, None).await.map_err(fail)?;
         for patient in &page.matches {
             entries.push(json!({"fullUrl": full_url(&caller.base, patient), "resource": patient.body, "search": {"mode": "match"}}));

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use meridian_crds::serving::Serving;
 use meridian_shared::auth::Verifier;
 use meridian_shared::jwks::Jwks;
-use sqlx::PgPool;
+use meridian_shared::pool::Pool;
 
 use crate::keys::Keyring;
 use crate::validate::Rules;
@@ -59,9 +59,9 @@ impl Countries {
 /// What every handler shares.
 pub struct Service {
     /// As the Region's workload role: clinical resources only.
-    pub clinical: PgPool,
+    pub clinical: Pool,
     /// As the Region's vault role: Patients, and transactions that write both.
-    pub vault: PgPool,
+    pub vault: Pool,
     pub verifier: Arc<Verifier>,
     pub jwks: Option<Arc<Jwks>>,
     pub countries: Countries,
@@ -72,9 +72,9 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(clinical: PgPool, vault: PgPool, verifier: Arc<Verifier>, countries: Countries) -> Self {
+    pub fn new(clinical: Pool, vault: Pool, verifier: Arc<Verifier>, countries: Countries) -> Self {
         Self {
-            reads: meridian_shared::audit::ReadLog::start(&clinical),
+            reads: meridian_shared::audit::ReadLog::start(clinical.connect_options()),
             clinical,
             vault,
             verifier,
@@ -98,7 +98,7 @@ impl Service {
     }
 
     /// The pool for work on `resource_type` (Patients are the vault's).
-    pub fn pool(&self, resource_type: crate::fhir::ResourceType) -> &PgPool {
+    pub fn pool(&self, resource_type: crate::fhir::ResourceType) -> &Pool {
         if resource_type.is_clinical() {
             &self.clinical
         } else {

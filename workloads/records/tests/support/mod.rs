@@ -87,8 +87,8 @@ impl Harness {
             ..Default::default()
         };
         let service = Service::new(
-            clinical.clone(),
-            vault.clone(),
+            meridian_shared::pool::Pool::like(&clinical),
+            meridian_shared::pool::Pool::like(&vault),
             Arc::new(issuer.verifier()),
             countries.clone(),
         )

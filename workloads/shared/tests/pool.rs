@@ -1,0 +1,191 @@
+//! The request paths' connection pool against a real PostgreSQL server: connections come
+//! back without a round trip when clean, and are finished or dropped when not.
+
+use std::time::Duration;
+
+use meridian_localpg::TempCluster;
+use meridian_shared::pool::{ACQUIRE_TIMEOUT, Pool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+
+async fn server() -> (TempCluster, PgConnectOptions, PgConnection) {
+    let pg = TempCluster::start().await.expect("start PostgreSQL");
+    let options: PgConnectOptions = pg.url().parse().unwrap();
+    let mut admin = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id int PRIMARY KEY)")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    (pg, options, admin)
+}
+
+async fn backend(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(conn).await
+}
+
+/// Waits until the pool holds `n` idle connections (one handed back with work left to
+/// finish goes back once that is done, off the caller's path).
+async fn idle(pool: &Pool, n: usize) {
+    for _ in 0..200 {
+        if pool.idle() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the pool holds {} idle connections, not {n}", pool.idle());
+}
+
+/// Sessions of the pool's role other than `admin`'s, by state.
+async fn sessions(admin: &mut PgConnection, state: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state = $1",
+    )
+    .bind(state)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_clean_connection_comes_back_at_once_and_is_used_again() {
+    let (_pg, options, _admin) = server().await;
+    let pool = Pool::new(options, 4);
+    let first = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    // Back as the lease was dropped: no task, no round trip in between.
+    assert_eq!(pool.idle(), 1);
+    for _ in 0..10 {
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(backend(&mut conn).await.unwrap(), first);
+    }
+    assert_eq!(pool.idle(), 1, "one connection did all the work");
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_without_commit_is_rolled_back_before_the_connection_is_reused() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 1);
+    {
+        let mut conn = pool.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO notes VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // A handler that fails here drops both.
+    }
+    idle(&pool, 1).await;
+    assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
+    let mut conn = pool.acquire().await.unwrap();
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(notes, 0, "the insert was rolled back");
+    // The connection is out of the transaction: what it writes now commits on its own.
+    sqlx::query("INSERT INTO notes VALUES (2)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(notes, 1);
+}
+
+#[tokio::test]
+async fn a_statement_cut_short_has_its_answer_read_before_the_connection_is_reused() {
+    let (_pg, options, _admin) = server().await;
+    let pool = Pool::new(options, 1);
+    {
+        let mut conn = pool.acquire().await.unwrap();
+        // A request cancelled (its client went away) while its statement runs.
+        let cut = tokio::time::timeout(
+            Duration::from_millis(50),
+            sqlx::query_scalar::<_, i32>("SELECT 41 FROM pg_sleep(0.3)").fetch_one(&mut *conn),
+        )
+        .await;
+        assert!(cut.is_err());
+    }
+    idle(&pool, 1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let answer: i32 = sqlx::query_scalar("SELECT 42").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(answer, 42, "the next user gets its own answer, not the one left behind");
+}
+
+#[tokio::test]
+async fn a_connection_broken_in_use_is_dropped_on_its_way_back() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 2);
+    {
+        let mut conn = pool.acquire().await.unwrap();
+        let pid = backend(&mut conn).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(backend(&mut conn).await.is_err(), "the request that had it fails");
+    }
+    idle(&pool, 0).await;
+    // The next request gets a new connection, and succeeds.
+    let mut conn = pool.acquire().await.unwrap();
+    backend(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_broken_while_idle_is_checked_once_it_sat_unused_for_half_a_second() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 2);
+    let pid = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let fresh = backend(&mut conn).await.expect("a checked, working connection");
+    assert_ne!(fresh, pid);
+}
+
+#[tokio::test]
+async fn a_connection_broken_while_idle_fails_at_most_the_one_request_that_finds_it() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 2);
+    let pid = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Used moments ago, so handed out unchecked: this request fails...
+    assert!(backend(&mut *pool.acquire().await.unwrap()).await.is_err());
+    // ...and the connection with it; none after it does.
+    for _ in 0..5 {
+        backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn no_more_connections_than_the_pool_may_open() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 2);
+    let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    backend(&mut a).await.unwrap();
+    backend(&mut b).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(pool.acquire().await, Err(sqlx::Error::PoolTimedOut)));
+    assert!(started.elapsed() >= ACQUIRE_TIMEOUT);
+    assert_eq!(sessions(&mut admin, "idle").await, 2);
+    // One handed back is the next one's.
+    let pid = backend(&mut a).await.unwrap();
+    drop(a);
+    assert_eq!(backend(&mut *pool.acquire().await.unwrap()).await.unwrap(), pid);
+    drop(b);
+    pool.close().await;
+    assert_eq!(pool.idle(), 0);
+}
