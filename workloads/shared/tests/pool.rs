@@ -51,7 +51,7 @@ async fn sessions(admin: &mut PgConnection, state: &str) -> i64 {
 async fn a_clean_connection_comes_back_at_once_and_is_used_again() {
     let (_pg, options, _admin) = server().await;
     let pool = Pool::new(options, 4);
-    let first = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    let first = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
     // Back as the lease was dropped: no task, no round trip in between.
     assert_eq!(pool.idle(), 1);
     for _ in 0..10 {
@@ -139,7 +139,7 @@ async fn a_connection_broken_in_use_is_dropped_on_its_way_back() {
 async fn a_connection_broken_while_idle_is_checked_once_it_sat_unused_for_half_a_second() {
     let (_pg, options, mut admin) = server().await;
     let pool = Pool::new(options, 2);
-    let pid = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    let pid = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .execute(&mut admin)
@@ -155,7 +155,7 @@ async fn a_connection_broken_while_idle_is_checked_once_it_sat_unused_for_half_a
 async fn a_connection_broken_while_idle_fails_at_most_the_one_request_that_finds_it() {
     let (_pg, options, mut admin) = server().await;
     let pool = Pool::new(options, 2);
-    let pid = backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+    let pid = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .execute(&mut admin)
@@ -163,10 +163,10 @@ async fn a_connection_broken_while_idle_fails_at_most_the_one_request_that_finds
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Used moments ago, so handed out unchecked: this request fails...
-    assert!(backend(&mut *pool.acquire().await.unwrap()).await.is_err());
+    assert!(backend(&mut pool.acquire().await.unwrap()).await.is_err());
     // ...and the connection with it; none after it does.
     for _ in 0..5 {
-        backend(&mut *pool.acquire().await.unwrap()).await.unwrap();
+        backend(&mut pool.acquire().await.unwrap()).await.unwrap();
     }
 }
 
@@ -184,7 +184,7 @@ async fn no_more_connections_than_the_pool_may_open() {
     // One handed back is the next one's.
     let pid = backend(&mut a).await.unwrap();
     drop(a);
-    assert_eq!(backend(&mut *pool.acquire().await.unwrap()).await.unwrap(), pid);
+    assert_eq!(backend(&mut pool.acquire().await.unwrap()).await.unwrap(), pid);
     drop(b);
     pool.close().await;
     assert_eq!(pool.idle(), 0);
