@@ -13,6 +13,13 @@
 //! a connection broken mid-request (a database restart) is dropped on its way back, as
 //! sqlx's check would. One that broke while idle is caught when it is handed out: it is
 //! checked first if it sat unused for [`TRUSTED_IDLE`] or longer.
+//!
+//! Neither this rule nor sqlx's check sees a transaction sqlx does not know it opened: a
+//! request cancelled while its `BEGIN` is on the wire leaves the session inside a
+//! transaction with nothing queued to end it (sqlx 0.9's `begin` counts the transaction only
+//! once `BEGIN` is answered; launchbadge/sqlx#4393), and the next borrower's writes would
+//! run in it and be lost with it. [`Lease::begin`] notes the `BEGIN` in flight, and a lease
+//! dropped with one is closed, which ends the transaction on the server.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,9 +121,8 @@ impl Pool {
                 since,
             } = idle;
             if opened.elapsed() >= MAX_LIFETIME {
-                tokio::spawn(async move {
-                    let _ = conn.close().await;
-                });
+                // Here, under this lease's permit, so that it counts until it is gone.
+                let _ = conn.close().await;
                 continue;
             }
             // A broken one is dropped (closing its socket) and the next tried.
@@ -134,12 +140,15 @@ impl Pool {
             opened,
             permit: Some(permit),
             pool: self.0.clone(),
+            beginning: false,
         }
     }
 
-    /// Closes the idle connections (those in use close as they come back, once the last
-    /// handle is dropped); for an orderly end, so that the server sees a goodbye.
+    /// Closes the pool: no more connections are handed out ([`Error::PoolClosed`]), idle
+    /// ones are closed now and those in use as they come back; for an orderly end, so that
+    /// the server sees a goodbye.
     pub async fn close(&self) {
+        self.0.in_use.close();
         let idle = std::mem::take(&mut *self.0.idle.lock().expect("pool lock"));
         for Idle { conn, .. } in idle {
             let _ = conn.close().await;
@@ -164,6 +173,23 @@ pub struct Lease {
     opened: Instant,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Shared>,
+    /// A `BEGIN` sent and not yet answered (see the module's documentation).
+    beginning: bool,
+}
+
+impl Lease {
+    /// Starts a transaction, rolled back if it is dropped without commit. Use this rather
+    /// than sqlx's `Connection::begin` on the connection: a lease dropped while this waits
+    /// for `BEGIN`'s answer closes its connection instead of handing it on inside a
+    /// transaction nobody will end.
+    pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, Error> {
+        self.beginning = true;
+        let conn = self.conn.as_mut().expect("a lease holds its connection until dropped");
+        // On an error the flag stays: whatever state the session is in, it is not handed on.
+        let tx = conn.begin().await?;
+        self.beginning = false;
+        Ok(tx)
+    }
 }
 
 impl std::ops::Deref for Lease {
@@ -185,6 +211,10 @@ impl Drop for Lease {
         let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
             return;
         };
+        if self.beginning || self.pool.in_use.is_closed() {
+            // Closing the socket ends the session, and with it any transaction.
+            return;
+        }
         let (pool, opened) = (self.pool.clone(), self.opened);
         // Clean (nothing unsent, no answer due): finishes at once, without I/O.
         match conn.flush().now_or_never() {

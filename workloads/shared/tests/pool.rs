@@ -35,6 +35,24 @@ async fn idle(pool: &Pool, n: usize) {
     panic!("the pool holds {} idle connections, not {n}", pool.idle());
 }
 
+/// Has the server end session `pid`, as a restart or an administrator does.
+async fn terminate(admin: &mut PgConnection, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+/// Sends `signal` to the server process of session `pid`.
+fn signal(pid: i32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
 /// Sessions of the pool's role other than `admin`'s, by state.
 async fn sessions(admin: &mut PgConnection, state: &str) -> i64 {
     sqlx::query_scalar(
@@ -95,6 +113,70 @@ async fn a_transaction_dropped_without_commit_is_rolled_back_before_the_connecti
 }
 
 #[tokio::test]
+async fn a_connection_being_finished_still_counts_against_the_pools_size() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 1);
+    let pid = {
+        let mut conn = pool.acquire().await.unwrap();
+        let pid = backend(&mut conn).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO notes VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        pid
+    };
+    // At once, while its ROLLBACK may still be on its way: the pool waits for that
+    // connection rather than open a second one.
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(backend(&mut conn).await.unwrap(), pid);
+    assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
+}
+
+#[tokio::test]
+async fn a_transaction_cancelled_while_it_begins_is_not_handed_on() {
+    let (_pg, options, mut admin) = server().await;
+    let pool = Pool::new(options, 1);
+    {
+        let mut conn = pool.acquire().await.unwrap();
+        let pid = backend(&mut conn).await.unwrap();
+        // The server holds BEGIN's answer back (its process stopped), and the request is
+        // cancelled meanwhile.
+        signal(pid, "-STOP");
+        let cut = tokio::time::timeout(Duration::from_millis(100), conn.begin()).await;
+        assert!(cut.is_err());
+        drop(cut);
+        drop(conn);
+        signal(pid, "-CONT");
+    }
+    // The next request's write commits on its own, rather than inside that transaction.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES (3)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(notes, 1);
+    assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
+}
+
+#[tokio::test]
+async fn a_closed_pool_hands_out_nothing_and_keeps_nothing() {
+    let (_pg, options, _admin) = server().await;
+    let pool = Pool::new(options, 2);
+    let mut held = pool.acquire().await.unwrap();
+    backend(&mut held).await.unwrap();
+    pool.close().await;
+    assert!(matches!(pool.acquire().await, Err(sqlx::Error::PoolClosed)));
+    drop(held);
+    assert_eq!(pool.idle(), 0);
+}
+
+#[tokio::test]
 async fn a_statement_cut_short_has_its_answer_read_before_the_connection_is_reused() {
     let (_pg, options, _admin) = server().await;
     let pool = Pool::new(options, 1);
@@ -121,11 +203,7 @@ async fn a_connection_broken_in_use_is_dropped_on_its_way_back() {
     {
         let mut conn = pool.acquire().await.unwrap();
         let pid = backend(&mut conn).await.unwrap();
-        sqlx::query("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        terminate(&mut admin, pid).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(backend(&mut conn).await.is_err(), "the request that had it fails");
     }
@@ -140,11 +218,7 @@ async fn a_connection_broken_while_idle_is_checked_once_it_sat_unused_for_half_a
     let (_pg, options, mut admin) = server().await;
     let pool = Pool::new(options, 2);
     let pid = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    terminate(&mut admin, pid).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut conn = pool.acquire().await.unwrap();
     let fresh = backend(&mut conn).await.expect("a checked, working connection");
@@ -156,11 +230,7 @@ async fn a_connection_broken_while_idle_fails_at_most_the_one_request_that_finds
     let (_pg, options, mut admin) = server().await;
     let pool = Pool::new(options, 2);
     let pid = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    terminate(&mut admin, pid).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Used moments ago, so handed out unchecked: this request fails...
     assert!(backend(&mut pool.acquire().await.unwrap()).await.is_err());

@@ -297,7 +297,7 @@ pub async fn transaction(
     // The vault role: a transaction may create a Patient and what refers to it.
     let unavailable = |e: sqlx::Error| store_failure(e.into(), caller.correlation_id);
     let mut conn = service.vault.acquire().await.map_err(unavailable)?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(unavailable)?;
+    let mut tx = conn.begin().await.map_err(unavailable)?;
     let mut results: Vec<Option<(Stored, &'static str)>> = vec![None; work.len()];
     let sequence = order(&work);
     let mut work: Vec<Option<Work>> = work.into_iter().map(Some).collect();

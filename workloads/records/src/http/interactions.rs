@@ -11,6 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use meridian_shared::pool::{Lease, Pool};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -116,11 +117,7 @@ pub async fn create(
         // event, its audit record and the reference check together): a transaction around
         // it would add two round trips and no guarantee (the registry's unique account
         // subject guards a Patient's account).
-        let mut conn = service
-            .pool(resource_type)
-            .acquire()
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
         let stored = store::create(&mut conn, &scope, checked, None).await.map_err(fail)?;
         return Ok(response::resource(
             &stored,
@@ -129,12 +126,8 @@ pub async fn create(
             wants_minimal(&headers),
         ));
     }
-    let mut conn = service
-        .pool(resource_type)
-        .acquire()
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
+    let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
     if let Some(condition) = &condition {
         store::lock_condition(
             &mut tx,
@@ -227,19 +220,11 @@ async fn read_allowed(
         // The hot path: the read and its audit record are one statement, no transaction to
         // open and commit. The record is written before the resource is served, and a
         // clinician's read is never taken back.
-        let mut conn = service
-            .pool(resource_type)
-            .acquire()
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
         return store::read(&mut conn, &scope, resource_type, id).await.map_err(fail);
     }
-    let mut conn = service
-        .pool(resource_type)
-        .acquire()
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
+    let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
     let own = match caller.access {
         Access::Clinician => None,
         Access::Patient => Some(caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?),
@@ -345,11 +330,7 @@ pub async fn update(
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     // One statement whose version guard serialises concurrent updates: no transaction.
-    let mut conn = service
-        .pool(resource_type)
-        .acquire()
-        .await
-        .map_err(|e| fail(e.into()))?;
+    let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
     let stored = store::update(&mut conn, &scope, checked, id, expected)
         .await
         .map_err(fail)?;
@@ -372,12 +353,8 @@ pub async fn delete(
     let id = id_named(resource_type, &id)?;
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
-    let mut conn = service
-        .pool(resource_type)
-        .acquire()
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
+    let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
     store::delete(&mut tx, &scope, resource_type, id).await.map_err(fail)?;
     tx.commit().await.map_err(|e| fail(e.into()))?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
@@ -404,12 +381,8 @@ pub async fn instance_operation(
 async fn history(service: &Service, caller: &Caller, resource_type: ResourceType, id: Uuid) -> Result<Response, Issue> {
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
-    let mut conn = service
-        .pool(resource_type)
-        .acquire()
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
+    let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
         // A patient sees the history of what is theirs now (deleted or not).
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
@@ -454,8 +427,8 @@ async fn everything(service: &Service, caller: &Caller, id: Uuid, headers: &Head
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     // The vault role reads the Patient and the clinical rows in one transaction.
-    let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(&service.vault, caller.correlation_id).await?;
+    let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
     if caller.access == Access::Patient {
         let own = caller.own_client_id(&mut tx).await.map_err(|e| fail(e.into()))?;
         if own != Some(id) {
@@ -587,8 +560,8 @@ async fn everything_abroad(
             format!("{}|{}", foreign.system, foreign.value),
         )];
         let parsed = search::parse(ResourceType::Patient, &wanted, false, &scope)?;
-        let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(|e| fail(e.into()))?;
+        let mut conn = connection(&service.vault, caller.correlation_id).await?;
+        let mut tx = conn.begin().await.map_err(|e| fail(e.into()))?;
         let page = search::run(&mut tx, &scope, &parsed, None).await.map_err(fail)?;
         for patient in &page.matches {
             entries.push(json!({"fullUrl": full_url(&caller.base, patient), "resource": patient.body, "search": {"mode": "match"}}));
@@ -745,4 +718,11 @@ fn url_query(params: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     format!("?{}", pairs.join("&"))
+}
+
+/// A connection from `pool`, or the `503` a request gets when the database is out of reach.
+async fn connection(pool: &Pool, correlation_id: Uuid) -> Result<Lease, Issue> {
+    pool.acquire()
+        .await
+        .map_err(|e| store_failure(e.into(), correlation_id))
 }
