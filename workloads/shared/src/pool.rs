@@ -17,9 +17,10 @@
 //! Neither this rule nor sqlx's check sees a transaction sqlx does not know it opened: a
 //! request cancelled while its `BEGIN` is on the wire leaves the session inside a
 //! transaction with nothing queued to end it (sqlx 0.9's `begin` counts the transaction only
-//! once `BEGIN` is answered; github.com/transact-rs/sqlx/issues/4393), and the next borrower's writes would
-//! run in it and be lost with it. [`Lease::begin`] notes the `BEGIN` in flight, and a lease
-//! dropped with one is closed, which ends the transaction on the server.
+//! once `BEGIN` is answered: github.com/transact-rs/sqlx/issues/4393), and the next
+//! borrower's writes would run in it and be lost with it. [`Lease::begin`] notes the `BEGIN`
+//! in flight, and a lease dropped with one is closed, which ends the transaction on the
+//! server. sqlx's own pools (the other workloads') keep that flaw until sqlx releases its fix.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
