@@ -357,7 +357,7 @@ async fn visible(
     match found {
         Some(appointment) if attempt.scope.admits(&appointment) => Ok(appointment),
         Some(_) => {
-            let mut tx = pool.begin().await?;
+            let mut tx = meridian_shared::pool::begin(pool).await?;
             attempt
                 .actor
                 .audit(
@@ -383,7 +383,7 @@ pub async fn get(
     scope: &Scope,
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let attempt = Attempt {
         scope,
         action: "appointment.read",
@@ -411,7 +411,7 @@ pub async fn list(
         Scope::Practitioner(id) => (None, Some(*id)),
         Scope::Country => (None, None),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let found: Vec<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM appointments
           WHERE country_code = $1 AND ends_at > $2
@@ -443,7 +443,7 @@ pub async fn cancel(
     scope: &Scope,
     actor: Actor<'_>,
 ) -> Result<Appointment, BookingError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let attempt = Attempt {
         scope,
         action: "appointment.cancel",
@@ -516,7 +516,7 @@ pub async fn reschedule(
         ends_at,
         schedule_version,
     } = to;
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let attempt = Attempt {
         scope,
         action: "appointment.reschedule",

@@ -134,7 +134,7 @@ pub async fn add(
     actor: Actor<'_>,
 ) -> Result<Stored, PractitionerError> {
     crate::practitioners::invalid(entry.validate())?;
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     // A new schedule version: bookings checked against the old one are refused (see
     // `schedules`). The row lock also orders concurrent changes of one schedule.
     let bumped = sqlx::query(

@@ -111,7 +111,7 @@ pub async fn create(
     actor: Actor<'_>,
 ) -> Result<Practitioner, PractitionerError> {
     invalid(profile.validate())?;
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let created: Practitioner = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO practitioners (country_code, id, external_id, given_name, family_name, specialty, city, languages)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
@@ -153,7 +153,7 @@ pub async fn update(
     actor: Actor<'_>,
 ) -> Result<Practitioner, PractitionerError> {
     invalid(profile.validate())?;
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let current: Option<i64> =
         sqlx::query_scalar("SELECT version FROM practitioners WHERE country_code = $1 AND id = $2 FOR UPDATE")
             .bind(country)
@@ -192,7 +192,7 @@ pub async fn deactivate(
     id: Uuid,
     actor: Actor<'_>,
 ) -> Result<Practitioner, PractitionerError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let updated: Option<Practitioner> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE practitioners SET active = false, version = version + 1, updated_at = now()
           WHERE country_code = $1 AND id = $2 AND active RETURNING {COLUMNS}"
@@ -314,7 +314,7 @@ pub async fn import(
     }
     let column = |f: fn(&Profile) -> String| good.iter().map(|p| f(p)).collect::<Vec<String>>();
     let languages: Vec<String> = good.iter().map(|p| p.languages.join(",")).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     // One statement for the whole batch. A fresh insert is at version 1, an update above it
     // (`xmax`, the usual tell, is not available on partitioned tables); rows whose fields
     // did not change are not touched, and not returned.

@@ -46,7 +46,7 @@ pub async fn run(
     enabled: bool,
     actor: Actor<'_>,
 ) -> Result<Report, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     let from = window.map_or_else(Utc::now, |w| w.start.max(Utc::now()));
     let until = window.map(|w| w.end);
     let affected: Vec<Appointment> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -155,7 +155,7 @@ pub enum Outcome {
 
 /// Applies `event` once: its inbox row and its effect in one transaction.
 pub async fn apply_once<H: Handler>(pool: &PgPool, handler: &H, event: &Incoming) -> Result<Outcome, Failure> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(pool).await?;
     // One round trip: the inbox row, and whether the event was given up on (a replay
     // clears that, and is applied).
     let (new, dead): (bool, bool) = sqlx::query_as(

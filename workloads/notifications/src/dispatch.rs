@@ -131,7 +131,7 @@ impl Dispatcher {
     /// Takes one due notice and deals with it; `None` when nothing is due.
     pub async fn dispatch_one(&self) -> Result<Option<(Uuid, Outcome)>, sqlx::Error> {
         let countries = self.rules.sending();
-        let mut tx = self.workload.begin().await?;
+        let mut tx = meridian_shared::pool::begin(&self.workload).await?;
         let due: Option<Due> = sqlx::query_as(
             "SELECT country_code, id, appointment_id, patient_id, kind, starts_at, due_at, attempts, correlation_id
                FROM notifications

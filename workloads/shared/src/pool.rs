@@ -20,7 +20,8 @@
 //! once `BEGIN` is answered: github.com/transact-rs/sqlx/issues/4393), and the next
 //! borrower's writes would run in it and be lost with it. [`Lease::begin`] notes the `BEGIN`
 //! in flight, and a lease dropped with one is closed, which ends the transaction on the
-//! server. sqlx's own pools (the other workloads') keep that flaw until sqlx releases its fix.
+//! server. Where the other workloads begin transactions on sqlx's own pools, [`begin`] keeps
+//! them clear of the same flaw.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -235,6 +236,17 @@ impl Drop for Lease {
             }
         }
     }
+}
+
+/// `pool.begin()` for sqlx's own pools, safe to cancel: the `BEGIN` runs to its answer in a
+/// task of its own, so that a request cancelled meanwhile leaves a transaction sqlx counted,
+/// which it rolls back when the transaction is dropped unclaimed, rather than one it did not
+/// (see [`Lease::begin`] for this pool's answer to the same flaw).
+pub async fn begin(pool: &sqlx::PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|e| Error::Protocol(format!("beginning a transaction: {e}")))?
 }
 
 fn give_back(pool: &Shared, conn: PgConnection, opened: Instant, permit: OwnedSemaphorePermit) {

@@ -164,6 +164,42 @@ async fn a_transaction_cancelled_while_it_begins_is_not_handed_on() {
     assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
 }
 
+/// The same cancellation on sqlx's own pool, through [`meridian_shared::pool::begin`].
+#[tokio::test]
+async fn a_transaction_begun_on_an_sqlx_pool_and_cancelled_while_it_begins_is_rolled_back() {
+    let (_pg, options, mut admin) = server().await;
+    // As the workloads' pools are: a connection used moments ago is handed out unchecked,
+    // so the BEGIN is what meets the stopped server.
+    let pool = meridian_shared::serve::pool_options(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let pid = backend(&mut pool.acquire().await.unwrap()).await.unwrap();
+    // sqlx checks the connection on its way back, in a task: let that finish first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    signal(pid, "-STOP");
+    let cut = tokio::time::timeout(Duration::from_millis(100), meridian_shared::pool::begin(&pool)).await;
+    assert!(cut.is_err());
+    signal(pid, "-CONT");
+    // Time for BEGIN to be answered and the connection to go back to the pool.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sessions(&mut admin, "idle in transaction").await,
+        0,
+        "the pool holds the connection inside the cancelled transaction"
+    );
+    sqlx::query("INSERT INTO notes VALUES (4)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(notes, 1, "the next statement committed on its own");
+    assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
+}
+
 #[tokio::test]
 async fn a_closed_pool_hands_out_nothing_and_keeps_nothing() {
     let (_pg, options, _admin) = server().await;

@@ -48,7 +48,7 @@ async fn list(State(s): State<Arc<Service>>, caller: Caller, Params(page): Param
         ));
     };
     let code = &caller.country.code;
-    let mut tx = s.pool.begin().await?;
+    let mut tx = meridian_shared::pool::begin(&s.pool).await?;
     let items = invoices::list(&mut *tx, code, whose, page.before, limit).await?;
     let resource = match page.before {
         Some(before) => format!("invoices?before={before}"),
