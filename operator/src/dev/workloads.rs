@@ -199,8 +199,8 @@ impl Workloads {
             // The records service's requests have pools of their own, which hand connections
             // back without a round trip (`meridian_shared::pool`).
             let records = meridian_records::http::Service::new(
-                Pool::new(pool.connect_options().as_ref().clone(), 16),
-                Pool::new(vault_pool.connect_options().as_ref().clone(), 8),
+                Pool::like(&pool),
+                Pool::like(&vault_pool),
                 self.verifier.clone(),
                 records_countries.clone(),
             )

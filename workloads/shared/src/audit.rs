@@ -141,7 +141,9 @@ impl ReadLog {
     /// while it waits for its record cannot starve the log); it ends when the last handle
     /// is dropped.
     pub fn start(connect: &sqlx::postgres::PgConnectOptions) -> Self {
-        let pool = crate::serve::pool_options(READ_WRITERS as u32).connect_lazy_with(connect.clone());
+        // A connection handed back after a batch must not cost a round trip that the reads
+        // waiting for the next batch would wait for too: the request paths' pool.
+        let pool = crate::pool::Pool::new(connect.clone(), READ_WRITERS as u32);
         let (queue, waiting) = tokio::sync::mpsc::unbounded_channel::<Queued>();
         let waiting = std::sync::Arc::new(tokio::sync::Mutex::new(waiting));
         for writer in 0..READ_WRITERS {
@@ -151,7 +153,6 @@ impl ReadLog {
                 let mut batch = Vec::with_capacity(BATCH);
                 // The head of this chain in each country, as this writer last wrote it.
                 let mut heads = BTreeMap::new();
-                let mut held = Held::default();
                 // While one writer writes its batch, the other gathers the next.
                 while waiting.lock().await.recv_many(&mut batch, BATCH).await > 0 {
                     // One country at a time: each batch extends one head.
@@ -163,14 +164,10 @@ impl ReadLog {
                             .position(|q| q.country_code != country)
                             .unwrap_or(batch.len());
                         let rest = batch.split_off(split);
-                        let result = match held.connection(&pool).await {
-                            Ok(conn) => write_batch(conn, &country, chain, &mut heads, &batch).await,
+                        let result = match pool.acquire().await {
+                            Ok(mut conn) => write_batch(&mut conn, &country, chain, &mut heads, &batch).await,
                             Err(e) => Err(e),
                         };
-                        if result.is_err() {
-                            // Perhaps broken: back to the pool, which checks it.
-                            held.conn = None;
-                        }
                         let result = result.map_err(|e| e.to_string());
                         for queued in batch.drain(..) {
                             let _ = queued.written.send(result.clone());
@@ -203,35 +200,6 @@ impl ReadLog {
         done.await
             .map_err(|_| failed("the audit log has stopped".into()))?
             .map_err(failed)
-    }
-}
-
-/// A log writer's own connection, kept from one batch to the next: given back to the pool
-/// after each batch, it would be checked by sqlx on its way back (a round trip that every
-/// read waiting for the next batch would wait for too).
-#[derive(Default)]
-struct Held {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    used: Option<std::time::Instant>,
-}
-
-impl Held {
-    /// The connection, checked first when it sat unused as long as the pool would check it
-    /// ([`crate::pool::check_if_idle`]: a database restart breaks idle connections); a new
-    /// one from `pool` when there is none.
-    async fn connection(&mut self, pool: &sqlx::PgPool) -> Result<&mut PgConnection, sqlx::Error> {
-        let idle_for = self.used.map_or(std::time::Duration::ZERO, |at| at.elapsed());
-        self.used = Some(std::time::Instant::now());
-        if let Some(conn) = self.conn.as_mut()
-            && crate::pool::check_if_idle(conn, idle_for).await.is_err()
-        {
-            self.conn = None;
-        }
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => pool.acquire().await?,
-        };
-        Ok(&mut **self.conn.insert(conn))
     }
 }
 

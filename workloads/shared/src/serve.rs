@@ -53,8 +53,8 @@ pub fn read_ca(path: Option<&Path>, flag: &str) -> Result<Option<String>, String
 
 pub use crate::pool::ACQUIRE_TIMEOUT;
 
-/// The settings of every workload's sqlx pools (the request paths of `meridian records` use
-/// [`crate::pool::Pool`] instead): a short [`ACQUIRE_TIMEOUT`], and a connection that sat
+/// The settings of every workload's sqlx pools (the request paths of `meridian records` and the
+/// read log use [`crate::pool::Pool`] instead): a short [`ACQUIRE_TIMEOUT`], and a connection that sat
 /// unused for 500 ms or longer checked before it is handed out, so that connections broken
 /// by a database restart are dropped and replaced rather than given to a request
 /// (`e2e/tests/dev_restart.rs`). sqlx checks every connection as it comes back, so one used

@@ -191,7 +191,7 @@ pub async fn disclose(
     }
     // The patient's consent first; once it permits, the disclosure's record is written while
     // the records are read, and the answer waits for both.
-    let mut conn = service.vault.acquire().await.map_err(|e| fail(e.into()))?;
+    let mut conn = crate::http::connection(&service.vault, peer.correlation_id).await?;
     if let Err(why) = consent(&mut conn, code, id, &peer.purpose)
         .await
         .map_err(|e| fail(e.into()))?

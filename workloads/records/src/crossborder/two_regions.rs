@@ -284,8 +284,8 @@ async fn region(
         .run(),
     );
     let service = Service::new(
-        Pool::new(clinical.connect_options().as_ref().clone(), connections),
-        Pool::new(vault.connect_options().as_ref().clone(), connections),
+        Pool::like(&clinical),
+        Pool::like(&vault),
         Arc::new(issuer.verifier()),
         served.clone(),
     )

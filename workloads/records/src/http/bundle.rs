@@ -295,9 +295,11 @@ pub async fn transaction(
         move |e| resource_issue(i, store_failure(e, correlation_id))
     };
     // The vault role: a transaction may create a Patient and what refers to it.
-    let unavailable = |e: sqlx::Error| store_failure(e.into(), caller.correlation_id);
-    let mut conn = service.vault.acquire().await.map_err(unavailable)?;
-    let mut tx = conn.begin().await.map_err(unavailable)?;
+    let mut conn = super::connection(&service.vault, caller.correlation_id).await?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| store_failure(e.into(), caller.correlation_id))?;
     let mut results: Vec<Option<(Stored, &'static str)>> = vec![None; work.len()];
     let sequence = order(&work);
     let mut work: Vec<Option<Work>> = work.into_iter().map(Some).collect();

@@ -11,13 +11,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use meridian_shared::pool::{Lease, Pool};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Service;
 use super::caller::{Access, Caller};
 use super::response::{self, bundle, full_url, lenient, read_body, store_failure, wants_minimal};
+use super::{Service, connection};
 use crate::crossborder::lookup::{self, Abroad};
 use crate::fhir::{Issue, IssueType, ResourceType, resource_type_of};
 use crate::search;
@@ -631,7 +630,7 @@ async fn search(
     };
     // No transaction: the search and its audit record are two statements, the record
     // written before anything is served.
-    let mut conn = pool.acquire().await.map_err(|e| fail(e.into()))?;
+    let mut conn = connection(pool, caller.correlation_id).await?;
     let only = match caller.access {
         Access::Clinician => None,
         // A patient without a record here has nothing to find: a client ID nobody has.
@@ -718,11 +717,4 @@ fn url_query(params: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     format!("?{}", pairs.join("&"))
-}
-
-/// A connection from `pool`, or the `503` a request gets when the database is out of reach.
-async fn connection(pool: &Pool, correlation_id: Uuid) -> Result<Lease, Issue> {
-    pool.acquire()
-        .await
-        .map_err(|e| store_failure(e.into(), correlation_id))
 }

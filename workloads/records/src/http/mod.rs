@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use meridian_crds::serving::Serving;
 use meridian_shared::auth::Verifier;
 use meridian_shared::jwks::Jwks;
-use meridian_shared::pool::Pool;
+use meridian_shared::pool::{Lease, Pool};
 
 use crate::keys::Keyring;
 use crate::validate::Rules;
@@ -105,6 +105,13 @@ impl Service {
             &self.vault
         }
     }
+}
+
+/// A connection from `pool`, or the `503` a request gets when the database is out of reach.
+pub(crate) async fn connection(pool: &Pool, correlation_id: uuid::Uuid) -> Result<Lease, crate::fhir::Issue> {
+    pool.acquire()
+        .await
+        .map_err(|e| response::store_failure(e.into(), correlation_id))
 }
 
 /// The routes of the records service.
