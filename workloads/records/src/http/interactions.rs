@@ -216,8 +216,8 @@ async fn read_allowed(
     let scope = caller.scope();
     let fail = |e| store_failure(e, caller.correlation_id);
     if caller.access == Access::Clinician && version.is_none() {
-        // The hot path: the read and its audit record are one statement, no transaction to
-        // open and commit. The record is written before the resource is served, and a
+        // The hot path: no transaction to open and commit. The read's audit record joins
+        // the read log's next batch and has committed before the resource is served; a
         // clinician's read is never taken back.
         let mut conn = connection(service.pool(resource_type), caller.correlation_id).await?;
         return store::read(&mut conn, &scope, resource_type, id).await.map_err(fail);

@@ -1,7 +1,11 @@
 //! `meridian bench records`: a mix of FHIR creates, reads, updates and searches over HTTP
-//! against the real service (token checks, validation, the vault, audit and outbox in every
-//! write), then the same operations as bare SQL on the same tables, and a 100-entry
-//! transaction Bundle. Starts its own PostgreSQL.
+//! against the real service (token checks, validation, the vault, an outbox event for every
+//! write and an audit record for every operation), then the same operations as bare SQL on
+//! the same tables twice: writing the same rows (event and audit record included), and
+//! writing the resource's rows alone; and a 100-entry transaction Bundle. Starts its own
+//! PostgreSQL.
+
+pub mod bare;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +21,10 @@ use meridian_shared::bench::percentile;
 use meridian_shared::pool::Pool;
 use rand::Rng;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
+
+use self::bare::Trail;
 
 use crate::http::{Countries, CountryEntry, Service, app};
 use crate::keys::{self, Keyring};
@@ -193,8 +199,38 @@ fn observation(patient: Uuid, value: f64) -> Value {
     })
 }
 
-/// A created resource the workers read and update: its id and last version seen.
-type Known = Arc<std::sync::Mutex<Vec<(Uuid, i64)>>>;
+/// A created Observation the workers read and update: its id, its patient and the last
+/// version a client saw of it.
+#[derive(Clone, Copy)]
+struct Known {
+    id: Uuid,
+    patient: Uuid,
+    version: i64,
+}
+
+/// What the clients know: shared, as a client application's cache would be.
+type Knowns = Arc<std::sync::Mutex<Vec<Known>>>;
+
+fn some_known(known: &Knowns) -> (usize, Known) {
+    let known = known.lock().expect("lock");
+    let i = rand::rng().random_range(0..known.len());
+    (i, known[i])
+}
+
+/// Records that a client saw version `version` of the resource at `i`.
+fn saw(known: &Knowns, i: usize, version: i64) {
+    let mut known = known.lock().expect("lock");
+    known[i].version = known[i].version.max(version);
+}
+
+/// What the service answered.
+struct Answer {
+    status: http::StatusCode,
+    location: Option<String>,
+    /// The version in the `ETag`.
+    version: Option<i64>,
+    body: axum::body::Bytes,
+}
 
 pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     let dir = tempfile::Builder::new().prefix("meridian-bench-").tempdir()?;
@@ -234,7 +270,8 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     keys::ensure_country(&mut secret, "DE");
     let de = meridian_crds::CountrySpec {
         code: "DE".into(),
-        ..serde_yaml_ng::from_str::<meridian_crds::Country>(include_str!("../../../examples/countries/de.yaml"))?.spec
+        ..serde_yaml_ng::from_str::<meridian_crds::Country>(include_str!("../../../../examples/countries/de.yaml"))?
+            .spec
     };
     let countries = Countries::default();
     countries.set([CountryEntry {
@@ -279,21 +316,26 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                 }
                 let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
                 let response = client.request(request.body(body).expect("a request")).await.ok()?;
+                let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+                let location = header(http::header::LOCATION).map(String::from);
+                // W/"3"
+                let version =
+                    header(http::header::ETAG).and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok());
                 let status = response.status();
-                let location = response
-                    .headers()
-                    .get(http::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from);
-                let bytes = response.into_body().collect().await.ok()?.to_bytes();
-                Some((status, location, bytes))
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                Some(Answer {
+                    status,
+                    location,
+                    version,
+                    body,
+                })
             }
         }
     };
 
     // Patients through the API (sealed in the vault), one observation each to start from.
     let mut patients = Vec::with_capacity(options.patients);
-    let known: Known = Arc::default();
+    let known: Knowns = Arc::default();
     for i in 0..options.patients {
         let patient = json!({
             "resourceType": "Patient",
@@ -302,16 +344,16 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             "gender": "female",
             "birthDate": "1980-01-01",
         });
-        let (_, _, body) = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
+        let answer = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
             .await
             .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
-        let body = json(&body);
+        let body = json(&answer.body);
         let id: Uuid = body["id"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no patient created: {body}"))?;
         patients.push(id);
-        let (_, _, body) = send(
+        let answer = send(
             "POST",
             "/de/v1/fhir/Observation".into(),
             vec![],
@@ -319,12 +361,16 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         )
         .await
         .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
-        let body = json(&body);
+        let body = json(&answer.body);
         let obs: Uuid = body["id"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no observation: {body}"))?;
-        known.lock().expect("lock").push((obs, 1));
+        known.lock().expect("lock").push(Known {
+            id: obs,
+            patient: id,
+            version: 1,
+        });
     }
     let patients = Arc::new(patients);
     let mut out = format!(
@@ -341,11 +387,16 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
 
     // AT's rows, for the bare SQL: the same tables, another partition.
     let at_patients: Vec<Uuid> = (0..options.patients).map(|_| Uuid::new_v4()).collect();
-    let at_known: Known = Arc::default();
-    for p in &at_patients {
+    let at_known: Knowns = Arc::default();
+    for &patient in &at_patients {
         let id = Uuid::new_v4();
-        sql_insert(&mut *admin.acquire().await?, id, *p).await?;
-        at_known.lock().expect("lock").push((id, 1));
+        let mut conn = admin.acquire().await?;
+        bare::create(&mut conn, Trail::Same, id, patient, &observation(patient, 70.0)).await?;
+        at_known.lock().expect("lock").push(Known {
+            id,
+            patient,
+            version: 1,
+        });
     }
     let at_patients = Arc::new(at_patients);
     // Statistics, as autovacuum gathers them on a live database: without any, the planner
@@ -359,30 +410,32 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             async move {
                 let op = pick();
                 let patient = patients[rand::rng().random_range(0..patients.len())];
-                let some_known = || {
-                    let known = known.lock().expect("lock");
-                    known[rand::rng().random_range(0..known.len())]
-                };
+                // Like a client that keeps what it sent: no copy back, the id from Location,
+                // the version from ETag.
+                let minimal = || vec![("prefer", "return=minimal".to_string())];
                 let ok = match op {
                     Op::Create => {
-                        // Like a client that keeps what it sent: no copy back, the id from Location.
-                        let minimal = vec![("prefer", "return=minimal".to_string())];
                         let r = send(
                             "POST",
                             "/de/v1/fhir/Observation".into(),
-                            minimal,
+                            minimal(),
                             Some(observation(patient, 72.0)),
                         )
                         .await;
                         match r {
-                            Some((s, location, _)) if s.as_u16() == 201 => {
+                            Some(a) if a.status.as_u16() == 201 => {
                                 // Observation/{id}/_history/1
-                                if let Some(id) = location
+                                if let Some(id) = a
+                                    .location
                                     .as_deref()
                                     .and_then(|l| l.split('/').nth_back(2))
                                     .and_then(|s| s.parse().ok())
                                 {
-                                    known.lock().expect("lock").push((id, 1));
+                                    known.lock().expect("lock").push(Known {
+                                        id,
+                                        patient,
+                                        version: 1,
+                                    });
                                 }
                                 true
                             }
@@ -390,24 +443,33 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                         }
                     }
                     Op::Read => {
-                        let (id, _) = some_known();
-                        matches!(send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await, Some((s, ..)) if s.is_success())
+                        let (_, k) = some_known(&known);
+                        let path = format!("/de/v1/fhir/Observation/{}", k.id);
+                        matches!(send("GET", path, vec![], None).await, Some(a) if a.status.is_success())
                     }
                     Op::Update => {
-                        let (id, _) = some_known();
-                        let r = send("GET", format!("/de/v1/fhir/Observation/{id}"), vec![], None).await;
-                        match r {
-                            Some((s, _, body)) if s.is_success() => {
-                                let mut body = json(&body);
-                                let version = body["meta"]["versionId"].as_str().unwrap_or("1").to_string();
-                                body["valueQuantity"]["value"] = json!(rand::rng().random_range(50..120));
-                                let headers = vec![
-                                    ("if-match", format!("W/\"{version}\"")),
-                                    ("prefer", "return=minimal".to_string()),
-                                ];
-                                let r = send("PUT", format!("/de/v1/fhir/Observation/{id}"), headers, Some(body)).await;
-                                // A concurrent update of the same resource is a 412, as it should be.
-                                matches!(r, Some((s, ..)) if s.is_success() || s.as_u16() == 412)
+                        // A client changing a value it has: a PUT guarded by the version it
+                        // last saw. When another client changed it since (412), it reads the
+                        // current version and tries once more, all in the one update.
+                        let (i, k) = some_known(&known);
+                        let path = format!("/de/v1/fhir/Observation/{}", k.id);
+                        let mut body = observation(k.patient, rand::rng().random_range(50..120) as f64);
+                        body["id"] = json!(k.id);
+                        let put = |version: i64| {
+                            let mut headers = minimal();
+                            headers.push(("if-match", format!("W/\"{version}\"")));
+                            send("PUT", path.clone(), headers, Some(body.clone()))
+                        };
+                        let mut answer = put(k.version).await;
+                        if matches!(&answer, Some(a) if a.status.as_u16() == 412)
+                            && let Some(current) = send("GET", path.clone(), vec![], None).await.and_then(|a| a.version)
+                        {
+                            answer = put(current).await;
+                        }
+                        match answer {
+                            Some(a) if a.status.is_success() => {
+                                saw(&known, i, a.version.unwrap_or(k.version + 1));
+                                true
                             }
                             _ => false,
                         }
@@ -416,7 +478,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                         let path = format!(
                             "/de/v1/fhir/Observation?patient={patient}&code=http://loinc.org%7C8867-4&_count=10"
                         );
-                        matches!(send("GET", path, vec![], None).await, Some((s, ..)) if s.is_success())
+                        matches!(send("GET", path, vec![], None).await, Some(a) if a.status.is_success())
                     }
                 };
                 (op, ok)
@@ -424,58 +486,63 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         }
     };
 
-    // The same operations as bare SQL on the same tables: no token, no validation, no
-    // vault, no audit, no outbox.
-    let db_op = {
+    // The same operations as bare SQL on the same tables: no HTTP, token, validation or
+    // vault; with `trail` the same outbox events and audit records as the service.
+    let db_op = |trail: Trail| {
         let (pool, patients, known) = (clinical.clone(), at_patients.clone(), at_known.clone());
         move |_| {
             let (pool, patients, known) = (pool.clone(), patients.clone(), known.clone());
             async move {
                 let op = pick();
                 let patient = patients[rand::rng().random_range(0..patients.len())];
-                let some_known = || {
-                    let known = known.lock().expect("lock");
-                    known[rand::rng().random_range(0..known.len())].0
-                };
                 let Ok(mut conn) = pool.acquire().await else {
                     return (op, false);
                 };
                 let ok = match op {
                     Op::Create => {
                         let id = Uuid::new_v4();
-                        let ok = sql_insert(&mut conn, id, patient).await.is_ok();
-                        known.lock().expect("lock").push((id, 1));
+                        let ok = bare::create(&mut conn, trail, id, patient, &observation(patient, 72.0))
+                            .await
+                            .is_ok();
+                        known.lock().expect("lock").push(Known {
+                            id,
+                            patient,
+                            version: 1,
+                        });
                         ok
                     }
-                    Op::Read => sqlx::query_scalar::<_, Value>(
-                        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
-                    )
-                    .bind(some_known())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .is_ok(),
-                    Op::Update => sql_update(&mut conn, some_known()).await.is_ok(),
-                    Op::Search => sqlx::query_scalar::<_, Value>(
-                        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation'
-                            AND patient = $1 AND codes && ARRAY['http://loinc.org|8867-4'] AND deleted_at IS NULL
-                          ORDER BY id LIMIT 11",
-                    )
-                    .bind(patient)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .is_ok(),
+                    Op::Read => bare::read(&mut conn, trail, some_known(&known).1.id).await.is_ok(),
+                    Op::Update => {
+                        let (i, k) = some_known(&known);
+                        let body = observation(k.patient, rand::rng().random_range(50..120) as f64);
+                        let mut written = bare::update(&mut conn, trail, k.id, k.patient, k.version, &body).await;
+                        if let Ok(None) = written
+                            && let Ok(Some(current)) = bare::version(&mut conn, k.id).await
+                        {
+                            written = bare::update(&mut conn, trail, k.id, k.patient, current, &body).await;
+                        }
+                        match written {
+                            Ok(Some(version)) => {
+                                saw(&known, i, version);
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
+                    Op::Search => bare::search(&mut conn, trail, patient).await.is_ok(),
                 };
                 (op, ok)
             }
         }
     };
 
-    // The two phases alternate a second at a time, so that both see the same machine: a
-    // shared machine's speed drifts from one minute to the next, and the ratio is what counts.
-    let (mut http, mut db) = (Phase::default(), Phase::default());
+    // The phases take turns a second at a time, so that all see the same machine: a shared
+    // machine's speed drifts from one minute to the next, and the ratios are what counts.
+    let (mut http, mut db, mut floor) = (Phase::default(), Phase::default(), Phase::default());
     for _ in 0..options.seconds {
         http.add(phase(options.clients, 1, http_op.clone()).await);
-        db.add(phase(options.clients, 1, db_op.clone()).await);
+        db.add(phase(options.clients, 1, db_op(Trail::Same)).await);
+        floor.add(phase(options.clients, 1, db_op(Trail::None)).await);
     }
 
     // The same mix at a fixed rate, over HTTP and as bare SQL, for latency under a given
@@ -485,7 +552,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     if options.rate > 0 {
         for _ in 0..options.seconds {
             http_paced.add(paced(options.rate, http_op.clone()).await);
-            db_paced.add(paced(options.rate, db_op.clone()).await);
+            db_paced.add(paced(options.rate, db_op(Trail::Same)).await);
         }
     }
 
@@ -512,16 +579,21 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         .await;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         match r {
-            Some((s, ..)) if s.is_success() => bundle_ms.push(ms),
-            other => anyhow::bail!("the 100-entry Bundle failed: {other:?}"),
+            Some(a) if a.status.is_success() => bundle_ms.push(ms),
+            Some(a) => anyhow::bail!("the 100-entry Bundle failed: {} {}", a.status, json(&a.body)),
+            None => anyhow::bail!("the 100-entry Bundle failed: the service does not answer"),
         }
     }
     bundle_ms.sort_by(f64::total_cmp);
     let bundle100 = percentile(&bundle_ms, 50.0);
     server.abort();
 
-    for (name, p) in [("http", &http), ("bare-sql", &db)] {
-        out += &format!("{name:<9} {:>8.1} ops/s  errors {:>4}\n", p.rate(None), p.errors);
+    for (name, p) in [
+        ("http", &http),
+        ("bare SQL, the same rows (events, audit records)", &db),
+        ("bare SQL, the resource's rows alone", &floor),
+    ] {
+        out += &format!("{name}: {:.1} ops/s  errors {}\n", p.rate(None), p.errors);
         for op in OPS {
             let l = p.sorted(Some(op));
             out += &format!(
@@ -547,19 +619,24 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     }
     out += &format!("transaction Bundle of 100 entries: median {bundle100:.1} ms of 5\n");
     let all = http.sorted(None);
-    let ratio = if db.rate(None) > 0.0 {
-        http.rate(None) / db.rate(None)
-    } else {
-        0.0
+    let ratio = |to: &Phase| {
+        if to.rate(None) > 0.0 {
+            http.rate(None) / to.rate(None)
+        } else {
+            0.0
+        }
     };
     out += &format!(
-        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={ratio:.2} bundle100_ms={bundle100:.1} paced_rps={} paced_p99_ms={:.2} db_paced_p99_ms={:.2} errors={}\n",
+        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={:.2} rows_only_rps={:.1} ratio_to_rows_only={:.2} bundle100_ms={bundle100:.1} paced_rps={} paced_p99_ms={:.2} db_paced_p99_ms={:.2} errors={}\n",
         http.rate(None),
         percentile(&all, 50.0),
         percentile(&all, 99.0),
         percentile(&http.sorted(Some(Op::Search)), 99.0),
         db.rate(None),
         percentile(&db.sorted(None), 99.0),
+        ratio(&db),
+        floor.rate(None),
+        ratio(&floor),
         options.rate,
         percentile(&http_paced.sorted(None), 99.0),
         percentile(&db_paced.sorted(None), 99.0),
@@ -570,60 +647,4 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     admin.close().await;
     tokio::task::spawn_blocking(move || cluster.stop()).await?;
     Ok(out)
-}
-
-async fn sql_insert(conn: &mut PgConnection, id: Uuid, patient: Uuid) -> Result<(), sqlx::Error> {
-    let body = observation(patient, 72.0);
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO fhir_resources (country_code, resource_type, id, version, last_updated, patient, status, codes, categories, date_start, date_end, quantity, content)
-         VALUES ('AT', 'Observation', $1, 1, now(), $2, 'final', ARRAY['http://loinc.org|8867-4', '8867-4'], ARRAY['vital-signs'], now(), now(), 72, $3)",
-    )
-    .bind(id)
-    .bind(patient)
-    .bind(&body)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
-         VALUES ('AT', 'Observation', $1, 1, now(), 'POST', $2)",
-    )
-    .bind(id)
-    .bind(&body)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
-async fn sql_update(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    let row: Option<(i64, Value)> = sqlx::query_as(
-        "SELECT version, content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((version, mut body)) = row else {
-        return tx.commit().await;
-    };
-    body["valueQuantity"]["value"] = json!(rand::rng().random_range(50..120));
-    sqlx::query(
-        "UPDATE fhir_resources SET version = $2, last_updated = now(), content = $3
-          WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
-    )
-    .bind(id)
-    .bind(version + 1)
-    .bind(&body)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO fhir_history (country_code, resource_type, id, version, last_updated, method, content)
-         VALUES ('AT', 'Observation', $1, $2, now(), 'PUT', $3)",
-    )
-    .bind(id)
-    .bind(version + 1)
-    .bind(&body)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
 }
