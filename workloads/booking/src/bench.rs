@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use chrono::{DateTime, NaiveTime, Utc};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use meridian_localpg::{Cluster, Durability};
 use meridian_shared::auth::{DevIssuer, Role};
+use meridian_shared::bench::Served;
 use meridian_shared::schema::prepare;
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
@@ -106,12 +104,8 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
         reassignment: true,
     }]);
     let service = Arc::new(Service::new(pool.clone(), Arc::new(issuer.verifier()), countries));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app(service)).await });
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(options.clients)
-        .build_http();
+    let served = Served::start(app(service), options.clients).await?;
+    let (addr, client) = (served.addr, served.client.clone());
     // Front-desk staff book for patients, by client ID: every attempt is a different patient
     // (until a client's share of patients comes round again), so the races are between
     // patients for a practitioner's slot, not a patient with themselves.
@@ -152,7 +146,7 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
         }
     })
     .await;
-    server.abort();
+    drop(served);
 
     // The database alone: the same transaction, no HTTP, no token, no slot lookup.
     let at = Arc::new(at);

@@ -1,8 +1,10 @@
-//! `meridian bench records` compares the service with bare SQL that writes the same rows:
-//! for each operation of its mix (create, read, update, search of an Observation), the
-//! bare SQL with `Trail::Same` adds the rows the service adds to every table (events and
-//! audit records included, the audit chains intact), and with `Trail::None` only the
-//! resource's own.
+//! `meridian bench records` compares the service with bare SQL that writes the same rows the
+//! same way: for each operation of its mix (create, read, update, search of an Observation),
+//! the bare SQL with `Trail::Same` adds the rows the service adds to every table, its audit
+//! records on the same kind of chain (a write's with the write, on the write chains; a
+//! read's through the batched read log, on the reads chains), a write's event and audit
+//! record under one correlation ID, the chains intact; with `Trail::None` only the
+//! resource's own rows.
 
 mod support;
 
@@ -11,18 +13,44 @@ use serde_json::json;
 use support::{Harness, resources};
 use uuid::Uuid;
 
-/// Rows of each table of one country's.
+/// Rows of one country's: in each table, audit records by the kind of chain they are on,
+/// and the events whose correlation ID no audit record shares.
 async fn rows(h: &Harness, country: &str) -> Vec<(&'static str, i64)> {
+    let reads = meridian_shared::audit::READS_CHAIN;
     let mut counts = Vec::new();
-    for table in ["fhir_resources", "fhir_history", "outbox", "audit"] {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {table} WHERE country_code = $1"
-        )))
-        .bind(country)
-        .fetch_one(&h.admin)
-        .await
-        .unwrap();
-        counts.push((table, n));
+    for (name, sql) in [
+        (
+            "fhir_resources",
+            "SELECT count(*) FROM fhir_resources WHERE country_code = $1".to_string(),
+        ),
+        (
+            "fhir_history",
+            "SELECT count(*) FROM fhir_history WHERE country_code = $1".into(),
+        ),
+        ("outbox", "SELECT count(*) FROM outbox WHERE country_code = $1".into()),
+        (
+            "audit on write chains",
+            format!("SELECT count(*) FROM audit WHERE country_code = $1 AND chain < {reads}"),
+        ),
+        (
+            "audit on reads chains",
+            format!("SELECT count(*) FROM audit WHERE country_code = $1 AND chain >= {reads}"),
+        ),
+        (
+            "events without their audit record",
+            format!(
+                "SELECT count(*) FROM outbox o WHERE country_code = $1 AND NOT EXISTS
+                    (SELECT 1 FROM audit a WHERE a.country_code = o.country_code
+                        AND a.correlation_id = o.correlation_id AND a.chain < {reads})"
+            ),
+        ),
+    ] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(country)
+            .fetch_one(&h.admin)
+            .await
+            .unwrap();
+        counts.push((name, n));
     }
     counts
 }
@@ -86,47 +114,56 @@ async fn bare_sql_writes_the_rows_the_service_writes_for_each_operation() {
     // Bare SQL, in AT, as the service's database role, once with the trail and once without.
     let mut conn = h.clinical.acquire().await.unwrap();
     let body = observation(70.0);
-    for trail in [Trail::Same, Trail::None] {
+    let reads = meridian_shared::audit::ReadLog::start(&h.clinical.connect_options());
+    for trail in [Trail::Same(reads), Trail::None] {
         let (id, patient) = (Uuid::new_v4(), Uuid::new_v4());
         let mut bare = Vec::new();
         let before = rows(&h, "AT").await;
-        bare::create(&mut conn, trail, id, patient, &body).await.unwrap();
+        bare::create(&mut conn, &trail, id, patient, &body).await.unwrap();
         let after = rows(&h, "AT").await;
         bare.push(("create", gained(&before, &after)));
 
         let before = after;
-        assert_eq!(bare::read(&mut conn, trail, id).await.unwrap(), Some(body.clone()));
+        assert_eq!(bare::read(&mut conn, &trail, id).await.unwrap(), Some(body.clone()));
         let after = rows(&h, "AT").await;
         bare.push(("read", gained(&before, &after)));
 
         let before = after;
         assert_eq!(
-            bare::update(&mut conn, trail, id, patient, 1, &body).await.unwrap(),
+            bare::update(&mut conn, &trail, id, patient, 1, &body).await.unwrap(),
             Some(2)
         );
         // A stale version writes nothing, as a stale If-Match.
         assert_eq!(
-            bare::update(&mut conn, trail, id, patient, 1, &body).await.unwrap(),
+            bare::update(&mut conn, &trail, id, patient, 1, &body).await.unwrap(),
             None
         );
-        assert_eq!(bare::version(&mut conn, id).await.unwrap(), Some(2));
         let after = rows(&h, "AT").await;
         bare.push(("update", gained(&before, &after)));
+        let before = after;
+        assert_eq!(bare::version(&mut conn, &trail, id).await.unwrap(), Some(2));
+        let after = rows(&h, "AT").await;
+        let audited = i64::from(matches!(trail, Trail::Same(_)));
+        assert_eq!(
+            gained(&before, &after).iter().map(|(_, n)| n).sum::<i64>(),
+            audited,
+            "the re-read of a version is audited as a read"
+        );
 
         let before = after;
-        assert_eq!(bare::search(&mut conn, trail, patient).await.unwrap().len(), 1);
+        assert_eq!(bare::search(&mut conn, &trail, patient).await.unwrap().len(), 1);
         let after = rows(&h, "AT").await;
         bare.push(("search", gained(&before, &after)));
 
         match trail {
-            Trail::Same => assert_eq!(bare, service, "bare SQL with its trail adds what the service adds"),
+            Trail::Same(_) => assert_eq!(bare, service, "bare SQL with its trail adds what the service adds"),
             Trail::None => {
                 let resource_rows_only: Vec<_> = service
                     .iter()
                     .map(|(op, gains)| {
                         let gains = gains
                             .iter()
-                            .map(|(t, n)| (*t, if matches!(*t, "outbox" | "audit") { 0 } else { *n }))
+                            .map(|(t, n)| (*t, if t.starts_with("fhir_") { *n } else { 0 }))
                             .collect::<Vec<_>>();
                         (*op, gains)
                     })

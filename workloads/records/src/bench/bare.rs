@@ -1,22 +1,25 @@
-//! The benchmark's operations as bare SQL on the service's tables, each in the fewest round
-//! trips plain SQL allows (one statement for a create, a read and an update), so that the
-//! comparison is with the best a hand-written client could do, not a slow one.
+//! The benchmark's operations as bare SQL on the service's tables: no HTTP, token,
+//! validation or vault, each operation in the fewest round trips plain SQL allows (one
+//! statement for a create, a read and an update).
 //!
-//! With [`Trail::Same`] every operation also writes what the service must write for it: a
-//! create or update its outbox event and audit record, a read or search its audit record
-//! of the read, committed before the data is returned. [`Trail::None`] writes the
-//! resource's own rows alone: the floor no audited service can reach.
+//! With [`Trail::Same`] every operation also writes what the service writes for it, the way
+//! the service writes it: a create or update its outbox event and audit record in its own
+//! statement, a read or search its audit record of the read through a
+//! [`ReadLog`] (batched with other reads', committed before the data is returned).
+//! [`Trail::None`] writes the resource's own rows alone: the floor no audited service can
+//! reach.
 
-use meridian_shared::audit::{self, Record};
+use meridian_shared::audit::{self, ReadLog, Record};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 /// What bare SQL writes beside a resource's own rows.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone)]
 pub enum Trail {
-    /// The outbox event of a write and the audit record of every operation, as the service.
-    Same,
+    /// The outbox event of a write and the audit record of every operation, as the
+    /// service; reads' records through this log.
+    Same(ReadLog),
     /// Nothing else.
     None,
 }
@@ -25,44 +28,50 @@ pub enum Trail {
 const COUNTRY: &str = "AT";
 const ACTOR: &str = "bench-sql";
 
-/// Placeholders `$first`.. for [`audit::chain_ctes`], bound by [`bind_audit`] in that order
-/// (the country is a literal).
-fn audit_ctes(from: &str, first: usize) -> String {
-    let p: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
-    audit::chain_ctes(from, ["'AT'", &p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6]])
+/// The outbox event and audit record of a write to Observation `$1` of patient `$2`, after
+/// the relation `written`: the event's payload is `$first`, the correlation ID `$first + 1`,
+/// and the audit record's fields follow in [`bind_trail`]'s order.
+fn trail_ctes(event_type: &str, first: usize) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    let audit = audit::chain_ctes("written", ["'AT'", &p(2), &p(3), &p(4), &p(5), &p(6), &p(7), &p(1)]);
+    format!(
+        "event AS (
+             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
+             SELECT 'AT', '{}', '{event_type}', $2, {}, {} FROM written
+         ),
+         {audit}",
+        meridian_shared::outbox::PATIENT_EVENTS,
+        p(0),
+        p(1),
+    )
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-fn bind_audit<'q>(query: Query<'q>, action: &'static str, resource: String) -> Query<'q> {
+/// Binds what [`trail_ctes`] needs: the event's payload, one correlation ID for the event
+/// and the audit record (as a request's), then the record.
+fn bind_trail<'q>(query: Query<'q>, payload: Value, action: &'static str, resource: String) -> Query<'q> {
     let correlation_id = Uuid::new_v4();
-    let prepared = audit::prepare(&Record {
-        country_code: COUNTRY,
-        actor: ACTOR,
-        action,
-        resource: &resource,
-        correlation_id,
-    });
+    let prepared = audit::prepare(&record(action, &resource, correlation_id));
     query
+        .bind(payload)
+        .bind(correlation_id)
         .bind(prepared.chain)
         .bind(prepared.payload)
         .bind(prepared.at)
         .bind(ACTOR)
         .bind(action)
         .bind(resource)
-        .bind(correlation_id)
 }
 
-/// The outbox event of a write to Observation `$1` of patient `$2` (payload `$first`),
-/// after the relation `written`.
-fn event_cte(event_type: &str, first: usize) -> String {
-    format!(
-        "event AS (
-             INSERT INTO outbox (country_code, topic, event_type, aggregate_id, payload, correlation_id)
-             SELECT 'AT', '{}', '{event_type}', $2, ${first}, gen_random_uuid() FROM written
-         ),",
-        meridian_shared::outbox::PATIENT_EVENTS
-    )
+fn record<'a>(action: &'a str, resource: &'a str, correlation_id: Uuid) -> Record<'a> {
+    Record {
+        country_code: COUNTRY,
+        actor: ACTOR,
+        action,
+        resource,
+        correlation_id,
+    }
 }
 
 fn event_payload(id: Uuid, version: i64, patient: Uuid) -> Value {
@@ -70,9 +79,9 @@ fn event_payload(id: Uuid, version: i64, patient: Uuid) -> Value {
 }
 
 /// Writes Observation `id` of `patient` as version 1 with its history row (and trail).
-pub async fn create(conn: &mut PgConnection, trail: Trail, id: Uuid, patient: Uuid, body: &Value) -> sqlx::Result<()> {
+pub async fn create(conn: &mut PgConnection, trail: &Trail, id: Uuid, patient: Uuid, body: &Value) -> sqlx::Result<()> {
     let tail = match trail {
-        Trail::Same => format!("{} {}", event_cte("observation.created", 4), audit_ctes("written", 5)),
+        Trail::Same(_) => trail_ctes("observation.created", 4),
         Trail::None => "none AS (SELECT 1)".into(),
     };
     let sql = format!(
@@ -92,8 +101,9 @@ pub async fn create(conn: &mut PgConnection, trail: Trail, id: Uuid, patient: Uu
     );
     let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(patient).bind(body);
     let query = match trail {
-        Trail::Same => bind_audit(
-            query.bind(event_payload(id, 1, patient)),
+        Trail::Same(_) => bind_trail(
+            query,
+            event_payload(id, 1, patient),
             "observation.create",
             format!("Observation/{id}"),
         ),
@@ -103,25 +113,22 @@ pub async fn create(conn: &mut PgConnection, trail: Trail, id: Uuid, patient: Uu
     Ok(())
 }
 
-/// Reads Observation `id` (and with [`Trail::Same`] commits its audit record first, in the
-/// same statement).
-pub async fn read(conn: &mut PgConnection, trail: Trail, id: Uuid) -> sqlx::Result<Option<Value>> {
-    let found =
-        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1";
-    let query = match trail {
-        Trail::None => sqlx::query(found).bind(id),
-        Trail::Same => bind_audit(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "WITH found AS ({found}), {} SELECT content FROM found",
-                audit_ctes("found", 2)
-            )))
-            .bind(id),
-            "observation.read",
-            format!("Observation/{id}"),
-        ),
-    };
-    let row = query.fetch_optional(conn).await?;
-    row.map(|r| r.try_get(0)).transpose()
+/// Reads Observation `id`; with [`Trail::Same`], returns once the read's audit record has
+/// committed (none when there was nothing to read, as the service's 404).
+pub async fn read(conn: &mut PgConnection, trail: &Trail, id: Uuid) -> sqlx::Result<Option<Value>> {
+    let content: Option<Value> = sqlx::query_scalar(
+        "SELECT content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    if let (Trail::Same(reads), Some(_)) = (trail, &content) {
+        let resource = format!("Observation/{id}");
+        reads
+            .append(&record("observation.read", &resource, Uuid::new_v4()))
+            .await?;
+    }
+    Ok(content)
 }
 
 /// Replaces Observation `id` with `body` if it is still at `version` (one statement, the
@@ -129,14 +136,14 @@ pub async fn read(conn: &mut PgConnection, trail: Trail, id: Uuid) -> sqlx::Resu
 /// when another update got there first.
 pub async fn update(
     conn: &mut PgConnection,
-    trail: Trail,
+    trail: &Trail,
     id: Uuid,
     patient: Uuid,
     version: i64,
     body: &Value,
 ) -> sqlx::Result<Option<i64>> {
     let tail = match trail {
-        Trail::Same => format!("{} {}", event_cte("observation.updated", 5), audit_ctes("written", 6)),
+        Trail::Same(_) => trail_ctes("observation.updated", 5),
         Trail::None => "none AS (SELECT 1)".into(),
     };
     let sql = format!(
@@ -159,8 +166,9 @@ pub async fn update(
         .bind(version)
         .bind(body);
     let query = match trail {
-        Trail::Same => bind_audit(
-            query.bind(event_payload(id, version + 1, patient)),
+        Trail::Same(_) => bind_trail(
+            query,
+            event_payload(id, version + 1, patient),
             "observation.update",
             format!("Observation/{id}"),
         ),
@@ -170,42 +178,45 @@ pub async fn update(
     Ok((written == 1).then_some(version + 1))
 }
 
-/// The current version of Observation `id`, for an update that found it changed.
-pub async fn version(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
+/// The current version of Observation `id`, for an update that found it changed (with
+/// [`Trail::Same`] audited as a read, as the service's answer to the client's re-read).
+pub async fn version(conn: &mut PgConnection, trail: &Trail, id: Uuid) -> sqlx::Result<Option<i64>> {
+    let version: Option<i64> = sqlx::query_scalar(
         "SELECT version FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation' AND id = $1",
     )
     .bind(id)
     .fetch_optional(conn)
-    .await
+    .await?;
+    if let (Trail::Same(reads), Some(_)) = (trail, version) {
+        let resource = format!("Observation/{id}");
+        reads
+            .append(&record("observation.read", &resource, Uuid::new_v4()))
+            .await?;
+    }
+    Ok(version)
 }
 
 /// A page of a patient's heart-rate observations, as the service's search (and with
 /// [`Trail::Same`] the audit record naming what it returned, committed before they are).
-pub async fn search(conn: &mut PgConnection, trail: Trail, patient: Uuid) -> sqlx::Result<Vec<Value>> {
+pub async fn search(conn: &mut PgConnection, trail: &Trail, patient: Uuid) -> sqlx::Result<Vec<Value>> {
     let rows: Vec<(Uuid, Value)> = sqlx::query_as(
         "SELECT id, content FROM fhir_resources WHERE country_code = 'AT' AND resource_type = 'Observation'
             AND patient = $1 AND codes && ARRAY['http://loinc.org|8867-4'] AND deleted_at IS NULL
           ORDER BY id LIMIT 11",
     )
     .bind(patient)
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await?;
-    if trail == Trail::Same {
+    if let Trail::Same(reads) = trail {
         let returned: Vec<String> = rows
             .iter()
             .take(10)
             .map(|(id, _)| format!("Observation/{id}"))
             .collect();
         let resource = returned.join(",");
-        let record = Record {
-            country_code: COUNTRY,
-            actor: ACTOR,
-            action: "observation.search",
-            resource: &resource,
-            correlation_id: Uuid::new_v4(),
-        };
-        audit::append(conn, &record).await?;
+        reads
+            .append(&record("observation.search", &resource, Uuid::new_v4()))
+            .await?;
     }
     Ok(rows.into_iter().map(|(_, content)| content).collect())
 }

@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use meridian_localpg::{Cluster, Durability};
 use meridian_shared::auth::{DevIssuer, Role};
-use meridian_shared::bench::percentile;
+use meridian_shared::bench::{Served, percentile};
 use meridian_shared::pool::Pool;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -286,12 +283,8 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         Arc::new(issuer.verifier()),
         countries,
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app(service)).await });
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(options.clients)
-        .build_http();
+    let served = Served::start(app(service), options.clients).await?;
+    let (addr, client) = (served.addr, served.client.clone());
     let token = Arc::new(issuer.token(
         "bench-clinician",
         &[Role::Practitioner],
@@ -388,10 +381,13 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     // AT's rows, for the bare SQL: the same tables, another partition.
     let at_patients: Vec<Uuid> = (0..options.patients).map(|_| Uuid::new_v4()).collect();
     let at_known: Knowns = Arc::default();
+    // Bare SQL's reads log their audit records as the service's do: in batches, on a
+    // connection of their own.
+    let same_rows = Trail::Same(meridian_shared::audit::ReadLog::start(clinical.connect_options()));
     for &patient in &at_patients {
         let id = Uuid::new_v4();
         let mut conn = admin.acquire().await?;
-        bare::create(&mut conn, Trail::Same, id, patient, &observation(patient, 70.0)).await?;
+        bare::create(&mut conn, &same_rows, id, patient, &observation(patient, 70.0)).await?;
         at_known.lock().expect("lock").push(Known {
             id,
             patient,
@@ -488,10 +484,10 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
 
     // The same operations as bare SQL on the same tables: no HTTP, token, validation or
     // vault; with `trail` the same outbox events and audit records as the service.
-    let db_op = |trail: Trail| {
-        let (pool, patients, known) = (clinical.clone(), at_patients.clone(), at_known.clone());
+    let db_op = |trail: &Trail| {
+        let (pool, patients, known, trail) = (clinical.clone(), at_patients.clone(), at_known.clone(), trail.clone());
         move |_| {
-            let (pool, patients, known) = (pool.clone(), patients.clone(), known.clone());
+            let (pool, patients, known, trail) = (pool.clone(), patients.clone(), known.clone(), trail.clone());
             async move {
                 let op = pick();
                 let patient = patients[rand::rng().random_range(0..patients.len())];
@@ -501,25 +497,31 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                 let ok = match op {
                     Op::Create => {
                         let id = Uuid::new_v4();
-                        let ok = bare::create(&mut conn, trail, id, patient, &observation(patient, 72.0))
+                        let ok = bare::create(&mut conn, &trail, id, patient, &observation(patient, 72.0))
                             .await
                             .is_ok();
-                        known.lock().expect("lock").push(Known {
-                            id,
-                            patient,
-                            version: 1,
-                        });
+                        if ok {
+                            known.lock().expect("lock").push(Known {
+                                id,
+                                patient,
+                                version: 1,
+                            });
+                        }
                         ok
                     }
-                    Op::Read => bare::read(&mut conn, trail, some_known(&known).1.id).await.is_ok(),
+                    // Nothing found is a failure, as the service's 404 would be.
+                    Op::Read => matches!(
+                        bare::read(&mut conn, &trail, some_known(&known).1.id).await,
+                        Ok(Some(_))
+                    ),
                     Op::Update => {
                         let (i, k) = some_known(&known);
                         let body = observation(k.patient, rand::rng().random_range(50..120) as f64);
-                        let mut written = bare::update(&mut conn, trail, k.id, k.patient, k.version, &body).await;
+                        let mut written = bare::update(&mut conn, &trail, k.id, k.patient, k.version, &body).await;
                         if let Ok(None) = written
-                            && let Ok(Some(current)) = bare::version(&mut conn, k.id).await
+                            && let Ok(Some(current)) = bare::version(&mut conn, &trail, k.id).await
                         {
-                            written = bare::update(&mut conn, trail, k.id, k.patient, current, &body).await;
+                            written = bare::update(&mut conn, &trail, k.id, k.patient, current, &body).await;
                         }
                         match written {
                             Ok(Some(version)) => {
@@ -529,7 +531,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
                             _ => false,
                         }
                     }
-                    Op::Search => bare::search(&mut conn, trail, patient).await.is_ok(),
+                    Op::Search => bare::search(&mut conn, &trail, patient).await.is_ok(),
                 };
                 (op, ok)
             }
@@ -541,8 +543,8 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     let (mut http, mut db, mut floor) = (Phase::default(), Phase::default(), Phase::default());
     for _ in 0..options.seconds {
         http.add(phase(options.clients, 1, http_op.clone()).await);
-        db.add(phase(options.clients, 1, db_op(Trail::Same)).await);
-        floor.add(phase(options.clients, 1, db_op(Trail::None)).await);
+        db.add(phase(options.clients, 1, db_op(&same_rows)).await);
+        floor.add(phase(options.clients, 1, db_op(&Trail::None)).await);
     }
 
     // The same mix at a fixed rate, over HTTP and as bare SQL, for latency under a given
@@ -552,7 +554,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     if options.rate > 0 {
         for _ in 0..options.seconds {
             http_paced.add(paced(options.rate, http_op.clone()).await);
-            db_paced.add(paced(options.rate, db_op(Trail::Same)).await);
+            db_paced.add(paced(options.rate, db_op(&same_rows)).await);
         }
     }
 
@@ -586,7 +588,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     }
     bundle_ms.sort_by(f64::total_cmp);
     let bundle100 = percentile(&bundle_ms, 50.0);
-    server.abort();
+    drop(served);
 
     for (name, p) in [
         ("http", &http),
@@ -627,7 +629,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         }
     };
     out += &format!(
-        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={:.2} rows_only_rps={:.1} ratio_to_rows_only={:.2} bundle100_ms={bundle100:.1} paced_rps={} paced_p99_ms={:.2} db_paced_p99_ms={:.2} errors={}\n",
+        "crud_rps={:.1} p50_ms={:.2} p99_ms={:.2} search_p99_ms={:.2} db_rps={:.1} db_p99_ms={:.2} ratio_to_db={:.2} rows_only_rps={:.1} ratio_to_rows_only={:.2} bundle100_ms={bundle100:.1} paced_rps={} paced_p99_ms={:.2} db_paced_p99_ms={:.2} errors={} db_errors={}\n",
         http.rate(None),
         percentile(&all, 50.0),
         percentile(&all, 99.0),
@@ -640,7 +642,8 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         options.rate,
         percentile(&http_paced.sorted(None), 99.0),
         percentile(&db_paced.sorted(None), 99.0),
-        http.errors + http_paced.errors
+        http.errors + http_paced.errors,
+        db.errors + floor.errors + db_paced.errors
     );
     clinical.close().await;
     vault.close().await;
