@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use chrono::{DateTime, NaiveTime, Utc};
 use http_body_util::BodyExt;
-use meridian_localpg::{Cluster, Durability};
+use meridian_localpg::{Durability, TempCluster};
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::bench::Served;
 use meridian_shared::schema::prepare;
@@ -60,15 +60,13 @@ struct Target {
 }
 
 pub async fn run(options: BookingBench) -> anyhow::Result<String> {
-    let dir = tempfile::Builder::new().prefix("meridian-bench-").tempdir()?;
-    let durability = if options.no_fsync {
+    let pg = TempCluster::start_with(if options.no_fsync {
         Durability::Throwaway
     } else {
         Durability::Durable
-    };
-    let cluster = Cluster::start(dir.path(), durability).await?;
-    cluster.ensure_database("meridian").await?;
-    let url = cluster.url("meridian");
+    })
+    .await?;
+    let url = pg.url();
     let mut conn = PgConnection::connect(&url).await?;
     // DE is booked over HTTP, AT straight against the database: same shape, separate slots.
     prepare(&mut conn, &["DE", "AT"]).await?;
@@ -220,7 +218,8 @@ pub async fn run(options: BookingBench) -> anyhow::Result<String> {
         if db_rate > 0.0 { http_rate / db_rate } else { 0.0 }
     );
     pool.close().await;
-    tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    // Stopping the server waits for it.
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(out)
 }
 

@@ -144,10 +144,15 @@ async fn bare_sql_writes_the_rows_the_service_writes_for_each_operation() {
         assert_eq!(bare::version(&mut conn, &trail, id).await.unwrap(), Some(2));
         let after = rows(&h, "AT").await;
         let audited = i64::from(matches!(trail, Trail::Same(_)));
+        let reread = gained(&before, &after);
         assert_eq!(
-            gained(&before, &after).iter().map(|(_, n)| n).sum::<i64>(),
+            reread.iter().map(|(_, n)| n).sum::<i64>(),
             audited,
-            "the re-read of a version is audited as a read"
+            "the re-read of a version is audited as a read, and writes nothing else: {reread:?}"
+        );
+        assert!(
+            reread.contains(&("audit on reads chains", audited)),
+            "on a reads chain: {reread:?}"
         );
 
         let before = after;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use meridian_localpg::{Cluster, Durability};
+use meridian_localpg::{Durability, TempCluster};
 use meridian_shared::auth::{DevIssuer, Role};
 use meridian_shared::bench::{Served, percentile};
 use meridian_shared::pool::Pool;
@@ -230,15 +230,13 @@ struct Answer {
 }
 
 pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
-    let dir = tempfile::Builder::new().prefix("meridian-bench-").tempdir()?;
-    let durability = if options.no_fsync {
+    let pg = TempCluster::start_with(if options.no_fsync {
         Durability::Throwaway
     } else {
         Durability::Durable
-    };
-    let cluster = Cluster::start(dir.path(), durability).await?;
-    cluster.ensure_database("meridian").await?;
-    let url = cluster.url("meridian");
+    })
+    .await?;
+    let url = pg.url();
     let admin = PgPool::connect(&url).await?;
     {
         let mut conn = admin.acquire().await?;
@@ -648,6 +646,7 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
     clinical.close().await;
     vault.close().await;
     admin.close().await;
-    tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    // Stopping the server waits for it.
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(out)
 }
