@@ -60,12 +60,7 @@ struct Target {
 }
 
 pub async fn run(options: BookingBench) -> anyhow::Result<String> {
-    let pg = TempCluster::start_with(if options.no_fsync {
-        Durability::Throwaway
-    } else {
-        Durability::Durable
-    })
-    .await?;
+    let pg = TempCluster::start_with(Durability::fsync(!options.no_fsync)).await?;
     let url = pg.url();
     let mut conn = PgConnection::connect(&url).await?;
     // DE is booked over HTTP, AT straight against the database: same shape, separate slots.

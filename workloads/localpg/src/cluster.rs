@@ -26,6 +26,13 @@ pub enum Durability {
     Throwaway,
 }
 
+impl Durability {
+    /// Durable when `fsync`, throwaway otherwise (a benchmark's `--no-fsync`).
+    pub fn fsync(fsync: bool) -> Self {
+        if fsync { Self::Durable } else { Self::Throwaway }
+    }
+}
+
 /// A running PostgreSQL cluster on 127.0.0.1. Stopped (fast shutdown) on drop.
 #[derive(Debug)]
 pub struct Cluster {

@@ -230,12 +230,7 @@ struct Answer {
 }
 
 pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
-    let pg = TempCluster::start_with(if options.no_fsync {
-        Durability::Throwaway
-    } else {
-        Durability::Durable
-    })
-    .await?;
+    let pg = TempCluster::start_with(Durability::fsync(!options.no_fsync)).await?;
     let url = pg.url();
     let admin = PgPool::connect(&url).await?;
     {

@@ -121,11 +121,7 @@ impl TwoRegions {
         let countries = examples();
         let directory = Directory::default();
         directory.set(&countries);
-        let durability = if options.durable {
-            meridian_localpg::Durability::Durable
-        } else {
-            meridian_localpg::Durability::Throwaway
-        };
+        let durability = meridian_localpg::Durability::fsync(options.durable);
         let (frankfurt_pg, paris_pg) =
             tokio::join!(TempCluster::start_with(durability), TempCluster::start_with(durability));
         let (frankfurt_pg, paris_pg) = (frankfurt_pg?, paris_pg?);
