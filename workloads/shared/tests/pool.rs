@@ -35,6 +35,23 @@ async fn idle(pool: &Pool, n: usize) {
     panic!("the pool holds {} idle connections, not {n}", pool.idle());
 }
 
+/// Writes note `id` (autocommit, unless `conn` is inside a transaction).
+async fn note(conn: &mut PgConnection, id: i32) {
+    sqlx::query("INSERT INTO notes VALUES ($1)")
+        .bind(id)
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// Notes committed, as `conn` sees them.
+async fn notes(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
 /// Has the server end session `pid`, as a restart or an administrator does.
 async fn terminate(admin: &mut PgConnection, pid: i32) {
     sqlx::query("SELECT pg_terminate_backend($1)")
@@ -86,30 +103,16 @@ async fn a_transaction_dropped_without_commit_is_rolled_back_before_the_connecti
     {
         let mut conn = pool.acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        sqlx::query("INSERT INTO notes VALUES (1)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        note(&mut tx, 1).await;
         // A handler that fails here drops both.
     }
     idle(&pool, 1).await;
     assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
     let mut conn = pool.acquire().await.unwrap();
-    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(notes, 0, "the insert was rolled back");
+    assert_eq!(notes(&mut conn).await, 0, "the insert was rolled back");
     // The connection is out of the transaction: what it writes now commits on its own.
-    sqlx::query("INSERT INTO notes VALUES (2)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(notes, 1);
+    note(&mut conn, 2).await;
+    assert_eq!(notes(&mut admin).await, 1);
 }
 
 #[tokio::test]
@@ -120,10 +123,7 @@ async fn a_connection_being_finished_still_counts_against_the_pools_size() {
         let mut conn = pool.acquire().await.unwrap();
         let pid = backend(&mut conn).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        sqlx::query("INSERT INTO notes VALUES (1)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        note(&mut tx, 1).await;
         pid
     };
     // At once, while its ROLLBACK may still be on its way: the pool waits for that
@@ -151,16 +151,9 @@ async fn a_transaction_cancelled_while_it_begins_is_not_handed_on() {
     }
     // The next request's write commits on its own, rather than inside that transaction.
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("INSERT INTO notes VALUES (3)")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    note(&mut conn, 3).await;
     drop(conn);
-    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(notes, 1);
+    assert_eq!(notes(&mut admin).await, 1);
     assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
 }
 
@@ -192,11 +185,7 @@ async fn a_transaction_begun_on_an_sqlx_pool_and_cancelled_while_it_begins_is_ro
         .execute(&pool)
         .await
         .unwrap();
-    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(notes, 1, "the next statement committed on its own");
+    assert_eq!(notes(&mut admin).await, 1, "the next statement committed on its own");
     assert_eq!(sessions(&mut admin, "idle in transaction").await, 0);
 }
 

@@ -319,6 +319,15 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
         }
     };
 
+    // The id of what a seeding request created.
+    let created = |answer: Option<Answer>, what: &str| -> anyhow::Result<Uuid> {
+        let answer = answer.ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
+        let body = json(&answer.body);
+        body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {what} created: {body}"))
+    };
     // Patients through the API (sealed in the vault), one observation each to start from.
     let mut patients = Vec::with_capacity(options.patients);
     let known: Knowns = Arc::default();
@@ -330,28 +339,18 @@ pub async fn run(options: RecordsBench) -> anyhow::Result<String> {
             "gender": "female",
             "birthDate": "1980-01-01",
         });
-        let answer = send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient))
-            .await
-            .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
-        let body = json(&answer.body);
-        let id: Uuid = body["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no patient created: {body}"))?;
+        let id = created(
+            send("POST", "/de/v1/fhir/Patient".into(), vec![], Some(patient)).await,
+            "patient",
+        )?;
         patients.push(id);
-        let answer = send(
+        let sent = send(
             "POST",
             "/de/v1/fhir/Observation".into(),
             vec![],
             Some(observation(id, 70.0)),
-        )
-        .await
-        .ok_or_else(|| anyhow::anyhow!("the service does not answer"))?;
-        let body = json(&answer.body);
-        let obs: Uuid = body["id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no observation: {body}"))?;
+        );
+        let obs = created(sent.await, "observation")?;
         known.lock().expect("lock").push(Known {
             id: obs,
             patient: id,
